@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the Debian packages virtpool needs on this host: QEMU and qemu-img, the tools that
+# build the default guest image, and the libraries the guest agent is copied from.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+PACKAGES=(
+  qemu-system-x86   # the hypervisor (microvm machine type)
+  qemu-utils        # qemu-img: disk creation and inspection
+  qemu-guest-agent  # its shared libraries are resolved with ldd when the image is built
+  busybox-static    # the guest's userland
+  cpio              # packs the initramfs
+  lz4               # unpacks the kernel's LZ4 payload into an ELF vmlinux
+  iproute2
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "system packages: all present"
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "virtpool needs these Debian packages: ${missing[*]}" >&2
+  echo "Run this script as root (or: sudo $0)." >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# --no-install-recommends keeps a server install small; policy-rc.d stops the guest agent's
+# service from being started on the host itself.
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+chmod 755 /usr/sbin/policy-rc.d
+trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+apt-get install -y -q --no-install-recommends "${missing[@]}"

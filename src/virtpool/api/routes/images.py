@@ -1,0 +1,74 @@
+"""Images: list, show, build (in the background), import (upload), delete."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
+
+from virtpool.api.deps import Caller, PoolDep
+from virtpool.model.image import BuildStatus, ImageInfo
+from virtpool.model.spec import MAX_KERNEL_ARGS
+
+router = APIRouter(prefix="/images", tags=["images"])
+
+
+@router.get("", response_model=list[ImageInfo])
+def list_images(pool: PoolDep, _: Caller) -> list[ImageInfo]:
+    return pool.images.list()
+
+
+@router.get("/{name}", response_model=ImageInfo)
+def show_image(name: str, pool: PoolDep, _: Caller) -> ImageInfo:
+    return pool.images.get(name)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_image(name: str, pool: PoolDep, _: Caller) -> Response:
+    pool.images.delete(name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{name}/build", response_model=BuildStatus, status_code=status.HTTP_202_ACCEPTED,
+             summary="Build the default recipe (Debian kernel, busybox, guest agent) as NAME")
+def build_image(name: str, pool: PoolDep, _: Caller) -> BuildStatus:
+    return pool.images.start_build(name)
+
+
+@router.get("/{name}/build", response_model=BuildStatus)
+def build_status(name: str, pool: PoolDep, _: Caller) -> BuildStatus:
+    return pool.images.build_status(name)
+
+
+@router.post("", response_model=ImageInfo, status_code=status.HTTP_201_CREATED,
+             summary="Import a kernel, an optional initramfs and an optional root disk")
+def import_image(
+    pool: PoolDep,
+    _: Caller,
+    name: Annotated[str, Form()],
+    kernel: Annotated[UploadFile, File()],
+    initrd: Annotated[UploadFile | None, File()] = None,
+    disk: Annotated[UploadFile | None, File()] = None,
+    kernel_args: Annotated[str, Form(max_length=MAX_KERNEL_ARGS)] = "",
+) -> ImageInfo:
+    staging = pool.images.staging_dir()
+    try:
+        paths = {
+            field: _save(upload, staging / field)
+            for field, upload in (("kernel", kernel), ("initrd", initrd), ("disk", disk))
+            if upload is not None
+        }
+        return pool.images.import_files(
+            name, kernel=paths["kernel"], initrd=paths.get("initrd"), disk=paths.get("disk"),
+            kernel_args=kernel_args,
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save(upload: UploadFile, target: Path) -> Path:
+    with target.open("wb") as out:
+        shutil.copyfileobj(upload.file, out, 1 << 20)
+    return target

@@ -1,0 +1,164 @@
+"""VMs: create, list, show, actions, exec, logs, and the serial console over a websocket."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, WebSocket, WebSocketDisconnect, status
+from pydantic import BaseModel, Field
+
+from virtpool.api.deps import Caller, PoolDep, bearer
+from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
+from virtpool.model.errors import InvalidRequest, VirtpoolError
+from virtpool.model.spec import ExecResult, VMSpec
+from virtpool.model.vm import VMInfo
+
+router = APIRouter(prefix="/vms", tags=["vms"])
+
+MAX_EXEC_ARGS = 256
+MAX_STDIN_BYTES = 1 << 20
+MAX_LOG_CHUNK = 4 << 20
+
+
+class VMCreate(VMSpec):
+    """A VM spec, and whether to boot it at once."""
+
+    start: bool = False
+
+
+class ExecRequest(BaseModel):
+    argv: list[Annotated[str, Field(max_length=65536)]] = Field(min_length=1, max_length=MAX_EXEC_ARGS)
+    timeout: float = Field(default=60.0, gt=0, le=MAX_EXEC_TIMEOUT_S)
+    stdin: str | None = Field(default=None, description="base64", max_length=MAX_STDIN_BYTES * 4 // 3 + 4)
+
+
+@router.get("", response_model=list[VMInfo])
+def list_vms(
+    pool: PoolDep, _: Caller,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[VMInfo]:
+    return pool.vms.list(limit=limit, offset=offset)
+
+
+@router.post("", response_model=VMInfo, status_code=status.HTTP_201_CREATED)
+def create_vm(body: VMCreate, pool: PoolDep, _: Caller, response: Response) -> VMInfo:
+    spec = VMSpec.model_validate(body.model_dump(exclude={"start"}))
+    vm = pool.vms.create(spec, start=body.start)
+    if body.start:
+        response.status_code = status.HTTP_202_ACCEPTED
+    return vm
+
+
+@router.get("/{name}", response_model=VMInfo)
+def show_vm(name: str, pool: PoolDep, _: Caller) -> VMInfo:
+    return pool.vms.get(name)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_vm(name: str, pool: PoolDep, _: Caller, force: bool = False) -> Response:
+    pool.vms.delete(name, force=force)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{name}/start", response_model=VMInfo, status_code=status.HTTP_202_ACCEPTED)
+def start_vm(name: str, pool: PoolDep, _: Caller) -> VMInfo:
+    return pool.vms.start(name)
+
+
+@router.post("/{name}/stop", response_model=VMInfo, status_code=status.HTTP_202_ACCEPTED)
+def stop_vm(
+    name: str, pool: PoolDep, _: Caller,
+    timeout: Annotated[float, Query(gt=0, le=3600)] = DEFAULT_STOP_TIMEOUT_S,
+) -> VMInfo:
+    return pool.vms.stop(name, timeout=timeout)
+
+
+@router.post("/{name}/restart", response_model=VMInfo, status_code=status.HTTP_202_ACCEPTED)
+def restart_vm(
+    name: str, pool: PoolDep, _: Caller,
+    timeout: Annotated[float, Query(gt=0, le=3600)] = DEFAULT_STOP_TIMEOUT_S,
+) -> VMInfo:
+    return pool.vms.restart(name, timeout=timeout)
+
+
+@router.post("/{name}/pause", response_model=VMInfo)
+def pause_vm(name: str, pool: PoolDep, _: Caller) -> VMInfo:
+    return pool.vms.pause(name)
+
+
+@router.post("/{name}/resume", response_model=VMInfo)
+def resume_vm(name: str, pool: PoolDep, _: Caller) -> VMInfo:
+    return pool.vms.resume(name)
+
+
+@router.post("/{name}/exec", response_model=ExecResult,
+             summary="Run a command in the guest; returns its exit code, stdout and stderr")
+def exec_vm(name: str, body: ExecRequest, pool: PoolDep, _: Caller) -> ExecResult:
+    stdin = None
+    if body.stdin is not None:
+        try:
+            stdin = base64.b64decode(body.stdin, validate=True)
+        except binascii.Error as err:
+            raise InvalidRequest("stdin is not valid base64") from err
+    return pool.vms.exec(name, body.argv, timeout=body.timeout, stdin=stdin)
+
+
+@router.get("/{name}/logs", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}},
+            summary="The serial console log from OFFSET; X-Next-Offset says where to go on")
+def vm_logs(
+    name: str, pool: PoolDep, _: Caller,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK)] = 1 << 20,
+) -> Response:
+    data, next_offset = pool.vms.read_log(name, offset, limit)
+    return Response(data, media_type="application/octet-stream",
+                    headers={"X-Next-Offset": str(next_offset)})
+
+
+@router.websocket("/{name}/console")
+async def vm_console(websocket: WebSocket, name: str) -> None:
+    """Bytes both ways between the websocket and the VM's serial console."""
+    pool = websocket.app.state.pool
+    try:
+        await asyncio.to_thread(pool.tokens.authenticate, bearer(websocket))  # type: ignore[arg-type]
+        vm = await asyncio.to_thread(pool.vms.get, name)
+    except VirtpoolError as err:
+        await websocket.close(code=4000 + err.status, reason=err.message[:120])
+        return
+    if vm.state.value not in ("running", "paused", "starting"):
+        await websocket.close(code=4409, reason=f"VM '{vm.name}' is {vm.state.value}")
+        return
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(pool.agent.console_socket(vm.id)))
+    except OSError as err:
+        await websocket.close(code=4502, reason=f"console unreachable: {err}"[:120])
+        return
+    await websocket.accept()
+
+    async def to_guest() -> None:
+        while True:
+            writer.write(await websocket.receive_bytes())
+            await writer.drain()
+
+    async def to_user() -> None:
+        while data := await reader.read(4096):
+            await websocket.send_bytes(data)
+
+    tasks = [asyncio.create_task(to_guest()), asyncio.create_task(to_user())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        for task in tasks:
+            task.cancel()
+        writer.close()
+        try:
+            await websocket.close()
+        except RuntimeError:
+            pass

@@ -1,0 +1,83 @@
+"""Run the platform: the control plane with an in-process agent for this host (`virtpool up`).
+
+This is the composition root: the only place that wires the node package to the control plane.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from virtpool.api.app import create_app
+from virtpool.control.pool import Pool, PoolConfig
+from virtpool.model.errors import InvalidRequest
+from virtpool.model.spec import Accel
+from virtpool.node.agent import LocalAgent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8470
+    accel: Accel = "auto"
+    db_url: str | None = None
+    build_default_image: bool = True
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidRequest(f"cannot read listen address '{text}'", hint="write HOST:PORT, e.g. 127.0.0.1:8470")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def open_pool(options: ServeOptions) -> Pool:
+    options.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(options.data_dir, 0o700)
+    agent = LocalAgent(options.data_dir, accel=options.accel)
+    return Pool(PoolConfig(data_dir=options.data_dir, db_url=options.db_url), agent)
+
+
+def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> None:
+    """Start everything and serve in the foreground until interrupted."""
+    pool = open_pool(options)
+    try:
+        created = pool.start()
+        if options.build_default_image and not any(i.name == "default" for i in pool.images.list()):
+            announce("building the default guest image (first start only)…")
+            status = pool.images.build_now("default")
+            if status.state != "done":
+                announce(f"image build failed: {status.error}")
+        sock = socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((options.host, options.port))
+        port = sock.getsockname()[1]
+        shown_host = f"[{options.host}]" if ":" in options.host else options.host
+        url = f"http://{shown_host}:{port}"
+        _write_private(pool.config.url_file, url + "\n")
+        announce(f"virtpool is up at {url}  (API {url}/api/v1, docs {url}/docs)")
+        token_note = "created on this first start" if created else "created on first start"
+        announce(f"admin token ({token_note}): {pool.config.token_file}")
+        config = uvicorn.Config(create_app(pool), log_level="warning", access_log=False)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        try:
+            pool.config.url_file.unlink()
+        except FileNotFoundError:
+            pass
+        pool.close()
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)

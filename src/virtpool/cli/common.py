@@ -1,0 +1,28 @@
+"""What every CLI command shares: the --json flag and the client for the configured platform."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from virtpool.cli import config
+from virtpool.sdk import Client
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON, for scripts.")]
+
+_state: dict[str, Path | None] = {"data_dir": None}
+
+
+def set_data_dir(path: Path | None) -> None:
+    _state["data_dir"] = path
+
+
+def data_dir() -> Path:
+    return _state["data_dir"] or config.default_data_dir()
+
+
+def client() -> Client:
+    directory = data_dir()
+    return Client(config.api_url(directory), config.api_token(directory))

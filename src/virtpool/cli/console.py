@@ -1,0 +1,52 @@
+"""An interactive serial console over the API's websocket. Ctrl-] detaches (as telnet does)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import termios
+import threading
+import tty
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from virtpool.cli import output
+
+DETACH = b"\x1d"  # Ctrl-]
+
+
+def attach(url: str, token: str, name: str) -> None:
+    ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    try:
+        conn = connect(f"{ws_url}/api/v1/vms/{name}/console",
+                       additional_headers={"Authorization": f"Bearer {token}"})
+    except Exception as err:  # websockets raises several unrelated types for a refused handshake
+        output.fail(f"cannot attach to the console of '{name}': {err}", hint="is the VM running?")
+    output.err.print(f"[dim]attached to {name}; Ctrl-] detaches[/]")
+    stdin = sys.stdin.fileno()
+    saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
+    done = threading.Event()
+
+    def pump_out() -> None:
+        try:
+            for message in conn:
+                os.write(sys.stdout.fileno(), message if isinstance(message, bytes) else message.encode())
+        except ConnectionClosed:
+            pass
+        done.set()
+
+    threading.Thread(target=pump_out, daemon=True).start()
+    try:
+        if saved is not None:
+            tty.setraw(stdin)
+        while not done.is_set():
+            data = os.read(stdin, 1024)
+            if not data or DETACH in data:
+                break
+            conn.send(data)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        conn.close()
+        output.err.print("\n[dim]detached[/]")

@@ -1,0 +1,96 @@
+"""`virtpool image …`"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from virtpool.cli import output
+from virtpool.cli.common import JsonFlag, client
+
+app = typer.Typer(help="Guest images: build, import, list, delete.", no_args_is_help=True)
+
+ExistingFile = Annotated[Path, typer.Option(exists=True, dir_okay=False, readable=True)]
+
+
+@app.command("build")
+def build(name: Annotated[str, typer.Argument()] = "default", json: JsonFlag = False) -> None:
+    """Build the default guest image (Debian kernel, busybox, qemu-guest-agent). Cached."""
+    with output.errors():
+        api = client()
+        status = api.build_image(name)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                      console=output.err, disable=json, transient=True) as bar:
+            task = bar.add_task(status.step, total=1.0)
+            while status.state == "running":
+                bar.update(task, completed=status.progress, description=status.step or "building")
+                time.sleep(0.3)
+                status = api.build_status(name)
+    if json:
+        output.emit_json(status)
+    if status.state == "failed":
+        output.fail(f"building image '{name}' failed: {status.error}")
+    if not json:
+        output.out.print(f"image '{name}' " + ("built" if status.built else "is up to date (cached)"))
+
+
+@app.command("list")
+def list_(json: JsonFlag = False) -> None:
+    """The images on this host."""
+    with output.errors():
+        images = client().images()
+    if json:
+        return output.emit_json(images)
+    output.table(
+        ["NAME", "KERNEL", "INITRD", "DISK", "SIZE", "CREATED"],
+        [(i.name, "yes", "yes" if i.initrd else "-", i.disk_format or "-",
+          f"{i.size / 2**20:.1f} MiB", i.created_at[:19]) for i in images],
+    )
+
+
+@app.command("show")
+def show(name: str, json: JsonFlag = False) -> None:
+    """One image: its files and their checksums."""
+    with output.errors():
+        image = client().image(name)
+    if json:
+        return output.emit_json(image)
+    rows: list[tuple[str, object]] = [("name", image.name), ("created", image.created_at)]
+    for label, entry in (("kernel", image.kernel), ("initrd", image.initrd), ("disk", image.disk)):
+        if entry is not None:
+            rows.append((label, f"{entry.path}  {entry.size} bytes  sha256:{entry.sha256}"))
+    rows += [("kernel args", image.kernel_args or "-")]
+    rows += [(f"source.{k}", v) for k, v in sorted(image.source.items())]
+    output.fields(rows)
+
+
+@app.command("delete")
+def delete(name: str, json: JsonFlag = False) -> None:
+    """Delete an image no VM uses."""
+    with output.errors():
+        client().delete_image(name)
+    if json:
+        return output.emit_json({"deleted": name})
+    output.out.print(f"image '{name}' deleted")
+
+
+@app.command("import")
+def import_(
+    name: str,
+    kernel: ExistingFile,
+    initrd: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, readable=True)] = None,
+    disk: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, readable=True,
+                                                 help="qcow2 or raw root disk")] = None,
+    kernel_args: Annotated[str, typer.Option("--kernel-args", help="appended to the kernel command line")] = "",
+    json: JsonFlag = False,
+) -> None:
+    """Import your own kernel, initramfs and root disk (copied into the data dir)."""
+    with output.errors():
+        image = client().import_image(name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args)
+    if json:
+        return output.emit_json(image)
+    output.out.print(f"image '{image.name}' imported ({image.size / 2**20:.1f} MiB)")

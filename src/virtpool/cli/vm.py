@@ -1,0 +1,234 @@
+"""`virtpool vm …`"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Optional
+
+import typer
+from rich.status import Status
+
+from virtpool.cli import output
+from virtpool.cli.common import JsonFlag, client
+from virtpool.model.errors import VirtpoolError
+from virtpool.model.spec import PortForward
+from virtpool.model.states import VMState
+from virtpool.model.units import format_mib, parse_size_mib
+from virtpool.model.vm import VMInfo
+from virtpool.sdk import Client
+
+app = typer.Typer(help="Virtual machines.", no_args_is_help=True)
+
+WaitTimeout = Annotated[float, typer.Option("--wait-timeout", help="seconds to wait for the VM to settle")]
+
+
+def _wait(api: Client, name: str, goal: str, until: set[VMState], timeout: float, quiet: bool) -> VMInfo:
+    with Status(f"{name}: {goal}…", console=output.err) if not quiet else _null():
+        vm = api.wait_vm(name, until=until, timeout=timeout)
+    if vm.state not in until:
+        output.fail(f"VM '{name}' is still {vm.state.value} after {timeout:g}s", output.EXIT_TIMEOUT)
+    return vm
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _settle(api: Client, vm: VMInfo, wanted: VMState, goal: str, wait: bool, timeout: float, json: bool) -> None:
+    if wait:
+        settled = {VMState.RUNNING, VMState.STOPPED, VMState.ERROR, VMState.CRASHED, VMState.PAUSED}
+        vm = _wait(api, vm.name, goal, settled, timeout, json)
+    if json:
+        output.emit_json(vm)
+    if wait and vm.state != wanted:
+        output.fail(f"VM '{vm.name}' is {vm.state.value}: {vm.error or 'no details'}",
+                    hint=f"see `virtpool vm logs {vm.name}`")
+    if not json:
+        output.out.print(f"VM '{vm.name}' is {output.state(vm.state.value)}")
+
+
+@app.command("create")
+def create(
+    name: str,
+    image: Annotated[str, typer.Option(help="image name (`virtpool image list`)")] = "default",
+    cpus: Annotated[int, typer.Option(help="vCPUs")] = 1,
+    memory: Annotated[str, typer.Option(help="e.g. 256M, 2G")] = "256M",
+    disk: Annotated[str, typer.Option(help="root disk size, e.g. 1G")] = "1G",
+    port: Annotated[Optional[list[str]], typer.Option(help="HOST:GUEST TCP forward on 127.0.0.1; repeat")] = None,
+    kernel_args: Annotated[str, typer.Option("--kernel-args", help="extra kernel command line")] = "",
+    accel: Annotated[str, typer.Option(help="auto, kvm or tcg")] = "auto",
+    start: Annotated[bool, typer.Option("--start", help="boot it at once")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="with --start: wait until the guest answers")] = False,
+    wait_timeout: WaitTimeout = 180.0,
+    json: JsonFlag = False,
+) -> None:
+    """Create a VM (and with --start, boot it)."""
+    with output.errors():
+        try:
+            memory_mib = parse_size_mib(memory, what="memory")
+            disk_mib = parse_size_mib(disk, what="disk size")
+            forwards = [PortForward.parse(p) for p in port or []]
+        except VirtpoolError as err:
+            output.fail(err.message, hint=err.hint)
+        api = client()
+        vm = api.create_vm(name, image=image, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib,
+                           ports=forwards, kernel_args=kernel_args, accel=accel, start=start)
+        if start:
+            _settle(api, vm, VMState.RUNNING, "booting", wait, wait_timeout, json)
+            return
+    if json:
+        return output.emit_json(vm)
+    output.out.print(f"VM '{vm.name}' created ({output.state(vm.state.value)})")
+
+
+@app.command("list")
+def list_(json: JsonFlag = False) -> None:
+    """All VMs."""
+    with output.errors():
+        vms = client().vms()
+    if json:
+        return output.emit_json(vms)
+    output.table(
+        ["NAME", "STATE", "CPUS", "MEMORY", "DISK", "IMAGE", "PORTS"],
+        [(v.name, output.state(v.state.value), v.cpus, format_mib(v.memory_mib),
+          format_mib(v.disk_mib), v.image, ",".join(map(str, v.ports)) or "-") for v in vms],
+    )
+
+
+@app.command("show")
+def show(name: str, json: JsonFlag = False) -> None:
+    """One VM."""
+    with output.errors():
+        vm = client().vm(name)
+    if json:
+        return output.emit_json(vm)
+    output.fields([
+        ("name", vm.name), ("id", vm.id), ("state", output.state(vm.state.value)),
+        ("image", vm.image), ("cpus", vm.cpus), ("memory", format_mib(vm.memory_mib)),
+        ("disk", format_mib(vm.disk_mib)), ("ports", ", ".join(map(str, vm.ports)) or "-"),
+        ("kernel args", vm.kernel_args or "-"), ("accelerator", vm.accel), ("host", vm.host),
+        ("created", vm.created_at), ("error", vm.error or "-"),
+    ])
+
+
+def _action(name: str, action: str, wanted: VMState, goal: str, wait: bool, timeout: float,
+            json: bool, **params: float) -> None:
+    with output.errors():
+        api = client()
+        vm = getattr(api, f"{action}_vm")(name, **params)
+        _settle(api, vm, wanted, goal, wait, timeout, json)
+
+
+NoWait = Annotated[bool, typer.Option("--wait/--no-wait", help="wait until it has settled")]
+StopTimeout = Annotated[float, typer.Option("--timeout", help="seconds for a graceful stop before a hard one")]
+
+
+@app.command("start")
+def start(name: str, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
+    """Boot a VM; waits until its guest agent answers."""
+    _action(name, "start", VMState.RUNNING, "booting", wait, wait_timeout, json)
+
+
+@app.command("stop")
+def stop(name: str, timeout: StopTimeout = 30.0, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0,
+         json: JsonFlag = False) -> None:
+    """Shut a VM down: gracefully through its guest agent or ACPI, then hard after --timeout."""
+    _action(name, "stop", VMState.STOPPED, "stopping", wait, wait_timeout, json, timeout=timeout)
+
+
+@app.command("restart")
+def restart(name: str, timeout: StopTimeout = 30.0, wait: NoWait = True,
+            wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
+    """Stop and boot again."""
+    with output.errors():
+        api = client()
+        vm = api.restart_vm(name, timeout=timeout)
+        if wait:
+            # A restart passes through stopped: wait for the boot that follows, not the stop.
+            deadline = time.monotonic() + wait_timeout
+            while vm.state in (VMState.STOPPING, VMState.STOPPED) and time.monotonic() < deadline:
+                time.sleep(0.1)
+                vm = api.vm(name)
+        _settle(api, vm, VMState.RUNNING, "restarting", wait, wait_timeout, json)
+
+
+@app.command("pause")
+def pause(name: str, json: JsonFlag = False) -> None:
+    """Freeze a VM's vCPUs (memory is kept)."""
+    _action(name, "pause", VMState.PAUSED, "pausing", False, 0, json)
+
+
+@app.command("resume")
+def resume(name: str, json: JsonFlag = False) -> None:
+    """Continue a paused VM."""
+    _action(name, "resume", VMState.RUNNING, "resuming", False, 0, json)
+
+
+@app.command("delete")
+def delete(name: str, force: Annotated[bool, typer.Option("--force", help="stop it hard first if it runs")] = False,
+           json: JsonFlag = False) -> None:
+    """Delete a VM and its disk."""
+    with output.errors():
+        client().delete_vm(name, force=force)
+    if json:
+        return output.emit_json({"deleted": name})
+    output.out.print(f"VM '{name}' deleted")
+
+
+@app.command("exec", context_settings={"allow_interspersed_args": False})
+def exec_(
+    name: str,
+    command: Annotated[list[str], typer.Argument(help="the command and its arguments, after --")],
+    timeout: Annotated[float, typer.Option(help="seconds before giving up on the command")] = 60.0,
+    stdin: Annotated[bool, typer.Option("--stdin", help="send this program's stdin to the command")] = False,
+    json: JsonFlag = False,
+) -> None:
+    """Run a command in the guest; print its output and exit with its exit code."""
+    data = sys.stdin.buffer.read() if stdin else None
+    with output.errors():
+        result = client().exec(name, command, timeout=timeout, stdin=data)
+    if json:
+        output.emit_json(result)
+    else:
+        sys.stdout.write(result.stdout)
+        sys.stdout.flush()
+        sys.stderr.write(result.stderr)
+        sys.stderr.flush()
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("logs")
+def logs(name: str, follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new output")] = False,
+         json: JsonFlag = False) -> None:
+    """The VM's serial console output."""
+    with output.errors():
+        api = client()
+        data, offset = api.logs(name)
+        if json:
+            return output.emit_json({"name": name, "log": data.decode(errors="replace"), "next_offset": offset})
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        try:
+            while follow:
+                time.sleep(0.3)
+                data, offset = api.logs(name, offset)
+                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command("console")
+def console(name: str) -> None:
+    """Attach to the serial console. Ctrl-] detaches."""
+    from virtpool.cli.console import attach
+
+    with output.errors():
+        api = client()
+        vm = api.vm(name)
+    attach(api.url, api.token, vm.name)

@@ -1,0 +1,95 @@
+"""Images as the pool manages them: builds run in the background with visible progress, and an
+image that VMs still use cannot be deleted."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from virtpool.control.store.tables import VMRow
+from virtpool.model.agent import Agent
+from virtpool.model.errors import Conflict, InvalidRequest, NotFound, VirtpoolError
+from virtpool.model.image import BuildStatus, ImageInfo
+from virtpool.model.spec import NAME_RULE, valid_name
+
+log = logging.getLogger(__name__)
+
+
+class ImageService:
+    def __init__(self, sessions: sessionmaker[Session], agent: Agent) -> None:
+        self._sessions = sessions
+        self._agent = agent
+        self._builds: dict[str, BuildStatus] = {}
+        self._lock = threading.Lock()
+
+    def list(self) -> list[ImageInfo]:
+        return self._agent.list_images()
+
+    def get(self, name: str) -> ImageInfo:
+        return self._agent.get_image(name)
+
+    def delete(self, name: str) -> None:
+        self._agent.get_image(name)
+        with self._sessions() as session:
+            users = list(session.scalars(select(VMRow.name).where(VMRow.image == name).limit(5)))
+        if users:
+            raise Conflict(
+                f"image '{name}' is used by VMs: {', '.join(users)}",
+                hint="delete those VMs first",
+            )
+        self._agent.delete_image(name)
+
+    def import_files(
+        self, name: str, *, kernel: Path, initrd: Path | None, disk: Path | None, kernel_args: str
+    ) -> ImageInfo:
+        return self._agent.import_image(
+            name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args
+        )
+
+    def staging_dir(self) -> Path:
+        return self._agent.staging_dir()
+
+    def start_build(self, name: str) -> BuildStatus:
+        """Start building ``name`` in the background, or return the build under way."""
+        if not valid_name(name):
+            raise InvalidRequest(f"'{name}' is not a valid image name", hint=NAME_RULE)
+        with self._lock:
+            current = self._builds.get(name)
+            if current is not None and current.state == "running":
+                return current
+            status = BuildStatus(name=name, state="running", step="starting")
+            self._builds[name] = status
+        threading.Thread(target=self._build, args=(status,), name=f"build-{name}", daemon=True).start()
+        return status
+
+    def build_status(self, name: str) -> BuildStatus:
+        status = self._builds.get(name)
+        if status is None:
+            raise NotFound(f"no build of image '{name}' was started", hint="start one: virtpool image build")
+        return status
+
+    def build_now(self, name: str) -> BuildStatus:
+        """Build in this thread (used by `virtpool up` before it serves)."""
+        status = BuildStatus(name=name, state="running")
+        self._builds[name] = status
+        self._build(status)
+        return status
+
+    def _build(self, status: BuildStatus) -> None:
+        def progress(step: str, fraction: float) -> None:
+            status.step, status.progress = step, fraction
+
+        try:
+            _, built = self._agent.build_image(status.name, progress)
+        except VirtpoolError as err:
+            status.state, status.error = "failed", str(err)
+            return
+        except Exception as err:
+            log.exception("build of image %s failed", status.name)
+            status.state, status.error = "failed", f"internal error: {err!r}"
+            return
+        status.built, status.progress, status.state, status.step = built, 1.0, "done", "done"

@@ -1,0 +1,59 @@
+"""The control plane of one pool: database, services and the agent(s) they drive.
+
+The caller hands in the agent, so that this layer never imports the node package: single-node
+mode passes a ``LocalAgent``; a multi-host pool will pass remote agents.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from virtpool.control.auth import TokenService
+from virtpool.control.images import ImageService
+from virtpool.control.store import db
+from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
+from virtpool.model.agent import Agent
+
+TOKEN_FILE = "admin.token"
+URL_FILE = "api.url"
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    data_dir: Path
+    db_url: str | None = None  # default: SQLite in the data dir
+    boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S
+
+    @property
+    def token_file(self) -> Path:
+        return self.data_dir / TOKEN_FILE
+
+    @property
+    def url_file(self) -> Path:
+        return self.data_dir / URL_FILE
+
+
+class Pool:
+    """Everything the API needs, wired together. ``start()`` reconciles before serving."""
+
+    def __init__(self, config: PoolConfig, agent: Agent) -> None:
+        self.config = config
+        self.agent = agent
+        self.engine = db.make_engine(config.db_url or db.sqlite_url(config.data_dir / "state.db"))
+        db.migrate(self.engine)
+        sessions = db.session_factory(self.engine)
+        self.tokens = TokenService(sessions)
+        self.vms = VMService(sessions, agent, socket.gethostname(), boot_timeout=config.boot_timeout)
+        self.images = ImageService(sessions, agent)
+
+    def start(self) -> bool:
+        """Reconcile VMs with the host; create the admin token on first start (True then)."""
+        self.vms.reconcile()
+        return self.tokens.bootstrap(self.config.token_file)
+
+    def close(self) -> None:
+        self.vms.close()
+        self.agent.close()
+        self.engine.dispose()

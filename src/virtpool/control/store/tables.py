@@ -1,0 +1,66 @@
+"""The pool's tables (SQLAlchemy 2 declarative). Schema changes go through Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class VMRow(Base):
+    __tablename__ = "vms"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    image: Mapped[str] = mapped_column(String(63))
+    cpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    disk_mib: Mapped[int] = mapped_column(Integer)
+    kernel_args: Mapped[str] = mapped_column(Text, default="")
+    accel: Mapped[str] = mapped_column(String(8), default="auto")
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    host: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    ports: Mapped[list["PortRow"]] = relationship(
+        back_populates="vm", cascade="all, delete-orphan", lazy="selectin", order_by="PortRow.host_port"
+    )
+
+
+class PortRow(Base):
+    """A host port forwarded to a VM. The primary key makes a port belong to one VM only."""
+
+    __tablename__ = "port_forwards"
+
+    host_port: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    guest_port: Mapped[int] = mapped_column(Integer)
+
+    vm: Mapped[VMRow] = relationship(back_populates="ports")
+
+
+class TokenRow(Base):
+    """An API token. Only the SHA-256 of the secret is kept."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,0 +1,383 @@
+"""The VM lifecycle, as the control plane runs it.
+
+Rules this module keeps:
+
+* Every state change is a conditional UPDATE (``... WHERE state IN (allowed)``), so two callers
+  racing on one VM cannot both win, and a change is written *before* the side effect it
+  announces. After a crash, :meth:`VMService.reconcile` finishes or undoes what was under way.
+* The host is reached only through the ``Agent`` interface.
+* Long work (booting, stopping) runs in a worker thread; the request that asked for it returns
+  at once with the VM in ``starting`` or ``stopping``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from virtpool.control.store.tables import PortRow, VMRow, utcnow
+from virtpool.model.agent import Agent
+from virtpool.model.errors import (
+    Conflict,
+    InsufficientResources,
+    InvalidRequest,
+    NotFound,
+    VirtpoolError,
+)
+from virtpool.model.spec import ExecResult, PortForward, VMSpec
+from virtpool.model.states import ACTIVE, VMState, check_action
+from virtpool.model.vm import VMInfo
+
+log = logging.getLogger(__name__)
+S = VMState
+
+DEFAULT_BOOT_TIMEOUT_S = 60.0
+DEFAULT_STOP_TIMEOUT_S = 30.0
+MAX_EXEC_TIMEOUT_S = 3600.0
+
+
+class VMService:
+    """Create, boot, stop and delete VMs on one agent's host."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        agent: Agent,
+        host: str,
+        *,
+        boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S,
+        workers: int = 16,
+    ) -> None:
+        self._sessions = sessions
+        self._agent = agent
+        self._host = host
+        self.boot_timeout = boot_timeout
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm-op")
+        self._listeners: list[Callable[[VMInfo], None]] = []
+        agent.on_exit(self._on_exit)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+    def subscribe(self, listener: Callable[[VMInfo], None]) -> None:
+        """Call ``listener`` with the VM after each state change."""
+        self._listeners.append(listener)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def list(self, *, limit: int = 1000, offset: int = 0) -> list[VMInfo]:
+        with self._sessions() as session:
+            rows = session.scalars(select(VMRow).order_by(VMRow.name).limit(limit).offset(offset))
+            return [_info(row) for row in rows]
+
+    def get(self, ref: str) -> VMInfo:
+        with self._sessions() as session:
+            return _info(self._row(session, ref))
+
+    def _row(self, session: Session, ref: str) -> VMRow:
+        row = session.scalar(select(VMRow).where((VMRow.name == ref) | (VMRow.id == ref)))
+        if row is None:
+            raise NotFound(f"no VM named '{ref}'", hint="see `virtpool vm list`")
+        return row
+
+    # -- state changes --------------------------------------------------------------------
+
+    def _transition(
+        self, vm_id: str, allowed: Iterable[VMState], new: VMState, *, error: str | None = None
+    ) -> bool:
+        """Move to ``new`` if the VM is in one of ``allowed``; False if it was not."""
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(VMRow)
+                .where(VMRow.id == vm_id, VMRow.state.in_([s.value for s in allowed]))
+                .values(state=new.value, error=error, updated_at=utcnow())
+            )
+            changed = result.rowcount == 1
+        if changed:
+            self._notify(vm_id)
+        return changed
+
+    def _claim(self, ref: str, action: str, new: VMState) -> VMInfo:
+        """Check that ``action`` is allowed now and move to ``new`` in one step."""
+        vm = self.get(ref)
+        check_action(vm.name, vm.state, action)
+        if not self._transition(vm.id, [vm.state], new):
+            # Someone else changed it between our read and our write: report the fresh state.
+            fresh = self.get(vm.id)
+            check_action(fresh.name, fresh.state, action)
+            raise Conflict(f"VM '{vm.name}' changed state while {action} was asked; try again")
+        return self.get(vm.id)
+
+    def _notify(self, vm_id: str) -> None:
+        if not self._listeners:
+            return
+        try:
+            vm = self.get(vm_id)
+        except NotFound:
+            return
+        for listener in self._listeners:
+            listener(vm)
+
+    # -- create ---------------------------------------------------------------------------
+
+    def create(self, spec: VMSpec, *, start: bool = False) -> VMInfo:
+        """Validate, record, make the disk; on any failure nothing is left behind."""
+        self._agent.get_image(spec.image)
+        self._check_fits_host(spec)
+        self._check_ports(spec.ports, vm_id=None)
+        vm_id = uuid.uuid4().hex
+        self._insert(vm_id, spec)
+        try:
+            self._agent.create_disk(vm_id, spec.image, spec.disk_mib)
+        except BaseException:
+            self._agent.destroy_vm(vm_id)
+            with self._sessions.begin() as session:
+                session.execute(delete(VMRow).where(VMRow.id == vm_id))
+            raise
+        self._transition(vm_id, [S.CREATING], S.STOPPED)
+        if start:
+            return self.start(vm_id)
+        return self.get(vm_id)
+
+    def _insert(self, vm_id: str, spec: VMSpec) -> None:
+        row = VMRow(
+            id=vm_id, name=spec.name, image=spec.image, cpus=spec.cpus,
+            memory_mib=spec.memory_mib, disk_mib=spec.disk_mib, kernel_args=spec.kernel_args,
+            accel=spec.accel, state=S.CREATING.value, host=self._host,
+            ports=[PortRow(host_port=p.host, guest_port=p.guest) for p in spec.ports],
+        )
+        try:
+            with self._sessions.begin() as session:
+                session.add(row)
+        except IntegrityError as err:
+            with self._sessions() as session:
+                if session.scalar(select(VMRow.id).where(VMRow.name == spec.name)):
+                    raise Conflict(
+                        f"a VM named '{spec.name}' exists", hint="pick another name"
+                    ) from err
+            self._check_ports(spec.ports, vm_id=None)
+            raise
+
+    def _check_fits_host(self, spec: VMSpec) -> None:
+        host = self._agent.host_info()
+        if spec.cpus > host.cpus:
+            raise InsufficientResources(
+                f"VM '{spec.name}' asks for {spec.cpus} vCPUs; this host has {host.cpus}",
+                hint=f"ask for --cpus {host.cpus} or fewer",
+            )
+        if spec.memory_mib > host.memory_mib:
+            raise InsufficientResources(
+                f"VM '{spec.name}' asks for {spec.memory_mib} MiB of memory; this host has "
+                f"{host.memory_mib} MiB",
+                hint="ask for less --memory",
+            )
+        if spec.disk_mib > host.disk_free_mib:
+            raise InsufficientResources(
+                f"VM '{spec.name}' asks for a {spec.disk_mib} MiB disk; the host has "
+                f"{host.disk_free_mib} MiB free",
+                hint="ask for a smaller --disk or free space on the host",
+            )
+
+    def _check_memory_for_start(self, vm: VMInfo) -> None:
+        with self._sessions() as session:
+            committed = session.scalar(
+                select(func.coalesce(func.sum(VMRow.memory_mib), 0)).where(
+                    VMRow.state.in_([s.value for s in ACTIVE]), VMRow.id != vm.id
+                )
+            )
+        total = self._agent.host_info().memory_mib
+        if committed + vm.memory_mib > total:
+            raise InsufficientResources(
+                f"starting VM '{vm.name}' ({vm.memory_mib} MiB) would commit "
+                f"{committed + vm.memory_mib} MiB of this host's {total} MiB",
+                hint="stop another VM first, or give this one less memory",
+            )
+
+    def _check_ports(self, ports: Iterable[PortForward], *, vm_id: str | None) -> None:
+        ports = list(ports)
+        if not ports:
+            return
+        with self._sessions() as session:
+            taken = session.execute(
+                select(PortRow.host_port, VMRow.name)
+                .join(VMRow)
+                .where(PortRow.host_port.in_([p.host for p in ports]))
+                .where(VMRow.id != (vm_id or ""))
+            ).all()
+        if taken:
+            port, owner = taken[0]
+            raise Conflict(
+                f"host port {port} is already forwarded to VM '{owner}'", hint="pick another port"
+            )
+        for forward in ports:
+            if not self._agent.check_port_free(forward.host):
+                raise Conflict(
+                    f"host port {forward.host} is in use by another program on this host",
+                    hint="pick another port",
+                )
+
+    # -- start / stop ---------------------------------------------------------------------
+
+    def start(self, ref: str) -> VMInfo:
+        vm = self.get(ref)
+        check_action(vm.name, vm.state, "start")
+        self._check_memory_for_start(vm)
+        self._check_ports(vm.ports, vm_id=vm.id)
+        vm = self._claim(vm.id, "start", S.STARTING)
+        self._pool.submit(self._boot, vm)
+        return vm
+
+    def _boot(self, vm: VMInfo, *, spawn: bool = True) -> None:
+        """Spawn QEMU (unless it runs already) and wait for the guest agent."""
+        try:
+            if spawn:
+                self._agent.start_vm(vm.id, _spec(vm))
+            self._agent.wait_ready(vm.id, self.boot_timeout)
+        except Exception as err:
+            message = str(err) if isinstance(err, VirtpoolError) else f"internal error: {err!r}"
+            if not isinstance(err, VirtpoolError):
+                log.exception("boot of VM %s failed", vm.name)
+            # A boot that failed leaves no process behind, whatever state it reached.
+            if self._transition(vm.id, [S.STARTING], S.ERROR, error=message):
+                self._agent.kill_vm(vm.id)
+            return
+        self._transition(vm.id, [S.STARTING], S.RUNNING)
+
+    def stop(self, ref: str, *, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> VMInfo:
+        vm = self._claim(ref, "stop", S.STOPPING)
+        self._pool.submit(self._shutdown, vm, timeout)
+        return vm
+
+    def _shutdown(self, vm: VMInfo, timeout: float, then: Callable[[], None] | None = None) -> None:
+        try:
+            self._agent.stop_vm(vm.id, timeout)
+        except Exception:
+            log.exception("graceful stop of VM %s failed; stopping it hard", vm.name)
+            self._agent.kill_vm(vm.id)
+        self._transition(vm.id, [S.STOPPING], S.STOPPED)
+        if then is not None:
+            then()
+
+    def restart(self, ref: str, *, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> VMInfo:
+        vm = self._claim(ref, "restart", S.STOPPING)
+
+        def boot_again() -> None:
+            if self._transition(vm.id, [S.STOPPED], S.STARTING):
+                self._boot(self.get(vm.id))
+
+        self._pool.submit(self._shutdown, vm, timeout, boot_again)
+        return vm
+
+    def pause(self, ref: str) -> VMInfo:
+        vm = self._claim(ref, "pause", S.PAUSED)
+        try:
+            self._agent.pause_vm(vm.id)
+        except BaseException:
+            self._transition(vm.id, [S.PAUSED], S.RUNNING)
+            raise
+        return self.get(vm.id)
+
+    def resume(self, ref: str) -> VMInfo:
+        vm = self._claim(ref, "resume", S.RUNNING)
+        try:
+            self._agent.resume_vm(vm.id)
+        except BaseException:
+            self._transition(vm.id, [S.RUNNING], S.PAUSED)
+            raise
+        return self.get(vm.id)
+
+    # -- delete ---------------------------------------------------------------------------
+
+    def delete(self, ref: str, *, force: bool = False) -> None:
+        vm = self._claim(ref, "force-delete" if force else "delete", S.DELETING)
+        self._agent.destroy_vm(vm.id)
+        with self._sessions.begin() as session:
+            session.execute(delete(VMRow).where(VMRow.id == vm.id))
+
+    # -- guest ----------------------------------------------------------------------------
+
+    def exec(
+        self, ref: str, argv: list[str], *, timeout: float = 60.0, stdin: bytes | None = None
+    ) -> ExecResult:
+        if not argv or not argv[0]:
+            raise InvalidRequest("no command given", hint="e.g. virtpool vm exec NAME -- uname -a")
+        if not 0 < timeout <= MAX_EXEC_TIMEOUT_S:
+            raise InvalidRequest(f"timeout must be between 0 and {MAX_EXEC_TIMEOUT_S:g} seconds")
+        vm = self.get(ref)
+        check_action(vm.name, vm.state, "exec")
+        return self._agent.exec_vm(vm.id, argv, timeout, stdin)
+
+    def read_log(self, ref: str, offset: int = 0, limit: int = 1 << 20) -> tuple[bytes, int]:
+        return self._agent.read_log(self.get(ref).id, offset, limit)
+
+    # -- QEMU exits and restarts ----------------------------------------------------------
+
+    def _on_exit(self, vm_id: str, guest_initiated: bool) -> None:
+        # STARTING and STOPPING belong to the worker that set them; it sees the exit itself.
+        if guest_initiated:
+            self._transition(vm_id, [S.RUNNING, S.PAUSED], S.STOPPED)
+            return
+        self._transition(
+            vm_id, [S.RUNNING, S.PAUSED], S.CRASHED,
+            error="QEMU exited without being asked to (killed, or it crashed)",
+        )
+
+    def reconcile(self) -> None:
+        """Bring records and host into agreement after a (re)start of the control plane."""
+        with self._sessions() as session:
+            rows = [_info(r) for r in session.scalars(select(VMRow))]
+        known = {vm.id for vm in rows}
+        for vm in rows:
+            self._reconcile_one(vm)
+        for orphan in self._agent.vm_ids() - known:
+            log.warning("removing VM directory %s that no record claims", orphan)
+            self._agent.destroy_vm(orphan)
+
+    def _reconcile_one(self, vm: VMInfo) -> None:
+        if vm.state in (S.CREATING, S.DELETING):
+            self._agent.destroy_vm(vm.id)
+            with self._sessions.begin() as session:
+                session.execute(delete(VMRow).where(VMRow.id == vm.id))
+            return
+        status = self._agent.adopt_vm(vm.id, vm.name)
+        if vm.state in (S.RUNNING, S.PAUSED):
+            if status is None:
+                self._transition(
+                    vm.id, [vm.state], S.CRASHED,
+                    error="QEMU was gone when virtpool restarted",
+                )
+            elif status != vm.state.value:
+                self._transition(vm.id, [vm.state], S(status))
+        elif vm.state == S.STARTING:
+            if status is None:
+                self._transition(vm.id, [S.STARTING], S.ERROR, error="virtpool restarted during boot")
+            else:
+                self._pool.submit(self._boot, vm, spawn=False)
+        elif vm.state == S.STOPPING:
+            self._pool.submit(self._shutdown, vm, DEFAULT_STOP_TIMEOUT_S)
+        elif status is not None:
+            log.warning("VM %s is %s but its QEMU runs; stopping it", vm.name, vm.state.value)
+            self._agent.kill_vm(vm.id)
+
+
+def _info(row: VMRow) -> VMInfo:
+    return VMInfo(
+        id=row.id, name=row.name, image=row.image, cpus=row.cpus, memory_mib=row.memory_mib,
+        disk_mib=row.disk_mib,
+        ports=[PortForward(host=p.host_port, guest=p.guest_port) for p in row.ports],
+        kernel_args=row.kernel_args, accel=row.accel, state=S(row.state), error=row.error,
+        host=row.host, created_at=row.created_at, updated_at=row.updated_at,
+    )
+
+
+def _spec(vm: VMInfo) -> VMSpec:
+    return VMSpec(
+        name=vm.name, image=vm.image, cpus=vm.cpus, memory_mib=vm.memory_mib,
+        disk_mib=vm.disk_mib, ports=vm.ports, kernel_args=vm.kernel_args, accel=vm.accel,
+    )

@@ -1,0 +1,102 @@
+"""The root of every error virtpool raises on purpose.
+
+Tree (each class lives with the layer that raises it, but derives from one of these roots so
+that the API can map it to an HTTP status without knowing the layer)::
+
+    VirtpoolError                 anything virtpool refuses or fails to do; has .hint
+    ├── InvalidRequest            the request itself is wrong (bad name, size out of range) → 422
+    ├── NotFound                  no such VM, image, token → 404
+    ├── Conflict                  the request clashes with current state (duplicate name,
+    │   │                         host port taken, wrong VM state) → 409
+    │   └── StateError            the VM is not in a state that allows the action
+    ├── InsufficientResources     the host cannot hold what was asked → 409 (507 for disk)
+    ├── Unauthorized              no or bad credentials → 401
+    └── OperationFailed           the action was valid but failed on the host (QEMU refused,
+        │                         guest never booted) → 500-class only if virtpool is at fault;
+        │                         reported as 502 "the hypervisor said no" otherwise
+        └── BootTimeout           the guest agent never answered
+
+Messages say what went wrong; ``hint`` says what to do next.
+"""
+
+from __future__ import annotations
+
+
+class VirtpoolError(Exception):
+    """Base class of virtpool's deliberate errors."""
+
+    status: int = 500
+    title: str = "virtpool error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class InvalidRequest(VirtpoolError):
+    """The request is malformed or out of range; nothing was changed."""
+
+    status = 422
+    title = "invalid request"
+
+
+class NotFound(VirtpoolError):
+    """The named resource does not exist (or is not visible to the caller)."""
+
+    status = 404
+    title = "not found"
+
+
+class Conflict(VirtpoolError):
+    """The request clashes with the current state of the pool."""
+
+    status = 409
+    title = "conflict"
+
+
+class StateError(Conflict):
+    """An action was asked of a VM in a state that does not allow it."""
+
+    title = "wrong state"
+
+    def __init__(self, vm: str, actual: str, action: str, allowed: frozenset[str]) -> None:
+        allowed_list = ", ".join(sorted(allowed)) or "none"
+        super().__init__(
+            f"cannot {action} VM '{vm}': it is {actual}",
+            hint=f"{action} needs the VM to be one of: {allowed_list}",
+        )
+        self.vm = vm
+        self.actual = actual
+        self.action = action
+        self.allowed = allowed
+
+
+class InsufficientResources(VirtpoolError):
+    """The host does not have the CPU, memory or disk asked for."""
+
+    status = 409
+    title = "insufficient resources"
+
+
+class Unauthorized(VirtpoolError):
+    """Missing, unknown, expired or revoked credentials."""
+
+    status = 401
+    title = "unauthorized"
+
+
+class OperationFailed(VirtpoolError):
+    """A valid action failed on the host."""
+
+    status = 502
+    title = "operation failed"
+
+
+class BootTimeout(OperationFailed):
+    """The guest did not answer its agent before the boot deadline."""
+
+    title = "boot timeout"

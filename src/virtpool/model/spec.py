@@ -1,0 +1,111 @@
+"""What a user asks for: the VM spec, and the host facts it is checked against.
+
+Pure data and static rules only. Checks that need the host (is the image there, is the port
+free, does the host have that much memory) happen in the control plane.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+_NAME = re.compile(NAME_PATTERN)
+NAME_RULE = "1-63 characters: lowercase letters, digits and '-', starting with a letter"
+
+MIN_MEMORY_MIB = 64  # the Debian cloud kernel with our initramfs does not boot in less
+MAX_CPUS = 255  # microvm's limit for x86 without an IOMMU (x2APIC IDs beyond need one)
+MAX_KERNEL_ARGS = 2048  # the x86 boot protocol's command line limit
+
+Accel = Literal["auto", "kvm", "tcg"]
+
+
+def valid_name(name: str) -> bool:
+    return bool(_NAME.match(name))
+
+
+class PortForward(BaseModel):
+    """A TCP port on the host's loopback forwarded to a port in the guest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: int = Field(ge=1, le=65535)
+    guest: int = Field(ge=1, le=65535)
+
+    @classmethod
+    def parse(cls, text: str) -> "PortForward":
+        """'8080:80' → host 8080, guest 80."""
+        host, sep, guest = text.partition(":")
+        if not sep or not host.isdigit() or not guest.isdigit():
+            from virtpool.model.errors import InvalidRequest
+
+            raise InvalidRequest(
+                f"cannot read port forward '{text}'", hint="write HOST:GUEST, e.g. 8080:80"
+            )
+        return cls(host=int(host), guest=int(guest))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.guest}"
+
+
+class VMSpec(BaseModel):
+    """A VM as the user describes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description=NAME_RULE, examples=["web1"])
+    image: str = Field(default="default", description="name of an image (`virtpool image list`)")
+    cpus: int = Field(default=1, ge=1, le=MAX_CPUS)
+    memory_mib: int = Field(default=256, ge=MIN_MEMORY_MIB, le=16 * 1024 * 1024)
+    disk_mib: int = Field(default=1024, ge=1, le=64 * 1024 * 1024)
+    ports: list[PortForward] = Field(default_factory=list, max_length=64)
+    kernel_args: str = Field(default="", max_length=MAX_KERNEL_ARGS)
+    accel: Accel = "auto"
+
+    @field_validator("name", "image")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not valid_name(value):
+            raise ValueError(f"'{value}' is not a valid name: {NAME_RULE}")
+        return value
+
+    @field_validator("kernel_args")
+    @classmethod
+    def _check_kernel_args(cls, value: str) -> str:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError("kernel arguments must be printable text on one line")
+        return value
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> "VMSpec":
+        seen: set[int] = set()
+        for forward in self.ports:
+            if forward.host in seen:
+                raise ValueError(f"host port {forward.host} is forwarded twice")
+            seen.add(forward.host)
+        return self
+
+
+class HostInfo(BaseModel):
+    """A host's inventory as its agent reports it."""
+
+    hostname: str
+    cpus: int
+    memory_mib: int
+    disk_total_mib: int
+    disk_free_mib: int
+    accel: Literal["kvm", "tcg"]
+    accel_reason: str
+    qemu_version: str
+    data_dir: str
+
+
+class ExecResult(BaseModel):
+    """The outcome of a command run in the guest."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    truncated: bool = False

@@ -1,0 +1,36 @@
+"""Sizes as people write them ("256M", "1G", "1.5GiB") and as virtpool stores them (MiB)."""
+
+from __future__ import annotations
+
+import re
+
+from virtpool.model.errors import InvalidRequest
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_FACTOR_MIB = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def parse_size_mib(text: str | int, *, what: str = "size") -> int:
+    """Parse a size into whole MiB; a bare number means MiB (as QEMU's ``-m`` does)."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(text)
+    if not match:
+        raise InvalidRequest(
+            f"cannot read {what} '{text}'",
+            hint="write a number with an optional unit, e.g. 512M, 2G or 1.5G",
+        )
+    number, unit = float(match.group(1)), match.group(2).upper()
+    mib = number * _FACTOR_MIB[unit]
+    if mib != int(mib):
+        raise InvalidRequest(f"{what} '{text}' is not a whole number of MiB", hint="use e.g. 512M")
+    return int(mib)
+
+
+def format_mib(mib: int) -> str:
+    """1024 → '1G', 1536 → '1536M': the shortest exact form."""
+    if mib and mib % (1024 * 1024) == 0:
+        return f"{mib // (1024 * 1024)}T"
+    if mib and mib % 1024 == 0:
+        return f"{mib // 1024}G"
+    return f"{mib}M"

@@ -1,0 +1,409 @@
+"""The agent of one host, in the control plane's process (single-node mode).
+
+It owns the QEMU processes, disks and images under the data dir and carries out what the
+control plane asks, through the calls of ``virtpool.model.agent.Agent``. It keeps no state of
+its own that matters: everything it needs after a restart is on disk (pidfile, sockets) and in
+the control plane's database.
+
+Async work (QMP, the guest agent, watching for QEMU's exit) runs on one event loop in a thread
+of the agent's own, so that blocking callers (API worker threads, the CLI in-process) can use
+it without an event loop of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+
+from virtpool.model.agent import ExitHandler, Progress
+from virtpool.model.errors import BootTimeout, InsufficientResources, NotFound, OperationFailed
+from virtpool.model.image import ImageFile, ImageInfo
+from virtpool.model.spec import Accel, ExecResult, HostInfo, VMSpec
+from virtpool.node import disks, serial
+from virtpool.node.images.manifest import Manifest
+from virtpool.node.images.store import ImageStore, kernel_kind
+from virtpool.node.qemu import accel as accel_mod
+from virtpool.node.qemu import process, qmp
+from virtpool.node.qemu.argv import LaunchPlan, build_argv
+from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
+from virtpool.node.vmdir import VMPaths
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+READY_POLL_S = 0.05  # between guest-agent pings while a guest boots
+LOG_TRIM_INTERVAL_S = 5.0
+HARD_STOP_GRACE_S = 3.0  # after QMP 'quit', before SIGKILL
+QMP_CONNECT_TIMEOUT_S = 10.0
+
+
+class LocalAgent:
+    """The agent for the host this process runs on."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        accel: Accel = "auto",
+        log_cap_bytes: int = serial.DEFAULT_CAP_BYTES,
+        qemu_binary: str = "qemu-system-x86_64",
+    ) -> None:
+        self.data_dir = data_dir
+        self.images = ImageStore(data_dir / "images")
+        self.vms_dir = data_dir / "vms"
+        self.vms_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.images.remove_leftovers()
+        self._accel, self._accel_reason = accel_mod.detect(accel)
+        self._tsc_khz = accel_mod.host_tsc_khz()
+        self._log_cap = log_cap_bytes
+        self._qemu = qemu_binary
+        self._names: dict[str, str] = {}
+        self._watchers: dict[str, Future[None]] = {}
+        self._exit_handlers: list[ExitHandler] = []
+        self._qga_locks: dict[str, asyncio.Lock] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="agent-loop", daemon=True)
+        self._thread.start()
+        self._trimmer = self._submit(self._trim_logs_forever())
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return self._submit(coro).result(timeout)
+
+    def _paths(self, vm_id: str) -> VMPaths:
+        return VMPaths(self.vms_dir / vm_id)
+
+    def _label(self, vm_id: str) -> str:
+        return self._names.get(vm_id, vm_id)
+
+    def close(self) -> None:
+        """Stop watching; the VMs themselves keep running."""
+        for future in [*self._watchers.values(), self._trimmer]:
+            future.cancel()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    # -- host -----------------------------------------------------------------------------
+
+    def host_info(self) -> HostInfo:
+        usage = shutil.disk_usage(self.data_dir)
+        return HostInfo(
+            hostname=socket.gethostname(),
+            cpus=os.cpu_count() or 1,
+            memory_mib=psutil.virtual_memory().total // (1024 * 1024),
+            disk_total_mib=usage.total // (1024 * 1024),
+            disk_free_mib=usage.free // (1024 * 1024),
+            accel=self._accel,
+            accel_reason=self._accel_reason,
+            qemu_version=_qemu_version(self._qemu),
+            data_dir=str(self.data_dir),
+        )
+
+    def check_port_free(self, port: int) -> bool:
+        # QEMU's user-mode network binds with SO_REUSEADDR; so does this check, so that a port
+        # in TIME_WAIT is not reported busy when QEMU could bind it.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    # -- images ---------------------------------------------------------------------------
+
+    def list_images(self) -> list[ImageInfo]:
+        return [_image_info(m) for m in self.images.list()]
+
+    def get_image(self, name: str) -> ImageInfo:
+        return _image_info(self.images.get(name))
+
+    def build_image(self, name: str, progress: Progress | None = None) -> tuple[ImageInfo, bool]:
+        manifest, built = self.images.build(name, progress)
+        return _image_info(manifest), built
+
+    def import_image(
+        self, name: str, *, kernel: Path, initrd: Path | None, disk: Path | None, kernel_args: str
+    ) -> ImageInfo:
+        manifest = self.images.import_files(
+            name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args, move=True
+        )
+        return _image_info(manifest)
+
+    def delete_image(self, name: str) -> None:
+        self.images.delete(name)
+
+    def staging_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix=".import-upload-", dir=self.images.root))
+
+    # -- VM files -------------------------------------------------------------------------
+
+    def vm_ids(self) -> set[str]:
+        return {p.name for p in self.vms_dir.iterdir() if p.is_dir()}
+
+    def create_disk(self, vm_id: str, image: str, disk_mib: int) -> None:
+        manifest = self.images.get(image)
+        paths = self._paths(vm_id)
+        paths.create()
+        free_mib = shutil.disk_usage(self.data_dir).free // (1024 * 1024)
+        if manifest.disk is not None:
+            base = self.images.path(image) / manifest.disk.path
+            base_size = disks.qemu_img_info(base, manifest.disk_format or "raw").virtual_size
+            base_mib = -(-base_size // (1024 * 1024))
+            if disk_mib < base_mib:
+                raise InsufficientResources(
+                    f"image '{image}' has a {base_mib} MiB disk; the VM's disk cannot be smaller",
+                    hint=f"ask for --disk {base_mib}M or more",
+                )
+            disks.create_overlay(paths.disk, base, manifest.disk_format or "raw", disk_mib)
+        else:
+            if disk_mib > free_mib:
+                raise InsufficientResources(
+                    f"the disk asked for ({disk_mib} MiB) is larger than the free space in "
+                    f"{self.data_dir} ({free_mib} MiB)",
+                    hint="ask for a smaller --disk or free space on the host",
+                )
+            disks.create_blank(paths.disk, disk_mib)
+
+    def destroy_vm(self, vm_id: str) -> None:
+        self.kill_vm(vm_id)
+        watcher = self._watchers.pop(vm_id, None)
+        if watcher is not None:
+            watcher.cancel()
+        shutil.rmtree(self._paths(vm_id).root, ignore_errors=True)
+        self._names.pop(vm_id, None)
+
+    def read_log(self, vm_id: str, offset: int = 0, limit: int = 1 << 20) -> tuple[bytes, int]:
+        return serial.read_from(self._paths(vm_id).serial_log, offset, limit)
+
+    def console_socket(self, vm_id: str) -> Path:
+        return self._paths(vm_id).console_sock
+
+    # -- VM processes ---------------------------------------------------------------------
+
+    def on_exit(self, handler: ExitHandler) -> None:
+        self._exit_handlers.append(handler)
+
+    def launch_plan(self, vm_id: str, spec: VMSpec) -> LaunchPlan:
+        """Resolve a spec to host paths; public so that the boot benchmark can reuse it."""
+        manifest = self.images.get(spec.image)
+        image_dir = self.images.path(spec.image)
+        accel = self._accel if spec.accel == "auto" else accel_mod.detect(spec.accel)[0]
+        kernel = image_dir / manifest.kernel.path
+        return LaunchPlan(
+            name=spec.name,
+            cpus=spec.cpus,
+            memory_mib=spec.memory_mib,
+            kernel=kernel,
+            initrd=image_dir / manifest.initrd.path if manifest.initrd else None,
+            kernel_is_elf=kernel_kind(kernel) == "elf",
+            paths=self._paths(vm_id),
+            accel=accel,
+            ports=tuple(spec.ports),
+            image_kernel_args=manifest.kernel_args,
+            user_kernel_args=spec.kernel_args,
+            tsc_khz=self._tsc_khz,
+            qemu_binary=self._qemu,
+        )
+
+    def start_vm(self, vm_id: str, spec: VMSpec) -> int:
+        paths = self._paths(vm_id)
+        if not paths.disk.exists():
+            raise NotFound(f"VM '{spec.name}' has no disk on this host ({paths.disk})")
+        if process.find(paths.pidfile) is not None:
+            raise OperationFailed(f"VM '{spec.name}' already has a QEMU process")
+        self._names[vm_id] = spec.name
+        process.remove_stale_files([*paths.sockets(), paths.pidfile])
+        pid = process.spawn(build_argv(self.launch_plan(vm_id, spec)), paths.pidfile, vm=spec.name)
+        self._watch(vm_id)
+        return pid
+
+    def wait_ready(self, vm_id: str, timeout: float) -> None:
+        self._run(self._wait_ready(vm_id, timeout))
+
+    async def _wait_ready(self, vm_id: str, timeout: float) -> None:
+        paths = self._paths(vm_id)
+        deadline = self._loop.time() + timeout
+        while True:
+            if process.find(paths.pidfile) is None:
+                raise OperationFailed(
+                    f"QEMU of VM '{self._label(vm_id)}' exited while the guest booted; "
+                    f"the console said:\n{serial.tail(paths.serial_log)}",
+                    hint="check the image and the kernel arguments",
+                )
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                raise BootTimeout(
+                    f"VM '{self._label(vm_id)}' did not answer its guest agent within "
+                    f"{timeout:g}s; the console said:\n{serial.tail(paths.serial_log)}",
+                    hint="the image must run qemu-guest-agent; see `virtpool vm logs`",
+                )
+            try:
+                async with self._qga_lock(vm_id):
+                    agent = await GuestAgent.open(
+                        paths.qga_sock, vm=self._label(vm_id), sync_timeout=min(1.0, remaining)
+                    )
+                    await agent.close()
+                return
+            except GuestAgentError:
+                await asyncio.sleep(READY_POLL_S)
+
+    def _qga_lock(self, vm_id: str) -> asyncio.Lock:
+        # QGA serves one client at a time: callers on the same VM take turns.
+        return self._qga_locks.setdefault(vm_id, asyncio.Lock())
+
+    def stop_vm(self, vm_id: str, timeout: float) -> bool:
+        paths = self._paths(vm_id)
+        if process.find(paths.pidfile) is None:
+            return False
+        self._run(self._ask_guest_to_stop(vm_id), timeout=QMP_CONNECT_TIMEOUT_S + 5)
+        if process.wait_gone(paths.pidfile, timeout):
+            return True
+        self.kill_vm(vm_id)
+        return False
+
+    async def _ask_guest_to_stop(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        label = self._label(vm_id)
+        status = await qmp.command(paths.qmp_sock, "query-status", vm=label)
+        if status.get("status") == "paused":
+            await qmp.command(paths.qmp_sock, "cont", vm=label)
+        try:
+            async with self._qga_lock(vm_id):
+                async with await GuestAgent.open(paths.qga_sock, vm=label) as agent:
+                    await agent.shutdown()
+        except GuestAgentError:
+            # No guest agent: the ACPI power button, which a guest may or may not heed.
+            await qmp.command(paths.qmp_sock, "system_powerdown", vm=label)
+
+    def kill_vm(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        proc = process.find(paths.pidfile)
+        if proc is None:
+            return
+        try:
+            self._run(qmp.command(paths.qmp_sock, "quit", vm=self._label(vm_id)), timeout=5)
+        except (OperationFailed, TimeoutError):
+            pass
+        if not process.wait_gone(paths.pidfile, HARD_STOP_GRACE_S):
+            process.kill(proc.pid, paths.pidfile)
+
+    def pause_vm(self, vm_id: str) -> None:
+        self._run(qmp.command(self._paths(vm_id).qmp_sock, "stop", vm=self._label(vm_id)))
+
+    def resume_vm(self, vm_id: str) -> None:
+        self._run(qmp.command(self._paths(vm_id).qmp_sock, "cont", vm=self._label(vm_id)))
+
+    def exec_vm(
+        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None = None
+    ) -> ExecResult:
+        return self._run(self._exec(vm_id, argv, timeout, stdin))
+
+    async def _exec(
+        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None
+    ) -> ExecResult:
+        async with self._qga_lock(vm_id):
+            agent = await GuestAgent.open(self._paths(vm_id).qga_sock, vm=self._label(vm_id))
+            async with agent:
+                return await agent.exec(argv, timeout=timeout, stdin=stdin)
+
+    def adopt_vm(self, vm_id: str, name: str) -> str | None:
+        paths = self._paths(vm_id)
+        self._names[vm_id] = name
+        if process.find(paths.pidfile) is None:
+            return None
+        self._watch(vm_id)
+        status = self._run(qmp.command(paths.qmp_sock, "query-status", vm=name))
+        return "paused" if status.get("status") == "paused" else "running"
+
+    # -- watching -------------------------------------------------------------------------
+
+    def _watch(self, vm_id: str) -> None:
+        old = self._watchers.get(vm_id)
+        if old is not None and not old.done():
+            return
+        self._watchers[vm_id] = self._submit(self._watch_until_exit(vm_id))
+
+    async def _watch_until_exit(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        guest_initiated = False
+
+        def on_event(name: str, data: Any) -> None:
+            nonlocal guest_initiated
+            if name == "SHUTDOWN" and data.get("guest"):
+                guest_initiated = True
+
+        while True:
+            try:
+                await qmp.watch(
+                    paths.events_sock, on_event, vm=self._label(vm_id),
+                    connect_timeout=QMP_CONNECT_TIMEOUT_S,
+                )
+            except OperationFailed:
+                pass
+            # The monitor closed; QEMU is on its way out. Wait for the process to be gone.
+            for _ in range(100):
+                if process.find(paths.pidfile) is None:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                continue  # still alive: the connection dropped for another reason
+            break
+        self._watchers.pop(vm_id, None)
+        for handler in self._exit_handlers:
+            try:
+                await asyncio.to_thread(handler, vm_id, guest_initiated)
+            except Exception:  # a handler's bug must not kill the watcher loop
+                log.exception("exit handler failed for VM %s", vm_id)
+
+    async def _trim_logs_forever(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_TRIM_INTERVAL_S)
+            for vm_id in list(self._watchers):
+                serial.trim(self._paths(vm_id).serial_log, self._log_cap)
+
+
+def _image_info(manifest: Manifest) -> ImageInfo:
+    def entry(f: Any) -> ImageFile | None:
+        return ImageFile(path=f.path, sha256=f.sha256, size=f.size) if f else None
+
+    return ImageInfo(
+        name=manifest.name,
+        kernel=entry(manifest.kernel),
+        initrd=entry(manifest.initrd),
+        disk=entry(manifest.disk),
+        disk_format=manifest.disk_format,
+        kernel_args=manifest.kernel_args,
+        size=manifest.size(),
+        created_at=manifest.created_at,
+        source=manifest.source,
+    )
+
+
+_qemu_versions: dict[str, str] = {}
+
+
+def _qemu_version(binary: str) -> str:
+    if binary not in _qemu_versions:
+        try:
+            out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+            _qemu_versions[binary] = out.stdout.splitlines()[0] if out.stdout else "unknown"
+        except (OSError, subprocess.TimeoutExpired):
+            _qemu_versions[binary] = "not installed"
+    return _qemu_versions[binary]

@@ -1,0 +1,161 @@
+"""The images of one host: ``<data>/images/<name>/``, each with its manifest.
+
+Builds and imports happen in a hidden staging directory next to the images and are renamed into
+place only when complete, so an image is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from virtpool.model.errors import Conflict, InvalidRequest, NotFound
+from virtpool.model.spec import NAME_RULE, valid_name
+from virtpool.node import disks
+from virtpool.node.images.manifest import (
+    Manifest,
+    file_entry,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+
+ELF_MAGIC = b"\x7fELF"
+BZIMAGE_MAGIC_OFFSET = 0x202  # "HdrS", the x86 boot protocol header
+BZIMAGE_MAGIC = b"HdrS"
+
+Progress = Callable[[str, float], None]
+
+
+def kernel_kind(path: Path) -> str:
+    """'elf' or 'bzimage'; anything else is not a kernel QEMU can boot directly."""
+    with path.open("rb") as handle:
+        head = handle.read(BZIMAGE_MAGIC_OFFSET + 4)
+    if head.startswith(ELF_MAGIC):
+        return "elf"
+    if head[BZIMAGE_MAGIC_OFFSET:] == BZIMAGE_MAGIC:
+        return "bzimage"
+    raise InvalidRequest(
+        f"{path.name} is not a Linux kernel (neither an ELF vmlinux nor a bzImage)",
+        hint="pass the kernel file, e.g. /boot/vmlinuz-… or a vmlinux",
+    )
+
+
+class ImageStore:
+    """List, build, import and delete the images under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        _check_name(name)
+        return self.root / name
+
+    def list(self) -> list[Manifest]:
+        manifests = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            manifest = read_manifest(entry)
+            if manifest is not None:
+                manifests.append(manifest)
+        return manifests
+
+    def get(self, name: str) -> Manifest:
+        manifest = read_manifest(self.path(name))
+        if manifest is None:
+            hint = (
+                "build it: virtpool image build"
+                if name == "default"
+                else "see `virtpool image list`, or import one with `virtpool image import`"
+            )
+            raise NotFound(f"no image named '{name}'", hint=hint)
+        return manifest
+
+    def verify(self, name: str) -> list[str]:
+        """Files whose checksum no longer matches the manifest (empty when intact)."""
+        manifest = self.get(name)
+        image_dir = self.path(name)
+        return [
+            f.path
+            for f in manifest.files()
+            if not (image_dir / f.path).is_file() or sha256_file(image_dir / f.path) != f.sha256
+        ]
+
+    def delete(self, name: str) -> None:
+        self.get(name)
+        image_dir = self.path(name)
+        # Rename first: a crash mid-delete leaves a hidden leftover, never half an image.
+        doomed = self.root / f".delete-{name}-{os.getpid()}"
+        os.replace(image_dir, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def build(self, name: str = "default", progress: Progress | None = None) -> tuple[Manifest, bool]:
+        """Build the default recipe under ``name``; a no-op when it is already built."""
+        from virtpool.node.images.build import build_default_image
+
+        _check_name(name)
+        return build_default_image(self.root, name, progress=progress)
+
+    def import_files(
+        self,
+        name: str,
+        *,
+        kernel: Path,
+        initrd: Path | None = None,
+        disk: Path | None = None,
+        kernel_args: str = "",
+        move: bool = False,
+    ) -> Manifest:
+        """Copy (or move) the user's files in as image ``name``, refusing unsafe disks."""
+        _check_name(name)
+        if self.path(name).exists():
+            raise Conflict(f"an image named '{name}' exists", hint="delete it first or pick another name")
+        staging = Path(tempfile.mkdtemp(prefix=f".import-{name}-", dir=self.root))
+        try:
+            take = shutil.move if move else shutil.copyfile
+            take(kernel, staging / "kernel")
+            kind = kernel_kind(staging / "kernel")
+            if initrd is not None:
+                take(initrd, staging / "initrd")
+            disk_entry, disk_format = None, None
+            if disk is not None:
+                take(disk, staging / "disk")
+                # Checked on our own copy, so the file cannot change between check and use.
+                disk_format = disks.sniff_format(staging / "disk")
+                disks.qemu_img_info(staging / "disk", disk_format)
+                disk_entry = file_entry(staging, "disk")
+            args = kernel_args
+            if disk is not None and initrd is None and "root=" not in kernel_args:
+                args = f"root=/dev/vda rw {kernel_args}".strip()
+            manifest = Manifest(
+                name=name,
+                kernel=file_entry(staging, "kernel"),
+                initrd=file_entry(staging, "initrd") if initrd is not None else None,
+                disk=disk_entry,
+                disk_format=disk_format,
+                kernel_args=args,
+                source={"kind": "import", "kernel_format": kind},
+            )
+            write_manifest(staging, manifest)
+            os.chmod(staging, 0o755)
+            os.rename(staging, self.path(name))
+            return manifest
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def remove_leftovers(self) -> None:
+        """Remove staging directories of builds, imports and deletes that never finished."""
+        for entry in self.root.iterdir():
+            if entry.name.startswith((".import-", ".delete-", ".build-")) and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _check_name(name: str) -> None:
+    if not valid_name(name):
+        raise InvalidRequest(f"'{name}' is not a valid image name", hint=NAME_RULE)

@@ -1,0 +1,113 @@
+"""Build QEMU's command line from a launch plan. Pure: no I/O, nothing is run.
+
+The result is an argv list, never a shell string. The same list is what ``bench/boot.py``
+runs bare as its baseline, so anything virtpool adds to a boot shows up in the ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from virtpool.model.spec import PortForward
+from virtpool.node.vmdir import VMPaths
+
+GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything QEMU needs to start one VM, already resolved to host paths."""
+
+    name: str
+    cpus: int
+    memory_mib: int
+    kernel: Path
+    paths: VMPaths
+    accel: Literal["kvm", "tcg"]
+    initrd: Path | None = None
+    kernel_is_elf: bool = True
+    ports: tuple[PortForward, ...] = ()
+    image_kernel_args: str = ""
+    user_kernel_args: str = ""
+    tsc_khz: int | None = None
+    qemu_binary: str = "qemu-system-x86_64"
+    daemonize: bool = True
+    extra: tuple[str, ...] = field(default=())
+
+
+def opt_value(value: str | Path) -> str:
+    """Escape a value for a QEMU ``key=value,...`` option: commas are doubled."""
+    return str(value).replace(",", ",,")
+
+
+def kernel_cmdline(plan: LaunchPlan) -> str:
+    """virtpool's arguments first, then the image's, then the user's (later ones win)."""
+    args = [
+        "console=ttyS0",
+        "loglevel=3",  # each console character costs a VM exit under TCG
+        "reboot=t",
+        "panic=-1",  # a panicking guest reboots, and -no-reboot turns that into QEMU exiting
+        f"virtpool.hostname={plan.name}",
+    ]
+    if plan.accel == "tcg" and plan.tsc_khz:
+        args.append(f"tsc_early_khz={plan.tsc_khz}")
+    return " ".join(a for a in [*args, plan.image_kernel_args, plan.user_kernel_args] if a)
+
+
+def _machine(plan: LaunchPlan) -> str:
+    # Option ROMs are only needed to boot a bzImage; an ELF vmlinux enters through PVH.
+    options = ["microvm", "rtc=on"]
+    if plan.kernel_is_elf:
+        options.insert(1, "x-option-roms=off")
+    return ",".join(options)
+
+
+def _hostfwd(ports: tuple[PortForward, ...]) -> str:
+    # Bound to loopback only: exposing a guest port beyond the host is a deliberate act.
+    return "".join(f",hostfwd=tcp:127.0.0.1:{p.host}-:{p.guest}" for p in ports)
+
+
+def build_argv(plan: LaunchPlan) -> list[str]:
+    """The full argv for ``plan``; ``argv[0]`` is the QEMU binary."""
+    paths = plan.paths
+    argv = [
+        plan.qemu_binary,
+        "-name", f"guest={opt_value(plan.name)},process=virtpool-{plan.name}",
+        "-M", _machine(plan),
+        "-accel", plan.accel,
+        "-cpu", "host" if plan.accel == "kvm" else "max",
+        "-smp", str(plan.cpus),
+        "-m", f"{plan.memory_mib}M",
+        "-nodefaults", "-no-user-config",
+        "-display", "none",
+        "-no-reboot",
+        "-kernel", str(plan.kernel),
+    ]
+    if plan.initrd is not None:
+        argv += ["-initrd", str(plan.initrd)]
+    argv += ["-append", kernel_cmdline(plan)]
+    argv += [
+        # The serial console is a socket for `vm console`, logged to a file for `vm logs`.
+        "-chardev",
+        f"socket,id=console0,path={opt_value(paths.console_sock)},server=on,wait=off,"
+        f"logfile={opt_value(paths.serial_log)},logappend=on",
+        "-serial", "chardev:console0",
+        "-device", "virtio-serial-device",
+        "-chardev", f"socket,id=qga0,path={opt_value(paths.qga_sock)},server=on,wait=off",
+        "-device", f"virtserialport,chardev=qga0,name={GUEST_AGENT_PORT}",
+        "-netdev", f"user,id=net0{_hostfwd(plan.ports)}",
+        "-device", "virtio-net-device,netdev=net0",
+        "-device", "virtio-balloon-device",
+        "-drive",
+        f"file={opt_value(paths.disk)},format=qcow2,if=none,id=disk0,discard=unmap",
+        "-device", "virtio-blk-device,drive=disk0",
+        "-qmp", f"unix:{opt_value(paths.qmp_sock)},server=on,wait=off",
+        "-qmp", f"unix:{opt_value(paths.events_sock)},server=on,wait=off",
+        "-pidfile", str(paths.pidfile),
+    ]
+    if plan.daemonize:
+        argv.append("-daemonize")
+    argv += list(plan.extra)
+    return argv

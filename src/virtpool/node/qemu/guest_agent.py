@@ -1,0 +1,135 @@
+"""A client for qemu-guest-agent (QGA) over its virtio-serial socket.
+
+Written by hand rather than with ``qemu.qmp``: QGA has no greeting, and the only reliable way to
+start a conversation with it is ``guest-sync-delimited`` — the agent prefixes its reply with a
+0xFF byte so that a client can skip whatever a previous client or an early boot left in the
+channel. ``qemu.qmp`` cannot parse that byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from virtpool.model.errors import OperationFailed
+from virtpool.model.spec import ExecResult
+
+SYNC_DELIMITER = b"\xff"
+MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # QGA caps captured output at 16 MiB itself
+
+
+class GuestAgentError(OperationFailed):
+    """The guest agent refused a command or could not be reached."""
+
+
+class GuestAgent:
+    """One connection to a guest's agent. Use ``async with GuestAgent.open(...)``."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, vm: str):
+        self._reader = reader
+        self._writer = writer
+        self._vm = vm
+
+    @classmethod
+    async def open(cls, sock: Path, *, vm: str, sync_timeout: float = 1.0) -> "GuestAgent":
+        """Connect and synchronize; raises GuestAgentError if the agent does not answer."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(sock), limit=4 * MAX_OUTPUT_BYTES)
+        except OSError as err:
+            raise GuestAgentError(f"cannot connect to the guest agent of VM '{vm}': {err}") from err
+        agent = cls(reader, writer, vm)
+        try:
+            await asyncio.wait_for(agent._sync(), sync_timeout)
+        except (asyncio.TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as err:
+            await agent.close()
+            raise GuestAgentError(f"the guest agent of VM '{vm}' does not answer") from err
+        return agent
+
+    async def __aenter__(self) -> "GuestAgent":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except OSError:
+            pass
+
+    async def _sync(self) -> None:
+        token = random.randrange(1, 2**31)
+        await self._send("guest-sync-delimited", {"id": token})
+        await self._reader.readuntil(SYNC_DELIMITER)
+        while True:
+            reply = await self._read()
+            if reply.get("return") == token:
+                return
+
+    async def _send(self, cmd: str, arguments: dict[str, Any] | None = None) -> None:
+        message: dict[str, Any] = {"execute": cmd}
+        if arguments is not None:
+            message["arguments"] = arguments
+        self._writer.write(json.dumps(message).encode() + b"\n")
+        await self._writer.drain()
+
+    async def _read(self) -> dict[str, Any]:
+        line = await self._reader.readline()
+        if not line:
+            raise GuestAgentError(f"the guest agent of VM '{self._vm}' closed the connection")
+        return json.loads(line.lstrip(SYNC_DELIMITER))
+
+    async def call(self, cmd: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run one agent command and return its ``return`` value."""
+        await self._send(cmd, arguments)
+        reply = await self._read()
+        if "error" in reply:
+            desc = reply["error"].get("desc", reply["error"])
+            raise GuestAgentError(f"the guest agent of VM '{self._vm}' refused '{cmd}': {desc}")
+        return reply.get("return")
+
+    async def shutdown(self, mode: str = "powerdown") -> None:
+        """Ask the guest to power off; the agent sends no reply to this one."""
+        await self._send("guest-shutdown", {"mode": mode})
+
+    async def exec(
+        self, argv: list[str], *, timeout: float, stdin: bytes | None = None, poll: float = 0.02
+    ) -> ExecResult:
+        """Run ``argv`` in the guest and wait for it; the guest's exit code is returned."""
+        args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
+        if stdin is not None:
+            args["input-data"] = base64.b64encode(stdin).decode()
+        started = await self.call("guest-exec", args)
+        pid = started["pid"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            status = await self.call("guest-exec-status", {"pid": pid})
+            if status.get("exited"):
+                break
+            if loop.time() >= deadline:
+                raise GuestAgentError(
+                    f"command {argv[0]!r} in VM '{self._vm}' still running after {timeout:g}s",
+                    hint="raise --timeout, or run long jobs in the background in the guest",
+                )
+            await asyncio.sleep(poll)
+            poll = min(poll * 2, 0.25)
+        if "signal" in status and status.get("exitcode") is None:
+            exit_code = 128 + int(status["signal"])
+        else:
+            exit_code = int(status.get("exitcode", 0))
+        return ExecResult(
+            exit_code=exit_code,
+            stdout=_decode(status.get("out-data")),
+            stderr=_decode(status.get("err-data")),
+            truncated=bool(status.get("out-truncated") or status.get("err-truncated")),
+        )
+
+
+def _decode(data: str | None) -> str:
+    return base64.b64decode(data).decode(errors="replace") if data else ""

@@ -1,0 +1,115 @@
+"""The QEMU process of one VM: spawn it detached, find it again, make sure it is gone.
+
+QEMU daemonizes itself (``-daemonize``, ``-pidfile``), so it belongs to no virtpool process
+and outlives the agent; a restarted agent finds it through the pidfile and checks that the
+pid really is that VM's QEMU before trusting it (pids are reused).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+from virtpool.model.errors import OperationFailed
+
+SPAWN_TIMEOUT_S = 30  # QEMU's parent returns once the child has set up its devices
+
+
+def spawn(argv: list[str], pidfile: Path, *, vm: str) -> int:
+    """Run a daemonizing QEMU and return the pid of the daemon.
+
+    QEMU's foreground parent exits only after the machine is set up, so configuration errors
+    (a host port already bound, a bad disk) come back here as its stderr.
+    """
+    try:
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=SPAWN_TIMEOUT_S,
+            start_new_session=True,
+            check=False,
+        )
+    except FileNotFoundError as err:
+        raise OperationFailed(
+            f"cannot start VM '{vm}': {argv[0]} is not installed",
+            hint="run scripts/install-system-packages.sh as root",
+        ) from err
+    except subprocess.TimeoutExpired as err:
+        pid = read_pid(pidfile)
+        if pid is not None:
+            kill(pid, pidfile)
+        raise OperationFailed(f"QEMU for VM '{vm}' did not finish starting in {SPAWN_TIMEOUT_S}s") from err
+    if proc.returncode != 0:
+        message = proc.stderr.decode(errors="replace").strip() or f"exit code {proc.returncode}"
+        raise OperationFailed(f"QEMU refused to start VM '{vm}': {message}")
+    pid = read_pid(pidfile)
+    if pid is None:
+        raise OperationFailed(f"QEMU started VM '{vm}' but wrote no pidfile at {pidfile}")
+    return pid
+
+
+def read_pid(pidfile: Path) -> int | None:
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def find(pidfile: Path) -> psutil.Process | None:
+    """The live QEMU process that owns ``pidfile``, or None.
+
+    A pid alone is not proof: after a reboot or a long stop it may belong to anything. The
+    process must be QEMU and its command line must name this very pidfile.
+    """
+    pid = read_pid(pidfile)
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        cmdline = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    if str(pidfile) not in cmdline or not any("qemu-system" in part for part in cmdline[:1]):
+        return None
+    return proc
+
+
+def kill(pid: int, pidfile: Path, *, timeout: float = 5.0) -> None:
+    """SIGKILL the VM's QEMU (if it is still that process) and wait until it is gone."""
+    proc = find(pidfile)
+    if proc is None or proc.pid != pid:
+        return
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=timeout)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired as err:
+        raise OperationFailed(f"QEMU process {pid} survived SIGKILL for {timeout}s") from err
+
+
+def wait_gone(pidfile: Path, timeout: float) -> bool:
+    """Wait until the VM's QEMU has exited; True if it did within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if find(pidfile) is None:
+            return True
+        time.sleep(0.05)
+    return find(pidfile) is None
+
+
+def remove_stale_files(paths: list[Path]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

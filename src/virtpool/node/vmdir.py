@@ -1,0 +1,54 @@
+"""The files of one VM on its host: ``<data>/vms/<id>/``.
+
+The directory is private to its owner (0700) because it holds the QMP socket, which is full
+control of the VM.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class VMPaths:
+    """Where each file of a VM lives."""
+
+    root: Path
+
+    @property
+    def disk(self) -> Path:
+        return self.root / "disk.qcow2"
+
+    @property
+    def serial_log(self) -> Path:
+        return self.root / "serial.log"
+
+    @property
+    def console_sock(self) -> Path:
+        return self.root / "console.sock"
+
+    @property
+    def qmp_sock(self) -> Path:
+        return self.root / "qmp.sock"
+
+    @property
+    def events_sock(self) -> Path:
+        """A second QMP monitor, held open by the agent to hear events and the process's end."""
+        return self.root / "events.sock"
+
+    @property
+    def qga_sock(self) -> Path:
+        return self.root / "qga.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "qemu.pid"
+
+    def sockets(self) -> list[Path]:
+        return [self.console_sock, self.qmp_sock, self.events_sock, self.qga_sock]
+
+    def create(self) -> None:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)

@@ -1,0 +1,170 @@
+"""The Python SDK: ``virtpool.Client(url, token)``, the same calls the CLI makes."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from virtpool.model.image import BuildStatus, ImageInfo
+from virtpool.model.spec import ExecResult, HostInfo, PortForward
+from virtpool.model.states import VMState
+from virtpool.model.vm import VMInfo
+
+SETTLED = frozenset({VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.ERROR, VMState.CRASHED})
+
+
+class APIError(Exception):
+    """The API refused a call; carries its problem+json."""
+
+    def __init__(self, status: int, title: str, detail: str, hint: str | None = None,
+                 body: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{detail} ({hint})" if hint else detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.hint = hint
+        self.body = body or {}
+
+
+class Client:
+    """A client of one virtpool API. ``transport`` lets tests talk to an app in-process."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 60.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self._http = httpx.Client(
+            base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout, transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as err:
+            raise APIError(0, "unreachable", f"cannot reach virtpool at {self.url}: {err}",
+                           "is `virtpool up` running? check VIRTPOOL_URL") from err
+        if response.is_error:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"detail": response.text or response.reason_phrase}
+            raise APIError(response.status_code, body.get("title", "error"),
+                           str(body.get("detail", "")), body.get("hint"), body)
+        return response
+
+    # -- host and images ------------------------------------------------------------------
+
+    def host(self) -> HostInfo:
+        return HostInfo.model_validate(self._call("GET", "/host").json())
+
+    def images(self) -> list[ImageInfo]:
+        return [ImageInfo.model_validate(i) for i in self._call("GET", "/images").json()]
+
+    def image(self, name: str) -> ImageInfo:
+        return ImageInfo.model_validate(self._call("GET", f"/images/{name}").json())
+
+    def build_image(self, name: str = "default") -> BuildStatus:
+        return BuildStatus.model_validate(self._call("POST", f"/images/{name}/build").json())
+
+    def build_status(self, name: str) -> BuildStatus:
+        return BuildStatus.model_validate(self._call("GET", f"/images/{name}/build").json())
+
+    def import_image(self, name: str, *, kernel: Path, initrd: Path | None = None,
+                     disk: Path | None = None, kernel_args: str = "") -> ImageInfo:
+        files = {"kernel": kernel, "initrd": initrd, "disk": disk}
+        handles = {k: p.open("rb") for k, p in files.items() if p is not None}
+        try:
+            response = self._call(
+                "POST", "/images", data={"name": name, "kernel_args": kernel_args},
+                files={k: (k, h, "application/octet-stream") for k, h in handles.items()},
+                timeout=None,
+            )
+        finally:
+            for handle in handles.values():
+                handle.close()
+        return ImageInfo.model_validate(response.json())
+
+    def delete_image(self, name: str) -> None:
+        self._call("DELETE", f"/images/{name}")
+
+    # -- VMs ------------------------------------------------------------------------------
+
+    def vms(self) -> list[VMInfo]:
+        result: list[VMInfo] = []
+        while True:
+            page = self._call("GET", "/vms", params={"limit": 1000, "offset": len(result)}).json()
+            result += [VMInfo.model_validate(v) for v in page]
+            if len(page) < 1000:
+                return result
+
+    def vm(self, name: str) -> VMInfo:
+        return VMInfo.model_validate(self._call("GET", f"/vms/{name}").json())
+
+    def create_vm(self, name: str, *, image: str = "default", cpus: int = 1, memory_mib: int = 256,
+                  disk_mib: int = 1024, ports: Iterable[PortForward | str] = (),
+                  kernel_args: str = "", accel: str = "auto", start: bool = False) -> VMInfo:
+        body = {
+            "name": name, "image": image, "cpus": cpus, "memory_mib": memory_mib,
+            "disk_mib": disk_mib, "kernel_args": kernel_args, "accel": accel, "start": start,
+            "ports": [(PortForward.parse(p) if isinstance(p, str) else p).model_dump() for p in ports],
+        }
+        return VMInfo.model_validate(self._call("POST", "/vms", json=body).json())
+
+    def _action(self, name: str, action: str, **params: Any) -> VMInfo:
+        return VMInfo.model_validate(self._call("POST", f"/vms/{name}/{action}", params=params).json())
+
+    def start_vm(self, name: str) -> VMInfo:
+        return self._action(name, "start")
+
+    def stop_vm(self, name: str, timeout: float = 30.0) -> VMInfo:
+        return self._action(name, "stop", timeout=timeout)
+
+    def restart_vm(self, name: str, timeout: float = 30.0) -> VMInfo:
+        return self._action(name, "restart", timeout=timeout)
+
+    def pause_vm(self, name: str) -> VMInfo:
+        return self._action(name, "pause")
+
+    def resume_vm(self, name: str) -> VMInfo:
+        return self._action(name, "resume")
+
+    def delete_vm(self, name: str, *, force: bool = False) -> None:
+        self._call("DELETE", f"/vms/{name}", params={"force": force})
+
+    def exec(self, name: str, argv: list[str], *, timeout: float = 60.0,
+             stdin: bytes | None = None) -> ExecResult:
+        body: dict[str, Any] = {"argv": argv, "timeout": timeout}
+        if stdin is not None:
+            body["stdin"] = base64.b64encode(stdin).decode()
+        response = self._call("POST", f"/vms/{name}/exec", json=body, timeout=timeout + 30)
+        return ExecResult.model_validate(response.json())
+
+    def logs(self, name: str, offset: int = 0) -> tuple[bytes, int]:
+        response = self._call("GET", f"/vms/{name}/logs", params={"offset": offset})
+        return response.content, int(response.headers.get("X-Next-Offset", offset))
+
+    def wait_vm(self, name: str, *, until: Iterable[VMState] = SETTLED, timeout: float = 120.0,
+                poll: float = 0.1) -> VMInfo:
+        """Poll until the VM reaches one of ``until``; returns it (whatever state on timeout)."""
+        wanted = frozenset(until)
+        deadline = time.monotonic() + timeout
+        while True:
+            vm = self.vm(name)
+            if vm.state in wanted or time.monotonic() >= deadline:
+                return vm
+            time.sleep(poll)
