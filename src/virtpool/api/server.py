@@ -15,7 +15,9 @@ from pathlib import Path
 import uvicorn
 
 from virtpool.api.app import create_app
+from virtpool.control.auth import write_private_file
 from virtpool.control.pool import Pool, PoolConfig
+from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S
 from virtpool.model.errors import InvalidRequest
 from virtpool.model.spec import Accel
 from virtpool.node.agent import LocalAgent
@@ -31,6 +33,7 @@ class ServeOptions:
     accel: Accel = "auto"
     db_url: str | None = None
     build_default_image: bool = True
+    boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -44,7 +47,8 @@ def open_pool(options: ServeOptions) -> Pool:
     options.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(options.data_dir, 0o700)
     agent = LocalAgent(options.data_dir, accel=options.accel)
-    return Pool(PoolConfig(data_dir=options.data_dir, db_url=options.db_url), agent)
+    config = PoolConfig(data_dir=options.data_dir, db_url=options.db_url, boot_timeout=options.boot_timeout)
+    return Pool(config, agent)
 
 
 def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> None:
@@ -63,7 +67,7 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
         port = sock.getsockname()[1]
         shown_host = f"[{options.host}]" if ":" in options.host else options.host
         url = f"http://{shown_host}:{port}"
-        _write_private(pool.config.url_file, url + "\n")
+        write_private_file(pool.config.url_file, url + "\n")
         announce(f"virtpool is up at {url}  (API {url}/api/v1, docs {url}/docs)")
         token_note = "created on this first start" if created else "created on first start"
         announce(f"admin token ({token_note}): {pool.config.token_file}")
@@ -75,9 +79,3 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
         except FileNotFoundError:
             pass
         pool.close()
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)

@@ -32,6 +32,7 @@ def up(
     accel: Annotated[str, typer.Option(help="auto, kvm or tcg")] = "auto",
     db: Annotated[Optional[str], typer.Option(help="database URL (default: SQLite in the data dir)")] = None,
     build: Annotated[bool, typer.Option("--build/--no-build", help="build the default image if missing")] = True,
+    boot_timeout: Annotated[float, typer.Option(help="seconds a guest may take to answer its agent")] = 60.0,
 ) -> None:
     """Run the platform on this host in the foreground: control plane, agent, API."""
     from virtpool.api.server import ServeOptions, parse_listen, serve
@@ -42,7 +43,8 @@ def up(
     try:
         host_, port = parse_listen(listen)
         options = ServeOptions(data_dir=data_dir or common.data_dir(), host=host_, port=port,
-                               accel=accel, db_url=db, build_default_image=build)  # type: ignore[arg-type]
+                               accel=accel, db_url=db, build_default_image=build,
+                               boot_timeout=boot_timeout)  # type: ignore[arg-type]
         serve(options, announce=lambda line: output.out.print(line, highlight=False))
     except VirtpoolError as err:
         output.fail(err.message, hint=err.hint)

@@ -116,12 +116,12 @@ def show(name: str, json: JsonFlag = False) -> None:
     ])
 
 
-def _action(name: str, action: str, wanted: VMState, goal: str, wait: bool, timeout: float,
+def _action(name: str, action: str, wanted: VMState, goal: str, wait: bool, wait_timeout: float,
             json: bool, **params: float) -> None:
     with output.errors():
         api = client()
         vm = getattr(api, f"{action}_vm")(name, **params)
-        _settle(api, vm, wanted, goal, wait, timeout, json)
+        _settle(api, vm, wanted, goal, wait, wait_timeout, json)
 
 
 NoWait = Annotated[bool, typer.Option("--wait/--no-wait", help="wait until it has settled")]
@@ -189,6 +189,10 @@ def exec_(
     json: JsonFlag = False,
 ) -> None:
     """Run a command in the guest; print its output and exit with its exit code."""
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        output.fail("no command given", hint=f"e.g. virtpool vm exec {name} -- uname -a")
     data = sys.stdin.buffer.read() if stdin else None
     with output.errors():
         result = client().exec(name, command, timeout=timeout, stdin=data)

@@ -67,11 +67,7 @@ class TokenService:
             if session.scalar(select(TokenRow.id).limit(1)) is not None:
                 return False
         secret = self.create(BOOTSTRAP_NAME, "admin")
-        tmp = token_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secret + "\n")
-        os.replace(tmp, token_file)
+        write_private_file(token_file, secret + "\n")
         return True
 
     def authenticate(self, secret: str | None) -> Principal:
@@ -91,6 +87,20 @@ class TokenService:
         if row.expires_at is not None and _aware(row.expires_at) <= now:
             raise Unauthorized(f"token '{row.name}' has expired")
         return Principal(token_id=row.id, name=row.name, role=row.role)
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner can read, atomically.
+
+    The temporary file is created fresh (O_EXCL, no symlink followed), so a leftover or planted
+    file of another mode can never carry the secret.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 def _aware(moment: datetime) -> datetime:

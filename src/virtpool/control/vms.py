@@ -31,7 +31,7 @@ from virtpool.model.errors import (
     VirtpoolError,
 )
 from virtpool.model.spec import ExecResult, PortForward, VMSpec
-from virtpool.model.states import ACTIVE, VMState, check_action
+from virtpool.model.states import ACTIVE, VMState, check_action, check_transition
 from virtpool.model.vm import VMInfo
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,8 @@ class VMService:
         self, vm_id: str, allowed: Iterable[VMState], new: VMState, *, error: str | None = None
     ) -> bool:
         """Move to ``new`` if the VM is in one of ``allowed``; False if it was not."""
+        for old in allowed:
+            check_transition(vm_id, old, new)  # a caller asking for a move the table forbids is a bug
         with self._sessions.begin() as session:
             result = session.execute(
                 update(VMRow)

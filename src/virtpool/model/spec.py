@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+NAME_PATTERN = r"[a-z][a-z0-9-]{0,62}"
 _NAME = re.compile(NAME_PATTERN)
 NAME_RULE = "1-63 characters: lowercase letters, digits and '-', starting with a letter"
 
@@ -23,7 +23,7 @@ Accel = Literal["auto", "kvm", "tcg"]
 
 
 def valid_name(name: str) -> bool:
-    return bool(_NAME.match(name))
+    return bool(_NAME.fullmatch(name))
 
 
 class PortForward(BaseModel):

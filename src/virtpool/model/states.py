@@ -31,10 +31,11 @@ S = VMState
 TRANSITIONS: dict[VMState, frozenset[VMState]] = {
     S.CREATING: frozenset({S.STOPPED, S.DELETING}),
     S.STOPPED: frozenset({S.STARTING, S.DELETING}),
-    S.STARTING: frozenset({S.RUNNING, S.ERROR, S.CRASHED, S.STOPPING}),
-    S.RUNNING: frozenset({S.STOPPING, S.PAUSED, S.CRASHED, S.STOPPED}),
-    S.PAUSED: frozenset({S.RUNNING, S.STOPPING, S.CRASHED, S.STOPPED}),
-    S.STOPPING: frozenset({S.STOPPED, S.CRASHED}),
+    # DELETING from an active state is `delete --force`: the process is killed first.
+    S.STARTING: frozenset({S.RUNNING, S.ERROR, S.CRASHED, S.STOPPING, S.DELETING}),
+    S.RUNNING: frozenset({S.STOPPING, S.PAUSED, S.CRASHED, S.STOPPED, S.DELETING}),
+    S.PAUSED: frozenset({S.RUNNING, S.STOPPING, S.CRASHED, S.STOPPED, S.DELETING}),
+    S.STOPPING: frozenset({S.STOPPED, S.CRASHED, S.DELETING}),
     S.CRASHED: frozenset({S.STARTING, S.STOPPED, S.DELETING}),
     S.ERROR: frozenset({S.STARTING, S.STOPPED, S.DELETING}),
     S.DELETING: frozenset(),

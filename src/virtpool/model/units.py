@@ -6,7 +6,8 @@ import re
 
 from virtpool.model.errors import InvalidRequest
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+# A bare number is MiB; "B" alone (bytes) is refused rather than read as MiB.
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?)?\s*", re.IGNORECASE)
 _FACTOR_MIB = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
 
 
@@ -14,13 +15,13 @@ def parse_size_mib(text: str | int, *, what: str = "size") -> int:
     """Parse a size into whole MiB; a bare number means MiB (as QEMU's ``-m`` does)."""
     if isinstance(text, int):
         return text
-    match = _SIZE.match(text)
+    match = _SIZE.fullmatch(text)
     if not match:
         raise InvalidRequest(
             f"cannot read {what} '{text}'",
             hint="write a number with an optional unit, e.g. 512M, 2G or 1.5G",
         )
-    number, unit = float(match.group(1)), match.group(2).upper()
+    number, unit = float(match.group(1)), (match.group(2) or "").upper()
     mib = number * _FACTOR_MIB[unit]
     if mib != int(mib):
         raise InvalidRequest(f"{what} '{text}' is not a whole number of MiB", hint="use e.g. 512M")

@@ -70,6 +70,7 @@ class LocalAgent:
         self._log_cap = log_cap_bytes
         self._qemu = qemu_binary
         self._names: dict[str, str] = {}
+        self._procs: dict[str, psutil.Process] = {}
         self._watchers: dict[str, Future[None]] = {}
         self._exit_handlers: list[ExitHandler] = []
         self._qga_locks: dict[str, asyncio.Lock] = {}
@@ -91,6 +92,18 @@ class LocalAgent:
 
     def _label(self, vm_id: str) -> str:
         return self._names.get(vm_id, vm_id)
+
+    def _process(self, vm_id: str) -> psutil.Process | None:
+        """The VM's live QEMU: the one this agent knows, else the one its pidfile names."""
+        proc = self._procs.get(vm_id)
+        if proc is not None and process.alive(proc):
+            return proc
+        proc = process.find(self._paths(vm_id).pidfile)
+        if proc is None:
+            self._procs.pop(vm_id, None)
+        else:
+            self._procs[vm_id] = proc
+        return proc
 
     def close(self) -> None:
         """Stop watching; the VMs themselves keep running."""
@@ -226,13 +239,14 @@ class LocalAgent:
         paths = self._paths(vm_id)
         if not paths.disk.exists():
             raise NotFound(f"VM '{spec.name}' has no disk on this host ({paths.disk})")
-        if process.find(paths.pidfile) is not None:
+        if self._process(vm_id) is not None:
             raise OperationFailed(f"VM '{spec.name}' already has a QEMU process")
         self._names[vm_id] = spec.name
         process.remove_stale_files([*paths.sockets(), paths.pidfile])
-        pid = process.spawn(build_argv(self.launch_plan(vm_id, spec)), paths.pidfile, vm=spec.name)
+        proc = process.spawn(build_argv(self.launch_plan(vm_id, spec)), paths.pidfile, vm=spec.name)
+        self._procs[vm_id] = proc
         self._watch(vm_id)
-        return pid
+        return proc.pid
 
     def wait_ready(self, vm_id: str, timeout: float) -> None:
         self._run(self._wait_ready(vm_id, timeout))
@@ -241,7 +255,7 @@ class LocalAgent:
         paths = self._paths(vm_id)
         deadline = self._loop.time() + timeout
         while True:
-            if process.find(paths.pidfile) is None:
+            if self._process(vm_id) is None:
                 raise OperationFailed(
                     f"QEMU of VM '{self._label(vm_id)}' exited while the guest booted; "
                     f"the console said:\n{serial.tail(paths.serial_log)}",
@@ -269,11 +283,11 @@ class LocalAgent:
         return self._qga_locks.setdefault(vm_id, asyncio.Lock())
 
     def stop_vm(self, vm_id: str, timeout: float) -> bool:
-        paths = self._paths(vm_id)
-        if process.find(paths.pidfile) is None:
+        proc = self._process(vm_id)
+        if proc is None:
             return False
         self._run(self._ask_guest_to_stop(vm_id), timeout=QMP_CONNECT_TIMEOUT_S + 5)
-        if process.wait_gone(paths.pidfile, timeout):
+        if process.wait_gone(proc, timeout):
             return True
         self.kill_vm(vm_id)
         return False
@@ -293,16 +307,15 @@ class LocalAgent:
             await qmp.command(paths.qmp_sock, "system_powerdown", vm=label)
 
     def kill_vm(self, vm_id: str) -> None:
-        paths = self._paths(vm_id)
-        proc = process.find(paths.pidfile)
+        proc = self._process(vm_id)
         if proc is None:
             return
         try:
-            self._run(qmp.command(paths.qmp_sock, "quit", vm=self._label(vm_id)), timeout=5)
+            self._run(qmp.command(self._paths(vm_id).qmp_sock, "quit", vm=self._label(vm_id)), timeout=5)
         except (OperationFailed, TimeoutError):
             pass
-        if not process.wait_gone(paths.pidfile, HARD_STOP_GRACE_S):
-            process.kill(proc.pid, paths.pidfile)
+        if not process.wait_gone(proc, HARD_STOP_GRACE_S):
+            process.kill(proc)
 
     def pause_vm(self, vm_id: str) -> None:
         self._run(qmp.command(self._paths(vm_id).qmp_sock, "stop", vm=self._label(vm_id)))
@@ -326,7 +339,7 @@ class LocalAgent:
     def adopt_vm(self, vm_id: str, name: str) -> str | None:
         paths = self._paths(vm_id)
         self._names[vm_id] = name
-        if process.find(paths.pidfile) is None:
+        if self._process(vm_id) is None:
             return None
         self._watch(vm_id)
         status = self._run(qmp.command(paths.qmp_sock, "query-status", vm=name))
@@ -358,14 +371,12 @@ class LocalAgent:
             except OperationFailed:
                 pass
             # The monitor closed; QEMU is on its way out. Wait for the process to be gone.
-            for _ in range(100):
-                if process.find(paths.pidfile) is None:
-                    break
-                await asyncio.sleep(0.02)
-            else:
-                continue  # still alive: the connection dropped for another reason
-            break
+            proc = self._process(vm_id)
+            if proc is None or await asyncio.to_thread(process.wait_gone, proc, 2.0):
+                break
+            # Still alive after the monitor closed: the connection dropped for another reason.
         self._watchers.pop(vm_id, None)
+        self._procs.pop(vm_id, None)
         for handler in self._exit_handlers:
             try:
                 await asyncio.to_thread(handler, vm_id, guest_initiated)

@@ -19,6 +19,7 @@ from virtpool.model.errors import OperationFailed
 from virtpool.model.spec import ExecResult
 
 SYNC_DELIMITER = b"\xff"
+COMMAND_NOT_FOUND = 127
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # QGA caps captured output at 16 MiB itself
 
 
@@ -104,7 +105,13 @@ class GuestAgent:
         args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
         if stdin is not None:
             args["input-data"] = base64.b64encode(stdin).decode()
-        started = await self.call("guest-exec", args)
+        try:
+            started = await self.call("guest-exec", args)
+        except GuestAgentError as err:
+            if "Failed to execute child process" not in err.message:
+                raise
+            # As a shell does: the command could not be found or run.
+            return ExecResult(exit_code=COMMAND_NOT_FOUND, stdout="", stderr=err.message + "\n")
         pid = started["pid"]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -20,8 +20,8 @@ from virtpool.model.errors import OperationFailed
 SPAWN_TIMEOUT_S = 30  # QEMU's parent returns once the child has set up its devices
 
 
-def spawn(argv: list[str], pidfile: Path, *, vm: str) -> int:
-    """Run a daemonizing QEMU and return the pid of the daemon.
+def spawn(argv: list[str], pidfile: Path, *, vm: str) -> psutil.Process:
+    """Run a daemonizing QEMU and return the daemon.
 
     QEMU's foreground parent exits only after the machine is set up, so configuration errors
     (a host port already bound, a bad disk) come back here as its stderr.
@@ -42,17 +42,17 @@ def spawn(argv: list[str], pidfile: Path, *, vm: str) -> int:
             hint="run scripts/install-system-packages.sh as root",
         ) from err
     except subprocess.TimeoutExpired as err:
-        pid = read_pid(pidfile)
-        if pid is not None:
-            kill(pid, pidfile)
+        proc = find(pidfile)
+        if proc is not None:
+            kill(proc)
         raise OperationFailed(f"QEMU for VM '{vm}' did not finish starting in {SPAWN_TIMEOUT_S}s") from err
     if proc.returncode != 0:
         message = proc.stderr.decode(errors="replace").strip() or f"exit code {proc.returncode}"
         raise OperationFailed(f"QEMU refused to start VM '{vm}': {message}")
-    pid = read_pid(pidfile)
-    if pid is None:
-        raise OperationFailed(f"QEMU started VM '{vm}' but wrote no pidfile at {pidfile}")
-    return pid
+    proc = find(pidfile)
+    if proc is None:
+        raise OperationFailed(f"QEMU started VM '{vm}' but exited at once or wrote no pidfile")
+    return proc
 
 
 def read_pid(pidfile: Path) -> int | None:
@@ -83,10 +83,17 @@ def find(pidfile: Path) -> psutil.Process | None:
     return proc
 
 
-def kill(pid: int, pidfile: Path, *, timeout: float = 5.0) -> None:
-    """SIGKILL the VM's QEMU (if it is still that process) and wait until it is gone."""
-    proc = find(pidfile)
-    if proc is None or proc.pid != pid:
+def alive(proc: psutil.Process) -> bool:
+    """True while ``proc`` (that very process, not a reuse of its pid) has not exited."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kill(proc: psutil.Process, *, timeout: float = 5.0) -> None:
+    """SIGKILL the process and wait until it is gone."""
+    if not alive(proc):
         return
     try:
         proc.send_signal(signal.SIGKILL)
@@ -94,17 +101,21 @@ def kill(pid: int, pidfile: Path, *, timeout: float = 5.0) -> None:
     except psutil.NoSuchProcess:
         pass
     except psutil.TimeoutExpired as err:
-        raise OperationFailed(f"QEMU process {pid} survived SIGKILL for {timeout}s") from err
+        raise OperationFailed(f"QEMU process {proc.pid} survived SIGKILL for {timeout}s") from err
 
 
-def wait_gone(pidfile: Path, timeout: float) -> bool:
-    """Wait until the VM's QEMU has exited; True if it did within ``timeout``."""
+def wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    """Wait until the process has exited; True if it did within ``timeout``.
+
+    Waits on the process, not the pidfile: QEMU removes its pidfile before it has finished
+    exiting (and before its disk is closed).
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if find(pidfile) is None:
-            return True
-        time.sleep(0.05)
-    return find(pidfile) is None
+    while alive(proc):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def remove_stale_files(paths: list[Path]) -> None:

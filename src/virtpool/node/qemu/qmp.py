@@ -51,7 +51,16 @@ async def command(
     except (QMPError, asyncio.TimeoutError) as err:
         raise OperationFailed(f"QMP command '{cmd}' for VM '{vm}' failed: {err!r}") from err
     finally:
+        await _close_quietly(client)
+
+
+async def _close_quietly(client: QMPClient) -> None:
+    # disconnect() re-raises whatever ended the session; QEMU hanging up (EOFError,
+    # ConnectionResetError) is how a session ends when QEMU exits, not a failure.
+    try:
         await client.disconnect()
+    except (QMPError, EOFError, OSError):
+        pass
 
 
 EventHandler = Callable[[str, Mapping[str, Any]], Awaitable[None] | None]
@@ -77,7 +86,7 @@ async def watch(sock: Path, on_event: EventHandler, *, vm: str, connect_timeout:
             for event in listener.clear():
                 await _deliver(on_event, event)
     finally:
-        await client.disconnect()
+        await _close_quietly(client)
 
 
 async def _deliver(on_event: EventHandler, event: Mapping[str, Any]) -> None:

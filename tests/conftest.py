@@ -1,0 +1,142 @@
+"""Shared test fixtures: the default guest image (built once), and real `virtpool up` servers.
+
+The image is built by the project's own builder into ``.cache/images`` (or
+``$VIRTPOOL_TEST_IMAGES``) on first use and reused by every later run; each test's data dir
+gets hard links to it, so no test can damage the shared copy's directory entries.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from virtpool.sdk import Client
+
+REPO = Path(__file__).resolve().parent.parent
+VIRTPOOL = str(Path(sys.executable).parent / "virtpool")
+
+
+@pytest.fixture(scope="session")
+def image_cache() -> Path:
+    """The default image, built once per machine by the real builder."""
+    from virtpool.node.images.build import build_default_image
+
+    root = Path(os.environ.get("VIRTPOOL_TEST_IMAGES", REPO / ".cache" / "images"))
+    root.mkdir(parents=True, exist_ok=True)
+    build_default_image(root, "default")
+    return root
+
+
+def link_image(cache: Path, data_dir: Path, name: str = "default") -> None:
+    shutil.copytree(cache / name, data_dir / "images" / name, copy_function=os.link)
+
+
+def qemu_pids(data_dir: Path) -> list[int]:
+    """QEMU processes whose command line points into ``data_dir``."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and "qemu-system" in cmdline[0] and any(str(data_dir) in a for a in cmdline):
+            found.append(proc.info["pid"])
+    return found
+
+
+@dataclass
+class Server:
+    """A real `virtpool up` process on its own data dir and port."""
+
+    data_dir: Path
+    boot_timeout: float = 60.0
+    proc: subprocess.Popen[bytes] | None = None
+    client: Client | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.data_dir.parent / f"{self.data_dir.name}-server.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "VIRTPOOL_DATA_DIR": str(self.data_dir)}
+
+    def start(self) -> "Server":
+        url_file = self.data_dir / "api.url"
+        url_file.unlink(missing_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [VIRTPOOL, "up", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
+                 "--no-build", "--boot-timeout", str(self.boot_timeout)],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            )
+        deadline = time.monotonic() + 30
+        while not url_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"virtpool up did not start: {self.log.read_text()}")
+            time.sleep(0.05)
+        token = (self.data_dir / "admin.token").read_text().strip()
+        self.client = Client(url_file.read_text().strip(), token, timeout=120)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        if self.client is not None:
+            self.client.close()
+        self.proc = None
+
+    def cli(self, *args: str, input: bytes | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        """Run the `virtpool` command against this server, as a user would."""
+        return subprocess.run(
+            [VIRTPOOL, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+            input=input.decode() if input is not None else None,
+        )
+
+    def api(self) -> Client:
+        assert self.client is not None, "server not started"
+        return self.client
+
+    def cleanup(self) -> None:
+        """Force-delete every VM, stop the server, and insist that no QEMU survived."""
+        if self.client is not None and self.proc is not None:
+            for vm in self.client.vms():
+                self.client.delete_vm(vm.name, force=True)
+        self.stop()
+        for pid in qemu_pids(self.data_dir):
+            os.kill(pid, signal.SIGKILL)
+
+
+def make_server(tmp_path_factory: pytest.TempPathFactory, cache: Path, name: str,
+                boot_timeout: float = 60.0) -> Server:
+    data_dir = tmp_path_factory.mktemp(name)
+    (data_dir / "images").mkdir()
+    link_image(cache, data_dir)
+    return Server(data_dir, boot_timeout=boot_timeout).start()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
+    """One `virtpool up` shared by the tests of a module."""
+    srv = make_server(tmp_path_factory, image_cache, "pool", boot_timeout=60.0)
+    yield srv
+    srv.cleanup()
+    assert qemu_pids(srv.data_dir) == [], "QEMU processes outlived their server's cleanup"
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Retry ``predicate`` until it returns something truthy; return that, or the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)

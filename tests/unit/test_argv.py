@@ -1,0 +1,274 @@
+"""QEMU command line built from a launch plan (pure: nothing is run)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from virtpool.model.spec import PortForward
+from virtpool.node.qemu.argv import LaunchPlan, build_argv, kernel_cmdline, opt_value
+from virtpool.node.vmdir import VMPaths
+
+
+def make_plan(**overrides: object) -> LaunchPlan:
+    fields: dict[str, object] = {
+        "name": "web1",
+        "cpus": 2,
+        "memory_mib": 512,
+        "kernel": Path("/data/images/default/vmlinux"),
+        "paths": VMPaths(Path("/data/vms/abc123")),
+        "accel": "tcg",
+        "initrd": Path("/data/images/default/initrd.img"),
+    }
+    fields.update(overrides)
+    return LaunchPlan(**fields)  # type: ignore[arg-type]
+
+
+def values_of(argv: list[str], flag: str) -> list[str]:
+    """Every value that follows ``flag`` in ``argv``."""
+    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == flag]
+
+
+def value_of(argv: list[str], flag: str) -> str:
+    values = values_of(argv, flag)
+    assert len(values) == 1, f"{flag} appears {len(values)} times in {argv}"
+    return values[0]
+
+
+class TestOptValue:
+    def test_commas_are_doubled(self) -> None:
+        assert opt_value("/a,b,,c") == "/a,,b,,,,c"
+
+    def test_path_without_commas_unchanged(self) -> None:
+        assert opt_value(Path("/data/vms/x/qmp.sock")) == "/data/vms/x/qmp.sock"
+
+
+class TestMachine:
+    def test_elf_kernel_disables_option_roms(self) -> None:
+        argv = build_argv(make_plan(kernel_is_elf=True))
+        machine = value_of(argv, "-M").split(",")
+        assert machine[0] == "microvm"
+        assert "x-option-roms=off" in machine
+        assert "rtc=on" in machine
+
+    def test_bzimage_keeps_option_roms(self) -> None:
+        argv = build_argv(make_plan(kernel_is_elf=False))
+        machine = value_of(argv, "-M").split(",")
+        assert machine[0] == "microvm"
+        assert not any(opt.startswith("x-option-roms") for opt in machine)
+        assert "rtc=on" in machine
+
+
+class TestAccel:
+    def test_tcg_uses_cpu_max(self) -> None:
+        argv = build_argv(make_plan(accel="tcg"))
+        assert value_of(argv, "-accel") == "tcg"
+        assert value_of(argv, "-cpu") == "max"
+
+    def test_kvm_uses_cpu_host(self) -> None:
+        argv = build_argv(make_plan(accel="kvm"))
+        assert value_of(argv, "-accel") == "kvm"
+        assert value_of(argv, "-cpu") == "host"
+
+    def test_smp_and_memory(self) -> None:
+        argv = build_argv(make_plan(cpus=3, memory_mib=768))
+        assert value_of(argv, "-smp") == "3"
+        assert value_of(argv, "-m") == "768M"
+
+
+class TestTscHint:
+    def test_tcg_with_known_rate_adds_hint(self) -> None:
+        cmdline = kernel_cmdline(make_plan(accel="tcg", tsc_khz=2_400_000))
+        assert "tsc_early_khz=2400000" in cmdline.split()
+
+    def test_tcg_with_unknown_rate_has_no_hint(self) -> None:
+        cmdline = kernel_cmdline(make_plan(accel="tcg", tsc_khz=None))
+        assert "tsc_early_khz" not in cmdline
+
+    def test_kvm_never_gets_hint(self) -> None:
+        cmdline = kernel_cmdline(make_plan(accel="kvm", tsc_khz=2_400_000))
+        assert "tsc_early_khz" not in cmdline
+
+    def test_hint_reaches_append(self) -> None:
+        argv = build_argv(make_plan(accel="tcg", tsc_khz=1_999_999))
+        assert "tsc_early_khz=1999999" in value_of(argv, "-append").split()
+
+
+class TestKernelCmdline:
+    def test_virtpool_then_image_then_user(self) -> None:
+        plan = make_plan(
+            image_kernel_args="quiet ro", user_kernel_args="loglevel=7 foo=bar"
+        )
+        cmdline = kernel_cmdline(plan)
+        words = cmdline.split()
+        # virtpool's own arguments come first.
+        assert words[0] == "console=ttyS0"
+        assert "virtpool.hostname=web1" in words
+        virtpool_last = words.index("virtpool.hostname=web1")
+        image_at = words.index("quiet")
+        user_at = words.index("foo=bar")
+        assert virtpool_last < image_at < user_at
+        assert cmdline.endswith("quiet ro loglevel=7 foo=bar")
+        # the user's loglevel overrides virtpool's because it comes later
+        assert words.index("loglevel=3") < words.index("loglevel=7")
+
+    def test_empty_extras_leave_no_double_spaces(self) -> None:
+        cmdline = kernel_cmdline(make_plan(image_kernel_args="", user_kernel_args=""))
+        assert "  " not in cmdline
+        assert cmdline == cmdline.strip()
+
+    def test_only_user_args(self) -> None:
+        cmdline = kernel_cmdline(make_plan(user_kernel_args="init=/bin/sh"))
+        assert cmdline.split()[-1] == "init=/bin/sh"
+        assert "  " not in cmdline
+
+    def test_cmdline_is_one_argv_element(self) -> None:
+        plan = make_plan(user_kernel_args="a=1 b=2")
+        argv = build_argv(plan)
+        assert value_of(argv, "-append") == kernel_cmdline(plan)
+
+    def test_panic_and_reboot_make_qemu_exit(self) -> None:
+        argv = build_argv(make_plan())
+        assert "-no-reboot" in argv
+        assert "panic=-1" in value_of(argv, "-append").split()
+
+
+class TestPorts:
+    def test_each_port_bound_to_loopback(self) -> None:
+        ports = (PortForward(host=8080, guest=80), PortForward(host=2222, guest=22))
+        netdev = value_of(build_argv(make_plan(ports=ports)), "-netdev")
+        options = netdev.split(",")
+        assert options[0] == "user"
+        assert "id=net0" in options
+        hostfwds = [o for o in options if o.startswith("hostfwd=")]
+        assert hostfwds == [
+            "hostfwd=tcp:127.0.0.1:8080-:80",
+            "hostfwd=tcp:127.0.0.1:2222-:22",
+        ]
+
+    def test_no_ports_no_hostfwd(self) -> None:
+        netdev = value_of(build_argv(make_plan(ports=())), "-netdev")
+        assert netdev == "user,id=net0"
+
+    def test_never_binds_all_interfaces(self) -> None:
+        ports = (PortForward(host=8080, guest=80),)
+        netdev = value_of(build_argv(make_plan(ports=ports)), "-netdev")
+        assert "0.0.0.0" not in netdev
+        assert "hostfwd=tcp::" not in netdev
+
+
+class TestPathsEscaped:
+    ROOT = Path("/data/vms/a,b")
+
+    def argv(self) -> list[str]:
+        return build_argv(make_plan(paths=VMPaths(self.ROOT)))
+
+    def test_drive_file_commas_doubled(self) -> None:
+        drive = value_of(self.argv(), "-drive")
+        assert drive.startswith("file=/data/vms/a,,b/disk.qcow2,format=qcow2,")
+        assert "if=none" in drive
+
+    def test_qmp_sockets_commas_doubled(self) -> None:
+        qmps = values_of(self.argv(), "-qmp")
+        assert qmps == [
+            "unix:/data/vms/a,,b/qmp.sock,server=on,wait=off",
+            "unix:/data/vms/a,,b/events.sock,server=on,wait=off",
+        ]
+
+    def test_chardev_paths_commas_doubled(self) -> None:
+        chardevs = values_of(self.argv(), "-chardev")
+        console = next(c for c in chardevs if "id=console0" in c)
+        qga = next(c for c in chardevs if "id=qga0" in c)
+        assert "path=/data/vms/a,,b/console.sock," in console
+        assert "logfile=/data/vms/a,,b/serial.log," in console
+        assert "path=/data/vms/a,,b/qga.sock," in qga
+
+    def test_plain_path_options_not_escaped(self) -> None:
+        # -pidfile and -kernel take a bare file name, not a key=value list.
+        argv = build_argv(
+            make_plan(
+                paths=VMPaths(self.ROOT), kernel=Path("/k,1/vmlinux"), initrd=None
+            )
+        )
+        assert value_of(argv, "-pidfile") == "/data/vms/a,b/qemu.pid"
+        assert value_of(argv, "-kernel") == "/k,1/vmlinux"
+
+
+class TestShapeOfArgv:
+    def test_all_str_and_binary_first(self) -> None:
+        argv = build_argv(make_plan(qemu_binary="/usr/bin/qemu-system-x86_64"))
+        assert isinstance(argv, list)
+        assert all(isinstance(a, str) for a in argv)
+        assert argv[0] == "/usr/bin/qemu-system-x86_64"
+
+    def test_no_element_is_a_shell_command(self) -> None:
+        argv = build_argv(make_plan(user_kernel_args="a=1"))
+        assert argv.count("qemu-system-x86_64") == 1
+        for arg in argv[1:]:
+            assert "qemu-system" not in arg
+            assert not arg.startswith("-") or " " not in arg, arg
+        # the only element with spaces is the kernel command line
+        assert [a for a in argv if " " in a] == [value_of(argv, "-append")]
+
+    def test_daemonize_and_pidfile(self) -> None:
+        plan = make_plan()
+        argv = build_argv(plan)
+        assert "-daemonize" in argv
+        assert value_of(argv, "-pidfile") == str(plan.paths.pidfile)
+
+    def test_no_daemonize_when_not_asked(self) -> None:
+        argv = build_argv(make_plan(daemonize=False))
+        assert "-daemonize" not in argv
+        assert value_of(argv, "-pidfile").endswith("qemu.pid")
+
+    def test_initrd_present(self) -> None:
+        argv = build_argv(make_plan(initrd=Path("/img/initrd.img")))
+        assert value_of(argv, "-initrd") == "/img/initrd.img"
+
+    def test_initrd_omitted_when_none(self) -> None:
+        argv = build_argv(make_plan(initrd=None))
+        assert "-initrd" not in argv
+
+    def test_two_qmp_sockets(self) -> None:
+        plan = make_plan()
+        qmps = values_of(build_argv(plan), "-qmp")
+        assert len(qmps) == 2
+        assert qmps[0].startswith(f"unix:{plan.paths.qmp_sock},")
+        assert qmps[1].startswith(f"unix:{plan.paths.events_sock},")
+        assert all("server=on" in q and "wait=off" in q for q in qmps)
+
+    def test_no_default_devices_or_display(self) -> None:
+        argv = build_argv(make_plan())
+        assert "-nodefaults" in argv
+        assert "-no-user-config" in argv
+        assert value_of(argv, "-display") == "none"
+
+    def test_extra_args_appended_last(self) -> None:
+        argv = build_argv(make_plan(extra=("-S", "-trace", "foo")))
+        assert argv[-3:] == ["-S", "-trace", "foo"]
+
+    def test_guest_agent_port_name(self) -> None:
+        devices = values_of(build_argv(make_plan()), "-device")
+        assert "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0" in devices
+
+    def test_name_sets_guest_and_process(self) -> None:
+        argv = build_argv(make_plan(name="db-2"))
+        assert value_of(argv, "-name") == "guest=db-2,process=virtpool-db-2"
+
+    def test_plan_is_not_mutated(self) -> None:
+        plan = make_plan(ports=(PortForward(host=1, guest=2),))
+        before = dataclasses.asdict(plan)
+        build_argv(plan)
+        build_argv(plan)
+        assert dataclasses.asdict(plan) == before
+        assert build_argv(plan) == build_argv(plan)
+
+
+@pytest.mark.parametrize("accel", ["kvm", "tcg"])
+def test_same_disk_and_console_for_both_accels(accel: str) -> None:
+    plan = make_plan(accel=accel)
+    argv = build_argv(plan)
+    assert value_of(argv, "-serial") == "chardev:console0"
+    assert value_of(argv, "-drive").startswith(f"file={plan.paths.disk},format=qcow2")
