@@ -12,6 +12,7 @@ PACKAGES=(
   cpio              # packs the initramfs
   lz4               # unpacks the kernel's LZ4 payload into an ELF vmlinux
   iproute2
+  python3-venv      # the project's virtualenv
 )
 
 missing=()
@@ -19,7 +20,11 @@ for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 
-if [ "${#missing[@]}" -eq 0 ]; then
+# The image builder fetches Debian packages with `apt-get download`, which needs package lists.
+need_lists=0
+apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1 || need_lists=1
+
+if [ "${#missing[@]}" -eq 0 ] && [ "$need_lists" -eq 0 ]; then
   echo "system packages: all present"
   exit 0
 fi
@@ -32,9 +37,13 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
-# --no-install-recommends keeps a server install small; policy-rc.d stops the guest agent's
-# service from being started on the host itself.
-printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-chmod 755 /usr/sbin/policy-rc.d
-trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+[ "${#missing[@]}" -eq 0 ] && exit 0
+# policy-rc.d stops the guest agent's service from being started on the host itself; one the
+# administrator already has is left alone.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+# --no-install-recommends keeps a server install small.
 apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -66,7 +66,8 @@ class Server:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "VIRTPOOL_DATA_DIR": str(self.data_dir)}
+        # A wide virtual terminal, so that Rich does not wrap what the tests read.
+        return {**os.environ, "VIRTPOOL_DATA_DIR": str(self.data_dir), "COLUMNS": "250"}
 
     def start(self) -> "Server":
         url_file = self.data_dir / "api.url"

@@ -1,3 +1,7 @@
 """virtpool: pool the CPU, memory and disk of Linux hosts into QEMU virtual machines."""
 
 __version__ = "0.1.0"
+
+from virtpool.sdk.client import APIError, Client  # noqa: E402
+
+__all__ = ["APIError", "Client", "__version__"]
