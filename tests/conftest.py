@@ -57,6 +57,7 @@ class Server:
 
     data_dir: Path
     boot_timeout: float = 60.0
+    extra_args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     client: Client | None = None
     log: Path = field(init=False)
@@ -75,7 +76,7 @@ class Server:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [VIRTPOOL, "up", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
-                 "--no-build", "--boot-timeout", str(self.boot_timeout)],
+                 "--no-build", "--boot-timeout", str(self.boot_timeout), *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )
         deadline = time.monotonic() + 30
@@ -117,11 +118,11 @@ class Server:
 
 
 def make_server(tmp_path_factory: pytest.TempPathFactory, cache: Path, name: str,
-                boot_timeout: float = 60.0) -> Server:
+                boot_timeout: float = 60.0, extra_args: tuple[str, ...] = ()) -> Server:
     data_dir = tmp_path_factory.mktemp(name)
     (data_dir / "images").mkdir()
     link_image(cache, data_dir)
-    return Server(data_dir, boot_timeout=boot_timeout).start()
+    return Server(data_dir, boot_timeout=boot_timeout, extra_args=extra_args).start()
 
 
 @pytest.fixture(scope="module")

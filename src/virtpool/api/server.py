@@ -21,6 +21,7 @@ from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S
 from virtpool.model.errors import InvalidRequest
 from virtpool.model.spec import Accel
 from virtpool.node.agent import LocalAgent
+from virtpool.node.serial import DEFAULT_CAP_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class ServeOptions:
     db_url: str | None = None
     build_default_image: bool = True
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S
+    log_cap_bytes: int = DEFAULT_CAP_BYTES
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -46,7 +48,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 def open_pool(options: ServeOptions) -> Pool:
     options.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(options.data_dir, 0o700)
-    agent = LocalAgent(options.data_dir, accel=options.accel)
+    agent = LocalAgent(options.data_dir, accel=options.accel, log_cap_bytes=options.log_cap_bytes)
     config = PoolConfig(data_dir=options.data_dir, db_url=options.db_url, boot_timeout=options.boot_timeout)
     return Pool(config, agent)
 

@@ -23,7 +23,6 @@ def attach(url: str, token: str, name: str) -> None:
                        additional_headers={"Authorization": f"Bearer {token}"})
     except Exception as err:  # websockets raises several unrelated types for a refused handshake
         output.fail(f"cannot attach to the console of '{name}': {err}", hint="is the VM running?")
-    output.err.print(f"[dim]attached to {name}; Ctrl-] detaches[/]")
     stdin = sys.stdin.fileno()
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
     done = threading.Event()
@@ -40,6 +39,8 @@ def attach(url: str, token: str, name: str) -> None:
     try:
         if saved is not None:
             tty.setraw(stdin)
+        # Announced only once the terminal is raw, so nothing typed after it is echoed locally.
+        os.write(sys.stderr.fileno(), f"attached to {name}; Ctrl-] detaches\r\n".encode())
         while not done.is_set():
             data = os.read(stdin, 1024)
             if not data or DETACH in data:
@@ -49,4 +50,4 @@ def attach(url: str, token: str, name: str) -> None:
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
         conn.close()
-        output.err.print("\n[dim]detached[/]")
+        output.err.print("\ndetached", style="dim", markup=False, highlight=False)

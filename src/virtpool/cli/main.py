@@ -33,18 +33,21 @@ def up(
     db: Annotated[Optional[str], typer.Option(help="database URL (default: SQLite in the data dir)")] = None,
     build: Annotated[bool, typer.Option("--build/--no-build", help="build the default image if missing")] = True,
     boot_timeout: Annotated[float, typer.Option(help="seconds a guest may take to answer its agent")] = 60.0,
+    log_cap: Annotated[str, typer.Option(help="largest a VM's serial log may grow, e.g. 2M")] = "2M",
 ) -> None:
     """Run the platform on this host in the foreground: control plane, agent, API."""
     from virtpool.api.server import ServeOptions, parse_listen, serve
     from virtpool.model.errors import VirtpoolError
+    from virtpool.model.units import parse_size_mib
 
     if accel not in ("auto", "kvm", "tcg"):
         output.fail(f"unknown accelerator '{accel}'", hint="use auto, kvm or tcg")
     try:
         host_, port = parse_listen(listen)
+        log_cap_bytes = parse_size_mib(log_cap, what="log cap") * 1024 * 1024
         options = ServeOptions(data_dir=data_dir or common.data_dir(), host=host_, port=port,
                                accel=accel, db_url=db, build_default_image=build,
-                               boot_timeout=boot_timeout)  # type: ignore[arg-type]
+                               boot_timeout=boot_timeout, log_cap_bytes=log_cap_bytes)  # type: ignore[arg-type]
         serve(options, announce=lambda line: output.out.print(line, highlight=False))
     except VirtpoolError as err:
         output.fail(err.message, hint=err.hint)
