@@ -242,6 +242,17 @@ def run_cli(server: Server, name: str) -> float:
     return elapsed
 
 
+def run_cli_noop(server: Server) -> float:
+    """`virtpool vm list`: the CLI's own start-up plus one small request, for the table."""
+    start = time.perf_counter()
+    done = subprocess.run([VIRTPOOL, "vm", "list"], env=server.env, capture_output=True, text=True,
+                          timeout=60)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise BenchError(f"`virtpool vm list` failed ({done.returncode}): {done.stdout}{done.stderr}")
+    return elapsed
+
+
 def run_sdk(client: Client, name: str) -> tuple[float, str]:
     start = time.perf_counter()
     client.create_vm(name, start=True)
@@ -270,7 +281,7 @@ def check_same_argv(server_dir: Path, vm_id: str, baseline_argv: list[str], base
 # -- reporting -----------------------------------------------------------------------------
 
 
-def report(results: dict[str, list[float]], runs: int) -> dict[str, object]:
+def report(results: dict[str, list[float]], runs: int, cli_noop: list[float]) -> dict[str, object]:
     labels = {"baseline": "bare QEMU", "cli": "virtpool CLI", "sdk": "virtpool SDK"}
     header = f"{'run':>12} " + " ".join(f"{labels[k]:>13}" for k in labels)
     print(header)
@@ -279,6 +290,8 @@ def report(results: dict[str, list[float]], runs: int) -> dict[str, object]:
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"{'median':>12} " + " ".join(f"{med[k]:>12.3f}s" for k in labels))
     print(f"{'min':>12} " + " ".join(f"{min(results[k]):>12.3f}s" for k in labels))
+    print(f"CLI start-up alone (`virtpool vm list`): median {statistics.median(cli_noop):.3f}s, "
+          f"min {min(cli_noop):.3f}s")
     ratio = med["cli"] / med["baseline"]
     sdk_ratio = med["sdk"] / med["baseline"]
     verdict = "meets" if ratio <= TARGET_RATIO else "misses"
@@ -291,6 +304,7 @@ def report(results: dict[str, list[float]], runs: int) -> dict[str, object]:
         "baseline_s": round(med["baseline"], 4),
         "ratio": round(ratio, 4),
         "sdk_ratio": round(sdk_ratio, 4),
+        "cli_startup_s": round(statistics.median(cli_noop), 4),
         "runs": runs,
     }
 
@@ -313,6 +327,7 @@ def main() -> int:
     server = Server(root / "data")
     baseline = Baseline(root / "scratch")
     results: dict[str, list[float]] = {"baseline": [], "cli": [], "sdk": []}
+    cli_noop: list[float] = []
     began = time.monotonic()
     try:
         for d in (server.data_dir, baseline.data_dir):
@@ -340,6 +355,7 @@ def main() -> int:
                     client.delete_vm(name, force=True)
                 results[kind].append(elapsed)
                 note(f"round {i + 1}/{args.runs} {kind:>8}: {elapsed:.3f}s")
+            cli_noop.append(run_cli_noop(server))  # no VM booting: not timed against anything
     except BenchError as err:
         note(f"benchmark failed: {err}")
         return 1
@@ -354,7 +370,7 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
         note(f"wall time {time.monotonic() - began:.1f}s")
 
-    summary = report(results, args.runs)
+    summary = report(results, args.runs, cli_noop)
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -70,7 +70,7 @@ class Server:
         # A wide virtual terminal, so that Rich does not wrap what the tests read.
         return {**os.environ, "VIRTPOOL_DATA_DIR": str(self.data_dir), "COLUMNS": "250"}
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         url_file = self.data_dir / "api.url"
         url_file.unlink(missing_ok=True)
         with self.log.open("ab") as log:

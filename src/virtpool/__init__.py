@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from virtpool.sdk.client import APIError, Client  # noqa: E402
+from virtpool.sdk.client import APIError, Client
 
 __all__ = ["APIError", "Client", "__version__"]

@@ -61,6 +61,14 @@ def qcow2_header(
     return data + b"\0" * max(0, pad_to - len(data))
 
 
+def make_backed_qcow2(path: Path) -> None:
+    """A qcow2 made by the real qemu-img whose backing file is /etc/hostname."""
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", str(path)],
+        check=True,
+    )
+
+
 class TestHeaderBuilder:
     """The hand-built header puts each field where qemu-img does."""
 
@@ -208,22 +216,7 @@ class TestSniffFormat:
 
     def test_qemu_img_backing_file_refused(self, tmp_path: Path) -> None:
         path = tmp_path / "x.qcow2"
-        subprocess.run(
-            [
-                "qemu-img",
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-b",
-                "/etc/hostname",
-                "-F",
-                "raw",
-                str(path),
-            ],
-            check=True,
-            cwd=tmp_path,
-        )
+        make_backed_qcow2(path)
         with pytest.raises(InvalidRequest) as caught:
             sniff_format(path)
         assert "/etc/hostname" in caught.value.message
@@ -288,21 +281,7 @@ class TestQemuImgInfo:
 
     def test_backing_file_refused(self, tmp_path: Path) -> None:
         path = tmp_path / "x.qcow2"
-        subprocess.run(
-            [
-                "qemu-img",
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-b",
-                "/etc/hostname",
-                "-F",
-                "raw",
-                str(path),
-            ],
-            check=True,
-        )
+        make_backed_qcow2(path)
         with pytest.raises(InvalidRequest):
             qemu_img_info(path, "qcow2")
 

@@ -23,7 +23,12 @@ from virtpool.node.images.build import (
     parse_kernel_dependency,
     parse_ldd,
 )
-from virtpool.node.images.manifest import Manifest, file_entry, read_manifest, write_manifest
+from virtpool.node.images.manifest import (
+    Manifest,
+    file_entry,
+    read_manifest,
+    write_manifest,
+)
 
 INIT_SH = Path(build.__file__).with_name("init.sh")
 

@@ -50,4 +50,4 @@ def install(app: FastAPI) -> None:
                        "this is a bug in virtpool; the server log has the details")
 
 
-__all__ = ["install", "problem", "Unauthorized"]
+__all__ = ["Unauthorized", "install", "problem"]

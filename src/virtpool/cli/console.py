@@ -8,7 +8,7 @@ import termios
 import threading
 import tty
 
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect
 
 from virtpool.cli import output
@@ -21,7 +21,7 @@ def attach(url: str, token: str, name: str) -> None:
     try:
         conn = connect(f"{ws_url}/api/v1/vms/{name}/console",
                        additional_headers={"Authorization": f"Bearer {token}"})
-    except Exception as err:  # websockets raises several unrelated types for a refused handshake
+    except (InvalidHandshake, OSError) as err:
         output.fail(f"cannot attach to the console of '{name}': {err}", hint="is the VM running?")
     stdin = sys.stdin.fileno()
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from virtpool.cli import output
@@ -27,3 +29,16 @@ def show(json: JsonFlag = False) -> None:
         ("qemu", info.qemu_version),
         ("data dir", info.data_dir),
     ])
+
+
+@app.command("top")
+def top(once: Annotated[bool, typer.Option("--once", help="print once and exit")] = False,
+        json: JsonFlag = False) -> None:
+    """Every VM on this host with its CPU, memory and disk use, refreshed live."""
+    from virtpool.cli.vm import live_table
+
+    with output.errors():
+        api = client()
+        if json:
+            return output.emit_json(api.host_top())
+        live_table(api.host_top, watch=not once)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -82,8 +82,8 @@ def delete(name: str, json: JsonFlag = False) -> None:
 def import_(
     name: str,
     kernel: ExistingFile,
-    initrd: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, readable=True)] = None,
-    disk: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, readable=True,
+    initrd: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True)] = None,
+    disk: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True,
                                                  help="qcow2 or raw root disk")] = None,
     kernel_args: Annotated[str, typer.Option("--kernel-args", help="appended to the kernel command line")] = "",
     json: JsonFlag = False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,7 +18,7 @@ app.add_typer(host.app, name="host")
 
 @app.callback()
 def main(
-    data_dir: Annotated[Optional[Path], typer.Option(
+    data_dir: Annotated[Path | None, typer.Option(
         "--data-dir", envvar="VIRTPOOL_DATA_DIR",
         help="where `virtpool up` keeps its state (default /var/lib/virtpool as root)")] = None,
 ) -> None:
@@ -27,10 +27,10 @@ def main(
 
 @app.command("up")
 def up(
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="state, images and VMs")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="state, images and VMs")] = None,
     listen: Annotated[str, typer.Option(help="HOST:PORT for the API (port 0: any free port)")] = "127.0.0.1:8470",
     accel: Annotated[str, typer.Option(help="auto, kvm or tcg")] = "auto",
-    db: Annotated[Optional[str], typer.Option(help="database URL (default: SQLite in the data dir)")] = None,
+    db: Annotated[str | None, typer.Option(help="database URL (default: SQLite in the data dir)")] = None,
     build: Annotated[bool, typer.Option("--build/--no-build", help="build the default image if missing")] = True,
     boot_timeout: Annotated[float, typer.Option(help="seconds a guest may take to answer its agent")] = 60.0,
     log_cap: Annotated[str, typer.Option(help="largest a VM's serial log may grow, e.g. 2M")] = "2M",

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import Annotated
 
 import typer
+from rich.live import Live
 from rich.status import Status
+from rich.table import Table
 
 from virtpool.cli import output
 from virtpool.cli.common import JsonFlag, client
 from virtpool.model.errors import VirtpoolError
 from virtpool.model.spec import PortForward
 from virtpool.model.states import VMState
-from virtpool.model.units import format_mib, parse_size_mib
-from virtpool.model.vm import VMInfo
+from virtpool.model.units import format_mib, parse_bytes, parse_size_mib
+from virtpool.model.vm import VMInfo, VMStats
 from virtpool.sdk import Client
 
 app = typer.Typer(help="Virtual machines.", no_args_is_help=True)
@@ -59,9 +62,14 @@ def create(
     cpus: Annotated[int, typer.Option(help="vCPUs")] = 1,
     memory: Annotated[str, typer.Option(help="e.g. 256M, 2G")] = "256M",
     disk: Annotated[str, typer.Option(help="root disk size, e.g. 1G")] = "1G",
-    port: Annotated[Optional[list[str]], typer.Option(help="HOST:GUEST TCP forward on 127.0.0.1; repeat")] = None,
+    port: Annotated[list[str] | None, typer.Option(help="HOST:GUEST TCP forward on 127.0.0.1; repeat")] = None,
     kernel_args: Annotated[str, typer.Option("--kernel-args", help="extra kernel command line")] = "",
     accel: Annotated[str, typer.Option(help="auto, kvm or tcg")] = "auto",
+    max_memory: Annotated[str | None, typer.Option(help="ceiling the balloon can grow it to while it runs")] = None,
+    cpu_cap: Annotated[int | None, typer.Option(help="cap on host CPU time, % of one CPU")] = None,
+    cpu_weight: Annotated[int, typer.Option(help="CPU share under contention (100 = normal)")] = 100,
+    disk_iops: Annotated[int | None, typer.Option(help="I/O operations per second limit")] = None,
+    disk_bps: Annotated[str | None, typer.Option(help="disk bytes per second limit, e.g. 50M")] = None,
     start: Annotated[bool, typer.Option("--start", help="boot it at once")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="with --start: wait until the guest answers")] = False,
     wait_timeout: WaitTimeout = 180.0,
@@ -73,11 +81,16 @@ def create(
             memory_mib = parse_size_mib(memory, what="memory")
             disk_mib = parse_size_mib(disk, what="disk size")
             forwards = [PortForward.parse(p) for p in port or []]
+            limits = {
+                "max_memory_mib": parse_size_mib(max_memory, what="max memory") if max_memory else None,
+                "cpu_cap_pct": cpu_cap, "cpu_weight": cpu_weight, "disk_iops": disk_iops,
+                "disk_bps": parse_bytes(disk_bps, what="disk bps") if disk_bps else None,
+            }
         except VirtpoolError as err:
             output.fail(err.message, hint=err.hint)
         api = client()
         vm = api.create_vm(name, image=image, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib,
-                           ports=forwards, kernel_args=kernel_args, accel=accel, start=start)
+                           ports=forwards, kernel_args=kernel_args, accel=accel, start=start, **limits)
         if start:
             _settle(api, vm, VMState.RUNNING, "booting", wait, wait_timeout, json)
             return
@@ -178,6 +191,91 @@ def delete(name: str, force: Annotated[bool, typer.Option("--force", help="stop 
     if json:
         return output.emit_json({"deleted": name})
     output.out.print(f"VM '{name}' deleted")
+
+
+@app.command("resize")
+def resize(
+    name: str,
+    memory: Annotated[str | None, typer.Option(help="memory via the balloon, up to --max-memory")] = None,
+    max_memory: Annotated[str | None, typer.Option(help="ceiling (VM stopped only)")] = None,
+    cpus: Annotated[int | None, typer.Option(help="vCPUs, from the next boot")] = None,
+    cpu_cap: Annotated[int | None, typer.Option(help="% of one host CPU; 0 removes the cap")] = None,
+    cpu_weight: Annotated[int | None, typer.Option(help="share under contention, 100 = normal")] = None,
+    disk_iops: Annotated[int | None, typer.Option(help="I/O operations per second; 0 = unlimited")] = None,
+    disk_bps: Annotated[str | None, typer.Option(help="bytes per second, e.g. 20M; 0 = unlimited")] = None,
+    disk_size: Annotated[str | None, typer.Option(help="grow the disk, e.g. 2G (the guest sees it live)")] = None,
+    json: JsonFlag = False,
+) -> None:
+    """Change a VM's resources, live where the hypervisor allows it."""
+    with output.errors():
+        try:
+            changes: dict[str, int | None] = {
+                "memory_mib": parse_size_mib(memory, what="memory") if memory else None,
+                "max_memory_mib": parse_size_mib(max_memory, what="max memory") if max_memory else None,
+                "cpus": cpus, "cpu_cap_pct": cpu_cap, "cpu_weight": cpu_weight, "disk_iops": disk_iops,
+                "disk_bps": parse_bytes(disk_bps, what="disk bps") if disk_bps is not None else None,
+                "disk_mib": parse_size_mib(disk_size, what="disk size") if disk_size else None,
+            }
+        except VirtpoolError as err:
+            output.fail(err.message, hint=err.hint)
+        result = client().resize_vm(name, **{k: v for k, v in changes.items() if v is not None})
+    if json:
+        return output.emit_json(result)
+    vm = result.vm
+    output.out.print(
+        f"VM '{vm.name}': {format_mib(vm.memory_mib)} of {format_mib(vm.max_memory_mib)} memory, "
+        f"{vm.cpus} vCPUs, CPU cap {f'{vm.cpu_cap_pct}%' if vm.cpu_cap_pct else 'none'}, "
+        f"weight {vm.cpu_weight}, disk {format_mib(vm.disk_mib)}"
+        f" ({vm.disk_iops or 'unlimited'} IOPS, {vm.disk_bps or 'unlimited'} B/s)", highlight=False)
+    for note in result.notes:
+        output.out.print(f"note: {note}", style="yellow", highlight=False)
+
+
+def stats_rows(stats: list[VMStats]) -> list[tuple[object, ...]]:
+    def num(value: float | int | None, unit: str = "") -> str:
+        return "-" if value is None else f"{value:g}{unit}"
+
+    return [(s.name, output.state(s.state), num(s.cpu_percent, "%"), num(s.balloon_mib, "M"),
+             num(s.guest_free_mib, "M"), num(s.qemu_rss_mib, "M"),
+             num(None if s.disk_read_bytes is None else round(s.disk_read_bytes / 2**20, 1), "M"),
+             num(None if s.disk_written_bytes is None else round(s.disk_written_bytes / 2**20, 1), "M"))
+            for s in stats]
+
+
+STATS_COLUMNS = ["NAME", "STATE", "CPU", "MEMORY", "GUEST FREE", "QEMU RSS", "DISK READ", "DISK WRITTEN"]
+
+
+@app.command("stats")
+def stats(name: str, watch: Annotated[bool, typer.Option("--watch", help="refresh every second")] = False,
+          json: JsonFlag = False) -> None:
+    """CPU, memory, disk use of a VM (network: not counted by user-mode networking)."""
+    with output.errors():
+        api = client()
+        if json:
+            return output.emit_json(api.vm_stats(name))
+        live_table(lambda: [api.vm_stats(name)], watch)
+
+
+def live_table(fetch: Callable[[], list[VMStats]], watch: bool) -> None:
+    """Print the stats table once, or keep it refreshed until Ctrl-C."""
+    def render() -> Table:
+        grid = Table(header_style="bold")
+        for column in STATS_COLUMNS:
+            grid.add_column(column)
+        for row in stats_rows(fetch()):
+            grid.add_row(*map(str, row))
+        return grid
+
+    if not watch:
+        output.out.print(render())
+        return
+    try:
+        with Live(render(), console=output.out, refresh_per_second=4) as live:
+            while True:
+                time.sleep(1)
+                live.update(render())
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})

@@ -12,7 +12,7 @@ import os
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -81,7 +81,7 @@ class TokenService:
         # compare_digest on the hash keeps the check constant-time once the row is found.
         if row is None or not hmac.compare_digest(row.secret_hash, digest):
             raise Unauthorized("the token is not valid", hint="check VIRTPOOL_TOKEN or the token file")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if row.revoked_at is not None:
             raise Unauthorized(f"token '{row.name}' was revoked")
         if row.expires_at is not None and _aware(row.expires_at) <= now:
@@ -105,4 +105,4 @@ def write_private_file(path: Path, text: str) -> None:
 
 def _aware(moment: datetime) -> datetime:
     # SQLite hands back naive datetimes; every time virtpool stores is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -13,6 +13,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +31,10 @@ from virtpool.model.errors import (
     NotFound,
     VirtpoolError,
 )
-from virtpool.model.spec import ExecResult, PortForward, VMSpec
+from virtpool.model.spec import ExecResult, PortForward, Resize, VMSpec
 from virtpool.model.states import ACTIVE, VMState, check_action, check_transition
-from virtpool.model.vm import VMInfo
+from virtpool.model.resize import plan_resize
+from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 
 log = logging.getLogger(__name__)
 S = VMState
@@ -40,6 +42,7 @@ S = VMState
 DEFAULT_BOOT_TIMEOUT_S = 60.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
 MAX_EXEC_TIMEOUT_S = 3600.0
+SLOT_ATTEMPTS = 20
 
 
 class VMService:
@@ -60,6 +63,8 @@ class VMService:
         self.boot_timeout = boot_timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm-op")
         self._listeners: list[Callable[[VMInfo], None]] = []
+        # Resizes are read-check-write on several columns: one at a time keeps them whole.
+        self._resize_lock = threading.Lock()
         agent.on_exit(self._on_exit)
 
     def close(self) -> None:
@@ -148,23 +153,32 @@ class VMService:
         return self.get(vm_id)
 
     def _insert(self, vm_id: str, spec: VMSpec) -> None:
-        row = VMRow(
+        for _ in range(SLOT_ATTEMPTS):
+            try:
+                with self._sessions.begin() as session:
+                    session.add(self._new_row(session, vm_id, spec))
+                return
+            except IntegrityError as err:
+                with self._sessions() as session:
+                    if session.scalar(select(VMRow.id).where(VMRow.name == spec.name)):
+                        raise Conflict(
+                            f"a VM named '{spec.name}' exists", hint="pick another name"
+                        ) from err
+                self._check_ports(spec.ports, vm_id=None)
+                # Otherwise a concurrent create took the same slot: pick again.
+        raise Conflict("too many VMs are being created at once; try again")
+
+    def _new_row(self, session: Session, vm_id: str, spec: VMSpec) -> VMRow:
+        used = set(session.scalars(select(VMRow.slot)))
+        slot = next(n for n in range(len(used) + 1) if n not in used)
+        return VMRow(
             id=vm_id, name=spec.name, image=spec.image, cpus=spec.cpus,
             memory_mib=spec.memory_mib, disk_mib=spec.disk_mib, kernel_args=spec.kernel_args,
             accel=spec.accel, state=S.CREATING.value, host=self._host,
+            max_memory_mib=spec.boot_memory_mib, cpu_cap_pct=spec.cpu_cap_pct,
+            cpu_weight=spec.cpu_weight, disk_iops=spec.disk_iops, disk_bps=spec.disk_bps, slot=slot,
             ports=[PortRow(host_port=p.host, guest_port=p.guest) for p in spec.ports],
         )
-        try:
-            with self._sessions.begin() as session:
-                session.add(row)
-        except IntegrityError as err:
-            with self._sessions() as session:
-                if session.scalar(select(VMRow.id).where(VMRow.name == spec.name)):
-                    raise Conflict(
-                        f"a VM named '{spec.name}' exists", hint="pick another name"
-                    ) from err
-            self._check_ports(spec.ports, vm_id=None)
-            raise
 
     def _check_fits_host(self, spec: VMSpec) -> None:
         host = self._agent.host_info()
@@ -173,11 +187,16 @@ class VMService:
                 f"VM '{spec.name}' asks for {spec.cpus} vCPUs; this host has {host.cpus}",
                 hint=f"ask for --cpus {host.cpus} or fewer",
             )
-        if spec.memory_mib > host.memory_mib:
+        if spec.boot_memory_mib > host.memory_mib:
             raise InsufficientResources(
-                f"VM '{spec.name}' asks for {spec.memory_mib} MiB of memory; this host has "
+                f"VM '{spec.name}' asks for {spec.boot_memory_mib} MiB of memory; this host has "
                 f"{host.memory_mib} MiB",
-                hint="ask for less --memory",
+                hint="ask for less --memory (or --max-memory)",
+            )
+        if spec.cpu_cap_pct is not None and spec.cpu_cap_pct > 100 * host.cpus:
+            raise InsufficientResources(
+                f"a CPU cap of {spec.cpu_cap_pct}% is more than this host's {host.cpus} CPUs give",
+                hint=f"cap at {100 * host.cpus}% or less",
             )
         if spec.disk_mib > host.disk_free_mib:
             raise InsufficientResources(
@@ -189,15 +208,15 @@ class VMService:
     def _check_memory_for_start(self, vm: VMInfo) -> None:
         with self._sessions() as session:
             committed = session.scalar(
-                select(func.coalesce(func.sum(VMRow.memory_mib), 0)).where(
+                select(func.coalesce(func.sum(VMRow.max_memory_mib), 0)).where(
                     VMRow.state.in_([s.value for s in ACTIVE]), VMRow.id != vm.id
                 )
             )
         total = self._agent.host_info().memory_mib
-        if committed + vm.memory_mib > total:
+        if committed + vm.max_memory_mib > total:
             raise InsufficientResources(
-                f"starting VM '{vm.name}' ({vm.memory_mib} MiB) would commit "
-                f"{committed + vm.memory_mib} MiB of this host's {total} MiB",
+                f"starting VM '{vm.name}' ({vm.max_memory_mib} MiB) would commit "
+                f"{committed + vm.max_memory_mib} MiB of this host's {total} MiB",
                 hint="stop another VM first, or give this one less memory",
             )
 
@@ -294,6 +313,37 @@ class VMService:
             raise
         return self.get(vm.id)
 
+    # -- resources ------------------------------------------------------------------------
+
+    def resize(self, ref: str, request: Resize) -> ResizeResult:
+        """Record the new resources, then apply what can change while the VM runs."""
+        with self._resize_lock:
+            vm = self.get(ref)
+            check_action(vm.name, vm.state, "resize")
+            running = vm.state in (S.RUNNING, S.PAUSED)
+            plan = plan_resize(vm, request, self._agent.host_info(), running=running)
+            self._write_columns(vm.id, plan.columns)
+            try:
+                if plan.live is not None:
+                    self._agent.apply_live(vm.id, plan.live)
+                elif "disk_mib" in plan.columns:
+                    self._agent.resize_disk_offline(vm.id, plan.columns["disk_mib"])
+            except BaseException:
+                self._write_columns(vm.id, {k: getattr(vm, k) for k in plan.columns})
+                raise
+        self._notify(vm.id)
+        return ResizeResult(vm=self.get(vm.id), notes=plan.notes)
+
+    def _write_columns(self, vm_id: str, columns: dict[str, object]) -> None:
+        if columns:
+            with self._sessions.begin() as session:
+                session.execute(update(VMRow).where(VMRow.id == vm_id).values(**columns, updated_at=utcnow()))
+
+    def stats(self, ref: str) -> VMStats:
+        vm = self.get(ref)
+        figures = self._agent.vm_stats(vm.id) if vm.state in ACTIVE else {}
+        return VMStats(name=vm.name, state=vm.state.value, memory_boot_mib=vm.max_memory_mib, **figures)
+
     # -- delete ---------------------------------------------------------------------------
 
     def delete(self, ref: str, *, force: bool = False) -> None:
@@ -373,7 +423,9 @@ def _info(row: VMRow) -> VMInfo:
         id=row.id, name=row.name, image=row.image, cpus=row.cpus, memory_mib=row.memory_mib,
         disk_mib=row.disk_mib,
         ports=[PortForward(host=p.host_port, guest=p.guest_port) for p in row.ports],
-        kernel_args=row.kernel_args, accel=row.accel, state=S(row.state), error=row.error,
+        kernel_args=row.kernel_args, accel=row.accel, max_memory_mib=row.max_memory_mib,
+        cpu_cap_pct=row.cpu_cap_pct, cpu_weight=row.cpu_weight, disk_iops=row.disk_iops,
+        disk_bps=row.disk_bps, state=S(row.state), error=row.error,
         host=row.host, created_at=row.created_at, updated_at=row.updated_at,
     )
 
@@ -382,4 +434,6 @@ def _spec(vm: VMInfo) -> VMSpec:
     return VMSpec(
         name=vm.name, image=vm.image, cpus=vm.cpus, memory_mib=vm.memory_mib,
         disk_mib=vm.disk_mib, ports=vm.ports, kernel_args=vm.kernel_args, accel=vm.accel,
+        max_memory_mib=vm.max_memory_mib, cpu_cap_pct=vm.cpu_cap_pct, cpu_weight=vm.cpu_weight,
+        disk_iops=vm.disk_iops, disk_bps=vm.disk_bps,
     )

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from virtpool.model.image import ImageInfo
-from virtpool.model.spec import ExecResult, HostInfo, VMSpec
+from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 
 # (vm_id, guest_initiated): the VM's QEMU exited; guest_initiated when the guest powered off.
 ExitHandler = Callable[[str, bool], None]
@@ -64,7 +64,17 @@ class Agent(Protocol):
         self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None = None
     ) -> ExecResult: ...
 
-    def adopt_vm(self, vm_id: str) -> str | None:
+    def apply_live(self, vm_id: str, changes: LiveChanges) -> None:
+        """Change a running VM's balloon, CPU limits, disk throttling or disk size."""
+        ...
+
+    def resize_disk_offline(self, vm_id: str, disk_mib: int) -> None: ...
+
+    def vm_stats(self, vm_id: str) -> dict[str, Any]:
+        """Usage figures of a running VM, named as the fields of ``VMStats``."""
+        ...
+
+    def adopt_vm(self, vm_id: str, name: str) -> str | None:
         """Re-attach to a VM's QEMU after a restart: 'running', 'paused', or None if gone."""
         ...
 

@@ -18,6 +18,7 @@ NAME_RULE = "1-63 characters: lowercase letters, digits and '-', starting with a
 MIN_MEMORY_MIB = 64  # the Debian cloud kernel with our initramfs does not boot in less
 MAX_CPUS = 255  # microvm's limit for x86 without an IOMMU (x2APIC IDs beyond need one)
 MAX_KERNEL_ARGS = 2048  # the x86 boot protocol's command line limit
+DEFAULT_CPU_WEIGHT = 100
 
 Accel = Literal["auto", "kvm", "tcg"]
 
@@ -35,7 +36,7 @@ class PortForward(BaseModel):
     guest: int = Field(ge=1, le=65535)
 
     @classmethod
-    def parse(cls, text: str) -> "PortForward":
+    def parse(cls, text: str) -> PortForward:
         """'8080:80' → host 8080, guest 80."""
         host, sep, guest = text.partition(":")
         if not sep or not host.isdigit() or not guest.isdigit():
@@ -63,6 +64,18 @@ class VMSpec(BaseModel):
     ports: list[PortForward] = Field(default_factory=list, max_length=64)
     kernel_args: str = Field(default="", max_length=MAX_KERNEL_ARGS)
     accel: Accel = "auto"
+    max_memory_mib: int | None = Field(
+        default=None, ge=MIN_MEMORY_MIB, le=16 * 1024 * 1024,
+        description="memory the VM boots with; the balloon gives it `memory_mib` of that "
+        "and can grow it up to here while it runs (default: memory_mib)",
+    )
+    cpu_cap_pct: int | None = Field(
+        default=None, ge=1, le=100 * MAX_CPUS, description="cap on host CPU time, % of one CPU"
+    )
+    cpu_weight: int = Field(default=DEFAULT_CPU_WEIGHT, ge=1, le=10000,
+                            description="share of CPU under contention (100 = normal)")
+    disk_iops: int | None = Field(default=None, ge=1, le=10_000_000)
+    disk_bps: int | None = Field(default=None, ge=4096, le=1 << 40)
 
     @field_validator("name", "image")
     @classmethod
@@ -78,8 +91,20 @@ class VMSpec(BaseModel):
             raise ValueError("kernel arguments must be printable text on one line")
         return value
 
+    @property
+    def boot_memory_mib(self) -> int:
+        return self.max_memory_mib or self.memory_mib
+
     @model_validator(mode="after")
-    def _check_ports(self) -> "VMSpec":
+    def _check_memory(self) -> VMSpec:
+        if self.max_memory_mib is not None and self.max_memory_mib < self.memory_mib:
+            raise ValueError(
+                f"max_memory_mib ({self.max_memory_mib}) is below memory_mib ({self.memory_mib})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> VMSpec:
         seen: set[int] = set()
         for forward in self.ports:
             if forward.host in seen:
@@ -100,6 +125,37 @@ class HostInfo(BaseModel):
     accel_reason: str
     qemu_version: str
     data_dir: str
+
+
+class Resize(BaseModel):
+    """Changes to a VM's resources; fields left out stay as they are.
+
+    ``cpu_cap_pct``, ``disk_iops`` and ``disk_bps`` take 0 to mean "no limit".
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    memory_mib: int | None = Field(default=None, ge=MIN_MEMORY_MIB, le=16 * 1024 * 1024)
+    max_memory_mib: int | None = Field(default=None, ge=MIN_MEMORY_MIB, le=16 * 1024 * 1024)
+    cpus: int | None = Field(default=None, ge=1, le=MAX_CPUS)
+    cpu_cap_pct: int | None = Field(default=None, ge=0, le=100 * MAX_CPUS)
+    cpu_weight: int | None = Field(default=None, ge=1, le=10000)
+    disk_iops: int | None = Field(default=None, ge=0, le=10_000_000)
+    disk_bps: int | None = Field(default=None, ge=0, le=1 << 40)
+    disk_mib: int | None = Field(default=None, ge=1, le=64 * 1024 * 1024)
+
+    def is_empty(self) -> bool:
+        return not self.model_fields_set
+
+
+class LiveChanges(BaseModel):
+    """What the agent must change in a running VM (None: leave as is; 0 limit: remove it)."""
+
+    balloon_mib: int | None = None
+    cpu_cap_pct: int | None = None
+    cpu_weight: int | None = None
+    throttle: tuple[int, int] | None = None  # (iops, bps), 0 = unlimited
+    disk_mib: int | None = None
 
 
 class ExecResult(BaseModel):

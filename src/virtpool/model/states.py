@@ -49,6 +49,7 @@ ACTIONS: dict[str, frozenset[VMState]] = {
     "pause": frozenset({S.RUNNING}),
     "resume": frozenset({S.PAUSED}),
     "exec": frozenset({S.RUNNING}),
+    "resize": frozenset({S.STOPPED, S.RUNNING, S.PAUSED, S.CRASHED, S.ERROR}),
     "delete": frozenset({S.STOPPED, S.CRASHED, S.ERROR}),
     "force-delete": frozenset(set(VMState) - {S.DELETING}),
 }

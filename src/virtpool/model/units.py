@@ -35,3 +35,17 @@ def format_mib(mib: int) -> str:
     if mib and mib % 1024 == 0:
         return f"{mib // 1024}G"
     return f"{mib}M"
+
+
+_BYTES = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|B)?\s*", re.IGNORECASE)
+_FACTOR_BYTES = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_bytes(text: str | int, *, what: str = "size") -> int:
+    """Parse a byte count; a bare number means bytes ("50M" → 52428800)."""
+    if isinstance(text, int):
+        return text
+    match = _BYTES.fullmatch(text)
+    if not match:
+        raise InvalidRequest(f"cannot read {what} '{text}'", hint="write e.g. 1048576, 512K or 20M")
+    return int(float(match.group(1)) * _FACTOR_BYTES[(match.group(2) or "").upper()])

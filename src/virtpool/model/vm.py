@@ -20,8 +20,40 @@ class VMInfo(BaseModel):
     ports: list[PortForward]
     kernel_args: str
     accel: str
+    max_memory_mib: int
+    cpu_cap_pct: int | None
+    cpu_weight: int
+    disk_iops: int | None
+    disk_bps: int | None
     state: VMState
     error: str | None
     host: str
     created_at: datetime
     updated_at: datetime
+
+
+class ResizeResult(BaseModel):
+    """The VM after a resize, and what the user should know (e.g. "takes effect at boot")."""
+
+    vm: VMInfo
+    notes: list[str] = []
+
+
+class VMStats(BaseModel):
+    """What a VM uses right now. ``None`` where the host cannot tell."""
+
+    name: str
+    state: str
+    cpu_percent: float | None = None  # of one host CPU, over the last sampling interval
+    cpu_time_s: float | None = None
+    memory_boot_mib: int
+    balloon_mib: float | None = None  # what the guest has after the balloon
+    guest_total_mib: float | None = None
+    guest_free_mib: float | None = None
+    qemu_rss_mib: float | None = None
+    disk_read_bytes: int | None = None
+    disk_written_bytes: int | None = None
+    disk_read_ops: int | None = None
+    disk_write_ops: int | None = None
+    net_rx_bytes: int | None = None  # user-mode networking keeps no counters
+    net_tx_bytes: int | None = None

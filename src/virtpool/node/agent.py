@@ -20,6 +20,8 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
+from collections import deque
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from pathlib import Path
@@ -28,15 +30,20 @@ from typing import Any, TypeVar
 import psutil
 
 from virtpool.model.agent import ExitHandler, Progress
-from virtpool.model.errors import BootTimeout, InsufficientResources, NotFound, OperationFailed
+from virtpool.model.errors import (
+    BootTimeout,
+    InsufficientResources,
+    NotFound,
+    OperationFailed,
+)
 from virtpool.model.image import ImageFile, ImageInfo
-from virtpool.model.spec import Accel, ExecResult, HostInfo, VMSpec
+from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.node import disks, serial
 from virtpool.node.images.manifest import Manifest
 from virtpool.node.images.store import ImageStore, kernel_kind
 from virtpool.node.qemu import accel as accel_mod
 from virtpool.node.qemu import process, qmp
-from virtpool.node.qemu.argv import LaunchPlan, build_argv
+from virtpool.node.qemu.argv import BALLOON_ID, DISK_DEVICE_ID, DRIVE_ID, LaunchPlan, build_argv
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
 from virtpool.node.vmdir import VMPaths
 
@@ -44,7 +51,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 READY_POLL_S = 0.05  # between guest-agent pings while a guest boots
-LOG_TRIM_INTERVAL_S = 1.0  # a guest flooding its console at full speed writes ~1 MB/s under TCG
+# Log trimming and CPU sampling; a guest flooding its console at full speed writes ~1 MB/s
+# under TCG, so a second is what the log may overshoot its cap by.
+HOUSEKEEPING_INTERVAL_S = 1.0
+BALLOON_STATS_INTERVAL_S = 2  # how often the guest's balloon driver reports its free memory
+BALLOON_PATH = f"/machine/peripheral/{BALLOON_ID}"
+MIB = 1024 * 1024
 HARD_STOP_GRACE_S = 3.0  # after QMP 'quit', before SIGKILL
 QMP_CONNECT_TIMEOUT_S = 10.0
 
@@ -77,7 +89,8 @@ class LocalAgent:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agent-loop", daemon=True)
         self._thread.start()
-        self._trimmer = self._submit(self._trim_logs_forever())
+        self._cpu_samples: dict[str, deque[tuple[float, float]]] = {}
+        self._housekeeper = self._submit(self._housekeeping_forever())
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -107,7 +120,7 @@ class LocalAgent:
 
     def close(self) -> None:
         """Stop watching; the VMs themselves keep running."""
-        for future in [*self._watchers.values(), self._trimmer]:
+        for future in [*self._watchers.values(), self._housekeeper]:
             future.cancel()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
@@ -222,7 +235,7 @@ class LocalAgent:
         return LaunchPlan(
             name=spec.name,
             cpus=spec.cpus,
-            memory_mib=spec.memory_mib,
+            memory_mib=spec.boot_memory_mib,
             kernel=kernel,
             initrd=image_dir / manifest.initrd.path if manifest.initrd else None,
             kernel_is_elf=kernel_kind(kernel) == "elf",
@@ -232,6 +245,8 @@ class LocalAgent:
             image_kernel_args=manifest.kernel_args,
             user_kernel_args=spec.kernel_args,
             tsc_khz=self._tsc_khz,
+            disk_iops=spec.disk_iops,
+            disk_bps=spec.disk_bps,
             qemu_binary=self._qemu,
         )
 
@@ -246,7 +261,17 @@ class LocalAgent:
         proc = process.spawn(build_argv(self.launch_plan(vm_id, spec)), paths.pidfile, vm=spec.name)
         self._procs[vm_id] = proc
         self._watch(vm_id)
+        self._run(self._configure_balloon(vm_id, spec))
         return proc.pid
+
+    async def _configure_balloon(self, vm_id: str, spec: VMSpec) -> None:
+        # The guest boots with its ceiling and the balloon takes it down to what it was given;
+        # the target is held by the device, so the guest driver applies it whenever it loads.
+        sock, label = self._paths(vm_id).qmp_sock, self._label(vm_id)
+        await qmp.command(sock, "qom-set", {"path": BALLOON_PATH, "property":
+                          "guest-stats-polling-interval", "value": BALLOON_STATS_INTERVAL_S}, vm=label)
+        if spec.memory_mib < spec.boot_memory_mib:
+            await qmp.command(sock, "balloon", {"value": spec.memory_mib * MIB}, vm=label)
 
     def wait_ready(self, vm_id: str, timeout: float) -> None:
         self._run(self._wait_ready(vm_id, timeout))
@@ -383,11 +408,91 @@ class LocalAgent:
             except Exception:  # a handler's bug must not kill the watcher loop
                 log.exception("exit handler failed for VM %s", vm_id)
 
-    async def _trim_logs_forever(self) -> None:
+    async def _housekeeping_forever(self) -> None:
         while True:
-            await asyncio.sleep(LOG_TRIM_INTERVAL_S)
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             for vm_id in list(self._watchers):
                 serial.trim(self._paths(vm_id).serial_log, self._log_cap)
+                self._sample_cpu(vm_id)
+
+    def _sample_cpu(self, vm_id: str) -> None:
+        cpu_s = self._cpu_seconds(vm_id)
+        if cpu_s is None:
+            return
+        samples = self._cpu_samples.setdefault(vm_id, deque(maxlen=2))
+        samples.append((time.monotonic(), cpu_s))
+
+    def _cpu_seconds(self, vm_id: str) -> float | None:
+        proc = self._process(vm_id)
+        if proc is None:
+            return None
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            return None
+        return times.user + times.system
+
+    # -- live resources -------------------------------------------------------------------
+
+    def apply_live(self, vm_id: str, changes: LiveChanges) -> None:
+        self._run(self._apply_live(vm_id, changes))
+
+    async def _apply_live(self, vm_id: str, changes: LiveChanges) -> None:
+        sock, label = self._paths(vm_id).qmp_sock, self._label(vm_id)
+        if changes.balloon_mib is not None:
+            await qmp.command(sock, "balloon", {"value": changes.balloon_mib * MIB}, vm=label)
+        if changes.throttle is not None:
+            iops, bps = changes.throttle
+            await qmp.command(sock, "block_set_io_throttle", {
+                "id": DISK_DEVICE_ID, "iops": iops, "bps": bps,
+                "iops_rd": 0, "iops_wr": 0, "bps_rd": 0, "bps_wr": 0}, vm=label)
+        if changes.disk_mib is not None:
+            await qmp.command(sock, "block_resize", {"device": DRIVE_ID, "size": changes.disk_mib * MIB},
+                              vm=label)
+
+    def resize_disk_offline(self, vm_id: str, disk_mib: int) -> None:
+        disks.grow(self._paths(vm_id).disk, disk_mib)
+
+    def vm_stats(self, vm_id: str) -> dict[str, Any]:
+        """Figures for ``VMStats``: CPU from the process accounting, the rest from QMP."""
+        figures: dict[str, Any] = {}
+        proc = self._process(vm_id)
+        if proc is None:
+            return figures
+        samples = self._cpu_samples.get(vm_id)
+        cpu_s = self._cpu_seconds(vm_id)
+        figures["cpu_time_s"] = cpu_s
+        if samples and cpu_s is not None:
+            then, then_cpu = samples[0]
+            elapsed = time.monotonic() - then
+            if elapsed > 0.2:
+                figures["cpu_percent"] = round(100 * (cpu_s - then_cpu) / elapsed, 1)
+        try:
+            figures["qemu_rss_mib"] = round(proc.memory_info().rss / MIB, 1)
+        except psutil.NoSuchProcess:
+            return figures
+        figures.update(self._run(self._qmp_stats(vm_id), timeout=QMP_CONNECT_TIMEOUT_S))
+        return figures
+
+    async def _qmp_stats(self, vm_id: str) -> dict[str, Any]:
+        sock, label = self._paths(vm_id).qmp_sock, self._label(vm_id)
+        figures: dict[str, Any] = {}
+        balloon = await qmp.command(sock, "query-balloon", vm=label)
+        figures["balloon_mib"] = round(balloon["actual"] / MIB, 1)
+        guest = await qmp.command(sock, "qom-get", {"path": BALLOON_PATH, "property": "guest-stats"},
+                                  vm=label)
+        stats = guest.get("stats", {})
+        if guest.get("last-update"):
+            for key, field in (("stat-total-memory", "guest_total_mib"),
+                               ("stat-free-memory", "guest_free_mib")):
+                if stats.get(key, -1) >= 0:
+                    figures[field] = round(stats[key] / MIB, 1)
+        for device in await qmp.command(sock, "query-blockstats", vm=label):
+            if device.get("device") == DRIVE_ID:
+                block = device["stats"]
+                figures.update(disk_read_bytes=block["rd_bytes"], disk_written_bytes=block["wr_bytes"],
+                               disk_read_ops=block["rd_operations"], disk_write_ops=block["wr_operations"])
+        return figures
 
 
 def _image_info(manifest: Manifest) -> ImageInfo:

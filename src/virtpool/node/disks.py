@@ -115,6 +115,11 @@ def create_overlay(path: Path, base: Path, base_format: str, size_mib: int) -> N
     )
 
 
+def grow(path: Path, size_mib: int) -> None:
+    """Grow a VM's (stopped) disk; qemu-img refuses to shrink without --shrink, as we want."""
+    _qemu_img(["resize", "-q", "-f", "qcow2", str(path), f"{size_mib}M"], what="grow the disk")
+
+
 def _qemu_img(args: list[str], *, what: str) -> str:
     try:
         proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False)

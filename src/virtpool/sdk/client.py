@@ -13,7 +13,7 @@ import httpx
 from virtpool.model.image import BuildStatus, ImageInfo
 from virtpool.model.spec import ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
-from virtpool.model.vm import VMInfo
+from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 
 SETTLED = frozenset({VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.ERROR, VMState.CRASHED})
 
@@ -46,7 +46,7 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -117,8 +117,10 @@ class Client:
 
     def create_vm(self, name: str, *, image: str = "default", cpus: int = 1, memory_mib: int = 256,
                   disk_mib: int = 1024, ports: Iterable[PortForward | str] = (),
-                  kernel_args: str = "", accel: str = "auto", start: bool = False) -> VMInfo:
-        body = {
+                  kernel_args: str = "", accel: str = "auto", start: bool = False,
+                  **limits: int | None) -> VMInfo:
+        """Create a VM; ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight, disk_iops, disk_bps."""
+        body = {**limits,
             "name": name, "image": image, "cpus": cpus, "memory_mib": memory_mib,
             "disk_mib": disk_mib, "kernel_args": kernel_args, "accel": accel, "start": start,
             "ports": [(PortForward.parse(p) if isinstance(p, str) else p).model_dump() for p in ports],
@@ -145,6 +147,18 @@ class Client:
 
     def delete_vm(self, name: str, *, force: bool = False) -> None:
         self._call("DELETE", f"/vms/{name}", params={"force": force})
+
+    def resize_vm(self, name: str, **changes: int | None) -> ResizeResult:
+        """Change resources: memory_mib, max_memory_mib, cpus, cpu_cap_pct, cpu_weight,
+        disk_iops, disk_bps, disk_mib (0 removes a cap or throttle)."""
+        response = self._call("POST", f"/vms/{name}/resize", json=changes)
+        return ResizeResult.model_validate(response.json())
+
+    def vm_stats(self, name: str) -> VMStats:
+        return VMStats.model_validate(self._call("GET", f"/vms/{name}/stats").json())
+
+    def host_top(self) -> list[VMStats]:
+        return [VMStats.model_validate(v) for v in self._call("GET", "/host/top").json()]
 
     def exec(self, name: str, argv: list[str], *, timeout: float = 60.0,
              stdin: bytes | None = None) -> ExecResult:

@@ -4,6 +4,7 @@ from fastapi import APIRouter
 
 from virtpool.api.deps import Caller, PoolDep
 from virtpool.model.spec import HostInfo
+from virtpool.model.vm import VMStats
 
 router = APIRouter(tags=["host"])
 
@@ -11,3 +12,8 @@ router = APIRouter(tags=["host"])
 @router.get("/host", response_model=HostInfo, summary="This host's CPUs, memory, disk and accelerator")
 def show_host(pool: PoolDep, _: Caller) -> HostInfo:
     return pool.agent.host_info()
+
+
+@router.get("/host/top", response_model=list[VMStats], summary="Usage figures of every VM on this host")
+def host_top(pool: PoolDep, _: Caller) -> list[VMStats]:
+    return [pool.vms.stats(vm.id) for vm in pool.vms.list(limit=10_000)]

@@ -13,8 +13,8 @@ from pydantic import BaseModel, Field
 from virtpool.api.deps import Caller, PoolDep, bearer
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
 from virtpool.model.errors import InvalidRequest, VirtpoolError
-from virtpool.model.spec import ExecResult, VMSpec
-from virtpool.model.vm import VMInfo
+from virtpool.model.spec import ExecResult, Resize, VMSpec
+from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 
 router = APIRouter(prefix="/vms", tags=["vms"])
 
@@ -93,6 +93,18 @@ def pause_vm(name: str, pool: PoolDep, _: Caller) -> VMInfo:
 @router.post("/{name}/resume", response_model=VMInfo)
 def resume_vm(name: str, pool: PoolDep, _: Caller) -> VMInfo:
     return pool.vms.resume(name)
+
+
+@router.post("/{name}/resize", response_model=ResizeResult,
+             summary="Change memory (balloon), CPU cap and weight, disk throttling and size; "
+             "vCPUs at the next boot")
+def resize_vm(name: str, body: Resize, pool: PoolDep, _: Caller) -> ResizeResult:
+    return pool.vms.resize(name, body)
+
+
+@router.get("/{name}/stats", response_model=VMStats)
+def vm_stats(name: str, pool: PoolDep, _: Caller) -> VMStats:
+    return pool.vms.stats(name)
 
 
 @router.post("/{name}/exec", response_model=ExecResult,

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -27,6 +27,14 @@ class VMRow(Base):
     disk_mib: Mapped[int] = mapped_column(Integer)
     kernel_args: Mapped[str] = mapped_column(Text, default="")
     accel: Mapped[str] = mapped_column(String(8), default="auto")
+    max_memory_mib: Mapped[int] = mapped_column(Integer)
+    cpu_cap_pct: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cpu_weight: Mapped[int] = mapped_column(Integer, default=100)
+    disk_iops: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    disk_bps: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Picks this VM's unprivileged uid on the host (see node/sandbox/users.py); unique so two
+    # VMs never share one.
+    slot: Mapped[int] = mapped_column(Integer, unique=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     host: Mapped[str] = mapped_column(String(255))
@@ -35,7 +43,7 @@ class VMRow(Base):
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
 
-    ports: Mapped[list["PortRow"]] = relationship(
+    ports: Mapped[list[PortRow]] = relationship(
         back_populates="vm", cascade="all, delete-orphan", lazy="selectin", order_by="PortRow.host_port"
     )
 

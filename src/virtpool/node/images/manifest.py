@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 MANIFEST_NAME = "manifest.json"
@@ -37,7 +37,7 @@ class Manifest:
     disk_format: str | None = None  # "qcow2" or "raw" when disk is set
     kernel_args: str = ""  # image-specific arguments, appended after virtpool's own
     source: dict[str, str] = field(default_factory=dict)  # where the files came from
-    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     version: int = MANIFEST_VERSION
 
     def files(self) -> list[FileEntry]:
@@ -50,7 +50,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         raw = json.loads(text)
 
         def entry(value: dict | None) -> FileEntry | None:

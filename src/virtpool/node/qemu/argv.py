@@ -14,6 +14,11 @@ from virtpool.model.spec import PortForward
 from virtpool.node.vmdir import VMPaths
 
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
+# Names that QMP commands address: the drive (block_resize), the disk device
+# (block_set_io_throttle) and the balloon (its statistics live under /machine/peripheral/<id>).
+DRIVE_ID = "disk0"
+DISK_DEVICE_ID = "vda"
+BALLOON_ID = "balloon0"
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,8 @@ class LaunchPlan:
     image_kernel_args: str = ""
     user_kernel_args: str = ""
     tsc_khz: int | None = None
+    disk_iops: int | None = None
+    disk_bps: int | None = None
     qemu_binary: str = "qemu-system-x86_64"
     daemonize: bool = True
     extra: tuple[str, ...] = field(default=())
@@ -69,6 +76,11 @@ def _hostfwd(ports: tuple[PortForward, ...]) -> str:
     return "".join(f",hostfwd=tcp:127.0.0.1:{p.host}-:{p.guest}" for p in ports)
 
 
+def _throttling(plan: LaunchPlan) -> str:
+    limits = [("iops-total", plan.disk_iops), ("bps-total", plan.disk_bps)]
+    return "".join(f",throttling.{key}={value}" for key, value in limits if value)
+
+
 def build_argv(plan: LaunchPlan) -> list[str]:
     """The full argv for ``plan``; ``argv[0]`` is the QEMU binary."""
     paths = plan.paths
@@ -99,10 +111,11 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         "-device", f"virtserialport,chardev=qga0,name={GUEST_AGENT_PORT}",
         "-netdev", f"user,id=net0{_hostfwd(plan.ports)}",
         "-device", "virtio-net-device,netdev=net0",
-        "-device", "virtio-balloon-device",
+        "-device", f"virtio-balloon-device,id={BALLOON_ID}",
         "-drive",
-        f"file={opt_value(paths.disk)},format=qcow2,if=none,id=disk0,discard=unmap",
-        "-device", "virtio-blk-device,drive=disk0",
+        f"file={opt_value(paths.disk)},format=qcow2,if=none,id={DRIVE_ID},discard=unmap"
+        + _throttling(plan),
+        "-device", f"virtio-blk-device,drive={DRIVE_ID},id={DISK_DEVICE_ID}",
         "-qmp", f"unix:{opt_value(paths.qmp_sock)},server=on,wait=off",
         "-qmp", f"unix:{opt_value(paths.events_sock)},server=on,wait=off",
         "-pidfile", str(paths.pidfile),

@@ -36,7 +36,7 @@ class GuestAgent:
         self._vm = vm
 
     @classmethod
-    async def open(cls, sock: Path, *, vm: str, sync_timeout: float = 1.0) -> "GuestAgent":
+    async def open(cls, sock: Path, *, vm: str, sync_timeout: float = 1.0) -> GuestAgent:
         """Connect and synchronize; raises GuestAgentError if the agent does not answer."""
         try:
             reader, writer = await asyncio.open_unix_connection(str(sock), limit=4 * MAX_OUTPUT_BYTES)
@@ -45,12 +45,12 @@ class GuestAgent:
         agent = cls(reader, writer, vm)
         try:
             await asyncio.wait_for(agent._sync(), sync_timeout)
-        except (asyncio.TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as err:
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as err:
             await agent.close()
             raise GuestAgentError(f"the guest agent of VM '{vm}' does not answer") from err
         return agent
 
-    async def __aenter__(self) -> "GuestAgent":
+    async def __aenter__(self) -> GuestAgent:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -48,7 +48,7 @@ async def command(
         return await asyncio.wait_for(client.execute(cmd, arguments), COMMAND_TIMEOUT_S)
     except ExecuteError as err:
         raise OperationFailed(f"QEMU refused '{cmd}' for VM '{vm}': {err.error.desc}") from err
-    except (QMPError, asyncio.TimeoutError) as err:
+    except (TimeoutError, QMPError) as err:
         raise OperationFailed(f"QMP command '{cmd}' for VM '{vm}' failed: {err!r}") from err
     finally:
         await _close_quietly(client)
