@@ -20,7 +20,8 @@ Three kinds of run, interleaved (the order rotates every round to cancel drift):
   so the gap between it and the baseline is what the server itself adds (disk creation, DB
   writes, spawn, readiness polling, state propagation). Reported alongside, not in the ratio.
 
-Usage: ``bench/boot.py [--runs N] [--images DIR]``. The medians, mins and per-run times are
+Usage: ``.venv/bin/python bench/boot.py [--runs N] [--images DIR]`` (``./bench/boot.py`` works
+too: it re-executes itself with the repo's ``.venv``). The medians, mins and per-run times are
 printed as a table; the last line of stdout is one JSON object::
 
     {"name": "boot", "virtpool_s": ..., "virtpool_sdk_s": ..., "baseline_s": ..., "ratio": ...}
@@ -45,7 +46,14 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
+try:
+    import psutil
+except ImportError:  # run as ./bench/boot.py by a Python without virtpool: use the repo's venv
+    _VENV_PYTHON = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
+    if _VENV_PYTHON.exists() and Path(sys.executable) != _VENV_PYTHON:
+        os.execv(str(_VENV_PYTHON), [str(_VENV_PYTHON), __file__, *sys.argv[1:]])
+    raise
+
 
 from virtpool.model.spec import VMSpec
 from virtpool.model.states import VMState
@@ -53,7 +61,7 @@ from virtpool.node.agent import READY_POLL_S, LocalAgent
 from virtpool.node.images.build import build_default_image
 from virtpool.node.qemu.argv import build_argv
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
-from virtpool.sdk import Client
+from virtpool.sdk import APIError, Client
 from virtpool.sdk.client import SETTLED
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,7 +137,7 @@ class Server:
             try:
                 self.client.host()
                 return self.client
-            except Exception:
+            except APIError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise BenchError(f"virtpool up does not answer:\n{self.log.read_text()}") from None
                 time.sleep(0.05)
@@ -139,7 +147,7 @@ class Server:
             try:
                 for vm in self.client.vms():
                     self.client.delete_vm(vm.name, force=True)
-            except Exception as err:  # keep cleaning up
+            except APIError as err:  # keep cleaning up
                 note(f"warning: could not delete the benchmark's VMs: {err}")
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -234,7 +242,7 @@ def _pid_from(pidfile: Path) -> int | None:
 def run_cli(server: Server, name: str) -> float:
     start = time.perf_counter()
     done = subprocess.run([VIRTPOOL, "vm", "create", name, "--start", "--wait"], env=server.env,
-                          capture_output=True, text=True, timeout=BOOT_TIMEOUT_S + 60)
+                          capture_output=True, text=True, timeout=BOOT_TIMEOUT_S + 60, check=False)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise BenchError(f"`virtpool vm create {name} --start --wait` failed "
@@ -246,7 +254,7 @@ def run_cli_noop(server: Server) -> float:
     """`virtpool vm list`: the CLI's own start-up plus one small request, for the table."""
     start = time.perf_counter()
     done = subprocess.run([VIRTPOOL, "vm", "list"], env=server.env, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, check=False)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise BenchError(f"`virtpool vm list` failed ({done.returncode}): {done.stdout}{done.stderr}")

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from virtpool import __version__
 from virtpool.api import problems
-from virtpool.api.routes import host, images, vms
+from virtpool.api.routes import events, host, images, vms
 from virtpool.control.pool import Pool
 
 API_PREFIX = "/api/v1"
@@ -20,6 +20,6 @@ def create_app(pool: Pool) -> FastAPI:
     )
     app.state.pool = pool
     problems.install(app)
-    for module in (host, images, vms):
+    for module in (host, images, vms, events):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

@@ -9,13 +9,14 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
 
 from virtpool.api.app import create_app
 from virtpool.control.auth import write_private_file
+from virtpool.control.balancer import MemoryPolicy
 from virtpool.control.pool import Pool, PoolConfig
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S
 from virtpool.model.errors import InvalidRequest
@@ -36,6 +37,7 @@ class ServeOptions:
     build_default_image: bool = True
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S
     log_cap_bytes: int = DEFAULT_CAP_BYTES
+    memory: MemoryPolicy = field(default_factory=MemoryPolicy)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -49,7 +51,8 @@ def open_pool(options: ServeOptions) -> Pool:
     options.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(options.data_dir, 0o700)
     agent = LocalAgent(options.data_dir, accel=options.accel, log_cap_bytes=options.log_cap_bytes)
-    config = PoolConfig(data_dir=options.data_dir, db_url=options.db_url, boot_timeout=options.boot_timeout)
+    config = PoolConfig(data_dir=options.data_dir, db_url=options.db_url,
+                        boot_timeout=options.boot_timeout, memory=options.memory)
     return Pool(config, agent)
 
 

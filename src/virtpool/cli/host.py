@@ -8,7 +8,8 @@ import typer
 
 from virtpool.cli import output
 from virtpool.cli.common import JsonFlag, client
-from virtpool.model.units import format_mib
+from virtpool.model.errors import VirtpoolError
+from virtpool.model.units import format_mib, parse_size_mib
 
 app = typer.Typer(help="This host's capacity.", no_args_is_help=True)
 
@@ -42,3 +43,26 @@ def top(once: Annotated[bool, typer.Option("--once", help="print once and exit")
         if json:
             return output.emit_json(api.host_top())
         live_table(api.host_top, watch=not once)
+
+
+@app.command("memory-policy")
+def memory_policy(
+    budget: Annotated[str | None, typer.Option(help="count this much as the host's memory, e.g. 4G")] = None,
+    threshold: Annotated[str | None, typer.Option(help="reclaim guest memory when available falls below")] = None,
+    json: JsonFlag = False,
+) -> None:
+    """Show, or change, how the host's memory is shared between VMs."""
+    with output.errors():
+        api = client()
+        if budget is None and threshold is None:
+            policy = api.memory_policy()
+        else:
+            try:
+                policy = api.set_memory_policy(
+                    budget_mib=parse_size_mib(budget, what="budget") if budget else None,
+                    threshold_mib=parse_size_mib(threshold, what="threshold") if threshold else None)
+            except VirtpoolError as err:
+                output.fail(err.message, hint=err.hint)
+    if json:
+        return output.emit_json(policy)
+    output.fields([(k.replace("_", " "), v if v is not None else "-") for k, v in policy.items()])

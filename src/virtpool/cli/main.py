@@ -8,12 +8,41 @@ from typing import Annotated
 import typer
 
 from virtpool.cli import common, host, image, output, vm
+from virtpool.cli.common import JsonFlag
 
 app = typer.Typer(help="virtpool: QEMU virtual machines on your hosts.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 app.add_typer(vm.app, name="vm")
 app.add_typer(image.app, name="image")
 app.add_typer(host.app, name="host")
+
+
+@app.command("events")
+def events(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events")] = False,
+    kind: Annotated[str | None, typer.Option(help="e.g. vm.state, memory.balloon")] = None,
+    vm_name: Annotated[str | None, typer.Option("--vm", help="only this VM's events")] = None,
+    json: JsonFlag = False,
+) -> None:
+    """What the pool did and why: state changes, automatic balloon moves."""
+    import time
+
+    with output.errors():
+        api = common.client()
+        after = 0
+        while True:
+            batch = api.events(after=after, kind=kind, vm=vm_name, limit=1000)
+            for event in batch:
+                if json:
+                    output.emit_json(event)
+                else:
+                    output.out.print(f"{event.time:%Y-%m-%d %H:%M:%S}  {event.kind:<15} {event.actor:<16} "
+                                     f"{event.message}", highlight=False)
+                after = event.id
+            if not follow:
+                break
+            if not batch:
+                time.sleep(0.5)
 
 
 @app.callback()
@@ -34,9 +63,15 @@ def up(
     build: Annotated[bool, typer.Option("--build/--no-build", help="build the default image if missing")] = True,
     boot_timeout: Annotated[float, typer.Option(help="seconds a guest may take to answer its agent")] = 60.0,
     log_cap: Annotated[str, typer.Option(help="largest a VM's serial log may grow, e.g. 2M")] = "2M",
+    memory_ratio: Annotated[float, typer.Option(help="memory overcommit; above 1.0 the balancer moves balloons")] = 1.0,
+    memory_budget: Annotated[str | None, typer.Option(help="count this as the host's memory, e.g. 8G")] = None,
+    memory_threshold: Annotated[str, typer.Option(help="reclaim guest memory when available falls below")] = "256M",
 ) -> None:
     """Run the platform on this host in the foreground: control plane, agent, API."""
     from virtpool.api.server import ServeOptions, parse_listen, serve
+    from pydantic import ValidationError
+
+    from virtpool.control.balancer import MemoryPolicy
     from virtpool.model.errors import VirtpoolError
     from virtpool.model.units import parse_size_mib
 
@@ -45,11 +80,19 @@ def up(
     try:
         host_, port = parse_listen(listen)
         log_cap_bytes = parse_size_mib(log_cap, what="log cap") * 1024 * 1024
+        memory = MemoryPolicy(
+            ratio=memory_ratio,
+            budget_mib=parse_size_mib(memory_budget, what="memory budget") if memory_budget else None,
+            threshold_mib=parse_size_mib(memory_threshold, what="memory threshold"),
+        )
         options = ServeOptions(data_dir=data_dir or common.data_dir(), host=host_, port=port,
                                accel=accel, db_url=db, build_default_image=build,
-                               boot_timeout=boot_timeout, log_cap_bytes=log_cap_bytes)  # type: ignore[arg-type]
+                               boot_timeout=boot_timeout, log_cap_bytes=log_cap_bytes,
+                               memory=memory)  # type: ignore[arg-type]
         serve(options, announce=lambda line: output.out.print(line, highlight=False))
     except VirtpoolError as err:
         output.fail(err.message, hint=err.hint)
+    except ValidationError as err:
+        output.fail(f"invalid memory settings: {err.errors()[0]['msg']}")
     except OSError as err:
         output.fail(f"cannot serve on {listen}: {err.strerror}", hint="pick another --listen port")

@@ -7,10 +7,12 @@ mode passes a ``LocalAgent``; a multi-host pool will pass remote agents.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from virtpool.control.auth import TokenService
+from virtpool.control.balancer import MemoryBalancer, MemoryPolicy
+from virtpool.control.events import EventLog
 from virtpool.control.images import ImageService
 from virtpool.control.store import db
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
@@ -25,6 +27,7 @@ class PoolConfig:
     data_dir: Path
     db_url: str | None = None  # default: SQLite in the data dir
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S
+    memory: MemoryPolicy = field(default_factory=MemoryPolicy)
 
     @property
     def token_file(self) -> Path:
@@ -45,15 +48,20 @@ class Pool:
         db.migrate(self.engine)
         sessions = db.session_factory(self.engine)
         self.tokens = TokenService(sessions)
-        self.vms = VMService(sessions, agent, socket.gethostname(), boot_timeout=config.boot_timeout)
+        self.events = EventLog(sessions)
+        self.vms = VMService(sessions, agent, socket.gethostname(), boot_timeout=config.boot_timeout,
+                             events=self.events, memory=lambda: self.balancer.policy)
         self.images = ImageService(sessions, agent)
+        self.balancer = MemoryBalancer(self.vms, agent, self.events, config.memory)
 
     def start(self) -> bool:
         """Reconcile VMs with the host; create the admin token on first start (True then)."""
         self.vms.reconcile()
+        self.balancer.start()
         return self.tokens.bootstrap(self.config.token_file)
 
     def close(self) -> None:
+        self.balancer.stop()
         self.vms.close()
         self.agent.close()
         self.engine.dispose()

@@ -17,11 +17,13 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from virtpool.control.events import EventLog
 from virtpool.control.store.tables import PortRow, VMRow, utcnow
 from virtpool.model.agent import Agent
 from virtpool.model.errors import (
@@ -45,6 +47,13 @@ MAX_EXEC_TIMEOUT_S = 3600.0
 SLOT_ATTEMPTS = 20
 
 
+class MemoryLimits(Protocol):
+    """The host memory figures a start is checked against (see control/balancer.py)."""
+
+    ratio: float
+    budget_mib: int | None
+
+
 class VMService:
     """Create, boot, stop and delete VMs on one agent's host."""
 
@@ -56,6 +65,8 @@ class VMService:
         *,
         boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S,
         workers: int = 16,
+        events: EventLog | None = None,
+        memory: Callable[[], MemoryLimits] | None = None,
     ) -> None:
         self._sessions = sessions
         self._agent = agent
@@ -63,6 +74,8 @@ class VMService:
         self.boot_timeout = boot_timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm-op")
         self._listeners: list[Callable[[VMInfo], None]] = []
+        self._events = events
+        self._memory = memory
         # Resizes are read-check-write on several columns: one at a time keeps them whole.
         self._resize_lock = threading.Lock()
         agent.on_exit(self._on_exit)
@@ -108,7 +121,16 @@ class VMService:
             changed = result.rowcount == 1
         if changed:
             self._notify(vm_id)
+            if self._events is not None:
+                name = self._name_of(vm_id)
+                detail = f": {error}" if error else ""
+                self._events.record("vm.state", f"VM '{name}' is {new.value}{detail}", vm=name,
+                                    data={"state": new.value})
         return changed
+
+    def _name_of(self, vm_id: str) -> str:
+        with self._sessions() as session:
+            return session.scalar(select(VMRow.name).where(VMRow.id == vm_id)) or vm_id
 
     def _claim(self, ref: str, action: str, new: VMState) -> VMInfo:
         """Check that ``action`` is allowed now and move to ``new`` in one step."""
@@ -212,11 +234,16 @@ class VMService:
                     VMRow.state.in_([s.value for s in ACTIVE]), VMRow.id != vm.id
                 )
             )
-        total = self._agent.host_info().memory_mib
-        if committed + vm.max_memory_mib > total:
+        total, ratio = self._agent.host_info().memory_mib, 1.0
+        if self._memory is not None:
+            limits = self._memory()
+            total, ratio = limits.budget_mib or total, limits.ratio
+        allowed = int(total * ratio)
+        if committed + vm.max_memory_mib > allowed:
             raise InsufficientResources(
                 f"starting VM '{vm.name}' ({vm.max_memory_mib} MiB) would commit "
-                f"{committed + vm.max_memory_mib} MiB of this host's {total} MiB",
+                f"{committed + vm.max_memory_mib} MiB of this host's {allowed} MiB "
+                f"({total} MiB at ratio {ratio:g})",
                 hint="stop another VM first, or give this one less memory",
             )
 

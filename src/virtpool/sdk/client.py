@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from virtpool.model.event import Event
 from virtpool.model.image import BuildStatus, ImageInfo
 from virtpool.model.spec import ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
@@ -71,6 +72,20 @@ class Client:
 
     def host(self) -> HostInfo:
         return HostInfo.model_validate(self._call("GET", "/host").json())
+
+    def events(self, *, after: int = 0, kind: str | None = None, vm: str | None = None,
+               limit: int = 100) -> list[Event]:
+        params: dict[str, Any] = {"after": after, "limit": limit}
+        params.update({k: v for k, v in (("kind", kind), ("vm", vm)) if v is not None})
+        return [Event.model_validate(e) for e in self._call("GET", "/events", params=params).json()]
+
+    def memory_policy(self) -> dict[str, Any]:
+        return self._call("GET", "/host/memory-policy").json()
+
+    def set_memory_policy(self, *, budget_mib: int | None = None,
+                          threshold_mib: int | None = None) -> dict[str, Any]:
+        body = {k: v for k, v in (("budget_mib", budget_mib), ("threshold_mib", threshold_mib)) if v is not None}
+        return self._call("PUT", "/host/memory-policy", json=body).json()
 
     def images(self) -> list[ImageInfo]:
         return [ImageInfo.model_validate(i) for i in self._call("GET", "/images").json()]

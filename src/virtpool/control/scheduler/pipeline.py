@@ -1,0 +1,198 @@
+"""Placement: filters, then a weigher, then a deterministic tie-break — in one place.
+
+``place`` decides; it does not claim. The caller (the store) claims the chosen host with a
+conditional update on the host's generation and, when that claim loses a race, refreshes the
+host (``HostArrays.reload_host``) and calls ``place`` again, passing hosts it wants skipped for
+this attempt in ``exclude``.
+
+The counters in a ``Decision`` — hosts removed per filter — are the only source of the refusal
+sentences (``explain.py``) and are what the tests assert on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from virtpool.control.scheduler import filters as f
+from virtpool.control.scheduler.hosts import HostArrays
+from virtpool.control.scheduler.weighers import WEIGHERS, soft_group
+from virtpool.model.errors import InvalidRequest
+from virtpool.model.resources import HOST_STATES, Claim, PlacementRequest
+
+# The pipeline, in order. Filters that only look up a cached mask come first, so that the ones
+# doing arithmetic per request run on the fewest hosts that matter for the counters — and so
+# that a refusal names the most fundamental reason first (a host that is down "lacks memory"
+# too, but saying so would mislead).
+FILTERS: tuple[f.Filter, ...] = (
+    f.HOST_STATE,  # cached; drain/maintenance/down hosts never take new VMs
+    f.ACCELERATOR,  # cached per level; skipped unless the VM insists on KVM
+    f.PROJECT,  # cached per project; skipped when no host is reserved for projects
+    f.LABELS,  # cached per key=value; skipped when none are required
+    f.GROUP,  # one comparison on the group's member counts; skipped without a hard group
+    f.CPU_FIT,  # capacity last: one comparison each, and their reasons need the others ruled out
+    f.MEMORY_FIT,
+    f.DISK_FIT,
+)
+FILTER_NAMES: tuple[str, ...] = (f.EXCLUDED, *(flt.name for flt in FILTERS))
+
+DEFAULT_WEIGHER = "spread"
+
+# Scores within this of the best count as a tie. Scores are sums of at most three fractions in
+# [0, 1] plus soft group terms, so 1e-9 is far below any real difference (1 MiB of a 1 TiB host
+# is ~1e-6) and far above rounding error (~1e-16 per operation).
+TIE_TOLERANCE = 1e-9
+
+
+def request_seed(request: PlacementRequest) -> int:
+    """The tie-break seed of a request: a stable hash of its VM name.
+
+    Stable across processes (unlike ``hash()``, which Python salts per run), so that the same
+    request on the same figures lands on the same host when replayed.
+    """
+    digest = hashlib.blake2b(request.vm.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one placement, with the counts that explain it.
+
+    ``removed`` maps every name in ``FILTER_NAMES`` (in that order) to how many hosts that
+    stage removed from those still standing. On a refusal, ``largest_free`` gives, for each
+    capacity filter that removed hosts, the most free of that resource among the hosts it
+    removed, and ``not_up`` how many of the hosts the state filter removed are in each state.
+    """
+
+    request: PlacementRequest
+    host_index: int | None
+    host: str | None
+    weigher: str
+    seed: int
+    hosts_total: int
+    candidates: int
+    removed: Mapping[str, int]
+    largest_free: Mapping[str, int] = field(default_factory=dict)
+    not_up: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def placed(self) -> bool:
+        return self.host_index is not None
+
+    def claim(self) -> Claim:
+        """The claim to write for this decision; InvalidRequest if nothing was chosen."""
+        if self.host is None:
+            raise InvalidRequest(f"no host was chosen for VM '{self.request.vm}'")
+        return self.request.claim_on(self.host)
+
+
+def _exclusion_mask(n: int, exclude: Iterable[int]) -> np.ndarray | None:
+    idx = np.fromiter(exclude, dtype=np.int64)
+    if idx.size == 0:
+        return None
+    if idx.min() < 0 or idx.max() >= n:
+        raise InvalidRequest(f"excluded host index out of range 0..{n - 1}: {idx.tolist()}")
+    mask = np.ones(n, dtype=bool)
+    mask[idx] = False
+    return mask
+
+
+def feasible(arrays: HostArrays, request: PlacementRequest,
+             exclude: Iterable[int] = ()) -> tuple[np.ndarray, dict[str, int]]:
+    """Run every filter: the mask of hosts that pass them all, and hosts removed per stage.
+
+    Counting is sequential, as in Nomad: a host is charged to the first stage that removes it.
+    """
+    n = len(arrays)
+    alive = np.ones(n, dtype=bool)
+    standing = n
+    removed: dict[str, int] = {f.EXCLUDED: 0}
+    excluded = _exclusion_mask(n, exclude)
+    if excluded is not None:
+        alive &= excluded
+        standing = int(np.count_nonzero(alive))
+        removed[f.EXCLUDED] = n - standing
+    for flt in FILTERS:
+        # Once no host is left, later stages have nothing to remove: skip their work.
+        mask = flt.check(arrays, request) if standing else None
+        if mask is None:
+            removed[flt.name] = 0
+            continue
+        np.logical_and(alive, mask, out=alive)
+        now = int(np.count_nonzero(alive))
+        removed[flt.name] = standing - now
+        standing = now
+    return alive, removed
+
+
+def _diagnose(arrays: HostArrays, request: PlacementRequest,
+              exclude: Iterable[int]) -> tuple[dict[str, int], dict[str, int]]:
+    """Details for a refusal: largest free per capacity filter, and states of hosts not up.
+
+    Runs the filters again with bookkeeping the fast path does not pay for; refusals are rare.
+    """
+    n = len(arrays)
+    alive = np.ones(n, dtype=bool)
+    excluded = _exclusion_mask(n, exclude)
+    if excluded is not None:
+        alive &= excluded
+    largest: dict[str, int] = {}
+    not_up: dict[str, int] = {}
+    for flt in FILTERS:
+        mask = flt.check(arrays, request)
+        if mask is None:
+            continue
+        dropped = alive & ~mask
+        if dropped.any():
+            if flt.name in f.CAPACITY_FILTERS:
+                row = f.CAPACITY_FILTERS[flt.name]
+                largest[flt.name] = max(0, int(arrays.free[row][dropped].max()))
+            elif flt is f.HOST_STATE:
+                codes = np.bincount(arrays.state[dropped], minlength=len(HOST_STATES))
+                not_up = {HOST_STATES[c]: int(k) for c, k in enumerate(codes) if k}
+        alive &= mask
+    return largest, not_up
+
+
+def place(arrays: HostArrays, request: PlacementRequest, *, weigher: str | None = None,
+          exclude: Iterable[int] = (), seed: int | None = None) -> Decision:
+    """Choose a host for ``request``, or none; never changes ``arrays``.
+
+    ``weigher`` is the pool's default ranking (``spread`` when None); the request's own
+    ``weigher`` overrides it. ``exclude`` holds indices of hosts to skip this time (e.g. one
+    whose claim just lost a race). ``seed`` breaks ties among equally good hosts; by default it
+    is derived from the VM name (``request_seed``), so a placement can be replayed.
+    """
+    name = request.weigher or weigher or DEFAULT_WEIGHER
+    try:
+        rank = WEIGHERS[name]
+    except KeyError:
+        raise InvalidRequest(f"unknown weigher {name!r}",
+                             hint=f"one of: {', '.join(WEIGHERS)}") from None
+    if seed is None:
+        seed = request_seed(request)
+    exclude = tuple(exclude)
+    alive, removed = feasible(arrays, request, exclude)
+    candidates = len(arrays) - sum(removed.values())
+    common = dict(request=request, weigher=name, seed=seed, hosts_total=len(arrays),
+                  candidates=candidates, removed=removed)
+    if candidates == 0:
+        largest, not_up = _diagnose(arrays, request, exclude)
+        return Decision(host_index=None, host=None, largest_free=largest, not_up=not_up,
+                        **common)
+    if candidates == 1:
+        chosen = int(np.flatnonzero(alive)[0])
+    else:
+        need = np.array((request.cpus, request.memory_mib, request.disk_mib), dtype=np.float64)
+        score = rank(arrays, need)
+        bonus = soft_group(arrays, request)
+        if bonus is not None:
+            score = score + bonus
+        score = np.where(alive, score, -np.inf)
+        best = score[int(np.argmax(score))]
+        ties = np.flatnonzero(score >= best - TIE_TOLERANCE)
+        chosen = int(ties[seed % len(ties)])
+    return Decision(host_index=chosen, host=arrays.names[chosen], **common)
