@@ -40,7 +40,8 @@ def plan_resize(vm: VMInfo, request: Resize, host: HostInfo, *, running: bool) -
         _fits_host_memory(vm.name, max_memory, host)
         plan.columns["max_memory_mib"] = max_memory
 
-    memory = request.memory_mib if "memory_mib" in asked else vm.memory_mib
+    # Lowering the ceiling below the current memory takes the memory down with it.
+    memory = request.memory_mib if "memory_mib" in asked else min(vm.memory_mib, max_memory)
     if memory is None:
         raise InvalidRequest("memory cannot be unset")
     if memory > max_memory:
@@ -51,8 +52,8 @@ def plan_resize(vm: VMInfo, request: Resize, host: HostInfo, *, running: bool) -
     if "memory_mib" in asked:
         plan.columns["memory_mib"] = memory
         live.balloon_mib = memory
-    elif "max_memory_mib" in asked:
-        plan.columns["memory_mib"] = min(memory, max_memory)
+    elif memory != vm.memory_mib:
+        plan.columns["memory_mib"] = memory
 
     if "cpus" in asked:
         cpus = _need(request.cpus)
