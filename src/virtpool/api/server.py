@@ -69,6 +69,8 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
         sock = socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((options.host, options.port))
+        # Listening before the URL file appears: a client that reads it can connect at once.
+        sock.listen(2048)
         port = sock.getsockname()[1]
         shown_host = f"[{options.host}]" if ":" in options.host else options.host
         url = f"http://{shown_host}:{port}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from virtpool.control.pool import TOKEN_FILE, URL_FILE
+from virtpool.model.layout import TOKEN_FILE, URL_FILE
 
 
 class ConfigError(Exception):

@@ -17,9 +17,8 @@ from virtpool.control.images import ImageService
 from virtpool.control.store import db
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
 from virtpool.model.agent import Agent
+from virtpool.model.layout import TOKEN_FILE, URL_FILE
 
-TOKEN_FILE = "admin.token"
-URL_FILE = "api.url"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,7 @@ DEFAULT_BOOT_TIMEOUT_S = 60.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
 MAX_EXEC_TIMEOUT_S = 3600.0
 SLOT_ATTEMPTS = 20
+WAIT_RECHECK_S = 1.0
 
 
 class MemoryLimits(Protocol):
@@ -76,6 +78,8 @@ class VMService:
         self._listeners: list[Callable[[VMInfo], None]] = []
         self._events = events
         self._memory = memory
+        # Signalled on every state change, so that waiters wake at once instead of polling.
+        self._changed = threading.Condition()
         # Resizes are read-check-write on several columns: one at a time keeps them whole.
         self._resize_lock = threading.Lock()
         agent.on_exit(self._on_exit)
@@ -143,7 +147,23 @@ class VMService:
             raise Conflict(f"VM '{vm.name}' changed state while {action} was asked; try again")
         return self.get(vm.id)
 
+    def wait(self, ref: str, states: Iterable[VMState], timeout: float) -> VMInfo:
+        """Block until the VM is in one of ``states`` (or ``timeout`` passes); return it."""
+        wanted = frozenset(states)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                vm = self.get(ref)
+                remaining = deadline - time.monotonic()
+                if vm.state in wanted or remaining <= 0:
+                    return vm
+                # Bounded wait: a change made by another process (a second server on the same
+                # database) does not signal this condition.
+                self._changed.wait(min(remaining, WAIT_RECHECK_S))
+
     def _notify(self, vm_id: str) -> None:
+        with self._changed:
+            self._changed.notify_all()
         if not self._listeners:
             return
         try:

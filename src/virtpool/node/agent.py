@@ -120,10 +120,20 @@ class LocalAgent:
 
     def close(self) -> None:
         """Stop watching; the VMs themselves keep running."""
-        for future in [*self._watchers.values(), self._housekeeper]:
-            future.cancel()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            self._run(cancel_all(), timeout=5)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            if not self._thread.is_alive():
+                self._loop.close()
 
     # -- host -----------------------------------------------------------------------------
 

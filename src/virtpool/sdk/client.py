@@ -19,6 +19,9 @@ from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 SETTLED = frozenset({VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.ERROR, VMState.CRASHED})
 
 
+LONG_POLL_S = 60.0
+
+
 class APIError(Exception):
     """The API refused a call; carries its problem+json."""
 
@@ -187,13 +190,19 @@ class Client:
         response = self._call("GET", f"/vms/{name}/logs", params={"offset": offset})
         return response.content, int(response.headers.get("X-Next-Offset", offset))
 
-    def wait_vm(self, name: str, *, until: Iterable[VMState] = SETTLED, timeout: float = 120.0,
-                poll: float = 0.1) -> VMInfo:
-        """Poll until the VM reaches one of ``until``; returns it (whatever state on timeout)."""
-        wanted = frozenset(until)
+    def wait_vm(self, name: str, *, until: Iterable[VMState] = SETTLED, timeout: float = 120.0) -> VMInfo:
+        """Wait until the VM reaches one of ``until``; returns it (whatever its state at timeout).
+
+        The server holds each request until the state changes (a long poll), so the answer
+        comes as soon as the VM gets there, without polling.
+        """
+        wanted = [s.value for s in until]
         deadline = time.monotonic() + timeout
         while True:
-            vm = self.vm(name)
-            if vm.state in wanted or time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            chunk = min(max(remaining, 0.01), LONG_POLL_S)
+            response = self._call("GET", f"/vms/{name}", params={"wait_for": wanted, "timeout": chunk},
+                                  timeout=chunk + 30)
+            vm = VMInfo.model_validate(response.json())
+            if vm.state.value in wanted or time.monotonic() >= deadline:
                 return vm
-            time.sleep(poll)

@@ -14,6 +14,7 @@ from virtpool.api.deps import Caller, PoolDep, bearer
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
 from virtpool.model.errors import InvalidRequest, VirtpoolError
 from virtpool.model.spec import ExecResult, Resize, VMSpec
+from virtpool.model.states import VMState
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 
 router = APIRouter(prefix="/vms", tags=["vms"])
@@ -21,6 +22,7 @@ router = APIRouter(prefix="/vms", tags=["vms"])
 MAX_EXEC_ARGS = 256
 MAX_STDIN_BYTES = 1 << 20
 MAX_LOG_CHUNK = 4 << 20
+MAX_WAIT_S = 300.0  # one long poll; clients wanting longer ask again
 
 
 class VMCreate(VMSpec):
@@ -53,8 +55,15 @@ def create_vm(body: VMCreate, pool: PoolDep, _: Caller, response: Response) -> V
     return vm
 
 
-@router.get("/{name}", response_model=VMInfo)
-def show_vm(name: str, pool: PoolDep, _: Caller) -> VMInfo:
+@router.get("/{name}", response_model=VMInfo,
+            summary="A VM; with wait_for, answers once it is in one of those states (or at timeout)")
+def show_vm(
+    name: str, pool: PoolDep, _: Caller,
+    wait_for: Annotated[list[VMState] | None, Query()] = None,
+    timeout: Annotated[float, Query(gt=0, le=MAX_WAIT_S)] = 30.0,
+) -> VMInfo:
+    if wait_for:
+        return pool.vms.wait(name, wait_for, timeout)
     return pool.vms.get(name)
 
 

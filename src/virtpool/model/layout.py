@@ -1,0 +1,4 @@
+"""Names of the files `virtpool up` keeps in its data dir that other processes read."""
+
+TOKEN_FILE = "admin.token"  # the bootstrap admin token, 0600
+URL_FILE = "api.url"  # where the running API listens, 0600; gone when it stops
