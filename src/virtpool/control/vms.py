@@ -75,21 +75,17 @@ class VMService:
         self._host = host
         self.boot_timeout = boot_timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm-op")
-        self._listeners: list[Callable[[VMInfo], None]] = []
         self._events = events
         self._memory = memory
         # Signalled on every state change, so that waiters wake at once instead of polling.
         self._changed = threading.Condition()
+        self._generation = 0
         # Resizes are read-check-write on several columns: one at a time keeps them whole.
         self._resize_lock = threading.Lock()
         agent.on_exit(self._on_exit)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
-
-    def subscribe(self, listener: Callable[[VMInfo], None]) -> None:
-        """Call ``listener`` with the VM after each state change."""
-        self._listeners.append(listener)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -124,7 +120,7 @@ class VMService:
             )
             changed = result.rowcount == 1
         if changed:
-            self._notify(vm_id)
+            self._notify()
             if self._events is not None:
                 name = self._name_of(vm_id)
                 detail = f": {error}" if error else ""
@@ -151,27 +147,22 @@ class VMService:
         """Block until the VM is in one of ``states`` (or ``timeout`` passes); return it."""
         wanted = frozenset(states)
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                vm = self.get(ref)
-                remaining = deadline - time.monotonic()
-                if vm.state in wanted or remaining <= 0:
-                    return vm
-                # Bounded wait: a change made by another process (a second server on the same
-                # database) does not signal this condition.
-                self._changed.wait(min(remaining, WAIT_RECHECK_S))
+        while True:
+            with self._changed:
+                seen = self._generation
+            vm = self.get(ref)  # read outside the lock; a change after `seen` is not missed
+            remaining = deadline - time.monotonic()
+            if vm.state in wanted or remaining <= 0:
+                return vm
+            with self._changed:
+                # Bounded: a change made by another process on the same database is not
+                # signalled here.
+                self._changed.wait_for(lambda: self._generation != seen, min(remaining, WAIT_RECHECK_S))
 
-    def _notify(self, vm_id: str) -> None:
+    def _notify(self) -> None:
         with self._changed:
+            self._generation += 1
             self._changed.notify_all()
-        if not self._listeners:
-            return
-        try:
-            vm = self.get(vm_id)
-        except NotFound:
-            return
-        for listener in self._listeners:
-            listener(vm)
 
     # -- create ---------------------------------------------------------------------------
 
@@ -378,7 +369,7 @@ class VMService:
             except BaseException:
                 self._write_columns(vm.id, {k: getattr(vm, k) for k in plan.columns})
                 raise
-        self._notify(vm.id)
+        self._notify()
         return ResizeResult(vm=self.get(vm.id), notes=plan.notes)
 
     def _write_columns(self, vm_id: str, columns: dict[str, object]) -> None:
