@@ -2,6 +2,7 @@
 # Installs the Debian packages virtpool needs on this host: QEMU and qemu-img, the tools that
 # build the default guest image, and the libraries the guest agent is copied from.
 # Idempotent: packages already present are not fetched again.
+# Usage: install-system-packages.sh [--test]
 set -euo pipefail
 
 PACKAGES=(
@@ -14,6 +15,12 @@ PACKAGES=(
   iproute2
   python3-venv      # the project's virtualenv
 )
+
+# --test: what the test suite needs beyond running the platform (a PostgreSQL server that the
+# tests start as a throwaway cluster of their own).
+if [ "${1:-}" = "--test" ]; then
+  PACKAGES+=(postgresql)
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

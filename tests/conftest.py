@@ -34,6 +34,7 @@ def image_cache() -> Path:
     root = Path(os.environ.get("VIRTPOOL_TEST_IMAGES", REPO / ".cache" / "images"))
     root.mkdir(parents=True, exist_ok=True)
     build_default_image(root, "default")
+    passable(root)
     return root
 
 
@@ -117,9 +118,19 @@ class Server:
             os.kill(pid, signal.SIGKILL)
 
 
+def passable(directory: Path) -> None:
+    """Let VM users (QEMU runs as one per VM under root) pass through ``directory`` and its
+    parents: pytest makes its temp dirs 0700."""
+    for path in [directory, *directory.parents]:
+        mode = path.stat().st_mode
+        if not mode & 0o001:
+            path.chmod(mode | 0o011)
+
+
 def make_server(tmp_path_factory: pytest.TempPathFactory, cache: Path, name: str,
                 boot_timeout: float = 60.0, extra_args: tuple[str, ...] = ()) -> Server:
     data_dir = tmp_path_factory.mktemp(name)
+    passable(data_dir)
     (data_dir / "images").mkdir()
     link_image(cache, data_dir)
     return Server(data_dir, boot_timeout=boot_timeout, extra_args=extra_args).start()

@@ -64,7 +64,8 @@ class TestMachine:
 class TestAccel:
     def test_tcg_uses_cpu_max(self) -> None:
         argv = build_argv(make_plan(accel="tcg"))
-        assert value_of(argv, "-accel") == "tcg"
+        # The translation cache is bounded: QEMU's default would let it grow to 1 GiB.
+        assert value_of(argv, "-accel") == "tcg,tb-size=64"
         assert value_of(argv, "-cpu") == "max"
 
     def test_kvm_uses_cpu_host(self) -> None:
@@ -212,16 +213,22 @@ class TestShapeOfArgv:
         # the only element with spaces is the kernel command line
         assert [a for a in argv if " " in a] == [value_of(argv, "-append")]
 
-    def test_daemonize_and_pidfile(self) -> None:
+    def test_foreground_with_a_pidfile_and_the_full_sandbox(self) -> None:
         plan = make_plan()
         argv = build_argv(plan)
-        assert "-daemonize" in argv
-        assert value_of(argv, "-pidfile") == str(plan.paths.pidfile)
-
-    def test_no_daemonize_when_not_asked(self) -> None:
-        argv = build_argv(make_plan(daemonize=False))
+        # -daemonize would be killed by the sandbox's spawn=deny (it forks after the filter).
         assert "-daemonize" not in argv
-        assert value_of(argv, "-pidfile").endswith("qemu.pid")
+        assert value_of(argv, "-pidfile") == str(plan.paths.pidfile)
+        assert value_of(argv, "-sandbox") == (
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
+
+    def test_sandbox_can_be_left_out(self) -> None:
+        assert "-sandbox" not in build_argv(make_plan(sandbox=False))
+
+    def test_disk_throttling_at_boot(self) -> None:
+        drive = value_of(build_argv(make_plan(disk_iops=100, disk_bps=1 << 20)), "-drive")
+        assert drive.endswith(",throttling.iops-total=100,throttling.bps-total=1048576")
+        assert "throttling" not in value_of(build_argv(make_plan()), "-drive")
 
     def test_initrd_present(self) -> None:
         argv = build_argv(make_plan(initrd=Path("/img/initrd.img")))

@@ -48,8 +48,13 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def open_pool(options: ServeOptions) -> Pool:
-    options.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(options.data_dir, 0o700)
+    # Everything virtpool writes is its own (state.db, tokens, logs); the few files VM users must
+    # read (images) are opened up explicitly.
+    os.umask(0o077)
+    options.data_dir.mkdir(parents=True, exist_ok=True)
+    # 0711: each VM's QEMU, running as its own user, passes through to its run dir and the
+    # images; nobody but the owner can list or read anything here.
+    os.chmod(options.data_dir, 0o711)
     agent = LocalAgent(options.data_dir, accel=options.accel, log_cap_bytes=options.log_cap_bytes)
     config = PoolConfig(data_dir=options.data_dir, db_url=options.db_url,
                         boot_timeout=options.boot_timeout, memory=options.memory)

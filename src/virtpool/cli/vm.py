@@ -17,7 +17,7 @@ from virtpool.cli.common import JsonFlag, client
 from virtpool.model.errors import VirtpoolError
 from virtpool.model.spec import PortForward
 from virtpool.model.states import VMState
-from virtpool.model.units import format_mib, parse_bytes, parse_size_mib
+from virtpool.model.units import format_mib, parse_bytes, parse_cpu_list, parse_size_mib
 from virtpool.model.vm import VMInfo, VMStats
 from virtpool.sdk import Client
 
@@ -70,6 +70,7 @@ def create(
     cpu_weight: Annotated[int, typer.Option(help="CPU share under contention (100 = normal)")] = 100,
     disk_iops: Annotated[int | None, typer.Option(help="I/O operations per second limit")] = None,
     disk_bps: Annotated[str | None, typer.Option(help="disk bytes per second limit, e.g. 50M")] = None,
+    cpu_affinity: Annotated[str | None, typer.Option(help="host CPUs to run on, e.g. 0,2-3")] = None,
     start: Annotated[bool, typer.Option("--start", help="boot it at once")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="with --start: wait until the guest answers")] = False,
     wait_timeout: WaitTimeout = 180.0,
@@ -85,6 +86,7 @@ def create(
                 "max_memory_mib": parse_size_mib(max_memory, what="max memory") if max_memory else None,
                 "cpu_cap_pct": cpu_cap, "cpu_weight": cpu_weight, "disk_iops": disk_iops,
                 "disk_bps": parse_bytes(disk_bps, what="disk bps") if disk_bps else None,
+                "cpu_affinity": parse_cpu_list(cpu_affinity) if cpu_affinity else None,
             }
         except VirtpoolError as err:
             output.fail(err.message, hint=err.hint)
@@ -204,6 +206,7 @@ def resize(
     disk_iops: Annotated[int | None, typer.Option(help="I/O operations per second; 0 = unlimited")] = None,
     disk_bps: Annotated[str | None, typer.Option(help="bytes per second, e.g. 20M; 0 = unlimited")] = None,
     disk_size: Annotated[str | None, typer.Option(help="grow the disk, e.g. 2G (the guest sees it live)")] = None,
+    cpu_affinity: Annotated[str | None, typer.Option(help="host CPUs to run on, e.g. 0,2-3; 'any' clears")] = None,
     json: JsonFlag = False,
 ) -> None:
     """Change a VM's resources, live where the hypervisor allows it."""
@@ -215,6 +218,7 @@ def resize(
                 "cpus": cpus, "cpu_cap_pct": cpu_cap, "cpu_weight": cpu_weight, "disk_iops": disk_iops,
                 "disk_bps": parse_bytes(disk_bps, what="disk bps") if disk_bps is not None else None,
                 "disk_mib": parse_size_mib(disk_size, what="disk size") if disk_size else None,
+                "cpu_affinity": parse_cpu_list(cpu_affinity) if cpu_affinity else None,
             }
         except VirtpoolError as err:
             output.fail(err.message, hint=err.hint)

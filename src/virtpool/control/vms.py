@@ -128,6 +128,10 @@ class VMService:
                                     data={"state": new.value})
         return changed
 
+    def _slot_of(self, vm_id: str) -> int:
+        with self._sessions() as session:
+            return session.scalar(select(VMRow.slot).where(VMRow.id == vm_id)) or 0
+
     def _name_of(self, vm_id: str) -> str:
         with self._sessions() as session:
             return session.scalar(select(VMRow.name).where(VMRow.id == vm_id)) or vm_id
@@ -209,7 +213,8 @@ class VMService:
             memory_mib=spec.memory_mib, disk_mib=spec.disk_mib, kernel_args=spec.kernel_args,
             accel=spec.accel, state=S.CREATING.value, host=self._host,
             max_memory_mib=spec.boot_memory_mib, cpu_cap_pct=spec.cpu_cap_pct,
-            cpu_weight=spec.cpu_weight, disk_iops=spec.disk_iops, disk_bps=spec.disk_bps, slot=slot,
+            cpu_weight=spec.cpu_weight, disk_iops=spec.disk_iops, disk_bps=spec.disk_bps,
+            cpu_affinity=spec.cpu_affinity, slot=slot,
             ports=[PortRow(host_port=p.host, guest_port=p.guest) for p in spec.ports],
         )
 
@@ -296,7 +301,7 @@ class VMService:
         """Spawn QEMU (unless it runs already) and wait for the guest agent."""
         try:
             if spawn:
-                self._agent.start_vm(vm.id, _spec(vm))
+                self._agent.start_vm(vm.id, _spec(vm), self._slot_of(vm.id))
             self._agent.wait_ready(vm.id, self.boot_timeout)
         except Exception as err:
             message = str(err) if isinstance(err, VirtpoolError) else f"internal error: {err!r}"
@@ -463,7 +468,7 @@ def _info(row: VMRow) -> VMInfo:
         ports=[PortForward(host=p.host_port, guest=p.guest_port) for p in row.ports],
         kernel_args=row.kernel_args, accel=row.accel, max_memory_mib=row.max_memory_mib,
         cpu_cap_pct=row.cpu_cap_pct, cpu_weight=row.cpu_weight, disk_iops=row.disk_iops,
-        disk_bps=row.disk_bps, state=S(row.state), error=row.error,
+        disk_bps=row.disk_bps, cpu_affinity=row.cpu_affinity, state=S(row.state), error=row.error,
         host=row.host, created_at=row.created_at, updated_at=row.updated_at,
     )
 
@@ -473,5 +478,5 @@ def _spec(vm: VMInfo) -> VMSpec:
         name=vm.name, image=vm.image, cpus=vm.cpus, memory_mib=vm.memory_mib,
         disk_mib=vm.disk_mib, ports=vm.ports, kernel_args=vm.kernel_args, accel=vm.accel,
         max_memory_mib=vm.max_memory_mib, cpu_cap_pct=vm.cpu_cap_pct, cpu_weight=vm.cpu_weight,
-        disk_iops=vm.disk_iops, disk_bps=vm.disk_bps,
+        disk_iops=vm.disk_iops, disk_bps=vm.disk_bps, cpu_affinity=vm.cpu_affinity,
     )

@@ -24,7 +24,8 @@ def plan_resize(vm: VMInfo, request: Resize, host: HostInfo, *, running: bool) -
     """Check ``request`` against the VM and its host; raise with a hint when it cannot be done."""
     if request.is_empty():
         raise InvalidRequest("nothing to resize", hint="give at least one of --memory, --cpus, "
-                             "--cpu-cap, --cpu-weight, --disk-iops, --disk-bps, --disk-size")
+                             "--cpu-cap, --cpu-weight, --cpu-affinity, --disk-iops, --disk-bps, "
+                             "--disk-size")
     plan = ResizePlan()
     live = LiveChanges()
     asked = request.model_fields_set
@@ -81,6 +82,13 @@ def plan_resize(vm: VMInfo, request: Resize, host: HostInfo, *, running: bool) -
         bps = request.disk_bps if "disk_bps" in asked else vm.disk_bps
         plan.columns["disk_iops"], plan.columns["disk_bps"] = iops or None, bps or None
         live.throttle = (iops or 0, bps or 0)
+
+    if "cpu_affinity" in asked:
+        cpus = sorted(set(request.cpu_affinity or []))
+        if any(c >= host.cpus for c in cpus):
+            raise InvalidRequest(f"this host's CPUs are 0-{host.cpus - 1}", hint="pick CPUs that exist")
+        plan.columns["cpu_affinity"] = cpus or None
+        live.cpu_affinity = cpus
 
     if "disk_mib" in asked and request.disk_mib != vm.disk_mib:
         disk = _need(request.disk_mib)

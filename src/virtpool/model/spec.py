@@ -7,7 +7,7 @@ free, does the host have that much memory) happen in the control plane.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -76,6 +76,8 @@ class VMSpec(BaseModel):
                             description="share of CPU under contention (100 = normal)")
     disk_iops: int | None = Field(default=None, ge=1, le=10_000_000)
     disk_bps: int | None = Field(default=None, ge=4096, le=1 << 40)
+    cpu_affinity: list[Annotated[int, Field(ge=0, le=4095)]] | None = Field(
+        default=None, max_length=4096, description="host CPUs the VM may run on (default: any)")
 
     @field_validator("name", "image")
     @classmethod
@@ -143,6 +145,8 @@ class Resize(BaseModel):
     disk_iops: int | None = Field(default=None, ge=0, le=10_000_000)
     disk_bps: int | None = Field(default=None, ge=0, le=1 << 40)
     disk_mib: int | None = Field(default=None, ge=1, le=64 * 1024 * 1024)
+    cpu_affinity: list[Annotated[int, Field(ge=0, le=4095)]] | None = Field(
+        default=None, max_length=4096, description="host CPUs to run on; [] = any")
 
     def is_empty(self) -> bool:
         return not self.model_fields_set
@@ -155,6 +159,7 @@ class LiveChanges(BaseModel):
     cpu_cap_pct: int | None = None
     cpu_weight: int | None = None
     throttle: tuple[int, int] | None = None  # (iops, bps), 0 = unlimited
+    cpu_affinity: list[int] | None = None  # [] = any
     disk_mib: int | None = None
 
 

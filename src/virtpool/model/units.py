@@ -49,3 +49,17 @@ def parse_bytes(text: str | int, *, what: str = "size") -> int:
     if not match:
         raise InvalidRequest(f"cannot read {what} '{text}'", hint="write e.g. 1048576, 512K or 20M")
     return int(float(match.group(1)) * _FACTOR_BYTES[(match.group(2) or "").upper()])
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """'0,2-3' → [0, 2, 3]; 'any' → [] (no pinning)."""
+    if text.strip().lower() == "any":
+        return []
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise InvalidRequest(f"cannot read CPU list '{text}'", hint="write e.g. 0,2-3 or any") from None
+    return sorted(cpus)

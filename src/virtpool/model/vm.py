@@ -25,6 +25,7 @@ class VMInfo(BaseModel):
     cpu_weight: int
     disk_iops: int | None
     disk_bps: int | None
+    cpu_affinity: list[int] | None = None
     state: VMState
     error: str | None
     host: str

@@ -43,6 +43,11 @@ class VMPaths:
         return self.root / "qga.sock"
 
     @property
+    def qemu_log(self) -> Path:
+        """QEMU's own stderr: why it refused to start, or what it complained of later."""
+        return self.root / "qemu.log"
+
+    @property
     def pidfile(self) -> Path:
         return self.root / "qemu.pid"
 

@@ -136,8 +136,9 @@ class Client:
     def create_vm(self, name: str, *, image: str = "default", cpus: int = 1, memory_mib: int = 256,
                   disk_mib: int = 1024, ports: Iterable[PortForward | str] = (),
                   kernel_args: str = "", accel: str = "auto", start: bool = False,
-                  **limits: int | None) -> VMInfo:
-        """Create a VM; ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight, disk_iops, disk_bps."""
+                  **limits: int | list[int] | None) -> VMInfo:
+        """Create a VM; ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight, disk_iops,
+        disk_bps and cpu_affinity (a list of host CPUs)."""
         body = {**limits,
             "name": name, "image": image, "cpus": cpus, "memory_mib": memory_mib,
             "disk_mib": disk_mib, "kernel_args": kernel_args, "accel": accel, "start": start,
@@ -166,9 +167,9 @@ class Client:
     def delete_vm(self, name: str, *, force: bool = False) -> None:
         self._call("DELETE", f"/vms/{name}", params={"force": force})
 
-    def resize_vm(self, name: str, **changes: int | None) -> ResizeResult:
+    def resize_vm(self, name: str, **changes: int | list[int] | None) -> ResizeResult:
         """Change resources: memory_mib, max_memory_mib, cpus, cpu_cap_pct, cpu_weight,
-        disk_iops, disk_bps, disk_mib (0 removes a cap or throttle)."""
+        disk_iops, disk_bps, disk_mib, cpu_affinity (0 removes a cap or throttle; [] any CPU)."""
         response = self._call("POST", f"/vms/{name}/resize", json=changes)
         return ResizeResult.model_validate(response.json())
 

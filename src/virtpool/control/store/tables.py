@@ -32,6 +32,7 @@ class VMRow(Base):
     cpu_weight: Mapped[int] = mapped_column(Integer, default=100)
     disk_iops: Mapped[int | None] = mapped_column(Integer, nullable=True)
     disk_bps: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cpu_affinity: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
     # Picks this VM's unprivileged uid on the host (see node/sandbox/users.py); unique so two
     # VMs never share one.
     slot: Mapped[int] = mapped_column(Integer, unique=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound
 from virtpool.model.spec import NAME_RULE, valid_name
 from virtpool.node import disks
+from virtpool.node.sandbox import users
 from virtpool.node.images.manifest import (
     Manifest,
     file_entry,
@@ -50,6 +51,9 @@ class ImageStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, users.IMAGE_DIR_MODE)
+        for manifest in self.list():
+            users.make_readable(self.path(manifest.name))
 
     def path(self, name: str) -> Path:
         _check_name(name)
@@ -99,7 +103,9 @@ class ImageStore:
         from virtpool.node.images.build import build_default_image
 
         _check_name(name)
-        return build_default_image(self.root, name, progress=progress)
+        manifest, built = build_default_image(self.root, name, progress=progress)
+        users.make_readable(self.path(name))  # every VM's user reads its image
+        return manifest, built
 
     def import_files(
         self,
@@ -142,7 +148,7 @@ class ImageStore:
                 source={"kind": "import", "kernel_format": kind},
             )
             write_manifest(staging, manifest)
-            os.chmod(staging, 0o755)
+            users.make_readable(staging)  # every VM's user reads its image
             os.rename(staging, self.path(name))
             return manifest
         except BaseException:

@@ -1,6 +1,8 @@
 """Build QEMU's command line from a launch plan. Pure: no I/O, nothing is run.
 
-The result is an argv list, never a shell string. The same list is what ``bench/boot.py``
+The result is an argv list, never a shell string. QEMU runs in the foreground (no
+``-daemonize``: it conflicts with the seccomp sandbox, see ``node/sandbox/seccomp.py``); the
+agent detaches it. The same list is what ``bench/boot.py``
 runs bare as its baseline, so anything virtpool adds to a boot shows up in the ratio.
 """
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from virtpool.model.spec import PortForward
+from virtpool.node.sandbox.seccomp import sandbox_argv
 from virtpool.node.vmdir import VMPaths
 
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
@@ -40,7 +43,7 @@ class LaunchPlan:
     disk_iops: int | None = None
     disk_bps: int | None = None
     qemu_binary: str = "qemu-system-x86_64"
-    daemonize: bool = True
+    sandbox: bool = True
     extra: tuple[str, ...] = field(default=())
 
 
@@ -88,7 +91,9 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         plan.qemu_binary,
         "-name", f"guest={opt_value(plan.name)},process=virtpool-{plan.name}",
         "-M", _machine(plan),
-        "-accel", plan.accel,
+        # TCG's translation cache defaults to 1 GiB of address space that fills as the guest
+        # runs new code; 64 MiB holds our guests' working set and bounds QEMU's overhead.
+        "-accel", "tcg,tb-size=64" if plan.accel == "tcg" else "kvm",
         "-cpu", "host" if plan.accel == "kvm" else "max",
         "-smp", str(plan.cpus),
         "-m", f"{plan.memory_mib}M",
@@ -120,7 +125,7 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         "-qmp", f"unix:{opt_value(paths.events_sock)},server=on,wait=off",
         "-pidfile", str(paths.pidfile),
     ]
-    if plan.daemonize:
-        argv.append("-daemonize")
+    if plan.sandbox:
+        argv += sandbox_argv()
     argv += list(plan.extra)
     return argv

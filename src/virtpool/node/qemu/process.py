@@ -1,7 +1,7 @@
 """The QEMU process of one VM: spawn it detached, find it again, make sure it is gone.
 
-QEMU daemonizes itself (``-daemonize``, ``-pidfile``), so it belongs to no virtpool process
-and outlives the agent; a restarted agent finds it through the pidfile and checks that the
+QEMU runs in a session of its own with its stdio on a file, so it outlives the agent that
+started it; a restarted agent finds it through its pidfile (``-pidfile``) and checks that the
 pid really is that VM's QEMU before trusting it (pids are reused).
 """
 
@@ -12,47 +12,31 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from virtpool.model.errors import OperationFailed
 
-SPAWN_TIMEOUT_S = 30  # QEMU's parent returns once the child has set up its devices
 
 
-def spawn(argv: list[str], pidfile: Path, *, vm: str) -> psutil.Process:
-    """Run a daemonizing QEMU and return the daemon.
+def spawn(argv: list[str], log: Path, *, vm: str, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start QEMU detached (own session, stdio to ``log``) and return at once.
 
-    QEMU's foreground parent exits only after the machine is set up, so configuration errors
-    (a host port already bound, a bad disk) come back here as its stderr.
+    ``popen_kwargs`` carries the user, group and umask to run it as. Whether it came up is for
+    the caller to see (its monitor answers, or it exits and ``log`` says why).
     """
     try:
-        proc = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            timeout=SPAWN_TIMEOUT_S,
-            start_new_session=True,
-            check=False,
-        )
+        with log.open("ab") as errors:
+            return subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors,
+                start_new_session=True, **popen_kwargs,
+            )
     except FileNotFoundError as err:
         raise OperationFailed(
             f"cannot start VM '{vm}': {argv[0]} is not installed",
             hint="run scripts/install-system-packages.sh as root",
         ) from err
-    except subprocess.TimeoutExpired as err:
-        proc = find(pidfile)
-        if proc is not None:
-            kill(proc)
-        raise OperationFailed(f"QEMU for VM '{vm}' did not finish starting in {SPAWN_TIMEOUT_S}s") from err
-    if proc.returncode != 0:
-        message = proc.stderr.decode(errors="replace").strip() or f"exit code {proc.returncode}"
-        raise OperationFailed(f"QEMU refused to start VM '{vm}': {message}")
-    proc = find(pidfile)
-    if proc is None:
-        raise OperationFailed(f"QEMU started VM '{vm}' but exited at once or wrote no pidfile")
-    return proc
 
 
 def read_pid(pidfile: Path) -> int | None:

@@ -21,6 +21,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("cpu_weight", sa.Integer, nullable=False, server_default="100"))
         batch.add_column(sa.Column("disk_iops", sa.Integer, nullable=True))
         batch.add_column(sa.Column("disk_bps", sa.BigInteger, nullable=True))
+        batch.add_column(sa.Column("cpu_affinity", sa.JSON, nullable=True))
         batch.add_column(sa.Column("slot", sa.Integer, nullable=True))
     op.execute("UPDATE vms SET max_memory_mib = memory_mib WHERE max_memory_mib IS NULL")
     # Existing VMs get distinct slots from their order of creation.
@@ -37,5 +38,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("vms") as batch:
         batch.drop_constraint("uq_vms_slot", type_="unique")
-        for column in ("slot", "disk_bps", "disk_iops", "cpu_weight", "cpu_cap_pct", "max_memory_mib"):
+        for column in ("slot", "cpu_affinity", "disk_bps", "disk_iops", "cpu_weight", "cpu_cap_pct", "max_memory_mib"):
             batch.drop_column(column)
