@@ -217,3 +217,20 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_mutating_requests_are_audited_without_secrets(server: Server) -> None:
+    api = server.api()
+    api.create_vm("audited")
+    refused = server.cli("vm", "start", "nonexistent-vm")
+    assert refused.returncode == 1
+    httpx.post(f"{api.url}/api/v1/vms/audited/start", headers={"Authorization": "Bearer vp_bogus"})
+    api.delete_vm("audited")
+    entries = json.loads(server.cli("audit", "list", "--since", "10m", "--json").stdout)
+    seen = [(e["actor"], e["action"], e["target"], e["outcome"]) for e in entries]
+    assert ("bootstrap-admin", "POST /vms", None, "201") in seen
+    assert ("bootstrap-admin", "POST /vms/{name}/start", "nonexistent-vm", "404") in seen
+    assert ("anonymous", "POST /vms/{name}/start", "audited", "401") in seen
+    assert ("bootstrap-admin", "DELETE /vms/{name}", "audited", "204") in seen
+    log = json.dumps(entries)
+    assert api.token not in log and "vp_bogus" not in log

@@ -178,6 +178,8 @@ def test_balancer_reclaims_under_pressure_and_gives_back_when_it_goes(overcommit
     moves = api.events(kind="memory.balloon")
     assert moves and all(e.actor == "memory-balancer" for e in moves)
     assert "under the 64 MiB threshold" in moves[0].message
+    audited = json.loads(overcommitted.cli("audit", "list", "--json").stdout)
+    assert any(e["actor"] == "memory-balancer" and e["action"] == "memory.balloon" for e in audited)
 
     # The pressure goes: memory is given back to what the user assigned.
     assert overcommitted.cli("host", "memory-policy", "--budget", "2G").returncode == 0

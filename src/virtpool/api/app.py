@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from virtpool import __version__
-from virtpool.api import problems
+from virtpool.api import audit, problems
+from virtpool.api.app_prefix import API_PREFIX
+from virtpool.api.routes import audit as audit_routes
 from virtpool.api.routes import events, host, images, vms
 from virtpool.control.pool import Pool
 
-API_PREFIX = "/api/v1"
 
 
 def create_app(pool: Pool) -> FastAPI:
@@ -20,6 +21,7 @@ def create_app(pool: Pool) -> FastAPI:
     )
     app.state.pool = pool
     problems.install(app)
-    for module in (host, images, vms, events):
+    audit.install(app, pool.audit)
+    for module in (host, images, vms, events, audit_routes):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

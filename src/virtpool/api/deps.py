@@ -21,7 +21,9 @@ def bearer(request: Request) -> str | None:
 
 
 def principal(request: Request, pool: Annotated[Pool, Depends(get_pool)]) -> Principal:
-    return pool.tokens.authenticate(bearer(request))
+    caller = pool.tokens.authenticate(bearer(request))
+    request.state.actor = caller.name  # for the audit log
+    return caller
 
 
 PoolDep = Annotated[Pool, Depends(get_pool)]

@@ -15,6 +15,7 @@ import threading
 import psutil
 from pydantic import BaseModel, Field
 
+from virtpool.control.audit import AuditLog
 from virtpool.control.events import EventLog
 from virtpool.control.vms import VMService
 from virtpool.model.agent import Agent
@@ -46,10 +47,12 @@ class PolicyUpdate(BaseModel):
 
 
 class MemoryBalancer:
-    def __init__(self, vms: VMService, agent: Agent, events: EventLog, policy: MemoryPolicy) -> None:
+    def __init__(self, vms: VMService, agent: Agent, events: EventLog, audit: AuditLog,
+                 policy: MemoryPolicy) -> None:
         self._vms = vms
         self._agent = agent
         self._events = events
+        self._audit = audit
         self.policy = policy
         # vm id -> (balloon target we set, the assignment it was set under)
         self._targets: dict[str, tuple[int, int]] = {}
@@ -69,7 +72,7 @@ class MemoryBalancer:
     def update(self, change: PolicyUpdate) -> MemoryPolicy:
         values = change.model_dump(exclude_unset=True)
         self.policy = self.policy.model_copy(update=values)
-        self._events.record("memory.policy", f"memory policy changed: {values}", actor="admin", data=values)
+        self._events.record("memory.policy", f"memory policy changed: {values}", data=values)
         return self.policy
 
     def _run(self) -> None:
@@ -104,6 +107,7 @@ class MemoryBalancer:
                 actor=ACTOR, vm=vm.name,
                 data={"from_mib": move.from_mib, "to_mib": move.to_mib, "host_available_mib": round(available)},
             )
+            self._audit.record(ACTOR, "memory.balloon", vm.name, f"{move.from_mib} → {move.to_mib} MiB")
             moved.append(vm.name)
         return moved
 

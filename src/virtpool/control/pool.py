@@ -10,6 +10,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from virtpool.control.audit import AuditLog
 from virtpool.control.auth import TokenService
 from virtpool.control.balancer import MemoryBalancer, MemoryPolicy
 from virtpool.control.events import EventLog
@@ -48,10 +49,11 @@ class Pool:
         sessions = db.session_factory(self.engine)
         self.tokens = TokenService(sessions)
         self.events = EventLog(sessions)
+        self.audit = AuditLog(sessions)
         self.vms = VMService(sessions, agent, socket.gethostname(), boot_timeout=config.boot_timeout,
                              events=self.events, memory=lambda: self.balancer.policy)
         self.images = ImageService(sessions, agent)
-        self.balancer = MemoryBalancer(self.vms, agent, self.events, config.memory)
+        self.balancer = MemoryBalancer(self.vms, agent, self.events, self.audit, config.memory)
 
     def start(self) -> bool:
         """Reconcile VMs with the host; create the admin token on first start (True then)."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from virtpool.model.audit import AuditEntry
 from virtpool.model.event import Event
 from virtpool.model.image import BuildStatus, ImageInfo
 from virtpool.model.spec import ExecResult, HostInfo, PortForward
@@ -81,6 +82,12 @@ class Client:
         params: dict[str, Any] = {"after": after, "limit": limit}
         params.update({k: v for k, v in (("kind", kind), ("vm", vm)) if v is not None})
         return [Event.model_validate(e) for e in self._call("GET", "/events", params=params).json()]
+
+    def audit(self, *, after: int = 0, since: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        params: dict[str, Any] = {"after": after, "limit": limit}
+        if since is not None:
+            params["since"] = since
+        return [AuditEntry.model_validate(e) for e in self._call("GET", "/audit", params=params).json()]
 
     def memory_policy(self) -> dict[str, Any]:
         return self._call("GET", "/host/memory-policy").json()

@@ -1,0 +1,30 @@
+"""Audit every mutating API request: who, what, on which target, and how it ended.
+
+The request body is never recorded (it may carry secrets); the token only as its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from virtpool.api.app_prefix import API_PREFIX
+from virtpool.control.audit import AuditLog
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def install(app: FastAPI, log: AuditLog) -> None:
+    @app.middleware("http")
+    async def _audit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        if request.method in MUTATING and request.url.path.startswith(API_PREFIX):
+            route = request.scope.get("route")
+            template = getattr(route, "path", request.url.path).removeprefix(API_PREFIX)
+            target = request.path_params.get("name") if request.path_params else None
+            actor = getattr(request.state, "actor", "anonymous")
+            await run_in_threadpool(log.record, actor, f"{request.method} {template}", target,
+                                    str(response.status_code))
+        return response

@@ -1,0 +1,21 @@
+"""The audit log."""
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from virtpool.api.deps import Caller, PoolDep
+from virtpool.model.audit import AuditEntry
+
+router = APIRouter(tags=["audit"])
+
+
+@router.get("/audit", response_model=list[AuditEntry], summary="Mutating requests and automatic decisions")
+def list_audit(
+    pool: PoolDep, _: Caller,
+    since: datetime | None = None,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AuditEntry]:
+    return pool.audit.list(since=since, after=after, limit=limit)

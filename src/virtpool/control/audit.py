@@ -1,0 +1,31 @@
+"""The audit log: written for every mutating API request and every automatic decision."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from virtpool.control.store.tables import AuditRow
+from virtpool.model.audit import AuditEntry
+
+MAX_TEXT = 255
+
+
+class AuditLog:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def record(self, actor: str, action: str, target: str | None, outcome: str) -> None:
+        with self._sessions.begin() as session:
+            session.add(AuditRow(actor=actor[:63], action=action[:128],
+                                 target=target[:MAX_TEXT] if target else None, outcome=outcome[:MAX_TEXT]))
+
+    def list(self, *, since: datetime | None = None, after: int = 0, limit: int = 100) -> list[AuditEntry]:
+        query = select(AuditRow).where(AuditRow.id > after).order_by(AuditRow.id).limit(limit)
+        if since is not None:
+            query = query.where(AuditRow.time >= since)
+        with self._sessions() as session:
+            return [AuditEntry(id=r.id, time=r.time, actor=r.actor, action=r.action, target=r.target,
+                               outcome=r.outcome) for r in session.scalars(query)]
