@@ -8,8 +8,8 @@ Three kinds of run, interleaved (the order rotates every round to cancel drift):
 
 * **baseline** — ``qemu-system-x86_64`` started by hand with the argv virtpool would use for an
   identical VM (built by ``LocalAgent.launch_plan`` + ``build_argv`` on a scratch data dir, so
-  only the paths differ), timed from just before ``subprocess.run(argv)`` (QEMU daemonizes and
-  returns) until the guest agent answers, polling every 0.05 s like ``wait_ready``.
+  only the paths differ), timed from just before ``subprocess.run(argv)`` (QEMU starts in the
+  foreground, as virtpool starts it) until the guest agent answers, polling every 0.05 s like ``wait_ready``.
 * **virtpool (CLI)** — ``virtpool vm create NAME --start --wait`` run as a subprocess against a
   real ``virtpool up``, timed over the whole command. This is the headline figure and the one
   the ratio is computed from: it is what a user of virtpool actually waits for, CLI start-up
@@ -184,7 +184,7 @@ class Baseline:
         finally:
             agent.close()
 
-    async def _wait_ready(self, sock: Path, name: str, pidfile: Path, deadline: float) -> None:
+    async def _wait_ready(self, sock: Path, name: str, qemu: subprocess.Popen[bytes], deadline: float) -> None:
         # The same check as LocalAgent._wait_ready: open + guest-sync-delimited, 0.05 s apart.
         while True:
             try:
@@ -194,37 +194,23 @@ class Baseline:
             except GuestAgentError:
                 if time.monotonic() > deadline:
                     raise BenchError(f"bare QEMU for {name}: no guest agent after {BOOT_TIMEOUT_S:g}s") from None
-                if _pid_from(pidfile) is None:
+                if qemu.poll() is not None:
                     raise BenchError(f"bare QEMU for {name} exited while booting") from None
                 await asyncio.sleep(READY_POLL_S)
 
     def run(self, name: str, argv: list[str], vm_dir: Path) -> float:
-        pidfile = vm_dir / "qemu.pid"
         start = time.perf_counter()
-        # As virtpool.node.qemu.process.spawn runs it.
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, start_new_session=True, check=False)
-        if done.returncode != 0:
-            raise BenchError(f"bare QEMU refused to start: {done.stderr.decode(errors='replace')}")
+        # As virtpool.node.qemu.process.spawn runs it: in the foreground, in its own session.
+        qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             self.loop.run_until_complete(
-                self._wait_ready(vm_dir / "qga.sock", name, pidfile, time.monotonic() + BOOT_TIMEOUT_S))
+                self._wait_ready(vm_dir / "qga.sock", name, qemu, time.monotonic() + BOOT_TIMEOUT_S))
             return time.perf_counter() - start
         finally:
-            self._kill(pidfile)
+            qemu.kill()
+            qemu.wait()
             shutil.rmtree(vm_dir, ignore_errors=True)
-
-    @staticmethod
-    def _kill(pidfile: Path) -> None:
-        pid = _pid_from(pidfile)
-        if pid is None:
-            return
-        try:
-            proc = psutil.Process(pid)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        except psutil.NoSuchProcess:
-            pass
 
     def close(self) -> None:
         self.loop.close()
@@ -331,6 +317,7 @@ def main() -> int:
         note("built the default image")
 
     root = Path(tempfile.mkdtemp(prefix="virtpool-bench-"))
+    root.chmod(0o711)  # VMs run as their own users and must pass through to their run dirs
     server = Server(root / "data")
     baseline = Baseline(root / "scratch")
     results: dict[str, list[float]] = {"baseline": [], "cli": [], "sdk": []}
