@@ -110,6 +110,7 @@ def feasible(arrays: HostArrays, request: PlacementRequest,
     alive = np.ones(n, dtype=bool)
     standing = n
     removed: dict[str, int] = {f.EXCLUDED: 0}
+    # Masks are combined in place into `alive`, never into a filter's own (possibly cached) mask.
     excluded = _exclusion_mask(n, exclude)
     if excluded is not None:
         alive &= excluded
@@ -177,8 +178,8 @@ def place(arrays: HostArrays, request: PlacementRequest, *, weigher: str | None 
     exclude = tuple(exclude)
     alive, removed = feasible(arrays, request, exclude)
     candidates = len(arrays) - sum(removed.values())
-    common = dict(request=request, weigher=name, seed=seed, hosts_total=len(arrays),
-                  candidates=candidates, removed=removed)
+    common = {"request": request, "weigher": name, "seed": seed, "hosts_total": len(arrays),
+              "candidates": candidates, "removed": removed}
     if candidates == 0:
         largest, not_up = _diagnose(arrays, request, exclude)
         return Decision(host_index=None, host=None, largest_free=largest, not_up=not_up,
@@ -190,9 +191,13 @@ def place(arrays: HostArrays, request: PlacementRequest, *, weigher: str | None 
         score = rank(arrays, need)
         bonus = soft_group(arrays, request)
         if bonus is not None:
-            score = score + bonus
-        score = np.where(alive, score, -np.inf)
-        best = score[int(np.argmax(score))]
-        ties = np.flatnonzero(score >= best - TIE_TOLERANCE)
-        chosen = int(ties[seed % len(ties)])
+            score += bonus
+        np.putmask(score, ~alive, -np.inf)
+        best_index = int(np.argmax(score))
+        tied = score >= score[best_index] - TIE_TOLERANCE
+        if np.count_nonzero(tied) == 1:  # the usual case: skip listing the ties
+            chosen = best_index
+        else:
+            ties = np.flatnonzero(tied)
+            chosen = int(ties[seed % len(ties)])
     return Decision(host_index=chosen, host=arrays.names[chosen], **common)

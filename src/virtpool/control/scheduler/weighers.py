@@ -1,7 +1,8 @@
 """Ranking of the hosts that passed every filter: higher score is better.
 
 A weigher takes the arrays and the request's needs (vCPUs, MiB, MiB as a float vector) and
-returns a score for *every* host; the pipeline masks out the filtered ones. Scoring all hosts is
+returns a score for *every* host, as a new array that the pipeline may overwrite (it masks out
+the filtered hosts in place). Scoring all hosts is
 cheaper than gathering the survivors first (NumPy's fancy indexing copies), and keeps each
 weigher one or two array expressions.
 
