@@ -5,6 +5,7 @@ The request body is never recorded (it may carry secrets); the token only as its
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
@@ -13,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from virtpool.api.app_prefix import API_PREFIX
 from virtpool.control.audit import AuditLog
 
+logger = logging.getLogger(__name__)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -25,6 +27,9 @@ def install(app: FastAPI, log: AuditLog) -> None:
             template = getattr(route, "path", request.url.path).removeprefix(API_PREFIX)
             target = request.path_params.get("name") if request.path_params else None
             actor = getattr(request.state, "actor", "anonymous")
-            await run_in_threadpool(log.record, actor, f"{request.method} {template}", target,
-                                    str(response.status_code))
+            try:
+                await run_in_threadpool(log.record, actor, f"{request.method} {template}", target,
+                                        str(response.status_code))
+            except Exception:  # the change is done: a failed audit write must not report it failed
+                logger.exception("could not write the audit entry for %s %s", request.method, template)
         return response

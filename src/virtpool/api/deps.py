@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from virtpool.control.auth import Principal
 from virtpool.control.pool import Pool
+from virtpool.model.errors import Forbidden
 
 
 def get_pool(request: Request) -> Pool:
@@ -26,5 +27,12 @@ def principal(request: Request, pool: Annotated[Pool, Depends(get_pool)]) -> Pri
     return caller
 
 
+def admin(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+    if caller.role != "admin":
+        raise Forbidden(f"token '{caller.name}' is a {caller.role}; this needs an admin token")
+    return caller
+
+
 PoolDep = Annotated[Pool, Depends(get_pool)]
 Caller = Annotated[Principal, Depends(principal)]
+Admin = Annotated[Principal, Depends(admin)]

@@ -20,6 +20,7 @@ from virtpool.control.balancer import MemoryPolicy
 from virtpool.control.pool import Pool, PoolConfig
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S
 from virtpool.model.errors import InvalidRequest
+from virtpool.model.layout import TOKEN_FILE, URL_FILE
 from virtpool.model.spec import Accel
 from virtpool.node.agent import LocalAgent
 from virtpool.node.serial import DEFAULT_CAP_BYTES
@@ -52,9 +53,13 @@ def open_pool(options: ServeOptions) -> Pool:
     # read (images) are opened up explicitly.
     os.umask(0o077)
     options.data_dir.mkdir(parents=True, exist_ok=True)
-    # 0711: each VM's QEMU, running as its own user, passes through to its run dir and the
-    # images; nobody but the owner can list or read anything here.
-    os.chmod(options.data_dir, 0o711)
+    # As root, 0711: each VM's QEMU, running as its own user, passes through to its run dir and
+    # the images; nobody else can list anything here, and the files are private (below).
+    os.chmod(options.data_dir, 0o711 if os.geteuid() == 0 else 0o700)
+    for name in ("state.db", "state.db-wal", "state.db-shm", TOKEN_FILE, URL_FILE):
+        path = options.data_dir / name
+        if path.exists():
+            os.chmod(path, 0o600)
     agent = LocalAgent(options.data_dir, accel=options.accel, log_cap_bytes=options.log_cap_bytes)
     config = PoolConfig(data_dir=options.data_dir, db_url=options.db_url,
                         boot_timeout=options.boot_timeout, memory=options.memory)

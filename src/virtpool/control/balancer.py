@@ -20,6 +20,7 @@ from virtpool.control.events import EventLog
 from virtpool.control.vms import VMService
 from virtpool.model.agent import Agent
 from virtpool.model.memory_policy import GuestMemory, PolicyConfig, plan
+from virtpool.model.errors import VirtpoolError
 from virtpool.model.spec import LiveChanges
 from virtpool.model.states import VMState
 
@@ -70,8 +71,9 @@ class MemoryBalancer:
             self._thread.join(timeout=10)
 
     def update(self, change: PolicyUpdate) -> MemoryPolicy:
-        values = change.model_dump(exclude_unset=True)
-        self.policy = self.policy.model_copy(update=values)
+        values = change.model_dump(exclude_unset=True, exclude_none=True)
+        # Validated as a whole, then swapped in one assignment: the balancer thread reads it.
+        self.policy = MemoryPolicy.model_validate({**self.policy.model_dump(), **values})
         self._events.record("memory.policy", f"memory policy changed: {values}", data=values)
         return self.policy
 
@@ -90,7 +92,10 @@ class MemoryBalancer:
             target = self._targets.get(vm.id)
             if target is not None and target[1] != vm.memory_mib:
                 target = None  # the user resized it since: their word wins
-            figures = self._agent.vm_stats(vm.id)
+            try:
+                figures = self._agent.vm_stats(vm.id)
+            except VirtpoolError:
+                continue  # stopping or crashing as we look: the next round sees it settled
             current = target[0] if target else figures.get("balloon_mib", vm.memory_mib)
             guests.append(GuestMemory(vm.name, current, figures.get("guest_free_mib"), vm.memory_mib))
             ids[vm.name] = vm

@@ -130,7 +130,10 @@ class VMService:
 
     def _slot_of(self, vm_id: str) -> int:
         with self._sessions() as session:
-            return session.scalar(select(VMRow.slot).where(VMRow.id == vm_id)) or 0
+            slot = session.scalar(select(VMRow.slot).where(VMRow.id == vm_id))
+        if slot is None:
+            raise NotFound(f"VM {vm_id} was deleted while it started")
+        return slot
 
     def _name_of(self, vm_id: str) -> str:
         with self._sessions() as session:
@@ -231,6 +234,8 @@ class VMService:
                 f"{host.memory_mib} MiB",
                 hint="ask for less --memory (or --max-memory)",
             )
+        if spec.cpu_affinity and max(spec.cpu_affinity) >= host.cpus:
+            raise InvalidRequest(f"this host's CPUs are 0-{host.cpus - 1}", hint="pick CPUs that exist")
         if spec.cpu_cap_pct is not None and spec.cpu_cap_pct > 100 * host.cpus:
             raise InsufficientResources(
                 f"a CPU cap of {spec.cpu_cap_pct}% is more than this host's {host.cpus} CPUs give",
@@ -382,9 +387,15 @@ class VMService:
             with self._sessions.begin() as session:
                 session.execute(update(VMRow).where(VMRow.id == vm_id).values(**columns, updated_at=utcnow()))
 
-    def stats(self, ref: str) -> VMStats:
+    def stats(self, ref: str, *, tolerant: bool = False) -> VMStats:
+        """Usage figures; ``tolerant`` gives a VM that cannot answer empty figures, not an error."""
         vm = self.get(ref)
-        figures = self._agent.vm_stats(vm.id) if vm.state in ACTIVE else {}
+        try:
+            figures = self._agent.vm_stats(vm.id) if vm.state in ACTIVE else {}
+        except VirtpoolError:
+            if not tolerant:
+                raise
+            figures = {}
         return VMStats(name=vm.name, state=vm.state.value, memory_boot_mib=vm.max_memory_mib, **figures)
 
     # -- delete ---------------------------------------------------------------------------

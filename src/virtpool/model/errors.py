@@ -11,6 +11,7 @@ that the API can map it to an HTTP status without knowing the layer)::
     │   └── StateError            the VM is not in a state that allows the action
     ├── InsufficientResources     the host cannot hold what was asked → 409 (507 for disk)
     ├── Unauthorized              no or bad credentials → 401
+    ├── Forbidden                 a role that does not allow the action → 403
     └── OperationFailed           the action was valid but failed on the host (QEMU refused,
         │                         guest never booted) → 500-class only if virtpool is at fault;
         │                         reported as 502 "the hypervisor said no" otherwise
@@ -87,6 +88,13 @@ class Unauthorized(VirtpoolError):
 
     status = 401
     title = "unauthorized"
+
+
+class Forbidden(VirtpoolError):
+    """Valid credentials whose role does not allow the action."""
+
+    status = 403
+    title = "forbidden"
 
 
 class OperationFailed(VirtpoolError):

@@ -97,6 +97,13 @@ class VMSpec(BaseModel):
     def boot_memory_mib(self) -> int:
         return self.max_memory_mib or self.memory_mib
 
+    @field_validator("cpu_affinity")
+    @classmethod
+    def _normalise_affinity(cls, value: list[int] | None) -> list[int] | None:
+        if not value:
+            return None  # [] means what leaving it out means: any CPU
+        return sorted(set(value))
+
     @model_validator(mode="after")
     def _check_memory(self) -> VMSpec:
         if self.max_memory_mib is not None and self.max_memory_mib < self.memory_mib:

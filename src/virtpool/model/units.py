@@ -51,6 +51,9 @@ def parse_bytes(text: str | int, *, what: str = "size") -> int:
     return int(float(match.group(1)) * _FACTOR_BYTES[(match.group(2) or "").upper()])
 
 
+MAX_CPU_INDEX = 4096
+
+
 def parse_cpu_list(text: str) -> list[int]:
     """'0,2-3' → [0, 2, 3]; 'any' → [] (no pinning)."""
     if text.strip().lower() == "any":
@@ -59,7 +62,10 @@ def parse_cpu_list(text: str) -> list[int]:
     try:
         for part in text.split(","):
             first, _, last = part.strip().partition("-")
-            cpus.update(range(int(first), int(last or first) + 1))
+            low, high = int(first), int(last or first)
+            if not 0 <= low <= high < MAX_CPU_INDEX:
+                raise ValueError(part)
+            cpus.update(range(low, high + 1))
     except ValueError:
         raise InvalidRequest(f"cannot read CPU list '{text}'", hint="write e.g. 0,2-3 or any") from None
     return sorted(cpus)

@@ -89,14 +89,14 @@ class LocalAgent:
         self._qemu = qemu_binary
         self._names: dict[str, str] = {}
         self._procs: dict[str, psutil.Process] = {}
-        self._popens: dict[str, subprocess.Popen[bytes]] = {}
+        self._popens: dict[int, subprocess.Popen[bytes]] = {}  # QEMUs we started, by pid
         # VM users (0711 dirs) pass through the data dir to their own run dir and the images.
         if users.running_as_root():
             os.chmod(self.vms_dir, 0o711)
         self._cgroups = users.running_as_root() and cgroups.available()
         if self._cgroups:
             cgroups.cleanup_orphans(self.vm_ids())
-        self._watchers: dict[str, Future[None]] = {}
+        self._watchers: dict[str, tuple[Future[None], psutil.Process]] = {}
         self._exit_handlers: list[ExitHandler] = []
         self._qga_locks: dict[str, asyncio.Lock] = {}
         self._loop = asyncio.new_event_loop()
@@ -234,7 +234,7 @@ class LocalAgent:
         self.kill_vm(vm_id)
         watcher = self._watchers.pop(vm_id, None)
         if watcher is not None:
-            watcher.cancel()
+            watcher[0].cancel()
         self._release(vm_id)
         shutil.rmtree(self._paths(vm_id).root, ignore_errors=True)
         self._names.pop(vm_id, None)
@@ -283,18 +283,19 @@ class LocalAgent:
         self._names[vm_id] = spec.name
         process.remove_stale_files([*paths.sockets(), paths.pidfile, paths.qemu_log])
         popen_kwargs = self._confine_files(vm_id, slot)
-        group = self._cgroup_for(vm_id, spec)
-        popen = process.spawn(build_argv(self.launch_plan(vm_id, spec)), paths.qemu_log, vm=spec.name,
-                              **popen_kwargs)
-        # Into its cgroup at once: QEMU has not loaded the guest yet, so all it does is charged.
-        if group is not None:
-            group.attach(popen.pid)
-        self._popens[vm_id] = popen
-        self._procs[vm_id] = psutil.Process(popen.pid)
+        argv = build_argv(self.launch_plan(vm_id, spec))
         try:
+            group = self._cgroup_for(vm_id, spec)
+            popen = process.spawn(argv, paths.qemu_log, vm=spec.name, **popen_kwargs)
+            self._popens[popen.pid] = popen
+            self._procs[vm_id] = psutil.Process(popen.pid)
+            # Into its cgroup at once, milliseconds after exec and before it loads the guest:
+            # what it allocated until then (its libraries) is charged to the agent.
+            if group is not None:
+                group.attach(popen.pid)
             self._run(self._wait_monitor(vm_id, popen))
-            self._watch(vm_id)
             self._run(self._configure_balloon(vm_id, spec))
+            self._watch(vm_id)
         except BaseException:
             self.kill_vm(vm_id)
             self._release(vm_id)
@@ -329,7 +330,7 @@ class LocalAgent:
         deadline = self._loop.time() + MONITOR_TIMEOUT_S
         while True:
             if popen.poll() is not None:
-                said = paths.qemu_log.read_text(errors="replace").strip() if paths.qemu_log.exists() else ""
+                said = serial.tail(paths.qemu_log)
                 raise OperationFailed(f"QEMU refused to start VM '{label}': {said or f'exit code {popen.returncode}'}")
             try:
                 await asyncio.wait_for(qmp.command(paths.qmp_sock, "query-status", vm=label), 1.0)
@@ -339,13 +340,16 @@ class LocalAgent:
                     raise OperationFailed(f"QEMU of VM '{label}' did not set up in {MONITOR_TIMEOUT_S:g}s") from None
                 await asyncio.sleep(0.02)
 
-    def _release(self, vm_id: str) -> None:
-        """After QEMU has exited: reap it if it was our child, and remove its cgroup."""
-        popen = self._popens.pop(vm_id, None)
-        if popen is not None:
-            popen.wait()
-        self._procs.pop(vm_id, None)
-        if self._cgroups:
+    def _release(self, vm_id: str, proc: psutil.Process | None = None, *, keep_cgroup: bool = False) -> None:
+        """After a QEMU of the VM has exited: reap it if it was our child, remove its cgroup."""
+        proc = proc or self._procs.get(vm_id)
+        if proc is not None:
+            popen = self._popens.pop(proc.pid, None)
+            if popen is not None:
+                popen.wait()
+            if self._procs.get(vm_id) == proc:
+                self._procs.pop(vm_id, None)
+        if self._cgroups and not keep_cgroup:
             try:
                 cgroups.vm_cgroup(vm_id).remove()
             except OperationFailed:
@@ -460,12 +464,16 @@ class LocalAgent:
     # -- watching -------------------------------------------------------------------------
 
     def _watch(self, vm_id: str) -> None:
-        old = self._watchers.get(vm_id)
-        if old is not None and not old.done():
+        proc = self._process(vm_id)
+        if proc is None:
             return
-        self._watchers[vm_id] = self._submit(self._watch_until_exit(vm_id))
+        old = self._watchers.get(vm_id)
+        if old is not None and not old[0].done() and old[1] == proc:
+            return
+        self._watchers[vm_id] = (self._submit(self._watch_until_exit(vm_id, proc)), proc)
 
-    async def _watch_until_exit(self, vm_id: str) -> None:
+    async def _watch_until_exit(self, vm_id: str, proc: psutil.Process) -> None:
+        """Watch one QEMU process of the VM (a restart starts a new watcher for the next)."""
         paths = self._paths(vm_id)
         guest_initiated = False
 
@@ -475,6 +483,7 @@ class LocalAgent:
                 guest_initiated = True
 
         while True:
+            guest_initiated = False
             try:
                 await qmp.watch(
                     paths.events_sock, on_event, vm=self._label(vm_id),
@@ -482,13 +491,16 @@ class LocalAgent:
                 )
             except OperationFailed:
                 pass
-            # The monitor closed; QEMU is on its way out. Wait for the process to be gone.
-            proc = self._process(vm_id)
-            if proc is None or await asyncio.to_thread(process.wait_gone, proc, 2.0):
+            # The monitor closes as QEMU exits (see process.wait_gone for why not the pidfile).
+            if await asyncio.to_thread(process.wait_gone, proc, 2.0):
                 break
-            # Still alive after the monitor closed: the connection dropped for another reason.
-        self._watchers.pop(vm_id, None)
-        await asyncio.to_thread(self._release, vm_id)
+        current = self._watchers.get(vm_id)
+        if current is not None and current[1] == proc:
+            del self._watchers[vm_id]
+        superseded = self._process(vm_id) is not None  # a newer QEMU of this VM already runs
+        await asyncio.to_thread(self._release, vm_id, proc, keep_cgroup=superseded)
+        if superseded:
+            return  # the end of an older process is no news about the VM
         for handler in self._exit_handlers:
             try:
                 await asyncio.to_thread(handler, vm_id, guest_initiated)
@@ -499,8 +511,14 @@ class LocalAgent:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             for vm_id in list(self._watchers):
-                serial.trim(self._paths(vm_id).serial_log, self._log_cap)
-                self._sample_cpu(vm_id)
+                try:
+                    await asyncio.to_thread(self._housekeep, vm_id)
+                except Exception:  # one VM going away mid-pass must not stop the others' care
+                    log.exception("housekeeping of VM %s failed", vm_id)
+
+    def _housekeep(self, vm_id: str) -> None:
+        serial.trim(self._paths(vm_id).serial_log, self._log_cap)
+        self._sample_cpu(vm_id)
 
     def _sample_cpu(self, vm_id: str) -> None:
         cpu_s = self._cpu_seconds(vm_id)
@@ -550,7 +568,13 @@ class LocalAgent:
                               vm=label)
 
     def resize_disk_offline(self, vm_id: str, disk_mib: int) -> None:
-        disks.grow(self._paths(vm_id).disk, disk_mib)
+        disk = self._paths(vm_id).disk
+        run_as: dict[str, Any] = {}
+        if users.running_as_root():
+            owner = os.lstat(disk).st_uid
+            if owner != 0:
+                run_as = users.spawn_kwargs(owner, owner)
+        disks.grow(disk, disk_mib, **run_as)
 
     def vm_stats(self, vm_id: str) -> dict[str, Any]:
         """Figures for ``VMStats``: CPU from the process accounting, the rest from QMP."""

@@ -13,6 +13,7 @@ import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from virtpool.model.errors import InvalidRequest, OperationFailed
 
@@ -115,14 +116,18 @@ def create_overlay(path: Path, base: Path, base_format: str, size_mib: int) -> N
     )
 
 
-def grow(path: Path, size_mib: int) -> None:
-    """Grow a VM's (stopped) disk; qemu-img refuses to shrink without --shrink, as we want."""
-    _qemu_img(["resize", "-q", "-f", "qcow2", str(path), f"{size_mib}M"], what="grow the disk")
+def grow(path: Path, size_mib: int, **run_as: Any) -> None:
+    """Grow a VM's (stopped) disk; qemu-img refuses to shrink without --shrink, as we want.
+
+    ``run_as`` (user, group, ...) runs qemu-img as the VM's user: the disk is that user's to
+    rewrite, so whatever its header names is opened with no more rights than the VM has.
+    """
+    _qemu_img(["resize", "-q", "-f", "qcow2", str(path), f"{size_mib}M"], what="grow the disk", **run_as)
 
 
-def _qemu_img(args: list[str], *, what: str) -> str:
+def _qemu_img(args: list[str], *, what: str, **run_as: Any) -> str:
     try:
-        proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False)
+        proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False, **run_as)
     except FileNotFoundError as err:
         raise OperationFailed(
             "qemu-img is not installed", hint="run scripts/install-system-packages.sh as root"

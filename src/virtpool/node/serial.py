@@ -9,10 +9,33 @@ diagnostic, not a record.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
+from virtpool.model.errors import OperationFailed
+
 DEFAULT_CAP_BYTES = 2 * 1024 * 1024
+
+
+def open_vm_file(path: Path, flags: int) -> int:
+    """Open a file in a VM's run dir, which that VM's user controls, without being fooled.
+
+    No symlink is followed, and the file must be a regular file with one link: a QEMU that a
+    guest took over cannot point the agent (root) at a host file such as /etc/shadow.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OperationFailed(f"{path} is a symlink; refusing to open it") from err
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise OperationFailed(f"{path} is not a plain file of its own; refusing to open it")
+    return fd
 
 
 def trim(path: Path, cap: int = DEFAULT_CAP_BYTES) -> bool:
@@ -24,7 +47,7 @@ def trim(path: Path, cap: int = DEFAULT_CAP_BYTES) -> bool:
     if size <= cap:
         return False
     keep = cap // 2
-    fd = os.open(path, os.O_RDWR)
+    fd = open_vm_file(path, os.O_RDWR)
     try:
         os.lseek(fd, size - keep, os.SEEK_SET)
         tail = os.read(fd, keep)
@@ -45,7 +68,7 @@ def read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
     If the log was trimmed below ``offset`` since the last read, reading restarts at 0.
     """
     try:
-        with path.open("rb") as handle:
+        with os.fdopen(open_vm_file(path, os.O_RDONLY), "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             if offset > size:
                 offset = 0
@@ -59,7 +82,7 @@ def read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
 def tail(path: Path, lines: int = 20) -> str:
     """The last ``lines`` lines, for error messages."""
     try:
-        with path.open("rb") as handle:
+        with os.fdopen(open_vm_file(path, os.O_RDONLY), "rb") as handle:
             handle.seek(max(0, os.fstat(handle.fileno()).st_size - 8192))
             data = handle.read()
     except FileNotFoundError:

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from virtpool.api.deps import Caller, PoolDep
+from virtpool.api.deps import Admin, Caller, PoolDep
 from virtpool.control.balancer import MemoryPolicy, PolicyUpdate
 from virtpool.model.spec import HostInfo
 from virtpool.model.vm import VMStats
@@ -17,7 +17,7 @@ def show_host(pool: PoolDep, _: Caller) -> HostInfo:
 
 @router.get("/host/top", response_model=list[VMStats], summary="Usage figures of every VM on this host")
 def host_top(pool: PoolDep, _: Caller) -> list[VMStats]:
-    return [pool.vms.stats(vm.id) for vm in pool.vms.list(limit=10_000)]
+    return [pool.vms.stats(vm.id, tolerant=True) for vm in pool.vms.list(limit=10_000)]
 
 
 @router.get("/host/memory-policy", response_model=MemoryPolicy)
@@ -27,5 +27,5 @@ def show_memory_policy(pool: PoolDep, _: Caller) -> MemoryPolicy:
 
 @router.put("/host/memory-policy", response_model=MemoryPolicy,
             summary="Change the memory budget or threshold the balancer works to")
-def update_memory_policy(body: PolicyUpdate, pool: PoolDep, _: Caller) -> MemoryPolicy:
+def update_memory_policy(body: PolicyUpdate, pool: PoolDep, _: Admin) -> MemoryPolicy:
     return pool.balancer.update(body)

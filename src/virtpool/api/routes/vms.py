@@ -16,6 +16,8 @@ from virtpool.model.errors import InvalidRequest, VirtpoolError
 from virtpool.model.spec import ExecResult, Resize, VMSpec
 from virtpool.model.states import VMState
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
+# The console is a local socket until remote agents proxy it; the same peer check applies.
+from virtpool.node.qemu import peer
 
 router = APIRouter(prefix="/vms", tags=["vms"])
 
@@ -155,8 +157,9 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
         await websocket.close(code=4409, reason=f"VM '{vm.name}' is {vm.state.value}")
         return
     try:
-        reader, writer = await asyncio.open_unix_connection(str(pool.agent.console_socket(vm.id)))
-    except OSError as err:
+        reader, writer = await asyncio.open_unix_connection(
+            sock=await peer.connect(pool.agent.console_socket(vm.id)))
+    except (OSError, VirtpoolError) as err:
         await websocket.close(code=4502, reason=f"console unreachable: {err}"[:120])
         return
     await websocket.accept()

@@ -17,6 +17,7 @@ from typing import Any
 
 from virtpool.model.errors import OperationFailed
 from virtpool.model.spec import ExecResult
+from virtpool.node.qemu import peer
 
 SYNC_DELIMITER = b"\xff"
 COMMAND_NOT_FOUND = 127
@@ -39,7 +40,8 @@ class GuestAgent:
     async def open(cls, sock: Path, *, vm: str, sync_timeout: float = 1.0) -> GuestAgent:
         """Connect and synchronize; raises GuestAgentError if the agent does not answer."""
         try:
-            reader, writer = await asyncio.open_unix_connection(str(sock), limit=4 * MAX_OUTPUT_BYTES)
+            reader, writer = await asyncio.open_unix_connection(
+                sock=await peer.connect(sock), limit=4 * MAX_OUTPUT_BYTES)
         except OSError as err:
             raise GuestAgentError(f"cannot connect to the guest agent of VM '{vm}': {err}") from err
         agent = cls(reader, writer, vm)

@@ -17,6 +17,7 @@ from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
 from qemu.qmp.protocol import Runstate
 
 from virtpool.model.errors import OperationFailed
+from virtpool.node.qemu import peer
 
 log = logging.getLogger(__name__)
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # it logs every lost socket as an error
@@ -31,9 +32,9 @@ async def connect(sock: Path, *, name: str, timeout: float) -> QMPClient:
     while True:
         client = QMPClient(name)
         try:
-            await client.connect(str(sock))
+            await client.connect(await peer.connect(sock))
             return client
-        except ConnectError as err:
+        except (ConnectError, OSError) as err:
             if loop.time() >= deadline:
                 raise OperationFailed(f"cannot reach QMP socket {sock}: {err}") from err
             await asyncio.sleep(0.05)

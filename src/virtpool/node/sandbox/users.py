@@ -73,16 +73,21 @@ def spawn_kwargs(uid: int, gid: int) -> dict[str, Any]:
 
     The child drops root before exec: setgroups([]) (no supplementary groups; root's would
     otherwise stay), setgid, then setuid; a uid change from 0 clears every capability. The
-    umask makes what QEMU creates (sockets, pidfile) private to its user. Note: QEMU's own
-    ``-daemonize`` resets its umask to 027; the run dir (0700) still keeps others out.
+    umask makes what QEMU creates (sockets, pidfile, logs) private to its user.
     """
     return {"user": uid, "group": gid, "extra_groups": [], "umask": QEMU_UMASK}
 
 
 def _chown(path: Path, user: VMUser, mode: int) -> None:
+    # Through a descriptor opened without following links: the directory belongs to the VM's
+    # user, who could swap a name for a symlink between a check and a chown by path.
     try:
-        os.chown(path, user.uid, user.gid, follow_symlinks=False)
-        os.chmod(path, mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            os.fchown(fd, user.uid, user.gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
     except FileNotFoundError as err:
         raise OperationFailed(f"cannot give {path} to uid {user.uid}: it does not exist") from err
     except PermissionError as err:
@@ -102,8 +107,10 @@ def own_run_dir(run_dir: Path, user: VMUser) -> None:
     _chown(run_dir, user, RUN_DIR_MODE)
     for entry in run_dir.iterdir():
         info = entry.lstat()
-        if stat.S_ISREG(info.st_mode) or stat.S_ISSOCK(info.st_mode):
+        if stat.S_ISREG(info.st_mode):
             _chown(entry, user, stat.S_IMODE(info.st_mode) & 0o700)
+        elif not stat.S_ISDIR(info.st_mode):
+            entry.unlink()  # old sockets and anything else: QEMU makes its sockets anew
 
 
 def own_disk(disk: Path, user: VMUser) -> None:
