@@ -95,6 +95,30 @@ def test_one_vms_user_cannot_open_another_vms_disk(server: Server, pair: tuple[s
     assert theirs.returncode != 0 and "PermissionError" in theirs.stderr and "Errno 13" in theirs.stderr
 
 
+def test_the_agent_is_not_fooled_by_links_a_compromised_qemu_plants(server: Server) -> None:
+    """A QEMU taken over by its guest owns its run dir and could swap files for symlinks."""
+    api = server.api()
+    for name in ("prey", "spy"):
+        api.create_vm(name, start=True)
+    for name in ("prey", "spy"):
+        assert api.wait_vm(name).state == "running"
+    spy = run_dir(server, "spy")
+    # Its serial log pointed at a host secret: the logs endpoint refuses, and shows nothing of it.
+    (spy / "serial.log").unlink()
+    (spy / "serial.log").symlink_to("/etc/shadow")
+    logs = server.cli("vm", "logs", "spy")
+    assert logs.returncode != 0 and "root:" not in logs.stdout
+    assert "symlink" in logs.stderr
+    # Its guest-agent socket pointed at another VM's: exec refuses instead of running there.
+    (spy / "qga.sock").unlink()
+    (spy / "qga.sock").symlink_to(run_dir(server, "prey") / "qga.sock")
+    ran = server.cli("vm", "exec", "spy", "--", "hostname")
+    assert ran.returncode != 0 and "prey" not in ran.stdout
+    assert "not by its VM's user" in " ".join(ran.stderr.split())
+    for name in ("prey", "spy"):
+        api.delete_vm(name, force=True)
+
+
 def test_each_qemu_has_its_own_cgroup_which_goes_with_the_vm(server: Server) -> None:
     api = server.api()
     api.create_vm("iso-cg", start=True)
