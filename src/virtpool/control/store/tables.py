@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -12,15 +14,117 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+DEFAULT_PROJECT = "default"
+
+
 class Base(DeclarativeBase):
     pass
 
 
-class VMRow(Base):
-    __tablename__ = "vms"
+class ProjectRow(Base):
+    """A tenant: its quotas (None = unlimited) and what its VMs hold against them.
+
+    The ``used_*`` counters change in the same transaction as the VM rows they count, through a
+    conditional UPDATE, so that concurrent creates can never overrun a quota.
+    """
+
+    __tablename__ = "projects"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
+    quota_cpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quota_memory_mib: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    quota_disk_mib: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    quota_vms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    used_cpus: Mapped[int] = mapped_column(Integer, default=0)
+    used_memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    used_disk_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    used_vms: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class HostRow(Base):
+    """A host of the pool: capacity, reservation, ratios, labels, state, and its claims' sum.
+
+    ``generation`` grows with every change to the row; a claim names the generation it was
+    decided on and fails (to be retried on fresh figures) when another claim got there first.
+    """
+
+    __tablename__ = "hosts"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    cpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(BigInteger)
+    disk_mib: Mapped[int] = mapped_column(BigInteger)
+    reserved_cpus: Mapped[int] = mapped_column(Integer, default=0)
+    reserved_memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved_disk_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    cpu_ratio: Mapped[float] = mapped_column(Float, default=4.0)
+    memory_ratio: Mapped[float] = mapped_column(Float, default=1.0)
+    disk_ratio: Mapped[float] = mapped_column(Float, default=1.0)
+    balloon: Mapped[bool] = mapped_column(Boolean, default=False)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="up")
+    accel: Mapped[str] = mapped_column(String(8), default="tcg")
+    allowed_projects: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    used_cpus: Mapped[int] = mapped_column(Integer, default=0)
+    used_memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    used_disk_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class GroupRow(Base):
+    """A placement group of one project: its VMs run together (affinity) or apart."""
+
+    __tablename__ = "groups"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_groups_project_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    policy: Mapped[str] = mapped_column(String(16))
+    hard: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class OperationRow(Base):
+    """A long action (create and start, stop, image build) that a client can follow."""
+
+    __tablename__ = "operations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    project_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    actor: Mapped[str] = mapped_column(String(63))
+    status: Mapped[str] = mapped_column(String(16))
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class VMRow(Base):
+    __tablename__ = "vms"
+    # Names are unique within a project only, so one tenant cannot learn another's VM names.
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_vms_project_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", name="fk_vms_project"), index=True, default=DEFAULT_PROJECT
+    )
+    group_id: Mapped[str | None] = mapped_column(
+        ForeignKey("groups.id", name="fk_vms_group", ondelete="SET NULL"), nullable=True
+    )
+    required_labels: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     image: Mapped[str] = mapped_column(String(63))
     cpus: Mapped[int] = mapped_column(Integer)
     memory_mib: Mapped[int] = mapped_column(Integer)
@@ -38,7 +142,7 @@ class VMRow(Base):
     slot: Mapped[int] = mapped_column(Integer, unique=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    host: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -70,6 +174,10 @@ class TokenRow(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(16))
+    # None: a pool-wide token (only admins are made so); else the one project it acts in.
+    project_id: Mapped[str | None] = mapped_column(
+        ForeignKey("projects.id", name="fk_tokens_project", ondelete="CASCADE"), nullable=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -85,6 +193,7 @@ class EventRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(63))
     vm: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    project_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
@@ -97,6 +206,7 @@ class AuditRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     action: Mapped[str] = mapped_column(String(128))
     target: Mapped[str | None] = mapped_column(String(255), nullable=True)
     outcome: Mapped[str] = mapped_column(String(255))
