@@ -59,6 +59,7 @@ class Server:
     data_dir: Path
     boot_timeout: float = 60.0
     extra_args: tuple[str, ...] = ()
+    command: str = "up"  # or "server": the control plane only
     proc: subprocess.Popen[bytes] | None = None
     client: Client | None = None
     log: Path = field(init=False)
@@ -75,9 +76,10 @@ class Server:
         url_file = self.data_dir / "api.url"
         url_file.unlink(missing_ok=True)
         with self.log.open("ab") as log:
+            up_only = ("--no-build", "--boot-timeout", str(self.boot_timeout)) if self.command == "up" else ()
             self.proc = subprocess.Popen(
-                [VIRTPOOL, "up", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
-                 "--no-build", "--boot-timeout", str(self.boot_timeout), *self.extra_args],
+                [VIRTPOOL, self.command, "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
+                 *up_only, *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )
         deadline = time.monotonic() + 30
@@ -127,13 +129,28 @@ def passable(directory: Path) -> None:
             path.chmod(mode | 0o011)
 
 
-def make_server(tmp_path_factory: pytest.TempPathFactory, cache: Path, name: str,
-                boot_timeout: float = 60.0, extra_args: tuple[str, ...] = ()) -> Server:
+def make_server(tmp_path_factory: pytest.TempPathFactory, cache: Path | None, name: str,
+                boot_timeout: float = 60.0, extra_args: tuple[str, ...] = (),
+                db_url: str | None = None, command: str = "up") -> Server:
+    """Start a server on a fresh data dir: with the default image linked in (unless ``cache``
+    is None) and on the database ``db_url`` (default: SQLite in the data dir)."""
     data_dir = tmp_path_factory.mktemp(name)
     passable(data_dir)
     (data_dir / "images").mkdir()
-    link_image(cache, data_dir)
-    return Server(data_dir, boot_timeout=boot_timeout, extra_args=extra_args).start()
+    if cache is not None:
+        link_image(cache, data_dir)
+    if db_url is not None:
+        extra_args = (*extra_args, "--db", db_url)
+    return Server(data_dir, boot_timeout=boot_timeout, extra_args=extra_args, command=command).start()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """One throwaway PostgreSQL server for the session; tests make their own databases in it."""
+    from tests.postgres import postgres_server
+
+    with postgres_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

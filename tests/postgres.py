@@ -79,3 +79,13 @@ def _wait_ready(port: int, timeout: float = 30.0) -> None:
                 return
         time.sleep(0.1)
     raise PostgresUnavailable(f"PostgreSQL did not listen on port {port} within {timeout:.0f} s")
+
+
+def create_database(server_url: str, name: str) -> str:
+    """Create database ``name`` on the server at ``server_url``; return its SQLAlchemy URL."""
+    import psycopg
+
+    dsn = server_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0] + f"/{name}"

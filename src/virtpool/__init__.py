@@ -2,13 +2,15 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["APIError", "Client", "__version__"]
+__all__ = ["APIError", "BadRequest", "Client", "Conflict", "Forbidden", "InvalidRequest", "NotFound",
+           "OperationFailed", "PayloadTooLarge", "QuotaExceeded", "ServerError", "Unauthorized",
+           "Unreachable", "VMPage", "__version__"]
 
 
 def __getattr__(name: str) -> object:
     # Lazy: every layer imports `virtpool.…`; only SDK users should load the SDK and httpx.
-    if name in ("APIError", "Client"):
-        from virtpool.sdk import client
+    if name in __all__ and name != "__version__":
+        from virtpool import sdk
 
-        return getattr(client, name)
+        return getattr(sdk, name)
     raise AttributeError(f"module 'virtpool' has no attribute {name!r}")

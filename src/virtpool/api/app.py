@@ -7,10 +7,10 @@ from fastapi import FastAPI
 from virtpool import __version__
 from virtpool.api import audit, problems
 from virtpool.api.app_prefix import API_PREFIX
+from virtpool.api.limits import BodyLimit
 from virtpool.api.routes import audit as audit_routes
-from virtpool.api.routes import events, host, images, vms
+from virtpool.api.routes import events, host, images, operations, vms
 from virtpool.control.pool import Pool
-
 
 
 def create_app(pool: Pool) -> FastAPI:
@@ -22,6 +22,7 @@ def create_app(pool: Pool) -> FastAPI:
     app.state.pool = pool
     problems.install(app)
     audit.install(app, pool.audit)
-    for module in (host, images, vms, events, audit_routes):
+    app.add_middleware(BodyLimit)
+    for module in (host, images, vms, operations, events, audit_routes):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

@@ -4,6 +4,7 @@ what went wrong and, where virtpool knows one, a hint that says what to do."""
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,7 +42,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
-        return problem(err.status_code, "error", str(err.detail))
+        try:
+            title = HTTPStatus(err.status_code).phrase.lower()
+        except ValueError:
+            title = "error"
+        hint = "send less; large files go through image import" if err.status_code == 413 else None
+        return problem(err.status_code, title, str(err.detail), hint)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:

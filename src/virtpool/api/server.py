@@ -17,6 +17,7 @@ import uvicorn
 from virtpool.api.app import create_app
 from virtpool.control.auth import write_private_file
 from virtpool.control.balancer import MemoryPolicy
+from virtpool.control.detached import NoAgent
 from virtpool.control.pool import Pool, PoolConfig
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S
 from virtpool.model.errors import InvalidRequest
@@ -39,6 +40,7 @@ class ServeOptions:
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S
     log_cap_bytes: int = DEFAULT_CAP_BYTES
     memory: MemoryPolicy = field(default_factory=MemoryPolicy)
+    control_only: bool = False  # `virtpool server`: API and records, no agent on this host
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -60,9 +62,11 @@ def open_pool(options: ServeOptions) -> Pool:
         path = options.data_dir / name
         if path.exists():
             os.chmod(path, 0o600)
-    agent = LocalAgent(options.data_dir, accel=options.accel, log_cap_bytes=options.log_cap_bytes)
+    agent = NoAgent() if options.control_only else LocalAgent(
+        options.data_dir, accel=options.accel, log_cap_bytes=options.log_cap_bytes)
     config = PoolConfig(data_dir=options.data_dir, db_url=options.db_url,
-                        boot_timeout=options.boot_timeout, memory=options.memory)
+                        boot_timeout=options.boot_timeout, memory=options.memory,
+                        control_only=options.control_only)
     return Pool(config, agent)
 
 
@@ -71,7 +75,7 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
     pool = open_pool(options)
     try:
         created = pool.start()
-        if options.build_default_image and not any(i.name == "default" for i in pool.images.list()):
+        if options.build_default_image and not options.control_only and not any(i.name == "default" for i in pool.images.list()):
             announce("building the default guest image (first start only)…")
             status = pool.images.build_now("default")
             if status.state != "done":
@@ -85,7 +89,8 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
         shown_host = f"[{options.host}]" if ":" in options.host else options.host
         url = f"http://{shown_host}:{port}"
         write_private_file(pool.config.url_file, url + "\n")
-        announce(f"virtpool is up at {url}  (API {url}/api/v1, docs {url}/docs)")
+        role = "control plane only, no agent on this host" if options.control_only else "with this host's agent"
+        announce(f"virtpool is up at {url}  (API {url}/api/v1, docs {url}/docs; {role})")
         token_note = "created on this first start" if created else "created on first start"
         announce(f"admin token ({token_note}): {pool.config.token_file}")
         config = uvicorn.Config(create_app(pool), log_level="warning", access_log=False)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from virtpool.cli import output
 from virtpool.cli.common import JsonFlag, client
+from virtpool.cli.operation import follow
 
 app = typer.Typer(help="Guest images: build, import, list, delete.", no_args_is_help=True)
 
@@ -18,24 +17,22 @@ ExistingFile = Annotated[Path, typer.Option(exists=True, dir_okay=False, readabl
 
 
 @app.command("build")
-def build(name: Annotated[str, typer.Argument()] = "default", json: JsonFlag = False) -> None:
+def build(
+    name: Annotated[str, typer.Argument()] = "default",
+    wait_timeout: Annotated[float, typer.Option("--wait-timeout", help="seconds to follow the build")] = 1800.0,
+    json: JsonFlag = False,
+) -> None:
     """Build the default guest image (Debian kernel, busybox, qemu-guest-agent). Cached."""
     with output.errors():
         api = client()
-        status = api.build_image(name)
-        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                      console=output.err, disable=json, transient=True) as bar:
-            task = bar.add_task(status.step, total=1.0)
-            while status.state == "running":
-                bar.update(task, completed=status.progress, description=status.step or "building")
-                time.sleep(0.3)
-                status = api.build_status(name)
+        op = follow(api, api.build_image(name), wait_timeout, json)
     if json:
-        output.emit_json(status)
-    if status.state == "failed":
-        output.fail(f"building image '{name}' failed: {status.error}")
+        output.emit_json(op)
+    if op.status == "failed":
+        output.fail(f"building image '{name}' failed: {op.error}")
     if not json:
-        output.out.print(f"image '{name}' " + ("built" if status.built else "is up to date (cached)"))
+        built = (op.result or {}).get("built", True)
+        output.out.print(f"image '{name}' " + ("built" if built else "is up to date (cached)"))
 
 
 @app.command("list")

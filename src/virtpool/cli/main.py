@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from virtpool.cli import audit, common, host, image, output, vm
+from virtpool.cli import audit, common, host, image, operation, output, vm
 from virtpool.cli.common import JsonFlag
 
 app = typer.Typer(help="virtpool: QEMU virtual machines on your hosts.", no_args_is_help=True,
@@ -16,34 +16,36 @@ app.add_typer(vm.app, name="vm")
 app.add_typer(image.app, name="image")
 app.add_typer(host.app, name="host")
 app.add_typer(audit.app, name="audit")
+app.add_typer(operation.app, name="operation")
 
 
 @app.command("events")
 def events(
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing events as they happen")] = False,
     kind: Annotated[str | None, typer.Option(help="e.g. vm.state, memory.balloon")] = None,
     vm_name: Annotated[str | None, typer.Option("--vm", help="only this VM's events")] = None,
+    project: Annotated[str | None, typer.Option("--project", help="only this project's events")] = None,
     json: JsonFlag = False,
 ) -> None:
-    """What the pool did and why: state changes, automatic balloon moves."""
-    import time
+    """What the pool did and why: state changes, automatic balloon moves.
 
+    With --follow, events are streamed from the server (server-sent events) as they happen.
+    """
     with output.errors():
         api = common.client()
-        after = 0
-        while True:
-            batch = api.events(after=after, kind=kind, vm=vm_name, limit=1000)
-            for event in batch:
+        if follow:
+            stream = api.stream_events(kind=kind, vm=vm_name, project=project)
+        else:
+            stream = iter(api.events(kind=kind, vm=vm_name, project=project, limit=1000))
+        try:
+            for event in stream:
                 if json:
                     output.emit_json(event)
                 else:
                     output.out.print(f"{event.time:%Y-%m-%d %H:%M:%S}  {event.kind:<15} {event.actor:<16} "
                                      f"{event.message}", highlight=False)
-                after = event.id
-            if not follow:
-                break
-            if not batch:
-                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
 
 
 @app.callback()
@@ -55,12 +57,39 @@ def main(
     common.set_data_dir(data_dir)
 
 
+@app.command("server")
+def server(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="admin token and URL file")] = None,
+    listen: Annotated[str, typer.Option(help="HOST:PORT for the API (port 0: any free port)")] = "127.0.0.1:8470",
+    db: Annotated[str | None, typer.Option(help="database URL, e.g. postgresql://user@host/db "
+                                                "(default: SQLite in the data dir)")] = None,
+) -> None:
+    """Run the control plane only (API and records), without an agent on this host.
+
+    VM records, operations, events and the audit log are served; actions that need a host
+    answer 503 until remote agents can be attached (not supported yet).
+    """
+    from virtpool.api.server import ServeOptions, parse_listen, serve
+    from virtpool.model.errors import VirtpoolError
+
+    try:
+        host_, port = parse_listen(listen)
+        serve(ServeOptions(data_dir=data_dir or common.data_dir(), host=host_, port=port, db_url=db,
+                           control_only=True),
+              announce=lambda line: output.out.print(line, highlight=False))
+    except VirtpoolError as err:
+        output.fail(err.message, hint=err.hint)
+    except OSError as err:
+        output.fail(f"cannot serve on {listen}: {err.strerror}", hint="pick another --listen port")
+
+
 @app.command("up")
 def up(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="state, images and VMs")] = None,
     listen: Annotated[str, typer.Option(help="HOST:PORT for the API (port 0: any free port)")] = "127.0.0.1:8470",
     accel: Annotated[str, typer.Option(help="auto, kvm or tcg")] = "auto",
-    db: Annotated[str | None, typer.Option(help="database URL (default: SQLite in the data dir)")] = None,
+    db: Annotated[str | None, typer.Option(help="database URL, e.g. postgresql://user@host/db "
+                                                "(default: SQLite in the data dir)")] = None,
     build: Annotated[bool, typer.Option("--build/--no-build", help="build the default image if missing")] = True,
     boot_timeout: Annotated[float, typer.Option(help="seconds a guest may take to answer its agent")] = 60.0,
     log_cap: Annotated[str, typer.Option(help="largest a VM's serial log may grow, e.g. 2M")] = "2M",
@@ -69,9 +98,9 @@ def up(
     memory_threshold: Annotated[str, typer.Option(help="reclaim guest memory when available falls below")] = "256M",
 ) -> None:
     """Run the platform on this host in the foreground: control plane, agent, API."""
-    from virtpool.api.server import ServeOptions, parse_listen, serve
     from pydantic import ValidationError
 
+    from virtpool.api.server import ServeOptions, parse_listen, serve
     from virtpool.control.balancer import MemoryPolicy
     from virtpool.model.errors import VirtpoolError
     from virtpool.model.units import parse_size_mib

@@ -9,12 +9,13 @@ from typing import Annotated
 
 import typer
 from rich.live import Live
-from rich.status import Status
 from rich.table import Table
 
 from virtpool.cli import output
 from virtpool.cli.common import JsonFlag, client
+from virtpool.cli.operation import follow
 from virtpool.model.errors import VirtpoolError
+from virtpool.model.operation import Operation
 from virtpool.model.spec import PortForward
 from virtpool.model.states import VMState
 from virtpool.model.units import format_mib, parse_bytes, parse_cpu_list, parse_size_mib
@@ -26,33 +27,24 @@ app = typer.Typer(help="Virtual machines.", no_args_is_help=True)
 WaitTimeout = Annotated[float, typer.Option("--wait-timeout", help="seconds to wait for the VM to settle")]
 
 
-def _wait(api: Client, name: str, goal: str, until: set[VMState], timeout: float, quiet: bool) -> VMInfo:
-    with Status(f"{name}: {goal}…", console=output.err) if not quiet else _null():
-        vm = api.wait_vm(name, until=until, timeout=timeout)
-    if vm.state not in until:
-        output.fail(f"VM '{name}' is still {vm.state.value} after {timeout:g}s", output.EXIT_TIMEOUT)
-    return vm
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _settle(api: Client, vm: VMInfo, wanted: VMState, goal: str, wait: bool, timeout: float, json: bool) -> None:
-    if wait:
-        settled = {VMState.RUNNING, VMState.STOPPED, VMState.ERROR, VMState.CRASHED, VMState.PAUSED}
-        vm = _wait(api, vm.name, goal, settled, timeout, json)
+def _report(vm: VMInfo, wanted: VMState, waited: bool, json: bool) -> None:
     if json:
         output.emit_json(vm)
-    if wait and vm.state != wanted:
+    if waited and vm.state != wanted:
         output.fail(f"VM '{vm.name}' is {vm.state.value}: {vm.error or 'no details'}",
                     hint=f"see `virtpool vm logs {vm.name}`")
     if not json:
         output.out.print(f"VM '{vm.name}' is {output.state(vm.state.value)}")
+
+
+def _follow(api: Client, op: Operation, wanted: VMState, wait: bool, timeout: float, json: bool) -> None:
+    """Follow a VM operation (with --wait), then show the VM as it ended up."""
+    if wait:
+        op = follow(api, op, timeout, json)
+    elif not json:
+        output.err.print(f"operation {op.id}: follow it with `virtpool operation show {op.id} --wait`",
+                         highlight=False)
+    _report(api.vm(op.target or ""), wanted, wait, json)
 
 
 @app.command("create")
@@ -94,7 +86,7 @@ def create(
         vm = api.create_vm(name, image=image, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib,
                            ports=forwards, kernel_args=kernel_args, accel=accel, start=start, **limits)
         if start:
-            _settle(api, vm, VMState.RUNNING, "booting", wait, wait_timeout, json)
+            _follow(api, vm, VMState.RUNNING, wait, wait_timeout, json)
             return
     if json:
         return output.emit_json(vm)
@@ -131,12 +123,12 @@ def show(name: str, json: JsonFlag = False) -> None:
     ])
 
 
-def _action(name: str, action: str, wanted: VMState, goal: str, wait: bool, wait_timeout: float,
+def _action(name: str, action: str, wanted: VMState, wait: bool, wait_timeout: float,
             json: bool, **params: float) -> None:
     with output.errors():
         api = client()
-        vm = getattr(api, f"{action}_vm")(name, **params)
-        _settle(api, vm, wanted, goal, wait, wait_timeout, json)
+        op = getattr(api, f"{action}_vm")(name, **params)
+        _follow(api, op, wanted, wait, wait_timeout, json)
 
 
 NoWait = Annotated[bool, typer.Option("--wait/--no-wait", help="wait until it has settled")]
@@ -146,42 +138,37 @@ StopTimeout = Annotated[float, typer.Option("--timeout", help="seconds for a gra
 @app.command("start")
 def start(name: str, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
     """Boot a VM; waits until its guest agent answers."""
-    _action(name, "start", VMState.RUNNING, "booting", wait, wait_timeout, json)
+    _action(name, "start", VMState.RUNNING, wait, wait_timeout, json)
 
 
 @app.command("stop")
 def stop(name: str, timeout: StopTimeout = 30.0, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0,
          json: JsonFlag = False) -> None:
     """Shut a VM down: gracefully through its guest agent or ACPI, then hard after --timeout."""
-    _action(name, "stop", VMState.STOPPED, "stopping", wait, wait_timeout, json, timeout=timeout)
+    _action(name, "stop", VMState.STOPPED, wait, wait_timeout, json, timeout=timeout)
 
 
 @app.command("restart")
 def restart(name: str, timeout: StopTimeout = 30.0, wait: NoWait = True,
             wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
     """Stop and boot again."""
-    with output.errors():
-        api = client()
-        vm = api.restart_vm(name, timeout=timeout)
-        if wait:
-            # A restart passes through stopped: wait for the boot that follows, not the stop.
-            deadline = time.monotonic() + wait_timeout
-            while vm.state in (VMState.STOPPING, VMState.STOPPED) and time.monotonic() < deadline:
-                time.sleep(0.1)
-                vm = api.vm(name)
-        _settle(api, vm, VMState.RUNNING, "restarting", wait, wait_timeout, json)
+    _action(name, "restart", VMState.RUNNING, wait, wait_timeout, json, timeout=timeout)
 
 
 @app.command("pause")
 def pause(name: str, json: JsonFlag = False) -> None:
     """Freeze a VM's vCPUs (memory is kept)."""
-    _action(name, "pause", VMState.PAUSED, "pausing", False, 0, json)
+    with output.errors():
+        vm = client().pause_vm(name)
+    _report(vm, VMState.PAUSED, False, json)
 
 
 @app.command("resume")
 def resume(name: str, json: JsonFlag = False) -> None:
     """Continue a paused VM."""
-    _action(name, "resume", VMState.RUNNING, "resuming", False, 0, json)
+    with output.errors():
+        vm = client().resume_vm(name)
+    _report(vm, VMState.RUNNING, False, json)
 
 
 @app.command("delete")

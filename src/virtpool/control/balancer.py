@@ -13,14 +13,14 @@ import logging
 import threading
 
 import psutil
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from virtpool.control.audit import AuditLog
 from virtpool.control.events import EventLog
 from virtpool.control.vms import VMService
 from virtpool.model.agent import Agent
-from virtpool.model.memory_policy import GuestMemory, PolicyConfig, plan
 from virtpool.model.errors import VirtpoolError
+from virtpool.model.memory_policy import GuestMemory, PolicyConfig, plan
 from virtpool.model.spec import LiveChanges
 from virtpool.model.states import VMState
 
@@ -43,6 +43,8 @@ class MemoryPolicy(BaseModel):
 
 
 class PolicyUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     budget_mib: int | None = Field(default=None, ge=64)
     threshold_mib: int | None = Field(default=None, ge=0)
 

@@ -1,7 +1,15 @@
-"""The pool's event log: written by the services, read by `virtpool events` and the API."""
+"""The pool's event log: written by the services, read by `virtpool events` and the API.
+
+The database is the record (and what a reader replays from); listeners registered in this
+process hear of each event as soon as it is committed, so that streams and operations follow
+without polling.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -10,24 +18,59 @@ from sqlalchemy.orm import Session, sessionmaker
 from virtpool.control.store.tables import EventRow
 from virtpool.model.event import Event
 
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Event], None]
+
 
 class EventLog:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
 
     def record(self, kind: str, message: str, *, actor: str = "virtpool", vm: str | None = None,
-               data: dict[str, Any] | None = None) -> None:
+               project_id: str | None = None, data: dict[str, Any] | None = None) -> Event:
         with self._sessions.begin() as session:
-            session.add(EventRow(kind=kind, actor=actor, vm=vm, message=message, data=data))
+            row = EventRow(kind=kind, actor=actor, vm=vm, project_id=project_id, message=message, data=data)
+            session.add(row)
+            session.flush()
+            event = _event(row)
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # one broken listener must not stop the others or the writer
+                log.exception("event listener failed")
+        return event
+
+    def listen(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` with every event recorded from now on; returns the unsubscribe."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
 
     def list(self, *, after: int = 0, kind: str | None = None, vm: str | None = None,
-             limit: int = 100) -> list[Event]:
+             project_id: str | None = None, limit: int = 100) -> list[Event]:
         """Events with an id above ``after``, oldest first (so that a reader can follow on)."""
         query = select(EventRow).where(EventRow.id > after).order_by(EventRow.id).limit(limit)
         if kind is not None:
             query = query.where(EventRow.kind.startswith(kind))
         if vm is not None:
             query = query.where(EventRow.vm == vm)
+        if project_id is not None:
+            query = query.where(EventRow.project_id == project_id)
         with self._sessions() as session:
-            return [Event(id=r.id, time=r.time, kind=r.kind, actor=r.actor, vm=r.vm,
-                          message=r.message, data=r.data) for r in session.scalars(query)]
+            return [_event(r) for r in session.scalars(query)]
+
+
+def _event(row: EventRow) -> Event:
+    return Event(id=row.id, time=row.time, kind=row.kind, actor=row.actor, vm=row.vm,
+                 project_id=row.project_id, message=row.message, data=row.data)

@@ -10,20 +10,24 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from virtpool.control.operations import OperationService
 from virtpool.control.store.tables import VMRow
 from virtpool.model.agent import Agent
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound, VirtpoolError
 from virtpool.model.image import BuildStatus, ImageInfo
+from virtpool.model.operation import Operation
 from virtpool.model.spec import NAME_RULE, valid_name
 
 log = logging.getLogger(__name__)
 
 
 class ImageService:
-    def __init__(self, sessions: sessionmaker[Session], agent: Agent) -> None:
+    def __init__(self, sessions: sessionmaker[Session], agent: Agent, operations: OperationService) -> None:
         self._sessions = sessions
         self._agent = agent
+        self._operations = operations
         self._builds: dict[str, BuildStatus] = {}
+        self._build_ops: dict[str, str] = {}  # image name -> id of the operation building it
         self._lock = threading.Lock()
 
     def list(self) -> list[ImageInfo]:
@@ -53,18 +57,20 @@ class ImageService:
     def staging_dir(self) -> Path:
         return self._agent.staging_dir()
 
-    def start_build(self, name: str) -> BuildStatus:
+    def start_build(self, name: str, *, actor: str = "virtpool") -> Operation:
         """Start building ``name`` in the background, or return the build under way."""
         if not valid_name(name):
             raise InvalidRequest(f"'{name}' is not a valid image name", hint=NAME_RULE)
         with self._lock:
             current = self._builds.get(name)
             if current is not None and current.state == "running":
-                return current
+                return self._operations.get(self._build_ops[name])
             status = BuildStatus(name=name, state="running", step="starting")
             self._builds[name] = status
-        threading.Thread(target=self._build, args=(status,), name=f"build-{name}", daemon=True).start()
-        return status
+            op = self._operations.begin("image.build", name, actor=actor, message="starting")
+            self._build_ops[name] = op.id
+        threading.Thread(target=self._build, args=(status, op.id), name=f"build-{name}", daemon=True).start()
+        return op
 
     def build_status(self, name: str) -> BuildStatus:
         status = self._builds.get(name)
@@ -79,17 +85,24 @@ class ImageService:
         self._build(status)
         return status
 
-    def _build(self, status: BuildStatus) -> None:
+    def _build(self, status: BuildStatus, op_id: str | None = None) -> None:
         def progress(step: str, fraction: float) -> None:
+            changed = step != status.step or int(fraction * 100) != int(status.progress * 100)
             status.step, status.progress = step, fraction
+            if op_id is not None and changed:  # each new step or percent, not every callback
+                self._operations.progress(op_id, int(fraction * 100), step)
 
         try:
             _, built = self._agent.build_image(status.name, progress)
-        except VirtpoolError as err:
-            status.state, status.error = "failed", str(err)
-            return
         except Exception as err:
-            log.exception("build of image %s failed", status.name)
-            status.state, status.error = "failed", f"internal error: {err!r}"
+            if not isinstance(err, VirtpoolError):
+                log.exception("build of image %s failed", status.name)
+            status.state = "failed"
+            status.error = str(err) if isinstance(err, VirtpoolError) else f"internal error: {err!r}"
+            if op_id is not None:
+                self._operations.fail(op_id, status.error)
             return
         status.built, status.progress, status.state, status.step = built, 1.0, "done", "done"
+        if op_id is not None:
+            self._operations.succeed(op_id, "built" if built else "up to date (cached)",
+                                     {"image": status.name, "built": built})

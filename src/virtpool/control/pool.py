@@ -15,11 +15,12 @@ from virtpool.control.auth import TokenService
 from virtpool.control.balancer import MemoryBalancer, MemoryPolicy
 from virtpool.control.events import EventLog
 from virtpool.control.images import ImageService
+from virtpool.control.operations import OperationService
 from virtpool.control.store import db
+from virtpool.control.vm_operations import VMOperations
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
 from virtpool.model.agent import Agent
 from virtpool.model.layout import TOKEN_FILE, URL_FILE
-
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class PoolConfig:
     db_url: str | None = None  # default: SQLite in the data dir
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S
     memory: MemoryPolicy = field(default_factory=MemoryPolicy)
+    # `virtpool server`: no agent on this host, so nothing to reconcile, balance or resume.
+    control_only: bool = False
 
     @property
     def token_file(self) -> Path:
@@ -44,21 +47,24 @@ class Pool:
     def __init__(self, config: PoolConfig, agent: Agent) -> None:
         self.config = config
         self.agent = agent
-        self.engine = db.make_engine(config.db_url or db.sqlite_url(config.data_dir / "state.db"))
-        db.migrate(self.engine)
+        self.engine = db.open_database(config.db_url or db.sqlite_url(config.data_dir / "state.db"))
         sessions = db.session_factory(self.engine)
         self.tokens = TokenService(sessions)
         self.events = EventLog(sessions)
         self.audit = AuditLog(sessions)
         self.vms = VMService(sessions, agent, socket.gethostname(), boot_timeout=config.boot_timeout,
                              events=self.events, memory=lambda: self.balancer.policy)
-        self.images = ImageService(sessions, agent)
+        self.operations = OperationService(sessions)
+        self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
+        self.images = ImageService(sessions, agent, self.operations)
         self.balancer = MemoryBalancer(self.vms, agent, self.events, self.audit, config.memory)
 
     def start(self) -> bool:
         """Reconcile VMs with the host; create the admin token on first start (True then)."""
-        self.vms.reconcile()
-        self.balancer.start()
+        if not self.config.control_only:
+            self.operations.fail_interrupted()
+            self.vms.reconcile()
+            self.balancer.start()
         return self.tokens.bootstrap(self.config.token_file)
 
     def close(self) -> None:

@@ -34,9 +34,9 @@ from virtpool.model.errors import (
     NotFound,
     VirtpoolError,
 )
+from virtpool.model.resize import plan_resize
 from virtpool.model.spec import ExecResult, PortForward, Resize, VMSpec
 from virtpool.model.states import ACTIVE, VMState, check_action, check_transition
-from virtpool.model.resize import plan_resize
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,14 @@ class VMService:
 
     def list(self, *, limit: int = 1000, offset: int = 0) -> list[VMInfo]:
         with self._sessions() as session:
-            rows = session.scalars(select(VMRow).order_by(VMRow.name).limit(limit).offset(offset))
+            # (project, name) is the unique index: the page is read in index order, not sorted.
+            rows = session.scalars(
+                select(VMRow).order_by(VMRow.project_id, VMRow.name).limit(limit).offset(offset))
             return [_info(row) for row in rows]
+
+    def count(self) -> int:
+        with self._sessions() as session:
+            return session.scalar(select(func.count()).select_from(VMRow)) or 0
 
     def get(self, ref: str) -> VMInfo:
         with self._sessions() as session:
@@ -122,10 +128,11 @@ class VMService:
         if changed:
             self._notify()
             if self._events is not None:
-                name = self._name_of(vm_id)
+                name, project_id = self._identity(vm_id)
                 detail = f": {error}" if error else ""
                 self._events.record("vm.state", f"VM '{name}' is {new.value}{detail}", vm=name,
-                                    data={"state": new.value})
+                                    project_id=project_id,
+                                    data={"state": new.value, "id": vm_id, "error": error})
         return changed
 
     def _slot_of(self, vm_id: str) -> int:
@@ -135,9 +142,11 @@ class VMService:
             raise NotFound(f"VM {vm_id} was deleted while it started")
         return slot
 
-    def _name_of(self, vm_id: str) -> str:
+    def _identity(self, vm_id: str) -> tuple[str, str | None]:
+        """The VM's name and project (its id and no project once it is gone)."""
         with self._sessions() as session:
-            return session.scalar(select(VMRow.name).where(VMRow.id == vm_id)) or vm_id
+            row = session.execute(select(VMRow.name, VMRow.project_id).where(VMRow.id == vm_id)).first()
+        return (row.name, row.project_id) if row is not None else (vm_id, None)
 
     def _claim(self, ref: str, action: str, new: VMState) -> VMInfo:
         """Check that ``action`` is allowed now and move to ``new`` in one step."""

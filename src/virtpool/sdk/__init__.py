@@ -1,5 +1,21 @@
 """The Python SDK."""
 
-from virtpool.sdk.client import APIError, Client
+from virtpool.sdk.client import Client, VMPage
+from virtpool.sdk.errors import (
+    APIError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    OperationFailed,
+    PayloadTooLarge,
+    QuotaExceeded,
+    ServerError,
+    Unauthorized,
+    Unreachable,
+)
 
-__all__ = ["APIError", "Client"]
+__all__ = ["APIError", "BadRequest", "Client", "Conflict", "Forbidden", "InvalidRequest", "NotFound",
+           "OperationFailed", "PayloadTooLarge", "QuotaExceeded", "ServerError", "Unauthorized",
+           "Unreachable", "VMPage"]

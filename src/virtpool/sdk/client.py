@@ -4,36 +4,27 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import httpx
+from httpx_sse import connect_sse
 
 from virtpool.model.audit import AuditEntry
 from virtpool.model.event import Event
 from virtpool.model.image import BuildStatus, ImageInfo
+from virtpool.model.operation import Operation
 from virtpool.model.spec import ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
+from virtpool.sdk.errors import APIError, OperationFailed, error_class
 
 SETTLED = frozenset({VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.ERROR, VMState.CRASHED})
 
 
 LONG_POLL_S = 60.0
-
-
-class APIError(Exception):
-    """The API refused a call; carries its problem+json."""
-
-    def __init__(self, status: int, title: str, detail: str, hint: str | None = None,
-                 body: dict[str, Any] | None = None) -> None:
-        super().__init__(f"{detail} ({hint})" if hint else detail)
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.hint = hint
-        self.body = body or {}
 
 
 class Client:
@@ -61,15 +52,8 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as err:
-            raise APIError(0, "unreachable", f"cannot reach virtpool at {self.url}: {err}",
-                           "is `virtpool up` running? check VIRTPOOL_URL") from err
-        if response.is_error:
-            try:
-                body = response.json()
-            except ValueError:
-                body = {"detail": response.text or response.reason_phrase}
-            raise APIError(response.status_code, body.get("title", "error"),
-                           str(body.get("detail", "")), body.get("hint"), body)
+            raise _unreachable(self.url, err) from err
+        _raise_for_problem(response)
         return response
 
     # -- host and images ------------------------------------------------------------------
@@ -78,9 +62,10 @@ class Client:
         return HostInfo.model_validate(self._call("GET", "/host").json())
 
     def events(self, *, after: int = 0, kind: str | None = None, vm: str | None = None,
-               limit: int = 100) -> list[Event]:
+               project: str | None = None, limit: int = 100) -> list[Event]:
+        """Events after id ``after``, oldest first (see stream_events to follow them)."""
         params: dict[str, Any] = {"after": after, "limit": limit}
-        params.update({k: v for k, v in (("kind", kind), ("vm", vm)) if v is not None})
+        params.update({k: v for k, v in (("kind", kind), ("vm", vm), ("project", project)) if v is not None})
         return [Event.model_validate(e) for e in self._call("GET", "/events", params=params).json()]
 
     def audit(self, *, after: int = 0, since: str | None = None, limit: int = 100) -> list[AuditEntry]:
@@ -103,8 +88,9 @@ class Client:
     def image(self, name: str) -> ImageInfo:
         return ImageInfo.model_validate(self._call("GET", f"/images/{name}").json())
 
-    def build_image(self, name: str = "default") -> BuildStatus:
-        return BuildStatus.model_validate(self._call("POST", f"/images/{name}/build").json())
+    def build_image(self, name: str = "default") -> Operation:
+        """Start building an image (or join the build under way); follow it with wait_operation."""
+        return Operation.model_validate(self._call("POST", f"/images/{name}/build").json())
 
     def build_status(self, name: str) -> BuildStatus:
         return BuildStatus.model_validate(self._call("GET", f"/images/{name}/build").json())
@@ -130,46 +116,70 @@ class Client:
     # -- VMs ------------------------------------------------------------------------------
 
     def vms(self) -> list[VMInfo]:
+        """Every VM, read page by page."""
         result: list[VMInfo] = []
         while True:
-            page = self._call("GET", "/vms", params={"limit": 1000, "offset": len(result)}).json()
-            result += [VMInfo.model_validate(v) for v in page]
-            if len(page) < 1000:
+            page = self.vms_page(limit=1000, offset=len(result))
+            result += page.items
+            if not page.items or len(result) >= page.total:
                 return result
+
+    def vms_page(self, *, limit: int = 100, offset: int = 0) -> VMPage:
+        """One page of VMs and the total count."""
+        response = self._call("GET", "/vms", params={"limit": limit, "offset": offset})
+        return VMPage(items=[VMInfo.model_validate(v) for v in response.json()],
+                      total=int(response.headers.get("X-Total-Count", 0)))
 
     def vm(self, name: str) -> VMInfo:
         return VMInfo.model_validate(self._call("GET", f"/vms/{name}").json())
 
+    @overload
+    def create_vm(self, name: str, *, image: str = ..., cpus: int = ..., memory_mib: int = ...,
+                  disk_mib: int = ..., ports: Iterable[PortForward | str] = ..., kernel_args: str = ...,
+                  accel: str = ..., start: Literal[False] = ...,
+                  **limits: int | list[int] | None) -> VMInfo: ...
+
+    @overload
+    def create_vm(self, name: str, *, image: str = ..., cpus: int = ..., memory_mib: int = ...,
+                  disk_mib: int = ..., ports: Iterable[PortForward | str] = ..., kernel_args: str = ...,
+                  accel: str = ..., start: Literal[True], **limits: int | list[int] | None) -> Operation: ...
+
     def create_vm(self, name: str, *, image: str = "default", cpus: int = 1, memory_mib: int = 256,
                   disk_mib: int = 1024, ports: Iterable[PortForward | str] = (),
                   kernel_args: str = "", accel: str = "auto", start: bool = False,
-                  **limits: int | list[int] | None) -> VMInfo:
-        """Create a VM; ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight, disk_iops,
-        disk_bps and cpu_affinity (a list of host CPUs)."""
+                  **limits: int | list[int] | None) -> VMInfo | Operation:
+        """Create a VM and return it; with ``start``, create and boot it and return the
+        operation to follow. ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight,
+        disk_iops, disk_bps and cpu_affinity (a list of host CPUs)."""
         body = {**limits,
             "name": name, "image": image, "cpus": cpus, "memory_mib": memory_mib,
             "disk_mib": disk_mib, "kernel_args": kernel_args, "accel": accel, "start": start,
             "ports": [(PortForward.parse(p) if isinstance(p, str) else p).model_dump() for p in ports],
         }
-        return VMInfo.model_validate(self._call("POST", "/vms", json=body).json())
+        response = self._call("POST", "/vms", json=body)
+        if start:
+            return Operation.model_validate(response.json())
+        return VMInfo.model_validate(response.json())
 
-    def _action(self, name: str, action: str, **params: Any) -> VMInfo:
-        return VMInfo.model_validate(self._call("POST", f"/vms/{name}/{action}", params=params).json())
+    def _action(self, name: str, action: str, **params: Any) -> Any:
+        return self._call("POST", f"/vms/{name}/{action}", params=params).json()
 
-    def start_vm(self, name: str) -> VMInfo:
-        return self._action(name, "start")
+    def start_vm(self, name: str) -> Operation:
+        """Boot a VM; returns the operation to follow."""
+        return Operation.model_validate(self._action(name, "start"))
 
-    def stop_vm(self, name: str, timeout: float = 30.0) -> VMInfo:
-        return self._action(name, "stop", timeout=timeout)
+    def stop_vm(self, name: str, timeout: float = 30.0) -> Operation:
+        """Shut a VM down (hard after ``timeout`` seconds); returns the operation to follow."""
+        return Operation.model_validate(self._action(name, "stop", timeout=timeout))
 
-    def restart_vm(self, name: str, timeout: float = 30.0) -> VMInfo:
-        return self._action(name, "restart", timeout=timeout)
+    def restart_vm(self, name: str, timeout: float = 30.0) -> Operation:
+        return Operation.model_validate(self._action(name, "restart", timeout=timeout))
 
     def pause_vm(self, name: str) -> VMInfo:
-        return self._action(name, "pause")
+        return VMInfo.model_validate(self._action(name, "pause"))
 
     def resume_vm(self, name: str) -> VMInfo:
-        return self._action(name, "resume")
+        return VMInfo.model_validate(self._action(name, "resume"))
 
     def delete_vm(self, name: str, *, force: bool = False) -> None:
         self._call("DELETE", f"/vms/{name}", params={"force": force})
@@ -214,3 +224,83 @@ class Client:
             vm = VMInfo.model_validate(response.json())
             if vm.state.value in wanted or time.monotonic() >= deadline:
                 return vm
+
+    # -- operations and the event stream --------------------------------------------------
+
+    def operations(self, *, project: str | None = None, status: str | None = None,
+                   kind: str | None = None, target: str | None = None, limit: int = 50) -> list[Operation]:
+        """Recent operations, newest first."""
+        params = {k: v for k, v in (("project", project), ("status", status), ("kind", kind),
+                                    ("target", target)) if v is not None}
+        response = self._call("GET", "/operations", params={**params, "limit": limit})
+        return [Operation.model_validate(o) for o in response.json()]
+
+    def operation(self, op_id: str, *, wait: float = 0) -> Operation:
+        """An operation; with ``wait``, the server answers once it finished or moved on."""
+        response = self._call("GET", f"/operations/{op_id}", params={"wait": wait} if wait else None,
+                              timeout=wait + 30)
+        return Operation.model_validate(response.json())
+
+    def wait_operation(self, op: Operation | str, *, timeout: float = 300.0, check: bool = True,
+                       on_progress: Callable[[Operation], None] | None = None) -> Operation:
+        """Follow an operation to its end (long polls, no busy loop) and return it.
+
+        ``on_progress`` hears every change. With ``check``, a failed operation raises
+        :class:`OperationFailed`. Returns the unfinished operation if ``timeout`` passes first.
+        """
+        current = op if isinstance(op, Operation) else self.operation(op)
+        deadline = time.monotonic() + timeout
+        while not current.done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return current
+            current = self.operation(current.id, wait=min(remaining, LONG_POLL_S))
+            if on_progress is not None:
+                on_progress(current)
+        if check and current.status == "failed":
+            raise OperationFailed(current)
+        return current
+
+    def stream_events(self, *, after: int = 0, project: str | None = None, vm: str | None = None,
+                      kind: str | None = None) -> Iterator[Event]:
+        """Events after id ``after``, then each new one as it happens (server-sent events).
+
+        Runs until the caller stops iterating; the server sends heartbeats, so a silent pool
+        does not time the connection out.
+        """
+        params = {k: v for k, v in (("project", project), ("vm", vm), ("kind", kind)) if v is not None}
+        try:
+            with connect_sse(self._http, "GET", "/events/stream", params={**params, "after": after},
+                             timeout=httpx.Timeout(self._http.timeout.connect, read=None)) as source:
+                _raise_for_problem(source.response)
+                for message in source.iter_sse():
+                    if message.data:
+                        yield Event.model_validate_json(message.data)
+        except httpx.TransportError as err:
+            raise _unreachable(self.url, err) from err
+
+
+@dataclass(frozen=True)
+class VMPage:
+    items: list[VMInfo]
+    total: int
+
+
+def _unreachable(url: str, err: Exception) -> APIError:
+    return error_class(0, {})(0, "unreachable", f"cannot reach virtpool at {url}: {err}",
+                              "is `virtpool up` running? check VIRTPOOL_URL")
+
+
+def _raise_for_problem(response: httpx.Response) -> None:
+    """Raise the exception class that fits an error answer's status and problem+json."""
+    if not response.is_error:
+        return
+    try:
+        response.read()
+        body = response.json()
+    except ValueError:
+        body = {"detail": response.text or response.reason_phrase}
+    if not isinstance(body, dict):
+        body = {"detail": str(body)}
+    raise error_class(response.status_code, body)(
+        response.status_code, body.get("title", "error"), str(body.get("detail", "")), body.get("hint"), body)

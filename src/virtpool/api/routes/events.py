@@ -1,13 +1,29 @@
-"""The event log: what the pool did and why."""
+"""The event log: what the pool did and why, as a page to poll or a server-sent event stream."""
 
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from virtpool.api.deps import Caller, PoolDep
+from virtpool.control.pool import Pool
 from virtpool.model.event import Event
 
 router = APIRouter(tags=["events"])
+
+HEARTBEAT_S = 15.0
+# Events written by another process sharing the database are not announced here: look anyway
+# this often.
+RECHECK_S = 5.0
+BATCH = 500
+
+Kind = Annotated[str | None, Query(max_length=32, description="prefix, e.g. vm.state")]
+VMName = Annotated[str | None, Query(max_length=63)]
+Project = Annotated[str | None, Query(max_length=63, description="project id")]
 
 
 @router.get("/events", response_model=list[Event],
@@ -15,8 +31,60 @@ router = APIRouter(tags=["events"])
 def list_events(
     pool: PoolDep, _: Caller,
     after: Annotated[int, Query(ge=0)] = 0,
-    kind: Annotated[str | None, Query(max_length=32)] = None,
-    vm: Annotated[str | None, Query(max_length=63)] = None,
+    kind: Kind = None,
+    vm: VMName = None,
+    project: Project = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[Event]:
-    return pool.events.list(after=after, kind=kind, vm=vm, limit=limit)
+    return pool.events.list(after=after, kind=kind, vm=vm, project_id=project, limit=limit)
+
+
+@router.get("/events/stream", response_class=EventSourceResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "one SSE message per event: id, event = kind, data = the event"}},
+            summary="Events as server-sent events; resumes after Last-Event-ID (or AFTER)")
+def stream_events(
+    pool: PoolDep, _: Caller,
+    after: Annotated[int, Query(ge=0)] = 0,
+    kind: Kind = None,
+    vm: VMName = None,
+    project: Project = None,
+    last_event_id: Annotated[int | None, Header(ge=0, description="the last id received")] = None,
+) -> EventSourceResponse:
+    start = last_event_id if last_event_id is not None else after
+    return EventSourceResponse(_follow(pool, start, kind, vm, project), ping=HEARTBEAT_S)
+
+
+def _matches(event: Event, kind: str | None, vm: str | None, project: str | None) -> bool:
+    return ((kind is None or event.kind.startswith(kind)) and (vm is None or event.vm == vm)
+            and (project is None or event.project_id == project))
+
+
+async def _follow(pool: Pool, after: int, kind: str | None, vm: str | None,
+                  project: str | None) -> AsyncIterator[ServerSentEvent]:
+    """Replay from the database, then send each new event as the log announces it."""
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+
+    def announce(event: Event) -> None:
+        if _matches(event, kind, vm, project):
+            loop.call_soon_threadsafe(wake.set)
+
+    remove = pool.events.listen(announce)
+    try:
+        while True:
+            # Cleared before reading: an event committed after the read sets it again.
+            wake.clear()
+            batch = await asyncio.to_thread(pool.events.list, after=after, kind=kind, vm=vm,
+                                            project_id=project, limit=BATCH)
+            for event in batch:
+                yield ServerSentEvent(event.model_dump_json(), id=str(event.id), event=event.kind)
+                after = event.id
+            if len(batch) == BATCH:
+                continue
+            try:
+                await asyncio.wait_for(wake.wait(), RECHECK_S)
+            except TimeoutError:
+                pass
+    finally:
+        remove()

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from fastapi.responses import JSONResponse
 
 from virtpool.api.deps import Caller, PoolDep
+from virtpool.api.routes.operations import ACCEPTED, accepted
 from virtpool.model.image import BuildStatus, ImageInfo
 from virtpool.model.spec import MAX_KERNEL_ARGS
 
@@ -31,10 +33,12 @@ def delete_image(name: str, pool: PoolDep, _: Caller) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{name}/build", response_model=BuildStatus, status_code=status.HTTP_202_ACCEPTED,
-             summary="Build the default recipe (Debian kernel, busybox, guest agent) as NAME")
-def build_image(name: str, pool: PoolDep, _: Caller) -> BuildStatus:
-    return pool.images.start_build(name)
+@router.post("/{name}/build", status_code=status.HTTP_202_ACCEPTED, response_class=JSONResponse,
+             responses=ACCEPTED,
+             summary="Build the default recipe (Debian kernel, busybox, guest agent) as NAME; "
+             "follow the operation")
+def build_image(name: str, pool: PoolDep, caller: Caller) -> JSONResponse:
+    return accepted(pool.images.start_build(name, actor=caller.name))
 
 
 @router.get("/{name}/build", response_model=BuildStatus)

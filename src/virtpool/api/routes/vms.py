@@ -7,15 +7,27 @@ import base64
 import binascii
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, WebSocket, WebSocketDisconnect, status
-from pydantic import BaseModel, Field
+from fastapi import (
+    APIRouter,
+    Query,
+    Request,
+    Response,
+    WebSocket,
+    WebSocketDisconnect,
+    status,
+)
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from virtpool.api.deps import Caller, PoolDep, bearer
+from virtpool.api.paging import page_headers
+from virtpool.api.routes.operations import ACCEPTED, accepted
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
 from virtpool.model.errors import InvalidRequest, VirtpoolError
 from virtpool.model.spec import ExecResult, Resize, VMSpec
 from virtpool.model.states import VMState
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
+
 # The console is a local socket until remote agents proxy it; the same peer check applies.
 from virtpool.node.qemu import peer
 
@@ -34,27 +46,32 @@ class VMCreate(VMSpec):
 
 
 class ExecRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     argv: list[Annotated[str, Field(max_length=65536)]] = Field(min_length=1, max_length=MAX_EXEC_ARGS)
     timeout: float = Field(default=60.0, gt=0, le=MAX_EXEC_TIMEOUT_S)
     stdin: str | None = Field(default=None, description="base64", max_length=MAX_STDIN_BYTES * 4 // 3 + 4)
 
 
-@router.get("", response_model=list[VMInfo])
+@router.get("", response_model=list[VMInfo],
+            summary="A page of VMs; X-Total-Count gives the total, Link the next page")
 def list_vms(
-    pool: PoolDep, _: Caller,
+    request: Request, response: Response, pool: PoolDep, _: Caller,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[VMInfo]:
-    return pool.vms.list(limit=limit, offset=offset)
+    vms = pool.vms.list(limit=limit, offset=offset)
+    response.headers.update(page_headers(request, pool.vms.count(), limit, offset))
+    return vms
 
 
-@router.post("", response_model=VMInfo, status_code=status.HTTP_201_CREATED)
-def create_vm(body: VMCreate, pool: PoolDep, _: Caller, response: Response) -> VMInfo:
+@router.post("", response_model=VMInfo, status_code=status.HTTP_201_CREATED, responses=ACCEPTED,
+             summary="Create a VM (201); with start, create and boot it as an operation (202)")
+def create_vm(body: VMCreate, pool: PoolDep, caller: Caller) -> VMInfo | JSONResponse:
     spec = VMSpec.model_validate(body.model_dump(exclude={"start"}))
-    vm = pool.vms.create(spec, start=body.start)
     if body.start:
-        response.status_code = status.HTTP_202_ACCEPTED
-    return vm
+        return accepted(pool.vm_operations.create(spec, actor=caller.name))
+    return pool.vms.create(spec)
 
 
 @router.get("/{name}", response_model=VMInfo,
@@ -75,25 +92,28 @@ def delete_vm(name: str, pool: PoolDep, _: Caller, force: bool = False) -> Respo
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{name}/start", response_model=VMInfo, status_code=status.HTTP_202_ACCEPTED)
-def start_vm(name: str, pool: PoolDep, _: Caller) -> VMInfo:
-    return pool.vms.start(name)
+@router.post("/{name}/start", status_code=status.HTTP_202_ACCEPTED, response_class=JSONResponse,
+             responses=ACCEPTED, summary="Boot a VM; follow the operation")
+def start_vm(name: str, pool: PoolDep, caller: Caller) -> JSONResponse:
+    return accepted(pool.vm_operations.start(name, actor=caller.name))
 
 
-@router.post("/{name}/stop", response_model=VMInfo, status_code=status.HTTP_202_ACCEPTED)
+@router.post("/{name}/stop", status_code=status.HTTP_202_ACCEPTED, response_class=JSONResponse,
+             responses=ACCEPTED, summary="Shut a VM down; follow the operation")
 def stop_vm(
-    name: str, pool: PoolDep, _: Caller,
+    name: str, pool: PoolDep, caller: Caller,
     timeout: Annotated[float, Query(gt=0, le=3600)] = DEFAULT_STOP_TIMEOUT_S,
-) -> VMInfo:
-    return pool.vms.stop(name, timeout=timeout)
+) -> JSONResponse:
+    return accepted(pool.vm_operations.stop(name, actor=caller.name, timeout=timeout))
 
 
-@router.post("/{name}/restart", response_model=VMInfo, status_code=status.HTTP_202_ACCEPTED)
+@router.post("/{name}/restart", status_code=status.HTTP_202_ACCEPTED, response_class=JSONResponse,
+             responses=ACCEPTED, summary="Stop and boot a VM again; follow the operation")
 def restart_vm(
-    name: str, pool: PoolDep, _: Caller,
+    name: str, pool: PoolDep, caller: Caller,
     timeout: Annotated[float, Query(gt=0, le=3600)] = DEFAULT_STOP_TIMEOUT_S,
-) -> VMInfo:
-    return pool.vms.restart(name, timeout=timeout)
+) -> JSONResponse:
+    return accepted(pool.vm_operations.restart(name, actor=caller.name, timeout=timeout))
 
 
 @router.post("/{name}/pause", response_model=VMInfo)

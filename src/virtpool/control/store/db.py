@@ -11,7 +11,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from virtpool.model.errors import VirtpoolError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 10_000
@@ -19,6 +22,37 @@ BUSY_TIMEOUT_MS = 10_000
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
+
+
+class DatabaseUnavailable(VirtpoolError):
+    status = 503
+    title = "database unavailable"
+
+
+def open_database(url: str) -> Engine:
+    """An engine on ``url`` with the schema migrated to the newest revision."""
+    try:
+        engine = make_engine(normalize_url(url))
+        migrate(engine)
+    except ArgumentError as err:
+        raise DatabaseUnavailable(f"cannot read database URL: {err}",
+                                  hint="e.g. postgresql://user@host:5432/dbname") from err
+    except ModuleNotFoundError as err:
+        raise DatabaseUnavailable(f"no driver for this database URL: {err}",
+                                  hint="use postgresql:// (psycopg) or sqlite:///PATH") from err
+    except OperationalError as err:
+        raise DatabaseUnavailable(f"cannot open the database: {err.orig}",
+                                  hint="is the database server running, and the URL right?") from err
+    return engine
+
+
+def normalize_url(url: str) -> str:
+    """Accept the URLs PostgreSQL's own tools take (``postgresql://``, ``postgres://``) and
+    pick the psycopg 3 driver for them; other URLs pass unchanged."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    return url
 
 
 def make_engine(url: str) -> Engine:
@@ -35,7 +69,9 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # Requests run in a thread pool of 40 (AnyIO's default) besides the VM workers: enough
+    # connections that none of them waits for one.
+    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=40)
 
 
 def migrate(engine: Engine) -> None:

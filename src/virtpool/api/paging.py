@@ -1,0 +1,19 @@
+"""Paging headers: the total behind a page, and links to the next and previous pages."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+
+def page_headers(request: Request, total: int, limit: int, offset: int) -> dict[str, str]:
+    """``X-Total-Count`` and an RFC 8288 ``Link`` header (rel next/prev where they exist)."""
+    links = []
+    if offset + limit < total:
+        links.append(f'<{request.url.include_query_params(offset=offset + limit, limit=limit)}>; rel="next"')
+    if offset > 0:
+        links.append(f'<{request.url.include_query_params(offset=max(0, offset - limit), limit=limit)}>; '
+                     'rel="prev"')
+    headers = {"X-Total-Count": str(total)}
+    if links:
+        headers["Link"] = ", ".join(links)
+    return headers

@@ -1,0 +1,116 @@
+"""Operations: the record of long actions, so that a client can follow one to its end.
+
+An operation is written before the work it describes starts and is finished (succeeded or
+failed) by whoever does that work. Waiters in this process are woken on every change; a change
+made by another process sharing the database is seen at the next bounded recheck.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from virtpool.control.store.tables import OperationRow, utcnow
+from virtpool.model.errors import NotFound
+from virtpool.model.operation import FINISHED, Operation
+
+WAIT_RECHECK_S = 1.0
+INTERRUPTED = ("virtpool restarted while this operation ran, so its outcome was not recorded; "
+               "look at its target to see where it got to, and ask again if needed")
+
+
+class OperationService:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+        self._changed = threading.Condition()
+        self._generation = 0
+
+    def begin(self, kind: str, target: str | None, *, actor: str, project_id: str | None = None,
+              message: str | None = None) -> Operation:
+        """Record a new running operation."""
+        row = OperationRow(id=uuid.uuid4().hex, kind=kind, target=target, project_id=project_id,
+                           actor=actor, status="running", progress=0, message=message)
+        with self._sessions.begin() as session:
+            session.add(row)
+        self._notify()
+        return _operation(row)
+
+    def progress(self, op_id: str, progress: int, message: str | None = None) -> None:
+        """Move an unfinished operation on (never backwards, never after it finished)."""
+        values: dict[str, Any] = {"progress": max(0, min(progress, 99)), "updated_at": utcnow()}
+        if message is not None:
+            values["message"] = message
+        self._write(op_id, values, OperationRow.progress <= values["progress"])
+
+    def succeed(self, op_id: str, message: str | None = None, result: dict[str, Any] | None = None) -> None:
+        self._write(op_id, {"status": "succeeded", "progress": 100, "message": message, "result": result,
+                            "updated_at": utcnow()})
+
+    def fail(self, op_id: str, error: str) -> None:
+        self._write(op_id, {"status": "failed", "error": error, "message": "failed", "updated_at": utcnow()})
+
+    def _write(self, op_id: str, values: dict[str, Any], *conditions: Any) -> None:
+        with self._sessions.begin() as session:
+            session.execute(
+                update(OperationRow)
+                .where(OperationRow.id == op_id, OperationRow.status.not_in(FINISHED), *conditions)
+                .values(**values))
+        self._notify()
+
+    def fail_interrupted(self) -> int:
+        """At start: operations left unfinished by a process that died can never finish."""
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(OperationRow)
+                .where(OperationRow.status.in_(["pending", "running"]))
+                .values(status="failed", error=INTERRUPTED, message="interrupted", updated_at=utcnow()))
+        return result.rowcount
+
+    def get(self, op_id: str) -> Operation:
+        with self._sessions() as session:
+            row = session.get(OperationRow, op_id)
+            if row is None:
+                raise NotFound(f"no operation '{op_id}'", hint="see `virtpool operation list`")
+            return _operation(row)
+
+    def list(self, *, project_id: str | None = None, status: str | None = None,
+             kind: str | None = None, target: str | None = None, limit: int = 50) -> list[Operation]:
+        """The most recent operations first."""
+        query = select(OperationRow).order_by(OperationRow.created_at.desc(), OperationRow.id).limit(limit)
+        for column, value in ((OperationRow.project_id, project_id), (OperationRow.status, status),
+                              (OperationRow.kind, kind), (OperationRow.target, target)):
+            if value is not None:
+                query = query.where(column == value)
+        with self._sessions() as session:
+            return [_operation(r) for r in session.scalars(query)]
+
+    def wait(self, op_id: str, timeout: float) -> Operation:
+        """Block until the operation has finished or its progress moved on (or ``timeout``)."""
+        first = self.get(op_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._changed:
+                seen = self._generation
+            op = self.get(op_id)  # read outside the lock; a change after `seen` is not missed
+            remaining = deadline - time.monotonic()
+            if op.done or (op.progress, op.message) != (first.progress, first.message) or remaining <= 0:
+                return op
+            with self._changed:
+                self._changed.wait_for(lambda: self._generation != seen, min(remaining, WAIT_RECHECK_S))
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+
+def _operation(row: OperationRow) -> Operation:
+    return Operation(id=row.id, kind=row.kind, target=row.target, project_id=row.project_id,
+                     actor=row.actor, status=row.status, progress=row.progress, message=row.message,
+                     error=row.error, result=row.result, created_at=row.created_at or utcnow(),
+                     updated_at=row.updated_at or utcnow())

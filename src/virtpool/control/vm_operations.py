@@ -1,0 +1,117 @@
+"""VM actions as operations: each long action returns an operation that its VM's state
+changes carry to the end.
+
+The VM service does the work and records every state change as an event; this module listens
+to those events and moves the operation that waits on that VM. An operation is registered
+after its action was accepted (a refused action leaves no operation behind) and then reads the
+VM's current state once, so that a change made before it was registered is not missed.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from virtpool.control.events import EventLog
+from virtpool.control.operations import OperationService
+from virtpool.control.store.tables import VMRow
+from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, VMService
+from virtpool.model.event import Event
+from virtpool.model.operation import Operation
+from virtpool.model.spec import VMSpec
+from virtpool.model.states import VMState
+
+S = VMState
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the states a VM passes through mean for one kind of operation."""
+
+    goal: VMState
+    # state -> (progress, message) on the way to the goal
+    steps: dict[VMState, tuple[int, str]]
+
+
+PLANS: dict[str, Plan] = {
+    "vm.create": Plan(S.RUNNING, {S.STOPPED: (30, "disk created"), S.STARTING: (50, "booting")}),
+    "vm.start": Plan(S.RUNNING, {S.STARTING: (30, "booting")}),
+    "vm.stop": Plan(S.STOPPED, {S.STOPPING: (30, "shutting down")}),
+    "vm.restart": Plan(S.RUNNING, {S.STOPPING: (20, "shutting down"), S.STOPPED: (50, "stopped"),
+                                   S.STARTING: (60, "booting")}),
+}
+FAILED_STATES = {S.ERROR: "failed", S.CRASHED: "crashed", S.DELETING: "was deleted"}
+
+
+class VMOperations:
+    """Start, stop, restart and create-and-start, each followed by an operation."""
+
+    def __init__(self, sessions: sessionmaker[Session], vms: VMService, operations: OperationService,
+                 events: EventLog) -> None:
+        self._sessions = sessions
+        self._vms = vms
+        self._operations = operations
+        self._lock = threading.Lock()
+        self._watching: dict[str, tuple[str, Plan]] = {}  # vm id -> (operation id, plan)
+        events.listen(self._on_event)
+
+    def create(self, spec: VMSpec, *, actor: str) -> Operation:
+        """Create and boot a VM."""
+        vm = self._vms.create(spec, start=True)
+        return self._follow("vm.create", vm.id, vm.name, actor)
+
+    def start(self, ref: str, *, actor: str) -> Operation:
+        vm = self._vms.start(ref)
+        return self._follow("vm.start", vm.id, vm.name, actor)
+
+    def stop(self, ref: str, *, actor: str, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> Operation:
+        vm = self._vms.stop(ref, timeout=timeout)
+        return self._follow("vm.stop", vm.id, vm.name, actor)
+
+    def restart(self, ref: str, *, actor: str, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> Operation:
+        vm = self._vms.restart(ref, timeout=timeout)
+        return self._follow("vm.restart", vm.id, vm.name, actor)
+
+    def _follow(self, kind: str, vm_id: str, name: str, actor: str) -> Operation:
+        with self._sessions() as session:
+            project_id = session.scalar(select(VMRow.project_id).where(VMRow.id == vm_id))
+        op = self._operations.begin(kind, name, actor=actor, project_id=project_id)
+        plan = PLANS[kind]
+        with self._lock:
+            previous = self._watching.get(vm_id)
+            self._watching[vm_id] = (op.id, plan)
+        if previous is not None:
+            self._operations.fail(previous[0], f"superseded by a later {kind} of VM '{name}'")
+        self._advance(vm_id, self._state_of(vm_id), None)
+        return self._operations.get(op.id)
+
+    def _state_of(self, vm_id: str) -> VMState | None:
+        with self._sessions() as session:
+            state = session.scalar(select(VMRow.state).where(VMRow.id == vm_id))
+        return S(state) if state is not None else None
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind != "vm.state" or not event.data or "id" not in event.data:
+            return
+        self._advance(event.data["id"], S(event.data["state"]), event.data.get("error"))
+
+    def _advance(self, vm_id: str, state: VMState | None, error: str | None) -> None:
+        with self._lock:
+            watched = self._watching.get(vm_id)
+            if watched is None:
+                return
+            op_id, plan = watched
+            finished = state is None or state == plan.goal or state in FAILED_STATES
+            if finished:
+                del self._watching[vm_id]
+        if state is None:
+            self._operations.fail(op_id, "the VM was deleted")
+        elif state == plan.goal:
+            self._operations.succeed(op_id, f"VM is {state.value}", {"vm": vm_id, "state": state.value})
+        elif state in FAILED_STATES:
+            self._operations.fail(op_id, error or f"the VM {FAILED_STATES[state]}")
+        elif state in plan.steps:
+            self._operations.progress(op_id, *plan.steps[state])
