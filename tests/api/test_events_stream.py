@@ -1,0 +1,109 @@
+"""VM state changes stream as server-sent events; `virtpool events --follow` prints them."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+from collections.abc import Iterator
+
+import httpx
+
+from tests.conftest import VIRTPOOL, Server
+from virtpool.model.event import Event
+
+
+def collect(events: Iterator[Event]) -> queue.Queue[Event]:
+    """Read a stream in a thread; the test takes events from the queue as they arrive."""
+    found: queue.Queue[Event] = queue.Queue()
+    threading.Thread(target=lambda: [found.put(e) for e in events], daemon=True).start()
+    return found
+
+
+def next_for(found: queue.Queue[Event], vm: str) -> Event:
+    while True:
+        event = found.get(timeout=30)
+        if event.vm == vm:
+            return event
+
+
+def test_stream_delivers_new_events_with_their_project(api_server: Server) -> None:
+    api = api_server.api()
+    start = max([e.id for e in api.events(limit=1000)], default=0)
+    found = collect(api.stream_events(after=start, kind="vm.state"))
+    api.create_vm("streamed")
+    event = next_for(found, "streamed")
+    assert event.kind == "vm.state" and event.data and event.data["state"] == "stopped"
+    assert event.project_id == "default"
+    api.delete_vm("streamed")
+    assert next_for(found, "streamed").data["state"] == "deleting"  # type: ignore[index]
+
+
+def test_stream_filters_by_vm_and_project(api_server: Server) -> None:
+    api = api_server.api()
+    start = max([e.id for e in api.events(limit=1000)], default=0)
+    only_b = collect(api.stream_events(after=start, vm="fb"))
+    other_project = collect(api.stream_events(after=start, project="elsewhere"))
+    api.create_vm("fa")
+    api.create_vm("fb")
+    assert only_b.get(timeout=30).vm == "fb"
+    assert other_project.empty()
+    api.delete_vm("fa")
+    api.delete_vm("fb")
+
+
+def test_last_event_id_resumes_after_that_event(api_server: Server) -> None:
+    api = api_server.api()
+    api.create_vm("resume1")
+    api.create_vm("resume2")
+    history = api.events(vm="resume1") + api.events(vm="resume2")
+    first, second = history[0], history[-1]
+    with httpx.stream("GET", f"{api.url}/api/v1/events/stream",
+                      headers={"Authorization": f"Bearer {api.token}", "Last-Event-ID": str(first.id)},
+                      params={"kind": "vm.state"}, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.iter_lines()
+        ids = []
+        for line in lines:
+            if line.startswith("id:"):
+                ids.append(int(line.removeprefix("id:").strip()))
+            if second.id in ids:
+                break
+    assert first.id not in ids and ids[0] > first.id
+    api.delete_vm("resume1")
+    api.delete_vm("resume2")
+
+
+def test_quiet_stream_sends_heartbeat_comments(api_server: Server) -> None:
+    api = api_server.api()
+    last = max([e.id for e in api.events(limit=1000)], default=0)
+    with httpx.stream("GET", f"{api.url}/api/v1/events/stream", params={"after": last, "vm": "nobody"},
+                      headers={"Authorization": f"Bearer {api.token}"}, timeout=60) as response:
+        line = next(line for line in response.iter_lines() if line)
+    assert line.startswith(":")  # an SSE comment: keeps proxies and clients from timing out
+
+
+def test_stream_needs_a_token(api_server: Server) -> None:
+    response = httpx.get(f"{api_server.api().url}/api/v1/events/stream", timeout=30)
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_cli_follow_prints_events_as_they_happen(api_server: Server) -> None:
+    proc = subprocess.Popen([VIRTPOOL, "events", "--follow", "--json", "--vm", "followed"],
+                            env=api_server.env, stdout=subprocess.PIPE, text=True)
+    try:
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or []], daemon=True).start()
+        api_server.api().create_vm("followed")
+        buffer = [lines.get(timeout=30)]
+        while buffer[-1] != "}\n":  # one event's JSON ends with an unindented brace
+            buffer.append(lines.get(timeout=30))
+        event = json.loads("".join(buffer))
+        assert event["vm"] == "followed" and event["data"]["state"] == "stopped"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    api_server.api().delete_vm("followed")
