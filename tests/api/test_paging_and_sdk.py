@@ -1,0 +1,67 @@
+"""VM list paging, and the SDK: top-level import, typed results, typed exceptions."""
+
+from __future__ import annotations
+
+import pytest
+
+import virtpool
+from tests.conftest import Server
+from virtpool.model.vm import VMInfo
+from virtpool.sdk.errors import error_class
+
+
+def test_vm_list_pages_carry_total_and_next_link(api_server: Server) -> None:
+    api = api_server.api()
+    names = [f"page{i}" for i in range(5)]
+    for name in names:
+        api.create_vm(name)
+    response = api._http.get("/vms", params={"limit": 2, "offset": 0})
+    assert [v["name"] for v in response.json()] == names[:2]
+    assert response.headers["x-total-count"] == "5"
+    assert 'rel="next"' in response.headers["link"] and "offset=2" in response.headers["link"]
+
+    last = api._http.get("/vms", params={"limit": 2, "offset": 4})
+    assert [v["name"] for v in last.json()] == names[4:]
+    assert 'rel="next"' not in last.headers["link"] and 'rel="prev"' in last.headers["link"]
+
+    page = api.vms_page(limit=3, offset=1)
+    assert page.total == 5 and [v.name for v in page.items] == names[1:4]
+    assert [v.name for v in api.vms()] == names
+    for name in names:
+        api.delete_vm(name)
+
+
+def test_sdk_from_the_top_level_package(api_server: Server) -> None:
+    api = api_server.api()
+    with virtpool.Client(api.url, api.token) as client:
+        vm = client.create_vm("typed", memory_mib=128)
+        assert isinstance(vm, VMInfo)
+        assert vm.memory_mib == 128 and vm.state == "stopped"
+        with pytest.raises(virtpool.Conflict) as clash:
+            client.create_vm("typed")
+        assert clash.value.status == 409 and "exists" in clash.value.detail
+        assert clash.value.hint == "pick another name"
+        with pytest.raises(virtpool.NotFound) as missing:
+            client.vm("ghost")
+        assert missing.value.title == "not found" and missing.value.hint
+        with pytest.raises(virtpool.InvalidRequest):
+            client.create_vm("BAD NAME")
+        client.delete_vm("typed")
+    with virtpool.Client(api.url, "not-a-token") as stranger, pytest.raises(virtpool.Unauthorized):
+        stranger.vms()
+    with virtpool.Client("http://127.0.0.1:1", "x") as nowhere, pytest.raises(virtpool.Unreachable):
+        nowhere.vms()
+
+
+@pytest.mark.parametrize(("status", "body", "expected"), [
+    (409, {"error": "QuotaExceeded"}, virtpool.QuotaExceeded),
+    (409, {"type": "https://virtpool.dev/problems/quota-exceeded"}, virtpool.QuotaExceeded),
+    (409, {"error": "StateError"}, virtpool.Conflict),
+    (413, {}, virtpool.PayloadTooLarge),
+    (503, {"error": "NoAgentAttached"}, virtpool.ServerError),
+    (418, {}, virtpool.APIError),
+])
+def test_problems_map_to_exception_classes(status: int, body: dict[str, str],
+                                           expected: type[virtpool.APIError]) -> None:
+    assert error_class(status, body) is expected
+    assert issubclass(virtpool.QuotaExceeded, virtpool.Conflict)
