@@ -1,0 +1,61 @@
+"""`virtpool up --db postgresql://…` keeps its state in PostgreSQL; `virtpool server` serves the
+same records as a control plane without an agent, and refuses host actions with a clear 503."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VIRTPOOL, Server, make_server
+from tests.postgres import create_database
+from virtpool.sdk import ServerError
+
+
+def test_up_and_server_share_one_postgresql_pool(postgres: str, image_cache: Path,
+                                                tmp_path_factory: pytest.TempPathFactory) -> None:
+    # The URL as PostgreSQL's own tools write it: virtpool picks the driver.
+    url = create_database(postgres, "shared").replace("postgresql+psycopg://", "postgresql://")
+    up = make_server(tmp_path_factory, image_cache, "pg-up", db_url=url)
+    try:
+        up.api().create_vm("kept")
+        op = up.api().build_image("default")
+        up.api().wait_operation(op, timeout=120)
+    finally:
+        up.stop()
+
+    # The pool's admin token was made by the first server; the operator hands it to the second.
+    data_dir = tmp_path_factory.mktemp("pg-server")
+    shutil.copy2(up.data_dir / "admin.token", data_dir / "admin.token")
+    control = Server(data_dir, command="server", extra_args=("--db", url)).start()
+    try:
+        api = control.api()
+        assert [v.name for v in api.vms()] == ["kept"]  # the records live in PostgreSQL
+        assert api.operation(op.id).status == "succeeded"
+        assert any(e.vm == "kept" for e in api.events())
+        with pytest.raises(ServerError) as refused:
+            api.start_vm("kept")
+        assert refused.value.status == 503
+        assert "no host agent is attached" in refused.value.detail
+        assert refused.value.title == "no agent attached"
+        with pytest.raises(ServerError):
+            api.create_vm("another")
+        assert [v.name for v in api.vms()] == ["kept"]
+        assert "control plane only" in control.log.read_text()
+    finally:
+        control.stop()
+
+
+def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [VIRTPOOL, "server", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:0",
+         "--db", "postgresql://nobody@127.0.0.1:1/none"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "cannot open the database" in result.stderr and "Traceback" not in result.stderr
+    bad = subprocess.run(
+        [VIRTPOOL, "server", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:0", "--db", "nonsense"],
+        capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "database URL" in bad.stderr
