@@ -21,6 +21,7 @@ def create_app(pool: Pool) -> FastAPI:
     )
     app.state.pool = pool
     problems.install(app)
+    problems.document(app)
     audit.install(app, pool.audit)
     app.add_middleware(BodyLimit)
     for module in (host, images, vms, operations, events, audit_routes):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from fastapi import Request
 
+# Ids and offsets are 32-bit integer columns on PostgreSQL; larger numbers cannot match anything
+# and would overflow the database's integers.
+MAX_ID = 2**31 - 1
+
 
 def page_headers(request: Request, total: int, limit: int, offset: int) -> dict[str, str]:
     """``X-Total-Count`` and an RFC 8288 ``Link`` header (rel next/prev where they exist)."""

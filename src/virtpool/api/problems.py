@@ -9,12 +9,57 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from virtpool.model.errors import Unauthorized, VirtpoolError
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """An error as RFC 9457 problem+json, as every refusal of the API answers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    status: int
+    title: str
+    detail: str
+    hint: str | None = None
+    error: str | None = None  # virtpool's name for it, e.g. "StateError"
+    errors: list[FieldError] | None = None  # what was wrong with which field (422)
+
+
+def document(app: FastAPI) -> None:
+    """Publish the errors as they are sent: problem+json for 422 and any other error status."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (FieldError, Problem):
+            components[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        content = {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.setdefault("responses", {})
+                if "422" in responses:
+                    responses["422"] = {"description": "invalid request", "content": content}
+                responses["default"] = {"description": "refused or failed: a problem", "content": content}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def problem(status: int, title: str, detail: str, hint: str | None = None, **extra: object) -> JSONResponse:
@@ -56,4 +101,4 @@ def install(app: FastAPI) -> None:
                        "this is a bug in virtpool; the server log has the details")
 
 
-__all__ = ["Unauthorized", "install", "problem"]
+__all__ = ["Problem", "Unauthorized", "document", "install", "problem"]

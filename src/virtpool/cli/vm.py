@@ -223,7 +223,7 @@ def resize(
 
 
 def stats_rows(stats: list[VMStats]) -> list[tuple[object, ...]]:
-    def num(value: float | int | None, unit: str = "") -> str:
+    def num(value: float | None, unit: str = "") -> str:
         return "-" if value is None else f"{value:g}{unit}"
 
     return [(s.name, output.state(s.state), num(s.cpu_percent, "%"), num(s.balloon_mib, "M"),

@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from virtpool.api.deps import Caller, PoolDep
+from virtpool.api.paging import MAX_ID
 from virtpool.model.audit import AuditEntry
 
 router = APIRouter(tags=["audit"])
@@ -15,7 +16,7 @@ router = APIRouter(tags=["audit"])
 def list_audit(
     pool: PoolDep, _: Caller,
     since: datetime | None = None,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[AuditEntry]:
     return pool.audit.list(since=since, after=after, limit=limit)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from virtpool.api.deps import Caller, PoolDep
+from virtpool.api.paging import MAX_ID
 from virtpool.control.pool import Pool
 from virtpool.model.event import Event
 
@@ -30,7 +31,7 @@ Project = Annotated[str | None, Query(max_length=63, description="project id")]
             summary="Events after id AFTER, oldest first; poll with the last id seen to follow")
 def list_events(
     pool: PoolDep, _: Caller,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     kind: Kind = None,
     vm: VMName = None,
     project: Project = None,
@@ -45,11 +46,11 @@ def list_events(
             summary="Events as server-sent events; resumes after Last-Event-ID (or AFTER)")
 def stream_events(
     pool: PoolDep, _: Caller,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     kind: Kind = None,
     vm: VMName = None,
     project: Project = None,
-    last_event_id: Annotated[int | None, Header(ge=0, description="the last id received")] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_ID, description="the last id received")] = None,
 ) -> EventSourceResponse:
     start = last_event_id if last_event_id is not None else after
     return EventSourceResponse(_follow(pool, start, kind, vm, project), ping=HEARTBEAT_S)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 from typing import Annotated
 
 from fastapi import (
@@ -20,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from virtpool.api.deps import Caller, PoolDep, bearer
-from virtpool.api.paging import page_headers
+from virtpool.api.paging import MAX_ID, page_headers
 from virtpool.api.routes.operations import ACCEPTED, accepted
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
 from virtpool.model.errors import InvalidRequest, VirtpoolError
@@ -58,7 +57,7 @@ class ExecRequest(BaseModel):
 def list_vms(
     request: Request, response: Response, pool: PoolDep, _: Caller,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> list[VMInfo]:
     vms = pool.vms.list(limit=limit, offset=offset)
     response.headers.update(page_headers(request, pool.vms.count(), limit, offset))
@@ -145,7 +144,7 @@ def exec_vm(name: str, body: ExecRequest, pool: PoolDep, _: Caller) -> ExecResul
     if body.stdin is not None:
         try:
             stdin = base64.b64decode(body.stdin, validate=True)
-        except binascii.Error as err:
+        except ValueError as err:  # binascii.Error, or characters that are not base64 at all
             raise InvalidRequest("stdin is not valid base64") from err
     return pool.vms.exec(name, body.argv, timeout=body.timeout, stdin=stdin)
 
@@ -155,7 +154,7 @@ def exec_vm(name: str, body: ExecRequest, pool: PoolDep, _: Caller) -> ExecResul
             summary="The serial console log from OFFSET; X-Next-Offset says where to go on")
 def vm_logs(
     name: str, pool: PoolDep, _: Caller,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK)] = 1 << 20,
 ) -> Response:
     data, next_offset = pool.vms.read_log(name, offset, limit)

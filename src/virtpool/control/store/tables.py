@@ -5,9 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
-    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
@@ -15,6 +25,19 @@ def utcnow() -> datetime:
 
 
 DEFAULT_PROJECT = "default"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that always reads back as UTC: SQLite keeps no zone and returns naive
+    values, which the API would otherwise publish without one."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -40,7 +63,7 @@ class ProjectRow(Base):
     used_memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
     used_disk_mib: Mapped[int] = mapped_column(BigInteger, default=0)
     used_vms: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class HostRow(Base):
@@ -72,7 +95,7 @@ class HostRow(Base):
     used_disk_mib: Mapped[int] = mapped_column(BigInteger, default=0)
     generation: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+        UTCDateTime(), default=utcnow, onupdate=utcnow
     )
 
 
@@ -87,7 +110,7 @@ class GroupRow(Base):
     name: Mapped[str] = mapped_column(String(63))
     policy: Mapped[str] = mapped_column(String(16))
     hard: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class OperationRow(Base):
@@ -105,9 +128,9 @@ class OperationRow(Base):
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+        UTCDateTime(), default=utcnow, onupdate=utcnow
     )
 
 
@@ -143,9 +166,9 @@ class VMRow(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     host: Mapped[str] = mapped_column(String(255), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+        UTCDateTime(), default=utcnow, onupdate=utcnow
     )
 
     ports: Mapped[list[PortRow]] = relationship(
@@ -178,9 +201,9 @@ class TokenRow(Base):
     project_id: Mapped[str | None] = mapped_column(
         ForeignKey("projects.id", name="fk_tokens_project", ondelete="CASCADE"), nullable=True
     )
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class EventRow(Base):
@@ -189,7 +212,7 @@ class EventRow(Base):
     __tablename__ = "events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     kind: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(63))
     vm: Mapped[str | None] = mapped_column(String(63), nullable=True)
@@ -204,7 +227,7 @@ class AuditRow(Base):
     __tablename__ = "audit"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(63))
     project_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     action: Mapped[str] = mapped_column(String(128))
