@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from virtpool.model.errors import Unauthorized, VirtpoolError
@@ -84,6 +85,12 @@ def install(app: FastAPI) -> None:
         ]
         detail = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors)
         return problem(422, "invalid request", detail, errors=errors, error="InvalidRequest")
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, err: DataError) -> JSONResponse:
+        # A value no column can hold (a NUL character for PostgreSQL, say) cannot name anything.
+        return problem(422, "invalid request", f"a value in the request cannot be stored or looked up: {err.orig}",
+                       "remove control characters such as NUL from names and filters", error="InvalidRequest")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
