@@ -80,7 +80,10 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
             status = pool.images.build_now("default")
             if status.state != "done":
                 announce(f"image build failed: {status.error}")
-        sock = socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET)
+        # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY on accepted connections only
+        # then; without it every response waits ~40 ms for a delayed ACK (Nagle).
+        sock = socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET,
+                             socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((options.host, options.port))
         # Listening before the URL file appears: a client that reads it can connect at once.
