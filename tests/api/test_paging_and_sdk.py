@@ -18,7 +18,9 @@ def test_vm_list_pages_carry_total_and_next_link(api_server: Server) -> None:
     response = api._http.get("/vms", params={"limit": 2, "offset": 0})
     assert [v["name"] for v in response.json()] == names[:2]
     assert response.headers["x-total-count"] == "5"
-    assert 'rel="next"' in response.headers["link"] and "offset=2" in response.headers["link"]
+    second = api._http.get(response.links["next"]["url"])  # the next link carries a cursor
+    assert "after=" in response.links["next"]["url"]
+    assert [v["name"] for v in second.json()] == names[2:4]
 
     last = api._http.get("/vms", params={"limit": 2, "offset": 4})
     assert [v["name"] for v in last.json()] == names[4:]
@@ -26,9 +28,17 @@ def test_vm_list_pages_carry_total_and_next_link(api_server: Server) -> None:
 
     page = api.vms_page(limit=3, offset=1)
     assert page.total == 5 and [v.name for v in page.items] == names[1:4]
+    rest = api.vms_page(limit=3, after=page.next)
+    assert [v.name for v in rest.items] == names[4:] and rest.next is None
     assert [v.name for v in api.vms()] == names
     for name in names:
         api.delete_vm(name)
+
+
+def test_bad_cursor_is_refused(api_server: Server) -> None:
+    response = api_server.api()._http.get("/vms", params={"after": "x/../y:zz"})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
 
 
 def test_sdk_from_the_top_level_package(api_server: Server) -> None:

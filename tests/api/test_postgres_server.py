@@ -52,10 +52,10 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     result = subprocess.run(
         [VIRTPOOL, "server", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:0",
          "--db", "postgresql://nobody@127.0.0.1:1/none"],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1
     assert "cannot open the database" in result.stderr and "Traceback" not in result.stderr
     bad = subprocess.run(
         [VIRTPOOL, "server", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:0", "--db", "nonsense"],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 1 and "database URL" in bad.stderr

@@ -9,11 +9,14 @@ from fastapi import Request
 MAX_ID = 2**31 - 1
 
 
-def page_headers(request: Request, total: int, limit: int, offset: int) -> dict[str, str]:
-    """``X-Total-Count`` and an RFC 8288 ``Link`` header (rel next/prev where they exist)."""
+def page_headers(request: Request, total: int, limit: int, offset: int,
+                 next_cursor: str | None) -> dict[str, str]:
+    """``X-Total-Count`` and an RFC 8288 ``Link`` header: rel next (by cursor, when the page was
+    full) and rel prev (by offset, for a page read by offset)."""
     links = []
-    if offset + limit < total:
-        links.append(f'<{request.url.include_query_params(offset=offset + limit, limit=limit)}>; rel="next"')
+    if next_cursor is not None:
+        following = request.url.remove_query_params("offset").include_query_params(after=next_cursor, limit=limit)
+        links.append(f'<{following}>; rel="next"')
     if offset > 0:
         links.append(f'<{request.url.include_query_params(offset=max(0, offset - limit), limit=limit)}>; '
                      'rel="prev"')

@@ -101,7 +101,8 @@ class OperationService:
             if op.done or (op.progress, op.message) != (first.progress, first.message) or remaining <= 0:
                 return op
             with self._changed:
-                self._changed.wait_for(lambda: self._generation != seen, min(remaining, WAIT_RECHECK_S))
+                self._changed.wait_for(lambda seen=seen: self._generation != seen,
+                                       min(remaining, WAIT_RECHECK_S))
 
     def _notify(self) -> None:
         with self._changed:

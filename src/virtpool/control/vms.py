@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -89,16 +89,23 @@ class VMService:
 
     # -- reading ------------------------------------------------------------------------
 
-    def list(self, *, limit: int = 1000, offset: int = 0) -> list[VMInfo]:
-        with self._sessions() as session:
-            # (project, name) is the unique index: the page is read in index order, not sorted.
-            rows = session.scalars(
-                select(VMRow).order_by(VMRow.project_id, VMRow.name).limit(limit).offset(offset))
-            return [_info(row) for row in rows]
+    def list(self, *, limit: int = 1000, offset: int = 0, after: tuple[str, str] | None = None) -> list[VMInfo]:
+        """VMs in (name, id) order: ``offset`` rows in, or after the VM ``after`` = (name, id).
 
-    def count(self) -> int:
+        The cursor costs the same on every page (an index range, ix_vms_name); an offset has to
+        walk past every row before it.
+        """
+        return self.page(limit=limit, offset=offset, after=after)[0]
+
+    def page(self, *, limit: int, offset: int = 0,
+             after: tuple[str, str] | None = None) -> tuple[list[VMInfo], int]:
+        """A page as :meth:`list` reads it, and the number of VMs in all (one session)."""
+        query = select(VMRow).order_by(VMRow.name, VMRow.id).limit(limit).offset(offset)
+        if after is not None:
+            query = query.where(tuple_(VMRow.name, VMRow.id) > tuple_(*after))
         with self._sessions() as session:
-            return session.scalar(select(func.count()).select_from(VMRow)) or 0
+            total = session.scalar(select(func.count()).select_from(VMRow)) or 0
+            return [_info(row) for row in session.scalars(query)], total
 
     def get(self, ref: str) -> VMInfo:
         with self._sessions() as session:

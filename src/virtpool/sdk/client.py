@@ -116,19 +116,24 @@ class Client:
     # -- VMs ------------------------------------------------------------------------------
 
     def vms(self) -> list[VMInfo]:
-        """Every VM, read page by page."""
-        result: list[VMInfo] = []
-        while True:
-            page = self.vms_page(limit=1000, offset=len(result))
+        """Every VM, page by page along the next links."""
+        page = self.vms_page(limit=1000)
+        result = list(page.items)
+        while page.next is not None:
+            page = self.vms_page(limit=1000, after=page.next)
             result += page.items
-            if not page.items or len(result) >= page.total:
-                return result
+        return result
 
-    def vms_page(self, *, limit: int = 100, offset: int = 0) -> VMPage:
-        """One page of VMs and the total count."""
-        response = self._call("GET", "/vms", params={"limit": limit, "offset": offset})
+    def vms_page(self, *, limit: int = 100, offset: int = 0, after: str | None = None) -> VMPage:
+        """One page of VMs by name, the total, and the cursor of the next page (``after``)."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if after is not None:
+            params["after"] = after
+        response = self._call("GET", "/vms", params=params)
+        following = response.links.get("next", {}).get("url")
         return VMPage(items=[VMInfo.model_validate(v) for v in response.json()],
-                      total=int(response.headers.get("X-Total-Count", 0)))
+                      total=int(response.headers.get("X-Total-Count", 0)),
+                      next=httpx.URL(following).params.get("after") if following else None)
 
     def vm(self, name: str) -> VMInfo:
         return VMInfo.model_validate(self._call("GET", f"/vms/{name}").json())
@@ -284,6 +289,7 @@ class Client:
 class VMPage:
     items: list[VMInfo]
     total: int
+    next: str | None  # the cursor of the next page, if there may be one
 
 
 def _unreachable(url: str, err: Exception) -> APIError:

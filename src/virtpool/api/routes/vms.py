@@ -16,7 +16,7 @@ from fastapi import (
     status,
 )
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from virtpool.api.deps import Caller, PoolDep, bearer
 from virtpool.api.paging import MAX_ID, page_headers
@@ -52,16 +52,25 @@ class ExecRequest(BaseModel):
     stdin: str | None = Field(default=None, description="base64", max_length=MAX_STDIN_BYTES * 4 // 3 + 4)
 
 
+VM_LIST = TypeAdapter(list[VMInfo])
+CURSOR = r"^[a-z][a-z0-9-]{0,62}:[0-9a-f]{1,32}$"
+
+
 @router.get("", response_model=list[VMInfo],
-            summary="A page of VMs; X-Total-Count gives the total, Link the next page")
+            summary="A page of VMs by name; X-Total-Count gives the total, Link the next page")
 def list_vms(
-    request: Request, response: Response, pool: PoolDep, _: Caller,
+    request: Request, pool: PoolDep, _: Caller,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
-) -> list[VMInfo]:
-    vms = pool.vms.list(limit=limit, offset=offset)
-    response.headers.update(page_headers(request, pool.vms.count(), limit, offset))
-    return vms
+    after: Annotated[str | None, Query(pattern=CURSOR, description="NAME:ID of the last VM seen "
+                                                                    "(the next link carries it)")] = None,
+) -> Response:
+    cursor = tuple(after.split(":")) if after else None
+    vms, total = pool.vms.page(limit=limit, offset=offset, after=cursor)  # type: ignore[arg-type]
+    next_cursor = f"{vms[-1].name}:{vms[-1].id}" if len(vms) == limit else None
+    # Serialised here, once: the VMs are valid already, so FastAPI need not check them again.
+    return Response(VM_LIST.dump_json(vms), media_type="application/json",
+                    headers=page_headers(request, total, limit, offset, next_cursor))
 
 
 @router.post("", response_model=VMInfo, status_code=status.HTTP_201_CREATED, responses=ACCEPTED,

@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -137,7 +138,8 @@ class OperationRow(Base):
 class VMRow(Base):
     __tablename__ = "vms"
     # Names are unique within a project only, so one tenant cannot learn another's VM names.
-    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_vms_project_name"),)
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_vms_project_name"),
+                      Index("ix_vms_name", "name", "id"))
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(63))

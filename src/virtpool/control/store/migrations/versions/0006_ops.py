@@ -1,0 +1,23 @@
+"""An index on VM names (and ids): `GET /vms/{name}` looks a VM up by name across projects (an
+admin's view), and `GET /vms` pages in (name, id) order from a cursor; the (project, name)
+unique index serves neither, and without this both scan the table.
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-27
+"""
+
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_index("ix_vms_name", "vms", ["name", "id"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_vms_name", table_name="vms")
