@@ -337,4 +337,4 @@ def console(name: str) -> None:
     with output.errors():
         api = client()
         vm = api.vm(name)
-    attach(api.url, api.token, vm.name)
+    attach(api.url, api.token, vm.name, api.project)

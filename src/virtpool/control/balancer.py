@@ -109,10 +109,11 @@ class MemoryBalancer:
             self._targets[vm.id] = (move.to_mib, vm.memory_mib)
             self._events.record(
                 "memory.balloon", f"balloon of '{vm.name}' {move.from_mib} → {move.to_mib} MiB: {move.reason}",
-                actor=ACTOR, vm=vm.name,
+                actor=ACTOR, vm=vm.name, project_id=vm.project,
                 data={"from_mib": move.from_mib, "to_mib": move.to_mib, "host_available_mib": round(available)},
             )
-            self._audit.record(ACTOR, "memory.balloon", vm.name, f"{move.from_mib} → {move.to_mib} MiB")
+            self._audit.record(ACTOR, "memory.balloon", vm.name, f"{move.from_mib} → {move.to_mib} MiB",
+                               project_id=vm.project)
             moved.append(vm.name)
         return moved
 
