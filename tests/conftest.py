@@ -97,10 +97,13 @@ class Server:
             self.client.close()
         self.proc = None
 
-    def cli(self, *args: str, input: bytes | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        """Run the `virtpool` command against this server, as a user would."""
+    def cli(self, *args: str, input: bytes | None = None, timeout: float = 240,
+            token: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the `virtpool` command against this server, as a user would (with ``token``
+        instead of the admin token when given)."""
+        env = {**self.env, "VIRTPOOL_TOKEN": token} if token else self.env
         return subprocess.run(
-            [VIRTPOOL, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+            [VIRTPOOL, *args], env=env, capture_output=True, text=True, timeout=timeout,
             input=input.decode() if input is not None else None,
         )
 
@@ -128,11 +131,15 @@ def passable(directory: Path) -> None:
 
 
 def make_server(tmp_path_factory: pytest.TempPathFactory, cache: Path, name: str,
-                boot_timeout: float = 60.0, extra_args: tuple[str, ...] = ()) -> Server:
+                boot_timeout: float = 60.0, extra_args: tuple[str, ...] = (),
+                db_url: str | None = None) -> Server:
+    """A started server; ``db_url`` puts its state in that database instead of SQLite."""
     data_dir = tmp_path_factory.mktemp(name)
     passable(data_dir)
     (data_dir / "images").mkdir()
     link_image(cache, data_dir)
+    if db_url is not None:
+        extra_args = (*extra_args, "--db", db_url)
     return Server(data_dir, boot_timeout=boot_timeout, extra_args=extra_args).start()
 
 
