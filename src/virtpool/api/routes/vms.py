@@ -10,10 +10,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, WebSocket, WebSocketDisconnect, status
 from pydantic import BaseModel, Field
 
+from virtpool.api.problems import problem
 from virtpool.api.deps import Operator, PoolDep, Reader, Scope, bearer, resolve_project
 from virtpool.control.pool import Pool
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
-from virtpool.model.errors import InvalidRequest, VirtpoolError
+from virtpool.model.errors import Conflict, InvalidRequest, VirtpoolError
 from virtpool.model.roles import Access, check_access
 from virtpool.model.spec import ExecResult, Resize, VMSpec
 from virtpool.model.states import VMState
@@ -153,6 +154,12 @@ def vm_logs(
                     headers={"X-Next-Offset": str(next_offset)})
 
 
+async def _refuse(websocket: WebSocket, err: VirtpoolError) -> None:
+    """Refuse the handshake with the error's own status and problem+json (a plain close before
+    the handshake would reach the client as a bare 403, whatever the reason)."""
+    await websocket.send_denial_response(problem(err.status, err.title, err.message, err.hint))
+
+
 @router.websocket("/{name}/console")
 async def vm_console(websocket: WebSocket, name: str) -> None:
     """Bytes both ways between the websocket and the VM's serial console."""
@@ -164,10 +171,10 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
         check_access(caller.name, caller.role, caller.project_id, Access.OPERATE)
         vm = await asyncio.to_thread(pool.vms.get, name, project)
     except VirtpoolError as err:
-        await websocket.close(code=4000 + err.status, reason=err.message[:120])
+        await _refuse(websocket, err)
         return
     if vm.state.value not in ("running", "paused", "starting"):
-        await websocket.close(code=4409, reason=f"VM '{vm.name}' is {vm.state.value}")
+        await _refuse(websocket, Conflict(f"VM '{vm.name}' is {vm.state.value}", hint="start it first"))
         return
     try:
         reader, writer = await asyncio.open_unix_connection(
