@@ -114,8 +114,9 @@ class Server:
     def cleanup(self) -> None:
         """Force-delete every VM, stop the server, and insist that no QEMU survived."""
         if self.client is not None and self.proc is not None:
-            for vm in self.client.vms():
-                self.client.delete_vm(vm.name, force=True)
+            for vm in self.client.vms(all_projects=True):
+                with Client(self.client.url, self.client.token, project=vm.project) as in_project:
+                    in_project.delete_vm(vm.id, force=True)
         self.stop()
         for pid in qemu_pids(self.data_dir):
             os.kill(pid, signal.SIGKILL)

@@ -74,11 +74,11 @@ def test_each_quota_names_itself_and_its_usage(server: Server) -> None:
     member = member_of(server, "limits", cpus=2, memory_mib=1024, disk_mib=2048)
     member.create_vm("base", cpus=1, memory_mib=512, disk_mib=1024)
     cases = [
-        (dict(cpus=2), "project 'limits' would exceed its cpus quota: 2 more asked, 1 of 2 used"),
-        (dict(memory_mib=768), "project 'limits' would exceed its memory quota: 768M more asked, "
-                               "512M of 1G used"),
-        (dict(disk_mib=1536), "project 'limits' would exceed its disk quota: 1536M more asked, "
-                              "1G of 2G used"),
+        ({"cpus": 2}, "project 'limits' would exceed its cpus quota: 2 more asked, 1 of 2 used"),
+        ({"memory_mib": 768},
+         "project 'limits' would exceed its memory quota: 768M more asked, 512M of 1G used"),
+        ({"disk_mib": 1536},
+         "project 'limits' would exceed its disk quota: 1536M more asked, 1G of 2G used"),
     ]
     for asked, message in cases:
         with pytest.raises(APIError) as refused:

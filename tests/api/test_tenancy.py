@@ -20,13 +20,10 @@ from virtpool.sdk import APIError, Client
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
     srv = make_server(tmp_path_factory, image_cache, "tenancy")
-    admin = srv.api()
     for project in ("red", "blue"):
-        admin.create_project(project)
+        srv.api().create_project(project)
     yield srv
-    for vm in admin.vms(all_projects=True):
-        Client(admin.url, admin.token, project=vm.project).delete_vm(vm.id, force=True)
-    srv.stop()
+    srv.cleanup()
 
 
 def token(server: Server, name: str, role: str, project: str) -> str:

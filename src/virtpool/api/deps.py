@@ -12,7 +12,13 @@ from fastapi import Depends, Query, Request
 from virtpool.control.auth import Principal
 from virtpool.control.pool import Pool
 from virtpool.control.store.tables import DEFAULT_PROJECT
-from virtpool.model.roles import Access, check_access, check_pool_admin, not_found_project, project_in_scope
+from virtpool.model.roles import (
+    Access,
+    check_access,
+    check_pool_admin,
+    not_found_project,
+    project_in_scope,
+)
 
 
 def get_pool(request: Request) -> Pool:
@@ -85,5 +91,4 @@ def _filter(pool: PoolDep, caller: Caller, project: ProjectParam = None) -> str 
 
 Reader = Annotated[Scope, Depends(_scope(Access.READ))]
 Operator = Annotated[Scope, Depends(_scope(Access.OPERATE))]
-Manager = Annotated[Scope, Depends(_scope(Access.MANAGE))]
 ProjectFilter = Annotated[str | None, Depends(_filter)]

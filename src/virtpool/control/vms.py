@@ -36,9 +36,9 @@ from virtpool.model.errors import (
     VirtpoolError,
 )
 from virtpool.model.project import Usage
+from virtpool.model.resize import plan_resize
 from virtpool.model.spec import ExecResult, PortForward, Resize, VMSpec
 from virtpool.model.states import ACTIVE, VMState, check_action, check_transition
-from virtpool.model.resize import plan_resize
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 
 log = logging.getLogger(__name__)

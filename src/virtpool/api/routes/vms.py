@@ -7,11 +7,19 @@ import base64
 import binascii
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, WebSocket, WebSocketDisconnect, status
+from fastapi import (
+    APIRouter,
+    Query,
+    Request,
+    Response,
+    WebSocket,
+    WebSocketDisconnect,
+    status,
+)
 from pydantic import BaseModel, Field
 
-from virtpool.api.problems import problem
 from virtpool.api.deps import Operator, PoolDep, Reader, Scope, bearer, resolve_project
+from virtpool.api.problems import problem
 from virtpool.control.pool import Pool
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
 from virtpool.model.errors import Conflict, InvalidRequest, VirtpoolError
@@ -19,6 +27,7 @@ from virtpool.model.roles import Access, check_access
 from virtpool.model.spec import ExecResult, Resize, VMSpec
 from virtpool.model.states import VMState
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
+
 # The console is a local socket until remote agents proxy it; the same peer check applies.
 from virtpool.node.qemu import peer
 
