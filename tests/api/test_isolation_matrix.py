@@ -9,7 +9,9 @@ refused for memory (409), and stop/pause/resume/exec find a stopped VM (409) —
 role may do this, the VM cannot right now". A missing, expired or revoked token gets 401
 everywhere.
 
-A new endpoint without a row here fails ``test_every_endpoint_is_in_the_matrix``.
+A new endpoint without a row here fails ``test_every_endpoint_is_in_the_matrix`` (the endpoints
+come from the server's own OpenAPI document). The console websocket is not in that document; its
+cells are in test_tenancy.py.
 """
 
 from __future__ import annotations

@@ -175,3 +175,31 @@ def test_audit_list_by_project_and_since(server: Server) -> None:
     assert own and {e["project"] for e in own} == {"red"}  # type: ignore[union-attr]
     refused = server.cli("audit", "list", "--project", "blue", token=red_viewer)
     assert refused.returncode == 1 and "no project named 'blue'" in refused.stderr
+
+
+def test_a_taken_host_port_does_not_name_another_projects_vm(server: Server) -> None:
+    admin = server.api()
+    Client(admin.url, admin.token, project="blue").create_vm("porter", memory_mib=64, disk_mib=16,
+                                                             ports=["18473:80"])
+    red = Client(admin.url, token(server, "red-porter", "member", "red"))
+    with pytest.raises(APIError) as refused:
+        red.create_vm("mine", memory_mib=64, disk_mib=16, ports=["18473:80"])
+    assert refused.value.status == 409
+    assert refused.value.detail == "host port 18473 is already forwarded to a VM of another project"
+    with pytest.raises(APIError) as own:
+        Client(admin.url, admin.token, project="blue").create_vm("mine", memory_mib=64, disk_mib=16,
+                                                                 ports=["18473:80"])
+    assert own.value.detail == "host port 18473 is already forwarded to VM 'porter'"
+
+
+def test_project_and_token_names_are_checked(server: Server) -> None:
+    for bad in ("Team/A", "a b", "9x", "x;rm", "x" * 64):
+        refused = server.cli("project", "create", bad)
+        assert refused.returncode == 1, bad
+        assert "project name" in refused.stderr or "name:" in refused.stderr, refused.stderr
+    refused = server.cli("token", "create", "--project", "red", "--role", "viewer", "--name", "../etc")
+    assert refused.returncode == 1 and "not a valid token name" in refused.stderr
+    refused = server.cli("token", "create", "--project", "red", "--role", "member", "--pool-wide")
+    assert refused.returncode == 1 and "only admin tokens can be pool-wide" in refused.stderr
+    refused = server.cli("token", "create", "--project", "red", "--role", "viewer", "--expires", "soon")
+    assert refused.returncode == 1 and "30d" in refused.stderr

@@ -189,7 +189,7 @@ class VMService:
         is left behind."""
         self._agent.get_image(spec.image)
         self._check_fits_host(spec)
-        self._check_ports(spec.ports, vm_id=None)
+        self._check_ports(spec.ports, vm_id=None, project_id=project_id)
         vm_id = uuid.uuid4().hex
         self._insert(vm_id, spec, project_id)
         try:
@@ -218,7 +218,7 @@ class VMService:
                         raise Conflict(
                             f"a VM named '{spec.name}' exists", hint="pick another name"
                         ) from err
-                self._check_ports(spec.ports, vm_id=None)
+                self._check_ports(spec.ports, vm_id=None, project_id=project_id)
                 # Otherwise a concurrent create took the same slot: pick again.
         raise Conflict("too many VMs are being created at once; try again")
 
@@ -296,22 +296,22 @@ class VMService:
                 hint="stop another VM first, or give this one less memory",
             )
 
-    def _check_ports(self, ports: Iterable[PortForward], *, vm_id: str | None) -> None:
+    def _check_ports(self, ports: Iterable[PortForward], *, vm_id: str | None, project_id: str) -> None:
         ports = list(ports)
         if not ports:
             return
         with self._sessions() as session:
             taken = session.execute(
-                select(PortRow.host_port, VMRow.name)
+                select(PortRow.host_port, VMRow.name, VMRow.project_id)
                 .join(VMRow)
                 .where(PortRow.host_port.in_([p.host for p in ports]))
                 .where(VMRow.id != (vm_id or ""))
             ).all()
         if taken:
-            port, owner = taken[0]
-            raise Conflict(
-                f"host port {port} is already forwarded to VM '{owner}'", hint="pick another port"
-            )
+            port, owner, owner_project = taken[0]
+            # Another project's VM is not named: its name is that tenant's business.
+            whose = f"VM '{owner}'" if owner_project == project_id else "a VM of another project"
+            raise Conflict(f"host port {port} is already forwarded to {whose}", hint="pick another port")
         for forward in ports:
             if not self._agent.check_port_free(forward.host):
                 raise Conflict(
@@ -325,7 +325,7 @@ class VMService:
         vm = self.get(ref)
         check_action(vm.name, vm.state, "start")
         self._check_memory_for_start(vm)
-        self._check_ports(vm.ports, vm_id=vm.id)
+        self._check_ports(vm.ports, vm_id=vm.id, project_id=vm.project)
         vm = self._claim(vm.id, "start", S.STARTING)
         self._pool.submit(self._boot, vm)
         return vm
