@@ -203,3 +203,17 @@ def test_project_and_token_names_are_checked(server: Server) -> None:
     assert refused.returncode == 1 and "only admin tokens can be pool-wide" in refused.stderr
     refused = server.cli("token", "create", "--project", "red", "--role", "viewer", "--expires", "soon")
     assert refused.returncode == 1 and "30d" in refused.stderr
+
+
+def test_events_and_host_top_show_a_project_token_its_own_vms_only(server: Server) -> None:
+    admin = server.api()
+    Client(admin.url, admin.token, project="red").create_vm("red-ev", memory_mib=64, disk_mib=16)
+    Client(admin.url, admin.token, project="blue").create_vm("blue-ev", memory_mib=64, disk_mib=16)
+    red = Client(admin.url, token(server, "red-watcher", "viewer", "red"))
+    red_events = red.events(limit=1000)
+    assert any(e.vm == "red-ev" for e in red_events)
+    assert not any(e.vm == "blue-ev" for e in red_events)
+    assert {e.vm for e in admin.events(limit=1000)} >= {"red-ev", "blue-ev"}
+    top = {s.name for s in red.host_top()}
+    assert "red-ev" in top and "blue-ev" not in top
+    assert {"red-ev", "blue-ev"} <= {s.name for s in admin.host_top()}
