@@ -65,6 +65,9 @@ def test_project_scoped_cli_sees_only_its_project(server: Server) -> None:
         v for v in cli_json(server, "--project", "red", "vm", "list") if isinstance(v, dict)]  # type: ignore[union-attr]
     names = {v["project"] for v in cli_json(server, "--project", "blue", "vm", "list")}  # type: ignore[index,union-attr]
     assert names == {"blue"}
+    everywhere = {v["project"] for v in cli_json(server, "vm", "list", "--all-projects")}  # type: ignore[index,union-attr]
+    assert {"default", "blue"} <= everywhere
+    assert {v["project"] for v in cli_json(server, "vm", "list")} == {"default"}  # type: ignore[index,union-attr]
     refused = server.cli("--project", "blue", "vm", "list", token=red)
     assert refused.returncode == 1
     assert "no project named 'blue'" in refused.stderr

@@ -208,7 +208,7 @@ class VMService:
             try:
                 with self._sessions.begin() as session:
                     # The quota first: its UPDATE takes the write lock before the slot is picked.
-                    self._charge_quota(session, project_id, _usage(spec.cpus, spec.boot_memory_mib, spec.disk_mib))
+                    quotas.charge(session, project_id, quotas.vm_usage(spec.cpus, spec.boot_memory_mib, spec.disk_mib))
                     session.add(self._new_row(session, vm_id, spec, project_id))
                 return
             except IntegrityError as err:
@@ -222,18 +222,13 @@ class VMService:
                 # Otherwise a concurrent create took the same slot: pick again.
         raise Conflict("too many VMs are being created at once; try again")
 
-    @staticmethod
-    def _charge_quota(session: Session, project_id: str, delta: Usage) -> None:
-        """Count ``delta`` against the project's quota in ``session``'s transaction, or refuse."""
-        quotas.charge(session, project_id, delta)
-
     def _remove_row(self, vm_id: str) -> None:
         """Delete the VM's record and give back what it held against its project's quota."""
         with self._sessions.begin() as session:
             row = session.get(VMRow, vm_id)
             if row is None:
                 return
-            quotas.release(session, row.project_id, _usage(row.cpus, row.max_memory_mib, row.disk_mib))
+            quotas.release(session, row.project_id, quotas.vm_usage(row.cpus, row.max_memory_mib, row.disk_mib))
             session.execute(delete(VMRow).where(VMRow.id == vm_id))
 
     def _new_row(self, session: Session, vm_id: str, spec: VMSpec, project_id: str) -> VMRow:
@@ -418,7 +413,7 @@ class VMService:
         if columns:
             with self._sessions.begin() as session:
                 if quota_delta is not None:
-                    self._charge_quota(session, project_id, quota_delta)
+                    quotas.charge(session, project_id, quota_delta)
                 session.execute(update(VMRow).where(VMRow.id == vm_id).values(**columns, updated_at=utcnow()))
 
     def stats(self, ref: str, *, tolerant: bool = False) -> VMStats:
@@ -516,14 +511,10 @@ def _info(row: VMRow) -> VMInfo:
     )
 
 
-def _usage(cpus: int, max_memory_mib: int, disk_mib: int) -> Usage:
-    return quotas.vm_usage(cpus, max_memory_mib, disk_mib)
-
-
 def _usage_after(vm: VMInfo, columns: dict[str, object]) -> Usage:
     """What ``vm`` counts against its quota once ``columns`` are written."""
     merged = {k: columns.get(k, getattr(vm, k)) for k in ("cpus", "max_memory_mib", "disk_mib")}
-    return _usage(**merged)  # type: ignore[arg-type]
+    return quotas.vm_usage(**merged)  # type: ignore[arg-type]
 
 
 def _spec(vm: VMInfo) -> VMSpec:
