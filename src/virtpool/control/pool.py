@@ -15,6 +15,7 @@ from virtpool.control.auth import TokenService
 from virtpool.control.balancer import MemoryBalancer, MemoryPolicy
 from virtpool.control.events import EventLog
 from virtpool.control.images import ImageService
+from virtpool.control.projects import ProjectService
 from virtpool.control.store import db
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
 from virtpool.model.agent import Agent
@@ -48,6 +49,7 @@ class Pool:
         db.migrate(self.engine)
         sessions = db.session_factory(self.engine)
         self.tokens = TokenService(sessions)
+        self.projects = ProjectService(sessions)
         self.events = EventLog(sessions)
         self.audit = AuditLog(sessions)
         self.vms = VMService(sessions, agent, socket.gethostname(), boot_timeout=config.boot_timeout,
