@@ -99,10 +99,13 @@ class Server:
             self.client.close()
         self.proc = None
 
-    def cli(self, *args: str, input: bytes | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        """Run the `virtpool` command against this server, as a user would."""
+    def cli(self, *args: str, input: bytes | None = None, timeout: float = 240,
+            token: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the `virtpool` command against this server, as a user would (with ``token``
+        instead of the admin token when given)."""
+        env = {**self.env, "VIRTPOOL_TOKEN": token} if token else self.env
         return subprocess.run(
-            [VIRTPOOL, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+            [VIRTPOOL, *args], env=env, capture_output=True, text=True, timeout=timeout,
             input=input.decode() if input is not None else None,
         )
 
@@ -113,8 +116,9 @@ class Server:
     def cleanup(self) -> None:
         """Force-delete every VM, stop the server, and insist that no QEMU survived."""
         if self.client is not None and self.proc is not None:
-            for vm in self.client.vms():
-                self.client.delete_vm(vm.name, force=True)
+            for vm in self.client.vms(all_projects=True):
+                with Client(self.client.url, self.client.token, project=vm.project) as in_project:
+                    in_project.delete_vm(vm.id, force=True)
         self.stop()
         for pid in qemu_pids(self.data_dir):
             os.kill(pid, signal.SIGKILL)

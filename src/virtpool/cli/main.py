@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from virtpool.cli import audit, common, host, image, operation, output, vm
+from virtpool.cli import (
+    audit,
+    common,
+    host,
+    image,
+    operation,
+    output,
+    project,
+    token,
+    vm,
+)
 from virtpool.cli.common import JsonFlag
 
 app = typer.Typer(help="virtpool: QEMU virtual machines on your hosts.", no_args_is_help=True,
@@ -17,6 +27,8 @@ app.add_typer(image.app, name="image")
 app.add_typer(host.app, name="host")
 app.add_typer(audit.app, name="audit")
 app.add_typer(operation.app, name="operation")
+app.add_typer(project.app, name="project")
+app.add_typer(token.app, name="token")
 
 
 @app.command("events")
@@ -53,8 +65,12 @@ def main(
     data_dir: Annotated[Path | None, typer.Option(
         "--data-dir", envvar="VIRTPOOL_DATA_DIR",
         help="where `virtpool up` keeps its state (default /var/lib/virtpool as root)")] = None,
+    project_name: Annotated[str | None, typer.Option(
+        "--project", envvar="VIRTPOOL_PROJECT",
+        help="the project to act in (pool admins; a project token acts in its own)")] = None,
 ) -> None:
     common.set_data_dir(data_dir)
+    common.set_project(project_name)
 
 
 @app.command("server")

@@ -59,14 +59,15 @@ class EventLog:
 
     def list(self, *, after: int = 0, kind: str | None = None, vm: str | None = None,
              project_id: str | None = None, limit: int = 100) -> list[Event]:
-        """Events with an id above ``after``, oldest first (so that a reader can follow on)."""
+        """Events with an id above ``after``, oldest first (so that a reader can follow on);
+        one project's when ``project_id`` is given (pool-wide events have none)."""
         query = select(EventRow).where(EventRow.id > after).order_by(EventRow.id).limit(limit)
+        if project_id is not None:
+            query = query.where(EventRow.project_id == project_id)
         if kind is not None:
             query = query.where(EventRow.kind.startswith(kind))
         if vm is not None:
             query = query.where(EventRow.vm == vm)
-        if project_id is not None:
-            query = query.where(EventRow.project_id == project_id)
         with self._sessions() as session:
             return [_event(r) for r in session.scalars(query)]
 

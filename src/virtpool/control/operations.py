@@ -71,10 +71,11 @@ class OperationService:
                 .values(status="failed", error=INTERRUPTED, message="interrupted", updated_at=utcnow()))
         return result.rowcount
 
-    def get(self, op_id: str) -> Operation:
+    def get(self, op_id: str, project_id: str | None = None) -> Operation:
+        """An operation; within ``project_id`` when given (another project's is not found)."""
         with self._sessions() as session:
             row = session.get(OperationRow, op_id)
-            if row is None:
+            if row is None or (project_id is not None and row.project_id != project_id):
                 raise NotFound(f"no operation '{op_id}'", hint="see `virtpool operation list`")
             return _operation(row)
 
@@ -89,9 +90,9 @@ class OperationService:
         with self._sessions() as session:
             return [_operation(r) for r in session.scalars(query)]
 
-    def wait(self, op_id: str, timeout: float) -> Operation:
+    def wait(self, op_id: str, timeout: float, project_id: str | None = None) -> Operation:
         """Block until the operation has finished or its progress moved on (or ``timeout``)."""
-        first = self.get(op_id)
+        first = self.get(op_id, project_id)
         deadline = time.monotonic() + timeout
         while True:
             with self._changed:

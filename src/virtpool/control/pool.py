@@ -16,6 +16,7 @@ from virtpool.control.balancer import MemoryBalancer, MemoryPolicy
 from virtpool.control.events import EventLog
 from virtpool.control.images import ImageService
 from virtpool.control.operations import OperationService
+from virtpool.control.projects import ProjectService
 from virtpool.control.store import db
 from virtpool.control.vm_operations import VMOperations
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
@@ -50,6 +51,7 @@ class Pool:
         self.engine = db.open_database(config.db_url or db.sqlite_url(config.data_dir / "state.db"))
         sessions = db.session_factory(self.engine)
         self.tokens = TokenService(sessions)
+        self.projects = ProjectService(sessions)
         self.events = EventLog(sessions)
         self.audit = AuditLog(sessions)
         self.vms = VMService(sessions, agent, socket.gethostname(), boot_timeout=config.boot_timeout,

@@ -58,9 +58,9 @@ class VMOperations:
         self._watching: dict[str, tuple[str, Plan]] = {}  # vm id -> (operation id, plan)
         events.listen(self._on_event)
 
-    def create(self, spec: VMSpec, *, actor: str) -> Operation:
-        """Create and boot a VM."""
-        vm = self._vms.create(spec, start=True)
+    def create(self, spec: VMSpec, *, actor: str, project_id: str) -> Operation:
+        """Create and boot a VM in ``project_id``."""
+        vm = self._vms.create(spec, start=True, project_id=project_id)
         return self._follow("vm.create", vm.id, vm.name, actor)
 
     def start(self, ref: str, *, actor: str) -> Operation:

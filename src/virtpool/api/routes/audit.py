@@ -1,11 +1,11 @@
-"""The audit log."""
+"""The audit log: a project's entries for its tokens (every role); all of it for pool admins."""
 
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from virtpool.api.deps import Caller, PoolDep
+from virtpool.api.deps import PoolDep, ProjectFilter
 from virtpool.api.paging import MAX_ID
 from virtpool.model.audit import AuditEntry
 
@@ -14,9 +14,9 @@ router = APIRouter(tags=["audit"])
 
 @router.get("/audit", response_model=list[AuditEntry], summary="Mutating requests and automatic decisions")
 def list_audit(
-    pool: PoolDep, _: Caller,
+    pool: PoolDep, project: ProjectFilter,
     since: datetime | None = None,
     after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[AuditEntry]:
-    return pool.audit.list(since=since, after=after, limit=limit)
+    return pool.audit.list(since=since, after=after, limit=limit, project_id=project)

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from virtpool.api.deps import Caller, PoolDep
+from virtpool.api.deps import PoolDep, ProjectFilter
 from virtpool.api.paging import MAX_ID
 from virtpool.control.pool import Pool
 from virtpool.model.event import Event
@@ -24,17 +24,15 @@ BATCH = 500
 
 Kind = Annotated[str | None, Query(max_length=32, description="prefix, e.g. vm.state")]
 VMName = Annotated[str | None, Query(max_length=63)]
-Project = Annotated[str | None, Query(max_length=63, description="project id")]
 
 
 @router.get("/events", response_model=list[Event],
             summary="Events after id AFTER, oldest first; poll with the last id seen to follow")
 def list_events(
-    pool: PoolDep, _: Caller,
+    pool: PoolDep, project: ProjectFilter,
     after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     kind: Kind = None,
     vm: VMName = None,
-    project: Project = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[Event]:
     return pool.events.list(after=after, kind=kind, vm=vm, project_id=project, limit=limit)
@@ -45,11 +43,10 @@ def list_events(
                              "description": "one SSE message per event: id, event = kind, data = the event"}},
             summary="Events as server-sent events; resumes after Last-Event-ID (or AFTER)")
 def stream_events(
-    pool: PoolDep, _: Caller,
+    pool: PoolDep, project: ProjectFilter,
     after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     kind: Kind = None,
     vm: VMName = None,
-    project: Project = None,
     last_event_id: Annotated[int | None, Header(ge=0, le=MAX_ID, description="the last id received")] = None,
 ) -> EventSourceResponse:
     start = last_event_id if last_event_id is not None else after

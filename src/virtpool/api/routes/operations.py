@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import JSONResponse
 
 from virtpool.api.app_prefix import API_PREFIX
-from virtpool.api.deps import Caller, PoolDep
+from virtpool.api.deps import Caller, PoolDep, ProjectFilter
 from virtpool.model.operation import Operation, OperationStatus
 
 router = APIRouter(prefix="/operations", tags=["operations"])
@@ -26,8 +26,7 @@ def accepted(op: Operation) -> JSONResponse:
 
 @router.get("", response_model=list[Operation], summary="Recent operations, newest first")
 def list_operations(
-    pool: PoolDep, _: Caller,
-    project: Annotated[str | None, Query(max_length=63)] = None,
+    pool: PoolDep, project: ProjectFilter,
     status_: Annotated[OperationStatus | None, Query(alias="status")] = None,
     kind: Annotated[str | None, Query(max_length=32)] = None,
     target: Annotated[str | None, Query(max_length=255)] = None,
@@ -39,9 +38,10 @@ def list_operations(
 @router.get("/{op_id}", response_model=Operation,
             summary="An operation; with wait, answers once it finished or moved on (or at timeout)")
 def show_operation(
-    op_id: str, pool: PoolDep, _: Caller,
+    op_id: str, pool: PoolDep, caller: Caller,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to hold the answer")] = 0,
 ) -> Operation:
-    if wait > 0:
-        return pool.operations.wait(op_id, wait)
-    return pool.operations.get(op_id)
+    # A project token sees its own project's operations only; others' do not exist for it.
+    scope = caller.project_id
+    op = pool.operations.get(op_id, project_id=scope)
+    return pool.operations.wait(op.id, wait, project_id=scope) if wait > 0 else op

@@ -18,11 +18,14 @@ from fastapi import (
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from virtpool.api.deps import Caller, PoolDep, bearer
+from virtpool.api.deps import Operator, PoolDep, Reader, Scope, bearer, resolve_project
 from virtpool.api.paging import MAX_ID, page_headers
+from virtpool.api.problems import problem
 from virtpool.api.routes.operations import ACCEPTED, accepted
+from virtpool.control.pool import Pool
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
-from virtpool.model.errors import InvalidRequest, VirtpoolError
+from virtpool.model.errors import Conflict, InvalidRequest, VirtpoolError
+from virtpool.model.roles import Access, check_access
 from virtpool.model.spec import ExecResult, Resize, VMSpec
 from virtpool.model.states import VMState
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
@@ -52,6 +55,11 @@ class ExecRequest(BaseModel):
     stdin: str | None = Field(default=None, description="base64", max_length=MAX_STDIN_BYTES * 4 // 3 + 4)
 
 
+def _vm_id(pool: Pool, scope: Scope, name: str) -> str:
+    """The id of the VM ``name`` (or id) in the request's project; another project's is not found."""
+    return pool.vms.get(name, scope.project).id
+
+
 VM_LIST = TypeAdapter(list[VMInfo])
 CURSOR = r"^[a-z][a-z0-9-]{0,62}:[0-9a-f]{1,32}$"
 
@@ -59,14 +67,17 @@ CURSOR = r"^[a-z][a-z0-9-]{0,62}:[0-9a-f]{1,32}$"
 @router.get("", response_model=list[VMInfo],
             summary="A page of VMs by name; X-Total-Count gives the total, Link the next page")
 def list_vms(
-    request: Request, pool: PoolDep, _: Caller,
+    request: Request, pool: PoolDep, scope: Reader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     after: Annotated[str | None, Query(pattern=CURSOR, description="NAME:ID of the last VM seen "
                                                                     "(the next link carries it)")] = None,
+    all_projects: Annotated[bool, Query(description="pool admins: every project's VMs")] = False,
 ) -> Response:
+    project = None if all_projects and scope.caller.pool_admin else scope.project
     cursor = tuple(after.split(":")) if after else None
-    vms, total = pool.vms.page(limit=limit, offset=offset, after=cursor)  # type: ignore[arg-type]
+    vms, total = pool.vms.page(limit=limit, offset=offset, project_id=project,
+                               after=cursor)  # type: ignore[arg-type]
     next_cursor = f"{vms[-1].name}:{vms[-1].id}" if len(vms) == limit else None
     # Serialised here, once: the VMs are valid already, so FastAPI need not check them again.
     return Response(VM_LIST.dump_json(vms), media_type="application/json",
@@ -75,100 +86,109 @@ def list_vms(
 
 @router.post("", response_model=VMInfo, status_code=status.HTTP_201_CREATED, responses=ACCEPTED,
              summary="Create a VM (201); with start, create and boot it as an operation (202)")
-def create_vm(body: VMCreate, pool: PoolDep, caller: Caller) -> VMInfo | JSONResponse:
+def create_vm(body: VMCreate, request: Request, pool: PoolDep, scope: Operator) -> VMInfo | JSONResponse:
+    request.state.audit_target = body.name
     spec = VMSpec.model_validate(body.model_dump(exclude={"start"}))
     if body.start:
-        return accepted(pool.vm_operations.create(spec, actor=caller.name))
-    return pool.vms.create(spec)
+        return accepted(pool.vm_operations.create(spec, actor=scope.caller.name, project_id=scope.project))
+    return pool.vms.create(spec, project_id=scope.project)
 
 
 @router.get("/{name}", response_model=VMInfo,
             summary="A VM; with wait_for, answers once it is in one of those states (or at timeout)")
 def show_vm(
-    name: str, pool: PoolDep, _: Caller,
+    name: str, pool: PoolDep, scope: Reader,
     wait_for: Annotated[list[VMState] | None, Query()] = None,
     timeout: Annotated[float, Query(gt=0, le=MAX_WAIT_S)] = 30.0,
 ) -> VMInfo:
     if wait_for:
-        return pool.vms.wait(name, wait_for, timeout)
-    return pool.vms.get(name)
+        return pool.vms.wait(_vm_id(pool, scope, name), wait_for, timeout)
+    return pool.vms.get(name, scope.project)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_vm(name: str, pool: PoolDep, _: Caller, force: bool = False) -> Response:
-    pool.vms.delete(name, force=force)
+def delete_vm(name: str, pool: PoolDep, scope: Operator, force: bool = False) -> Response:
+    pool.vms.delete(_vm_id(pool, scope, name), force=force)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{name}/start", status_code=status.HTTP_202_ACCEPTED, response_class=JSONResponse,
              responses=ACCEPTED, summary="Boot a VM; follow the operation")
-def start_vm(name: str, pool: PoolDep, caller: Caller) -> JSONResponse:
-    return accepted(pool.vm_operations.start(name, actor=caller.name))
+def start_vm(name: str, pool: PoolDep, scope: Operator) -> JSONResponse:
+    return accepted(pool.vm_operations.start(_vm_id(pool, scope, name), actor=scope.caller.name))
 
 
 @router.post("/{name}/stop", status_code=status.HTTP_202_ACCEPTED, response_class=JSONResponse,
              responses=ACCEPTED, summary="Shut a VM down; follow the operation")
 def stop_vm(
-    name: str, pool: PoolDep, caller: Caller,
+    name: str, pool: PoolDep, scope: Operator,
     timeout: Annotated[float, Query(gt=0, le=3600)] = DEFAULT_STOP_TIMEOUT_S,
 ) -> JSONResponse:
-    return accepted(pool.vm_operations.stop(name, actor=caller.name, timeout=timeout))
+    return accepted(pool.vm_operations.stop(_vm_id(pool, scope, name), actor=scope.caller.name,
+                                            timeout=timeout))
 
 
 @router.post("/{name}/restart", status_code=status.HTTP_202_ACCEPTED, response_class=JSONResponse,
              responses=ACCEPTED, summary="Stop and boot a VM again; follow the operation")
 def restart_vm(
-    name: str, pool: PoolDep, caller: Caller,
+    name: str, pool: PoolDep, scope: Operator,
     timeout: Annotated[float, Query(gt=0, le=3600)] = DEFAULT_STOP_TIMEOUT_S,
 ) -> JSONResponse:
-    return accepted(pool.vm_operations.restart(name, actor=caller.name, timeout=timeout))
+    return accepted(pool.vm_operations.restart(_vm_id(pool, scope, name), actor=scope.caller.name,
+                                               timeout=timeout))
 
 
 @router.post("/{name}/pause", response_model=VMInfo)
-def pause_vm(name: str, pool: PoolDep, _: Caller) -> VMInfo:
-    return pool.vms.pause(name)
+def pause_vm(name: str, pool: PoolDep, scope: Operator) -> VMInfo:
+    return pool.vms.pause(_vm_id(pool, scope, name))
 
 
 @router.post("/{name}/resume", response_model=VMInfo)
-def resume_vm(name: str, pool: PoolDep, _: Caller) -> VMInfo:
-    return pool.vms.resume(name)
+def resume_vm(name: str, pool: PoolDep, scope: Operator) -> VMInfo:
+    return pool.vms.resume(_vm_id(pool, scope, name))
 
 
 @router.post("/{name}/resize", response_model=ResizeResult,
              summary="Change memory (balloon), CPU cap and weight, disk throttling and size; "
              "vCPUs at the next boot")
-def resize_vm(name: str, body: Resize, pool: PoolDep, _: Caller) -> ResizeResult:
-    return pool.vms.resize(name, body)
+def resize_vm(name: str, body: Resize, pool: PoolDep, scope: Operator) -> ResizeResult:
+    return pool.vms.resize(_vm_id(pool, scope, name), body)
 
 
 @router.get("/{name}/stats", response_model=VMStats)
-def vm_stats(name: str, pool: PoolDep, _: Caller) -> VMStats:
-    return pool.vms.stats(name)
+def vm_stats(name: str, pool: PoolDep, scope: Reader) -> VMStats:
+    return pool.vms.stats(_vm_id(pool, scope, name))
 
 
 @router.post("/{name}/exec", response_model=ExecResult,
              summary="Run a command in the guest; returns its exit code, stdout and stderr")
-def exec_vm(name: str, body: ExecRequest, pool: PoolDep, _: Caller) -> ExecResult:
+def exec_vm(name: str, body: ExecRequest, pool: PoolDep, scope: Operator) -> ExecResult:
     stdin = None
     if body.stdin is not None:
         try:
             stdin = base64.b64decode(body.stdin, validate=True)
         except ValueError as err:  # binascii.Error, or characters that are not base64 at all
             raise InvalidRequest("stdin is not valid base64") from err
-    return pool.vms.exec(name, body.argv, timeout=body.timeout, stdin=stdin)
+    return pool.vms.exec(_vm_id(pool, scope, name), body.argv, timeout=body.timeout, stdin=stdin)
 
 
 @router.get("/{name}/logs", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}},
             summary="The serial console log from OFFSET; X-Next-Offset says where to go on")
 def vm_logs(
-    name: str, pool: PoolDep, _: Caller,
-    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    name: str, pool: PoolDep, scope: Reader,
+    offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK)] = 1 << 20,
 ) -> Response:
-    data, next_offset = pool.vms.read_log(name, offset, limit)
+    data, next_offset = pool.vms.read_log(_vm_id(pool, scope, name), offset, limit)
     return Response(data, media_type="application/octet-stream",
                     headers={"X-Next-Offset": str(next_offset)})
+
+
+async def _refuse(websocket: WebSocket, err: VirtpoolError) -> None:
+    """Refuse the handshake with the error's own status and problem+json (a plain close before
+    the handshake would reach the client as a bare 403, whatever the reason)."""
+    await websocket.send_denial_response(problem(err.status, err.title, err.message, err.hint))
 
 
 @router.websocket("/{name}/console")
@@ -176,13 +196,16 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
     """Bytes both ways between the websocket and the VM's serial console."""
     pool = websocket.app.state.pool
     try:
-        await asyncio.to_thread(pool.tokens.authenticate, bearer(websocket))  # type: ignore[arg-type]
-        vm = await asyncio.to_thread(pool.vms.get, name)
+        caller = await asyncio.to_thread(pool.tokens.authenticate, bearer(websocket))  # type: ignore[arg-type]
+        project = await asyncio.to_thread(resolve_project, pool, caller, websocket.query_params.get("project"))
+        # The console is a shell on the guest: it takes the right to change VMs, not just to look.
+        check_access(caller.name, caller.role, caller.project_id, Access.OPERATE)
+        vm = await asyncio.to_thread(pool.vms.get, name, project)
     except VirtpoolError as err:
-        await websocket.close(code=4000 + err.status, reason=err.message[:120])
+        await _refuse(websocket, err)
         return
     if vm.state.value not in ("running", "paused", "starting"):
-        await websocket.close(code=4409, reason=f"VM '{vm.name}' is {vm.state.value}")
+        await _refuse(websocket, Conflict(f"VM '{vm.name}' is {vm.state.value}", hint="start it first"))
         return
     try:
         reader, writer = await asyncio.open_unix_connection(
