@@ -9,15 +9,26 @@ import threading
 from collections.abc import Iterator
 
 import httpx
+import pytest
 
+import virtpool
 from tests.conftest import VIRTPOOL, Server
 from virtpool.model.event import Event
 
 
 def collect(events: Iterator[Event]) -> queue.Queue[Event]:
-    """Read a stream in a thread; the test takes events from the queue as they arrive."""
+    """Read a stream in a thread; the test takes events from the queue as they arrive. The
+    stream ends when its client is closed (an event the test waits for then never comes)."""
     found: queue.Queue[Event] = queue.Queue()
-    threading.Thread(target=lambda: [found.put(e) for e in events], daemon=True).start()
+
+    def read() -> None:
+        try:
+            for event in events:
+                found.put(event)
+        except virtpool.Unreachable:
+            pass
+
+    threading.Thread(target=read, daemon=True).start()
     return found
 
 
@@ -42,15 +53,39 @@ def test_stream_delivers_new_events_with_their_project(api_server: Server) -> No
 
 def test_stream_filters_by_vm_and_project(api_server: Server) -> None:
     api = api_server.api()
+    api.create_project("elsewhere")
     start = max([e.id for e in api.events(limit=1000)], default=0)
     only_b = collect(api.stream_events(after=start, vm="fb"))
-    other_project = collect(api.stream_events(after=start, project="elsewhere"))
+    elsewhere = collect(api.stream_events(after=start, project="elsewhere"))
     api.create_vm("fa")
     api.create_vm("fb")
-    assert only_b.get(timeout=30).vm == "fb"
-    assert other_project.empty()
+    with virtpool.Client(api.url, api.token, project="elsewhere") as other:
+        other.create_vm("fc")
+        assert only_b.get(timeout=30).vm == "fb"
+        event = elsewhere.get(timeout=30)
+        assert (event.vm, event.project_id) == ("fc", "elsewhere")
+        other.delete_vm("fc")
     api.delete_vm("fa")
     api.delete_vm("fb")
+    assert elsewhere.get(timeout=30).vm == "fc"  # its deletion; nothing of fa or fb came between
+
+
+def test_a_project_token_streams_its_own_project_only(api_server: Server) -> None:
+    api = api_server.api()
+    api.create_project("narrow")
+    secret = api.create_token("narrow-viewer", "viewer", project="narrow").token
+    with virtpool.Client(api.url, secret) as viewer:
+        start = max([e.id for e in api.events(limit=1000)], default=0)
+        seen = collect(viewer.stream_events(after=start))
+        api.create_vm("outside")
+        with virtpool.Client(api.url, api.token, project="narrow") as admin_in_narrow:
+            admin_in_narrow.create_vm("inside")
+        assert seen.get(timeout=30).vm == "inside"
+        with pytest.raises(virtpool.NotFound):
+            next(viewer.stream_events(project="default"))
+    api.delete_vm("outside")
+    with virtpool.Client(api.url, api.token, project="narrow") as admin_in_narrow:
+        admin_in_narrow.delete_vm("inside")
 
 
 def test_last_event_id_resumes_after_that_event(api_server: Server) -> None:

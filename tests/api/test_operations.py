@@ -6,6 +6,7 @@ import signal
 
 import pytest
 
+import virtpool
 from tests.conftest import Server
 from virtpool.sdk import NotFound, OperationFailed
 
@@ -24,6 +25,20 @@ def test_image_build_is_an_operation_with_a_location(api_server: Server) -> None
     assert done.result == {"image": "default", "built": False}  # the linked image is current
     assert http.get(response.headers["location"].removeprefix("/api/v1")).json()["status"] == "succeeded"
     assert any(o.id == op["id"] for o in api_server.api().operations(kind="image.build"))
+
+
+def test_project_tokens_see_their_own_project_operations_only(api_server: Server) -> None:
+    api = api_server.api()
+    build = api.wait_operation(api.build_image("default"), timeout=120)  # belongs to no project
+    api.create_project("opsproj")
+    secret = api.create_token("opsproj-member", "member", project="opsproj").token
+    with virtpool.Client(api.url, secret) as member:
+        with pytest.raises(NotFound):
+            member.operation(build.id)
+        assert build.id not in [o.id for o in member.operations(limit=1000)]
+        with pytest.raises(NotFound):
+            member.operations(project="default")
+    assert api.operation(build.id).status == "succeeded"
 
 
 def test_create_and_boot_then_stop_through_operations(api_server: Server) -> None:
