@@ -75,3 +75,12 @@ def test_problems_map_to_exception_classes(status: int, body: dict[str, str],
                                            expected: type[virtpool.APIError]) -> None:
     assert error_class(status, body) is expected
     assert issubclass(virtpool.QuotaExceeded, virtpool.Conflict)
+
+
+def test_a_vm_read_by_name_has_all_its_ports(api_server: Server) -> None:
+    api = api_server.api()
+    api.create_vm("ported", ports=["47011:80", "47012:81", "47013:82"])
+    assert [str(p) for p in api.vm("ported").ports] == ["47011:80", "47012:81", "47013:82"]
+    [listed] = [v for v in api.vms_page(limit=1000).items if v.name == "ported"]
+    assert [str(p) for p in listed.ports] == ["47011:80", "47012:81", "47013:82"]
+    api.delete_vm("ported")

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from virtpool.control import quotas
 from virtpool.control.events import EventLog
@@ -121,10 +121,12 @@ class VMService:
             return _info(self._row(session, ref, project_id))
 
     def _row(self, session: Session, ref: str, project_id: str | None = None) -> VMRow:
-        query = select(VMRow).where((VMRow.name == ref) | (VMRow.id == ref))
+        # One query, ports joined in, rather than a second round trip for them.
+        query = select(VMRow).options(joinedload(VMRow.ports)).where((VMRow.name == ref) | (VMRow.id == ref))
         if project_id is not None:
             query = query.where(VMRow.project_id == project_id)
-        row = session.scalar(query)
+        # All rows read (a VM has one row per port), then the first VM.
+        row = next(iter(session.scalars(query).unique().all()), None)
         if row is None:
             raise NotFound(f"no VM named '{ref}'", hint="see `virtpool vm list`")
         return row
