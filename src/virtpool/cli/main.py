@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from virtpool.cli import audit, common, host, image, output, vm
+from virtpool.cli import audit, common, group, host, image, output, pool, vm
 from virtpool.cli.common import JsonFlag
 
 app = typer.Typer(help="virtpool: QEMU virtual machines on your hosts.", no_args_is_help=True,
@@ -16,6 +16,8 @@ app.add_typer(vm.app, name="vm")
 app.add_typer(image.app, name="image")
 app.add_typer(host.app, name="host")
 app.add_typer(audit.app, name="audit")
+app.add_typer(group.app, name="group")
+app.add_typer(pool.app, name="pool")
 
 
 @app.command("events")

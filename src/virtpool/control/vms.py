@@ -25,7 +25,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from virtpool.control.events import EventLog
-from virtpool.control.store.tables import PortRow, VMRow, utcnow
+from virtpool.control.placement import Placed, Placer, claim_delta
+from virtpool.control.store.tables import DEFAULT_PROJECT, PortRow, VMRow, utcnow
 from virtpool.model.agent import Agent
 from virtpool.model.errors import (
     Conflict,
@@ -34,6 +35,7 @@ from virtpool.model.errors import (
     NotFound,
     VirtpoolError,
 )
+from virtpool.model.resources import Resources
 from virtpool.model.spec import ExecResult, PortForward, Resize, VMSpec
 from virtpool.model.states import ACTIVE, VMState, check_action, check_transition
 from virtpool.model.resize import plan_resize
@@ -69,10 +71,12 @@ class VMService:
         workers: int = 16,
         events: EventLog | None = None,
         memory: Callable[[], MemoryLimits] | None = None,
+        placer: Placer | None = None,
     ) -> None:
         self._sessions = sessions
         self._agent = agent
-        self._host = host
+        self.local_host = host
+        self._placer = placer or Placer()
         self.boot_timeout = boot_timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm-op")
         self._events = events
@@ -173,34 +177,37 @@ class VMService:
 
     # -- create ---------------------------------------------------------------------------
 
-    def create(self, spec: VMSpec, *, start: bool = False) -> VMInfo:
-        """Validate, record, make the disk; on any failure nothing is left behind."""
+    def create(self, spec: VMSpec, *, start: bool = False,
+               project_id: str = DEFAULT_PROJECT) -> VMInfo:
+        """Validate, place, record, make the disk; on any failure nothing is left behind."""
         self._agent.get_image(spec.image)
         self._check_fits_host(spec)
         self._check_ports(spec.ports, vm_id=None)
         vm_id = uuid.uuid4().hex
-        self._insert(vm_id, spec)
+        self._insert(vm_id, spec, project_id)
         try:
             self._agent.create_disk(vm_id, spec.image, spec.disk_mib)
         except BaseException:
             self._agent.destroy_vm(vm_id)
-            with self._sessions.begin() as session:
-                session.execute(delete(VMRow).where(VMRow.id == vm_id))
+            self._forget(vm_id)
             raise
         self._transition(vm_id, [S.CREATING], S.STOPPED)
         if start:
             return self.start(vm_id)
         return self.get(vm_id)
 
-    def _insert(self, vm_id: str, spec: VMSpec) -> None:
+    def _insert(self, vm_id: str, spec: VMSpec, project_id: str) -> None:
         for _ in range(SLOT_ATTEMPTS):
             try:
                 with self._sessions.begin() as session:
-                    session.add(self._new_row(session, vm_id, spec))
+                    # The host's claim and the VM row commit together, or neither does.
+                    placed = self._placer.place_vm(session, spec, project_id)
+                    session.add(self._new_row(session, vm_id, spec, placed, project_id))
                 return
             except IntegrityError as err:
                 with self._sessions() as session:
-                    if session.scalar(select(VMRow.id).where(VMRow.name == spec.name)):
+                    if session.scalar(select(VMRow.id).where(VMRow.name == spec.name,
+                                                             VMRow.project_id == project_id)):
                         raise Conflict(
                             f"a VM named '{spec.name}' exists", hint="pick another name"
                         ) from err
@@ -208,13 +215,15 @@ class VMService:
                 # Otherwise a concurrent create took the same slot: pick again.
         raise Conflict("too many VMs are being created at once; try again")
 
-    def _new_row(self, session: Session, vm_id: str, spec: VMSpec) -> VMRow:
+    def _new_row(self, session: Session, vm_id: str, spec: VMSpec, placed: Placed,
+                 project_id: str) -> VMRow:
         used = set(session.scalars(select(VMRow.slot)))
         slot = next(n for n in range(len(used) + 1) if n not in used)
         return VMRow(
             id=vm_id, name=spec.name, image=spec.image, cpus=spec.cpus,
             memory_mib=spec.memory_mib, disk_mib=spec.disk_mib, kernel_args=spec.kernel_args,
-            accel=spec.accel, state=S.CREATING.value, host=self._host,
+            accel=spec.accel, state=S.CREATING.value, host=placed.host, project_id=project_id,
+            group_id=placed.group_id, required_labels=spec.required_labels or None,
             max_memory_mib=spec.boot_memory_mib, cpu_cap_pct=spec.cpu_cap_pct,
             cpu_weight=spec.cpu_weight, disk_iops=spec.disk_iops, disk_bps=spec.disk_bps,
             cpu_affinity=spec.cpu_affinity, slot=slot,
@@ -383,8 +392,16 @@ class VMService:
         return ResizeResult(vm=self.get(vm.id), notes=plan.notes)
 
     def _write_columns(self, vm_id: str, columns: dict[str, object]) -> None:
+        """Write new resources and move the VM's host claim by the difference, together."""
         if columns:
             with self._sessions.begin() as session:
+                row = session.get(VMRow, vm_id)
+                if row is None:
+                    raise NotFound(f"VM {vm_id} was deleted while it was resized")
+                old = _held(row)
+                new = Resources(*(int(columns.get(k, getattr(row, k)))  # type: ignore[call-overload]
+                                  for k in ("cpus", "max_memory_mib", "disk_mib")))
+                self._placer.adjust(session, row.host, row.name, claim_delta(old, new))
                 session.execute(update(VMRow).where(VMRow.id == vm_id).values(**columns, updated_at=utcnow()))
 
     def stats(self, ref: str, *, tolerant: bool = False) -> VMStats:
@@ -403,8 +420,15 @@ class VMService:
     def delete(self, ref: str, *, force: bool = False) -> None:
         vm = self._claim(ref, "force-delete" if force else "delete", S.DELETING)
         self._agent.destroy_vm(vm.id)
+        self._forget(vm.id)
+
+    def _forget(self, vm_id: str) -> None:
+        """Delete a VM's row and give its claim back to its host, together."""
         with self._sessions.begin() as session:
-            session.execute(delete(VMRow).where(VMRow.id == vm.id))
+            row = session.get(VMRow, vm_id)
+            if row is not None:
+                self._placer.release(session, row.host, _held(row))
+                session.execute(delete(VMRow).where(VMRow.id == vm_id))
 
     # -- guest ----------------------------------------------------------------------------
 
@@ -448,8 +472,7 @@ class VMService:
     def _reconcile_one(self, vm: VMInfo) -> None:
         if vm.state in (S.CREATING, S.DELETING):
             self._agent.destroy_vm(vm.id)
-            with self._sessions.begin() as session:
-                session.execute(delete(VMRow).where(VMRow.id == vm.id))
+            self._forget(vm.id)
             return
         status = self._agent.adopt_vm(vm.id, vm.name)
         if vm.state in (S.RUNNING, S.PAUSED):
@@ -470,6 +493,11 @@ class VMService:
         elif status is not None:
             log.warning("VM %s is %s but its QEMU runs; stopping it", vm.name, vm.state.value)
             self._agent.kill_vm(vm.id)
+
+
+def _held(row: VMRow) -> Resources:
+    """What a VM's row claims on its host: vCPUs, the memory it boots with, its disk."""
+    return Resources(row.cpus, row.max_memory_mib, row.disk_mib)
 
 
 def _info(row: VMRow) -> VMInfo:
