@@ -393,3 +393,40 @@ def test_rebalance_plans_from_the_database_and_refuses_to_pretend(pool: Pool) ->
     with pytest.raises(MigrationUnavailable, match="live migration is not available yet"):
         rebalancer.run(dry_run=False)
     assert set(pool.sums()) == {"a"}  # nothing moved
+
+
+def test_a_lost_claim_on_postgresql_keeps_no_lock_on_the_host(pg_url: str) -> None:
+    """PostgreSQL keeps the lock an UPDATE waited for even when the row then fails its WHERE;
+    a lost claim must not, or two creates can deadlock on each other's hosts."""
+    from sqlalchemy import text
+
+    from virtpool.control.placement import _claim_once
+    from virtpool.model.resources import Resources
+
+    pool = Pool(pg_url)
+    try:
+        pool.add("locks")
+        seen = pool.host_rows()["locks"].generation
+        other = pool.engine.connect()
+        other.begin()
+        other.execute(text("UPDATE hosts SET generation = generation + 1 WHERE name = 'locks'"))
+
+        def commit_once_the_claim_waits() -> None:
+            with pool.engine.connect() as watcher:
+                while not watcher.execute(text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                )).scalar():
+                    watcher.rollback()
+            other.commit()
+
+        committer = threading.Thread(target=commit_once_the_claim_waits)
+        committer.start()
+        with pool.sessions.begin() as session:
+            assert _claim_once(session, "locks", seen, Resources(1, 1, 1)) is False
+            committer.join()
+            with pool.engine.connect() as third:  # would fail at once if the row were locked
+                third.execute(text("SELECT name FROM hosts WHERE name = 'locks' FOR UPDATE NOWAIT"))
+                third.rollback()
+        other.close()
+    finally:
+        pool.close()

@@ -13,9 +13,11 @@ means that even a bug in the figures can never overbook a host.
 
 The hosts' figures are kept in memory between placements (``HostArrays``, with each host's
 generation) because reading 10,000 rows per VM would cost more than the decision. The cache is
-an optimisation only — the generation check makes every claim exact: a host this process
-changed is reloaded before the next placement, the whole inventory is reloaded every
-``CACHE_MAX_AGE_S`` and before any refusal, so a refusal is always decided on fresh figures.
+an optimisation only — the generation check makes every claim exact. A host this process
+changed is reloaded before the next placement; every ``CACHE_MAX_AGE_S``, after two lost races
+in a row and before any refusal, one scan of names and generations finds the hosts others
+changed (every change to a host row bumps its generation), so a refusal is always decided on
+fresh figures.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from virtpool.control.scheduler import Decision, HostArrays, place, refusal
@@ -44,7 +48,7 @@ CACHE_MAX_AGE_S = 5.0
 _SLACK = 1e-9
 
 
-def host_capacity(row: HostRow) -> HostCapacity:
+def host_capacity(row: HostRow | Row[Any]) -> HostCapacity:
     """The scheduler's view of a host row (validated: a broken row is an error, not a guess)."""
     return HostCapacity(
         name=row.name, cpus=row.cpus, memory_mib=row.memory_mib, disk_mib=row.disk_mib,
@@ -57,35 +61,42 @@ def host_capacity(row: HostRow) -> HostCapacity:
     )
 
 
-def usage_claim(row: HostRow) -> Claim:
+def usage_claim(row: HostRow | Row[Any]) -> Claim:
     """A host's counters as one claim: what ``HostArrays`` needs to know of its VMs."""
     return Claim(vm=f"(VMs on {row.name})", host=row.name, cpus=max(row.used_cpus, 0),
                  memory_mib=max(row.used_memory_mib, 0), disk_mib=max(row.used_disk_mib, 0))
 
 
-def _fits(used: object, amount: int, total: object, reserved: object, ratio: object) -> object:
-    return used + amount <= (total - reserved) * ratio + _SLACK  # type: ignore[operator]
+# The statements are built once, with bound parameters, so that a claim costs SQLAlchemy a
+# cache lookup rather than building and compiling an expression tree per VM.
+_HOSTS = HostRow.__table__
+_CPUS, _MEMORY, _DISK = bindparam("d_cpus"), bindparam("d_memory"), bindparam("d_disk")
+# The host can take the growth (d_* where positive) under its ratios.
+_ROOM = (
+    _HOSTS.c.used_cpus + bindparam("g_cpus")
+    <= (_HOSTS.c.cpus - _HOSTS.c.reserved_cpus) * _HOSTS.c.cpu_ratio + _SLACK,
+    _HOSTS.c.used_memory_mib + bindparam("g_memory")
+    <= (_HOSTS.c.memory_mib - _HOSTS.c.reserved_memory_mib) * _HOSTS.c.memory_ratio + _SLACK,
+    _HOSTS.c.used_disk_mib + bindparam("g_disk")
+    <= (_HOSTS.c.disk_mib - _HOSTS.c.reserved_disk_mib) * _HOSTS.c.disk_ratio + _SLACK,
+)
+_ADD = {"used_cpus": _HOSTS.c.used_cpus + _CPUS,
+        "used_memory_mib": _HOSTS.c.used_memory_mib + _MEMORY,
+        "used_disk_mib": _HOSTS.c.used_disk_mib + _DISK,
+        "generation": _HOSTS.c.generation + 1}
+_HOST = _HOSTS.c.name == bindparam("host")
+CLAIM = (update(_HOSTS)
+         .where(_HOST, _HOSTS.c.generation == bindparam("seen"), _HOSTS.c.state == "up", *_ROOM)
+         .values(_ADD))
+ADJUST = update(_HOSTS).where(_HOST, *_ROOM).values(_ADD)
+RELEASE = update(_HOSTS).where(_HOST).values(_ADD)
 
 
-def _room_for(amount: Resources) -> list[object]:
-    """SQL conditions: the host can take ``amount`` more under its ratios."""
-    return [
-        _fits(HostRow.used_cpus, amount.cpus, HostRow.cpus, HostRow.reserved_cpus,
-              HostRow.cpu_ratio),
-        _fits(HostRow.used_memory_mib, amount.memory_mib, HostRow.memory_mib,
-              HostRow.reserved_memory_mib, HostRow.memory_ratio),
-        _fits(HostRow.used_disk_mib, amount.disk_mib, HostRow.disk_mib,
-              HostRow.reserved_disk_mib, HostRow.disk_ratio),
-    ]
-
-
-def _add(amount: Resources, sign: int = 1) -> dict[str, object]:
-    return {
-        "used_cpus": HostRow.used_cpus + sign * amount.cpus,
-        "used_memory_mib": HostRow.used_memory_mib + sign * amount.memory_mib,
-        "used_disk_mib": HostRow.used_disk_mib + sign * amount.disk_mib,
-        "generation": HostRow.generation + 1,
-    }
+def _params(host: str, delta: Resources) -> dict[str, object]:
+    """Parameters of the statements above: ``delta`` added, its positive part checked."""
+    return {"host": host, "d_cpus": delta.cpus, "d_memory": delta.memory_mib,
+            "d_disk": delta.disk_mib, "g_cpus": max(delta.cpus, 0),
+            "g_memory": max(delta.memory_mib, 0), "g_disk": max(delta.disk_mib, 0)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +122,8 @@ class Placer:
         self._generations = np.zeros(0, dtype=np.int64)
         self._loaded_at = 0.0
         self._dirty: set[str] = set()
-        self._stale = True
+        self._stale = True  # read everything again before the next decision
+        self._behind = False  # check every host's generation before the next decision
 
     # -- the cache ------------------------------------------------------------------------
 
@@ -124,35 +136,57 @@ class Placer:
                 self._dirty.add(host)
 
     def _load(self, session: Session) -> None:
-        rows = list(session.scalars(select(HostRow).order_by(HostRow.name)))
+        rows = session.connection().execute(select(_HOSTS).order_by(_HOSTS.c.name)).all()
         self._arrays = HostArrays.build([host_capacity(r) for r in rows],
                                         [usage_claim(r) for r in rows])
         self._generations = np.array([r.generation for r in rows], dtype=np.int64)
         self._loaded_at = time.monotonic()
         self._dirty.clear()
-        self._stale = False
+        self._stale = self._behind = False
 
     def _reload_host(self, session: Session, name: str) -> None:
         assert self._arrays is not None
         index = self._arrays.index.get(name)
-        row = session.get(HostRow, name, populate_existing=True)
+        row = session.connection().execute(select(_HOSTS).where(_HOSTS.c.name == name)).first()
         if index is None or row is None:  # added or removed meanwhile
             self._load(session)
             return
         self._arrays.reload_host(index, host_capacity(row), [usage_claim(row)])
         self._generations[index] = row.generation
 
-    def _fresh_arrays(self, session: Session) -> tuple[HostArrays, bool]:
-        """The cached arrays brought up to date; True when just read in full."""
-        if self._stale or self._arrays is None \
-                or time.monotonic() - self._loaded_at > CACHE_MAX_AGE_S:
+    def _catch_up(self, session: Session) -> None:
+        """Reload the hosts whose generation moved since they were read: one narrow scan of
+        names and generations, then a row per changed host (or all, when many changed)."""
+        assert self._arrays is not None
+        current = session.connection().execute(select(_HOSTS.c.name, _HOSTS.c.generation)).all()
+        index = self._arrays.index
+        if len(current) != len(index) or any(name not in index for name, _ in current):
             self._load(session)
-            assert self._arrays is not None
-            return self._arrays, True
-        for name in sorted(self._dirty):
+            return
+        changed = [name for name, gen in current if self._generations[index[name]] != gen]
+        if len(changed) > len(current) // 10:
+            self._load(session)
+            return
+        for name in changed:
             self._reload_host(session, name)
         self._dirty.clear()
-        return self._arrays, False
+        self._behind = False
+        self._loaded_at = time.monotonic()
+
+    def _fresh_arrays(self, session: Session) -> tuple[HostArrays, bool]:
+        """The cached arrays brought up to date; True when checked against every host now."""
+        if self._stale or self._arrays is None:
+            self._load(session)
+        elif self._behind or time.monotonic() - self._loaded_at > CACHE_MAX_AGE_S:
+            self._catch_up(session)
+        else:
+            for name in sorted(self._dirty):
+                self._reload_host(session, name)
+            self._dirty.clear()
+            assert self._arrays is not None
+            return self._arrays, False
+        assert self._arrays is not None
+        return self._arrays, True
 
     # -- placing --------------------------------------------------------------------------
 
@@ -191,7 +225,7 @@ class Placer:
                 decision = self._decide(session, arrays, request, group_id)
                 if not decision.placed and not fresh:
                     # Never refuse on cached figures: another server may have freed room.
-                    self._load(session)
+                    self._catch_up(session)
                     fresh = True
                     assert self._arrays is not None
                     decision = self._decide(session, self._arrays, request, group_id)
@@ -205,9 +239,11 @@ class Placer:
                 self.invalidate(decision.host)
                 return decision
             # Lost a race: that host changed. Once is usual under load; twice in a row means
-            # the cache is behind on many hosts, so read them all again.
+            # the cache is behind on other hosts too, so check them all.
             lost += 1
-            self.invalidate(decision.host if lost == 1 else None)
+            with self._lock:
+                self._dirty.add(decision.host)
+                self._behind = self._behind or lost > 1
         raise Conflict(
             f"placing '{request.vm}' lost {CLAIM_ATTEMPTS} races for hosts in a row",
             hint="many VMs are being created at once; try again")
@@ -236,44 +272,39 @@ class Placer:
 
     def release(self, session: Session, host: str, amount: Resources) -> None:
         """Give back a deleted VM's claim, in ``session``'s transaction."""
-        session.execute(update(HostRow).where(HostRow.name == host).values(**_add(amount, -1))
-                        .execution_options(synchronize_session=False))
+        back = Resources(-amount.cpus, -amount.memory_mib, -amount.disk_mib)
+        session.connection().execute(RELEASE, _params(host, back))
         self.invalidate(host)
 
     def adjust(self, session: Session, host: str, vm: str, delta: Resources) -> None:
         """Grow or shrink a VM's claim by ``delta``; refuse growth the host has no room for."""
         if delta == Resources(0, 0, 0):
             return
-        growth = Resources(max(delta.cpus, 0), max(delta.memory_mib, 0), max(delta.disk_mib, 0))
-        done = session.execute(
-            update(HostRow).where(HostRow.name == host, *_room_for(growth))
-            .values(**_add(delta)).execution_options(synchronize_session=False)
-        ).rowcount == 1
+        params = _params(host, delta)
+        done = session.connection().execute(ADJUST, params).rowcount == 1
         self.invalidate(host)
         if not done:
             raise InsufficientResources(
                 f"host '{host}' has no room to grow VM '{vm}' by "
-                f"{growth.cpus} vCPUs, {growth.memory_mib} MiB of memory and "
-                f"{growth.disk_mib} MiB of disk under its ratios",
+                f"{params['g_cpus']} vCPUs, {params['g_memory']} MiB of memory and "
+                f"{params['g_disk']} MiB of disk under its ratios",
                 hint="free room on the host (`virtpool host list`), or ask for less")
 
 
 def _claim_once(session: Session, host: str, seen: int, amount: Resources) -> bool:
     """The conditional UPDATE of one claim attempt; False when it lost the race."""
-    claim = (update(HostRow)
-             .where(HostRow.name == host, HostRow.generation == seen, HostRow.state == "up",
-                    *_room_for(amount))
-             .values(**_add(amount))
-             .execution_options(synchronize_session=False))
-    if session.get_bind().dialect.name != "postgresql":
+    connection = session.connection()
+    params = {**_params(host, amount), "seen": seen}
+    if connection.dialect.name != "postgresql":
         # SQLite has one writer at a time: a lost attempt holds the database lock, which
         # only makes the next attempt certain to see the latest figures.
-        return session.execute(claim).rowcount == 1
+        return connection.execute(CLAIM, params).rowcount == 1
     # PostgreSQL keeps the row lock an UPDATE waited for even when the row then fails its
     # WHERE. Held on to, such locks let two creates wait on each other's host (a deadlock);
     # rolled back to a savepoint, a lost attempt holds nothing.
     attempt = session.begin_nested()
-    if session.execute(claim).rowcount == 1:
+    # The SAVEPOINT is emitted when the nested transaction procures its connection.
+    if session.connection().execute(CLAIM, params).rowcount == 1:
         attempt.commit()
         return True
     attempt.rollback()
