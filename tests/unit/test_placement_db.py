@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.postgres import postgres_server
@@ -23,7 +24,12 @@ from virtpool.control.rebalancing import MigrationUnavailable, Rebalancer
 from virtpool.control.store import db
 from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, VMRow
 from virtpool.control.vms import VMService
-from virtpool.model.errors import Conflict, InsufficientResources, InvalidRequest
+from virtpool.model.errors import (
+    Conflict,
+    InsufficientResources,
+    InvalidRequest,
+    VirtpoolError,
+)
 from virtpool.model.image import ImageInfo
 from virtpool.model.inventory import GroupSpec, HostAdd, LabelsUpdate, RatiosUpdate
 from virtpool.model.resources import PlacementRequest
@@ -144,7 +150,7 @@ def _contest(pool: Pool) -> None:
     def create(i: int) -> str | Exception:
         try:
             return pool.create(f"vm{i:03}")
-        except Exception as err:  # every outcome is inspected below
+        except (VirtpoolError, SQLAlchemyError) as err:  # every outcome is inspected below
             return err
 
     with ThreadPoolExecutor(max_workers=32) as workers:

@@ -22,7 +22,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from virtpool.control.placement import Placer, host_capacity
 from virtpool.control.store.tables import HostRow, VMRow, utcnow
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound
-from virtpool.model.inventory import HostAdd, HostView, LabelsUpdate, RatiosUpdate, Usage
+from virtpool.model.inventory import (
+    HostAdd,
+    HostView,
+    LabelsUpdate,
+    RatiosUpdate,
+    Usage,
+)
 from virtpool.model.resources import HostCapacity, HostState, Ratios
 from virtpool.model.spec import HostInfo
 
@@ -131,7 +137,6 @@ class HostService:
     def add(self, spec: HostAdd) -> HostView:
         """Add a host row (a host whose agent is not connected yet); refuse a duplicate."""
         fields = spec.model_dump()
-        fields["allowed_projects"] = spec.allowed_projects
         # The model's rules: reservation within the host, memory overcommit only with a balloon.
         HostCapacity(
             name=spec.name, cpus=spec.cpus, memory_mib=spec.memory_mib, disk_mib=spec.disk_mib,

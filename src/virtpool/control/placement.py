@@ -25,8 +25,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sqlalchemy import bindparam, func, select, update
@@ -36,7 +36,14 @@ from sqlalchemy.orm import Session
 from virtpool.control.scheduler import Decision, HostArrays, place, refusal
 from virtpool.control.store.tables import GroupRow, HostRow, VMRow
 from virtpool.model.errors import Conflict, InsufficientResources, NotFound
-from virtpool.model.resources import Claim, Group, HostCapacity, PlacementRequest, Ratios, Resources
+from virtpool.model.resources import (
+    Claim,
+    Group,
+    HostCapacity,
+    PlacementRequest,
+    Ratios,
+    Resources,
+)
 from virtpool.model.spec import VMSpec
 
 # Enough for a burst of creates racing for the same few hosts; a placement that loses this
@@ -214,11 +221,10 @@ class Placer:
         """
         amount = request.resources()
         fresh = False
-        lost = 0
         # Take a connection before the lock: waiting for one while holding the lock would stall
         # the threads that hold connections and need the lock to finish their claims.
         session.connection()
-        for _ in range(CLAIM_ATTEMPTS):
+        for attempt in range(CLAIM_ATTEMPTS):
             with self._lock:
                 arrays, loaded = self._fresh_arrays(session)
                 fresh = fresh or loaded
@@ -240,10 +246,9 @@ class Placer:
                 return decision
             # Lost a race: that host changed. Once is usual under load; twice in a row means
             # the cache is behind on other hosts too, so check them all.
-            lost += 1
             with self._lock:
                 self._dirty.add(decision.host)
-                self._behind = self._behind or lost > 1
+                self._behind = self._behind or attempt > 0
         raise Conflict(
             f"placing '{request.vm}' lost {CLAIM_ATTEMPTS} races for hosts in a row",
             hint="many VMs are being created at once; try again")

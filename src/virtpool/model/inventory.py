@@ -20,6 +20,7 @@ from virtpool.model.resources import (
 )
 from virtpool.model.spec import NAME_RULE, valid_name
 
+
 class Usage(BaseModel):
     """One resource of a host: what is allocated, what may be (under the ratio), what is there."""
 

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from fastapi import APIRouter, Response, status
 
 from virtpool.api.deps import Admin, Caller, PoolDep
-from virtpool.model.inventory import HostAdd, HostView, LabelsUpdate, RatiosUpdate, StateUpdate
+from virtpool.model.inventory import (
+    HostAdd,
+    HostView,
+    LabelsUpdate,
+    RatiosUpdate,
+    StateUpdate,
+)
 
 router = APIRouter(prefix="/hosts", tags=["hosts"])
 
