@@ -12,10 +12,12 @@ import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, make_server
+from tests.postgres import postgres_server
 from virtpool.sdk import APIError, Client
 
 
@@ -163,6 +165,12 @@ def test_rebalance_dry_run_prints_the_plan_and_applying_says_migration_is_missin
 
 def test_host_admin_errors_are_clear(pool: Server) -> None:
     api = pool.api()
+    assert "rack9" in ok(pool, "host", "add", "rack9", "--cpus", "8", "--memory", "16G",
+                         "--disk", "1T", "--label", "zone=q")
+    assert any(h.name == "rack9" and h.labels == {"zone": "q"} and h.memory_mib.physical == 16384
+               for h in api.hosts())
+    assert "host 'rack9' removed" in ok(pool, "host", "remove", "rack9")
+    assert "no host named 'rack9'" in refused(pool, "host", "drain", "rack9")
     api.add_host("a", cpus=2, memory_mib=1024, disk_mib=1000)
     with pytest.raises(APIError) as dup:
         api.add_host("a", cpus=2, memory_mib=1024, disk_mib=1000)
@@ -180,7 +188,24 @@ def test_host_admin_errors_are_clear(pool: Server) -> None:
 
 
 def test_200_concurrent_creates_through_the_api_for_room_for_50(pool: Server) -> None:
-    api = pool.api()
+    contest(pool.api())
+
+
+def test_200_concurrent_creates_through_the_api_on_postgresql(
+        tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> None:
+    with postgres_server() as url:
+        srv = make_server(tmp_path_factory, image_cache, "pg-pool", extra_args=("--db", url))
+        try:
+            api = srv.api()
+            local = next(h.name for h in api.hosts() if h.local)
+            api.set_host_state(local, "maintenance")
+            contest(api)
+        finally:
+            srv.cleanup()
+
+
+def contest(api: Client) -> None:
+    """200 creates from 16 threads for room for exactly 50 VMs (see the unit test's twin)."""
     for i in range(20):
         api.add_host(f"two{i:02}", cpus=2, memory_mib=512, disk_mib=100_000)
     for i in range(10):

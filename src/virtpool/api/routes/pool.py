@@ -35,9 +35,10 @@ def update_settings(body: PoolSettings, pool: PoolDep, _: Admin) -> PoolSettings
 
 
 @router.get("/rebalance", response_model=RebalanceView,
-            summary="The plan of live migrations that would even out the hosts (a dry run)")
+            summary="The plan of live migrations that would even out the hosts (a dry run); "
+                    "admin only, as it names every project's VMs")
 def plan_rebalance(
-    pool: PoolDep, _: Caller,
+    pool: PoolDep, _: Admin,
     threshold_pp: Annotated[float, Query(ge=0, le=MAX_THRESHOLD_PP)] = DEFAULT_THRESHOLD_PP,
     consolidate: bool = False,
 ) -> RebalanceView:
