@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from virtpool.model.resources import MAX_RATIO
 from virtpool.sdk import Client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,10 +98,13 @@ class Server:
             self.client.close()
         self.proc = None
 
-    def cli(self, *args: str, input: bytes | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        """Run the `virtpool` command against this server, as a user would."""
+    def cli(self, *args: str, input: bytes | None = None, timeout: float = 240,
+            token: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the `virtpool` command against this server, as a user would (with ``token``
+        instead of the admin token when given)."""
+        env = {**self.env, "VIRTPOOL_TOKEN": token} if token else self.env
         return subprocess.run(
-            [VIRTPOOL, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+            [VIRTPOOL, *args], env=env, capture_output=True, text=True, timeout=timeout,
             input=input.decode() if input is not None else None,
         )
 
@@ -111,8 +115,9 @@ class Server:
     def cleanup(self) -> None:
         """Force-delete every VM, stop the server, and insist that no QEMU survived."""
         if self.client is not None and self.proc is not None:
-            for vm in self.client.vms():
-                self.client.delete_vm(vm.name, force=True)
+            for vm in self.client.vms(all_projects=True):
+                with Client(self.client.url, self.client.token, project=vm.project) as in_project:
+                    in_project.delete_vm(vm.id, force=True)
         self.stop()
         for pid in qemu_pids(self.data_dir):
             os.kill(pid, signal.SIGKILL)
@@ -128,12 +133,22 @@ def passable(directory: Path) -> None:
 
 
 def make_server(tmp_path_factory: pytest.TempPathFactory, cache: Path, name: str,
-                boot_timeout: float = 60.0, extra_args: tuple[str, ...] = ()) -> Server:
+                boot_timeout: float = 60.0, extra_args: tuple[str, ...] = (),
+                db_url: str | None = None) -> Server:
+    """A started server; ``db_url`` puts its state in that database instead of SQLite."""
     data_dir = tmp_path_factory.mktemp(name)
     passable(data_dir)
     (data_dir / "images").mkdir()
     link_image(cache, data_dir)
-    return Server(data_dir, boot_timeout=boot_timeout, extra_args=extra_args).start()
+    if db_url is not None:
+        extra_args = (*extra_args, "--db", db_url)
+    server = Server(data_dir, boot_timeout=boot_timeout, extra_args=extra_args).start()
+    # Functional tests keep dozens of stopped VMs on one small machine, each holding its vCPUs
+    # on the host; the highest CPU ratio keeps them from running into the scheduler's limits,
+    # which tests/vm/test_scheduling.py tests on hosts of its own.
+    api = server.api()
+    api.set_host_ratios(api.host().hostname, cpu=MAX_RATIO)
+    return server
 
 
 @pytest.fixture(scope="module")

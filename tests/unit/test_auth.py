@@ -127,7 +127,7 @@ class TestBootstrap:
     def test_no_bootstrap_once_any_token_exists(
         self, service: TokenService, tmp_path: Path
     ) -> None:
-        service.create("ci", "user")
+        service.create("ci", "viewer", project_id="default")
         assert service.bootstrap(tmp_path / "admin-token") is False
         assert not (tmp_path / "admin-token").exists()
 
@@ -135,14 +135,14 @@ class TestBootstrap:
 class TestAuthenticate:
     @pytest.mark.parametrize("secret", [None, ""])
     def test_missing_token(self, service: TokenService, secret: str | None) -> None:
-        service.create("ci", "user")
+        service.create("ci", "viewer", project_id="default")
         with pytest.raises(Unauthorized) as caught:
             service.authenticate(secret)
         assert caught.value.status == 401
         assert caught.value.hint is not None and "Bearer" in caught.value.hint
 
     def test_wrong_token(self, service: TokenService) -> None:
-        secret = service.create("ci", "user")
+        secret = service.create("ci", "viewer", project_id="default")
         for wrong in (
             "vp_nope",
             secret + "x",
@@ -156,24 +156,24 @@ class TestAuthenticate:
     def test_created_token_authenticates_with_its_role(
         self, service: TokenService
     ) -> None:
-        user = service.create("alice", "user")
+        user = service.create("alice", "viewer", project_id="default")
         admin = service.create("root", "admin")
         assert user != admin
         alice = service.authenticate(user)
-        assert (alice.name, alice.role) == ("alice", "user")
+        assert (alice.name, alice.role, alice.project_id) == ("alice", "viewer", "default")
         assert service.authenticate(admin).role == "admin"
         assert alice.token_id != service.authenticate(admin).token_id
 
     def test_future_expiry_accepted(self, service: TokenService) -> None:
         secret = service.create(
-            "ci", "user", expires_at=datetime.now(UTC) + timedelta(hours=1)
+            "ci", "viewer", project_id="default", expires_at=datetime.now(UTC) + timedelta(hours=1)
         )
         assert service.authenticate(secret).name == "ci"
 
     def test_expired_refused(
         self, service: TokenService, sessions: sessionmaker[Session]
     ) -> None:
-        secret = service.create("ci", "user")
+        secret = service.create("ci", "viewer", project_id="default")
         service.authenticate(secret)
         set_column(
             sessions, secret, expires_at=datetime.now(UTC) - timedelta(seconds=5)
@@ -185,7 +185,7 @@ class TestAuthenticate:
 
     def test_expired_at_creation_refused(self, service: TokenService) -> None:
         secret = service.create(
-            "old", "user", expires_at=datetime.now(UTC) - timedelta(days=1)
+            "old", "viewer", project_id="default", expires_at=datetime.now(UTC) - timedelta(days=1)
         )
         with pytest.raises(Unauthorized):
             service.authenticate(secret)
@@ -193,7 +193,7 @@ class TestAuthenticate:
     def test_revoked_refused(
         self, service: TokenService, sessions: sessionmaker[Session]
     ) -> None:
-        secret = service.create("ci", "user")
+        secret = service.create("ci", "viewer", project_id="default")
         set_column(sessions, secret, revoked_at=datetime.now(UTC))
         with pytest.raises(Unauthorized) as caught:
             service.authenticate(secret)
@@ -212,8 +212,8 @@ class TestAuthenticate:
     def test_revoking_one_token_leaves_others(
         self, service: TokenService, sessions: sessionmaker[Session]
     ) -> None:
-        one = service.create("one", "user")
-        two = service.create("two", "user")
+        one = service.create("one", "viewer", project_id="default")
+        two = service.create("two", "viewer", project_id="default")
         set_column(sessions, one, revoked_at=datetime.now(UTC))
         assert service.authenticate(two).name == "two"
 

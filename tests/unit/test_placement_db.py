@@ -21,6 +21,7 @@ from virtpool.control.groups import GroupService
 from virtpool.control.hosts import HostService
 from virtpool.control.placement import Placer
 from virtpool.control.rebalancing import MigrationUnavailable, Rebalancer
+from virtpool.control.settings import SettingsService
 from virtpool.control.store import db
 from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, VMRow
 from virtpool.control.vms import VMService
@@ -81,7 +82,7 @@ class Pool:
         self.engine = db.make_engine(url)
         db.migrate(self.engine)
         self.sessions: sessionmaker[Session] = db.session_factory(self.engine)
-        self.placer = Placer()
+        self.placer = Placer(SettingsService(self.sessions).weigher)  # as control/pool.py
         self.hosts = HostService(self.sessions, self.placer, LOCAL)
         self.agent = RowsAgent()
         self.vms = VMService(self.sessions, self.agent, LOCAL, placer=self.placer)  # type: ignore[arg-type]
@@ -334,6 +335,9 @@ def test_the_pool_weigher_and_the_request_override(pool: Pool) -> None:
 def test_the_local_host_registers_and_keeps_operator_settings(pool: Pool) -> None:
     info = pool.agent.host_info()
     pool.hosts.register_local(info)
+    fresh = pool.hosts.get(LOCAL)
+    assert (fresh.cpu_ratio, fresh.memory_ratio, fresh.disk_ratio) == (4.0, 1.0, 1.0)
+    assert fresh.cpu.capacity == 4 * info.cpus and fresh.state == "up"
     pool.hosts.set_ratios(LOCAL, RatiosUpdate(cpu=2.0, memory=1.5))
     pool.hosts.label(LOCAL, LabelsUpdate(set={"zone": "a"}))
     pool.hosts.set_state(LOCAL, "maintenance")

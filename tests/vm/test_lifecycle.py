@@ -228,7 +228,7 @@ def test_mutating_requests_are_audited_without_secrets(server: Server) -> None:
     api.delete_vm("audited")
     entries = json.loads(server.cli("audit", "list", "--since", "10m", "--json").stdout)
     seen = [(e["actor"], e["action"], e["target"], e["outcome"]) for e in entries]
-    assert ("bootstrap-admin", "POST /vms", None, "201") in seen
+    assert ("bootstrap-admin", "POST /vms", "audited", "201") in seen
     assert ("bootstrap-admin", "POST /vms/{name}/start", "nonexistent-vm", "404") in seen
     assert ("anonymous", "POST /vms/{name}/start", "audited", "401") in seen
     assert ("bootstrap-admin", "DELETE /vms/{name}", "audited", "204") in seen

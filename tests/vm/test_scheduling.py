@@ -59,7 +59,7 @@ def test_the_local_host_registers_itself_with_its_hardware(server: Server) -> No
     host = local[0]
     assert (host.name, host.cpu.physical, host.memory_mib.physical, host.disk_mib.physical) == \
         (info.hostname, info.cpus, info.memory_mib, info.disk_total_mib)
-    assert host.cpu.capacity == 4 * info.cpus and host.balloon
+    assert host.cpu.capacity == int(info.cpus * host.cpu_ratio) and host.balloon
 
 
 def test_host_list_shows_allocation_bars_state_labels_and_ratios(pool: Server) -> None:
@@ -194,7 +194,7 @@ def test_200_concurrent_creates_through_the_api_for_room_for_50(pool: Server) ->
 def test_200_concurrent_creates_through_the_api_on_postgresql(
         tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> None:
     with postgres_server() as url:
-        srv = make_server(tmp_path_factory, image_cache, "pg-pool", extra_args=("--db", url))
+        srv = make_server(tmp_path_factory, image_cache, "pg-pool", db_url=url)
         try:
             api = srv.api()
             local = next(h.name for h in api.hosts() if h.local)

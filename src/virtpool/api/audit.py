@@ -25,11 +25,13 @@ def install(app: FastAPI, log: AuditLog) -> None:
         if request.method in MUTATING and request.url.path.startswith(API_PREFIX):
             route = request.scope.get("route")
             template = getattr(route, "path", request.url.path).removeprefix(API_PREFIX)
-            target = request.path_params.get("name") if request.path_params else None
+            target = getattr(request.state, "audit_target", None) or (
+                request.path_params.get("name") if request.path_params else None)
             actor = getattr(request.state, "actor", "anonymous")
+            project = getattr(request.state, "project", None)
             try:
                 await run_in_threadpool(log.record, actor, f"{request.method} {template}", target,
-                                        str(response.status_code))
+                                        str(response.status_code), project_id=project)
             except Exception:  # the change is done: a failed audit write must not report it failed
                 logger.exception("could not write the audit entry for %s %s", request.method, template)
         return response

@@ -1,14 +1,24 @@
-"""Request dependencies: the pool, and the caller's identity (every route needs a token)."""
+"""Request dependencies: the pool, the caller's identity (every route needs a token), and the
+project a request acts in with the access its route needs (see model/roles.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from virtpool.control.auth import Principal
 from virtpool.control.pool import Pool
-from virtpool.model.errors import Forbidden
+from virtpool.control.store.tables import DEFAULT_PROJECT
+from virtpool.model.roles import (
+    Access,
+    check_access,
+    check_pool_admin,
+    not_found_project,
+    project_in_scope,
+)
 
 
 def get_pool(request: Request) -> Pool:
@@ -24,15 +34,61 @@ def bearer(request: Request) -> str | None:
 def principal(request: Request, pool: Annotated[Pool, Depends(get_pool)]) -> Principal:
     caller = pool.tokens.authenticate(bearer(request))
     request.state.actor = caller.name  # for the audit log
+    request.state.project = caller.project_id
     return caller
 
 
 def admin(caller: Annotated[Principal, Depends(principal)]) -> Principal:
-    if caller.role != "admin":
-        raise Forbidden(f"token '{caller.name}' is a {caller.role}; this needs an admin token")
+    """A pool-wide admin: the only caller that may change the pool itself."""
+    check_pool_admin(caller.name, caller.role, caller.project_id)
     return caller
 
 
 PoolDep = Annotated[Pool, Depends(get_pool)]
 Caller = Annotated[Principal, Depends(principal)]
 Admin = Annotated[Principal, Depends(admin)]
+
+ProjectParam = Annotated[str | None, Query(
+    max_length=63, description="the project to act in: a project token's own (the default for "
+    "it); for a pool-wide token any project (default 'default')")]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who calls, and the one project the request acts in."""
+
+    caller: Principal
+    project: str
+
+
+def resolve_project(pool: Pool, caller: Principal, asked: str | None) -> str:
+    """The project ``caller`` acts in; another project's, or a missing one, is NotFound."""
+    project = project_in_scope(caller.project_id, asked, DEFAULT_PROJECT)
+    if caller.project_id is None and not pool.projects.exists(project):
+        raise not_found_project(project)
+    return project
+
+
+def _scope(needed: Access) -> Callable[..., Scope]:
+    def dependency(request: Request, pool: PoolDep, caller: Caller, project: ProjectParam = None) -> Scope:
+        # The project is checked before the role: another project is "not found" for everyone.
+        name = resolve_project(pool, caller, project)
+        check_access(caller.name, caller.role, caller.project_id, needed)
+        request.state.project = name
+        return Scope(caller, name)
+
+    return dependency
+
+
+def _filter(pool: PoolDep, caller: Caller, project: ProjectParam = None) -> str | None:
+    """For lists: the project to show, or None (every project) for a pool admin who named none."""
+    if caller.project_id is None and project is None:
+        return None
+    name = resolve_project(pool, caller, project)
+    check_access(caller.name, caller.role, caller.project_id, Access.READ)
+    return name
+
+
+Reader = Annotated[Scope, Depends(_scope(Access.READ))]
+Operator = Annotated[Scope, Depends(_scope(Access.OPERATE))]
+ProjectFilter = Annotated[str | None, Depends(_filter)]

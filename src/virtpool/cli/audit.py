@@ -28,19 +28,22 @@ def parse_since(text: str) -> datetime:
 
 @app.command("list")
 def list_(since: Annotated[str | None, typer.Option(help="e.g. 1h, 7d or an ISO time")] = None,
+          project_name: Annotated[str | None, typer.Option(
+              "--project", help="only this project's entries (pool admins see every project's)")] = None,
           json: JsonFlag = False) -> None:
-    """The audit log, oldest first."""
+    """The audit log, oldest first: a project token sees its project's entries."""
+    since_iso = parse_since(since).isoformat() if since else None
     with output.errors():
         api = client()
         entries, after = [], 0
         while True:
-            batch = api.audit(after=after, since=parse_since(since).isoformat() if since else None, limit=1000)
+            batch = api.audit(after=after, since=since_iso, limit=1000, project=project_name)
             entries += batch
             if len(batch) < 1000:
                 break
             after = batch[-1].id
     if json:
         return output.emit_json(entries)
-    output.table(["TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME"],
-                 [(f"{e.time:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.target or "-", e.outcome)
+    output.table(["TIME", "ACTOR", "PROJECT", "ACTION", "TARGET", "OUTCOME"],
+                 [(f"{e.time:%Y-%m-%d %H:%M:%S}", e.actor, e.project or "-", e.action, e.target or "-", e.outcome)
                   for e in entries])

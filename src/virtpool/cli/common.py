@@ -13,10 +13,20 @@ from virtpool.sdk import Client
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON, for scripts.")]
 
 _state: dict[str, Path | None] = {"data_dir": None}
+_project: dict[str, str | None] = {"name": None}
 
 
 def set_data_dir(path: Path | None) -> None:
     _state["data_dir"] = path
+
+
+def set_project(name: str | None) -> None:
+    """The project commands act in (`virtpool --project P …`); None: the token's own, or 'default'."""
+    _project["name"] = name
+
+
+def project() -> str | None:
+    return _project["name"]
 
 
 def data_dir() -> Path:
@@ -25,4 +35,4 @@ def data_dir() -> Path:
 
 def client() -> Client:
     directory = data_dir()
-    return Client(config.api_url(directory), config.api_token(directory))
+    return Client(config.api_url(directory), config.api_token(directory), project=project())

@@ -16,10 +16,11 @@ from virtpool.cli import output
 DETACH = b"\x1d"  # Ctrl-]
 
 
-def attach(url: str, token: str, name: str) -> None:
+def attach(url: str, token: str, name: str, project: str | None = None) -> None:
     ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    query = f"?project={project}" if project else ""
     try:
-        conn = connect(f"{ws_url}/api/v1/vms/{name}/console",
+        conn = connect(f"{ws_url}/api/v1/vms/{name}/console{query}",
                        additional_headers={"Authorization": f"Bearer {token}"})
     except (InvalidHandshake, OSError) as err:
         output.fail(f"cannot attach to the console of '{name}': {err}", hint="is the VM running?")

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from virtpool.cli import audit, common, group, host, image, output, pool, vm
+from virtpool.cli import (
+    audit,
+    common,
+    group,
+    host,
+    image,
+    output,
+    pool,
+    project,
+    token,
+    vm,
+)
 from virtpool.cli.common import JsonFlag
 
 app = typer.Typer(help="virtpool: QEMU virtual machines on your hosts.", no_args_is_help=True,
@@ -16,6 +27,8 @@ app.add_typer(vm.app, name="vm")
 app.add_typer(image.app, name="image")
 app.add_typer(host.app, name="host")
 app.add_typer(audit.app, name="audit")
+app.add_typer(project.app, name="project")
+app.add_typer(token.app, name="token")
 app.add_typer(group.app, name="group")
 app.add_typer(pool.app, name="pool")
 
@@ -53,8 +66,12 @@ def main(
     data_dir: Annotated[Path | None, typer.Option(
         "--data-dir", envvar="VIRTPOOL_DATA_DIR",
         help="where `virtpool up` keeps its state (default /var/lib/virtpool as root)")] = None,
+    project_name: Annotated[str | None, typer.Option(
+        "--project", envvar="VIRTPOOL_PROJECT",
+        help="the project to act in (pool admins; a project token acts in its own)")] = None,
 ) -> None:
     common.set_data_dir(data_dir)
+    common.set_project(project_name)
 
 
 @app.command("up")
@@ -71,9 +88,9 @@ def up(
     memory_threshold: Annotated[str, typer.Option(help="reclaim guest memory when available falls below")] = "256M",
 ) -> None:
     """Run the platform on this host in the foreground: control plane, agent, API."""
-    from virtpool.api.server import ServeOptions, parse_listen, serve
     from pydantic import ValidationError
 
+    from virtpool.api.server import ServeOptions, parse_listen, serve
     from virtpool.control.balancer import MemoryPolicy
     from virtpool.model.errors import VirtpoolError
     from virtpool.model.units import parse_size_mib

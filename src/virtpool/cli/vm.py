@@ -111,15 +111,17 @@ def create(
 
 
 @app.command("list")
-def list_(json: JsonFlag = False) -> None:
-    """All VMs."""
+def list_(all_projects: Annotated[bool, typer.Option(
+              "--all-projects", help="every project's VMs (pool admins)")] = False,
+          json: JsonFlag = False) -> None:
+    """The project's VMs."""
     with output.errors():
-        vms = client().vms()
+        vms = client().vms(all_projects=all_projects)
     if json:
         return output.emit_json(vms)
     output.table(
-        ["NAME", "STATE", "CPUS", "MEMORY", "DISK", "IMAGE", "PORTS"],
-        [(v.name, output.state(v.state.value), v.cpus, format_mib(v.memory_mib),
+        ["NAME", "PROJECT", "STATE", "CPUS", "MEMORY", "DISK", "IMAGE", "PORTS"],
+        [(v.name, v.project, output.state(v.state.value), v.cpus, format_mib(v.memory_mib),
           format_mib(v.disk_mib), v.image, ",".join(map(str, v.ports)) or "-") for v in vms],
     )
 
@@ -346,4 +348,4 @@ def console(name: str) -> None:
     with output.errors():
         api = client()
         vm = api.vm(name)
-    attach(api.url, api.token, vm.name)
+    attach(api.url, api.token, vm.name, api.project)

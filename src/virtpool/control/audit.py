@@ -17,15 +17,21 @@ class AuditLog:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
-    def record(self, actor: str, action: str, target: str | None, outcome: str) -> None:
+    def record(self, actor: str, action: str, target: str | None, outcome: str, *,
+               project_id: str | None = None) -> None:
         with self._sessions.begin() as session:
-            session.add(AuditRow(actor=actor[:63], action=action[:128],
+            session.add(AuditRow(actor=actor[:63], action=action[:128], project_id=project_id,
                                  target=target[:MAX_TEXT] if target else None, outcome=outcome[:MAX_TEXT]))
 
-    def list(self, *, since: datetime | None = None, after: int = 0, limit: int = 100) -> list[AuditEntry]:
+    def list(self, *, since: datetime | None = None, after: int = 0, limit: int = 100,
+             project_id: str | None = None) -> list[AuditEntry]:
+        """Entries oldest first; one project's when ``project_id`` is given (pool-wide actions
+        have none, so only pool admins see them)."""
         query = select(AuditRow).where(AuditRow.id > after).order_by(AuditRow.id).limit(limit)
         if since is not None:
             query = query.where(AuditRow.time >= since)
+        if project_id is not None:
+            query = query.where(AuditRow.project_id == project_id)
         with self._sessions() as session:
-            return [AuditEntry(id=r.id, time=r.time, actor=r.actor, action=r.action, target=r.target,
-                               outcome=r.outcome) for r in session.scalars(query)]
+            return [AuditEntry(id=r.id, time=r.time, actor=r.actor, project=r.project_id, action=r.action,
+                               target=r.target, outcome=r.outcome) for r in session.scalars(query)]

@@ -15,11 +15,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from virtpool.control.store.tables import TokenRow
-from virtpool.model.errors import Unauthorized
+from virtpool.control.store.tables import ProjectRow, TokenRow
+from virtpool.model.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from virtpool.model.roles import Role, is_pool_admin, not_found_project
+from virtpool.model.spec import NAME_RULE, valid_name
+from virtpool.model.token import TokenInfo
 
 TOKEN_PREFIX = "vp_"
 BOOTSTRAP_NAME = "bootstrap-admin"
@@ -32,6 +36,11 @@ class Principal:
     token_id: str
     name: str
     role: str
+    project_id: str | None = None  # None: pool-wide
+
+    @property
+    def pool_admin(self) -> bool:
+        return is_pool_admin(self.role, self.project_id)
 
 
 def hash_secret(secret: str) -> str:
@@ -46,17 +55,59 @@ class TokenService:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
-    def create(self, name: str, role: str, expires_at: datetime | None = None) -> str:
-        """Store a new token and return its secret (the only time it is seen)."""
+    def create(self, name: str, role: str, expires_at: datetime | None = None,
+               project_id: str | None = None) -> str:
+        """Store a new token and return its secret (the only time it is seen).
+
+        ``project_id`` None makes a pool-wide token, which only the admin role may be.
+        """
+        if not valid_name(name):
+            raise InvalidRequest(f"'{name}' is not a valid token name", hint=NAME_RULE)
+        if role not in set(Role):
+            raise InvalidRequest(f"unknown role '{role}'", hint="use admin, member or viewer")
+        if project_id is None and role != Role.ADMIN:
+            raise InvalidRequest("only admin tokens can be pool-wide", hint="give the token a project")
         secret = new_secret()
-        with self._sessions.begin() as session:
-            session.add(
-                TokenRow(
-                    id=uuid.uuid4().hex, name=name, secret_hash=hash_secret(secret),
-                    role=role, expires_at=expires_at,
+        try:
+            with self._sessions.begin() as session:
+                if project_id is not None and session.get(ProjectRow, project_id) is None:
+                    raise not_found_project(project_id)
+                session.add(
+                    TokenRow(
+                        id=uuid.uuid4().hex, name=name, secret_hash=hash_secret(secret),
+                        role=role, expires_at=expires_at, project_id=project_id,
+                    )
                 )
-            )
+        except IntegrityError as err:
+            raise Conflict(f"a token named '{name}' exists", hint="pick another name") from err
         return secret
+
+    def list(self, project_id: str | None = None) -> list[TokenInfo]:
+        """Every token (``project_id`` None) or one project's; never a secret or its hash."""
+        query = select(TokenRow).order_by(TokenRow.created_at, TokenRow.name)
+        if project_id is not None:
+            query = query.where(TokenRow.project_id == project_id)
+        with self._sessions() as session:
+            return [_token_info(row) for row in session.scalars(query)]
+
+    def get(self, ref: str, project_id: str | None = None) -> TokenInfo:
+        """A token by name or id; within ``project_id`` when given (others are not found)."""
+        query = select(TokenRow).where(or_(TokenRow.name == ref, TokenRow.id == ref))
+        if project_id is not None:
+            query = query.where(TokenRow.project_id == project_id)
+        with self._sessions() as session:
+            row = session.scalar(query)
+        if row is None:
+            raise NotFound(f"no token named '{ref}'", hint="see `virtpool token list`")
+        return _token_info(row)
+
+    def revoke(self, ref: str, project_id: str | None = None) -> TokenInfo:
+        """Revoke at once (requests with it are refused from now on); revoking twice is harmless."""
+        token = self.get(ref, project_id)
+        with self._sessions.begin() as session:
+            session.execute(update(TokenRow).where(TokenRow.id == token.id, TokenRow.revoked_at.is_(None))
+                            .values(revoked_at=datetime.now(UTC)))
+        return self.get(token.id)
 
     def bootstrap(self, token_file: Path) -> bool:
         """On first start, create the admin token and write it to a 0600 file.
@@ -86,7 +137,7 @@ class TokenService:
             raise Unauthorized(f"token '{row.name}' was revoked")
         if row.expires_at is not None and _aware(row.expires_at) <= now:
             raise Unauthorized(f"token '{row.name}' has expired")
-        return Principal(token_id=row.id, name=row.name, role=row.role)
+        return Principal(token_id=row.id, name=row.name, role=row.role, project_id=row.project_id)
 
 
 def write_private_file(path: Path, text: str) -> None:
@@ -101,6 +152,15 @@ def write_private_file(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(tmp, path)
+
+
+def _token_info(row: TokenRow) -> TokenInfo:
+    return TokenInfo(
+        id=row.id, name=row.name, role=row.role, project=row.project_id,
+        created_at=_aware(row.created_at),
+        expires_at=_aware(row.expires_at) if row.expires_at else None,
+        revoked_at=_aware(row.revoked_at) if row.revoked_at else None,
+    )
 
 
 def _aware(moment: datetime) -> datetime:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from virtpool.control.audit import AuditLog
 from virtpool.control.events import EventLog
+from virtpool.control.store.tables import DEFAULT_PROJECT
 from virtpool.control.vms import VMService
 from virtpool.model.agent import Agent
 from virtpool.model.memory_policy import GuestMemory, PolicyConfig, plan
@@ -85,7 +86,8 @@ class MemoryBalancer:
                 log.exception("memory balancing round failed")
 
     def tick(self) -> list[str]:
-        """One round; returns the names of the VMs whose balloon moved."""
+        """One round; returns the names (``project/name`` outside 'default') of the VMs whose
+        balloon moved."""
         running = [vm for vm in self._vms.list(limit=10_000) if vm.state == VMState.RUNNING]
         guests, ids = [], {}
         for vm in running:
@@ -97,8 +99,10 @@ class MemoryBalancer:
             except VirtpoolError:
                 continue  # stopping or crashing as we look: the next round sees it settled
             current = target[0] if target else figures.get("balloon_mib", vm.memory_mib)
-            guests.append(GuestMemory(vm.name, current, figures.get("guest_free_mib"), vm.memory_mib))
-            ids[vm.name] = vm
+            # Names are unique within a project only: outside 'default', the project prefixes it.
+            label = vm.name if vm.project == DEFAULT_PROJECT else f"{vm.project}/{vm.name}"
+            guests.append(GuestMemory(label, current, figures.get("guest_free_mib"), vm.memory_mib))
+            ids[label] = vm
         self._targets = {vm.id: t for vm in running if (t := self._targets.get(vm.id))}
         available = self._available(guests)
         moved = []
@@ -109,11 +113,12 @@ class MemoryBalancer:
             self._targets[vm.id] = (move.to_mib, vm.memory_mib)
             self._events.record(
                 "memory.balloon", f"balloon of '{vm.name}' {move.from_mib} → {move.to_mib} MiB: {move.reason}",
-                actor=ACTOR, vm=vm.name,
+                actor=ACTOR, vm=vm.name, project_id=vm.project,
                 data={"from_mib": move.from_mib, "to_mib": move.to_mib, "host_available_mib": round(available)},
             )
-            self._audit.record(ACTOR, "memory.balloon", vm.name, f"{move.from_mib} → {move.to_mib} MiB")
-            moved.append(vm.name)
+            self._audit.record(ACTOR, "memory.balloon", vm.name, f"{move.from_mib} → {move.to_mib} MiB",
+                               project_id=vm.project)
+            moved.append(move.name)
         return moved
 
     def _available(self, guests: list[GuestMemory]) -> float:

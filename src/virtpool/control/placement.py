@@ -221,20 +221,21 @@ class Placer:
         """
         amount = request.resources()
         fresh = False
-        # Take a connection before the lock: waiting for one while holding the lock would stall
-        # the threads that hold connections and need the lock to finish their claims.
+        # Nothing that may wait for a database connection happens under the lock: waiting for
+        # one there would stall the threads that hold connections and need the lock to finish.
         session.connection()
+        weigher = self._default_weigher()  # may read the settings through a session of its own
         for attempt in range(CLAIM_ATTEMPTS):
             with self._lock:
                 arrays, loaded = self._fresh_arrays(session)
                 fresh = fresh or loaded
-                decision = self._decide(session, arrays, request, group_id)
+                decision = self._decide(session, arrays, request, group_id, weigher)
                 if not decision.placed and not fresh:
                     # Never refuse on cached figures: another server may have freed room.
                     self._catch_up(session)
                     fresh = True
                     assert self._arrays is not None
-                    decision = self._decide(session, self._arrays, request, group_id)
+                    decision = self._decide(session, self._arrays, request, group_id, weigher)
                 if not decision.placed:
                     raise refusal(decision)
                 assert decision.host_index is not None and decision.host is not None
@@ -254,8 +255,7 @@ class Placer:
             hint="many VMs are being created at once; try again")
 
     def _decide(self, session: Session, arrays: HostArrays, request: PlacementRequest,
-                group_id: str | None) -> Decision:
-        weigher = self._default_weigher()
+                group_id: str | None, weigher: str) -> Decision:
         if request.group is None or group_id is None:
             return place(arrays, request, weigher=weigher)
         # Members are counted now, after the generations the claim will be checked against

@@ -18,13 +18,13 @@ from virtpool.control.groups import GroupService
 from virtpool.control.hosts import HostService
 from virtpool.control.images import ImageService
 from virtpool.control.placement import Placer
+from virtpool.control.projects import ProjectService
 from virtpool.control.rebalancing import Rebalancer
 from virtpool.control.settings import SettingsService
 from virtpool.control.store import db
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
 from virtpool.model.agent import Agent
 from virtpool.model.layout import TOKEN_FILE, URL_FILE
-
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class Pool:
         db.migrate(self.engine)
         sessions = db.session_factory(self.engine)
         self.tokens = TokenService(sessions)
+        self.projects = ProjectService(sessions)
         self.events = EventLog(sessions)
         self.audit = AuditLog(sessions)
         self.settings = SettingsService(sessions)

@@ -24,6 +24,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from virtpool.control import quotas
 from virtpool.control.events import EventLog
 from virtpool.control.placement import Placed, Placer, claim_delta
 from virtpool.control.store.tables import DEFAULT_PROJECT, PortRow, VMRow, utcnow
@@ -35,10 +36,11 @@ from virtpool.model.errors import (
     NotFound,
     VirtpoolError,
 )
+from virtpool.model.project import Usage
+from virtpool.model.resize import plan_resize
 from virtpool.model.resources import Resources
 from virtpool.model.spec import ExecResult, PortForward, Resize, VMSpec
 from virtpool.model.states import ACTIVE, VMState, check_action, check_transition
-from virtpool.model.resize import plan_resize
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 
 log = logging.getLogger(__name__)
@@ -93,17 +95,24 @@ class VMService:
 
     # -- reading ------------------------------------------------------------------------
 
-    def list(self, *, limit: int = 1000, offset: int = 0) -> list[VMInfo]:
+    def list(self, *, limit: int = 1000, offset: int = 0, project_id: str | None = None) -> list[VMInfo]:
+        """VMs by name; one project's when ``project_id`` is given, else every project's."""
+        query = select(VMRow).order_by(VMRow.name, VMRow.project_id).limit(limit).offset(offset)
+        if project_id is not None:
+            query = query.where(VMRow.project_id == project_id)
         with self._sessions() as session:
-            rows = session.scalars(select(VMRow).order_by(VMRow.name).limit(limit).offset(offset))
-            return [_info(row) for row in rows]
+            return [_info(row) for row in session.scalars(query)]
 
-    def get(self, ref: str) -> VMInfo:
+    def get(self, ref: str, project_id: str | None = None) -> VMInfo:
+        """A VM by name or id; within ``project_id`` when given (another project's is not found)."""
         with self._sessions() as session:
-            return _info(self._row(session, ref))
+            return _info(self._row(session, ref, project_id))
 
-    def _row(self, session: Session, ref: str) -> VMRow:
-        row = session.scalar(select(VMRow).where((VMRow.name == ref) | (VMRow.id == ref)))
+    def _row(self, session: Session, ref: str, project_id: str | None = None) -> VMRow:
+        query = select(VMRow).where((VMRow.name == ref) | (VMRow.id == ref))
+        if project_id is not None:
+            query = query.where(VMRow.project_id == project_id)
+        row = session.scalar(query)
         if row is None:
             raise NotFound(f"no VM named '{ref}'", hint="see `virtpool vm list`")
         return row
@@ -126,10 +135,10 @@ class VMService:
         if changed:
             self._notify()
             if self._events is not None:
-                name = self._name_of(vm_id)
+                name, project_id = self._name_of(vm_id)
                 detail = f": {error}" if error else ""
                 self._events.record("vm.state", f"VM '{name}' is {new.value}{detail}", vm=name,
-                                    data={"state": new.value})
+                                    data={"state": new.value}, project_id=project_id)
         return changed
 
     def _slot_of(self, vm_id: str) -> int:
@@ -139,9 +148,11 @@ class VMService:
             raise NotFound(f"VM {vm_id} was deleted while it started")
         return slot
 
-    def _name_of(self, vm_id: str) -> str:
+    def _name_of(self, vm_id: str) -> tuple[str, str | None]:
+        """The VM's name and project (its id and None once it is gone)."""
         with self._sessions() as session:
-            return session.scalar(select(VMRow.name).where(VMRow.id == vm_id)) or vm_id
+            row = session.execute(select(VMRow.name, VMRow.project_id).where(VMRow.id == vm_id)).first()
+        return (row[0], row[1]) if row else (vm_id, None)
 
     def _claim(self, ref: str, action: str, new: VMState) -> VMInfo:
         """Check that ``action`` is allowed now and move to ``new`` in one step."""
@@ -177,19 +188,19 @@ class VMService:
 
     # -- create ---------------------------------------------------------------------------
 
-    def create(self, spec: VMSpec, *, start: bool = False,
-               project_id: str = DEFAULT_PROJECT) -> VMInfo:
-        """Validate, place, record, make the disk; on any failure nothing is left behind."""
+    def create(self, spec: VMSpec, *, start: bool = False, project_id: str = DEFAULT_PROJECT) -> VMInfo:
+        """Validate, place, record (within the project's quota), make the disk; on any failure
+        nothing is left behind."""
         self._agent.get_image(spec.image)
         self._check_fits_host(spec)
-        self._check_ports(spec.ports, vm_id=None)
+        self._check_ports(spec.ports, vm_id=None, project_id=project_id)
         vm_id = uuid.uuid4().hex
         self._insert(vm_id, spec, project_id)
         try:
             self._agent.create_disk(vm_id, spec.image, spec.disk_mib)
         except BaseException:
             self._agent.destroy_vm(vm_id)
-            self._forget(vm_id)
+            self._remove_row(vm_id)
             raise
         self._transition(vm_id, [S.CREATING], S.STOPPED)
         if start:
@@ -200,7 +211,10 @@ class VMService:
         for _ in range(SLOT_ATTEMPTS):
             try:
                 with self._sessions.begin() as session:
-                    # The host's claim and the VM row commit together, or neither does.
+                    # The quota first: its UPDATE takes the write lock before the slot is picked.
+                    # Then the host's claim: both commit with the VM row, or none does (and
+                    # every path takes the project's row before a host's, so none deadlocks).
+                    quotas.charge(session, project_id, quotas.vm_usage(spec.cpus, spec.boot_memory_mib, spec.disk_mib))
                     placed = self._placer.place_vm(session, spec, project_id)
                     session.add(self._new_row(session, vm_id, spec, placed, project_id))
                 return
@@ -211,18 +225,29 @@ class VMService:
                         raise Conflict(
                             f"a VM named '{spec.name}' exists", hint="pick another name"
                         ) from err
-                self._check_ports(spec.ports, vm_id=None)
+                self._check_ports(spec.ports, vm_id=None, project_id=project_id)
                 # Otherwise a concurrent create took the same slot: pick again.
         raise Conflict("too many VMs are being created at once; try again")
+
+    def _remove_row(self, vm_id: str) -> None:
+        """Delete the VM's record and give back what it held against its project's quota and
+        on its host."""
+        with self._sessions.begin() as session:
+            row = session.get(VMRow, vm_id)
+            if row is None:
+                return
+            quotas.release(session, row.project_id, quotas.vm_usage(row.cpus, row.max_memory_mib, row.disk_mib))
+            self._placer.release(session, row.host, _held(row))
+            session.execute(delete(VMRow).where(VMRow.id == vm_id))
 
     def _new_row(self, session: Session, vm_id: str, spec: VMSpec, placed: Placed,
                  project_id: str) -> VMRow:
         used = set(session.scalars(select(VMRow.slot)))
         slot = next(n for n in range(len(used) + 1) if n not in used)
         return VMRow(
-            id=vm_id, name=spec.name, image=spec.image, cpus=spec.cpus,
+            id=vm_id, name=spec.name, project_id=project_id, image=spec.image, cpus=spec.cpus,
             memory_mib=spec.memory_mib, disk_mib=spec.disk_mib, kernel_args=spec.kernel_args,
-            accel=spec.accel, state=S.CREATING.value, host=placed.host, project_id=project_id,
+            accel=spec.accel, state=S.CREATING.value, host=placed.host,
             group_id=placed.group_id, required_labels=spec.required_labels or None,
             max_memory_mib=spec.boot_memory_mib, cpu_cap_pct=spec.cpu_cap_pct,
             cpu_weight=spec.cpu_weight, disk_iops=spec.disk_iops, disk_bps=spec.disk_bps,
@@ -277,22 +302,22 @@ class VMService:
                 hint="stop another VM first, or give this one less memory",
             )
 
-    def _check_ports(self, ports: Iterable[PortForward], *, vm_id: str | None) -> None:
+    def _check_ports(self, ports: Iterable[PortForward], *, vm_id: str | None, project_id: str) -> None:
         ports = list(ports)
         if not ports:
             return
         with self._sessions() as session:
             taken = session.execute(
-                select(PortRow.host_port, VMRow.name)
+                select(PortRow.host_port, VMRow.name, VMRow.project_id)
                 .join(VMRow)
                 .where(PortRow.host_port.in_([p.host for p in ports]))
                 .where(VMRow.id != (vm_id or ""))
             ).all()
         if taken:
-            port, owner = taken[0]
-            raise Conflict(
-                f"host port {port} is already forwarded to VM '{owner}'", hint="pick another port"
-            )
+            port, owner, owner_project = taken[0]
+            # Another project's VM is not named: its name is that tenant's business.
+            whose = f"VM '{owner}'" if owner_project == project_id else "a VM of another project"
+            raise Conflict(f"host port {port} is already forwarded to {whose}", hint="pick another port")
         for forward in ports:
             if not self._agent.check_port_free(forward.host):
                 raise Conflict(
@@ -306,7 +331,7 @@ class VMService:
         vm = self.get(ref)
         check_action(vm.name, vm.state, "start")
         self._check_memory_for_start(vm)
-        self._check_ports(vm.ports, vm_id=vm.id)
+        self._check_ports(vm.ports, vm_id=vm.id, project_id=vm.project)
         vm = self._claim(vm.id, "start", S.STARTING)
         self._pool.submit(self._boot, vm)
         return vm
@@ -379,22 +404,28 @@ class VMService:
             check_action(vm.name, vm.state, "resize")
             running = vm.state in (S.RUNNING, S.PAUSED)
             plan = plan_resize(vm, request, self._agent.host_info(), running=running)
-            self._write_columns(vm.id, plan.columns)
+            # Beyond the project's quota, the resize is refused and changes nothing.
+            grown = _usage_after(vm, plan.columns).minus(_usage_after(vm, {}))
+            self._write_columns(vm.id, plan.columns, vm.project, grown)
             try:
                 if plan.live is not None:
                     self._agent.apply_live(vm.id, plan.live)
                 elif "disk_mib" in plan.columns:
                     self._agent.resize_disk_offline(vm.id, plan.columns["disk_mib"])
             except BaseException:
-                self._write_columns(vm.id, {k: getattr(vm, k) for k in plan.columns})
+                self._write_columns(vm.id, {k: getattr(vm, k) for k in plan.columns}, vm.project,
+                                    Usage().minus(grown))
                 raise
         self._notify()
         return ResizeResult(vm=self.get(vm.id), notes=plan.notes)
 
-    def _write_columns(self, vm_id: str, columns: dict[str, object]) -> None:
-        """Write new resources and move the VM's host claim by the difference, together."""
+    def _write_columns(self, vm_id: str, columns: dict[str, object], project_id: str = DEFAULT_PROJECT,
+                       quota_delta: Usage | None = None) -> None:
+        """Write new resources; charge the quota and move the host claim by the difference."""
         if columns:
             with self._sessions.begin() as session:
+                if quota_delta is not None:
+                    quotas.charge(session, project_id, quota_delta)
                 row = session.get(VMRow, vm_id)
                 if row is None:
                     raise NotFound(f"VM {vm_id} was deleted while it was resized")
@@ -420,15 +451,7 @@ class VMService:
     def delete(self, ref: str, *, force: bool = False) -> None:
         vm = self._claim(ref, "force-delete" if force else "delete", S.DELETING)
         self._agent.destroy_vm(vm.id)
-        self._forget(vm.id)
-
-    def _forget(self, vm_id: str) -> None:
-        """Delete a VM's row and give its claim back to its host, together."""
-        with self._sessions.begin() as session:
-            row = session.get(VMRow, vm_id)
-            if row is not None:
-                self._placer.release(session, row.host, _held(row))
-                session.execute(delete(VMRow).where(VMRow.id == vm_id))
+        self._remove_row(vm.id)
 
     # -- guest ----------------------------------------------------------------------------
 
@@ -472,7 +495,7 @@ class VMService:
     def _reconcile_one(self, vm: VMInfo) -> None:
         if vm.state in (S.CREATING, S.DELETING):
             self._agent.destroy_vm(vm.id)
-            self._forget(vm.id)
+            self._remove_row(vm.id)
             return
         status = self._agent.adopt_vm(vm.id, vm.name)
         if vm.state in (S.RUNNING, S.PAUSED):
@@ -502,7 +525,7 @@ def _held(row: VMRow) -> Resources:
 
 def _info(row: VMRow) -> VMInfo:
     return VMInfo(
-        id=row.id, name=row.name, image=row.image, cpus=row.cpus, memory_mib=row.memory_mib,
+        id=row.id, name=row.name, project=row.project_id, image=row.image, cpus=row.cpus, memory_mib=row.memory_mib,
         disk_mib=row.disk_mib,
         ports=[PortForward(host=p.host_port, guest=p.guest_port) for p in row.ports],
         kernel_args=row.kernel_args, accel=row.accel, max_memory_mib=row.max_memory_mib,
@@ -510,6 +533,12 @@ def _info(row: VMRow) -> VMInfo:
         disk_bps=row.disk_bps, cpu_affinity=row.cpu_affinity, state=S(row.state), error=row.error,
         host=row.host, created_at=row.created_at, updated_at=row.updated_at,
     )
+
+
+def _usage_after(vm: VMInfo, columns: dict[str, object]) -> Usage:
+    """What ``vm`` counts against its quota once ``columns`` are written."""
+    merged = {k: columns.get(k, getattr(vm, k)) for k in ("cpus", "max_memory_mib", "disk_mib")}
+    return quotas.vm_usage(**merged)  # type: ignore[arg-type]
 
 
 def _spec(vm: VMInfo) -> VMSpec:

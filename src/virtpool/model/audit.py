@@ -11,6 +11,7 @@ class AuditEntry(BaseModel):
     id: int
     time: datetime
     actor: str  # a token's name, or an automatic actor such as "memory-balancer"
+    project: str | None = None  # None: a pool-wide action
     action: str  # e.g. "POST /vms/{name}/start", "memory.balloon"
     target: str | None
     outcome: str  # an HTTP status with its title, or "done"

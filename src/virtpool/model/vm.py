@@ -13,6 +13,7 @@ from virtpool.model.states import VMState
 class VMInfo(BaseModel):
     id: str
     name: str
+    project: str = "default"
     image: str
     cpus: int
     memory_mib: int

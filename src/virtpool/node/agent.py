@@ -544,6 +544,10 @@ class LocalAgent:
     # -- live resources -------------------------------------------------------------------
 
     def apply_live(self, vm_id: str, changes: LiveChanges) -> None:
+        # QMP first: it is what fails in practice (a VM that went away, a disk that cannot
+        # grow), and the control plane then restores its record; the cgroup writes below take
+        # values the model has already validated.
+        self._run(self._apply_live(vm_id, changes))
         if self._cgroups and {"cpu_cap_pct", "cpu_weight", "cpu_affinity"} & changes.model_fields_set:
             group = cgroups.vm_cgroup(vm_id)
             if "cpu_weight" in changes.model_fields_set and changes.cpu_weight is not None:
@@ -552,7 +556,6 @@ class LocalAgent:
                 group.set_cpu_cap(changes.cpu_cap_pct or None)
             if "cpu_affinity" in changes.model_fields_set:
                 group.set_cpus(changes.cpu_affinity or None)
-        self._run(self._apply_live(vm_id, changes))
 
     async def _apply_live(self, vm_id: str, changes: LiveChanges) -> None:
         sock, label = self._paths(vm_id).qmp_sock, self._label(vm_id)

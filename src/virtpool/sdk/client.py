@@ -14,8 +14,10 @@ from virtpool.model.audit import AuditEntry
 from virtpool.model.event import Event
 from virtpool.model.image import BuildStatus, ImageInfo
 from virtpool.model.inventory import GroupView, HostView, PoolSettings, RebalanceView
+from virtpool.model.project import ProjectInfo, QuotaResult
 from virtpool.model.spec import ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
+from virtpool.model.token import TokenCreated, TokenInfo
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 
 SETTLED = frozenset({VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.ERROR, VMState.CRASHED})
@@ -38,15 +40,20 @@ class APIError(Exception):
 
 
 class Client:
-    """A client of one virtpool API. ``transport`` lets tests talk to an app in-process."""
+    """A client of one virtpool API. ``transport`` lets tests talk to an app in-process.
 
-    def __init__(self, url: str, token: str, *, timeout: float = 60.0,
+    ``project`` is the project every call acts in; leave it out with a project token (it acts
+    in its own) or to reach the 'default' project with a pool-wide one.
+    """
+
+    def __init__(self, url: str, token: str, *, project: str | None = None, timeout: float = 60.0,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
         self.token = token
+        self.project = project
         self._http = httpx.Client(
             base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout, transport=transport,
+            params={"project": project} if project else None, timeout=timeout, transport=transport,
         )
 
     def close(self) -> None:
@@ -84,11 +91,48 @@ class Client:
         params.update({k: v for k, v in (("kind", kind), ("vm", vm)) if v is not None})
         return [Event.model_validate(e) for e in self._call("GET", "/events", params=params).json()]
 
-    def audit(self, *, after: int = 0, since: str | None = None, limit: int = 100) -> list[AuditEntry]:
+    def audit(self, *, after: int = 0, since: str | None = None, limit: int = 100,
+              project: str | None = None) -> list[AuditEntry]:
+        """Audit entries, oldest first: a project token's project's; for a pool admin every
+        project's unless ``project`` (or the client's project) names one."""
         params: dict[str, Any] = {"after": after, "limit": limit}
-        if since is not None:
-            params["since"] = since
+        params.update({k: v for k, v in (("since", since), ("project", project)) if v is not None})
         return [AuditEntry.model_validate(e) for e in self._call("GET", "/audit", params=params).json()]
+
+    # -- projects and tokens --------------------------------------------------------------
+
+    def projects(self) -> list[ProjectInfo]:
+        """Every project (pool admins), or the caller's own."""
+        return [ProjectInfo.model_validate(p) for p in self._call("GET", "/projects").json()]
+
+    def project_info(self, name: str) -> ProjectInfo:
+        return ProjectInfo.model_validate(self._call("GET", f"/projects/{name}").json())
+
+    def create_project(self, name: str, **quota: int | None) -> ProjectInfo:
+        """Create a project; ``quota`` takes cpus, memory_mib, disk_mib, vms (None: unlimited)."""
+        body = {"name": name, "quota": quota}
+        return ProjectInfo.model_validate(self._call("POST", "/projects", json=body).json())
+
+    def delete_project(self, name: str) -> None:
+        self._call("DELETE", f"/projects/{name}")
+
+    def set_quota(self, name: str, **changes: int | None) -> QuotaResult:
+        """Change the quotas given (cpus, memory_mib, disk_mib, vms); None makes one unlimited."""
+        return QuotaResult.model_validate(self._call("PUT", f"/projects/{name}/quota", json=changes).json())
+
+    def tokens(self, *, project: str | None = None) -> list[TokenInfo]:
+        params = {"project": project} if project else {}
+        return [TokenInfo.model_validate(t) for t in self._call("GET", "/tokens", params=params).json()]
+
+    def create_token(self, name: str, role: str, *, project: str | None = None, pool_wide: bool = False,
+                     expires_in_s: int | None = None) -> TokenCreated:
+        """A new token; ``.token`` holds its secret, which the API never shows again."""
+        body = {"name": name, "role": role, "project": project or self.project, "pool_wide": pool_wide,
+                "expires_in_s": expires_in_s}
+        return TokenCreated.model_validate(self._call("POST", "/tokens", json=body).json())
+
+    def revoke_token(self, ref: str) -> TokenInfo:
+        return TokenInfo.model_validate(self._call("DELETE", f"/tokens/{ref}").json())
 
     def memory_policy(self) -> dict[str, Any]:
         return self._call("GET", "/host/memory-policy").json()
@@ -130,10 +174,12 @@ class Client:
 
     # -- VMs ------------------------------------------------------------------------------
 
-    def vms(self) -> list[VMInfo]:
+    def vms(self, *, all_projects: bool = False) -> list[VMInfo]:
+        """The project's VMs; a pool admin's ``all_projects`` gives every project's."""
         result: list[VMInfo] = []
         while True:
-            page = self._call("GET", "/vms", params={"limit": 1000, "offset": len(result)}).json()
+            params = {"limit": 1000, "offset": len(result), "all_projects": all_projects}
+            page = self._call("GET", "/vms", params=params).json()
             result += [VMInfo.model_validate(v) for v in page]
             if len(page) < 1000:
                 return result

@@ -16,8 +16,10 @@ def show_host(pool: PoolDep, _: Caller) -> HostInfo:
 
 
 @router.get("/host/top", response_model=list[VMStats], summary="Usage figures of every VM on this host")
-def host_top(pool: PoolDep, _: Caller) -> list[VMStats]:
-    return [pool.vms.stats(vm.id, tolerant=True) for vm in pool.vms.list(limit=10_000)]
+def host_top(pool: PoolDep, caller: Caller) -> list[VMStats]:
+    # A project token sees its own project's VMs here; a pool-wide one every VM.
+    vms = pool.vms.list(limit=10_000, project_id=caller.project_id)
+    return [pool.vms.stats(vm.id, tolerant=True) for vm in vms]
 
 
 @router.get("/host/memory-policy", response_model=MemoryPolicy)

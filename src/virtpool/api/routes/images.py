@@ -1,4 +1,6 @@
-"""Images: list, show, build (in the background), import (upload), delete."""
+"""Images: list, show, build (in the background), import (upload), delete.
+
+Every token may read them; only pool admins change them (they are shared by every project)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
-from virtpool.api.deps import Caller, PoolDep
+from virtpool.api.deps import Admin, Caller, PoolDep
 from virtpool.model.image import BuildStatus, ImageInfo
 from virtpool.model.spec import MAX_KERNEL_ARGS
 
@@ -26,14 +28,14 @@ def show_image(name: str, pool: PoolDep, _: Caller) -> ImageInfo:
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_image(name: str, pool: PoolDep, _: Caller) -> Response:
+def delete_image(name: str, pool: PoolDep, _: Admin) -> Response:
     pool.images.delete(name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{name}/build", response_model=BuildStatus, status_code=status.HTTP_202_ACCEPTED,
              summary="Build the default recipe (Debian kernel, busybox, guest agent) as NAME")
-def build_image(name: str, pool: PoolDep, _: Caller) -> BuildStatus:
+def build_image(name: str, pool: PoolDep, _: Admin) -> BuildStatus:
     return pool.images.start_build(name)
 
 
@@ -46,7 +48,7 @@ def build_status(name: str, pool: PoolDep, _: Caller) -> BuildStatus:
              summary="Import a kernel, an optional initramfs and an optional root disk")
 def import_image(
     pool: PoolDep,
-    _: Caller,
+    _: Admin,
     name: Annotated[str, Form()],
     kernel: Annotated[UploadFile, File()],
     initrd: Annotated[UploadFile | None, File()] = None,

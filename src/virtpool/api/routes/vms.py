@@ -7,15 +7,27 @@ import base64
 import binascii
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, WebSocket, WebSocketDisconnect, status
+from fastapi import (
+    APIRouter,
+    Query,
+    Request,
+    Response,
+    WebSocket,
+    WebSocketDisconnect,
+    status,
+)
 from pydantic import BaseModel, Field
 
-from virtpool.api.deps import Caller, PoolDep, bearer
+from virtpool.api.deps import Operator, PoolDep, Reader, Scope, bearer, resolve_project
+from virtpool.api.problems import problem
+from virtpool.control.pool import Pool
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
-from virtpool.model.errors import InvalidRequest, VirtpoolError
+from virtpool.model.errors import Conflict, InvalidRequest, VirtpoolError
+from virtpool.model.roles import Access, check_access
 from virtpool.model.spec import ExecResult, Resize, VMSpec
 from virtpool.model.states import VMState
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
+
 # The console is a local socket until remote agents proxy it; the same peer check applies.
 from virtpool.node.qemu import peer
 
@@ -39,19 +51,27 @@ class ExecRequest(BaseModel):
     stdin: str | None = Field(default=None, description="base64", max_length=MAX_STDIN_BYTES * 4 // 3 + 4)
 
 
+def _vm_id(pool: Pool, scope: Scope, name: str) -> str:
+    """The id of the VM ``name`` (or id) in the request's project; another project's is not found."""
+    return pool.vms.get(name, scope.project).id
+
+
 @router.get("", response_model=list[VMInfo])
 def list_vms(
-    pool: PoolDep, _: Caller,
+    pool: PoolDep, scope: Reader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
+    all_projects: Annotated[bool, Query(description="pool admins: every project's VMs")] = False,
 ) -> list[VMInfo]:
-    return pool.vms.list(limit=limit, offset=offset)
+    project = None if all_projects and scope.caller.pool_admin else scope.project
+    return pool.vms.list(limit=limit, offset=offset, project_id=project)
 
 
 @router.post("", response_model=VMInfo, status_code=status.HTTP_201_CREATED)
-def create_vm(body: VMCreate, pool: PoolDep, _: Caller, response: Response) -> VMInfo:
+def create_vm(body: VMCreate, request: Request, pool: PoolDep, scope: Operator, response: Response) -> VMInfo:
+    request.state.audit_target = body.name
     spec = VMSpec.model_validate(body.model_dump(exclude={"start"}))
-    vm = pool.vms.create(spec, start=body.start)
+    vm = pool.vms.create(spec, start=body.start, project_id=scope.project)
     if body.start:
         response.status_code = status.HTTP_202_ACCEPTED
     return vm
@@ -60,87 +80,93 @@ def create_vm(body: VMCreate, pool: PoolDep, _: Caller, response: Response) -> V
 @router.get("/{name}", response_model=VMInfo,
             summary="A VM; with wait_for, answers once it is in one of those states (or at timeout)")
 def show_vm(
-    name: str, pool: PoolDep, _: Caller,
+    name: str, pool: PoolDep, scope: Reader,
     wait_for: Annotated[list[VMState] | None, Query()] = None,
     timeout: Annotated[float, Query(gt=0, le=MAX_WAIT_S)] = 30.0,
 ) -> VMInfo:
     if wait_for:
-        return pool.vms.wait(name, wait_for, timeout)
-    return pool.vms.get(name)
+        return pool.vms.wait(_vm_id(pool, scope, name), wait_for, timeout)
+    return pool.vms.get(name, scope.project)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_vm(name: str, pool: PoolDep, _: Caller, force: bool = False) -> Response:
-    pool.vms.delete(name, force=force)
+def delete_vm(name: str, pool: PoolDep, scope: Operator, force: bool = False) -> Response:
+    pool.vms.delete(_vm_id(pool, scope, name), force=force)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{name}/start", response_model=VMInfo, status_code=status.HTTP_202_ACCEPTED)
-def start_vm(name: str, pool: PoolDep, _: Caller) -> VMInfo:
-    return pool.vms.start(name)
+def start_vm(name: str, pool: PoolDep, scope: Operator) -> VMInfo:
+    return pool.vms.start(_vm_id(pool, scope, name))
 
 
 @router.post("/{name}/stop", response_model=VMInfo, status_code=status.HTTP_202_ACCEPTED)
 def stop_vm(
-    name: str, pool: PoolDep, _: Caller,
+    name: str, pool: PoolDep, scope: Operator,
     timeout: Annotated[float, Query(gt=0, le=3600)] = DEFAULT_STOP_TIMEOUT_S,
 ) -> VMInfo:
-    return pool.vms.stop(name, timeout=timeout)
+    return pool.vms.stop(_vm_id(pool, scope, name), timeout=timeout)
 
 
 @router.post("/{name}/restart", response_model=VMInfo, status_code=status.HTTP_202_ACCEPTED)
 def restart_vm(
-    name: str, pool: PoolDep, _: Caller,
+    name: str, pool: PoolDep, scope: Operator,
     timeout: Annotated[float, Query(gt=0, le=3600)] = DEFAULT_STOP_TIMEOUT_S,
 ) -> VMInfo:
-    return pool.vms.restart(name, timeout=timeout)
+    return pool.vms.restart(_vm_id(pool, scope, name), timeout=timeout)
 
 
 @router.post("/{name}/pause", response_model=VMInfo)
-def pause_vm(name: str, pool: PoolDep, _: Caller) -> VMInfo:
-    return pool.vms.pause(name)
+def pause_vm(name: str, pool: PoolDep, scope: Operator) -> VMInfo:
+    return pool.vms.pause(_vm_id(pool, scope, name))
 
 
 @router.post("/{name}/resume", response_model=VMInfo)
-def resume_vm(name: str, pool: PoolDep, _: Caller) -> VMInfo:
-    return pool.vms.resume(name)
+def resume_vm(name: str, pool: PoolDep, scope: Operator) -> VMInfo:
+    return pool.vms.resume(_vm_id(pool, scope, name))
 
 
 @router.post("/{name}/resize", response_model=ResizeResult,
              summary="Change memory (balloon), CPU cap and weight, disk throttling and size; "
              "vCPUs at the next boot")
-def resize_vm(name: str, body: Resize, pool: PoolDep, _: Caller) -> ResizeResult:
-    return pool.vms.resize(name, body)
+def resize_vm(name: str, body: Resize, pool: PoolDep, scope: Operator) -> ResizeResult:
+    return pool.vms.resize(_vm_id(pool, scope, name), body)
 
 
 @router.get("/{name}/stats", response_model=VMStats)
-def vm_stats(name: str, pool: PoolDep, _: Caller) -> VMStats:
-    return pool.vms.stats(name)
+def vm_stats(name: str, pool: PoolDep, scope: Reader) -> VMStats:
+    return pool.vms.stats(_vm_id(pool, scope, name))
 
 
 @router.post("/{name}/exec", response_model=ExecResult,
              summary="Run a command in the guest; returns its exit code, stdout and stderr")
-def exec_vm(name: str, body: ExecRequest, pool: PoolDep, _: Caller) -> ExecResult:
+def exec_vm(name: str, body: ExecRequest, pool: PoolDep, scope: Operator) -> ExecResult:
     stdin = None
     if body.stdin is not None:
         try:
             stdin = base64.b64decode(body.stdin, validate=True)
         except binascii.Error as err:
             raise InvalidRequest("stdin is not valid base64") from err
-    return pool.vms.exec(name, body.argv, timeout=body.timeout, stdin=stdin)
+    return pool.vms.exec(_vm_id(pool, scope, name), body.argv, timeout=body.timeout, stdin=stdin)
 
 
 @router.get("/{name}/logs", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}},
             summary="The serial console log from OFFSET; X-Next-Offset says where to go on")
 def vm_logs(
-    name: str, pool: PoolDep, _: Caller,
+    name: str, pool: PoolDep, scope: Reader,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK)] = 1 << 20,
 ) -> Response:
-    data, next_offset = pool.vms.read_log(name, offset, limit)
+    data, next_offset = pool.vms.read_log(_vm_id(pool, scope, name), offset, limit)
     return Response(data, media_type="application/octet-stream",
                     headers={"X-Next-Offset": str(next_offset)})
+
+
+async def _refuse(websocket: WebSocket, err: VirtpoolError) -> None:
+    """Refuse the handshake with the error's own status and problem+json (a plain close before
+    the handshake would reach the client as a bare 403, whatever the reason)."""
+    await websocket.send_denial_response(problem(err.status, err.title, err.message, err.hint))
 
 
 @router.websocket("/{name}/console")
@@ -148,13 +174,16 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
     """Bytes both ways between the websocket and the VM's serial console."""
     pool = websocket.app.state.pool
     try:
-        await asyncio.to_thread(pool.tokens.authenticate, bearer(websocket))  # type: ignore[arg-type]
-        vm = await asyncio.to_thread(pool.vms.get, name)
+        caller = await asyncio.to_thread(pool.tokens.authenticate, bearer(websocket))  # type: ignore[arg-type]
+        project = await asyncio.to_thread(resolve_project, pool, caller, websocket.query_params.get("project"))
+        # The console is a shell on the guest: it takes the right to change VMs, not just to look.
+        check_access(caller.name, caller.role, caller.project_id, Access.OPERATE)
+        vm = await asyncio.to_thread(pool.vms.get, name, project)
     except VirtpoolError as err:
-        await websocket.close(code=4000 + err.status, reason=err.message[:120])
+        await _refuse(websocket, err)
         return
     if vm.state.value not in ("running", "paused", "starting"):
-        await websocket.close(code=4409, reason=f"VM '{vm.name}' is {vm.state.value}")
+        await _refuse(websocket, Conflict(f"VM '{vm.name}' is {vm.state.value}", hint="start it first"))
         return
     try:
         reader, writer = await asyncio.open_unix_connection(

@@ -1,0 +1,102 @@
+"""Projects (tenants): create, list, show, delete, and their quotas.
+
+A project's name is its id (permanent), so that audit entries, events and operations name it
+readably without a join.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from virtpool.control import quotas
+from virtpool.control.store.tables import DEFAULT_PROJECT, ProjectRow, TokenRow, VMRow
+from virtpool.model.errors import Conflict, InvalidRequest
+from virtpool.model.project import ProjectInfo, Quota, QuotaResult
+from virtpool.model.roles import not_found_project
+from virtpool.model.spec import NAME_RULE, valid_name
+
+
+class ProjectService:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def create(self, name: str, quota: Quota | None = None) -> ProjectInfo:
+        if not valid_name(name):
+            raise InvalidRequest(f"'{name}' is not a valid project name", hint=NAME_RULE)
+        quota = quota or Quota()
+        row = ProjectRow(id=name, name=name, **_quota_columns(quota.model_dump()))
+        try:
+            with self._sessions.begin() as session:
+                session.add(row)
+        except IntegrityError as err:
+            raise Conflict(f"a project named '{name}' exists", hint="pick another name") from err
+        return self.get(name)
+
+    def list(self, only: str | None = None) -> list[ProjectInfo]:
+        """Every project, or just ``only`` (what a project-scoped token may see)."""
+        query = select(ProjectRow).order_by(ProjectRow.name)
+        if only is not None:
+            query = query.where(ProjectRow.id == only)
+        with self._sessions() as session:
+            return [_info(row) for row in session.scalars(query)]
+
+    def get(self, name: str) -> ProjectInfo:
+        with self._sessions() as session:
+            return _info(_row(session, name))
+
+    def exists(self, name: str) -> bool:
+        with self._sessions() as session:
+            return session.get(ProjectRow, name) is not None
+
+    def delete(self, name: str) -> None:
+        """Delete an empty project and its tokens; refused while it has VMs."""
+        if name == DEFAULT_PROJECT:
+            raise Conflict("the default project cannot be deleted",
+                           hint="it holds VMs created without a project")
+        with self._sessions.begin() as session:
+            _row(session, name, lock=True)
+            vms = session.scalar(select(func.count()).select_from(VMRow).where(VMRow.project_id == name))
+            if vms:
+                raise Conflict(
+                    f"project '{name}' still has {vms} VM{'s' if vms != 1 else ''}",
+                    hint=f"delete them first (`virtpool --project {name} vm list`)")
+            session.execute(delete(TokenRow).where(TokenRow.project_id == name))
+            session.execute(delete(ProjectRow).where(ProjectRow.id == name))
+
+    def set_quota(self, name: str, changes: dict[str, Any]) -> QuotaResult:
+        """Change the quotas named in ``changes`` (None: unlimited); the others stay.
+
+        A quota below current usage is allowed: nothing running is touched, but no VM of the
+        project may be created or grown until usage falls under it.
+        """
+        checked = Quota.model_validate(changes)
+        columns = _quota_columns({k: getattr(checked, k) for k in changes})
+        with self._sessions.begin() as session:
+            row = _row(session, name, lock=True)
+            for key, value in columns.items():
+                setattr(row, key, value)
+            session.flush()
+            info, notes = _info(row), quotas.over_quota_notes(row)
+        return QuotaResult(project=info, notes=notes)
+
+
+def _row(session: Session, name: str, *, lock: bool = False) -> ProjectRow:
+    query = select(ProjectRow).where(ProjectRow.id == name)
+    row = session.scalar(query.with_for_update() if lock else query)
+    if row is None:
+        raise not_found_project(name)
+    return row
+
+
+def _quota_columns(quota: dict[str, Any]) -> dict[str, Any]:
+    by_field = {res.field: res.quota.key for res in quotas.RESOURCES}
+    return {by_field[key]: value for key, value in quota.items()}
+
+
+def _info(row: ProjectRow) -> ProjectInfo:
+    return ProjectInfo(name=row.name, quota=quotas.quota_of(row), usage=quotas.usage_of(row),
+                       created_at=row.created_at)
