@@ -440,3 +440,20 @@ def test_a_lost_claim_on_postgresql_keeps_no_lock_on_the_host(pg_url: str) -> No
         other.close()
     finally:
         pool.close()
+
+
+def test_groups_belong_to_their_project(pool: Pool) -> None:
+    from virtpool.control.store.tables import ProjectRow
+
+    with pool.sessions.begin() as session:
+        session.add(ProjectRow(id="other", name="other"))
+    pool.add("a")
+    for project in (DEFAULT_PROJECT, "other"):
+        pool.groups.create(project, GroupSpec(name="web", policy="anti-affinity"))
+    pool.vms.create(VMSpec(name="web1", memory_mib=256, group="web"))
+    # The other project's group of the same name has no member yet: its VM may go there too.
+    other = pool.vms.create(VMSpec(name="web1", memory_mib=256, group="web"), project_id="other")
+    assert other.host == "a"
+    assert pool.groups.get("other", "web").members == {"web1": "a"}
+    with pytest.raises(InsufficientResources, match="excluded by anti-affinity group 'web'"):
+        pool.vms.create(VMSpec(name="web2", memory_mib=256, group="web"), project_id="other")
