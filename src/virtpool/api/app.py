@@ -8,9 +8,18 @@ from virtpool import __version__
 from virtpool.api import audit, problems
 from virtpool.api.app_prefix import API_PREFIX
 from virtpool.api.routes import audit as audit_routes
-from virtpool.api.routes import events, host, images, projects, tokens, vms
+from virtpool.api.routes import (
+    events,
+    groups,
+    host,
+    hosts,
+    images,
+    projects,
+    tokens,
+    vms,
+)
+from virtpool.api.routes import pool as pool_routes
 from virtpool.control.pool import Pool
-
 
 
 def create_app(pool: Pool) -> FastAPI:
@@ -22,6 +31,7 @@ def create_app(pool: Pool) -> FastAPI:
     app.state.pool = pool
     problems.install(app)
     audit.install(app, pool.audit)
-    for module in (host, images, vms, events, audit_routes, projects, tokens):
+    for module in (host, images, vms, events, audit_routes, projects, tokens, hosts, groups,
+                   pool_routes):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

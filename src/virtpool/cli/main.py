@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from virtpool.cli import audit, common, host, image, output, project, token, vm
+from virtpool.cli import (
+    audit,
+    common,
+    group,
+    host,
+    image,
+    output,
+    pool,
+    project,
+    token,
+    vm,
+)
 from virtpool.cli.common import JsonFlag
 
 app = typer.Typer(help="virtpool: QEMU virtual machines on your hosts.", no_args_is_help=True,
@@ -18,6 +29,8 @@ app.add_typer(host.app, name="host")
 app.add_typer(audit.app, name="audit")
 app.add_typer(project.app, name="project")
 app.add_typer(token.app, name="token")
+app.add_typer(group.app, name="group")
+app.add_typer(pool.app, name="pool")
 
 
 @app.command("events")
@@ -75,9 +88,9 @@ def up(
     memory_threshold: Annotated[str, typer.Option(help="reclaim guest memory when available falls below")] = "256M",
 ) -> None:
     """Run the platform on this host in the foreground: control plane, agent, API."""
-    from virtpool.api.server import ServeOptions, parse_listen, serve
     from pydantic import ValidationError
 
+    from virtpool.api.server import ServeOptions, parse_listen, serve
     from virtpool.control.balancer import MemoryPolicy
     from virtpool.model.errors import VirtpoolError
     from virtpool.model.units import parse_size_mib
