@@ -18,9 +18,13 @@ Three measurements, each with its baseline in the same run where one exists:
   the middle): time to plan, spread before and after, moves; and a consolidation plan of the
   same pool (time, hosts freed).
 
-The end-to-end figure with the database claim needs the store's claim path (generation
-counters), which does not exist yet: the JSON carries ``"e2e_placements_per_s": null`` until
-that step adds it.
+* **end to end** — the same pool as rows in a fresh SQLite database (the store's schema, WAL),
+  and the first ``E2E_REQUESTS`` of the same requests, each in its own transaction through the
+  control plane's ``Placer``: decision on its cached arrays, conditional UPDATE of the host's
+  counters and generation, commit, and the reload of that host's column before the next
+  decision (as ``virtpool up`` does per VM create, minus the VM row and the disk). Group
+  members are not rows here, so group rules never bite. Baseline: the bare claim — the same
+  UPDATE and commit on the same hosts, without placing — i.e. what the database alone costs.
 
 Usage: ``bench/scheduler.py [--seed N]``. A table goes to stdout; the last line of stdout is
 one JSON object: ``{"name": "scheduler", "placements_per_s": …, "p99_ms": …, …}``.
@@ -33,11 +37,15 @@ import gc
 import json
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from sqlalchemy import bindparam, insert, update
 
+from virtpool.control.placement import Placer
 from virtpool.control.scheduler import (
     HostArrays,
     place,
@@ -45,6 +53,9 @@ from virtpool.control.scheduler import (
     plan_rebalance,
 )
 from virtpool.control.scheduler.hosts import CPU, DISK, MEMORY
+from virtpool.control.store import db
+from virtpool.control.store.tables import HostRow
+from virtpool.model.errors import InsufficientResources
 from virtpool.model.resources import Claim, Group, HostCapacity, PlacementRequest
 
 # -- workload (issue 4, "Benchmarks") ------------------------------------------------------
@@ -55,6 +66,7 @@ N_REQUESTS = 10_000
 PACK_VMS = 10_000  # enough that the lower bound is ~200 hosts and rounding does not matter
 SCORED_SAMPLE = 300  # requests timed for the pure-Python scored baseline (~10 ms each)
 REBALANCE_HOSTS = 1_000
+E2E_REQUESTS = 5_000  # each one a committed SQLite transaction
 
 # VM shapes: 1, 2, 4, 8, 16 vCPUs × 1, 2, 4, 8 GiB per vCPU, small sizes most frequent
 # (weights roughly halve per step, as in public cloud instance-mix studies).
@@ -315,6 +327,71 @@ def bench_placement(seed: int) -> dict:
     }
 
 
+def bench_e2e(seed: int) -> dict:
+    """Placement with the database claim (see the module doc)."""
+    rng = np.random.default_rng(seed)  # the same pool and requests as bench_placement
+    hosts = make_hosts(rng, N_HOSTS)
+    claims = make_claims(rng, hosts, N_VMS)
+    requests = make_requests(rng, N_REQUESTS)[:E2E_REQUESTS]
+    used = HostArrays.build(hosts, claims).allocated
+    with tempfile.TemporaryDirectory(prefix="virtpool-bench-") as tmp:
+        engine = db.make_engine(db.sqlite_url(Path(tmp) / "state.db"))
+        db.migrate(engine)
+        sessions = db.session_factory(engine)
+        with sessions.begin() as session:
+            session.execute(insert(HostRow), [{
+                "name": h.name, "cpus": h.cpus, "memory_mib": h.memory_mib,
+                "disk_mib": h.disk_mib, "reserved_cpus": h.reserved_cpus,
+                "reserved_memory_mib": h.reserved_memory_mib,
+                "reserved_disk_mib": h.reserved_disk_mib, "cpu_ratio": h.ratios.cpu,
+                "memory_ratio": h.ratios.memory, "disk_ratio": h.ratios.disk,
+                "balloon": h.balloon, "labels": dict(h.labels), "state": h.state,
+                "accel": h.accel, "allowed_projects": (sorted(h.allowed_projects)
+                                                       if h.allowed_projects else None),
+                "used_cpus": int(used[CPU, i]), "used_memory_mib": int(used[MEMORY, i]),
+                "used_disk_mib": int(used[DISK, i])} for i, h in enumerate(hosts)])
+        placer = Placer()
+        with sessions.begin() as session:  # the first full read of 10,000 rows, not timed
+            placer.claim(session, PlacementRequest("warm-up", 1, 1))
+        latencies = np.empty(len(requests))
+        chosen: list[str] = []
+        refused = 0
+        gc.collect()
+        start = time.perf_counter()
+        for i, request in enumerate(requests):
+            t0 = time.perf_counter()
+            try:
+                with sessions.begin() as session:
+                    chosen.append(placer.claim(session, request).host or "")
+            except InsufficientResources:
+                refused += 1
+            latencies[i] = time.perf_counter() - t0
+        elapsed = time.perf_counter() - start
+
+        # Baseline: the same claims written without any placement.
+        claim = (update(HostRow).where(HostRow.name == bindparam("host"))
+                 .values(used_cpus=HostRow.used_cpus + 1, generation=HostRow.generation + 1))
+        base_latencies = np.empty(len(chosen))
+        gc.collect()
+        start = time.perf_counter()
+        for i, host in enumerate(chosen):
+            t0 = time.perf_counter()
+            with engine.begin() as connection:
+                connection.execute(claim, {"host": host})
+            base_latencies[i] = time.perf_counter() - t0
+        base_elapsed = time.perf_counter() - start
+        engine.dispose()
+    return {
+        "e2e_placements_per_s": len(requests) / elapsed,
+        "e2e_p50_ms": float(np.percentile(latencies, 50) * 1e3),
+        "e2e_p99_ms": float(np.percentile(latencies, 99) * 1e3),
+        "e2e_refused": refused,
+        "claim_only_per_s": len(chosen) / base_elapsed,
+        "claim_only_p50_ms": float(np.percentile(base_latencies, 50) * 1e3),
+        "claim_only_p99_ms": float(np.percentile(base_latencies, 99) * 1e3),
+    }
+
+
 # Host shapes for packing. Memory-bound: a common 2-socket box with 8 GiB per core, where the
 # VM mix (2.6 GiB per vCPU on average) fills memory first. Balanced: 10 GiB per core, where the
 # mix needs about as much of both, so both must be packed tightly — the harder case.
@@ -440,6 +517,8 @@ def main() -> int:
     note(f"packing done at {time.perf_counter() - began:.1f}s")
     r = bench_rebalance(args.seed)
     note(f"rebalancing done at {time.perf_counter() - began:.1f}s")
+    e = bench_e2e(args.seed)
+    note(f"end to end done at {time.perf_counter() - began:.1f}s")
 
     def ok(good: bool) -> str:
         return "ok" if good else "MISSED"
@@ -453,6 +532,11 @@ def main() -> int:
          f"{p['baseline_p50_ms']:.3f} / {p['baseline_p99_ms']:.3f}",
          f"p99 ≤ {TARGET_P99_MS} {ok(p['p99_ms'] <= TARGET_P99_MS)}"),
         ("requests refused", str(p["refused"]), str(p["baseline_refused"]), ""),
+        (f"e2e placements/s with SQLite claim ({E2E_REQUESTS:,} req.)",
+         f"{e['e2e_placements_per_s']:,.0f}",
+         f"{e['claim_only_per_s']:,.0f} (bare claim UPDATE + commit)", ""),
+        ("e2e p50 / p99 ms", f"{e['e2e_p50_ms']:.3f} / {e['e2e_p99_ms']:.3f}",
+         f"{e['claim_only_p50_ms']:.3f} / {e['claim_only_p99_ms']:.3f}", ""),
         ("placements/s, same ranking as spread", f"{p['placements_per_s']:,.0f}",
          f"{p['scored_python_placements_per_s']:,.0f} (Python loop, {SCORED_SAMPLE} req.)", ""),
     ]
@@ -498,8 +582,10 @@ def main() -> int:
         "rebalance_moves": r["rebalance_moves"],
         "consolidate_s": round(r["consolidate_s"], 3),
         "consolidate_hosts_freed": r["consolidate_hosts_freed"],
-        # Needs the store's atomic claim (generation counter); added with the DB layer.
-        "e2e_placements_per_s": None,
+        "e2e_placements_per_s": round(e["e2e_placements_per_s"], 1),
+        "e2e_p50_ms": round(e["e2e_p50_ms"], 4),
+        "e2e_p99_ms": round(e["e2e_p99_ms"], 4),
+        "claim_only_per_s": round(e["claim_only_per_s"], 1),
     }
     print(json.dumps(summary), flush=True)
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from virtpool.model.resources import MAX_RATIO
 from virtpool.sdk import Client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,7 +146,14 @@ def make_server(tmp_path_factory: pytest.TempPathFactory, cache: Path | None, na
         link_image(cache, data_dir)
     if db_url is not None:
         extra_args = (*extra_args, "--db", db_url)
-    return Server(data_dir, boot_timeout=boot_timeout, extra_args=extra_args, command=command).start()
+    server = Server(data_dir, boot_timeout=boot_timeout, extra_args=extra_args, command=command).start()
+    if command == "up":
+        # Functional tests keep dozens of stopped VMs on one small machine, each holding its
+        # vCPUs on the host; the highest CPU ratio keeps them from running into the scheduler's
+        # limits, which tests/vm/test_scheduling.py tests on hosts of its own.
+        api = server.api()
+        api.set_host_ratios(api.host().hostname, cpu=MAX_RATIO)
+    return server
 
 
 @pytest.fixture(scope="session")

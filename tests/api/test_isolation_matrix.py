@@ -77,7 +77,26 @@ MATRIX: dict[tuple[str, str], tuple[Cell, Cell, Cell, Cell]] = {
     ("POST", "/images/{name}/build"):      (422, 403, 403, 403),
     ("POST", "/images"):                   (422, 403, 403, 403),
     ("GET", "/images/{name}/build"):       (200, 200, 200, 200),  # the fixture's build
+    ("GET", "/groups"):                    ((200, 200), (200, 404), (200, 404), (200, 404)),
+    ("POST", "/groups"):                   ((201, 201), (201, 404), (201, 404), (403, 404)),
+    ("GET", "/groups/{name}"):             ((200, 200), (200, 404), (200, 404), (200, 404)),
+    ("DELETE", "/groups/{name}"):          ((204, 204), (204, 404), (204, 404), (403, 404)),
+    ("GET", "/hosts"):                     (200, 200, 200, 200),
+    ("POST", "/hosts"):                    (201, 403, 403, 403),
+    ("GET", "/hosts/{name}"):              (200, 200, 200, 200),
+    # The inventory host holds the matrix's VMs: the pool admin is allowed, and refused for that.
+    ("DELETE", "/hosts/{name}"):           (409, 403, 403, 403),
+    ("PUT", "/hosts/{name}/ratios"):       (200, 403, 403, 403),
+    ("PUT", "/hosts/{name}/labels"):       (200, 403, 403, 403),
+    ("PUT", "/hosts/{name}/state"):        (200, 403, 403, 403),
+    ("GET", "/pool/settings"):             (200, 200, 200, 200),
+    ("PUT", "/pool/settings"):             (200, 403, 403, 403),
+    ("GET", "/pool/rebalance"):            (200, 403, 403, 403),
+    # A threshold of 100 pp needs no move, so applying the plan needs no live migration.
+    ("POST", "/pool/rebalance"):           (200, 403, 403, 403),
 }
+# Where the matrix's VMs are placed: room for all of them (the local host is a small machine).
+BIG_HOST = "matrix-big"
 
 
 @dataclass
@@ -87,6 +106,7 @@ class Target:
     project: str
     vm: str
     token: str
+    group: str
 
 
 _counter = itertools.count()
@@ -104,6 +124,10 @@ def path_name(path: str, target: Target) -> str:
         return target.token
     if path.startswith("/images/"):
         return "default"
+    if path.startswith("/groups/"):
+        return target.group
+    if path.startswith("/hosts/"):
+        return BIG_HOST
     return target.vm
 
 
@@ -116,6 +140,14 @@ BODIES: dict[tuple[str, str], Callable[[Target], dict[str, Any]]] = {
     ("POST", "/tokens"): lambda t: {"name": fresh("tok"), "role": "viewer", "project": t.project},
     ("POST", "/projects"): lambda t: {"name": fresh("proj")},
     ("PUT", "/host/memory-policy"): lambda t: {},
+    ("POST", "/groups"): lambda t: {"name": fresh("grp"), "policy": "anti-affinity"},
+    ("POST", "/hosts"): lambda t: {"name": fresh("host"), "cpus": 1, "memory_mib": 1024,
+                                   "disk_mib": 1024},
+    ("PUT", "/hosts/{name}/ratios"): lambda t: {"cpu": 64},
+    ("PUT", "/hosts/{name}/labels"): lambda t: {"set": {"rack": "1"}},
+    ("PUT", "/hosts/{name}/state"): lambda t: {"state": "up"},
+    ("PUT", "/pool/settings"): lambda t: {"weigher": "spread"},
+    ("POST", "/pool/rebalance"): lambda t: {"threshold_pp": 100},
 }
 # The build endpoint is asked for an invalid name, so that no pool admin call starts a build.
 NAME_OVERRIDE = {("POST", "/images/{name}/build"): "Not_A_Name"}
@@ -142,7 +174,11 @@ class Pool:
             token = fresh("victim")
             response = http.post("/tokens", json={"name": token, "role": "viewer", "project": project})
             assert response.status_code == 201, response.text
-        return Target(project=project, vm=name, token=token)
+            group = fresh("grp")
+            response = http.post("/groups", params={"project": project},
+                                 json={"name": group, "policy": "affinity", "hard": False})
+            assert response.status_code == 201, response.text
+        return Target(project=project, vm=name, token=token, group=group)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +187,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterato
                          extra_args=("--memory-budget", "64M", "--memory-threshold", "0"))
     try:
         admin = server.api()
+        admin.add_host(BIG_HOST, cpus=1 << 16, memory_mib=1 << 40, disk_mib=1 << 40)
         for project in ("a", "b"):
             admin.create_project(project)
         secrets: dict[str, str | None] = {"pool": admin.token, "anonymous": None}
@@ -207,7 +244,7 @@ def test_cell(pool: Pool, method: str, path: str, caller: str, side: str, expect
 @pytest.mark.parametrize("caller", BROKEN)
 @pytest.mark.parametrize(("method", "path"), list(MATRIX))
 def test_bad_tokens_are_refused_everywhere(pool: Pool, method: str, path: str, caller: str) -> None:
-    target = Target(project="a", vm="any", token="any")
+    target = Target(project="a", vm="any", token="any", group="any")
     response = request(pool, caller, method, path, target, scoped=True)
     assert response.status_code == 401, response.text
     assert response.headers["www-authenticate"] == "Bearer"

@@ -9,7 +9,18 @@ from virtpool.api import audit, problems
 from virtpool.api.app_prefix import API_PREFIX
 from virtpool.api.limits import BodyLimit
 from virtpool.api.routes import audit as audit_routes
-from virtpool.api.routes import events, host, images, operations, projects, tokens, vms
+from virtpool.api.routes import (
+    events,
+    groups,
+    host,
+    hosts,
+    images,
+    operations,
+    projects,
+    tokens,
+    vms,
+)
+from virtpool.api.routes import pool as pool_routes
 from virtpool.control.pool import Pool
 
 
@@ -24,6 +35,7 @@ def create_app(pool: Pool) -> FastAPI:
     problems.document(app)
     audit.install(app, pool.audit)
     app.add_middleware(BodyLimit)
-    for module in (host, images, vms, operations, events, audit_routes, projects, tokens):
+    for module in (host, images, vms, operations, events, audit_routes, projects, tokens, hosts, groups,
+                   pool_routes):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

@@ -9,9 +9,12 @@ import typer
 from virtpool.cli import output
 from virtpool.cli.common import JsonFlag, client
 from virtpool.model.errors import VirtpoolError
+from virtpool.model.inventory import HostView
+from virtpool.model.resources import HOST_STATES
 from virtpool.model.units import format_mib, parse_size_mib
 
-app = typer.Typer(help="This host's capacity.", no_args_is_help=True)
+app = typer.Typer(help="The pool's hosts: capacity, allocation, ratios, labels, states.",
+                  no_args_is_help=True)
 
 
 @app.command("show")
@@ -66,3 +69,144 @@ def memory_policy(
     if json:
         return output.emit_json(policy)
     output.fields([(k.replace("_", " "), v if v is not None else "-") for k, v in policy.items()])
+
+
+# -- the pool's inventory (`host list`, `set-ratio`, `label`, `drain`, `state`) ------------
+
+BAR_WIDTH = 10
+STATE_STYLE = {"up": "green", "draining": "yellow", "maintenance": "cyan", "down": "red"}
+
+
+def bar(allocated: int, capacity: int, text: str) -> str:
+    """``█████░░░░░ 4/8``: allocated of capacity, red from 90 %, yellow from 70 %."""
+    fraction = min(allocated / capacity, 1.0) if capacity > 0 else 0.0
+    filled = round(fraction * BAR_WIDTH)
+    style = "red" if fraction >= 0.9 else "yellow" if fraction >= 0.7 else "green"
+    return f"[{style}]{'█' * filled}[/][dim]{'░' * (BAR_WIDTH - filled)}[/] {text}"
+
+
+def _row(h: HostView) -> tuple[str, ...]:
+    name = f"{h.name} [dim](local)[/]" if h.local else h.name
+    labels = ",".join(f"{k}={v}" for k, v in sorted(h.labels.items())) or "-"
+    return (
+        name, f"[{STATE_STYLE.get(h.state, 'white')}]{h.state}[/]",
+        bar(h.cpu.allocated, h.cpu.capacity, f"{h.cpu.allocated}/{h.cpu.capacity}"),
+        bar(h.memory_mib.allocated, h.memory_mib.capacity,
+            f"{format_mib(h.memory_mib.allocated)}/{format_mib(h.memory_mib.capacity)}"),
+        bar(h.disk_mib.allocated, h.disk_mib.capacity,
+            f"{format_mib(h.disk_mib.allocated)}/{format_mib(h.disk_mib.capacity)}"),
+        f"{h.cpu_ratio:g}/{h.memory_ratio:g}/{h.disk_ratio:g}", str(h.vms), labels,
+    )
+
+
+COLUMNS = ("HOST", "STATE", "VCPUS", "MEMORY", "DISK", "RATIOS CPU/MEM/DISK", "VMS", "LABELS")
+
+
+def _show(host: HostView, json: bool) -> None:
+    if json:
+        return output.emit_json(host)
+    output.table(COLUMNS, [_row(host)])
+
+
+@app.command("list")
+def list_(json: JsonFlag = False) -> None:
+    """Every host of the pool: allocated/total per resource (under its ratios), state, labels."""
+    with output.errors():
+        hosts = client().hosts()
+    if json:
+        return output.emit_json(hosts)
+    output.table(COLUMNS, [_row(h) for h in hosts])
+
+
+@app.command("set-ratio")
+def set_ratio(
+    name: str,
+    cpu: Annotated[float | None, typer.Option("--cpu", help="vCPUs per logical CPU, e.g. 4")] = None,
+    memory: Annotated[float | None, typer.Option("--memory", help="above 1.0 needs ballooning")] = None,
+    disk: Annotated[float | None, typer.Option("--disk", help="disk overcommit")] = None,
+    json: JsonFlag = False,
+) -> None:
+    """Change a host's allocation ratios. A ratio that would leave its VMs holding more than
+    the host may promise is refused: move or delete VMs first."""
+    with output.errors():
+        host = client().set_host_ratios(name, cpu=cpu, memory=memory, disk=disk)
+    _show(host, json)
+
+
+@app.command("label")
+def label(
+    name: str,
+    labels: Annotated[list[str] | None, typer.Argument(help="key=value pairs to set")] = None,
+    remove: Annotated[list[str] | None, typer.Option("--remove", help="a key to remove; repeat")] = None,
+    json: JsonFlag = False,
+) -> None:
+    """Set (k=v) and remove (--remove k) labels; `vm create --require-label k=v` matches them."""
+    pairs = parse_labels(labels or [])
+    with output.errors():
+        host = client().label_host(name, set=pairs, remove=remove or [])
+    _show(host, json)
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    """``["zone=a", "disk=ssd"]`` → ``{"zone": "a", "disk": "ssd"}``; exits on a malformed one."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            output.fail(f"cannot read label '{item}'", hint="write key=value, e.g. zone=a")
+        pairs[key] = value
+    return pairs
+
+
+@app.command("drain")
+def drain(name: str, json: JsonFlag = False) -> None:
+    """Take no new VMs on a host (its VMs stay); `host state NAME up` undoes it."""
+    with output.errors():
+        host = client().set_host_state(name, "draining")
+    _show(host, json)
+
+
+@app.command("state")
+def state(
+    name: str,
+    new: Annotated[str, typer.Argument(metavar="STATE", help=" | ".join(HOST_STATES))],
+    json: JsonFlag = False,
+) -> None:
+    """Set a host's state: up takes new VMs; draining, maintenance and down take none."""
+    if new not in HOST_STATES:
+        output.fail(f"unknown host state '{new}'", hint=f"one of: {', '.join(HOST_STATES)}")
+    with output.errors():
+        host = client().set_host_state(name, new)
+    _show(host, json)
+
+
+@app.command("add")
+def add(
+    name: str,
+    cpus: Annotated[int, typer.Option(help="logical CPUs")],
+    memory: Annotated[str, typer.Option(help="e.g. 64G")],
+    disk: Annotated[str, typer.Option(help="e.g. 2T")],
+    label_: Annotated[list[str] | None, typer.Option("--label", help="key=value; repeat")] = None,
+    accel: Annotated[str, typer.Option(help="kvm or tcg")] = "kvm",
+    json: JsonFlag = False,
+) -> None:
+    """Add an inventory row for a host whose agent is not connected yet (admin)."""
+    try:
+        memory_mib = parse_size_mib(memory, what="memory")
+        disk_mib = parse_size_mib(disk, what="disk")
+    except VirtpoolError as err:
+        output.fail(err.message, hint=err.hint)
+    with output.errors():
+        host = client().add_host(name, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib,
+                                 labels=parse_labels(label_ or []), accel=accel)
+    _show(host, json)
+
+
+@app.command("remove")
+def remove(name: str, json: JsonFlag = False) -> None:
+    """Remove an inventory row that holds no VM (admin)."""
+    with output.errors():
+        client().remove_host(name)
+    if json:
+        return output.emit_json({"removed": name})
+    output.out.print(f"host '{name}' removed")

@@ -10,10 +10,12 @@ import typer
 from virtpool.cli import (
     audit,
     common,
+    group,
     host,
     image,
     operation,
     output,
+    pool,
     project,
     token,
     vm,
@@ -29,6 +31,8 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(operation.app, name="operation")
 app.add_typer(project.app, name="project")
 app.add_typer(token.app, name="token")
+app.add_typer(group.app, name="group")
+app.add_typer(pool.app, name="pool")
 
 
 @app.command("events")

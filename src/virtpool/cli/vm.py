@@ -63,12 +63,19 @@ def create(
     disk_iops: Annotated[int | None, typer.Option(help="I/O operations per second limit")] = None,
     disk_bps: Annotated[str | None, typer.Option(help="disk bytes per second limit, e.g. 50M")] = None,
     cpu_affinity: Annotated[str | None, typer.Option(help="host CPUs to run on, e.g. 0,2-3")] = None,
+    group: Annotated[str | None, typer.Option(help="placement group (`virtpool group list`)")] = None,
+    require_label: Annotated[list[str] | None, typer.Option(
+        "--require-label", help="only hosts with this key=value label; repeat")] = None,
+    weigher: Annotated[str | None, typer.Option(
+        help="rank hosts by spread, pack or balanced (default: the pool's)")] = None,
     start: Annotated[bool, typer.Option("--start", help="boot it at once")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="with --start: wait until the guest answers")] = False,
     wait_timeout: WaitTimeout = 180.0,
     json: JsonFlag = False,
 ) -> None:
-    """Create a VM (and with --start, boot it)."""
+    """Create a VM (and with --start, boot it) on the host the scheduler picks."""
+    from virtpool.cli.host import parse_labels
+
     with output.errors():
         try:
             memory_mib = parse_size_mib(memory, what="memory")
@@ -84,13 +91,15 @@ def create(
             output.fail(err.message, hint=err.hint)
         api = client()
         vm = api.create_vm(name, image=image, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib,
-                           ports=forwards, kernel_args=kernel_args, accel=accel, start=start, **limits)
+                           ports=forwards, kernel_args=kernel_args, accel=accel, start=start,
+                           group=group, required_labels=parse_labels(require_label or []),
+                           weigher=weigher, **limits)
         if start:
             _follow(api, vm, VMState.RUNNING, wait, wait_timeout, json)
             return
     if json:
         return output.emit_json(vm)
-    output.out.print(f"VM '{vm.name}' created ({output.state(vm.state.value)})")
+    output.out.print(f"VM '{vm.name}' created on host '{vm.host}' ({output.state(vm.state.value)})")
 
 
 @app.command("list")

@@ -14,9 +14,14 @@ from virtpool.control.audit import AuditLog
 from virtpool.control.auth import TokenService
 from virtpool.control.balancer import MemoryBalancer, MemoryPolicy
 from virtpool.control.events import EventLog
+from virtpool.control.groups import GroupService
+from virtpool.control.hosts import HostService
 from virtpool.control.images import ImageService
 from virtpool.control.operations import OperationService
+from virtpool.control.placement import Placer
 from virtpool.control.projects import ProjectService
+from virtpool.control.rebalancing import Rebalancer
+from virtpool.control.settings import SettingsService
 from virtpool.control.store import db
 from virtpool.control.vm_operations import VMOperations
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
@@ -54,18 +59,28 @@ class Pool:
         self.projects = ProjectService(sessions)
         self.events = EventLog(sessions)
         self.audit = AuditLog(sessions)
-        self.vms = VMService(sessions, agent, socket.gethostname(), boot_timeout=config.boot_timeout,
-                             events=self.events, memory=lambda: self.balancer.policy)
+        self.settings = SettingsService(sessions)
+        self.placer = Placer(self.settings.weigher)
+        self.hosts = HostService(sessions, self.placer, socket.gethostname())
+        self.groups = GroupService(sessions)
+        self.rebalancer = Rebalancer(sessions)
+        self.vms = VMService(sessions, agent, self.hosts.local, boot_timeout=config.boot_timeout,
+                             events=self.events, memory=lambda: self.balancer.policy,
+                             placer=self.placer)
         self.operations = OperationService(sessions)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
         self.images = ImageService(sessions, agent, self.operations)
         self.balancer = MemoryBalancer(self.vms, agent, self.events, self.audit, config.memory)
 
     def start(self) -> bool:
-        """Reconcile VMs with the host; create the admin token on first start (True then)."""
+        """Register this host, reconcile VMs and its usage counters with it, fail the
+        operations a previous run left unfinished; create the admin token on first start (True
+        then). A control-plane-only server has no host: it does none of that but the token."""
         if not self.config.control_only:
+            self.hosts.register_local(self.agent.host_info())
             self.operations.fail_interrupted()
             self.vms.reconcile()
+            self.hosts.reconcile_usage()
             self.balancer.start()
         return self.tokens.bootstrap(self.config.token_file)
 

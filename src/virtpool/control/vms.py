@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from virtpool.control import quotas
 from virtpool.control.events import EventLog
+from virtpool.control.placement import Placed, Placer, claim_delta
 from virtpool.control.store.tables import DEFAULT_PROJECT, PortRow, VMRow, utcnow
 from virtpool.model.agent import Agent
 from virtpool.model.errors import (
@@ -37,6 +38,7 @@ from virtpool.model.errors import (
 )
 from virtpool.model.project import Usage
 from virtpool.model.resize import plan_resize
+from virtpool.model.resources import Resources
 from virtpool.model.spec import ExecResult, PortForward, Resize, VMSpec
 from virtpool.model.states import ACTIVE, VMState, check_action, check_transition
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
@@ -71,10 +73,12 @@ class VMService:
         workers: int = 16,
         events: EventLog | None = None,
         memory: Callable[[], MemoryLimits] | None = None,
+        placer: Placer | None = None,
     ) -> None:
         self._sessions = sessions
         self._agent = agent
-        self._host = host
+        self.local_host = host
+        self._placer = placer or Placer()
         self.boot_timeout = boot_timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm-op")
         self._events = events
@@ -204,8 +208,8 @@ class VMService:
     # -- create ---------------------------------------------------------------------------
 
     def create(self, spec: VMSpec, *, start: bool = False, project_id: str = DEFAULT_PROJECT) -> VMInfo:
-        """Validate, record (within the project's quota), make the disk; on any failure nothing
-        is left behind."""
+        """Validate, place, record (within the project's quota), make the disk; on any failure
+        nothing is left behind."""
         self._agent.get_image(spec.image)
         self._check_fits_host(spec)
         self._check_ports(spec.ports, vm_id=None, project_id=project_id)
@@ -227,8 +231,11 @@ class VMService:
             try:
                 with self._sessions.begin() as session:
                     # The quota first: its UPDATE takes the write lock before the slot is picked.
+                    # Then the host's claim: both commit with the VM row, or none does (and
+                    # every path takes the project's row before a host's, so none deadlocks).
                     quotas.charge(session, project_id, quotas.vm_usage(spec.cpus, spec.boot_memory_mib, spec.disk_mib))
-                    session.add(self._new_row(session, vm_id, spec, project_id))
+                    placed = self._placer.place_vm(session, spec, project_id)
+                    session.add(self._new_row(session, vm_id, spec, placed, project_id))
                 return
             except IntegrityError as err:
                 with self._sessions() as session:
@@ -242,21 +249,25 @@ class VMService:
         raise Conflict("too many VMs are being created at once; try again")
 
     def _remove_row(self, vm_id: str) -> None:
-        """Delete the VM's record and give back what it held against its project's quota."""
+        """Delete the VM's record and give back what it held against its project's quota and
+        on its host."""
         with self._sessions.begin() as session:
             row = session.get(VMRow, vm_id)
             if row is None:
                 return
             quotas.release(session, row.project_id, quotas.vm_usage(row.cpus, row.max_memory_mib, row.disk_mib))
+            self._placer.release(session, row.host, _held(row))
             session.execute(delete(VMRow).where(VMRow.id == vm_id))
 
-    def _new_row(self, session: Session, vm_id: str, spec: VMSpec, project_id: str) -> VMRow:
+    def _new_row(self, session: Session, vm_id: str, spec: VMSpec, placed: Placed,
+                 project_id: str) -> VMRow:
         used = set(session.scalars(select(VMRow.slot)))
         slot = next(n for n in range(len(used) + 1) if n not in used)
         return VMRow(
             id=vm_id, name=spec.name, project_id=project_id, image=spec.image, cpus=spec.cpus,
             memory_mib=spec.memory_mib, disk_mib=spec.disk_mib, kernel_args=spec.kernel_args,
-            accel=spec.accel, state=S.CREATING.value, host=self._host,
+            accel=spec.accel, state=S.CREATING.value, host=placed.host,
+            group_id=placed.group_id, required_labels=spec.required_labels or None,
             max_memory_mib=spec.boot_memory_mib, cpu_cap_pct=spec.cpu_cap_pct,
             cpu_weight=spec.cpu_weight, disk_iops=spec.disk_iops, disk_bps=spec.disk_bps,
             cpu_affinity=spec.cpu_affinity, slot=slot,
@@ -429,10 +440,18 @@ class VMService:
 
     def _write_columns(self, vm_id: str, columns: dict[str, object], project_id: str = DEFAULT_PROJECT,
                        quota_delta: Usage | None = None) -> None:
+        """Write new resources; charge the quota and move the host claim by the difference."""
         if columns:
             with self._sessions.begin() as session:
                 if quota_delta is not None:
                     quotas.charge(session, project_id, quota_delta)
+                row = session.get(VMRow, vm_id)
+                if row is None:
+                    raise NotFound(f"VM {vm_id} was deleted while it was resized")
+                old = _held(row)
+                new = Resources(*(int(columns.get(k, getattr(row, k)))  # type: ignore[call-overload]
+                                  for k in ("cpus", "max_memory_mib", "disk_mib")))
+                self._placer.adjust(session, row.host, row.name, claim_delta(old, new))
                 session.execute(update(VMRow).where(VMRow.id == vm_id).values(**columns, updated_at=utcnow()))
 
     def stats(self, ref: str, *, tolerant: bool = False) -> VMStats:
@@ -516,6 +535,11 @@ class VMService:
         elif status is not None:
             log.warning("VM %s is %s but its QEMU runs; stopping it", vm.name, vm.state.value)
             self._agent.kill_vm(vm.id)
+
+
+def _held(row: VMRow) -> Resources:
+    """What a VM's row claims on its host: vCPUs, the memory it boots with, its disk."""
+    return Resources(row.cpus, row.max_memory_mib, row.disk_mib)
 
 
 def _info(row: VMRow) -> VMInfo:

@@ -78,6 +78,13 @@ class VMSpec(BaseModel):
     disk_bps: int | None = Field(default=None, ge=4096, le=1 << 40)
     cpu_affinity: list[Annotated[int, Field(ge=0, le=4095)]] | None = Field(
         default=None, max_length=4096, description="host CPUs the VM may run on (default: any)")
+    # Where it may run (see control/placement.py); none of these reach QEMU.
+    group: str | None = Field(default=None, description="placement group (`virtpool group list`)")
+    required_labels: dict[Annotated[str, Field(min_length=1, max_length=63)],
+                          Annotated[str, Field(max_length=255)]] = Field(
+        default_factory=dict, max_length=32, description="only hosts with every key=value label")
+    weigher: Literal["spread", "pack", "balanced"] | None = Field(
+        default=None, description="how to rank hosts for this VM (default: the pool's)")
 
     @field_validator("name", "image")
     @classmethod

@@ -41,11 +41,17 @@ from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.node import disks, serial
 from virtpool.node.images.manifest import Manifest
 from virtpool.node.images.store import ImageStore, kernel_kind
-from virtpool.node.sandbox import cgroups, users
 from virtpool.node.qemu import accel as accel_mod
 from virtpool.node.qemu import process, qmp
-from virtpool.node.qemu.argv import BALLOON_ID, DISK_DEVICE_ID, DRIVE_ID, LaunchPlan, build_argv
+from virtpool.node.qemu.argv import (
+    BALLOON_ID,
+    DISK_DEVICE_ID,
+    DRIVE_ID,
+    LaunchPlan,
+    build_argv,
+)
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
+from virtpool.node.sandbox import cgroups, users
 from virtpool.node.vmdir import VMPaths
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from httpx_sse import connect_sse
 from virtpool.model.audit import AuditEntry
 from virtpool.model.event import Event
 from virtpool.model.image import BuildStatus, ImageInfo
+from virtpool.model.inventory import GroupView, HostView, PoolSettings, RebalanceView
 from virtpool.model.operation import Operation
 from virtpool.model.project import ProjectInfo, QuotaResult
 from virtpool.model.spec import ExecResult, HostInfo, PortForward
@@ -187,22 +188,29 @@ class Client:
     @overload
     def create_vm(self, name: str, *, image: str = ..., cpus: int = ..., memory_mib: int = ...,
                   disk_mib: int = ..., ports: Iterable[PortForward | str] = ..., kernel_args: str = ...,
-                  accel: str = ..., start: Literal[False] = ...,
+                  accel: str = ..., start: Literal[False] = ..., group: str | None = ...,
+                  required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
                   **limits: int | list[int] | None) -> VMInfo: ...
 
     @overload
     def create_vm(self, name: str, *, image: str = ..., cpus: int = ..., memory_mib: int = ...,
                   disk_mib: int = ..., ports: Iterable[PortForward | str] = ..., kernel_args: str = ...,
-                  accel: str = ..., start: Literal[True], **limits: int | list[int] | None) -> Operation: ...
+                  accel: str = ..., start: Literal[True], group: str | None = ...,
+                  required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
+                  **limits: int | list[int] | None) -> Operation: ...
 
     def create_vm(self, name: str, *, image: str = "default", cpus: int = 1, memory_mib: int = 256,
                   disk_mib: int = 1024, ports: Iterable[PortForward | str] = (),
                   kernel_args: str = "", accel: str = "auto", start: bool = False,
+                  group: str | None = None, required_labels: dict[str, str] | None = None,
+                  weigher: str | None = None,
                   **limits: int | list[int] | None) -> VMInfo | Operation:
         """Create a VM and return it; with ``start``, create and boot it and return the
         operation to follow. ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight,
-        disk_iops, disk_bps and cpu_affinity (a list of host CPUs)."""
-        body = {**limits,
+        disk_iops, disk_bps and cpu_affinity (a list of host CPUs). ``group``,
+        ``required_labels`` and ``weigher`` say where it may run and how hosts are ranked for it."""
+        placement = {"group": group, "required_labels": required_labels or {}, "weigher": weigher}
+        body = {**limits, **placement,
             "name": name, "image": image, "cpus": cpus, "memory_mib": memory_mib,
             "disk_mib": disk_mib, "kernel_args": kernel_args, "accel": accel, "start": start,
             "ports": [(PortForward.parse(p) if isinstance(p, str) else p).model_dump() for p in ports],
@@ -275,6 +283,69 @@ class Client:
             vm = VMInfo.model_validate(response.json())
             if vm.state.value in wanted or time.monotonic() >= deadline:
                 return vm
+
+    # -- the pool's hosts, groups and settings ----------------------------------------------
+
+    def hosts(self) -> list[HostView]:
+        return [HostView.model_validate(h) for h in self._call("GET", "/hosts").json()]
+
+    def inventory_host(self, name: str) -> HostView:
+        return HostView.model_validate(self._call("GET", f"/hosts/{name}").json())
+
+    def add_host(self, name: str, *, cpus: int, memory_mib: int, disk_mib: int,
+                 **fields: Any) -> HostView:
+        """Add an inventory row; ``fields`` are the other ``HostAdd`` fields (ratios, labels…)."""
+        body = {"name": name, "cpus": cpus, "memory_mib": memory_mib, "disk_mib": disk_mib,
+                **fields}
+        return HostView.model_validate(self._call("POST", "/hosts", json=body).json())
+
+    def remove_host(self, name: str) -> None:
+        self._call("DELETE", f"/hosts/{name}")
+
+    def set_host_ratios(self, name: str, *, cpu: float | None = None,
+                        memory: float | None = None, disk: float | None = None) -> HostView:
+        body = {k: v for k, v in (("cpu", cpu), ("memory", memory), ("disk", disk)) if v is not None}
+        return HostView.model_validate(self._call("PUT", f"/hosts/{name}/ratios", json=body).json())
+
+    def label_host(self, name: str, set: dict[str, str] | None = None,
+                   remove: Iterable[str] = ()) -> HostView:
+        body = {"set": set or {}, "remove": list(remove)}
+        return HostView.model_validate(self._call("PUT", f"/hosts/{name}/labels", json=body).json())
+
+    def set_host_state(self, name: str, state: str) -> HostView:
+        response = self._call("PUT", f"/hosts/{name}/state", json={"state": state})
+        return HostView.model_validate(response.json())
+
+    def groups(self) -> list[GroupView]:
+        return [GroupView.model_validate(g) for g in self._call("GET", "/groups").json()]
+
+    def group(self, name: str) -> GroupView:
+        return GroupView.model_validate(self._call("GET", f"/groups/{name}").json())
+
+    def create_group(self, name: str, policy: str, *, hard: bool = True) -> GroupView:
+        body = {"name": name, "policy": policy, "hard": hard}
+        return GroupView.model_validate(self._call("POST", "/groups", json=body).json())
+
+    def delete_group(self, name: str) -> None:
+        self._call("DELETE", f"/groups/{name}")
+
+    def pool_settings(self) -> PoolSettings:
+        return PoolSettings.model_validate(self._call("GET", "/pool/settings").json())
+
+    def set_pool_settings(self, **changes: Any) -> PoolSettings:
+        body = {**self.pool_settings().model_dump(), **changes}
+        return PoolSettings.model_validate(self._call("PUT", "/pool/settings", json=body).json())
+
+    def rebalance(self, *, threshold_pp: float = 10.0, consolidate: bool = False,
+                  dry_run: bool = True) -> RebalanceView:
+        """The plan (``dry_run``), or plan and apply it (needs live migration)."""
+        if dry_run:
+            response = self._call("GET", "/pool/rebalance",
+                                  params={"threshold_pp": threshold_pp, "consolidate": consolidate})
+        else:
+            response = self._call("POST", "/pool/rebalance",
+                                  json={"threshold_pp": threshold_pp, "consolidate": consolidate})
+        return RebalanceView.model_validate(response.json())
 
     # -- operations and the event stream --------------------------------------------------
 

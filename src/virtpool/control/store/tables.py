@@ -114,6 +114,15 @@ class GroupRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class SettingRow(Base):
+    """A pool-wide setting (e.g. the scheduler's default weigher), as a JSON value per key."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(63), primary_key=True)
+    value: Mapped[object] = mapped_column(JSON)
+
+
 class OperationRow(Base):
     """A long action (create and start, stop, image build) that a client can follow."""
 

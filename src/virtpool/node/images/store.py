@@ -15,7 +15,6 @@ from pathlib import Path
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound
 from virtpool.model.spec import NAME_RULE, valid_name
 from virtpool.node import disks
-from virtpool.node.sandbox import users
 from virtpool.node.images.manifest import (
     Manifest,
     file_entry,
@@ -23,6 +22,7 @@ from virtpool.node.images.manifest import (
     sha256_file,
     write_manifest,
 )
+from virtpool.node.sandbox import users
 
 ELF_MAGIC = b"\x7fELF"
 BZIMAGE_MAGIC_OFFSET = 0x202  # "HdrS", the x86 boot protocol header

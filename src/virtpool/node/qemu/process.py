@@ -19,7 +19,6 @@ import psutil
 from virtpool.model.errors import OperationFailed
 
 
-
 def spawn(argv: list[str], log: Path, *, vm: str, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
     """Start QEMU detached (own session, stdio to ``log``) and return at once.
 

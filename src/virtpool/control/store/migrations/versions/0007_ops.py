@@ -2,15 +2,15 @@
 admin's view), and `GET /vms` pages in (name, id) order from a cursor; the (project, name)
 unique index serves neither, and without this both scan the table.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-27
 """
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

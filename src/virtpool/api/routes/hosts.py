@@ -1,0 +1,58 @@
+"""The pool's host inventory: allocation per host, ratios, labels, states; inventory rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi import APIRouter, Response, status
+
+from virtpool.api.deps import Admin, Caller, PoolDep
+from virtpool.model.inventory import (
+    HostAdd,
+    HostView,
+    LabelsUpdate,
+    RatiosUpdate,
+    StateUpdate,
+)
+
+router = APIRouter(prefix="/hosts", tags=["hosts"])
+
+
+@router.get("", response_model=list[HostView], summary="Every host with allocated/total per resource")
+def list_hosts(pool: PoolDep, _: Caller) -> Sequence[HostView]:
+    return pool.hosts.list()
+
+
+@router.get("/{name}", response_model=HostView)
+def show_host(name: str, pool: PoolDep, _: Caller) -> HostView:
+    return pool.hosts.get(name)
+
+
+@router.post("", response_model=HostView, status_code=status.HTTP_201_CREATED,
+             summary="Add an inventory row for a host whose agent is not connected yet")
+def add_host(body: HostAdd, pool: PoolDep, _: Admin) -> HostView:
+    return pool.hosts.add(body)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT,
+               summary="Remove a host that holds no VM")
+def remove_host(name: str, pool: PoolDep, _: Admin) -> Response:
+    pool.hosts.remove(name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put("/{name}/ratios", response_model=HostView,
+            summary="Change allocation ratios (never below what the host's VMs hold)")
+def set_ratios(name: str, body: RatiosUpdate, pool: PoolDep, _: Admin) -> HostView:
+    return pool.hosts.set_ratios(name, body)
+
+
+@router.put("/{name}/labels", response_model=HostView, summary="Set and remove labels")
+def set_labels(name: str, body: LabelsUpdate, pool: PoolDep, _: Admin) -> HostView:
+    return pool.hosts.label(name, body)
+
+
+@router.put("/{name}/state", response_model=HostView,
+            summary="up takes new VMs; draining, maintenance and down take none")
+def set_state(name: str, body: StateUpdate, pool: PoolDep, _: Admin) -> HostView:
+    return pool.hosts.set_state(name, body.state)

@@ -1,0 +1,336 @@
+"""Placement against the database: the scheduler chooses a host, a conditional UPDATE claims it.
+
+A claim adds the VM's vCPUs, memory and disk to its host's ``used_*`` counters with::
+
+    UPDATE hosts SET used_x = used_x + :x, generation = generation + 1
+     WHERE name = :host AND generation = :seen AND state = 'up'
+       AND used_x + :x <= (x - reserved_x) * x_ratio        -- for every resource
+
+in the caller's transaction (the one that inserts the VM row), so the VM and its claim commit
+or vanish together. A claim decided on stale figures matches no row: the host is reloaded and
+the request placed again, at most ``CLAIM_ATTEMPTS`` times. The capacity guard in the UPDATE
+means that even a bug in the figures can never overbook a host.
+
+The hosts' figures are kept in memory between placements (``HostArrays``, with each host's
+generation) because reading 10,000 rows per VM would cost more than the decision. The cache is
+an optimisation only — the generation check makes every claim exact. A host this process
+changed is reloaded before the next placement; every ``CACHE_MAX_AGE_S``, after two lost races
+in a row and before any refusal, one scan of names and generations finds the hosts others
+changed (every change to a host row bumps its generation), so a refusal is always decided on
+fresh figures.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.orm import Session
+
+from virtpool.control.scheduler import Decision, HostArrays, place, refusal
+from virtpool.control.store.tables import GroupRow, HostRow, VMRow
+from virtpool.model.errors import Conflict, InsufficientResources, NotFound
+from virtpool.model.resources import (
+    Claim,
+    Group,
+    HostCapacity,
+    PlacementRequest,
+    Ratios,
+    Resources,
+)
+from virtpool.model.spec import VMSpec
+
+# Enough for a burst of creates racing for the same few hosts; a placement that loses this
+# often is told to try again rather than spinning.
+CLAIM_ATTEMPTS = 12
+# Changes made by other servers sharing the database are seen at least this often.
+CACHE_MAX_AGE_S = 5.0
+# As in model.resources.capacity_under_ratio: 100 × 0.29 must count as 29.
+_SLACK = 1e-9
+
+
+def host_capacity(row: HostRow | Row[Any]) -> HostCapacity:
+    """The scheduler's view of a host row (validated: a broken row is an error, not a guess)."""
+    return HostCapacity(
+        name=row.name, cpus=row.cpus, memory_mib=row.memory_mib, disk_mib=row.disk_mib,
+        reserved_cpus=row.reserved_cpus, reserved_memory_mib=row.reserved_memory_mib,
+        reserved_disk_mib=row.reserved_disk_mib,
+        ratios=Ratios(row.cpu_ratio, row.memory_ratio, row.disk_ratio), balloon=row.balloon,
+        labels=dict(row.labels or {}), state=row.state, accel=row.accel,  # type: ignore[arg-type]
+        allowed_projects=(frozenset(row.allowed_projects)
+                          if row.allowed_projects is not None else None),
+    )
+
+
+def usage_claim(row: HostRow | Row[Any]) -> Claim:
+    """A host's counters as one claim: what ``HostArrays`` needs to know of its VMs."""
+    return Claim(vm=f"(VMs on {row.name})", host=row.name, cpus=max(row.used_cpus, 0),
+                 memory_mib=max(row.used_memory_mib, 0), disk_mib=max(row.used_disk_mib, 0))
+
+
+# The statements are built once, with bound parameters, so that a claim costs SQLAlchemy a
+# cache lookup rather than building and compiling an expression tree per VM.
+_HOSTS = HostRow.__table__
+_CPUS, _MEMORY, _DISK = bindparam("d_cpus"), bindparam("d_memory"), bindparam("d_disk")
+# The host can take the growth (d_* where positive) under its ratios.
+_ROOM = (
+    _HOSTS.c.used_cpus + bindparam("g_cpus")
+    <= (_HOSTS.c.cpus - _HOSTS.c.reserved_cpus) * _HOSTS.c.cpu_ratio + _SLACK,
+    _HOSTS.c.used_memory_mib + bindparam("g_memory")
+    <= (_HOSTS.c.memory_mib - _HOSTS.c.reserved_memory_mib) * _HOSTS.c.memory_ratio + _SLACK,
+    _HOSTS.c.used_disk_mib + bindparam("g_disk")
+    <= (_HOSTS.c.disk_mib - _HOSTS.c.reserved_disk_mib) * _HOSTS.c.disk_ratio + _SLACK,
+)
+_ADD = {"used_cpus": _HOSTS.c.used_cpus + _CPUS,
+        "used_memory_mib": _HOSTS.c.used_memory_mib + _MEMORY,
+        "used_disk_mib": _HOSTS.c.used_disk_mib + _DISK,
+        "generation": _HOSTS.c.generation + 1}
+_HOST = _HOSTS.c.name == bindparam("host")
+CLAIM = (update(_HOSTS)
+         .where(_HOST, _HOSTS.c.generation == bindparam("seen"), _HOSTS.c.state == "up", *_ROOM)
+         .values(_ADD))
+ADJUST = update(_HOSTS).where(_HOST, *_ROOM).values(_ADD)
+RELEASE = update(_HOSTS).where(_HOST).values(_ADD)
+
+
+def _params(host: str, delta: Resources) -> dict[str, object]:
+    """Parameters of the statements above: ``delta`` added, its positive part checked."""
+    return {"host": host, "d_cpus": delta.cpus, "d_memory": delta.memory_mib,
+            "d_disk": delta.disk_mib, "g_cpus": max(delta.cpus, 0),
+            "g_memory": max(delta.memory_mib, 0), "g_disk": max(delta.disk_mib, 0)}
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """Where a new VM went: its host, its group's id, and the decision that chose it."""
+
+    host: str
+    group_id: str | None
+    decision: Decision
+
+
+class Placer:
+    """Chooses and claims hosts for VMs; releases and adjusts claims. Thread-safe.
+
+    ``default_weigher`` gives the pool's ranking (``virtpool pool set --weigher``) at the time
+    of each placement.
+    """
+
+    def __init__(self, default_weigher: Callable[[], str] = lambda: "spread") -> None:
+        self._default_weigher = default_weigher
+        self._lock = threading.Lock()
+        self._arrays: HostArrays | None = None
+        self._generations = np.zeros(0, dtype=np.int64)
+        self._loaded_at = 0.0
+        self._dirty: set[str] = set()
+        self._stale = True  # read everything again before the next decision
+        self._behind = False  # check every host's generation before the next decision
+
+    # -- the cache ------------------------------------------------------------------------
+
+    def invalidate(self, host: str | None = None) -> None:
+        """Forget one host's figures (None: the whole inventory) before the next placement."""
+        with self._lock:
+            if host is None:
+                self._stale = True
+            else:
+                self._dirty.add(host)
+
+    def _load(self, session: Session) -> None:
+        rows = session.connection().execute(select(_HOSTS).order_by(_HOSTS.c.name)).all()
+        self._arrays = HostArrays.build([host_capacity(r) for r in rows],
+                                        [usage_claim(r) for r in rows])
+        self._generations = np.array([r.generation for r in rows], dtype=np.int64)
+        self._loaded_at = time.monotonic()
+        self._dirty.clear()
+        self._stale = self._behind = False
+
+    def _reload_host(self, session: Session, name: str) -> None:
+        assert self._arrays is not None
+        index = self._arrays.index.get(name)
+        row = session.connection().execute(select(_HOSTS).where(_HOSTS.c.name == name)).first()
+        if index is None or row is None:  # added or removed meanwhile
+            self._load(session)
+            return
+        self._arrays.reload_host(index, host_capacity(row), [usage_claim(row)])
+        self._generations[index] = row.generation
+
+    def _catch_up(self, session: Session) -> None:
+        """Reload the hosts whose generation moved since they were read: one narrow scan of
+        names and generations, then a row per changed host (or all, when many changed)."""
+        assert self._arrays is not None
+        current = session.connection().execute(select(_HOSTS.c.name, _HOSTS.c.generation)).all()
+        index = self._arrays.index
+        if len(current) != len(index) or any(name not in index for name, _ in current):
+            self._load(session)
+            return
+        changed = [name for name, gen in current if self._generations[index[name]] != gen]
+        if len(changed) > len(current) // 10:
+            self._load(session)
+            return
+        for name in changed:
+            self._reload_host(session, name)
+        self._dirty.clear()
+        self._behind = False
+        self._loaded_at = time.monotonic()
+
+    def _fresh_arrays(self, session: Session) -> tuple[HostArrays, bool]:
+        """The cached arrays brought up to date; True when checked against every host now."""
+        if self._stale or self._arrays is None:
+            self._load(session)
+        elif self._behind or time.monotonic() - self._loaded_at > CACHE_MAX_AGE_S:
+            self._catch_up(session)
+        else:
+            for name in sorted(self._dirty):
+                self._reload_host(session, name)
+            self._dirty.clear()
+            assert self._arrays is not None
+            return self._arrays, False
+        assert self._arrays is not None
+        return self._arrays, True
+
+    # -- placing --------------------------------------------------------------------------
+
+    def place_vm(self, session: Session, spec: VMSpec, project_id: str) -> Placed:
+        """Choose a host for a new VM and claim it in ``session``'s transaction."""
+        group_row = group_by_name(session, project_id, spec.group) if spec.group else None
+        request = PlacementRequest(
+            vm=spec.name, cpus=spec.cpus, memory_mib=spec.boot_memory_mib,
+            disk_mib=spec.disk_mib, project=project_id,
+            required_labels=dict(spec.required_labels),
+            group=(Group(group_row.name, group_row.policy, group_row.hard)  # type: ignore[arg-type]
+                   if group_row else None),
+            accel="kvm" if spec.accel == "kvm" else None, weigher=spec.weigher,
+        )
+        decision = self.claim(session, request, group_id=group_row.id if group_row else None)
+        assert decision.host is not None
+        return Placed(decision.host, group_row.id if group_row else None, decision)
+
+    def claim(self, session: Session, request: PlacementRequest, *,
+              group_id: str | None = None) -> Decision:
+        """Place ``request`` and claim its host in ``session``'s transaction.
+
+        Raises InsufficientResources (with the scheduler's explanation) when no host can take
+        it, Conflict when every attempt lost a race.
+        """
+        amount = request.resources()
+        fresh = False
+        # Nothing that may wait for a database connection happens under the lock: waiting for
+        # one there would stall the threads that hold connections and need the lock to finish.
+        session.connection()
+        weigher = self._default_weigher()  # may read the settings through a session of its own
+        for attempt in range(CLAIM_ATTEMPTS):
+            with self._lock:
+                arrays, loaded = self._fresh_arrays(session)
+                fresh = fresh or loaded
+                decision = self._decide(session, arrays, request, group_id, weigher)
+                if not decision.placed and not fresh:
+                    # Never refuse on cached figures: another server may have freed room.
+                    self._catch_up(session)
+                    fresh = True
+                    assert self._arrays is not None
+                    decision = self._decide(session, self._arrays, request, group_id, weigher)
+                if not decision.placed:
+                    raise refusal(decision)
+                assert decision.host_index is not None and decision.host is not None
+                seen = int(self._generations[decision.host_index])
+            claimed = _claim_once(session, decision.host, seen, amount)
+            if claimed:
+                # The cached column is out of date now: reload it before the next decision.
+                self.invalidate(decision.host)
+                return decision
+            # Lost a race: that host changed. Once is usual under load; twice in a row means
+            # the cache is behind on other hosts too, so check them all.
+            with self._lock:
+                self._dirty.add(decision.host)
+                self._behind = self._behind or attempt > 0
+        raise Conflict(
+            f"placing '{request.vm}' lost {CLAIM_ATTEMPTS} races for hosts in a row",
+            hint="many VMs are being created at once; try again")
+
+    def _decide(self, session: Session, arrays: HostArrays, request: PlacementRequest,
+                group_id: str | None, weigher: str) -> Decision:
+        if request.group is None or group_id is None:
+            return place(arrays, request, weigher=weigher)
+        # Members are counted now, after the generations the claim will be checked against
+        # were read: a member placed since then changed its host's generation.
+        counts = np.zeros(len(arrays), dtype=np.int32)
+        for host, number in session.execute(
+                select(VMRow.host, func.count()).where(VMRow.group_id == group_id)
+                .group_by(VMRow.host)):
+            index = arrays.index.get(host)
+            if index is not None:
+                counts[index] = number
+        arrays.group_counts[request.group.name] = counts
+        try:
+            return place(arrays, request, weigher=weigher)
+        finally:
+            del arrays.group_counts[request.group.name]
+
+    # -- releasing and resizing -----------------------------------------------------------
+
+    def release(self, session: Session, host: str, amount: Resources) -> None:
+        """Give back a deleted VM's claim, in ``session``'s transaction."""
+        back = Resources(-amount.cpus, -amount.memory_mib, -amount.disk_mib)
+        session.connection().execute(RELEASE, _params(host, back))
+        self.invalidate(host)
+
+    def adjust(self, session: Session, host: str, vm: str, delta: Resources) -> None:
+        """Grow or shrink a VM's claim by ``delta``; refuse growth the host has no room for."""
+        if delta == Resources(0, 0, 0):
+            return
+        params = _params(host, delta)
+        done = session.connection().execute(ADJUST, params).rowcount == 1
+        self.invalidate(host)
+        if not done:
+            raise InsufficientResources(
+                f"host '{host}' has no room to grow VM '{vm}' by "
+                f"{params['g_cpus']} vCPUs, {params['g_memory']} MiB of memory and "
+                f"{params['g_disk']} MiB of disk under its ratios",
+                hint="free room on the host (`virtpool host list`), or ask for less")
+
+
+def _claim_once(session: Session, host: str, seen: int, amount: Resources) -> bool:
+    """The conditional UPDATE of one claim attempt; False when it lost the race."""
+    connection = session.connection()
+    params = {**_params(host, amount), "seen": seen}
+    if connection.dialect.name != "postgresql":
+        # SQLite has one writer at a time: a lost attempt holds the database lock, which
+        # only makes the next attempt certain to see the latest figures.
+        return connection.execute(CLAIM, params).rowcount == 1
+    # PostgreSQL keeps the row lock an UPDATE waited for even when the row then fails its
+    # WHERE. Held on to, such locks let two creates wait on each other's host (a deadlock);
+    # rolled back to a savepoint, a lost attempt holds nothing.
+    attempt = session.begin_nested()
+    # The SAVEPOINT is emitted when the nested transaction procures its connection.
+    if session.connection().execute(CLAIM, params).rowcount == 1:
+        attempt.commit()
+        return True
+    attempt.rollback()
+    return False
+
+
+def group_by_name(session: Session, project_id: str, name: str) -> GroupRow:
+    """A placement group of ``project_id``; NotFound with a hint when there is none."""
+    row = session.scalar(select(GroupRow).where(GroupRow.project_id == project_id,
+                                                GroupRow.name == name))
+    if row is None:
+        raise NotFound(f"no placement group named '{name}'",
+                       hint=f"create it with `virtpool group create {name} --policy …`")
+    return row
+
+
+def claim_delta(old: Resources, new: Resources) -> Resources:
+    """What a resize adds to (or, negative, takes from) a claim."""
+    return Resources(new.cpus - old.cpus, new.memory_mib - old.memory_mib,
+                     new.disk_mib - old.disk_mib)
+
+
+__all__ = ["CLAIM_ATTEMPTS", "Placed", "Placer", "claim_delta", "group_by_name", "host_capacity",
+           "usage_claim"]

@@ -1,0 +1,157 @@
+"""The pool's inventory as the API shows and changes it: hosts, placement groups, settings, plans.
+
+Pure data (pydantic): the control plane fills these from its rows, the API serves them and the
+SDK reads them back.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from virtpool.model.resources import (
+    DEFAULT_CPU_RATIO,
+    DEFAULT_DISK_RATIO,
+    DEFAULT_MEMORY_RATIO,
+    MAX_RATIO,
+    GroupPolicy,
+    HostAccel,
+    HostState,
+    WeigherName,
+)
+from virtpool.model.spec import NAME_RULE, valid_name
+
+
+class Usage(BaseModel):
+    """One resource of a host: what is allocated, what may be (under the ratio), what is there."""
+
+    allocated: int
+    capacity: int
+    physical: int = Field(description="total minus the host reservation, before the ratio")
+
+
+class HostView(BaseModel):
+    """A host of the pool with its allocation per resource (vCPUs, MiB, MiB)."""
+
+    name: str
+    state: HostState
+    accel: HostAccel
+    cpu: Usage
+    memory_mib: Usage
+    disk_mib: Usage
+    cpu_ratio: float
+    memory_ratio: float
+    disk_ratio: float
+    balloon: bool
+    labels: dict[str, str]
+    allowed_projects: list[str] | None = None
+    vms: int
+    generation: int
+    local: bool = Field(description="the host this server's own agent runs on")
+
+
+class HostAdd(BaseModel):
+    """An inventory row for a host that is not the local one (its agent comes later)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    cpus: int = Field(ge=1, le=1 << 16)
+    memory_mib: int = Field(ge=1, le=1 << 40)
+    disk_mib: int = Field(ge=0, le=1 << 50)
+    reserved_cpus: int = Field(default=0, ge=0)
+    reserved_memory_mib: int = Field(default=0, ge=0)
+    reserved_disk_mib: int = Field(default=0, ge=0)
+    cpu_ratio: float = Field(default=DEFAULT_CPU_RATIO, gt=0, le=MAX_RATIO)
+    memory_ratio: float = Field(default=DEFAULT_MEMORY_RATIO, gt=0, le=MAX_RATIO)
+    disk_ratio: float = Field(default=DEFAULT_DISK_RATIO, gt=0, le=MAX_RATIO)
+    balloon: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
+    state: HostState = "up"
+    accel: HostAccel = "kvm"
+    allowed_projects: list[str] | None = None
+
+
+class RatiosUpdate(BaseModel):
+    """New allocation ratios; those left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float | None = Field(default=None, gt=0, le=MAX_RATIO)
+    memory: float | None = Field(default=None, gt=0, le=MAX_RATIO)
+    disk: float | None = Field(default=None, gt=0, le=MAX_RATIO)
+
+
+class LabelsUpdate(BaseModel):
+    """Labels to set (key → value) and keys to remove."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    set: dict[str, str] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list)
+
+    @field_validator("set")
+    @classmethod
+    def _check_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not key or "=" in key:
+                raise ValueError(f"label key {key!r} must be non-empty and without '='")
+        return value
+
+
+class StateUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: HostState
+
+
+class GroupSpec(BaseModel):
+    """A placement group to create."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description=NAME_RULE)
+    policy: GroupPolicy
+    hard: bool = Field(default=True, description="False: a preference, not a rule (--soft)")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not valid_name(value):
+            raise ValueError(f"'{value}' is not a valid name: {NAME_RULE}")
+        return value
+
+
+class GroupView(BaseModel):
+    name: str
+    policy: GroupPolicy
+    hard: bool
+    project: str
+    members: dict[str, str] = Field(description="VM name → the host it is placed on")
+
+
+class PoolSettings(BaseModel):
+    """Pool-wide choices; ``weigher`` ranks hosts when a VM create names none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weigher: WeigherName = "spread"
+
+
+class MoveView(BaseModel):
+    vm: str
+    source: str
+    target: str
+
+
+class RebalanceView(BaseModel):
+    """A rebalancing plan, and whether it was applied."""
+
+    mode: str
+    moves: list[MoveView]
+    spread_before_pp: float
+    spread_after_pp: float
+    threshold_pp: float
+    hosts_freed: list[str]
+    stopped: str
+    utilization_after_pct: dict[str, float]
+    applied: bool = False
