@@ -12,11 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.postgres import postgres_server
+from virtpool.control.detached import NoAgentAttached
 from virtpool.control.groups import GroupService
 from virtpool.control.hosts import HostService
 from virtpool.control.placement import Placer
@@ -237,20 +238,50 @@ def test_a_refusal_is_decided_on_fresh_figures(pool: Pool) -> None:
 
 
 def test_delete_releases_and_resize_adjusts_the_claim(pool: Pool) -> None:
-    pool.add("a", cpus=2, cpu_ratio=1.0, memory_mib=1024)
+    pool.add(LOCAL, cpus=2, cpu_ratio=1.0, memory_mib=1024)
     pool.create("web", cpus=1, memory_mib=256, disk_mib=100)
-    assert (pool.host_rows()["a"].used_cpus, pool.host_rows()["a"].used_memory_mib) == (1, 256)
+    assert (pool.host_rows()[LOCAL].used_cpus, pool.host_rows()[LOCAL].used_memory_mib) == (1, 256)
     pool.vms.resize("web", Resize(cpus=2, max_memory_mib=512, disk_mib=200))
-    row = pool.host_rows()["a"]
+    row = pool.host_rows()[LOCAL]
     assert (row.used_cpus, row.used_memory_mib, row.used_disk_mib) == (2, 512, 200)
     with pytest.raises(InsufficientResources, match="no room to grow VM 'web'"):
         pool.vms.resize("web", Resize(cpus=3))
     assert pool.vms.get("web").cpus == 2  # refused: nothing changed
     pool.vms.resize("web", Resize(cpus=1))
-    assert pool.host_rows()["a"].used_cpus == 1
+    assert pool.host_rows()[LOCAL].used_cpus == 1
     pool.vms.delete("web")
-    row = pool.host_rows()["a"]
+    row = pool.host_rows()[LOCAL]
     assert (row.used_cpus, row.used_memory_mib, row.used_disk_mib) == (0, 0, 0)
+
+
+def test_a_host_over_its_ratios_can_still_shrink_its_vms(pool: Pool) -> None:
+    pool.add(LOCAL, cpus=4, cpu_ratio=1.0, memory_mib=1024)
+    pool.create("web", cpus=2, memory_mib=512, disk_mib=100)
+    pool.create("db", cpus=2, memory_mib=512, disk_mib=100)
+    # The hardware figures shrink under the VMs (as a re-registration after a change can do).
+    with pool.sessions.begin() as session:
+        session.execute(update(HostRow).where(HostRow.name == LOCAL).values(cpus=2, memory_mib=512))
+    pool.vms.resize("web", Resize(max_memory_mib=256))
+    assert pool.host_rows()[LOCAL].used_memory_mib == 768
+    with pytest.raises(InsufficientResources, match=r"by 1 vCPUs under its ratios"):
+        pool.vms.resize("web", Resize(cpus=3))
+
+
+def test_a_vm_placed_on_a_host_without_an_agent_is_a_record_that_cannot_start(pool: Pool) -> None:
+    pool.add("remote", cpus=64, memory_mib=1 << 20)
+    assert pool.create("far") == "remote"
+    assert pool.agent.disks == set()  # nothing was made on this host for it
+    with pytest.raises(NoAgentAttached, match="placed on host 'remote', which has no agent"):
+        pool.vms.start("far")
+    with pytest.raises(NoAgentAttached):
+        pool.vms.resize("far", Resize(disk_mib=2048))
+    # Asked to start at once, the create is refused and leaves nothing behind.
+    with pytest.raises(NoAgentAttached):
+        pool.vms.create(VMSpec(name="farther", memory_mib=256), start=True)
+    assert [vm.name for vm in pool.vms.list()] == ["far"]
+    pool.vms.delete("far")
+    assert pool.vms.list() == []
+    pool.assert_counters_exact()
 
 
 def test_a_failed_insert_takes_its_claim_back(pool: Pool) -> None:

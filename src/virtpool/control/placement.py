@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
@@ -78,14 +78,17 @@ def usage_claim(row: HostRow | Row[Any]) -> Claim:
 # cache lookup rather than building and compiling an expression tree per VM.
 _HOSTS = HostRow.__table__
 _CPUS, _MEMORY, _DISK = bindparam("d_cpus"), bindparam("d_memory"), bindparam("d_disk")
-# The host can take the growth (d_* where positive) under its ratios.
+_G_CPUS, _G_MEMORY, _G_DISK = bindparam("g_cpus"), bindparam("g_memory"), bindparam("g_disk")
+# The host can take the growth (d_* where positive) under its ratios. A resource that does not
+# grow is not checked, so a host already over a ratio (lowered hardware figures, an upgraded
+# database) can still shrink its VMs.
 _ROOM = (
-    _HOSTS.c.used_cpus + bindparam("g_cpus")
-    <= (_HOSTS.c.cpus - _HOSTS.c.reserved_cpus) * _HOSTS.c.cpu_ratio + _SLACK,
-    _HOSTS.c.used_memory_mib + bindparam("g_memory")
-    <= (_HOSTS.c.memory_mib - _HOSTS.c.reserved_memory_mib) * _HOSTS.c.memory_ratio + _SLACK,
-    _HOSTS.c.used_disk_mib + bindparam("g_disk")
-    <= (_HOSTS.c.disk_mib - _HOSTS.c.reserved_disk_mib) * _HOSTS.c.disk_ratio + _SLACK,
+    or_(_G_CPUS == 0, _HOSTS.c.used_cpus + _G_CPUS
+        <= (_HOSTS.c.cpus - _HOSTS.c.reserved_cpus) * _HOSTS.c.cpu_ratio + _SLACK),
+    or_(_G_MEMORY == 0, _HOSTS.c.used_memory_mib + _G_MEMORY
+        <= (_HOSTS.c.memory_mib - _HOSTS.c.reserved_memory_mib) * _HOSTS.c.memory_ratio + _SLACK),
+    or_(_G_DISK == 0, _HOSTS.c.used_disk_mib + _G_DISK
+        <= (_HOSTS.c.disk_mib - _HOSTS.c.reserved_disk_mib) * _HOSTS.c.disk_ratio + _SLACK),
 )
 _ADD = {"used_cpus": _HOSTS.c.used_cpus + _CPUS,
         "used_memory_mib": _HOSTS.c.used_memory_mib + _MEMORY,
@@ -197,7 +200,13 @@ class Placer:
 
     # -- placing --------------------------------------------------------------------------
 
-    def place_vm(self, session: Session, spec: VMSpec, project_id: str) -> Placed:
+    def default_weigher(self) -> str:
+        """The pool's ranking now. Read it before opening the claim's transaction: it may
+        need a database connection of its own."""
+        return self._default_weigher()
+
+    def place_vm(self, session: Session, spec: VMSpec, project_id: str, *,
+                 weigher: str | None = None) -> Placed:
         """Choose a host for a new VM and claim it in ``session``'s transaction."""
         group_row = group_by_name(session, project_id, spec.group) if spec.group else None
         request = PlacementRequest(
@@ -208,12 +217,13 @@ class Placer:
                    if group_row else None),
             accel="kvm" if spec.accel == "kvm" else None, weigher=spec.weigher,
         )
-        decision = self.claim(session, request, group_id=group_row.id if group_row else None)
+        decision = self.claim(session, request, group_id=group_row.id if group_row else None,
+                              weigher=weigher)
         assert decision.host is not None
         return Placed(decision.host, group_row.id if group_row else None, decision)
 
     def claim(self, session: Session, request: PlacementRequest, *,
-              group_id: str | None = None) -> Decision:
+              group_id: str | None = None, weigher: str | None = None) -> Decision:
         """Place ``request`` and claim its host in ``session``'s transaction.
 
         Raises InsufficientResources (with the scheduler's explanation) when no host can take
@@ -223,8 +233,9 @@ class Placer:
         fresh = False
         # Nothing that may wait for a database connection happens under the lock: waiting for
         # one there would stall the threads that hold connections and need the lock to finish.
+        if weigher is None:
+            weigher = self._default_weigher()
         session.connection()
-        weigher = self._default_weigher()  # may read the settings through a session of its own
         for attempt in range(CLAIM_ATTEMPTS):
             with self._lock:
                 arrays, loaded = self._fresh_arrays(session)
@@ -289,10 +300,12 @@ class Placer:
         done = session.connection().execute(ADJUST, params).rowcount == 1
         self.invalidate(host)
         if not done:
+            growth = [f"{amount} {unit}" for amount, unit in (
+                (params["g_cpus"], "vCPUs"), (params["g_memory"], "MiB of memory"),
+                (params["g_disk"], "MiB of disk")) if amount]
             raise InsufficientResources(
-                f"host '{host}' has no room to grow VM '{vm}' by "
-                f"{params['g_cpus']} vCPUs, {params['g_memory']} MiB of memory and "
-                f"{params['g_disk']} MiB of disk under its ratios",
+                f"host '{host}' has no room to grow VM '{vm}' by {', '.join(growth)} under its "
+                "ratios",
                 hint="free room on the host (`virtpool host list`), or ask for less")
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from virtpool.control import quotas
+from virtpool.control.detached import NoAgentAttached
 from virtpool.control.events import EventLog
 from virtpool.control.placement import Placed, Placer, claim_delta
 from virtpool.control.store.tables import DEFAULT_PROJECT, PortRow, VMRow, utcnow
@@ -126,7 +127,11 @@ class VMService:
 
     def _row(self, session: Session, ref: str, project_id: str | None = None) -> VMRow:
         # One query, ports joined in, rather than a second round trip for them.
-        query = select(VMRow).options(joinedload(VMRow.ports)).where((VMRow.name == ref) | (VMRow.id == ref))
+        # An id match wins: internal paths pass ids, and another project's VM may be named
+        # like one.
+        query = (select(VMRow).options(joinedload(VMRow.ports))
+                 .where((VMRow.name == ref) | (VMRow.id == ref))
+                 .order_by((VMRow.id == ref).desc()))
         if project_id is not None:
             query = query.where(VMRow.project_id == project_id)
         # All rows read (a VM has one row per port), then the first VM.
@@ -214,19 +219,30 @@ class VMService:
         self._check_fits_host(spec)
         self._check_ports(spec.ports, vm_id=None, project_id=project_id)
         vm_id = uuid.uuid4().hex
-        self._insert(vm_id, spec, project_id)
-        try:
-            self._agent.create_disk(vm_id, spec.image, spec.disk_mib)
-        except BaseException:
-            self._agent.destroy_vm(vm_id)
-            self._remove_row(vm_id)
-            raise
+        host = self._insert(vm_id, spec, project_id)
+        if host == self.local_host:
+            try:
+                self._agent.create_disk(vm_id, spec.image, spec.disk_mib)
+            except BaseException:
+                self._agent.destroy_vm(vm_id)
+                self._remove_row(vm_id)
+                raise
+        # On an inventory host without an agent the VM is a record with its claim, until that
+        # host's agent can make its disk (remote agents are a later issue); it cannot start.
         self._transition(vm_id, [S.CREATING], S.STOPPED)
         if start:
-            return self.start(vm_id)
+            try:
+                return self.start(vm_id)
+            except VirtpoolError:
+                # Refused before anything ran (memory, ports, no agent): a create that was
+                # asked to start leaves no stopped VM behind.
+                self.delete(vm_id, force=True)
+                raise
         return self.get(vm_id)
 
-    def _insert(self, vm_id: str, spec: VMSpec, project_id: str) -> None:
+    def _insert(self, vm_id: str, spec: VMSpec, project_id: str) -> str:
+        """Charge the quota, claim a host, write the row; return the host."""
+        weigher = self._placer.default_weigher()
         for _ in range(SLOT_ATTEMPTS):
             try:
                 with self._sessions.begin() as session:
@@ -234,9 +250,9 @@ class VMService:
                     # Then the host's claim: both commit with the VM row, or none does (and
                     # every path takes the project's row before a host's, so none deadlocks).
                     quotas.charge(session, project_id, quotas.vm_usage(spec.cpus, spec.boot_memory_mib, spec.disk_mib))
-                    placed = self._placer.place_vm(session, spec, project_id)
+                    placed = self._placer.place_vm(session, spec, project_id, weigher=weigher)
                     session.add(self._new_row(session, vm_id, spec, placed, project_id))
-                return
+                return placed.host
             except IntegrityError as err:
                 with self._sessions() as session:
                     if session.scalar(select(VMRow.id).where(VMRow.name == spec.name,
@@ -349,6 +365,7 @@ class VMService:
     def start(self, ref: str) -> VMInfo:
         vm = self.get(ref)
         check_action(vm.name, vm.state, "start")
+        self._agent_of(vm)
         self._check_memory_for_start(vm)
         self._check_ports(vm.ports, vm_id=vm.id, project_id=vm.project)
         vm = self._claim(vm.id, "start", S.STARTING)
@@ -422,6 +439,8 @@ class VMService:
             vm = self.get(ref)
             check_action(vm.name, vm.state, "resize")
             running = vm.state in (S.RUNNING, S.PAUSED)
+            if request.disk_mib is not None:
+                self._agent_of(vm)
             plan = plan_resize(vm, request, self._agent.host_info(), running=running)
             # Beyond the project's quota, the resize is refused and changes nothing.
             grown = _usage_after(vm, plan.columns).minus(_usage_after(vm, {}))
@@ -469,7 +488,8 @@ class VMService:
 
     def delete(self, ref: str, *, force: bool = False) -> None:
         vm = self._claim(ref, "force-delete" if force else "delete", S.DELETING)
-        self._agent.destroy_vm(vm.id)
+        if vm.host == self.local_host:
+            self._agent.destroy_vm(vm.id)
         self._remove_row(vm.id)
 
     # -- guest ----------------------------------------------------------------------------
@@ -483,10 +503,20 @@ class VMService:
             raise InvalidRequest(f"timeout must be between 0 and {MAX_EXEC_TIMEOUT_S:g} seconds")
         vm = self.get(ref)
         check_action(vm.name, vm.state, "exec")
-        return self._agent.exec_vm(vm.id, argv, timeout, stdin)
+        return self._agent_of(vm).exec_vm(vm.id, argv, timeout, stdin)
 
     def read_log(self, ref: str, offset: int = 0, limit: int = 1 << 20) -> tuple[bytes, int]:
-        return self._agent.read_log(self.get(ref).id, offset, limit)
+        vm = self.get(ref)
+        return self._agent_of(vm).read_log(vm.id, offset, limit)
+
+    def _agent_of(self, vm: VMInfo) -> Agent:
+        """The agent of the VM's host: only this host's, until remote agents exist."""
+        if vm.host != self.local_host:
+            raise NoAgentAttached(
+                f"VM '{vm.name}' is placed on host '{vm.host}', which has no agent attached",
+                hint="only this host runs VMs until agents on other hosts can join; delete the "
+                     "VM, or create it with --require-label matching this host")
+        return self._agent
 
     # -- QEMU exits and restarts ----------------------------------------------------------
 
@@ -503,7 +533,7 @@ class VMService:
     def reconcile(self) -> None:
         """Bring records and host into agreement after a (re)start of the control plane."""
         with self._sessions() as session:
-            rows = [_info(r) for r in session.scalars(select(VMRow))]
+            rows = [_info(r) for r in session.scalars(select(VMRow).where(VMRow.host == self.local_host))]
         known = {vm.id for vm in rows}
         for vm in rows:
             self._reconcile_one(vm)
