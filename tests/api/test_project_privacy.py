@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server
-from virtpool.sdk import Client
+from virtpool.sdk import APIError, Client
 
 # Every read a project viewer may make of pool-wide or host-wide state.
 POOL_READS = ("/hosts", "/hosts/{local}", "/hosts/{reserved}", "/host", "/host/top",
@@ -96,3 +96,22 @@ def test_host_list_cli_works_for_both_kinds_of_caller(api_server: Server, tenant
     assert as_admin.returncode == 0, as_admin.stderr
     assert t.b in as_admin.stdout  # the reserved host's allowed_projects
 
+
+def test_a_token_name_taken_in_another_project_is_refused_without_naming_it(
+        tenants: Tenants) -> None:
+    t = tenants
+    a_admin = Client(t.admin.url, t.admin.create_token(fresh("aadm"), "admin", project=t.a).token)
+    b_token = t.b_names[3]
+    with pytest.raises(APIError) as taken:
+        a_admin.create_token(b_token, "viewer")
+    assert taken.value.status == 409
+    message = f"{taken.value.detail} {taken.value.hint}"
+    assert f"the token name '{b_token}' is not available" in message
+    assert "exists" not in message and t.b not in message
+    # A name taken in the caller's own project is simply "exists"; a pool admin is told so too.
+    own = fresh("aown")
+    a_admin.create_token(own, "viewer")
+    for client, name in ((a_admin, own), (t.admin, b_token)):
+        with pytest.raises(APIError) as again:
+            client.create_token(name, "viewer", project=t.a)
+        assert again.value.status == 409 and again.value.detail == f"a token named '{name}' exists"
