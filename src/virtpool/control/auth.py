@@ -56,10 +56,12 @@ class TokenService:
         self._sessions = sessions
 
     def create(self, name: str, role: str, expires_at: datetime | None = None,
-               project_id: str | None = None) -> str:
+               project_id: str | None = None, *, caller_project: str | None = None) -> str:
         """Store a new token and return its secret (the only time it is seen).
 
         ``project_id`` None makes a pool-wide token, which only the admin role may be.
+        ``caller_project`` is the project of the token asking (None: a pool admin). Names are
+        unique pool-wide, so a name taken outside that project is refused without saying where.
         """
         if not valid_name(name):
             raise InvalidRequest(f"'{name}' is not a valid token name", hint=NAME_RULE)
@@ -79,8 +81,18 @@ class TokenService:
                     )
                 )
         except IntegrityError as err:
-            raise Conflict(f"a token named '{name}' exists", hint="pick another name") from err
+            raise self._name_taken(name, caller_project) from err
         return secret
+
+    def _name_taken(self, name: str, caller_project: str | None) -> Conflict:
+        with self._sessions() as session:
+            owner = session.scalar(select(TokenRow.project_id).where(TokenRow.name == name))
+        if caller_project is None or owner == caller_project:
+            return Conflict(f"a token named '{name}' exists",
+                            hint="pick another name (`virtpool token list` shows the names in use)")
+        return Conflict(f"the token name '{name}' is not available: token names are unique "
+                        "across the pool", hint=f"pick another name, e.g. '{caller_project}-{name}', "
+                        "or leave out `--name` for a generated one")
 
     def list(self, project_id: str | None = None) -> list[TokenInfo]:
         """Every token (``project_id`` None) or one project's; never a secret or its hash."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import Select, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,8 +39,11 @@ _RESOURCES = (("CPU", "cpus", "cpu_ratio", "vCPUs"),
               ("disk", "disk_mib", "disk_ratio", "MiB"))
 
 
-def _view(row: HostRow, vms: int, local: str) -> HostView:
+def _view(row: HostRow, vms: int, local: str, project: str | None = None) -> HostView:
+    """The host as the API shows it; with ``project``, as that project's token may see it:
+    whether the host takes the project's VMs, but not which other projects it takes."""
     host = host_capacity(row)
+    allowed = row.allowed_projects
     capacity, usable = host.capacity(), host.usable()
     return HostView(
         name=row.name, state=row.state, accel=row.accel,  # type: ignore[arg-type]
@@ -50,9 +53,17 @@ def _view(row: HostRow, vms: int, local: str) -> HostView:
         disk_mib=Usage(allocated=row.used_disk_mib, capacity=capacity.disk_mib,
                        physical=usable.disk_mib),
         cpu_ratio=row.cpu_ratio, memory_ratio=row.memory_ratio, disk_ratio=row.disk_ratio,
-        balloon=row.balloon, labels=dict(row.labels or {}), allowed_projects=row.allowed_projects,
+        balloon=row.balloon, labels=dict(row.labels or {}),
+        allowed_projects=allowed if project is None else None,
+        open_to_project=None if project is None else allowed is None or project in allowed,
         vms=vms, generation=row.generation, local=row.name == local,
     )
+
+
+def _vm_count(project: str | None) -> Select[tuple[int]]:
+    """Count VMs: every project's, or only ``project``'s."""
+    query = select(func.count(VMRow.id))
+    return query if project is None else query.where(VMRow.project_id == project)
 
 
 class HostService:
@@ -112,18 +123,20 @@ class HostService:
 
     # -- reading --------------------------------------------------------------------------
 
-    def list(self) -> Sequence[HostView]:
+    def list(self, project: str | None = None) -> Sequence[HostView]:
+        """Every host; with ``project``, as that project's token may see them (see _view)."""
         with self._sessions() as session:
-            counts = dict(session.execute(
-                select(VMRow.host, func.count()).group_by(VMRow.host)).all())
+            counts = {host: count for count, host in session.execute(
+                _vm_count(project).add_columns(VMRow.host).group_by(VMRow.host))}
             rows = session.scalars(select(HostRow).order_by(HostRow.name))
-            return [_view(row, counts.get(row.name, 0), self.local) for row in rows]
+            return [_view(row, counts.get(row.name, 0), self.local, project) for row in rows]
 
-    def get(self, name: str) -> HostView:
+    def get(self, name: str, project: str | None = None) -> HostView:
+        """One host; with ``project``, as that project's token may see it (see _view)."""
         with self._sessions() as session:
             row = self._row(session, name)
-            vms = session.scalar(select(func.count()).where(VMRow.host == name)) or 0
-            return _view(row, vms, self.local)
+            vms = session.scalar(_vm_count(project).where(VMRow.host == name)) or 0
+            return _view(row, vms, self.local, project)
 
     @staticmethod
     def _row(session: Session, name: str) -> HostRow:

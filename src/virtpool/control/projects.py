@@ -15,9 +15,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from virtpool.control import quotas
 from virtpool.control.store.tables import DEFAULT_PROJECT, ProjectRow, TokenRow, VMRow
 from virtpool.model.errors import Conflict, InvalidRequest
-from virtpool.model.project import ProjectInfo, Quota, QuotaResult
+from virtpool.model.project import (
+    PROJECT_NAME_RULE,
+    ProjectInfo,
+    Quota,
+    QuotaResult,
+    project_name_problem,
+)
 from virtpool.model.roles import not_found_project
-from virtpool.model.spec import NAME_RULE, valid_name
 
 
 class ProjectService:
@@ -25,8 +30,9 @@ class ProjectService:
         self._sessions = sessions
 
     def create(self, name: str, quota: Quota | None = None) -> ProjectInfo:
-        if not valid_name(name):
-            raise InvalidRequest(f"'{name}' is not a valid project name", hint=NAME_RULE)
+        problem = project_name_problem(name)
+        if problem:
+            raise InvalidRequest(problem, hint=PROJECT_NAME_RULE)
         quota = quota or Quota()
         row = ProjectRow(id=name, name=name, **_quota_columns(quota.model_dump()))
         try:

@@ -43,8 +43,13 @@ class HostView(BaseModel):
     disk_ratio: float
     balloon: bool
     labels: dict[str, str]
-    allowed_projects: list[str] | None = None
-    vms: int
+    allowed_projects: list[str] | None = Field(
+        default=None, description="the only projects whose VMs it takes (null: every project); "
+        "shown to pool admins only, as it names other projects")
+    open_to_project: bool | None = Field(
+        default=None, description="for a project token: whether the host takes its project's "
+        "VMs (null for a pool admin, who sees allowed_projects)")
+    vms: int = Field(description="VMs placed on it; for a project token, its own project's only")
     generation: int
     local: bool = Field(description="the host this server's own agent runs on")
 

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from virtpool.model.spec import NAME_RULE
+from virtpool.model.spec import NAME_RULE, valid_name
 
+# Limits the database columns hold: MiB quotas are 64-bit columns (capped well below that, at a
+# petabyte and more), the CPU and VM counts 32-bit ones.
 MAX_QUOTA = 1 << 40
+MAX_COUNT_QUOTA = (1 << 31) - 1
+# A project's name is its id, which the schema keeps in 32 characters (projects.id and every
+# project_id column).
+MAX_PROJECT_NAME = 32
+PROJECT_NAME_RULE = NAME_RULE.replace("1-63 characters", f"1-{MAX_PROJECT_NAME} characters")
+
+
+def project_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a project, or None when it can."""
+    if len(name) > MAX_PROJECT_NAME:
+        return f"a project name is at most {MAX_PROJECT_NAME} characters; '{name}' has {len(name)}"
+    if not valid_name(name):
+        return f"'{name}' is not a valid project name: {PROJECT_NAME_RULE}"
+    return None
 
 
 class Usage(BaseModel):
@@ -34,17 +50,25 @@ class Quota(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cpus: int | None = Field(default=None, ge=0, le=MAX_QUOTA)
+    cpus: int | None = Field(default=None, ge=0, le=MAX_COUNT_QUOTA)
     memory_mib: int | None = Field(default=None, ge=0, le=MAX_QUOTA)
     disk_mib: int | None = Field(default=None, ge=0, le=MAX_QUOTA)
-    vms: int | None = Field(default=None, ge=0, le=MAX_QUOTA)
+    vms: int | None = Field(default=None, ge=0, le=MAX_COUNT_QUOTA)
 
 
 class ProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description=NAME_RULE, max_length=63)
+    name: str = Field(description=PROJECT_NAME_RULE)
     quota: Quota = Field(default_factory=Quota)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        problem = project_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class ProjectInfo(BaseModel):

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from fastapi import APIRouter, Response, status
 
 from virtpool.api.deps import Admin, Caller, PoolDep
+from virtpool.control.auth import Principal
 from virtpool.model.inventory import (
     HostAdd,
     HostView,
@@ -19,13 +20,19 @@ router = APIRouter(prefix="/hosts", tags=["hosts"])
 
 
 @router.get("", response_model=list[HostView], summary="Every host with allocated/total per resource")
-def list_hosts(pool: PoolDep, _: Caller) -> Sequence[HostView]:
-    return pool.hosts.list()
+def list_hosts(pool: PoolDep, caller: Caller) -> Sequence[HostView]:
+    return pool.hosts.list(_viewing_project(caller))
 
 
 @router.get("/{name}", response_model=HostView)
-def show_host(name: str, pool: PoolDep, _: Caller) -> HostView:
-    return pool.hosts.get(name)
+def show_host(name: str, pool: PoolDep, caller: Caller) -> HostView:
+    return pool.hosts.get(name, _viewing_project(caller))
+
+
+def _viewing_project(caller: Principal) -> str | None:
+    """None for a pool admin (the whole inventory); else the caller's project, so that the
+    view names no other project and counts only the caller's VMs."""
+    return None if caller.pool_admin else caller.project_id
 
 
 @router.post("", response_model=HostView, status_code=status.HTTP_201_CREATED,

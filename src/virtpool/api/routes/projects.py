@@ -8,7 +8,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from virtpool.api.deps import Admin, Caller, PoolDep, resolve_project
 from virtpool.control.auth import Principal
 from virtpool.control.pool import Pool
-from virtpool.model.project import MAX_QUOTA, ProjectCreate, ProjectInfo, QuotaResult
+from virtpool.model.project import (
+    MAX_COUNT_QUOTA,
+    MAX_QUOTA,
+    ProjectCreate,
+    ProjectInfo,
+    QuotaResult,
+)
 from virtpool.model.roles import Access, check_access, check_pool_admin
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -21,10 +27,10 @@ class QuotaUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cpus: Limit = Field(default=None, ge=0, le=MAX_QUOTA)
+    cpus: Limit = Field(default=None, ge=0, le=MAX_COUNT_QUOTA)
     memory_mib: Limit = Field(default=None, ge=0, le=MAX_QUOTA)
     disk_mib: Limit = Field(default=None, ge=0, le=MAX_QUOTA)
-    vms: Limit = Field(default=None, ge=0, le=MAX_QUOTA)
+    vms: Limit = Field(default=None, ge=0, le=MAX_COUNT_QUOTA)
 
 
 def _project(request: Request, pool: Pool, caller: Principal, name: str, *, pool_only: bool) -> str:

@@ -37,7 +37,8 @@ def create_token(body: TokenCreate, request: Request, pool: PoolDep, caller: Cal
         request.state.project = project
         check_access(caller.name, caller.role, caller.project_id, Access.MANAGE)
     expires = datetime.now(UTC) + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
-    secret = pool.tokens.create(body.name, body.role, expires, project_id=project)
+    secret = pool.tokens.create(body.name, body.role, expires, project_id=project,
+                                caller_project=caller.project_id)
     return TokenCreated(**pool.tokens.get(body.name).model_dump(), token=secret)
 
 
