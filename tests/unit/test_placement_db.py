@@ -488,3 +488,14 @@ def test_groups_belong_to_their_project(pool: Pool) -> None:
     assert pool.groups.get("other", "web").members == {"web1": "a"}
     with pytest.raises(InsufficientResources, match="excluded by anti-affinity group 'web'"):
         pool.vms.create(VMSpec(name="web2", memory_mib=256, group="web"), project_id="other")
+
+
+def test_reconcile_leaves_vms_on_other_hosts_alone(pool: Pool) -> None:
+    # Another server's agent would own them: this one must not mark them crashed or remove them.
+    pool.add("remote", cpus=64, memory_mib=1 << 20)
+    pool.create("far")
+    for state in ("running", "creating"):
+        with pool.sessions.begin() as session:
+            session.execute(update(VMRow).where(VMRow.name == "far").values(state=state))
+        pool.vms.reconcile()
+        assert pool.vms.get("far").state.value == state
