@@ -46,6 +46,9 @@ class GroupService:
         """Delete a group that has no VMs; refuse (naming them) while it has."""
         with self._sessions.begin() as session:
             row = group_by_name(session, project_id, name)
+            # Locked first (a new member's foreign key waits on it, or is seen below): on
+            # PostgreSQL a statement that waited for a lock would keep its older snapshot.
+            session.execute(select(GroupRow.id).where(GroupRow.id == row.id).with_for_update())
             members = self._members(session, row)
             gone = session.execute(
                 GroupRow.__table__.delete().where(

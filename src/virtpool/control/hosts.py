@@ -104,8 +104,8 @@ class HostService:
     def reconcile_usage(self, name: str | None = None) -> None:
         """Recompute a host's counters (default: the local host's) from the VMs placed on it.
 
-        One UPDATE with the sums as subqueries, so no claim can slip between reading and
-        writing them.
+        The row is locked first, then one UPDATE computes the sums as subqueries: no claim can
+        slip between reading and writing them.
         """
         name = name or self.local
 
@@ -114,6 +114,7 @@ class HostService:
                     .scalar_subquery())
 
         with self._sessions.begin() as session:
+            _lock_host(session, name)
             session.execute(
                 update(HostRow).where(HostRow.name == name).values(
                     used_cpus=total(VMRow.cpus), used_memory_mib=total(VMRow.max_memory_mib),
@@ -174,6 +175,9 @@ class HostService:
                            "keeps new VMs off it")
         with self._sessions.begin() as session:
             self._row(session, name)
+            # Locked first: on PostgreSQL the statements below then read after any claim on
+            # this host has committed (a statement that waits for a lock keeps its snapshot).
+            _lock_host(session, name)
             vms = session.scalar(select(func.count()).where(VMRow.host == name)) or 0
             gone = session.execute(
                 HostRow.__table__.delete().where(
@@ -247,3 +251,8 @@ class HostService:
                 return self.get(name)
         raise Conflict(f"host '{name}' kept changing while it was being updated",
                        hint="try again")
+
+
+def _lock_host(session: Session, name: str) -> None:
+    """Hold the host's row until the transaction ends (SQLite: its single writer does)."""
+    session.execute(select(HostRow.name).where(HostRow.name == name).with_for_update())
