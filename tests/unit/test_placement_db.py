@@ -7,7 +7,7 @@ a disk (no QEMU). The same behaviour is shown through a real server in tests/vm/
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,6 +46,7 @@ class RowsAgent:
     def __init__(self) -> None:
         self.disks: set[str] = set()
         self._lock = threading.Lock()
+        self.disk_resize_hook: Callable[[], None] | None = None
 
     def host_info(self) -> HostInfo:
         return HostInfo(hostname=LOCAL, cpus=64, memory_mib=256 * 1024, disk_total_mib=1 << 24,
@@ -70,7 +71,8 @@ class RowsAgent:
             self.disks.discard(vm_id)
 
     def resize_disk_offline(self, vm_id: str, disk_mib: int) -> None:
-        pass
+        if self.disk_resize_hook is not None:
+            self.disk_resize_hook()
 
     def vm_ids(self) -> set[str]:
         return set(self.disks)
@@ -499,3 +501,19 @@ def test_reconcile_leaves_vms_on_other_hosts_alone(pool: Pool) -> None:
             session.execute(update(VMRow).where(VMRow.name == "far").values(state=state))
         pool.vms.reconcile()
         assert pool.vms.get("far").state.value == state
+
+
+def test_a_failed_resize_is_undone_even_when_the_room_it_freed_was_taken(pool: Pool) -> None:
+    pool.add(LOCAL, cpus=4, cpu_ratio=1.0)
+    pool.create("web", cpus=4, disk_mib=100)
+
+    def take_the_room_then_fail() -> None:
+        pool.create("thief", cpus=2)  # the 2 vCPUs the resize just gave back
+        raise OSError("qemu-img: the disk cannot grow")
+
+    pool.agent.disk_resize_hook = take_the_room_then_fail
+    with pytest.raises(OSError, match="cannot grow"):
+        pool.vms.resize("web", Resize(cpus=2, disk_mib=200))
+    web = pool.vms.get("web")
+    assert (web.cpus, web.disk_mib) == (4, 100)  # the record is what the VM has
+    pool.assert_counters_exact()

@@ -292,12 +292,14 @@ class Placer:
         session.connection().execute(RELEASE, _params(host, back))
         self.invalidate(host)
 
-    def adjust(self, session: Session, host: str, vm: str, delta: Resources) -> None:
-        """Grow or shrink a VM's claim by ``delta``; refuse growth the host has no room for."""
+    def adjust(self, session: Session, host: str, vm: str, delta: Resources, *,
+               check: bool = True) -> None:
+        """Grow or shrink a VM's claim by ``delta``; refuse growth the host has no room for
+        (unless ``check`` is False: undoing a change)."""
         if delta == Resources(0, 0, 0):
             return
         params = _params(host, delta)
-        done = session.connection().execute(ADJUST, params).rowcount == 1
+        done = session.connection().execute(ADJUST if check else RELEASE, params).rowcount == 1
         self.invalidate(host)
         if not done:
             growth = [f"{amount} {unit}" for amount, unit in (

@@ -45,11 +45,11 @@ def vm_usage(cpus: int, max_memory_mib: int, disk_mib: int) -> Usage:
     return Usage(cpus=cpus, memory_mib=max_memory_mib, disk_mib=disk_mib, vms=1)
 
 
-def charge(session: Session, project_id: str, delta: Usage) -> None:
+def charge(session: Session, project_id: str, delta: Usage, *, check: bool = True) -> None:
     """Add ``delta`` to the project's usage, or raise QuotaExceeded naming the quota it hits.
 
     Only resources that grow are checked: shrinking is always allowed, even under a quota
-    that was lowered below what is in use.
+    that was lowered below what is in use. ``check=False`` (undoing a change) checks nothing.
     """
     conditions: list[ColumnElement[bool]] = [ProjectRow.id == project_id]
     values = {}
@@ -57,7 +57,7 @@ def charge(session: Session, project_id: str, delta: Usage) -> None:
         amount = getattr(delta, res.field)
         if amount:
             values[res.used.key] = res.used + amount
-        if amount > 0:
+        if amount > 0 and check:
             conditions.append(or_(res.quota.is_(None), res.used + amount <= res.quota))
     if not values:
         return

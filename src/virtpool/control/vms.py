@@ -451,26 +451,28 @@ class VMService:
                 elif "disk_mib" in plan.columns:
                     self._agent.resize_disk_offline(vm.id, plan.columns["disk_mib"])
             except BaseException:
+                # Put back what was there, unchecked: what the VM held before always fits
+                # again, even if another VM took the room it gave up meanwhile.
                 self._write_columns(vm.id, {k: getattr(vm, k) for k in plan.columns}, vm.project,
-                                    Usage().minus(grown))
+                                    Usage().minus(grown), check=False)
                 raise
         self._notify()
         return ResizeResult(vm=self.get(vm.id), notes=plan.notes)
 
     def _write_columns(self, vm_id: str, columns: dict[str, object], project_id: str = DEFAULT_PROJECT,
-                       quota_delta: Usage | None = None) -> None:
+                       quota_delta: Usage | None = None, *, check: bool = True) -> None:
         """Write new resources; charge the quota and move the host claim by the difference."""
         if columns:
             with self._sessions.begin() as session:
                 if quota_delta is not None:
-                    quotas.charge(session, project_id, quota_delta)
+                    quotas.charge(session, project_id, quota_delta, check=check)
                 row = session.get(VMRow, vm_id)
                 if row is None:
                     raise NotFound(f"VM {vm_id} was deleted while it was resized")
                 old = _held(row)
                 new = Resources(*(int(columns.get(k, getattr(row, k)))  # type: ignore[call-overload]
                                   for k in ("cpus", "max_memory_mib", "disk_mib")))
-                self._placer.adjust(session, row.host, row.name, claim_delta(old, new))
+                self._placer.adjust(session, row.host, row.name, claim_delta(old, new), check=check)
                 session.execute(update(VMRow).where(VMRow.id == vm_id).values(**columns, updated_at=utcnow()))
 
     def stats(self, ref: str, *, tolerant: bool = False) -> VMStats:
