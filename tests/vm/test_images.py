@@ -32,7 +32,9 @@ def test_build_of_an_existing_image_does_nothing(server: Server) -> None:
     before = (server.data_dir / "images" / "default" / "manifest.json").read_text()
     result = server.cli("image", "build", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["built"] is False
+    operation = json.loads(result.stdout)  # `--json` prints the build's operation
+    assert operation["status"] == "succeeded"
+    assert operation["result"]["built"] is False
     assert (server.data_dir / "images" / "default" / "manifest.json").read_text() == before
 
 
