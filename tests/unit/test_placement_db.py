@@ -35,7 +35,7 @@ from virtpool.model.errors import (
 from virtpool.model.image import ImageInfo
 from virtpool.model.inventory import GroupSpec, HostAdd, LabelsUpdate, RatiosUpdate
 from virtpool.model.resources import PlacementRequest
-from virtpool.model.spec import HostInfo, Resize, VMSpec
+from virtpool.model.spec import HostInfo, LiveChanges, Resize, VMSpec
 
 LOCAL = "local"
 
@@ -47,6 +47,7 @@ class RowsAgent:
         self.disks: set[str] = set()
         self._lock = threading.Lock()
         self.disk_resize_hook: Callable[[], None] | None = None
+        self.live: list[tuple[str, LiveChanges]] = []
 
     def host_info(self) -> HostInfo:
         return HostInfo(hostname=LOCAL, cpus=64, memory_mib=256 * 1024, disk_total_mib=1 << 24,
@@ -76,6 +77,9 @@ class RowsAgent:
 
     def vm_ids(self) -> set[str]:
         return set(self.disks)
+
+    def apply_live(self, vm_id: str, changes: LiveChanges) -> None:
+        self.live.append((vm_id, changes))
 
 
 class Pool:
@@ -517,3 +521,20 @@ def test_a_failed_resize_is_undone_even_when_the_room_it_freed_was_taken(pool: P
     web = pool.vms.get("web")
     assert (web.cpus, web.disk_mib) == (4, 100)  # the record is what the VM has
     pool.assert_counters_exact()
+
+
+def test_the_balancer_moves_a_balloon_only_while_the_vm_is_as_it_saw_it(pool: Pool) -> None:
+    pool.add(LOCAL)
+    pool.create("web", memory_mib=256)
+    vm_id = pool.vms.get("web").id
+
+    def set_row(**values: object) -> None:
+        with pool.sessions.begin() as session:
+            session.execute(update(VMRow).where(VMRow.id == vm_id).values(**values))
+
+    assert not pool.vms.move_balloon(vm_id, 256, 128)  # stopped: nothing to move
+    set_row(state="running")
+    assert pool.vms.move_balloon(vm_id, 256, 128)
+    set_row(memory_mib=200)  # the user resized it meanwhile: their word wins
+    assert not pool.vms.move_balloon(vm_id, 256, 192)
+    assert [(i, c.balloon_mib) for i, c in pool.agent.live] == [(vm_id, 128)]

@@ -22,7 +22,6 @@ from virtpool.control.vms import VMService
 from virtpool.model.agent import Agent
 from virtpool.model.errors import VirtpoolError
 from virtpool.model.memory_policy import GuestMemory, PolicyConfig, plan
-from virtpool.model.spec import LiveChanges
 from virtpool.model.states import VMState
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,8 @@ class MemoryBalancer:
         config = PolicyConfig(threshold_mib=self.policy.threshold_mib)
         for move in plan(available, guests, config):
             vm = ids[move.name]
-            self._agent.apply_live(vm.id, LiveChanges(balloon_mib=move.to_mib))
+            if not self._vms.move_balloon(vm.id, vm.memory_mib, move.to_mib):
+                continue  # resized or stopped since this round looked
             self._targets[vm.id] = (move.to_mib, vm.memory_mib)
             self._events.record(
                 "memory.balloon", f"balloon of '{vm.name}' {move.from_mib} → {move.to_mib} MiB: {move.reason}",

@@ -40,7 +40,7 @@ from virtpool.model.errors import (
 from virtpool.model.project import Usage
 from virtpool.model.resize import plan_resize
 from virtpool.model.resources import Resources
-from virtpool.model.spec import ExecResult, PortForward, Resize, VMSpec
+from virtpool.model.spec import ExecResult, LiveChanges, PortForward, Resize, VMSpec
 from virtpool.model.states import ACTIVE, VMState, check_action, check_transition
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 
@@ -458,6 +458,17 @@ class VMService:
                 raise
         self._notify()
         return ResizeResult(vm=self.get(vm.id), notes=plan.notes)
+
+    def move_balloon(self, vm_id: str, seen_memory_mib: int, to_mib: int) -> bool:
+        """Set a running VM's balloon for the memory balancer; False (nothing done) when the
+        VM is no longer running or a resize changed its memory since the balancer looked: the
+        user's word wins. Under the resize lock, so the two never interleave."""
+        with self._resize_lock:
+            vm = self.get(vm_id)
+            if vm.state != S.RUNNING or vm.memory_mib != seen_memory_mib:
+                return False
+            self._agent_of(vm).apply_live(vm.id, LiveChanges(balloon_mib=to_mib))
+            return True
 
     def _write_columns(self, vm_id: str, columns: dict[str, object], project_id: str = DEFAULT_PROJECT,
                        quota_delta: Usage | None = None, *, check: bool = True) -> None:
