@@ -78,6 +78,12 @@ class RowsAgent:
     def vm_ids(self) -> set[str]:
         return set(self.disks)
 
+    def start_vm(self, vm_id: str, spec: object, slot: int) -> None:
+        pass
+
+    def wait_ready(self, vm_id: str, timeout: float) -> None:
+        pass
+
     def apply_live(self, vm_id: str, changes: LiveChanges) -> None:
         self.live.append((vm_id, changes))
 
@@ -538,3 +544,24 @@ def test_the_balancer_moves_a_balloon_only_while_the_vm_is_as_it_saw_it(pool: Po
     set_row(memory_mib=200)  # the user resized it meanwhile: their word wins
     assert not pool.vms.move_balloon(vm_id, 256, 192)
     assert [(i, c.balloon_mib) for i, c in pool.agent.live] == [(vm_id, 128)]
+
+
+def test_concurrent_starts_never_commit_more_memory_than_the_host_has(pool: Pool) -> None:
+    # The agent's host has 256 GiB: room to start two of these at once, never three.
+    pool.add(LOCAL, cpus=64, memory_mib=1 << 20)
+    names = [f"big{i}" for i in range(8)]
+    for name in names:
+        pool.create(name, memory_mib=100 * 1024)
+    barrier = threading.Barrier(len(names))
+
+    def start(name: str) -> bool:
+        barrier.wait()
+        try:
+            pool.vms.start(name)
+            return True
+        except InsufficientResources:
+            return False
+
+    with ThreadPoolExecutor(len(names)) as workers:
+        started = list(workers.map(start, names))
+    assert started.count(True) == 2

@@ -89,6 +89,7 @@ class VMService:
         self._generation = 0
         # Resizes are read-check-write on several columns: one at a time keeps them whole.
         self._resize_lock = threading.Lock()
+        self._admission_lock = threading.Lock()
         agent.on_exit(self._on_exit)
 
     def close(self) -> None:
@@ -366,9 +367,12 @@ class VMService:
         vm = self.get(ref)
         check_action(vm.name, vm.state, "start")
         self._agent_of(vm)
-        self._check_memory_for_start(vm)
         self._check_ports(vm.ports, vm_id=vm.id, project_id=vm.project)
-        vm = self._claim(vm.id, "start", S.STARTING)
+        # Checked and claimed as one step: two starts at once must not both fit in the room
+        # for one.
+        with self._admission_lock:
+            self._check_memory_for_start(vm)
+            vm = self._claim(vm.id, "start", S.STARTING)
         self._pool.submit(self._boot, vm)
         return vm
 
