@@ -3,6 +3,7 @@ bodies, unknown fields, names with path separators or shell metacharacters."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -133,3 +134,23 @@ def test_nul_characters_are_never_a_server_error(http: httpx.Client, path: str) 
     assert response.status_code in (200, 404, 422), response.text
     if response.status_code != 200:
         assert response.headers["content-type"] == PROBLEM
+
+
+@pytest.mark.parametrize("role", [None, "viewer"])
+def test_an_image_upload_by_a_non_admin_is_refused_before_its_body_is_read(
+        api_server: Server, role: str | None) -> None:
+    """The upload is sent as an endless chunked body: the answer must come without it."""
+    api = api_server.api()
+    headers = ""
+    if role is not None:
+        secret = api.create_token(f"uploader-{role}-{id(api)}", role, project="default").token
+        headers = f"Authorization: Bearer {secret}\r\n"
+    address = httpx.URL(api.url)
+    with socket.create_connection((address.host, address.port), timeout=10) as sock:
+        sock.sendall((f"POST /api/v1/images HTTP/1.1\r\nHost: {address.host}\r\n{headers}"
+                      "Content-Type: multipart/form-data; boundary=x\r\n"
+                      "Transfer-Encoding: chunked\r\n\r\n").encode())
+        sock.sendall(b"100000\r\n" + b"\0" * 0x100000 + b"\r\n")  # 1 MiB of many, never ended
+        answer = sock.recv(4096).decode(errors="replace")  # times out if the body is awaited
+    assert answer.startswith("HTTP/1.1 401" if role is None else "HTTP/1.1 403"), answer
+    assert PROBLEM in answer

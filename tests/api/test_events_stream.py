@@ -142,3 +142,22 @@ def test_cli_follow_prints_events_as_they_happen(api_server: Server) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     api_server.api().delete_vm("followed")
+
+
+def test_a_stream_ends_once_its_token_is_revoked(api_server: Server) -> None:
+    admin = api_server.api()
+    secret = admin.create_token("sse-revoked", "viewer", project="default").token
+    ended = threading.Event()
+
+    def follow() -> None:
+        with httpx.stream("GET", f"{admin.url}/api/v1/events/stream", timeout=60,
+                          headers={"Authorization": f"Bearer {secret}"}) as response:
+            assert response.status_code == 200
+            for _ in response.iter_lines():
+                pass
+        ended.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+    assert not ended.wait(2)  # an open stream stays open
+    admin.revoke_token("sse-revoked")
+    assert ended.wait(30), "the stream of a revoked token is still open"

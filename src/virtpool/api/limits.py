@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import re
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from virtpool.api.app_prefix import API_PREFIX
-from virtpool.api.problems import problem
+from virtpool.api.deps import bearer
+from virtpool.api.problems import error_problem, problem
+from virtpool.model.errors import VirtpoolError
+from virtpool.model.roles import check_pool_admin
 
 # Exec's stdin (1 MiB, base64 in JSON) is the largest body a JSON request needs.
 MAX_BODY_BYTES = 2 << 20
@@ -42,6 +47,11 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit = limit_for(scope["method"], scope["path"])
+        if limit == MAX_UPLOAD_BYTES:
+            refusal = await _upload_refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             if declared.isdigit():
@@ -76,6 +86,18 @@ class BodyLimit:
             return message
 
         await self.app(scope, bounded, send)
+
+
+async def _upload_refusal(scope: Scope) -> JSONResponse | None:
+    """Image uploads are for pool admins: anyone else is answered before a byte of the body
+    (up to ``MAX_UPLOAD_BYTES``) is read, rather than after the route has parsed it all."""
+    pool = scope["app"].state.pool
+    try:
+        caller = await run_in_threadpool(pool.tokens.authenticate, bearer(Request(scope)))
+        check_pool_admin(caller.name, caller.role, caller.project_id)
+    except VirtpoolError as err:
+        return error_problem(err)
+    return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

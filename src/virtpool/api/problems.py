@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from virtpool.model.errors import Unauthorized, VirtpoolError
@@ -72,10 +72,15 @@ def problem(status: int, title: str, detail: str, hint: str | None = None, **ext
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+def error_problem(err: VirtpoolError) -> JSONResponse:
+    """The problem+json answer for one of virtpool's errors."""
+    return problem(err.status, err.title, err.message, err.hint, error=type(err).__name__)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(VirtpoolError)
     async def _virtpool(_: Request, err: VirtpoolError) -> JSONResponse:
-        return problem(err.status, err.title, err.message, err.hint, error=type(err).__name__)
+        return error_problem(err)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:
@@ -101,6 +106,14 @@ def install(app: FastAPI) -> None:
         hint = "send less; large files go through image import" if err.status_code == 413 else None
         return problem(err.status_code, title, str(err.detail), hint)
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_down(_: Request, err: DBAPIError) -> JSONResponse:
+        # The driver's message names the database host and user: for the log, not the caller.
+        log.error("database error: %s", err)
+        return problem(503, "database unavailable", "the database did not answer this request",
+                       "try again shortly; if it persists, the operator should check the database")
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:
         log.exception("unhandled error")
@@ -108,4 +121,4 @@ def install(app: FastAPI) -> None:
                        "this is a bug in virtpool; the server log has the details")
 
 
-__all__ = ["Problem", "Unauthorized", "document", "install", "problem"]
+__all__ = ["Problem", "Unauthorized", "document", "error_problem", "install", "problem"]

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from virtpool.control.store.tables import EventRow
@@ -21,6 +21,8 @@ from virtpool.model.event import Event
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Event], None]
+# The advisory lock that orders event inserts on PostgreSQL (any constant of our own).
+EVENTS_LOCK_KEY = 0x76706576
 
 
 class EventLog:
@@ -32,6 +34,11 @@ class EventLog:
     def record(self, kind: str, message: str, *, actor: str = "virtpool", vm: str | None = None,
                project_id: str | None = None, data: dict[str, Any] | None = None) -> Event:
         with self._sessions.begin() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                # Ids come from a sequence, but transactions commit in any order, and readers
+                # take every id below the last one they saw as delivered: one writer at a time
+                # (until its commit) keeps ids in commit order. SQLite writers are serial anyway.
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENTS_LOCK_KEY})
             row = EventRow(kind=kind, actor=actor, vm=vm, project_id=project_id, message=message, data=data)
             session.add(row)
             session.flush()

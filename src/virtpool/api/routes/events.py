@@ -6,12 +6,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from virtpool.api.deps import PoolDep, ProjectFilter
+from virtpool.api.deps import PoolDep, ProjectFilter, bearer
 from virtpool.api.paging import MAX_ID
 from virtpool.control.pool import Pool
+from virtpool.model.errors import Unauthorized
 from virtpool.model.event import Event
 
 router = APIRouter(tags=["events"])
@@ -43,14 +44,15 @@ def list_events(
                              "description": "one SSE message per event: id, event = kind, data = the event"}},
             summary="Events as server-sent events; resumes after Last-Event-ID (or AFTER)")
 def stream_events(
-    pool: PoolDep, project: ProjectFilter,
+    request: Request, pool: PoolDep, project: ProjectFilter,
     after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     kind: Kind = None,
     vm: VMName = None,
     last_event_id: Annotated[int | None, Header(ge=0, le=MAX_ID, description="the last id received")] = None,
 ) -> EventSourceResponse:
     start = last_event_id if last_event_id is not None else after
-    return EventSourceResponse(_follow(pool, start, kind, vm, project), ping=HEARTBEAT_S)
+    return EventSourceResponse(_follow(pool, bearer(request), start, kind, vm, project),
+                               ping=HEARTBEAT_S)
 
 
 def _matches(event: Event, kind: str | None, vm: str | None, project: str | None) -> bool:
@@ -58,9 +60,13 @@ def _matches(event: Event, kind: str | None, vm: str | None, project: str | None
             and (project is None or event.project_id == project))
 
 
-async def _follow(pool: Pool, after: int, kind: str | None, vm: str | None,
+async def _follow(pool: Pool, secret: str | None, after: int, kind: str | None, vm: str | None,
                   project: str | None) -> AsyncIterator[ServerSentEvent]:
-    """Replay from the database, then send each new event as the log announces it."""
+    """Replay from the database, then send each new event as the log announces it.
+
+    The caller's token is checked again at every quiet recheck: a stream ends within
+    ``RECHECK_S`` of its token being revoked or expiring (or its project being deleted).
+    """
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
 
@@ -83,6 +89,9 @@ async def _follow(pool: Pool, after: int, kind: str | None, vm: str | None,
             try:
                 await asyncio.wait_for(wake.wait(), RECHECK_S)
             except TimeoutError:
-                pass
+                try:
+                    await asyncio.to_thread(pool.tokens.authenticate, secret)
+                except Unauthorized:
+                    return
     finally:
         remove()

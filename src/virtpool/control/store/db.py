@@ -37,6 +37,9 @@ def open_database(url: str) -> Engine:
     except ArgumentError as err:
         raise DatabaseUnavailable(f"cannot read database URL: {err}",
                                   hint="e.g. postgresql://user@host:5432/dbname") from err
+    except ValueError as err:  # e.g. a port that is not a number
+        raise DatabaseUnavailable(f"cannot read database URL: {err}",
+                                  hint="e.g. postgresql://user@host:5432/dbname") from err
     except ModuleNotFoundError as err:
         raise DatabaseUnavailable(f"no driver for this database URL: {err}",
                                   hint="use postgresql:// (psycopg) or sqlite:///PATH") from err
