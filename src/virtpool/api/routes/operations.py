@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from virtpool.api.app_prefix import API_PREFIX
 from virtpool.api.deps import Caller, PoolDep, ProjectFilter
+from virtpool.api.long_poll import waiting
 from virtpool.model.operation import Operation, OperationStatus
 
 router = APIRouter(prefix="/operations", tags=["operations"])
@@ -44,4 +45,7 @@ def show_operation(
     # A project token sees its own project's operations only; others' do not exist for it.
     scope = caller.project_id
     op = pool.operations.get(op_id, project_id=scope)
-    return pool.operations.wait(op.id, wait, project_id=scope) if wait > 0 else op
+    if wait <= 0:
+        return op
+    with waiting(wait) as allowed:
+        return pool.operations.wait(op.id, allowed, project_id=scope)

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from virtpool.api.deps import Operator, PoolDep, Reader, Scope, bearer, resolve_project
+from virtpool.api.long_poll import waiting
 from virtpool.api.paging import MAX_ID, page_headers
 from virtpool.api.problems import problem
 from virtpool.api.routes.operations import ACCEPTED, accepted
@@ -102,7 +103,8 @@ def show_vm(
     timeout: Annotated[float, Query(gt=0, le=MAX_WAIT_S)] = 30.0,
 ) -> VMInfo:
     if wait_for:
-        return pool.vms.wait(_vm_id(pool, scope, name), wait_for, timeout)
+        with waiting(timeout) as allowed:
+            return pool.vms.wait(_vm_id(pool, scope, name), wait_for, allowed)
     return pool.vms.get(name, scope.project)
 
 
