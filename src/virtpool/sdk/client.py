@@ -30,6 +30,16 @@ SETTLED = frozenset({VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.E
 LONG_POLL_S = 60.0
 
 
+# A long poll that comes back unchanged well before its time means the server had no
+# long-poll slot free (see api/long_poll.py): wait this long before asking again.
+EARLY_ANSWER_PAUSE_S = 0.5
+
+
+def _pause_if_early(asked: float, chunk: float) -> None:
+    if time.monotonic() - asked < chunk / 4:
+        time.sleep(min(EARLY_ANSWER_PAUSE_S, chunk))
+
+
 class Client:
     """A client of one virtpool API. ``transport`` lets tests talk to an app in-process.
 
@@ -282,12 +292,13 @@ class Client:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            chunk = min(max(remaining, 0.01), LONG_POLL_S)
+            chunk, asked = min(max(remaining, 0.01), LONG_POLL_S), time.monotonic()
             response = self._call("GET", f"/vms/{name}", params={"wait_for": wanted, "timeout": chunk},
                                   timeout=chunk + 30)
             vm = VMInfo.model_validate(response.json())
             if vm.state.value in wanted or time.monotonic() >= deadline:
                 return vm
+            _pause_if_early(asked, chunk)
 
     # -- the pool's hosts, groups and settings ----------------------------------------------
 
@@ -381,9 +392,13 @@ class Client:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return current
-            current = self.operation(current.id, wait=min(remaining, LONG_POLL_S))
+            chunk, asked = min(remaining, LONG_POLL_S), time.monotonic()
+            before = (current.status, current.progress, current.message)
+            current = self.operation(current.id, wait=chunk)
             if on_progress is not None:
                 on_progress(current)
+            if (current.status, current.progress, current.message) == before:
+                _pause_if_early(asked, chunk)
         if check and current.status == "failed":
             raise OperationFailed(current)
         return current
