@@ -64,8 +64,8 @@ async def _follow(pool: Pool, secret: str | None, after: int, kind: str | None, 
                   project: str | None) -> AsyncIterator[ServerSentEvent]:
     """Replay from the database, then send each new event as the log announces it.
 
-    The caller's token is checked again at every quiet recheck: a stream ends within
-    ``RECHECK_S`` of its token being revoked or expiring (or its project being deleted).
+    The caller's token is checked again every ``RECHECK_S``: a stream ends within about that
+    long of its token being revoked or expiring (or its project being deleted).
     """
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
@@ -75,8 +75,15 @@ async def _follow(pool: Pool, secret: str | None, after: int, kind: str | None, 
             loop.call_soon_threadsafe(wake.set)
 
     remove = pool.events.listen(announce)
+    checked = loop.time()
     try:
         while True:
+            if loop.time() - checked >= RECHECK_S:
+                try:
+                    await asyncio.to_thread(pool.tokens.authenticate, secret)
+                except Unauthorized:
+                    return
+                checked = loop.time()
             # Cleared before reading: an event committed after the read sets it again.
             wake.clear()
             batch = await asyncio.to_thread(pool.events.list, after=after, kind=kind, vm=vm,
@@ -89,9 +96,6 @@ async def _follow(pool: Pool, secret: str | None, after: int, kind: str | None, 
             try:
                 await asyncio.wait_for(wake.wait(), RECHECK_S)
             except TimeoutError:
-                try:
-                    await asyncio.to_thread(pool.tokens.authenticate, secret)
-                except Unauthorized:
-                    return
+                pass
     finally:
         remove()
