@@ -7,19 +7,17 @@ made by another process sharing the database is seen at the next bounded recheck
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from virtpool.control.changes import Changes
 from virtpool.control.store.tables import OperationRow, utcnow
 from virtpool.model.errors import NotFound
 from virtpool.model.operation import FINISHED, Operation
 
-WAIT_RECHECK_S = 1.0
 INTERRUPTED = ("virtpool restarted while this operation ran, so its outcome was not recorded; "
                "look at its target to see where it got to, and ask again if needed")
 
@@ -27,8 +25,7 @@ INTERRUPTED = ("virtpool restarted while this operation ran, so its outcome was 
 class OperationService:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
-        self._changed = threading.Condition()
-        self._generation = 0
+        self._changes = Changes()
 
     def begin(self, kind: str, target: str | None, *, actor: str, project_id: str | None = None,
               message: str | None = None) -> Operation:
@@ -37,7 +34,7 @@ class OperationService:
                            actor=actor, status="running", progress=0, message=message)
         with self._sessions.begin() as session:
             session.add(row)
-        self._notify()
+        self._changes.notify()
         return _operation(row)
 
     def progress(self, op_id: str, progress: int, message: str | None = None) -> None:
@@ -60,7 +57,7 @@ class OperationService:
                 update(OperationRow)
                 .where(OperationRow.id == op_id, OperationRow.status.not_in(FINISHED), *conditions)
                 .values(**values))
-        self._notify()
+        self._changes.notify()
 
     def fail_interrupted(self) -> int:
         """At start: operations left unfinished by a process that died can never finish."""
@@ -93,22 +90,10 @@ class OperationService:
     def wait(self, op_id: str, timeout: float, project_id: str | None = None) -> Operation:
         """Block until the operation has finished or its progress moved on (or ``timeout``)."""
         first = self.get(op_id, project_id)
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._changed:
-                seen = self._generation
-            op = self.get(op_id)  # read outside the lock; a change after `seen` is not missed
-            remaining = deadline - time.monotonic()
-            if op.done or (op.progress, op.message) != (first.progress, first.message) or remaining <= 0:
-                return op
-            with self._changed:
-                self._changed.wait_for(lambda seen=seen: self._generation != seen,
-                                       min(remaining, WAIT_RECHECK_S))
-
-    def _notify(self) -> None:
-        with self._changed:
-            self._generation += 1
-            self._changed.notify_all()
+        return self._changes.wait_until(
+            lambda: self.get(op_id),
+            lambda op: op.done or (op.progress, op.message) != (first.progress, first.message),
+            timeout)
 
 
 def _operation(row: OperationRow) -> Operation:

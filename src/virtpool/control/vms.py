@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from virtpool.control import quotas
+from virtpool.control.changes import Changes
 from virtpool.control.detached import NoAgentAttached
 from virtpool.control.events import EventLog
 from virtpool.control.placement import Placed, Placer, claim_delta
@@ -51,7 +51,6 @@ DEFAULT_BOOT_TIMEOUT_S = 60.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
 MAX_EXEC_TIMEOUT_S = 3600.0
 SLOT_ATTEMPTS = 20
-WAIT_RECHECK_S = 1.0
 
 
 class MemoryLimits(Protocol):
@@ -85,8 +84,7 @@ class VMService:
         self._events = events
         self._memory = memory
         # Signalled on every state change, so that waiters wake at once instead of polling.
-        self._changed = threading.Condition()
-        self._generation = 0
+        self._changes = Changes()
         # Resizes are read-check-write on several columns: one at a time keeps them whole.
         self._resize_lock = threading.Lock()
         self._admission_lock = threading.Lock()
@@ -157,7 +155,7 @@ class VMService:
             )
             changed = result.rowcount == 1
         if changed:
-            self._notify()
+            self._changes.notify()
             if self._events is not None:
                 name, project_id = self._name_of(vm_id)
                 detail = f": {error}" if error else ""
@@ -193,23 +191,7 @@ class VMService:
     def wait(self, ref: str, states: Iterable[VMState], timeout: float) -> VMInfo:
         """Block until the VM is in one of ``states`` (or ``timeout`` passes); return it."""
         wanted = frozenset(states)
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._changed:
-                seen = self._generation
-            vm = self.get(ref)  # read outside the lock; a change after `seen` is not missed
-            remaining = deadline - time.monotonic()
-            if vm.state in wanted or remaining <= 0:
-                return vm
-            with self._changed:
-                # Bounded: a change made by another process on the same database is not
-                # signalled here.
-                self._changed.wait_for(lambda: self._generation != seen, min(remaining, WAIT_RECHECK_S))
-
-    def _notify(self) -> None:
-        with self._changed:
-            self._generation += 1
-            self._changed.notify_all()
+        return self._changes.wait_until(lambda: self.get(ref), lambda vm: vm.state in wanted, timeout)
 
     # -- create ---------------------------------------------------------------------------
 
@@ -460,7 +442,7 @@ class VMService:
                 self._write_columns(vm.id, {k: getattr(vm, k) for k in plan.columns}, vm.project,
                                     Usage().minus(grown), check=False)
                 raise
-        self._notify()
+        self._changes.notify()
         return ResizeResult(vm=self.get(vm.id), notes=plan.notes)
 
     def move_balloon(self, vm_id: str, seen_memory_mib: int, to_mib: int) -> bool:
