@@ -37,7 +37,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,109 +54,28 @@ except ImportError:  # run as ./bench/boot.py by a Python without virtpool: use 
     raise
 
 
+from bench_server import (
+    IMAGE,
+    VIRTPOOL,
+    BenchError,
+    Server,
+    kill_qemus_under,
+    link_image,
+    note,
+)
+
 from virtpool.model.spec import VMSpec
 from virtpool.model.states import VMState
 from virtpool.node.agent import READY_POLL_S, LocalAgent
 from virtpool.node.images.build import build_default_image
 from virtpool.node.qemu.argv import build_argv
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
-from virtpool.sdk import APIError, Client
+from virtpool.sdk import Client
 from virtpool.sdk.client import SETTLED
 
 REPO = Path(__file__).resolve().parent.parent
-VIRTPOOL = str(Path(sys.executable).parent / "virtpool")
-IMAGE = "default"
 BOOT_TIMEOUT_S = 120.0
 TARGET_RATIO = 1.10
-
-
-class BenchError(Exception):
-    """Something failed to boot or to set up: the benchmark has no valid figure."""
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# -- set-up ------------------------------------------------------------------------------
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another filesystem
-        shutil.copy2(src, dst)
-
-
-def link_image(cache: Path, data_dir: Path) -> None:
-    (data_dir / "images").mkdir(parents=True, exist_ok=True)
-    shutil.copytree(cache / IMAGE, data_dir / "images" / IMAGE, copy_function=_link_or_copy)
-
-
-def qemu_pids(root: Path) -> list[int]:
-    """QEMU processes whose command line points into ``root``."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if cmdline and "qemu-system" in cmdline[0] and any(str(root) in a for a in cmdline):
-            found.append(proc.info["pid"])
-    return found
-
-
-class Server:
-    """A real `virtpool up` on its own data dir and a free port."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.log = data_dir.parent / "server.log"
-        self.env = {**os.environ, "VIRTPOOL_DATA_DIR": str(data_dir)}
-        for var in ("VIRTPOOL_URL", "VIRTPOOL_TOKEN"):  # they would point the CLI elsewhere
-            self.env.pop(var, None)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.client: Client | None = None
-
-    def start(self) -> Client:
-        url_file = self.data_dir / "api.url"
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [VIRTPOOL, "up", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
-                 "--no-build", "--boot-timeout", str(BOOT_TIMEOUT_S)],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env,
-            )
-        deadline = time.monotonic() + 60
-        while not url_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"virtpool up did not start:\n{self.log.read_text()}")
-            time.sleep(0.05)
-        token = (self.data_dir / "admin.token").read_text().strip()
-        self.client = Client(url_file.read_text().strip(), token, timeout=BOOT_TIMEOUT_S)
-        # api.url is written just before uvicorn starts listening: wait until it answers.
-        while True:
-            try:
-                self.client.host()
-                return self.client
-            except APIError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"virtpool up does not answer:\n{self.log.read_text()}") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.client is not None and self.proc is not None and self.proc.poll() is None:
-            try:
-                for vm in self.client.vms():
-                    self.client.delete_vm(vm.name, force=True)
-            except APIError as err:  # keep cleaning up
-                note(f"warning: could not delete the benchmark's VMs: {err}")
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.client is not None:
-            self.client.close()
-        self.proc = None
 
 
 # -- the three kinds of run ----------------------------------------------------------------
@@ -318,7 +236,7 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="virtpool-bench-"))
     root.chmod(0o711)  # VMs run as their own users and must pass through to their run dirs
-    server = Server(root / "data")
+    server = Server(root / "data", BOOT_TIMEOUT_S)
     baseline = Baseline(root / "scratch")
     results: dict[str, list[float]] = {"baseline": [], "cli": [], "sdk": []}
     cli_noop: list[float] = []
@@ -356,11 +274,7 @@ def main() -> int:
     finally:
         server.stop()
         baseline.close()
-        for pid in qemu_pids(root):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_qemus_under(root)
         shutil.rmtree(root, ignore_errors=True)
         note(f"wall time {time.monotonic() - began:.1f}s")
 

@@ -59,7 +59,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -76,14 +75,14 @@ except ImportError:  # run as ./bench/overhead.py by a Python without virtpool: 
         os.execv(str(_VENV_PYTHON), [str(_VENV_PYTHON), __file__, *sys.argv[1:]])
     raise
 
+from bench_server import IMAGE, BenchError, Server, kill_qemus_under, link_image, note
+
 from virtpool.model.states import VMState
 from virtpool.node.images.build import build_default_image
 from virtpool.sdk import APIError, Client
 from virtpool.sdk.client import SETTLED
 
 REPO = Path(__file__).resolve().parent.parent
-VIRTPOOL = str(Path(sys.executable).parent / "virtpool")
-IMAGE = "default"
 BUSYBOX = "/bin/busybox"  # the same path in the guest and on the host
 GUEST_MEMORY_MIB = 256
 BOOT_TIMEOUT_S = 180.0
@@ -130,102 +129,6 @@ def parse_elapsed(output: str) -> float:
     if len(secs) != 2 or len(usecs) != 2:
         raise BenchError(f"cannot read two clock readings from the workload's output: {output!r}")
     return (secs[1] - secs[0]) + (usecs[1] - usecs[0]) / 1e6
-
-
-class BenchError(Exception):
-    """Something failed to boot, to run or to set up: the benchmark has no valid figure."""
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# -- set-up: a real `virtpool up` on a scratch data dir ----------------------------------------
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another filesystem
-        shutil.copy2(src, dst)
-
-
-class Server:
-    """``virtpool up`` on its own data dir and a free port, and a client for it."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.log = data_dir.parent / "server.log"
-        self.env = {**os.environ, "VIRTPOOL_DATA_DIR": str(data_dir)}
-        for var in ("VIRTPOOL_URL", "VIRTPOOL_TOKEN"):  # they would point elsewhere
-            self.env.pop(var, None)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.client: Client | None = None
-
-    def start(self, images: Path) -> Client:
-        self.data_dir.mkdir(mode=0o700)
-        (self.data_dir / "images").mkdir()
-        shutil.copytree(images / IMAGE, self.data_dir / "images" / IMAGE, copy_function=_link_or_copy)
-        url_file = self.data_dir / "api.url"
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [VIRTPOOL, "up", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
-                 "--no-build", "--boot-timeout", str(BOOT_TIMEOUT_S)],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env,
-            )
-        deadline = time.monotonic() + 60
-        while not url_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"virtpool up did not start:\n{self.log.read_text()}")
-            time.sleep(0.05)
-        token = (self.data_dir / "admin.token").read_text().strip()
-        self.client = Client(url_file.read_text().strip(), token, timeout=BOOT_TIMEOUT_S)
-        while True:  # api.url is written just before the server listens
-            try:
-                self.client.host()
-                return self.client
-            except APIError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"virtpool up does not answer:\n{self.log.read_text()}") from None
-                time.sleep(0.05)
-
-    def qemu_pid(self, vm_id: str) -> int:
-        try:
-            pid = int((self.data_dir / "vms" / vm_id / "qemu.pid").read_text().strip())
-        except (OSError, ValueError) as err:
-            raise BenchError(f"no QEMU pid for VM {vm_id}: {err}") from None
-        if not psutil.pid_exists(pid):
-            raise BenchError(f"the QEMU of VM {vm_id} (pid {pid}) is gone")
-        return pid
-
-    def stop(self) -> None:
-        if self.client is not None and self.proc is not None and self.proc.poll() is None:
-            try:
-                for vm in self.client.vms():
-                    self.client.delete_vm(vm.name, force=True)
-            except APIError as err:  # keep cleaning up
-                note(f"warning: could not delete the benchmark's VMs: {err}")
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.client is not None:
-            self.client.close()
-        self.proc = None
-
-
-def kill_leftover_qemus(root: Path) -> None:
-    """SIGKILL any QEMU whose command line points into ``root`` (only if the server left one)."""
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if cmdline and "qemu-system" in cmdline[0] and any(str(root) in a for a in cmdline):
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
 
 
 def tmpfs_dir(fallback: Path) -> tuple[Path, bool]:
@@ -503,10 +406,12 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="virtpool-bench-"))
     root.chmod(0o711)  # as root, each VM's QEMU runs as its own user and must pass through
-    server = Server(root / "data")
+    server = Server(root / "data", BOOT_TIMEOUT_S)
     host_dir, host_on_tmpfs = tmpfs_dir(root)
     try:
-        client = server.start(args.images)
+        server.data_dir.mkdir(mode=0o700)
+        link_image(args.images, server.data_dir)
+        client = server.start()
         note(f"virtpool up at {client.url}; booting {args.vms} idle VM(s)")
         names = [f"overhead{i}" for i in range(args.vms)]
         ids = boot_vms(client, names)
@@ -533,7 +438,7 @@ def main() -> int:
         return 1
     finally:
         server.stop()
-        kill_leftover_qemus(root)
+        kill_qemus_under(root)
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(host_dir, ignore_errors=True)
     elapsed = time.monotonic() - began
