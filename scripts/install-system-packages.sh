@@ -13,6 +13,7 @@ PACKAGES=(
   cpio              # packs the initramfs
   lz4               # unpacks the kernel's LZ4 payload into an ELF vmlinux
   iproute2
+  util-linux        # setpriv: QEMU starts as its VM user with an empty capability bounding set
   python3-venv      # the project's virtualenv
 )
 
