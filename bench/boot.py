@@ -68,13 +68,17 @@ from virtpool.model.spec import VMSpec
 from virtpool.model.states import VMState
 from virtpool.node.agent import READY_POLL_S, LocalAgent
 from virtpool.node.images.build import build_default_image
+from virtpool.node.net import passt
 from virtpool.node.qemu.argv import build_argv
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
+from virtpool.node.sandbox import users
+from virtpool.node.vmdir import VMPaths
 from virtpool.sdk import Client
 from virtpool.sdk.client import SETTLED
 
 REPO = Path(__file__).resolve().parent.parent
 BOOT_TIMEOUT_S = 120.0
+BASELINE_VM_NUMBER = 999_999  # the passt of a bare baseline QEMU runs as this VM user
 TARGET_RATIO = 1.10
 
 
@@ -117,10 +121,20 @@ class Baseline:
                 await asyncio.sleep(READY_POLL_S)
 
     def run(self, name: str, argv: list[str], vm_dir: Path) -> float:
+        paths = VMPaths(vm_dir)
+        run_as: dict[str, object] = {}
+        if users.running_as_root():  # as in virtpool: QEMU and passt run as the VM's user
+            user = users.vm_user(BASELINE_VM_NUMBER)
+            users.own_run_dir(vm_dir, user)
+            run_as = users.spawn_kwargs(user.uid, user.gid)
         start = time.perf_counter()
+        # The VM's default network, as virtpool starts it (passt goes once QEMU disconnects).
+        passt.start(passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log, ()),
+                    vm=name, **run_as)
         # As virtpool.node.qemu.process.spawn runs it: in the foreground, in its own session.
         qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+                                stderr=subprocess.DEVNULL, start_new_session=True,
+                                **run_as)  # type: ignore[call-overload]
         try:
             self.loop.run_until_complete(
                 self._wait_ready(vm_dir / "qga.sock", name, qemu, time.monotonic() + BOOT_TIMEOUT_S))
@@ -128,6 +142,7 @@ class Baseline:
         finally:
             qemu.kill()
             qemu.wait()
+            passt.stop(paths.passt_pidfile)
             shutil.rmtree(vm_dir, ignore_errors=True)
 
     def close(self) -> None:
@@ -245,6 +260,7 @@ def main() -> int:
         for d in (server.data_dir, baseline.data_dir):
             d.mkdir(mode=0o700)
             link_image(args.images, d)
+        baseline.data_dir.chmod(0o711)  # as virtpool's own: its VM users pass through
         names = [f"bench{i:03d}" for i in range(args.runs)]
         prepared = baseline.prepare(names)
         client = server.start()
