@@ -71,14 +71,13 @@ from virtpool.node.images.build import build_default_image
 from virtpool.node.net import passt
 from virtpool.node.qemu.argv import build_argv
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
-from virtpool.node.sandbox import users
+from virtpool.node.sandbox import uid_ranges, users
 from virtpool.node.vmdir import VMPaths
 from virtpool.sdk import Client
 from virtpool.sdk.client import SETTLED
 
 REPO = Path(__file__).resolve().parent.parent
 BOOT_TIMEOUT_S = 120.0
-BASELINE_VM_NUMBER = 999_999  # the passt of a bare baseline QEMU runs as this VM user
 TARGET_RATIO = 1.10
 
 
@@ -123,8 +122,10 @@ class Baseline:
     def run(self, name: str, argv: list[str], vm_dir: Path) -> float:
         paths = VMPaths(vm_dir)
         run_as: dict[str, object] = {}
+        uids = None
         if users.running_as_root():  # as in virtpool: QEMU and passt run as the VM's user
-            user = users.vm_user(BASELINE_VM_NUMBER)
+            uids = uid_ranges.claim(self.data_dir)  # the range its LocalAgent recorded
+            user = uids.range.user(0)
             users.own_run_dir(vm_dir, user)
             run_as = users.spawn_kwargs(user.uid, user.gid)
         start = time.perf_counter()
@@ -144,6 +145,8 @@ class Baseline:
             qemu.wait()
             passt.stop(paths.passt_pidfile)
             shutil.rmtree(vm_dir, ignore_errors=True)
+            if uids is not None:
+                uids.release()
 
     def close(self) -> None:
         self.loop.close()
