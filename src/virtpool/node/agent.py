@@ -309,12 +309,13 @@ class LocalAgent:
         process.remove_stale_files([*paths.sockets(), paths.pidfile, paths.qemu_log])
         user = self._confine_files(vm_id, slot)
         argv = build_argv(self.launch_plan(vm_id, spec))
+        network = passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log, tuple(spec.ports))
         popen_kwargs: dict[str, Any] = {}
-        if user is not None:
-            argv, popen_kwargs = users.confined_argv(user, argv), {"umask": users.QEMU_UMASK}
+        if user is not None:  # QEMU and its passt both run as the VM's user, without capabilities
+            argv, network = users.confined_argv(user, argv), users.confined_argv(user, network)
+            popen_kwargs = {"umask": users.QEMU_UMASK}
         try:
-            passt.start(passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log,
-                                         tuple(spec.ports)), vm=spec.name, **popen_kwargs)
+            passt.start(network, vm=spec.name, **popen_kwargs)
             group = self._cgroup_for(vm_id, spec)
             popen = process.spawn(argv, paths.qemu_log, vm=spec.name, **popen_kwargs)
             self._popens[popen.pid] = popen
