@@ -39,6 +39,7 @@ from virtpool.model.errors import (
 )
 from virtpool.model.image import ImageFile, ImageInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
+from virtpool.model.vm import StopMethod
 from virtpool.node import disks, safe_files, serial
 from virtpool.node.images.manifest import Manifest
 from virtpool.node.images.store import ImageStore, kernel_kind
@@ -73,7 +74,11 @@ BALLOON_STATS_INTERVAL_S = 2  # how often the guest's balloon driver reports its
 BALLOON_PATH = f"/machine/peripheral/{BALLOON_ID}"
 MIB = 1024 * 1024
 HARD_STOP_GRACE_S = 3.0  # after QMP 'quit', before SIGKILL
+# After the guest agent took a shutdown, the share of the stop timeout the guest gets before
+# the ACPI power button is pressed as well (a guest whose agent said yes usually is on its way).
+ACPI_SHARE_AFTER_AGENT = 0.7
 QMP_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_REBOOT_WAIT_S = 60.0  # for the guest agent after a reboot, unless its boot said more
 
 
 class LocalAgent:
@@ -118,6 +123,12 @@ class LocalAgent:
         self._watchers: dict[str, tuple[Future[None], psutil.Process]] = {}
         self._exit_handlers: list[ExitHandler] = []
         self._qga_locks: dict[str, asyncio.Lock] = {}
+        # For reboots from inside a guest (QEMU runs with -no-reboot, so a reset is an exit):
+        # how each VM was last started (spec, slot, how long its boot may take), which
+        # guests have booted, and which VMs are being stopped on purpose.
+        self._launches: dict[str, tuple[VMSpec, int, float]] = {}
+        self._ready: set[str] = set()
+        self._stopping: set[str] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agent-loop", daemon=True)
         self._thread.start()
@@ -306,6 +317,9 @@ class LocalAgent:
         if self._process(vm_id) is not None:
             raise OperationFailed(f"VM '{spec.name}' already has a QEMU process")
         self._names[vm_id] = spec.name
+        self._launches[vm_id] = (spec, slot, DEFAULT_REBOOT_WAIT_S)
+        self._ready.discard(vm_id)
+        self._stopping.discard(vm_id)
         process.remove_stale_files([*paths.sockets(), paths.pidfile, paths.qemu_log])
         user = self._confine_files(vm_id, slot)
         argv = build_argv(self.launch_plan(vm_id, spec))
@@ -424,42 +438,76 @@ class LocalAgent:
                         paths.qga_sock, vm=self._label(vm_id), sync_timeout=min(1.0, remaining)
                     )
                     await agent.close()
+                self._ready.add(vm_id)
+                spec_slot = self._launches.get(vm_id)
+                if spec_slot is not None:  # a reboot waits as long as this boot was allowed
+                    self._launches[vm_id] = (spec_slot[0], spec_slot[1], timeout)
                 return
             except GuestAgentError:
                 await asyncio.sleep(READY_POLL_S)
+
+    def _reboot_wanted(self, vm_id: str) -> bool:
+        """A guest reset is a reboot to carry out when the guest had booted (a reset before
+        that is a boot that failed, e.g. a kernel panic) and nobody is stopping the VM."""
+        return vm_id in self._ready and vm_id not in self._stopping and vm_id in self._launches
+
+    def _reboot(self, vm_id: str) -> None:
+        """Start the VM again after the guest rebooted, as its hardware would have."""
+        spec, slot, timeout = self._launches[vm_id]
+        log.info("VM %s rebooted itself; starting it again", spec.name)
+        self.start_vm(vm_id, spec, slot)
+        self._launches[vm_id] = (spec, slot, timeout)
+
+        async def until_ready() -> None:
+            try:
+                await self._wait_ready(vm_id, timeout)
+            except OperationFailed as err:
+                log.warning("VM %s did not come back from its reboot: %s", spec.name, err.message)
+
+        self._submit(until_ready())
 
     def _qga_lock(self, vm_id: str) -> asyncio.Lock:
         # QGA serves one client at a time: callers on the same VM take turns.
         return self._qga_locks.setdefault(vm_id, asyncio.Lock())
 
-    def stop_vm(self, vm_id: str, timeout: float) -> bool:
+    def stop_vm(self, vm_id: str, timeout: float) -> StopMethod | None:
         proc = self._process(vm_id)
         if proc is None:
-            return False
-        self._run(self._ask_guest_to_stop(vm_id), timeout=QMP_CONNECT_TIMEOUT_S + 5)
-        if process.wait_gone(proc, timeout):
-            return True
-        self.kill_vm(vm_id)
-        return False
-
-    async def _ask_guest_to_stop(self, vm_id: str) -> None:
-        paths = self._paths(vm_id)
-        label = self._label(vm_id)
-        status = await qmp.command(paths.qmp_sock, "query-status", vm=label)
+            return None
+        self._stopping.add(vm_id)  # a guest reset on the way down is no reboot to carry out
+        deadline = time.monotonic() + timeout
+        paths, label = self._paths(vm_id), self._label(vm_id)
+        status = self._run(qmp.command(paths.qmp_sock, "query-status", vm=label))
         if status.get("status") == "paused":
-            await qmp.command(paths.qmp_sock, "cont", vm=label)
+            self._run(qmp.command(paths.qmp_sock, "cont", vm=label))
         try:
-            async with self._qga_lock(vm_id):
-                async with await GuestAgent.open(paths.qga_sock, vm=label) as agent:
-                    await agent.shutdown()
-        except GuestAgentError:
-            # No guest agent: the ACPI power button, which a guest may or may not heed.
-            await qmp.command(paths.qmp_sock, "system_powerdown", vm=label)
+            self._run(self._ask_agent_to_stop(vm_id), timeout=QMP_CONNECT_TIMEOUT_S + 10)
+        except GuestAgentError as err:
+            log.info("VM %s: %s; pressing the ACPI power button", label, err.message)
+        else:
+            # The agent took it: most of the time is the guest's; the rest goes to ACPI.
+            if process.wait_gone(proc, max(0.0, deadline - time.monotonic()) * ACPI_SHARE_AFTER_AGENT):
+                return "guest-agent"
+        try:
+            self._run(qmp.command(paths.qmp_sock, "system_powerdown", vm=label))
+        except OperationFailed:
+            pass  # QEMU went away meanwhile: the wait below says so
+        if process.wait_gone(proc, max(0.0, deadline - time.monotonic())):
+            return "acpi"
+        self.kill_vm(vm_id)
+        return "killed"
+
+    async def _ask_agent_to_stop(self, vm_id: str) -> None:
+        """Raises GuestAgentError when there is no agent or it refused."""
+        async with self._qga_lock(vm_id):
+            async with await GuestAgent.open(self._paths(vm_id).qga_sock, vm=self._label(vm_id)) as agent:
+                await agent.shutdown()
 
     def kill_vm(self, vm_id: str) -> None:
         proc = self._process(vm_id)
         if proc is None:
             return
+        self._stopping.add(vm_id)
         try:
             self._run(qmp.command(self._paths(vm_id).qmp_sock, "quit", vm=self._label(vm_id)), timeout=5)
         except (OperationFailed, TimeoutError):
@@ -508,6 +556,7 @@ class LocalAgent:
             self.kill_vm(vm_id)
             self._release(vm_id)
             return None
+        self._ready.add(vm_id)  # it ran before this agent started: it had booted
         self._watch(vm_id)
         return "paused" if status.get("status") == "paused" else "running"
 
@@ -525,15 +574,19 @@ class LocalAgent:
     async def _watch_until_exit(self, vm_id: str, proc: psutil.Process) -> None:
         """Watch one QEMU process of the VM (a restart starts a new watcher for the next)."""
         paths = self._paths(vm_id)
-        guest_initiated = False
+        guest_initiated = reset = False
 
         def on_event(name: str, data: Any) -> None:
-            nonlocal guest_initiated
+            nonlocal guest_initiated, reset
             if name == "SHUTDOWN" and data.get("guest"):
-                guest_initiated = True
+                # -no-reboot turns the guest's reboot into an exit with this reason.
+                if data.get("reason") == "guest-reset":
+                    reset = True
+                else:
+                    guest_initiated = True
 
         while True:
-            guest_initiated = False
+            guest_initiated = reset = False
             try:
                 await qmp.watch(
                     paths.events_sock, on_event, vm=self._label(vm_id),
@@ -551,6 +604,12 @@ class LocalAgent:
         await asyncio.to_thread(self._release, vm_id, proc, keep_cgroup=superseded)
         if superseded:
             return  # the end of an older process is no news about the VM
+        if reset and self._reboot_wanted(vm_id):
+            try:
+                await asyncio.to_thread(self._reboot, vm_id)
+                return  # the VM lives on in a new QEMU: nothing to tell the control plane
+            except Exception:
+                log.exception("VM %s rebooted but could not be started again", vm_id)
         for handler in self._exit_handlers:
             try:
                 await asyncio.to_thread(handler, vm_id, guest_initiated)
@@ -694,6 +753,7 @@ def _image_info(manifest: Manifest) -> ImageInfo:
         disk=entry(manifest.disk),
         disk_format=manifest.disk_format,
         kernel_args=manifest.kernel_args,
+        boot_timeout_s=manifest.boot_timeout_s,
         size=manifest.size(),
         created_at=manifest.created_at,
         source=manifest.source,
