@@ -16,10 +16,11 @@ PACKAGES=(
   python3-venv      # the project's virtualenv
 )
 
-# --test: what the test suite needs beyond running the platform (a PostgreSQL server that the
-# tests start as a throwaway cluster of their own).
+# --test: what the test suite needs beyond running the platform: a PostgreSQL server that the
+# tests start as a throwaway cluster of their own, the headless Chromium the dashboard tests
+# drive through Playwright, and the Prometheus server that scrapes /metrics in a test.
 if [ "${1:-}" = "--test" ]; then
-  PACKAGES+=(postgresql)
+  PACKAGES+=(postgresql chromium prometheus)
 fi
 
 missing=()

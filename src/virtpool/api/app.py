@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from virtpool import __version__
-from virtpool.api import audit, problems
+from virtpool.api import audit, problems, web
 from virtpool.api.app_prefix import API_PREFIX
 from virtpool.api.limits import BodyLimit
+from virtpool.api.request_timer import RequestTimer
 from virtpool.api.routes import audit as audit_routes
 from virtpool.api.routes import (
     events,
@@ -15,10 +16,13 @@ from virtpool.api.routes import (
     host,
     hosts,
     images,
+    metrics,
     operations,
     projects,
     tokens,
+    usage,
     vms,
+    whoami,
 )
 from virtpool.api.routes import pool as pool_routes
 from virtpool.control.pool import Pool
@@ -35,7 +39,10 @@ def create_app(pool: Pool) -> FastAPI:
     problems.document(app)
     audit.install(app, pool.audit)
     app.add_middleware(BodyLimit)
-    for module in (host, images, vms, operations, events, audit_routes, projects, tokens, hosts, groups,
-                   pool_routes):
+    app.add_middleware(RequestTimer, observe=pool.metrics.request_seconds.observe)
+    for module in (host, images, usage, vms, operations, events, audit_routes, projects, tokens, hosts,
+                   groups, pool_routes, whoami):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(metrics.router)
+    web.install(app)
     return app

@@ -10,6 +10,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client.registry import CollectorRegistry
+
 from virtpool.control.audit import AuditLog
 from virtpool.control.auth import TokenService
 from virtpool.control.balancer import MemoryBalancer, MemoryPolicy
@@ -17,12 +19,15 @@ from virtpool.control.events import EventLog
 from virtpool.control.groups import GroupService
 from virtpool.control.hosts import HostService
 from virtpool.control.images import ImageService
+from virtpool.control.metrics import ControlPlaneMetrics, PoolCollector, Scrape
 from virtpool.control.operations import OperationService
 from virtpool.control.placement import Placer
 from virtpool.control.projects import ProjectService
 from virtpool.control.rebalancing import Rebalancer
 from virtpool.control.settings import SettingsService
 from virtpool.control.store import db
+from virtpool.control.summary import Summary
+from virtpool.control.usage_history import UsageRecorder
 from virtpool.control.vm_operations import VMOperations
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
 from virtpool.model.agent import Agent
@@ -55,12 +60,13 @@ class Pool:
         self.agent = agent
         self.engine = db.open_database(config.db_url or db.sqlite_url(config.data_dir / "state.db"))
         sessions = db.session_factory(self.engine)
+        self.metrics = ControlPlaneMetrics()
         self.tokens = TokenService(sessions)
         self.projects = ProjectService(sessions)
         self.events = EventLog(sessions)
         self.audit = AuditLog(sessions)
         self.settings = SettingsService(sessions)
-        self.placer = Placer(self.settings.weigher)
+        self.placer = Placer(self.settings.weigher, observe=self.metrics.placement_seconds.observe)
         self.hosts = HostService(sessions, self.placer, socket.gethostname())
         self.groups = GroupService(sessions)
         self.rebalancer = Rebalancer(sessions)
@@ -71,6 +77,8 @@ class Pool:
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
         self.images = ImageService(sessions, agent, self.operations)
         self.balancer = MemoryBalancer(self.vms, agent, self.events, self.audit, config.memory)
+        self.usage = UsageRecorder(self.vms, agent)
+        self.summary = Summary(sessions)
 
     def start(self) -> bool:
         """Register this host, reconcile VMs and its usage counters with it, fail the
@@ -82,10 +90,20 @@ class Pool:
             self.vms.reconcile()
             self.hosts.reconcile_usage()
             self.balancer.start()
+            self.usage.start()
         return self.tokens.bootstrap(self.config.token_file)
+
+    def scrape(self, project: str | None) -> Scrape:
+        """/metrics as ``project`` sees it (None: the whole pool, and the control plane's own)."""
+        collectors: list[PoolCollector | CollectorRegistry] = [
+            PoolCollector(self.summary, self.hosts, self.usage, project)]
+        if project is None:
+            collectors.append(self.metrics.registry)
+        return Scrape(*collectors)
 
     def close(self) -> None:
         self.balancer.stop()
+        self.usage.stop()
         self.vms.close()
         self.agent.close()
         self.engine.dispose()

@@ -18,7 +18,16 @@ from fastapi import (
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from virtpool.api.deps import Operator, PoolDep, Reader, Scope, bearer, resolve_project
+from virtpool.api.deps import (
+    CONSOLE_PROTOCOL,
+    Operator,
+    PoolDep,
+    Reader,
+    Scope,
+    offered_protocols,
+    resolve_project,
+    websocket_bearer,
+)
 from virtpool.api.long_poll import waiting
 from virtpool.api.paging import MAX_ID, page_headers
 from virtpool.api.problems import problem
@@ -198,7 +207,7 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
     """Bytes both ways between the websocket and the VM's serial console."""
     pool = websocket.app.state.pool
     try:
-        caller = await asyncio.to_thread(pool.tokens.authenticate, bearer(websocket))  # type: ignore[arg-type]
+        caller = await asyncio.to_thread(pool.tokens.authenticate, websocket_bearer(websocket))
         project = await asyncio.to_thread(resolve_project, pool, caller, websocket.query_params.get("project"))
         # The console is a shell on the guest: it takes the right to change VMs, not just to look.
         check_access(caller.name, caller.role, caller.project_id, Access.OPERATE)
@@ -215,7 +224,9 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
     except (OSError, VirtpoolError) as err:
         await websocket.close(code=4502, reason=f"console unreachable: {err}"[:120])
         return
-    await websocket.accept()
+    # A client that offered subprotocols (the dashboard) must get one of them back.
+    await websocket.accept(subprotocol=CONSOLE_PROTOCOL if CONSOLE_PROTOCOL in offered_protocols(websocket)
+                           else None)
 
     async def to_guest() -> None:
         while True:
