@@ -69,9 +69,9 @@ export async function allVMs(query) {
   const vms = [];
   let after;
   for (;;) {
-    const page = await get("/vms", { ...query, limit: 1000, after });
+    const { data: page, headers } = await call("GET", "/vms", { query: { ...query, limit: 1000, after } });
     vms.push(...page);
-    if (page.length < 1000) return vms;
+    if (page.length < 1000 || vms.length >= Number(headers.get("X-Total-Count"))) return vms;
     const last = page[page.length - 1];
     after = `${last.name}:${last.id}`;
   }

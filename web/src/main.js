@@ -76,6 +76,8 @@ async function route() {
   delete main.dataset.ready;
   try {
     cleanup = (await entry.page.render(main, new URLSearchParams(queryPart || ""), rest)) || null;
+    // Rendered means laid out and painted: the frame after the DOM changed.
+    await new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0)));
     main.dataset.ready = first;
     main.dataset.routeMs = String(Math.round(performance.now() - started));
   } catch (err) {

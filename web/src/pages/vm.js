@@ -12,10 +12,10 @@ import { operationRows } from "./operations.js";
 const POLL_MS = 5000;
 const HOUR_S = 3600;
 const CHARTS = [
-  { key: "cpu", title: "CPU %", series: [["cpu_percent", "CPU %", "#2563eb"]], format: (v) => `${v.toFixed(0)} %` },
-  { key: "memory", title: "Memory", series: [["memory_mib", "guest in use", "#059669"], ["rss_mib", "QEMU resident", "#d97706"]], format: (v) => mib(v) },
-  { key: "disk", title: "Disk", series: [["disk_read_bps", "read", "#7c3aed"], ["disk_write_bps", "write", "#db2777"]], format: bytesPerSecond },
-  { key: "net", title: "Network", series: [["net_rx_bps", "receive", "#0891b2"], ["net_tx_bps", "transmit", "#65a30d"]], format: bytesPerSecond },
+  { key: "cpu", title: "CPU %", floor: 100, series: [["cpu_percent", "CPU %", "#2563eb"]], format: (v) => `${v.toFixed(0)} %` },
+  { key: "memory", title: "Memory", floor: 64, series: [["memory_mib", "guest in use", "#059669"], ["rss_mib", "QEMU resident", "#d97706"]], format: (v) => mib(v) },
+  { key: "disk", title: "Disk", floor: 4096, series: [["disk_read_bps", "read", "#7c3aed"], ["disk_write_bps", "write", "#db2777"]], format: bytesPerSecond },
+  { key: "net", title: "Network", floor: 4096, series: [["net_rx_bps", "receive", "#0891b2"], ["net_tx_bps", "transmit", "#65a30d"]], format: bytesPerSecond },
 ];
 
 function info(vm) {
@@ -29,7 +29,7 @@ function info(vm) {
 function chart(el, spec) {
   const opts = {
     width: el.clientWidth || 420, height: 160, legend: { live: false },
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max || 0, spec.key === "cpu" ? 100 : 1)] } },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max || 0, spec.floor)] } },
     axes: [{}, { values: (u, ticks) => ticks.map((t) => spec.format(t)), size: 70 }],
     series: [{}, ...spec.series.map(([, label, stroke]) => ({ label, stroke, width: 1.5, spanGaps: false }))],
   };
@@ -37,7 +37,9 @@ function chart(el, spec) {
 }
 
 export async function render(main, params, [project, name]) {
-  const query = { project: me.project ? undefined : project };
+  // The project from the address, for every token: a project token naming another project is
+  // told that it does not exist, as the API tells it.
+  const query = { project };
   const path = `/vms/${encodeURIComponent(name)}`;
   let vm = await get(path, query);
   main.innerHTML = `<h2>${esc(vm.name)} <span id="vm-state">${badge(vm.state)}</span></h2>
@@ -79,6 +81,9 @@ export async function render(main, params, [project, name]) {
     const xs = points.map((p) => p.t);
     for (const { spec, plot } of plots) plot.setData([xs, ...spec.series.map(([field]) => points.map((p) => p[field]))]);
     $("#graph-note").textContent = points.length ? `${points.length} samples, every ${POLL_MS / 1000} s` : "no samples yet (the VM is not running)";
+    const net = $('[data-chart="net"]').previousElementSibling;
+    const counted = points.some((p) => p.net_rx_bps !== null && p.net_rx_bps !== undefined);
+    net.textContent = points.length && !counted ? "Network (no counters on this VM's network)" : "Network";
   };
   const poll = async () => {
     const history = await get(`${path}/history`, { ...query, since }).catch(() => null);

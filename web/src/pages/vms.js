@@ -82,13 +82,13 @@ async function submit(form) {
 }
 
 export async function render(main, params) {
-  const started = performance.now();
   const filters = { project: params.get("project") || "", host: params.get("host") || "", state: params.get("state") || "" };
   const [vms, projects, hosts, images] = await Promise.all([
     allVMs({ all_projects: me.poolAdmin ? "true" : undefined }),
     get("/projects").then((ps) => ps.map((p) => p.name)),
     get("/hosts").then((hs) => hs.map((h) => h.name)),
-    canOperate() ? get("/images") : Promise.resolve([]),
+    // Images live on hosts: a control plane without an agent has none to offer.
+    canOperate() ? get("/images").catch(() => []) : Promise.resolve([]),
   ]);
   main.innerHTML = `<h2>Virtual machines <span class="muted" id="vm-count"></span></h2>
     ${canOperate() ? createForm(images, projects) : ""}
@@ -127,7 +127,14 @@ export async function render(main, params) {
   // States change live: a vm.state event updates its row in place (and a VM made elsewhere
   // appears at the next reload).
   let pending = null;
-  const stop = followEvents({ kind: "vm.state", after: await latestEventId() }, (event) => {
+  let stop = () => {};
+  let left = false;
+  // Followed from the newest event on; not awaited, so that the list shows without waiting.
+  latestEventId().then((after) => {
+    if (left) return;
+    stop = followEvents({ kind: "vm.state", after }, onEvent);
+  }).catch(() => {});
+  function onEvent(event) {
     const vm = vms.find((v) => v.name === event.vm && v.project === (event.project_id || v.project));
     if (vm && event.data && event.data.state) {
       vm.state = event.data.state;
@@ -136,9 +143,8 @@ export async function render(main, params) {
     } else if (!pending) {
       pending = setTimeout(() => { pending = null; reload(); }, 500);
     }
-  });
-  main.dataset.renderMs = String(Math.round(performance.now() - started));
-  return () => { stop(); clearTimeout(pending); };
+  }
+  return () => { left = true; stop(); clearTimeout(pending); };
 }
 
 /** The id of the newest event in view, so that a live view starts from now. */
