@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prometheus_client.registry import CollectorRegistry
 
+from virtpool import __version__
 from virtpool.control.audit import AuditLog
 from virtpool.control.auth import TokenService
 from virtpool.control.balancer import MemoryBalancer, MemoryPolicy
@@ -19,6 +20,7 @@ from virtpool.control.events import EventLog
 from virtpool.control.groups import GroupService
 from virtpool.control.hosts import HostService
 from virtpool.control.images import ImageService
+from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
 from virtpool.control.metrics import ControlPlaneMetrics, PoolCollector, Scrape
 from virtpool.control.operations import OperationService
 from virtpool.control.placement import Placer
@@ -32,6 +34,7 @@ from virtpool.control.vm_operations import VMOperations
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
 from virtpool.model.agent import Agent
 from virtpool.model.layout import TOKEN_FILE, URL_FILE
+from virtpool.model.lease import MONITOR_PERIOD_S
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,13 @@ class Pool:
         self.balancer = MemoryBalancer(self.vms, agent, self.events, self.audit, config.memory)
         self.usage = UsageRecorder(self.vms, agent)
         self.summary = Summary(sessions)
+        self.leases = LeaseService(sessions, self.events, self.audit, on_lost=self.vms.host_lost,
+                                   on_back=self.vms.host_back, on_state=self.placer.invalidate)
+        self.hosts.leases = self.leases
+        # The pool's background loops run on one server of those sharing the database.
+        self.leader = Leadership(sessions, events=self.events)
+        self.lease_monitor = Loop("lease-monitor", self.leases.expire, MONITOR_PERIOD_S, self.leader)
+        self.heartbeat: LocalHeartbeat | None = None
 
     def start(self) -> bool:
         """Register this host, reconcile VMs and its usage counters with it, fail the
@@ -87,10 +97,18 @@ class Pool:
         if not self.config.control_only:
             self.hosts.register_local(self.agent.host_info())
             self.operations.fail_interrupted()
+            # VMs another server marked unknown while this host was away get their state back
+            # first, so that the reconcile below converges them with the rest.
+            self.vms.restore_known(self.hosts.local)
             self.vms.reconcile()
             self.hosts.reconcile_usage()
             self.balancer.start()
             self.usage.start()
+            self.heartbeat = LocalHeartbeat(self.leases, self.hosts.local,
+                                            agent_version=__version__)
+            self.heartbeat.start()
+        self.leader.start()
+        self.lease_monitor.start()
         return self.tokens.bootstrap(self.config.token_file)
 
     def scrape(self, project: str | None) -> Scrape:
@@ -102,6 +120,10 @@ class Pool:
         return Scrape(*collectors)
 
     def close(self) -> None:
+        self.lease_monitor.stop()
+        self.leader.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         self.balancer.stop()
         self.usage.stop()
         self.vms.close()
