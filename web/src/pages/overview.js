@@ -1,15 +1,17 @@
 // Pool overview: each host with allocated (and measured) CPU, memory and disk, its state and
 // lease; VMs counted by state.
 import { get } from "../api.js";
-import { badge, bar, esc, mib, when } from "../dom.js";
+import { badge, bar, esc, mib } from "../dom.js";
 
 const STATES = ["running", "starting", "paused", "stopping", "stopped", "creating", "crashed", "error", "deleting"];
 
 function lease(host) {
-  // Lease fields come with the agents' heartbeats; show whichever the API has.
-  const fields = Object.entries(host).filter(([key]) => key.startsWith("lease") || key === "epoch");
-  if (!fields.length) return `<span class="muted">${host.local ? "local agent" : "no lease reported"}</span>`;
-  return fields.map(([key, value]) => `${esc(key.replace(/_/g, " "))}: ${esc(/_at$/.test(key) ? when(value) : value)}`).join("<br>");
+  // The lease its agent renews with heartbeats (null: no agent ever took it).
+  if (host.lease_epoch === null || host.lease_epoch === undefined) {
+    return `<span class="muted">no lease: no agent has connected${host.local ? "" : " (an inventory row)"}</span>`;
+  }
+  const age = host.lease_age_s === null || host.lease_age_s === undefined ? "never renewed" : `renewed ${host.lease_age_s.toFixed(1)} s ago`;
+  return `lease epoch ${esc(host.lease_epoch)}, ${esc(age)}`;
 }
 
 function hostCard(host, use) {

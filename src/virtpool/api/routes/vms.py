@@ -18,7 +18,7 @@ from fastapi import (
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-<<<<<<< HEAD
+from virtpool.api.access_guard import POLICY_VIOLATION, AccessGuard
 from virtpool.api.deps import (
     CONSOLE_PROTOCOL,
     Operator,
@@ -29,10 +29,6 @@ from virtpool.api.deps import (
     resolve_project,
     websocket_bearer,
 )
-=======
-from virtpool.api.access_guard import POLICY_VIOLATION, AccessGuard
-from virtpool.api.deps import Operator, PoolDep, Reader, Scope, bearer, resolve_project
->>>>>>> main
 from virtpool.api.long_poll import waiting
 from virtpool.api.paging import MAX_ID, page_headers
 from virtpool.api.problems import problem
@@ -235,7 +231,7 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
 
     def still_allowed() -> None:
         # The same checks as the handshake's: the token, the project, the role, the VM in it.
-        again = pool.tokens.authenticate(bearer(websocket))  # type: ignore[arg-type]
+        again = pool.tokens.authenticate(websocket_bearer(websocket))
         check_access(again.name, again.role, again.project_id, Access.OPERATE)
         pool.vms.get(vm.id, resolve_project(pool, again, websocket.query_params.get("project")))
 
