@@ -22,6 +22,9 @@ PACKAGES=(
 # drive through Playwright, and the Prometheus server that scrapes /metrics in a test.
 if [ "${1:-}" = "--test" ]; then
   PACKAGES+=(postgresql chromium prometheus)
+  # npm rebuilds the dashboard's bundle in a test (it must match the committed one); a Node.js
+  # installed some other way (nodesource, nvm) is used as it is.
+  command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 fi
 
 missing=()

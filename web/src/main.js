@@ -82,6 +82,7 @@ async function route() {
     main.dataset.routeMs = String(Math.round(performance.now() - started));
   } catch (err) {
     main.innerHTML = `<p class="form-error" role="alert">${esc(err.detail || err.message)}${err.hint ? ` — ${esc(err.hint)}` : ""}</p>`;
+    main.dataset.ready = first; // rendered: as the refusal
     if (err.status !== 404) notifyError(err);
   }
 }

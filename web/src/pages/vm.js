@@ -30,7 +30,7 @@ function chart(el, spec) {
   const opts = {
     width: el.clientWidth || 420, height: 160, legend: { live: false },
     scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max || 0, spec.floor)] } },
-    axes: [{}, { values: (u, ticks) => ticks.map((t) => spec.format(t)), size: 70 }],
+    axes: [{}, { values: (u, ticks) => ticks.map((t) => spec.format(t)), size: 84 }],
     series: [{}, ...spec.series.map(([, label, stroke]) => ({ label, stroke, width: 1.5, spanGaps: false }))],
   };
   return new uPlot(opts, [[], ...spec.series.map(() => [])], el);
