@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
-from tests.conftest import REPO
+from tests.conftest import REPO, Server, make_server, qemu_pids
 
 CHROMIUM = os.environ.get("VIRTPOOL_CHROMIUM", "/usr/bin/chromium")
 # As root, Chromium needs --no-sandbox; the rest keeps it from reaching anything but the
@@ -23,6 +23,8 @@ CHROMIUM = os.environ.get("VIRTPOOL_CHROMIUM", "/usr/bin/chromium")
 # --user-data-dir of its own.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# TCG on a 2-core machine that every engineer's tests share: boots can take minutes.
+BOOT_TIMEOUT_S = 600
 ARTIFACTS = Path(os.environ.get("VIRTPOOL_ARTIFACTS", REPO / ".cache" / "artifacts")) / "browser"
 
 
@@ -34,6 +36,15 @@ def browser() -> Iterator[Browser]:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
+    """A `virtpool up` per test module, with the default image; no QEMU outlives it."""
+    srv = make_server(tmp_path_factory, image_cache, "dash", boot_timeout=BOOT_TIMEOUT_S)
+    yield srv
+    srv.cleanup()
+    assert qemu_pids(srv.data_dir) == []
 
 
 @pytest.fixture(scope="session")

@@ -6,26 +6,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import Dashboard
-from tests.conftest import Server, make_server, qemu_pids
+from tests.browser.conftest import BOOT_TIMEOUT_S, Dashboard
+from tests.conftest import Server, qemu_pids
 
 pytestmark = [pytest.mark.vm, pytest.mark.browser]
 
-BOOT_S = 600  # TCG on a 2-core machine that eight engineers' tests share
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
-    srv = make_server(tmp_path_factory, image_cache, "dash", boot_timeout=BOOT_S)
-    yield srv
-    srv.cleanup()
-    assert qemu_pids(srv.data_dir) == []
 
 
 def admin_token(srv: Server) -> str:
@@ -56,7 +46,7 @@ def test_sign_in_create_console_stop_delete(pool: Server, dashboard: Callable[[s
     form.locator("input[name=memory_mib]").fill("256")
     form.locator("button[type=submit]").click()
     page.wait_for_selector('#main[data-ready="vm"]')
-    vm = pool.api().wait_vm("dbweb", timeout=BOOT_S + 30)
+    vm = pool.api().wait_vm("dbweb", timeout=BOOT_TIMEOUT_S + 30)
     assert vm.state == "running", vm.error
     expect(page.locator("#vm-state")).to_have_text("running", timeout=30_000)
 

@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,26 +14,18 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, make_server, qemu_pids, wait_for
+from tests.browser.conftest import BOOT_TIMEOUT_S
+from tests.conftest import Server, wait_for
 
 pytestmark = pytest.mark.vm
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-BOOT_S = 600
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
-    srv = make_server(tmp_path_factory, image_cache, "prom", boot_timeout=BOOT_S)
-    yield srv
-    srv.cleanup()
-    assert qemu_pids(srv.data_dir) == []
 
 
 @pytest.fixture
@@ -93,7 +84,7 @@ def query(url: str, promql: str) -> list[dict[str, Any]]:
 def test_prometheus_scrapes_a_running_vms_cpu_counter(pool: Server, prometheus: str) -> None:
     api = pool.api()
     op = api.create_vm("dbprom", start=True)
-    api.wait_operation(op, timeout=BOOT_S + 30)
+    api.wait_operation(op, timeout=BOOT_TIMEOUT_S + 30)
     assert api.vm("dbprom").state == "running", api.vm("dbprom").error
     series = wait_for(lambda: query(prometheus, 'virtpool_vm_cpu_seconds_total{vm="dbprom"}'), timeout=60, interval=1)
     assert len(series) == 1, series
