@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from virtpool import __version__
 from virtpool.api import audit, problems, web
 from virtpool.api.app_prefix import API_PREFIX
+from virtpool.api.auth_limit import FailedAuthLimiter
 from virtpool.api.limits import BodyLimit
 from virtpool.api.request_timer import RequestTimer
 from virtpool.api.routes import audit as audit_routes
@@ -35,6 +36,7 @@ def create_app(pool: Pool) -> FastAPI:
         description="Pool the CPU, memory and disk of Linux hosts into QEMU virtual machines.",
     )
     app.state.pool = pool
+    app.state.auth_limiter = FailedAuthLimiter(pool.audit)
     problems.install(app)
     problems.document(app)
     audit.install(app, pool.audit)

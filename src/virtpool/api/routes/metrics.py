@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from virtpool.api.auth_limit import client_address
 from virtpool.api.deps import PoolDep, bearer
 from virtpool.model.errors import Forbidden
 from virtpool.model.roles import may_scrape
@@ -20,7 +21,8 @@ router = APIRouter(tags=["metrics"])
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
             summary="Prometheus metrics: hosts, VMs, VM counts, the control plane")
 def metrics(request: Request, pool: PoolDep) -> Response:
-    caller = pool.tokens.authenticate(bearer(request))
+    # Through the failed-authentication limiter, as every other route's token.
+    caller = request.app.state.auth_limiter.authenticate(pool.tokens, bearer(request), client_address(request))
     if not may_scrape(caller.role):
         raise Forbidden(f"token '{caller.name}' may not read metrics",
                         hint="use a metrics token (`virtpool token create --role metrics`) or a viewer's")

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from virtpool.api.access_guard import POLICY_VIOLATION, AccessGuard
+from virtpool.api.auth_limit import client_address
 from virtpool.api.deps import (
     CONSOLE_PROTOCOL,
     Operator,
@@ -208,7 +209,9 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
     """Bytes both ways between the websocket and the VM's serial console."""
     pool = websocket.app.state.pool
     try:
-        caller = await asyncio.to_thread(pool.tokens.authenticate, websocket_bearer(websocket))
+        limiter = websocket.app.state.auth_limiter
+        caller = await asyncio.to_thread(limiter.authenticate, pool.tokens, websocket_bearer(websocket),
+                                         client_address(websocket))
         project = await asyncio.to_thread(resolve_project, pool, caller, websocket.query_params.get("project"))
         # The console is a shell on the guest: it takes the right to change VMs, not just to look.
         check_access(caller.name, caller.role, caller.project_id, Access.OPERATE)
