@@ -30,7 +30,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def prometheus(pool: Server, tmp_path: Path) -> Iterator[str]:
-    """Prometheus scraping ``pool`` every second with a pool-wide metrics token."""
+    """Prometheus scraping ``pool`` every 2 s with a pool-wide metrics token."""
     if not os.path.exists(PROMETHEUS):
         pytest.fail(f"{PROMETHEUS} is missing: run scripts/install-system-packages.sh --test")
     token = pool.api().create_token("db-scraper", "metrics", pool_wide=True).token
@@ -40,8 +40,9 @@ def prometheus(pool: Server, tmp_path: Path) -> Iterator[str]:
     target = pool.api().url.removeprefix("http://")
     (tmp_path / "prometheus.yml").write_text(f"""
 global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
+  scrape_interval: 2s
+  scrape_timeout: 2s
+  evaluation_interval: 2s
 scrape_configs:
   - job_name: virtpool
     metrics_path: /metrics
@@ -90,10 +91,12 @@ def test_prometheus_scrapes_a_running_vms_cpu_counter(pool: Server, prometheus: 
     assert len(series) == 1, series
     assert series[0]["metric"]["project"] == "default"
     assert float(series[0]["value"][1]) > 0  # a booted guest has used CPU time
-    # The target is up with the metrics token, and the rest of the pool is there too.
+    # The target is up with the metrics token, and the rest of the pool is there too (a scrape
+    # taken while the VM was still starting may be the latest for a moment).
     assert [s["value"][1] for s in query(prometheus, 'up{job="virtpool"}')] == ["1"]
-    running = query(prometheus, 'virtpool_vms{state="running",project="default"}')
-    assert [s["value"][1] for s in running] == ["1"]
+    running = wait_for(lambda: query(prometheus, 'virtpool_vms{state="running",project="default"} == 1'),
+                       timeout=30, interval=1)
+    assert len(running) == 1, query(prometheus, 'virtpool_vms{project="default"}')
     allocated = query(prometheus, 'virtpool_host_allocated{resource="memory"}')
     assert float(allocated[0]["value"][1]) >= 256 * 1024 * 1024
     assert query(prometheus, "virtpool_api_request_duration_seconds_count") != []
