@@ -18,6 +18,7 @@ from virtpool.api.routes import (
     hosts,
     images,
     metrics,
+    networks,
     operations,
     projects,
     tokens,
@@ -43,7 +44,7 @@ def create_app(pool: Pool) -> FastAPI:
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestTimer, observe=pool.metrics.request_seconds.observe)
     for module in (host, images, usage, vms, operations, events, audit_routes, projects, tokens, hosts,
-                   groups, pool_routes, whoami):
+                   groups, networks, pool_routes, whoami):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(metrics.router)
     web.install(app)
