@@ -14,6 +14,7 @@ PACKAGES=(
   cpio              # packs the initramfs
   lz4               # unpacks the kernel's LZ4 payload into an ELF vmlinux
   iproute2
+  util-linux        # setpriv: QEMU starts as its VM user with an empty capability bounding set
   passt             # the default network: user-mode NAT that does not expose the host
   nftables          # the guard that keeps guests off the host, NAT, security groups
   dnsmasq-base      # DHCP (static leases only) on virtpool networks
