@@ -261,6 +261,9 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
     finally:
         for task in tasks:
             task.cancel()
+        # Collect how each ended (a closed websocket, a guest that hung up): a normal end of a
+        # session, never "Task exception was never retrieved" with a traceback in the log.
+        await asyncio.gather(*tasks, return_exceptions=True)
         writer.close()
         code, reason = (POLICY_VIOLATION, guard.reason) if guard.lost else (1000, "")
         try:
