@@ -268,5 +268,5 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
         code, reason = (POLICY_VIOLATION, guard.reason) if guard.lost else (1000, "")
         try:
             await websocket.close(code=code, reason=reason[:120])
-        except RuntimeError:
+        except (RuntimeError, WebSocketDisconnect):  # the client closed first: a normal end
             pass
