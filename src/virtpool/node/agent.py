@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -39,7 +40,7 @@ from virtpool.model.errors import (
 from virtpool.model.image import Firmware, ImageFile, ImageInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod
-from virtpool.node import disks, serial
+from virtpool.node import disks, safe_files, serial
 from virtpool.node.images.manifest import Manifest
 from virtpool.node.images.store import ImageStore, kernel_kind
 from virtpool.node.net import guard, passt
@@ -133,6 +134,7 @@ class LocalAgent:
         self._thread = threading.Thread(target=self._loop.run_forever, name="agent-loop", daemon=True)
         self._thread.start()
         self._cpu_samples: dict[str, deque[tuple[float, float]]] = {}
+        self._unsafe_logs: set[str] = set()  # VMs whose serial.log was replaced (warned once)
         self._housekeeper = self._submit(self._housekeeping_forever())
 
     # -- plumbing -------------------------------------------------------------------------
@@ -154,7 +156,10 @@ class LocalAgent:
         proc = self._procs.get(vm_id)
         if proc is not None and process.alive(proc):
             return proc
-        proc = process.find(self._paths(vm_id).pidfile)
+        pidfile = self._paths(vm_id).pidfile
+        proc = process.find(pidfile)
+        if proc is None and not safe_files.is_plain(pidfile):
+            proc = process.scan(pidfile)  # the VM's user replaced its pidfile: look by argv
         if proc is None:
             self._procs.pop(vm_id, None)
         else:
@@ -327,11 +332,15 @@ class LocalAgent:
         self._ready.discard(vm_id)
         self._stopping.discard(vm_id)
         process.remove_stale_files([*paths.sockets(), paths.pidfile, paths.qemu_log])
-        popen_kwargs = self._confine_files(vm_id, slot)
+        user = self._confine_files(vm_id, slot)
         argv = build_argv(self.launch_plan(vm_id, spec))
+        network = passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log, tuple(spec.ports))
+        popen_kwargs: dict[str, Any] = {}
+        if user is not None:  # QEMU and its passt both run as the VM's user, without capabilities
+            argv, network = users.confined_argv(user, argv), users.confined_argv(user, network)
+            popen_kwargs = {"umask": users.QEMU_UMASK}
         try:
-            passt.start(passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log,
-                                         tuple(spec.ports)), vm=spec.name, **popen_kwargs)
+            passt.start(network, vm=spec.name, **popen_kwargs)
             group = self._cgroup_for(vm_id, spec)
             popen = process.spawn(argv, paths.qemu_log, vm=spec.name, **popen_kwargs)
             self._popens[popen.pid] = popen
@@ -349,10 +358,10 @@ class LocalAgent:
             raise
         return popen.pid
 
-    def _confine_files(self, vm_id: str, slot: int) -> dict[str, Any]:
-        """As root: give the VM's run dir and disk to its own user; Popen arguments to run as it."""
+    def _confine_files(self, vm_id: str, slot: int) -> users.VMUser | None:
+        """As root: give the VM's run dir and disk to its own user, the user QEMU runs as."""
         if self._uids is None:
-            return {}
+            return None
         user = self._uids.range.user(slot)
         users.check_unclaimed(user)
         paths = self._paths(vm_id)
@@ -361,7 +370,7 @@ class LocalAgent:
         if paths.efi_vars.exists():
             users.own_disk(paths.efi_vars, user)  # OVMF writes its boot entries there
         users.check_reachable(paths.disk, user)
-        return users.spawn_kwargs(user.uid, user.gid)
+        return user
 
     def _cgroup_for(self, vm_id: str, spec: VMSpec) -> cgroups.VMCgroup | None:
         if not self._cgroups:
@@ -542,10 +551,26 @@ class LocalAgent:
         paths = self._paths(vm_id)
         self._names[vm_id] = name
         if self._process(vm_id) is None:
+            # A QEMU whose pidfile was removed by its user must still be found after a restart.
+            proc = process.scan(paths.pidfile)
+            if proc is None:
+                return None
+            self._procs[vm_id] = proc
+        try:
+            tampered = [f"{p.name} is {safe_files.describe(os.lstat(p).st_mode)}"
+                        for p in paths.sockets() if not _is_socket(p)]
+            if tampered:
+                raise safe_files.UnsafeFile("; ".join(tampered))
+            status = self._run(qmp.command(paths.qmp_sock, "query-status", vm=name))
+        except OperationFailed as err:
+            # Its sockets were replaced (by its QEMU's user) or it does not answer: a QEMU
+            # that cannot be controlled is stopped, not left running unwatched.
+            log.warning("stopping VM %s: its QEMU cannot be re-adopted: %s", name, err.message)
+            self.kill_vm(vm_id)
+            self._release(vm_id)
             return None
         self._ready.add(vm_id)  # it ran before this agent started: it had booted
         self._watch(vm_id)
-        status = self._run(qmp.command(paths.qmp_sock, "query-status", vm=name))
         return "paused" if status.get("status") == "paused" else "running"
 
     # -- watching -------------------------------------------------------------------------
@@ -614,7 +639,12 @@ class LocalAgent:
                     log.exception("housekeeping of VM %s failed", vm_id)
 
     def _housekeep(self, vm_id: str) -> None:
-        serial.trim(self._paths(vm_id).serial_log, self._log_cap)
+        try:
+            serial.trim(self._paths(vm_id).serial_log, self._log_cap)
+        except safe_files.UnsafeFile as err:  # planted by the VM's user: said once, then left
+            if vm_id not in self._unsafe_logs:
+                self._unsafe_logs.add(vm_id)
+                log.warning("not trimming the serial log of VM %s: %s", self._label(vm_id), err.message)
         self._sample_cpu(vm_id)
 
     def _sample_cpu(self, vm_id: str) -> None:
@@ -716,6 +746,13 @@ class LocalAgent:
                 figures.update(disk_read_bytes=block["rd_bytes"], disk_written_bytes=block["wr_bytes"],
                                disk_read_ops=block["rd_operations"], disk_write_ops=block["wr_operations"])
         return figures
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _image_info(manifest: Manifest) -> ImageInfo:
