@@ -95,8 +95,8 @@ def test_a_bootable_disk_boots_through_its_firmware_on_q35(
 def test_a_disk_with_a_kernel_and_no_root_gets_the_disk_as_root(server: Server, tmp_path: Path) -> None:
     kernel = server.data_dir / "images" / "default" / "vmlinux"
     initrd = server.data_dir / "images" / "default" / "initramfs.cpio.gz"
-    disk = tmp_path / "root.raw"
-    disk.write_bytes(b"\0" * (4 << 20))
+    disk = tmp_path / "root.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "4M"], check=True)
     imported = server.cli("image", "import", "withroot", "--kernel", str(kernel), "--initrd", str(initrd),
                           "--disk", str(disk), "--json")
     assert imported.returncode == 0, imported.stderr
