@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -33,6 +34,7 @@ import psutil
 from virtpool.model.agent import ExitHandler, Progress
 from virtpool.model.errors import (
     BootTimeout,
+    Conflict,
     InsufficientResources,
     NotFound,
     OperationFailed,
@@ -54,7 +56,7 @@ from virtpool.node.qemu.argv import (
     NicPlan,
     build_argv,
 )
-from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
+from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError, GuestAgentGone
 from virtpool.node.sandbox import cgroups, uid_ranges, users
 from virtpool.node.vmdir import VMPaths
 
@@ -376,7 +378,10 @@ class LocalAgent:
         while True:
             if popen.poll() is not None:
                 said = serial.tail(paths.qemu_log)
-                raise OperationFailed(f"QEMU refused to start VM '{label}': {said or f'exit code {popen.returncode}'}")
+                if popen.returncode < 0:  # not a refusal: something killed it
+                    raise OperationFailed(f"QEMU of VM '{label}' {_how_it_ended(popen)} while it started"
+                                          + (f"; it said: {said}" if said else ""))
+                raise OperationFailed(f"QEMU refused to start VM '{label}': {said or _how_it_ended(popen)}")
             try:
                 await asyncio.wait_for(qmp.command(paths.qmp_sock, "query-status", vm=label), 1.0)
                 return
@@ -418,11 +423,13 @@ class LocalAgent:
     async def _wait_ready(self, vm_id: str, timeout: float) -> None:
         paths = self._paths(vm_id)
         deadline = self._loop.time() + timeout
+        started = self._procs.get(vm_id)
+        popen = self._popens.get(started.pid) if started is not None else None
         while True:
             if self._process(vm_id) is None:
                 raise OperationFailed(
-                    f"QEMU of VM '{self._label(vm_id)}' exited while the guest booted; "
-                    f"the console said:\n{serial.tail(paths.serial_log)}",
+                    f"QEMU of VM '{self._label(vm_id)}' {_how_it_ended(popen)} while the guest booted; "
+                    f"the console said:\n{serial.tail(paths.serial_log) or '(empty)'}",
                     hint="check the image and the kernel arguments",
                 )
             remaining = deadline - self._loop.time()
@@ -529,10 +536,19 @@ class LocalAgent:
     async def _exec(
         self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None
     ) -> ExecResult:
-        async with self._qga_lock(vm_id):
-            agent = await GuestAgent.open(self._paths(vm_id).qga_sock, vm=self._label(vm_id))
-            async with agent:
-                return await agent.exec(argv, timeout=timeout, stdin=stdin)
+        proc = self._process(vm_id)
+        try:
+            async with self._qga_lock(vm_id):
+                agent = await GuestAgent.open(self._paths(vm_id).qga_sock, vm=self._label(vm_id))
+                async with agent:
+                    return await agent.exec(argv, timeout=timeout, stdin=stdin)
+        except GuestAgentGone as err:
+            # The channel broke: when QEMU went away meanwhile, that is the VM stopping, not
+            # a fault of the command (the watcher records the exit itself).
+            if proc is None or await asyncio.to_thread(process.wait_gone, proc, 2.0):
+                raise Conflict(f"VM '{self._label(vm_id)}' stopped while the command ran: its QEMU exited",
+                               hint=f"start it again (virtpool vm start {self._label(vm_id)}) and retry") from err
+            raise
 
     def adopt_vm(self, vm_id: str, name: str) -> str | None:
         paths = self._paths(vm_id)
@@ -733,6 +749,20 @@ class LocalAgent:
                 figures.update(disk_read_bytes=block["rd_bytes"], disk_written_bytes=block["wr_bytes"],
                                disk_read_ops=block["rd_operations"], disk_write_ops=block["wr_operations"])
         return figures
+
+
+def _how_it_ended(popen: subprocess.Popen[bytes] | None) -> str:
+    """'was killed by signal 9 (SIGKILL)', 'exited with code 1', or 'exited' (not our child)."""
+    code = popen.poll() if popen is not None else None
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"was killed by signal {-code} ({name})"
+    return f"exited with code {code}"
 
 
 def _is_socket(path: Path) -> bool:
