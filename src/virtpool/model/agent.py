@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from virtpool.model.image import ImageInfo
+from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod
 
@@ -32,8 +32,11 @@ class Agent(Protocol):
     def build_image(self, name: str, progress: Progress | None = None) -> tuple[ImageInfo, bool]: ...
 
     def import_image(
-        self, name: str, *, kernel: Path, initrd: Path | None, disk: Path | None, kernel_args: str
-    ) -> ImageInfo: ...
+        self, name: str, *, kernel: Path | None, initrd: Path | None, disk: Path | None,
+        kernel_args: str, firmware: Firmware | None = None,
+    ) -> ImageInfo:
+        """Without a kernel the disk boots through ``firmware`` (default BIOS) on q35."""
+        ...
 
     def delete_image(self, name: str) -> None: ...
 

@@ -39,7 +39,7 @@ from virtpool.model.errors import (
     NotFound,
     OperationFailed,
 )
-from virtpool.model.image import ImageFile, ImageInfo
+from virtpool.model.image import Firmware, ImageFile, ImageInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod
 from virtpool.node import disks, safe_files, serial
@@ -52,6 +52,7 @@ from virtpool.node.qemu.argv import (
     BALLOON_ID,
     DISK_DEVICE_ID,
     DRIVE_ID,
+    OVMF_VARS_TEMPLATE,
     LaunchPlan,
     NicPlan,
     build_argv,
@@ -226,10 +227,12 @@ class LocalAgent:
         return _image_info(manifest), built
 
     def import_image(
-        self, name: str, *, kernel: Path, initrd: Path | None, disk: Path | None, kernel_args: str
+        self, name: str, *, kernel: Path | None, initrd: Path | None, disk: Path | None,
+        kernel_args: str, firmware: Firmware | None = None,
     ) -> ImageInfo:
         manifest = self.images.import_files(
-            name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args, move=True
+            name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args,
+            firmware=firmware, move=True,
         )
         return _image_info(manifest)
 
@@ -267,6 +270,12 @@ class LocalAgent:
                     hint="ask for a smaller --disk or free space on the host",
                 )
             disks.create_blank(paths.disk, disk_mib)
+        if manifest.firmware == "uefi":
+            # The VM's own copy of the UEFI variable store: its boot entries are its own.
+            if not OVMF_VARS_TEMPLATE.is_file():
+                raise OperationFailed(f"image '{image}' boots with UEFI, but {OVMF_VARS_TEMPLATE} is missing",
+                                      hint="install OVMF: scripts/install-system-packages.sh (package ovmf)")
+            shutil.copyfile(OVMF_VARS_TEMPLATE, paths.efi_vars)
 
     def destroy_vm(self, vm_id: str) -> None:
         self.kill_vm(vm_id)
@@ -293,14 +302,16 @@ class LocalAgent:
         manifest = self.images.get(spec.image)
         image_dir = self.images.path(spec.image)
         accel = self._accel if spec.accel == "auto" else accel_mod.detect(spec.accel)[0]
-        kernel = image_dir / manifest.kernel.path
+        kernel = image_dir / manifest.kernel.path if manifest.kernel else None
         return LaunchPlan(
             name=spec.name,
             cpus=spec.cpus,
             memory_mib=spec.boot_memory_mib,
             kernel=kernel,
+            machine="q35" if manifest.machine == "q35" else "microvm",
+            firmware="uefi" if manifest.firmware == "uefi" else ("bios" if manifest.firmware else None),
             initrd=image_dir / manifest.initrd.path if manifest.initrd else None,
-            kernel_is_elf=kernel_kind(kernel) == "elf",
+            kernel_is_elf=kernel is not None and kernel_kind(kernel) == "elf",
             paths=self._paths(vm_id),
             accel=accel,
             nics=(NicPlan(socket=self._paths(vm_id).passt_sock),),
@@ -358,6 +369,8 @@ class LocalAgent:
         paths = self._paths(vm_id)
         users.own_run_dir(paths.root, user)
         users.own_disk(paths.disk, user)
+        if paths.efi_vars.exists():
+            users.own_disk(paths.efi_vars, user)  # OVMF writes its boot entries there
         users.check_reachable(paths.disk, user)
         return user
 
@@ -779,6 +792,8 @@ def _image_info(manifest: Manifest) -> ImageInfo:
     return ImageInfo(
         name=manifest.name,
         kernel=entry(manifest.kernel),
+        machine=manifest.machine,
+        firmware=manifest.firmware,
         initrd=entry(manifest.initrd),
         disk=entry(manifest.disk),
         disk_format=manifest.disk_format,

@@ -183,16 +183,20 @@ class Client:
     def build_status(self, name: str) -> BuildStatus:
         return BuildStatus.model_validate(self._call("GET", f"/images/{name}/build").json())
 
-    def import_image(self, name: str, *, kernel: Path, initrd: Path | None = None,
-                     disk: Path | None = None, kernel_args: str = "") -> ImageInfo:
+    def import_image(self, name: str, *, kernel: Path | None = None, initrd: Path | None = None,
+                     disk: Path | None = None, kernel_args: str = "",
+                     firmware: str | None = None) -> ImageInfo:
+        """Import a kernel (with an optional initramfs and disk), or a disk alone that boots
+        through ``firmware`` ("bios", the default, or "uefi")."""
         files = {"kernel": kernel, "initrd": initrd, "disk": disk}
+        form = {"name": name, "kernel_args": kernel_args, **({"firmware": firmware} if firmware else {})}
         handles: dict[str, BinaryIO] = {}
         try:
             for field, path in files.items():
                 if path is not None:
                     handles[field] = _open_upload(field, path)
             response = self._call(
-                "POST", "/images", data={"name": name, "kernel_args": kernel_args},
+                "POST", "/images", data=form,
                 files={k: (k, h, "application/octet-stream") for k, h in handles.items()},
                 timeout=None,
             )
