@@ -11,7 +11,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from virtpool.cli import output
+from virtpool.cli import output, snapshot
 from virtpool.cli.common import JsonFlag, client
 from virtpool.cli.operation import follow
 from virtpool.model.errors import VirtpoolError
@@ -23,6 +23,7 @@ from virtpool.model.vm import STOPPED_BY, VMInfo, VMStats
 from virtpool.sdk import Client
 
 app = typer.Typer(help="Virtual machines.", no_args_is_help=True)
+app.add_typer(snapshot.app, name="snapshot")
 
 WaitTimeout = Annotated[float, typer.Option("--wait-timeout", help="seconds to wait for the VM to settle")]
 

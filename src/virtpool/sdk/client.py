@@ -22,6 +22,7 @@ from virtpool.model.network import NetworkView
 from virtpool.model.inventory import GroupView, HostView, PoolSettings, RebalanceView
 from virtpool.model.operation import Operation
 from virtpool.model.project import ProjectInfo, QuotaResult
+from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
 from virtpool.model.token import TokenCreated, TokenInfo
@@ -272,6 +273,24 @@ class Client:
 
     def _action(self, name: str, action: str, **params: Any) -> Any:
         return self._call("POST", f"/vms/{name}/{action}", params=params).json()
+
+    def snapshots(self, name: str) -> list[SnapshotInfo]:
+        """The VM's snapshots."""
+        return [SnapshotInfo.model_validate(s) for s in self._call("GET", f"/vms/{name}/snapshots").json()]
+
+    def create_snapshot(self, name: str, snapshot: str, *, memory: bool = False) -> SnapshotInfo:
+        """Snapshot the VM's disk (with ``memory``: its running state too)."""
+        body = {"name": snapshot, "memory": memory}
+        return SnapshotInfo.model_validate(self._call("POST", f"/vms/{name}/snapshots", json=body,
+                                                      timeout=None).json())
+
+    def restore_snapshot(self, name: str, snapshot: str) -> SnapshotInfo:
+        """Put the VM back to ``snapshot`` (stopped; running for a memory snapshot)."""
+        return SnapshotInfo.model_validate(
+            self._call("POST", f"/vms/{name}/snapshots/{snapshot}/restore", timeout=None).json())
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        self._call("DELETE", f"/vms/{name}/snapshots/{snapshot}")
 
     def start_vm(self, name: str) -> Operation:
         """Boot a VM; returns the operation to follow."""
