@@ -46,7 +46,7 @@ def test_stream_delivers_new_events_with_their_project(api_server: Server) -> No
     api.create_vm("streamed")
     event = next_for(found, "streamed")
     assert event.kind == "vm.state" and event.data and event.data["state"] == "stopped"
-    assert event.project_id == "default"
+    assert event.project == "default"
     api.delete_vm("streamed")
     assert next_for(found, "streamed").data["state"] == "deleting"  # type: ignore[index]
 
@@ -63,7 +63,7 @@ def test_stream_filters_by_vm_and_project(api_server: Server) -> None:
         other.create_vm("fc")
         assert only_b.get(timeout=30).vm == "fb"
         event = elsewhere.get(timeout=30)
-        assert (event.vm, event.project_id) == ("fc", "elsewhere")
+        assert (event.vm, event.project) == ("fc", "elsewhere")
         other.delete_vm("fc")
     api.delete_vm("fa")
     api.delete_vm("fb")

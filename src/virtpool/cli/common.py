@@ -8,9 +8,11 @@ from typing import Annotated
 import typer
 
 from virtpool.cli import config
-from virtpool.sdk import Client
+from virtpool.sdk.client import Client
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON, for scripts.")]
+ColumnsOption = Annotated[str | None, typer.Option(
+    "--columns", "-c", help="the columns to show: names (name,state,host) or one-letter keys (nsh)")]
 
 _state: dict[str, Path | None] = {"data_dir": None}
 _project: dict[str, str | None] = {"name": None}

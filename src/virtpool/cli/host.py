@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from virtpool.cli import output
-from virtpool.cli.common import JsonFlag, client
+from virtpool.cli.common import ColumnsOption, JsonFlag, client
 from virtpool.model.errors import VirtpoolError
 from virtpool.model.inventory import HostView
 from virtpool.model.resources import HOST_STATES
@@ -73,33 +73,35 @@ def memory_policy(
 
 # -- the pool's inventory (`host list`, `set-ratio`, `label`, `drain`, `state`) ------------
 
-BAR_WIDTH = 10
 STATE_STYLE = {"up": "green", "draining": "yellow", "maintenance": "cyan", "down": "red"}
 
 
-def bar(allocated: int, capacity: int, text: str) -> str:
-    """``█████░░░░░ 4/8``: allocated of capacity, red from 90 %, yellow from 70 %."""
-    fraction = min(allocated / capacity, 1.0) if capacity > 0 else 0.0
-    filled = round(fraction * BAR_WIDTH)
+def used(allocated: int, capacity: int, text: str) -> str:
+    """``4/8 50%``: allocated of capacity, red from 90 %, yellow from 70 %."""
+    fraction = allocated / capacity if capacity > 0 else 0.0
     style = "red" if fraction >= 0.9 else "yellow" if fraction >= 0.7 else "green"
-    return f"[{style}]{'█' * filled}[/][dim]{'░' * (BAR_WIDTH - filled)}[/] {text}"
+    return f"{text} [{style}]{fraction:.0%}[/]"
 
 
 def _row(h: HostView) -> tuple[str, ...]:
-    name = f"{h.name} [dim](local)[/]" if h.local else h.name
+    name = f"{h.name} (local)" if h.local else h.name
     labels = ",".join(f"{k}={v}" for k, v in sorted(h.labels.items())) or "-"
     return (
         name, f"[{STATE_STYLE.get(h.state, 'white')}]{h.state}[/]",
-        bar(h.cpu.allocated, h.cpu.capacity, f"{h.cpu.allocated}/{h.cpu.capacity}"),
-        bar(h.memory_mib.allocated, h.memory_mib.capacity,
-            f"{format_mib(h.memory_mib.allocated)}/{format_mib(h.memory_mib.capacity)}"),
-        bar(h.disk_mib.allocated, h.disk_mib.capacity,
-            f"{format_mib(h.disk_mib.allocated)}/{format_mib(h.disk_mib.capacity)}"),
-        f"{h.cpu_ratio:g}/{h.memory_ratio:g}/{h.disk_ratio:g}", str(h.vms), labels,
+        used(h.cpus.allocated, h.cpus.capacity, f"{h.cpus.allocated}/{h.cpus.capacity}"),
+        used(h.memory_mib.allocated, h.memory_mib.capacity,
+             f"{format_mib(h.memory_mib.allocated)}/{format_mib(h.memory_mib.capacity)}"),
+        used(h.disk_mib.allocated, h.disk_mib.capacity,
+             f"{format_mib(h.disk_mib.allocated)}/{format_mib(h.disk_mib.capacity)}"),
+        str(h.vms), f"{h.cpu_ratio:g}/{h.memory_ratio:g}/{h.disk_ratio:g}", labels,
     )
 
 
-COLUMNS = ("HOST", "STATE", "VCPUS", "MEMORY", "DISK", "RATIOS CPU/MEM/DISK", "VMS", "LABELS")
+# Figures are never cut (`0M/2410…` told nothing); ratios and labels go first on a narrow terminal.
+COLUMNS = (output.Column("HOST", "n"), output.Column("STATE", "s"), output.Column("VCPUS", "c"),
+           output.Column("MEMORY", "m"), output.Column("DISK", "d", drop=3),
+           output.Column("VMS", "v", drop=2, align="right"),
+           output.Column("RATIOS", "r", drop=4), output.Column("LABELS", "l", drop=5, shrink=True))
 
 
 def _show(host: HostView, json: bool) -> None:
@@ -109,13 +111,23 @@ def _show(host: HostView, json: bool) -> None:
 
 
 @app.command("list")
-def list_(json: JsonFlag = False) -> None:
-    """Every host of the pool: allocated/total per resource (under its ratios), state, labels."""
+def list_(columns: ColumnsOption = None, json: JsonFlag = False) -> None:
+    """Every host of the pool: allocated/total per resource (under its ratios), state, labels.
+
+    Columns (-c): n host, s state, c vcpus, m memory, d disk, v vms, r ratios (CPU/memory/disk),
+    l labels.
+
+    Examples:
+
+        virtpool host list
+
+        virtpool host list -c nsmv
+    """
     with output.errors():
         hosts = client().hosts()
     if json:
         return output.emit_json(hosts)
-    output.table(COLUMNS, [_row(h) for h in hosts])
+    output.table(COLUMNS, [_row(h) for h in hosts], chosen=columns)
 
 
 @app.command("set-ratio")
@@ -209,4 +221,4 @@ def remove(name: str, json: JsonFlag = False) -> None:
         client().remove_host(name)
     if json:
         return output.emit_json({"removed": name})
-    output.out.print(f"host '{name}' removed")
+    output.print_line(f"host '{name}' removed")

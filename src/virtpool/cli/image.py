@@ -72,7 +72,7 @@ def delete(name: str, json: JsonFlag = False) -> None:
         client().delete_image(name)
     if json:
         return output.emit_json({"deleted": name})
-    output.out.print(f"image '{name}' deleted")
+    output.print_line(f"image '{name}' deleted")
 
 
 @app.command("import")
@@ -90,4 +90,4 @@ def import_(
         image = client().import_image(name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args)
     if json:
         return output.emit_json(image)
-    output.out.print(f"image '{image.name}' imported ({image.size / 2**20:.1f} MiB)")
+    output.print_line(f"image '{image.name}' imported ({image.size / 2**20:.1f} MiB)")

@@ -87,7 +87,7 @@ def create(name: str, cpus: Count = None, memory: Size = None, disk: Size = None
         project = client().create_project(name, **quota)
     if json:
         return output.emit_json(project)
-    output.out.print(f"project '{project.name}' created")
+    output.print_line(f"project '{project.name}' created")
     _show(project)
 
 
@@ -98,7 +98,7 @@ def delete(name: str, json: JsonFlag = False) -> None:
         client().delete_project(name)
     if json:
         return output.emit_json({"deleted": name})
-    output.out.print(f"project '{name}' deleted")
+    output.print_line(f"project '{name}' deleted")
 
 
 @quota_app.command("set")
@@ -114,4 +114,4 @@ def quota_set(name: str, cpus: Count = None, memory: Size = None, disk: Size = N
         return output.emit_json(result)
     _show(result.project)
     for note in result.notes:
-        output.err.print(f"[yellow]note:[/] {note}", highlight=False)
+        output.note(f"[yellow]note:[/] {note}")

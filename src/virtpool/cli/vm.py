@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from virtpool.cli import output
-from virtpool.cli.common import JsonFlag, client
+from virtpool.cli.common import ColumnsOption, JsonFlag, client
 from virtpool.cli.operation import follow
 from virtpool.model.errors import VirtpoolError
 from virtpool.model.operation import Operation
@@ -34,7 +34,7 @@ def _report(vm: VMInfo, wanted: VMState, waited: bool, json: bool) -> None:
         output.fail(f"VM '{vm.name}' is {vm.state.value}: {vm.error or 'no details'}",
                     hint=f"see `virtpool vm logs {vm.name}`")
     if not json:
-        output.out.print(f"VM '{vm.name}' is {output.state(vm.state.value)}")
+        output.print_line(f"VM '{vm.name}' is {output.state(vm.state.value)}")
 
 
 def _follow(api: Client, op: Operation, wanted: VMState, wait: bool, timeout: float, json: bool) -> None:
@@ -42,8 +42,7 @@ def _follow(api: Client, op: Operation, wanted: VMState, wait: bool, timeout: fl
     if wait:
         op = follow(api, op, timeout, json)
     elif not json:
-        output.err.print(f"operation {op.id}: follow it with `virtpool operation show {op.id} --wait`",
-                         highlight=False)
+        output.note(f"operation {op.id}: follow it with `virtpool operation show {op.id} --wait`")
     _report(api.vm(op.target or ""), wanted, wait, json)
 
 
@@ -99,23 +98,33 @@ def create(
             return
     if json:
         return output.emit_json(vm)
-    output.out.print(f"VM '{vm.name}' created on host '{vm.host}' ({output.state(vm.state.value)})")
+    output.print_line(f"VM '{vm.name}' created on host '{vm.host}' ({output.state(vm.state.value)})")
 
 
 @app.command("list")
 def list_(all_projects: Annotated[bool, typer.Option(
               "--all-projects", help="every project's VMs (pool admins)")] = False,
+          columns: ColumnsOption = None,
           json: JsonFlag = False) -> None:
-    """The project's VMs."""
-    with output.errors():
-        vms = client().vms(all_projects=all_projects)
-    if json:
-        return output.emit_json(vms)
-    output.table(
-        ["NAME", "PROJECT", "STATE", "CPUS", "MEMORY", "DISK", "IMAGE", "PORTS"],
-        [(v.name, v.project, output.state(v.state.value), v.cpus, format_mib(v.memory_mib),
-          format_mib(v.disk_mib), v.image, ",".join(map(str, v.ports)) or "-") for v in vms],
-    )
+    """The project's VMs, with their address, host and uptime.
+
+    Columns (-c): n name, s state, 4 address, h host, p project, u uptime, c cpus,
+    m memory, d disk, i image, P ports, I id.
+
+    Narrow terminals drop the least important columns first.
+
+    Examples:
+
+        virtpool vm list
+
+        virtpool vm list -c ns4u
+
+        virtpool vm list --json | jq -r '.[].name'
+    """
+    from virtpool.cli import common, fast
+
+    fast.vm_list(all_projects=all_projects, json=json, columns=columns, data_dir=common.data_dir(),
+                 project=common.project())
 
 
 @app.command("show")
@@ -190,7 +199,7 @@ def delete(name: str, force: Annotated[bool, typer.Option("--force", help="stop 
         client().delete_vm(name, force=force)
     if json:
         return output.emit_json({"deleted": name})
-    output.out.print(f"VM '{name}' deleted")
+    output.print_line(f"VM '{name}' deleted")
 
 
 @app.command("resize")
@@ -230,7 +239,7 @@ def resize(
         f"weight {vm.cpu_weight}, disk {format_mib(vm.disk_mib)}"
         f" ({vm.disk_iops or 'unlimited'} IOPS, {vm.disk_bps or 'unlimited'} B/s)", highlight=False)
     for note in result.notes:
-        output.out.print(f"note: {note}", style="yellow", highlight=False)
+        output.note(f"[yellow]note:[/] {note}")
 
 
 def stats_rows(stats: list[VMStats]) -> list[tuple[object, ...]]:
@@ -253,6 +262,13 @@ def stats(name: str, watch: Annotated[bool, typer.Option("--watch", help="refres
     """CPU, memory, disk use of a VM (network: not counted by user-mode networking)."""
     with output.errors():
         api = client()
+        if json and watch:  # a stream: JSON Lines, one object a second
+            try:
+                while True:
+                    output.emit_jsonl(api.vm_stats(name))
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                return
         if json:
             return output.emit_json(api.vm_stats(name))
         live_table(lambda: [api.vm_stats(name)], watch)

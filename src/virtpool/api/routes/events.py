@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -57,7 +58,7 @@ def stream_events(
 
 def _matches(event: Event, kind: str | None, vm: str | None, project: str | None) -> bool:
     return ((kind is None or event.kind.startswith(kind)) and (vm is None or event.vm == vm)
-            and (project is None or event.project_id == project))
+            and (project is None or event.project == project))
 
 
 async def _follow(pool: Pool, secret: str | None, after: int, kind: str | None, vm: str | None,
@@ -81,7 +82,11 @@ async def _follow(pool: Pool, secret: str | None, after: int, kind: str | None, 
             if loop.time() - checked >= RECHECK_S:
                 try:
                     await asyncio.to_thread(pool.tokens.authenticate, secret)
-                except Unauthorized:
+                except Unauthorized as err:
+                    # Said in the stream, so that a client tells "refused" from "server gone".
+                    yield ServerSentEvent(json.dumps({"status": err.status, "title": err.title,
+                                                      "detail": err.message, "hint": err.hint,
+                                                      "error": "Unauthorized"}), event="problem")
                     return
                 checked = loop.time()
             # Cleared before reading: an event committed after the read sets it again.
