@@ -51,7 +51,7 @@ from virtpool.node.qemu.argv import (
     build_argv,
 )
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
-from virtpool.node.sandbox import cgroups, users
+from virtpool.node.sandbox import cgroups, uid_ranges, users
 from virtpool.node.vmdir import VMPaths
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,11 @@ class LocalAgent:
         self._procs: dict[str, psutil.Process] = {}
         self._popens: dict[int, subprocess.Popen[bytes]] = {}  # QEMUs we started, by pid
         # VM users (0711 dirs) pass through the data dir to their own run dir and the images.
+        # Their uids come from a range no other agent on this host uses, held for our life.
+        self._uids: uid_ranges.UidRangeClaim | None = None
         if users.running_as_root():
             os.chmod(self.vms_dir, 0o711)
+            self._uids = uid_ranges.claim(data_dir)
         self._cgroups = users.running_as_root() and cgroups.available()
         if self._cgroups:
             cgroups.cleanup_orphans(self.vm_ids())
@@ -153,6 +156,8 @@ class LocalAgent:
             self._thread.join(timeout=5)
             if not self._thread.is_alive():
                 self._loop.close()
+            if self._uids is not None:
+                self._uids.release()
 
     # -- host -----------------------------------------------------------------------------
 
@@ -310,9 +315,9 @@ class LocalAgent:
 
     def _confine_files(self, vm_id: str, slot: int) -> dict[str, Any]:
         """As root: give the VM's run dir and disk to its own user; Popen arguments to run as it."""
-        if not users.running_as_root():
+        if self._uids is None:
             return {}
-        user = users.vm_user(slot)
+        user = self._uids.range.user(slot)
         users.check_unclaimed(user)
         paths = self._paths(vm_id)
         users.own_run_dir(paths.root, user)
