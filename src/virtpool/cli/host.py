@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from virtpool.cli import output
-from virtpool.cli.common import ColumnsOption, JsonFlag, client
+from virtpool.cli.common import ColumnsOption, HostName, JsonFlag, client
 from virtpool.model.errors import VirtpoolError
 from virtpool.model.inventory import HostView
 from virtpool.model.resources import HOST_STATES
@@ -132,7 +132,7 @@ def list_(columns: ColumnsOption = None, json: JsonFlag = False) -> None:
 
 @app.command("set-ratio")
 def set_ratio(
-    name: str,
+    name: HostName,
     cpu: Annotated[float | None, typer.Option("--cpu", help="vCPUs per logical CPU, e.g. 4")] = None,
     memory: Annotated[float | None, typer.Option("--memory", help="above 1.0 needs ballooning")] = None,
     disk: Annotated[float | None, typer.Option("--disk", help="disk overcommit")] = None,
@@ -147,7 +147,7 @@ def set_ratio(
 
 @app.command("label")
 def label(
-    name: str,
+    name: HostName,
     labels: Annotated[list[str] | None, typer.Argument(help="key=value pairs to set")] = None,
     remove: Annotated[list[str] | None, typer.Option("--remove", help="a key to remove; repeat")] = None,
     json: JsonFlag = False,
@@ -171,7 +171,7 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 
 
 @app.command("drain")
-def drain(name: str, json: JsonFlag = False) -> None:
+def drain(name: HostName, json: JsonFlag = False) -> None:
     """Take no new VMs on a host (its VMs stay); `host state NAME up` undoes it."""
     with output.errors():
         host = client().set_host_state(name, "draining")
@@ -180,7 +180,7 @@ def drain(name: str, json: JsonFlag = False) -> None:
 
 @app.command("state")
 def state(
-    name: str,
+    name: HostName,
     new: Annotated[str, typer.Argument(metavar="STATE", help=" | ".join(HOST_STATES))],
     json: JsonFlag = False,
 ) -> None:
@@ -215,7 +215,7 @@ def add(
 
 
 @app.command("remove")
-def remove(name: str, json: JsonFlag = False) -> None:
+def remove(name: HostName, json: JsonFlag = False) -> None:
     """Remove an inventory row that holds no VM (admin)."""
     with output.errors():
         client().remove_host(name)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from virtpool.cli import output
-from virtpool.cli.common import JsonFlag, client
+from virtpool.cli.common import ImageName, JsonFlag, client
 from virtpool.cli.operation import follow
 
 app = typer.Typer(help="Guest images: build, import, list, delete.", no_args_is_help=True)
@@ -50,7 +50,7 @@ def list_(json: JsonFlag = False) -> None:
 
 
 @app.command("show")
-def show(name: str, json: JsonFlag = False) -> None:
+def show(name: ImageName, json: JsonFlag = False) -> None:
     """One image: its files and their checksums."""
     with output.errors():
         image = client().image(name)
@@ -66,7 +66,7 @@ def show(name: str, json: JsonFlag = False) -> None:
 
 
 @app.command("delete")
-def delete(name: str, json: JsonFlag = False) -> None:
+def delete(name: ImageName, json: JsonFlag = False) -> None:
     """Delete an image no VM uses."""
     with output.errors():
         client().delete_image(name)

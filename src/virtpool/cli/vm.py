@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from virtpool.cli import output
-from virtpool.cli.common import ColumnsOption, JsonFlag, client
+from virtpool.cli.common import ColumnsOption, JsonFlag, VMName, client
 from virtpool.cli.operation import follow
 from virtpool.model.errors import VirtpoolError
 from virtpool.model.operation import Operation
@@ -48,7 +48,7 @@ def _follow(api: Client, op: Operation, wanted: VMState, wait: bool, timeout: fl
 
 @app.command("create")
 def create(
-    name: str,
+    name: Annotated[str, typer.Argument(help="the new VM's name", show_default=False)],
     image: Annotated[str, typer.Option(help="image name (`virtpool image list`)")] = "default",
     cpus: Annotated[int, typer.Option(help="vCPUs")] = 1,
     memory: Annotated[str, typer.Option(help="e.g. 256M, 2G")] = "256M",
@@ -128,7 +128,7 @@ def list_(all_projects: Annotated[bool, typer.Option(
 
 
 @app.command("show")
-def show(name: str, json: JsonFlag = False) -> None:
+def show(name: VMName, json: JsonFlag = False) -> None:
     """One VM."""
     with output.errors():
         vm = client().vm(name)
@@ -156,27 +156,27 @@ StopTimeout = Annotated[float, typer.Option("--timeout", help="seconds for a gra
 
 
 @app.command("start")
-def start(name: str, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
+def start(name: VMName, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
     """Boot a VM; waits until its guest agent answers."""
     _action(name, "start", VMState.RUNNING, wait, wait_timeout, json)
 
 
 @app.command("stop")
-def stop(name: str, timeout: StopTimeout = 30.0, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0,
+def stop(name: VMName, timeout: StopTimeout = 30.0, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0,
          json: JsonFlag = False) -> None:
     """Shut a VM down: gracefully through its guest agent or ACPI, then hard after --timeout."""
     _action(name, "stop", VMState.STOPPED, wait, wait_timeout, json, timeout=timeout)
 
 
 @app.command("restart")
-def restart(name: str, timeout: StopTimeout = 30.0, wait: NoWait = True,
+def restart(name: VMName, timeout: StopTimeout = 30.0, wait: NoWait = True,
             wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
     """Stop and boot again."""
     _action(name, "restart", VMState.RUNNING, wait, wait_timeout, json, timeout=timeout)
 
 
 @app.command("pause")
-def pause(name: str, json: JsonFlag = False) -> None:
+def pause(name: VMName, json: JsonFlag = False) -> None:
     """Freeze a VM's vCPUs (memory is kept)."""
     with output.errors():
         vm = client().pause_vm(name)
@@ -184,7 +184,7 @@ def pause(name: str, json: JsonFlag = False) -> None:
 
 
 @app.command("resume")
-def resume(name: str, json: JsonFlag = False) -> None:
+def resume(name: VMName, json: JsonFlag = False) -> None:
     """Continue a paused VM."""
     with output.errors():
         vm = client().resume_vm(name)
@@ -192,7 +192,7 @@ def resume(name: str, json: JsonFlag = False) -> None:
 
 
 @app.command("delete")
-def delete(name: str, force: Annotated[bool, typer.Option("--force", help="stop it hard first if it runs")] = False,
+def delete(name: VMName, force: Annotated[bool, typer.Option("--force", help="stop it hard first if it runs")] = False,
            json: JsonFlag = False) -> None:
     """Delete a VM and its disk."""
     with output.errors():
@@ -204,7 +204,7 @@ def delete(name: str, force: Annotated[bool, typer.Option("--force", help="stop 
 
 @app.command("resize")
 def resize(
-    name: str,
+    name: VMName,
     memory: Annotated[str | None, typer.Option(help="memory via the balloon, up to --max-memory")] = None,
     max_memory: Annotated[str | None, typer.Option(help="ceiling (VM stopped only)")] = None,
     cpus: Annotated[int | None, typer.Option(help="vCPUs, from the next boot")] = None,
@@ -257,7 +257,7 @@ STATS_COLUMNS = ["NAME", "STATE", "CPU", "MEMORY", "GUEST FREE", "QEMU RSS", "DI
 
 
 @app.command("stats")
-def stats(name: str, watch: Annotated[bool, typer.Option("--watch", help="refresh every second")] = False,
+def stats(name: VMName, watch: Annotated[bool, typer.Option("--watch", help="refresh every second")] = False,
           json: JsonFlag = False) -> None:
     """CPU, memory, disk use of a VM (network: not counted by user-mode networking)."""
     with output.errors():
@@ -298,7 +298,7 @@ def live_table(fetch: Callable[[], list[VMStats]], watch: bool) -> None:
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})
 def exec_(
-    name: str,
+    name: VMName,
     command: Annotated[list[str], typer.Argument(help="the command and its arguments, after --")],
     timeout: Annotated[float, typer.Option(help="seconds before giving up on the command")] = 60.0,
     stdin: Annotated[bool, typer.Option("--stdin", help="send this program's stdin to the command")] = False,
@@ -323,7 +323,7 @@ def exec_(
 
 
 @app.command("logs")
-def logs(name: str, follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new output")] = False,
+def logs(name: VMName, follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new output")] = False,
          json: JsonFlag = False) -> None:
     """The VM's serial console output."""
     with output.errors():
@@ -344,7 +344,7 @@ def logs(name: str, follow: Annotated[bool, typer.Option("--follow", "-f", help=
 
 
 @app.command("console")
-def console(name: str) -> None:
+def console(name: VMName) -> None:
     """Attach to the serial console. Ctrl-] detaches."""
     from virtpool.cli.console import attach
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import case, delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
@@ -151,7 +151,7 @@ class VMService:
             result = session.execute(
                 update(VMRow)
                 .where(VMRow.id == vm_id, VMRow.state.in_([s.value for s in allowed]))
-                .values(state=new.value, error=error, updated_at=utcnow())
+                .values(state=new.value, error=error, updated_at=utcnow(), started_at=_started_at(new))
             )
             changed = result.rowcount == 1
         if changed:
@@ -571,6 +571,19 @@ def _held(row: VMRow) -> Resources:
     return Resources(row.cpus, row.max_memory_mib, row.disk_mib)
 
 
+# States in which the VM has no uptime; in the others (paused, stopping) it keeps its start time.
+NOT_RUNNING = frozenset({S.STOPPED, S.CRASHED, S.ERROR, S.CREATING, S.STARTING})
+
+
+def _started_at(new: VMState) -> object:
+    """``started_at`` for a move to ``new``: now on reaching RUNNING (unless resumed from a pause)."""
+    if new == S.RUNNING:
+        return case((VMRow.state == S.PAUSED.value, VMRow.started_at), else_=utcnow())
+    if new in NOT_RUNNING:
+        return None
+    return VMRow.started_at
+
+
 def _info(row: VMRow) -> VMInfo:
     return VMInfo(
         id=row.id, name=row.name, project=row.project_id, image=row.image, cpus=row.cpus, memory_mib=row.memory_mib,
@@ -580,6 +593,8 @@ def _info(row: VMRow) -> VMInfo:
         cpu_cap_pct=row.cpu_cap_pct, cpu_weight=row.cpu_weight, disk_iops=row.disk_iops,
         disk_bps=row.disk_bps, cpu_affinity=row.cpu_affinity, state=S(row.state), error=row.error,
         host=row.host, created_at=row.created_at, updated_at=row.updated_at,
+        started_at=row.started_at,
+        address=f"127.0.0.1:{row.ports[0].host_port}" if row.ports else None,
     )
 
 

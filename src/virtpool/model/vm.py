@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from virtpool.model.spec import PortForward
 from virtpool.model.states import VMState
@@ -32,6 +32,10 @@ class VMInfo(BaseModel):
     host: str
     created_at: datetime
     updated_at: datetime
+    started_at: datetime | None = Field(default=None, description="when it last began running "
+                                        "(kept across a pause); null while it is not running")
+    address: str | None = Field(default=None, description="where to reach it: its first NIC's IP "
+                                "address, or 127.0.0.1:PORT of its first port forward")
 
 
 class ResizeResult(BaseModel):

@@ -181,6 +181,8 @@ class VMRow(Base):
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), default=utcnow, onupdate=utcnow
     )
+    # When it last began running (kept across pause and resume); NULL while it does not run.
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     ports: Mapped[list[PortRow]] = relationship(
         back_populates="vm", cascade="all, delete-orphan", lazy="selectin", order_by="PortRow.host_port"
