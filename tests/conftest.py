@@ -105,9 +105,12 @@ class Server:
         """Run the `virtpool` command against this server, as a user would (with ``token``
         instead of the admin token when given)."""
         env = {**self.env, "VIRTPOOL_TOKEN": token} if token else self.env
+        # No input: /dev/null, as from a cron job (never the test runner's own stdin, which
+        # `vm exec` would read and send to the guest).
         return subprocess.run(
             [VIRTPOOL, *args], env=env, capture_output=True, text=True, timeout=timeout,
             input=input.decode() if input is not None else None,
+            stdin=subprocess.DEVNULL if input is None else None,
         )
 
     def api(self) -> Client:

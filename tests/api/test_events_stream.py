@@ -133,11 +133,10 @@ def test_cli_follow_prints_events_as_they_happen(api_server: Server) -> None:
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or []], daemon=True).start()
         api_server.api().create_vm("followed")
-        buffer = [lines.get(timeout=30)]
-        while buffer[-1] != "}\n":  # one event's JSON ends with an unindented brace
-            buffer.append(lines.get(timeout=30))
-        event = json.loads("".join(buffer))
-        assert event["vm"] == "followed" and event["data"]["state"] == "stopped"
+        event = json.loads(lines.get(timeout=30))  # JSON Lines: one event, one line
+        while event["data"]["state"] != "stopped":
+            event = json.loads(lines.get(timeout=30))
+        assert event["vm"] == "followed" and event["project"] == "default"
     finally:
         proc.terminate()
         proc.wait(timeout=30)

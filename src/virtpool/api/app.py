@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from virtpool import __version__
-from virtpool.api import audit, problems
+from virtpool.api import audit, docs, problems
 from virtpool.api.app_prefix import API_PREFIX
 from virtpool.api.limits import BodyLimit
 from virtpool.api.routes import audit as audit_routes
@@ -28,7 +28,9 @@ def create_app(pool: Pool) -> FastAPI:
     app = FastAPI(
         title="virtpool",
         version=__version__,
-        description="Pool the CPU, memory and disk of Linux hosts into QEMU virtual machines.",
+        description="Pool the CPU, memory and disk of Linux hosts into QEMU virtual machines. "
+                    "Every call but /healthz needs `Authorization: Bearer <token>` (Authorize).",
+        docs_url=None, redoc_url=None, generate_unique_id_function=docs.operation_id,
     )
     app.state.pool = pool
     problems.install(app)
@@ -38,4 +40,5 @@ def create_app(pool: Pool) -> FastAPI:
     for module in (host, images, vms, operations, events, audit_routes, projects, tokens, hosts, groups,
                    pool_routes):
         app.include_router(module.router, prefix=API_PREFIX)
+    docs.install(app, API_PREFIX)
     return app

@@ -138,9 +138,34 @@ def exit_code_for(status: int) -> int:
     return EXIT_SERVER if status >= 500 else EXIT_REFUSED
 
 
+_BOUND = re.compile(r"Input should be (greater|less) than( or equal to)? (-?[\d.]+)")
+
+
+def in_flags(problem: dict[str, Any], flags: dict[str, str]) -> str | None:
+    """A 422's field errors said with the CLI's flags (``memory_mib`` -> ``--memory``), or None
+    when a field has no flag here."""
+    said = []
+    for item in problem.get("errors") or []:
+        field = str(item.get("field", ""))
+        flag = flags.get(field)
+        if flag is None:
+            return None
+        message = str(item.get("message", ""))
+        bound = _BOUND.fullmatch(message)
+        if bound:
+            word = {("greater", True): "at least", ("less", True): "at most",
+                    ("greater", False): "more than", ("less", False): "less than"}[
+                        (bound.group(1), bool(bound.group(2)))]
+            unit = " MiB" if field.endswith("_mib") else ""
+            message = f"must be {word} {bound.group(3)}{unit}"
+        said.append(f"{flag} {message}")
+    return "; ".join(said) or None
+
+
 @contextmanager
-def errors() -> Iterator[None]:
-    """Turn API, configuration and input errors into a message and the exit code they mean."""
+def errors(flags: dict[str, str] | None = None) -> Iterator[None]:
+    """Turn API, configuration and input errors into a message and the exit code they mean.
+    ``flags`` maps API fields to this command's flags, so that a refusal names what the user typed."""
     from virtpool.cli.config import ConfigError
     from virtpool.model.errors import VirtpoolError
     from virtpool.sdk.errors import APIError
@@ -148,8 +173,8 @@ def errors() -> Iterator[None]:
     try:
         yield
     except APIError as e:
-        fail(e.detail or e.title, exit_code_for(e.status), e.hint, status=e.status or None, title=e.title,
-             error=e.error)
+        detail = (in_flags(e.body, flags) if flags and e.status == 422 else None) or e.detail or e.title
+        fail(detail, exit_code_for(e.status), e.hint, status=e.status or None, title=e.title, error=e.error)
     except ConfigError as e:
         fail(str(e), EXIT_UNREACHABLE, title="not configured", error="ConfigError")
     except VirtpoolError as e:
@@ -341,10 +366,11 @@ def fields(pairs: Sequence[tuple[str, Any]]) -> None:
     sys.stdout.flush()
 
 
-def print_line(text: str = "", *, stderr: bool = False) -> None:
-    """A message (markup allowed), wrapped to the terminal, never inside a `command`."""
+def print_line(text: str = "", *, stderr: bool = False, wrapped: bool = True) -> None:
+    """A message (markup allowed), wrapped to the terminal (unless not ``wrapped``: a log line),
+    never inside a `command`."""
     stream = sys.stderr if stderr else sys.stdout
-    lines = [wrap(line, width()) if len(plain(line)) > width() else line for line in text.split("\n")]
+    lines = [wrap(line, width()) if wrapped and len(plain(line)) > width() else line for line in text.split("\n")]
     stream.write(_render("\n".join(lines), _colour(stream)) + "\n")
     stream.flush()
 

@@ -28,7 +28,7 @@ def server(
         host_, port = parse_listen(listen)
         serve(ServeOptions(data_dir=data_dir or common.data_dir(), host=host_, port=port, db_url=db,
                            control_only=True),
-              announce=output.print_line)
+              announce=lambda line: output.print_line(line, wrapped=False))
     except VirtpoolError as err:
         output.fail(err.message, hint=err.hint)
     except OSError as err:
@@ -70,7 +70,7 @@ def up(
                                accel=accel, db_url=db, build_default_image=build,
                                boot_timeout=boot_timeout, log_cap_bytes=log_cap_bytes,
                                memory=memory)  # type: ignore[arg-type]
-        serve(options, announce=output.print_line)
+        serve(options, announce=lambda line: output.print_line(line, wrapped=False))
     except VirtpoolError as err:
         output.fail(err.message, hint=err.hint)
     except ValidationError as err:

@@ -27,6 +27,15 @@ app = typer.Typer(help="Virtual machines.", no_args_is_help=True)
 WaitTimeout = Annotated[float, typer.Option("--wait-timeout", help="seconds to wait for the VM to settle")]
 
 
+# API fields -> the flags of `vm create` and `vm resize`, so that a refusal names what was typed.
+VM_FLAGS = {"name": "NAME", "image": "--image", "cpus": "--cpus", "memory_mib": "--memory",
+            "disk_mib": "--disk", "kernel_args": "--kernel-args", "accel": "--accel",
+            "max_memory_mib": "--max-memory", "cpu_cap_pct": "--cpu-cap", "cpu_weight": "--cpu-weight",
+            "disk_iops": "--disk-iops", "disk_bps": "--disk-bps", "cpu_affinity": "--cpu-affinity",
+            "group": "--group", "required_labels": "--require-label", "weigher": "--weigher",
+            "ports": "--port"}
+
+
 def _report(vm: VMInfo, wanted: VMState, waited: bool, json: bool) -> None:
     if json:
         output.emit_json(vm)
@@ -72,10 +81,17 @@ def create(
     wait_timeout: WaitTimeout = 180.0,
     json: JsonFlag = False,
 ) -> None:
-    """Create a VM (and with --start, boot it) on the host the scheduler picks."""
+    """Create a VM (and with --start, boot it) on the host the scheduler picks.
+
+    Examples:
+
+        virtpool vm create web --memory 512M --disk 2G --port 8080:80 --start --wait
+
+        virtpool vm create db --memory 1G --max-memory 2G --cpu-cap 150 --group web
+    """
     from virtpool.cli.host import parse_labels
 
-    with output.errors():
+    with output.errors(VM_FLAGS):
         try:
             memory_mib = parse_size_mib(memory, what="memory")
             disk_mib = parse_size_mib(disk, what="disk size")
@@ -144,7 +160,7 @@ def show(name: VMName, json: JsonFlag = False) -> None:
 
 
 def _action(name: str, action: str, wanted: VMState, wait: bool, wait_timeout: float,
-            json: bool, **params: float) -> None:
+            json: bool, **params: float | bool) -> None:
     with output.errors():
         api = client()
         op = getattr(api, f"{action}_vm")(name, **params)
@@ -162,10 +178,18 @@ def start(name: VMName, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0, 
 
 
 @app.command("stop")
-def stop(name: VMName, timeout: StopTimeout = 30.0, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0,
-         json: JsonFlag = False) -> None:
-    """Shut a VM down: gracefully through its guest agent or ACPI, then hard after --timeout."""
-    _action(name, "stop", VMState.STOPPED, wait, wait_timeout, json, timeout=timeout)
+def stop(name: VMName, timeout: StopTimeout = 30.0,
+         force: Annotated[bool, typer.Option("--force", help="stop it hard at once (as pulling the plug)")] = False,
+         wait: NoWait = True, wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
+    """Shut a VM down: gracefully through its guest agent or ACPI, then hard after --timeout.
+
+    Examples:
+
+        virtpool vm stop web
+
+        virtpool vm stop web --force
+    """
+    _action(name, "stop", VMState.STOPPED, wait, wait_timeout, json, timeout=timeout, force=force)
 
 
 @app.command("restart")
@@ -216,8 +240,15 @@ def resize(
     cpu_affinity: Annotated[str | None, typer.Option(help="host CPUs to run on, e.g. 0,2-3; 'any' clears")] = None,
     json: JsonFlag = False,
 ) -> None:
-    """Change a VM's resources, live where the hypervisor allows it."""
-    with output.errors():
+    """Change a VM's resources, live where the hypervisor allows it.
+
+    Examples:
+
+        virtpool vm resize db --memory 768M
+
+        virtpool vm resize db --cpu-cap 50 --disk-bps 20M
+    """
+    with output.errors({**VM_FLAGS, "disk_mib": "--disk-size"}):
         try:
             changes: dict[str, int | None] = {
                 "memory_mib": parse_size_mib(memory, what="memory") if memory else None,
@@ -296,20 +327,32 @@ def live_table(fetch: Callable[[], list[VMStats]], watch: bool) -> None:
         pass
 
 
-@app.command("exec", context_settings={"allow_interspersed_args": False})
+@app.command("exec")
 def exec_(
     name: VMName,
-    command: Annotated[list[str], typer.Argument(help="the command and its arguments, after --")],
-    timeout: Annotated[float, typer.Option(help="seconds before giving up on the command")] = 60.0,
-    stdin: Annotated[bool, typer.Option("--stdin", help="send this program's stdin to the command")] = False,
+    command: Annotated[list[str], typer.Argument(help="the command and its arguments, after --",
+                                                 show_default=False)],
+    timeout: Annotated[float, typer.Option(help="seconds before the command is killed (exit 5)")] = 60.0,
     json: JsonFlag = False,
 ) -> None:
-    """Run a command in the guest; print its output and exit with its exit code."""
-    if command and command[0] == "--":
-        command = command[1:]
+    """Run a command in the guest; print its output and exit with its exit code.
+
+    Everything before -- is for virtpool, everything after it is the command. Input piped
+    into virtpool goes to the command's stdin. A command still running after --timeout is
+    killed in the guest and virtpool exits 5.
+
+    Examples:
+
+        virtpool vm exec web -- uname -a
+
+        virtpool vm exec web --timeout 5 -- sleep 10
+
+        echo hello | virtpool vm exec web -- cat
+    """
     if not command:
-        output.fail("no command given", hint=f"e.g. virtpool vm exec {name} -- uname -a")
-    data = sys.stdin.buffer.read() if stdin else None
+        output.usage_error("no command given", hint=f"e.g. `virtpool vm exec {name} -- uname -a`")
+    # A terminal is not input: only a pipe or a file is sent (as `docker exec -i` would).
+    data = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     with output.errors():
         result = client().exec(name, command, timeout=timeout, stdin=data)
     if json:

@@ -35,6 +35,7 @@ from virtpool.model.errors import (
     InsufficientResources,
     InvalidRequest,
     NotFound,
+    StateError,
     VirtpoolError,
 )
 from virtpool.model.project import Usage
@@ -199,6 +200,7 @@ class VMService:
         """Validate, place, record (within the project's quota), make the disk; on any failure
         nothing is left behind."""
         self._agent.get_image(spec.image)
+        self._check_name_free(spec.name, project_id)
         self._check_fits_host(spec)
         self._check_ports(spec.ports, vm_id=None, project_id=project_id)
         vm_id = uuid.uuid4().hex
@@ -222,6 +224,13 @@ class VMService:
                 self.delete(vm_id, force=True)
                 raise
         return self.get(vm_id)
+
+    def _check_name_free(self, name: str, project_id: str) -> None:
+        """A taken name is said first, before placement can say that no host fits (the row's
+        unique index still decides between two creates racing for one name)."""
+        with self._sessions() as session:
+            if session.scalar(select(VMRow.id).where(VMRow.name == name, VMRow.project_id == project_id)):
+                raise Conflict(f"a VM named '{name}' exists", hint="pick another name")
 
     def _insert(self, vm_id: str, spec: VMSpec, project_id: str) -> str:
         """Charge the quota, claim a host, write the row; return the host."""
@@ -374,14 +383,19 @@ class VMService:
             return
         self._transition(vm.id, [S.STARTING], S.RUNNING)
 
-    def stop(self, ref: str, *, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> VMInfo:
+    def stop(self, ref: str, *, timeout: float = DEFAULT_STOP_TIMEOUT_S, force: bool = False) -> VMInfo:
+        """Shut down gracefully, hard after ``timeout``; with ``force``, hard at once."""
         vm = self._claim(ref, "stop", S.STOPPING)
-        self._pool.submit(self._shutdown, vm, timeout)
+        self._pool.submit(self._shutdown, vm, timeout, force=force)
         return vm
 
-    def _shutdown(self, vm: VMInfo, timeout: float, then: Callable[[], None] | None = None) -> None:
+    def _shutdown(self, vm: VMInfo, timeout: float, then: Callable[[], None] | None = None, *,
+                  force: bool = False) -> None:
         try:
-            self._agent.stop_vm(vm.id, timeout)
+            if force:
+                self._agent.kill_vm(vm.id)
+            else:
+                self._agent.stop_vm(vm.id, timeout)
         except Exception:
             log.exception("graceful stop of VM %s failed; stopping it hard", vm.name)
             self._agent.kill_vm(vm.id)
@@ -486,7 +500,14 @@ class VMService:
     # -- delete ---------------------------------------------------------------------------
 
     def delete(self, ref: str, *, force: bool = False) -> None:
-        vm = self._claim(ref, "force-delete" if force else "delete", S.DELETING)
+        try:
+            vm = self._claim(ref, "force-delete" if force else "delete", S.DELETING)
+        except StateError as err:
+            if force or err.actual == S.DELETING.value:
+                raise
+            raise StateError(err.vm, err.actual, err.action, err.allowed).with_hint(
+                f"stop it first (`virtpool vm stop {err.vm}`), or delete it with --force "
+                "(API: force=true), which stops it hard") from err
         if vm.host == self.local_host:
             self._agent.destroy_vm(vm.id)
         self._remove_row(vm.id)

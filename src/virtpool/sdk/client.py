@@ -56,7 +56,8 @@ class Client:
 
     def __init__(self, url: str, token: str, *, project: str | None = None, timeout: float = 60.0,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self.url = url.rstrip("/")
+        # The URL `virtpool up` prints for the API (…/api/v1) names the same server.
+        self.url = url.rstrip("/").removesuffix("/api/v1")
         self.token = token
         self.project = project
         self.timeout = timeout
@@ -109,6 +110,10 @@ class Client:
         return response
 
     # -- host and images ------------------------------------------------------------------
+
+    def version(self) -> str:
+        """The server's version."""
+        return str(self._call("GET", "/version").json()["version"])
 
     def host(self) -> HostInfo:
         return HostInfo.model_validate(self._call("GET", "/host").json())
@@ -271,9 +276,10 @@ class Client:
         """Boot a VM; returns the operation to follow."""
         return Operation.model_validate(self._action(name, "start"))
 
-    def stop_vm(self, name: str, timeout: float = 30.0) -> Operation:
-        """Shut a VM down (hard after ``timeout`` seconds); returns the operation to follow."""
-        return Operation.model_validate(self._action(name, "stop", timeout=timeout))
+    def stop_vm(self, name: str, timeout: float = 30.0, *, force: bool = False) -> Operation:
+        """Shut a VM down (hard after ``timeout`` seconds, or at once with ``force``); returns
+        the operation to follow."""
+        return Operation.model_validate(self._action(name, "stop", timeout=timeout, force=force))
 
     def restart_vm(self, name: str, timeout: float = 30.0) -> Operation:
         return Operation.model_validate(self._action(name, "restart", timeout=timeout))

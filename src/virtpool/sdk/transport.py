@@ -40,12 +40,25 @@ def _parse_links(header: str) -> dict[str, dict[str, str]]:
     return links
 
 
+class Headers(dict[str, str]):
+    """Response headers, looked up case-insensitively (keys are stored lower-case)."""
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key.lower() if isinstance(key, str) else key)
+
+
 class Response:
     """An answer: its status, headers (keys lower-case) and body, with httpx's names."""
 
     __slots__ = ("content", "headers", "reason_phrase", "status_code")
 
-    def __init__(self, status_code: int, reason_phrase: str, headers: dict[str, str], content: bytes) -> None:
+    def __init__(self, status_code: int, reason_phrase: str, headers: Headers, content: bytes) -> None:
         self.status_code = status_code
         self.reason_phrase = reason_phrase
         self.headers = headers
@@ -165,5 +178,5 @@ class StdlibTransport:
             if answer.will_close:
                 self.close()
             return Response(answer.status, answer.reason,
-                            {k.lower(): v for k, v in answer.getheaders()}, content)
+                            Headers((k.lower(), v) for k, v in answer.getheaders()), content)
         raise TransportError("no answer")  # not reached: the loop returns or raises
