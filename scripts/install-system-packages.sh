@@ -9,6 +9,7 @@ PACKAGES=(
   qemu-system-x86   # the hypervisor (microvm machine type)
   qemu-utils        # qemu-img: disk creation and inspection
   qemu-guest-agent  # its shared libraries are resolved with ldd when the image is built
+  e2fsprogs         # likewise for mke2fs and resize2fs, which the guest formats its root disk with
   busybox-static    # the guest's userland
   cpio              # packs the initramfs
   lz4               # unpacks the kernel's LZ4 payload into an ELF vmlinux

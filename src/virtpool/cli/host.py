@@ -10,7 +10,7 @@ from virtpool.cli import output
 from virtpool.cli.common import ColumnsOption, HostName, JsonFlag, client
 from virtpool.model.errors import VirtpoolError
 from virtpool.model.inventory import HostView
-from virtpool.model.resources import HOST_STATES
+from virtpool.model.resources import ADMIN_HOST_STATES
 from virtpool.model.units import format_mib, parse_size_mib
 
 app = typer.Typer(help="The pool's hosts: capacity, allocation, ratios, labels, states.",
@@ -181,12 +181,12 @@ def drain(name: HostName, json: JsonFlag = False) -> None:
 @app.command("state")
 def state(
     name: HostName,
-    new: Annotated[str, typer.Argument(metavar="STATE", help=" | ".join(HOST_STATES))],
+    new: Annotated[str, typer.Argument(metavar="STATE", help=" | ".join(ADMIN_HOST_STATES))],
     json: JsonFlag = False,
 ) -> None:
     """Set a host's state: up takes new VMs; draining, maintenance and down take none."""
-    if new not in HOST_STATES:
-        output.fail(f"unknown host state '{new}'", hint=f"one of: {', '.join(HOST_STATES)}")
+    if new not in ADMIN_HOST_STATES:
+        output.fail(f"unknown host state '{new}'", hint=f"one of: {', '.join(ADMIN_HOST_STATES)}")
     with output.errors():
         host = client().set_host_state(name, new)
     _show(host, json)

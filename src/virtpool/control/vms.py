@@ -550,6 +550,37 @@ class VMService:
             error="QEMU exited without being asked to (killed, or it crashed)",
         )
 
+    # -- hosts that go away and come back --------------------------------------------------
+
+    def host_lost(self, host: str) -> None:
+        """``host`` is unreachable: its active VMs become UNKNOWN, remembering their state."""
+        with self._sessions.begin() as session:
+            session.execute(
+                update(VMRow).where(VMRow.host == host, VMRow.state.in_([s.value for s in ACTIVE]))
+                .values(known_state=VMRow.state)
+                .execution_options(synchronize_session=False))
+            rows = session.execute(select(VMRow.id, VMRow.state).where(
+                VMRow.host == host, VMRow.state.in_([s.value for s in ACTIVE]))).all()
+        for vm_id, state in rows:
+            self._transition(vm_id, [S(state)], S.UNKNOWN, error=f"host '{host}' is unreachable")
+
+    def restore_known(self, host: str) -> list[VMInfo]:
+        """``host`` is back: its UNKNOWN VMs return to the state they had; returns them."""
+        with self._sessions() as session:
+            rows = session.execute(select(VMRow.id, VMRow.known_state).where(
+                VMRow.host == host, VMRow.state == S.UNKNOWN.value)).all()
+        back = []
+        for vm_id, known in rows:
+            if known is not None and self._transition(vm_id, [S.UNKNOWN], S(known)):
+                back.append(self.get(vm_id))
+        return back
+
+    def host_back(self, host: str) -> None:
+        """Converge the VMs of a host that is back: what the pool wants against what runs."""
+        for vm in self.restore_known(host):
+            if vm.host == self.local_host:
+                self._reconcile_one(vm)
+
     def reconcile(self) -> None:
         """Bring records and host into agreement after a (re)start of the control plane."""
         with self._sessions() as session:

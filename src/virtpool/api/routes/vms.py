@@ -18,6 +18,7 @@ from fastapi import (
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from virtpool.api.access_guard import POLICY_VIOLATION, AccessGuard
 from virtpool.api.deps import Operator, PoolDep, Reader, Scope, bearer, resolve_project
 from virtpool.api.long_poll import waiting
 from virtpool.api.paging import MAX_ID, page_headers
@@ -218,16 +219,28 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
         return
     await websocket.accept()
 
+    def still_allowed() -> None:
+        # The same checks as the handshake's: the token, the project, the role, the VM in it.
+        again = pool.tokens.authenticate(bearer(websocket))  # type: ignore[arg-type]
+        check_access(again.name, again.role, again.project_id, Access.OPERATE)
+        pool.vms.get(vm.id, resolve_project(pool, again, websocket.query_params.get("project")))
+
+    guard = AccessGuard(pool.tokens, caller.token_id, still_allowed)
+
     async def to_guest() -> None:
         while True:
-            writer.write(await websocket.receive_bytes())
+            data = await websocket.receive_bytes()
+            if guard.lost:  # typed after the token was revoked: never reaches the guest
+                return
+            writer.write(data)
             await writer.drain()
 
     async def to_user() -> None:
         while data := await reader.read(4096):
             await websocket.send_bytes(data)
 
-    tasks = [asyncio.create_task(to_guest()), asyncio.create_task(to_user())]
+    watcher = asyncio.create_task(guard.watch())
+    tasks = [asyncio.create_task(to_guest()), asyncio.create_task(to_user()), watcher]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -237,7 +250,8 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
         # is not logged as an error: either is how a console session ends.
         await asyncio.gather(*tasks, return_exceptions=True)
         writer.close()
+        code, reason = (POLICY_VIOLATION, guard.reason) if guard.lost else (1000, "")
         try:
-            await websocket.close()
+            await websocket.close(code=code, reason=reason[:120])
         except (RuntimeError, WebSocketDisconnect, OSError):
             pass  # the user's side is gone already

@@ -95,6 +95,9 @@ class HostRow(Base):
     used_memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
     used_disk_mib: Mapped[int] = mapped_column(BigInteger, default=0)
     generation: Mapped[int] = mapped_column(Integer, default=0)
+    # Where its agent listens and what version it runs, as the agent last said (None: never).
+    address: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    agent_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), default=utcnow, onupdate=utcnow
     )
@@ -175,6 +178,9 @@ class VMRow(Base):
     # VMs never share one.
     slot: Mapped[int] = mapped_column(Integer, unique=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
+    # The state it had when its host became unreachable (it is `unknown` meanwhile): what the
+    # pool wants of it when the host is back.
+    known_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     host: Mapped[str] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -246,3 +252,43 @@ class AuditRow(Base):
     action: Mapped[str] = mapped_column(String(128))
     target: Mapped[str | None] = mapped_column(String(255), nullable=True)
     outcome: Mapped[str] = mapped_column(String(255))
+
+
+class HostLeaseRow(Base):
+    """A host's liveness: renewed by every heartbeat, so it holds nothing else (its usage
+    figures are in ``host_usage``), and one renewal is one small UPDATE."""
+
+    __tablename__ = "host_leases"
+
+    host: Mapped[str] = mapped_column(ForeignKey("hosts.name", ondelete="CASCADE"), primary_key=True)
+    # Bumped at every acquire: a renewal carrying an older epoch is from an agent since replaced.
+    epoch: Mapped[int] = mapped_column(Integer, default=1)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    lapsed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The host's state before it became unreachable, to return to (an operator may change it).
+    resume_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
+class HostUsageRow(Base):
+    """What a host's agent last reported of its use (written with some heartbeats)."""
+
+    __tablename__ = "host_usage"
+
+    host: Mapped[str] = mapped_column(ForeignKey("hosts.name", ondelete="CASCADE"), primary_key=True)
+    running_vms: Mapped[int] = mapped_column(Integer)
+    memory_used_mib: Mapped[int] = mapped_column(BigInteger)
+    cpu_load_pct: Mapped[float] = mapped_column(Float)
+    disk_free_mib: Mapped[int] = mapped_column(BigInteger)
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LeaderRow(Base):
+    """Who runs the background loops of the pool (one row per role), until ``expires_at``."""
+
+    __tablename__ = "leaders"
+
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    epoch: Mapped[int] = mapped_column(Integer, default=1)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

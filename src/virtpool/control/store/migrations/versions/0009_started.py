@@ -1,15 +1,15 @@
 """When a VM last started running (`vm list` shows its uptime from it); NULL while it is not.
 
-Revision ID: 0008_started
-Revises: 0007
+Revision ID: 0009_started
+Revises: 0008_leases
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_started"
-down_revision = "0007"
+revision = "0009_started"
+down_revision = "0008_leases"
 branch_labels = None
 depends_on = None
 
