@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from virtpool import __version__
 from virtpool.api import audit, docs, problems
 from virtpool.api.app_prefix import API_PREFIX
+from virtpool.api.auth_limit import FailedAuthLimiter
 from virtpool.api.limits import BodyLimit
 from virtpool.api.routes import audit as audit_routes
 from virtpool.api.routes import (
@@ -33,6 +34,7 @@ def create_app(pool: Pool) -> FastAPI:
         docs_url=None, redoc_url=None, generate_unique_id_function=docs.operation_id,
     )
     app.state.pool = pool
+    app.state.auth_limiter = FailedAuthLimiter(pool.audit)
     problems.install(app)
     problems.document(app)
     audit.install(app, pool.audit)

@@ -23,6 +23,7 @@ from virtpool.control.audit import AuditLog
 
 logger = logging.getLogger(__name__)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+UNAUTHENTICATED = frozenset({401, 429})
 
 
 class Audit:
@@ -38,7 +39,9 @@ class Audit:
             return
 
         async def audited_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            # Refused authentications are counted per address and window (api/auth_limit.py),
+            # not a row per attempt: a flood must not flood the log.
+            if message["type"] == "http.response.start" and message["status"] not in UNAUTHENTICATED:
                 await self._record(scope, message["status"])
             await send(message)
 

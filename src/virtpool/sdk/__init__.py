@@ -16,13 +16,14 @@ if TYPE_CHECKING:
         OperationFailed,
         PayloadTooLarge,
         QuotaExceeded,
+        RateLimited,
         ServerError,
         Unauthorized,
         Unreachable,
     )
 
 __all__ = ["APIError", "BadRequest", "Client", "Conflict", "Forbidden", "InvalidRequest", "NotFound",
-           "OperationFailed", "PayloadTooLarge", "QuotaExceeded", "ServerError", "Unauthorized",
+           "OperationFailed", "PayloadTooLarge", "QuotaExceeded", "RateLimited", "ServerError", "Unauthorized",
            "Unreachable", "VMPage"]
 
 

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from virtpool.api.access_guard import POLICY_VIOLATION, AccessGuard
+from virtpool.api.auth_limit import client_address
 from virtpool.api.deps import Operator, PoolDep, Reader, Scope, bearer, resolve_project
 from virtpool.api.long_poll import waiting
 from virtpool.api.paging import MAX_ID, page_headers
@@ -200,7 +201,9 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
     """Bytes both ways between the websocket and the VM's serial console."""
     pool = websocket.app.state.pool
     try:
-        caller = await asyncio.to_thread(pool.tokens.authenticate, bearer(websocket))  # type: ignore[arg-type]
+        limiter = websocket.app.state.auth_limiter
+        caller = await asyncio.to_thread(limiter.authenticate, pool.tokens, bearer(websocket),  # type: ignore[arg-type]
+                                         client_address(websocket))
         project = await asyncio.to_thread(resolve_project, pool, caller, websocket.query_params.get("project"))
         # The console is a shell on the guest: it takes the right to change VMs, not just to look.
         check_access(caller.name, caller.role, caller.project_id, Access.OPERATE)
