@@ -129,7 +129,9 @@ def run_typer(args: list[str], noun: str | None) -> int:
         command.main(args=args, prog_name="virtpool")  # answers the shell and exits
         return 0
     try:
-        command.main(args=args, prog_name="virtpool", standalone_mode=False)
+        # Outside standalone mode, Click returns the code of a typer.Exit instead of raising it.
+        code = command.main(args=args, prog_name="virtpool", standalone_mode=False)
+        return code if isinstance(code, int) and not isinstance(code, bool) else 0
     except typer.TyperException as bad:  # Click's errors: usage errors, exit code 2
         ctx = getattr(bad, "ctx", None)
         if type(bad).__name__ == "NoArgsIsHelpError" and ctx is not None:
@@ -147,7 +149,6 @@ def run_typer(args: list[str], noun: str | None) -> int:
         return 130
     except output.Exit as leaving:
         return leaving.exit_code
-    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
