@@ -90,7 +90,8 @@ def test_stop_force_pulls_the_plug_and_the_console_then_says_stopped(server: Ser
         assert deaf.returncode == 0, deaf.stderr
         stopped = server.cli("vm", "stop", "plug", "--force", "--timeout", "3600", "--wait-timeout", "120")
         assert stopped.returncode == 0, stopped.stderr
-        assert server.api().vm("plug").state.value == "stopped"
+        vm = server.api().vm("plug")
+        assert vm.state.value == "stopped" and vm.stopped_by == "forced"
         refused = server.cli("vm", "console", "plug")
         assert refused.returncode == 1
         assert "VM 'plug' is stopped" in refused.stderr and "start it first" in refused.stderr

@@ -18,8 +18,19 @@ app = typer.Typer(help="The pool's hosts: capacity, allocation, ratios, labels, 
 
 
 @app.command("show")
-def show(json: JsonFlag = False) -> None:
-    """CPUs, memory, disk and the accelerator QEMU uses here."""
+def show(
+    name: Annotated[str | None, typer.Argument(help="a host of the pool (default: this server's "
+                                               "own host's hardware)")] = None,
+    json: JsonFlag = False,
+) -> None:
+    """A host of the pool: state, lease, agent, allocation; without NAME, the CPUs, memory,
+    disk and accelerator of the host this server runs on."""
+    if name is not None:
+        with output.errors():
+            host = client().inventory_host(name)
+        if json:
+            return output.emit_json(host)
+        return output.fields(host_fields(host))
     with output.errors():
         info = client().host()
     if json:
@@ -33,6 +44,30 @@ def show(json: JsonFlag = False) -> None:
         ("qemu", info.qemu_version),
         ("data dir", info.data_dir),
     ])
+
+
+def lease_age(h: HostView) -> str:
+    """``2.1s ago``, or ``-`` for a host whose agent never took its lease."""
+    return "-" if h.lease_age_s is None else f"{h.lease_age_s:.1f}s ago"
+
+
+def host_fields(h: HostView) -> list[tuple[str, object]]:
+    labels = ",".join(f"{k}={v}" for k, v in sorted(h.labels.items())) or "-"
+    return [
+        ("name", f"{h.name} (this server's own host)" if h.local else h.name),
+        ("state", h.state),
+        ("lease", f"epoch {h.lease_epoch}, renewed {lease_age(h)}" if h.lease_epoch else "-"),
+        ("agent version", h.agent_version or "-"),
+        ("address", h.address or ("in this server's process" if h.local else "-")),
+        ("accelerator", h.accel),
+        ("vcpus", f"{h.cpus.allocated} of {h.cpus.capacity} (ratio {h.cpu_ratio:g})"),
+        ("memory", f"{format_mib(h.memory_mib.allocated)} of {format_mib(h.memory_mib.capacity)} "
+                   f"(ratio {h.memory_ratio:g})"),
+        ("disk", f"{format_mib(h.disk_mib.allocated)} of {format_mib(h.disk_mib.capacity)} "
+                 f"(ratio {h.disk_ratio:g})"),
+        ("vms", h.vms),
+        ("labels", labels),
+    ]
 
 
 @app.command("top")
@@ -73,7 +108,8 @@ def memory_policy(
 
 # -- the pool's inventory (`host list`, `set-ratio`, `label`, `drain`, `state`) ------------
 
-STATE_STYLE = {"up": "green", "draining": "yellow", "maintenance": "cyan", "down": "red"}
+STATE_STYLE = {"up": "green", "draining": "yellow", "maintenance": "cyan", "down": "red",
+               "unreachable": "bold red"}
 
 
 def used(allocated: int, capacity: int, text: str) -> str:
@@ -94,14 +130,18 @@ def _row(h: HostView) -> tuple[str, ...]:
         used(h.disk_mib.allocated, h.disk_mib.capacity,
              f"{format_mib(h.disk_mib.allocated)}/{format_mib(h.disk_mib.capacity)}"),
         str(h.vms), f"{h.cpu_ratio:g}/{h.memory_ratio:g}/{h.disk_ratio:g}", labels,
+        lease_age(h), h.agent_version or "-", h.address or ("local" if h.local else "-"),
     )
 
 
-# Figures are never cut (`0M/2410…` told nothing); ratios and labels go first on a narrow terminal.
+# Figures are never cut (`0M/2410…` told nothing); the lease, agent and address go first on a
+# narrow terminal, then labels and ratios.
 COLUMNS = (output.Column("HOST", "n"), output.Column("STATE", "s"), output.Column("VCPUS", "c"),
            output.Column("MEMORY", "m"), output.Column("DISK", "d", drop=3),
            output.Column("VMS", "v", drop=2, align="right"),
-           output.Column("RATIOS", "r", drop=4), output.Column("LABELS", "l", drop=5, shrink=True))
+           output.Column("RATIOS", "r", drop=4), output.Column("LABELS", "l", drop=5, shrink=True),
+           output.Column("LEASE", "L", drop=6), output.Column("AGENT", "g", drop=8),
+           output.Column("ADDRESS", "a", drop=7, shrink=True))
 
 
 def _show(host: HostView, json: bool) -> None:
@@ -112,16 +152,17 @@ def _show(host: HostView, json: bool) -> None:
 
 @app.command("list")
 def list_(columns: ColumnsOption = None, json: JsonFlag = False) -> None:
-    """Every host of the pool: allocated/total per resource (under its ratios), state, labels.
+    """Every host of the pool: state, allocated/total per resource (under its ratios), labels,
+    when its agent last renewed its lease, the agent's version and address.
 
     Columns (-c): n host, s state, c vcpus, m memory, d disk, v vms, r ratios (CPU/memory/disk),
-    l labels.
+    l labels, L lease, g agent, a address.
 
     Examples:
 
         virtpool host list
 
-        virtpool host list -c nsmv
+        virtpool host list -c nsmvL
     """
     with output.errors():
         hosts = client().hosts()

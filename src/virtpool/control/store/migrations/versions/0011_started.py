@@ -1,15 +1,15 @@
 """When a VM last started running (`vm list` shows its uptime from it); NULL while it is not.
 
-Revision ID: 0009_started
-Revises: 0008_leases
+Revision ID: 0011_started
+Revises: 0010_guests
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_started"
-down_revision = "0008_leases"
+revision = "0011_started"
+down_revision = "0010_guests"
 branch_labels = None
 depends_on = None
 
