@@ -33,8 +33,8 @@ def imported(args: list[str], env: dict[str, str]) -> tuple[subprocess.Completed
 def cli_server(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
     srv = make_server(tmp_path_factory, image_cache, "cli")
     api = srv.api()
-    api.create_vm("a-rather-long-name-for-a-vm", memory_mib=128)
-    api.create_vm("web", memory_mib=128)
+    api.create_vm("a-rather-long-name-for-a-vm")
+    api.create_vm("web")
     yield srv
     srv.cleanup()
 

@@ -14,7 +14,7 @@ from tests.conftest import Server, wait_for
 
 @pytest.fixture(scope="module")
 def web(server: Server) -> Iterator[str]:
-    started = server.cli("vm", "create", "web", "--memory", "128M", "--start", "--wait")
+    started = server.cli("vm", "create", "web", "--start", "--wait")
     assert started.returncode == 0, started.stderr
     yield "web"
     server.cli("vm", "delete", "web", "--force")
@@ -81,7 +81,7 @@ def test_a_console_detach_is_no_error_in_the_server_log(server: Server, web: str
 
 def test_stop_force_pulls_the_plug_and_the_console_then_says_stopped(server: Server) -> None:
     # A VM of its own: the other tests need theirs running, whatever order they run in.
-    assert server.cli("vm", "create", "plug", "--memory", "128M", "--start", "--wait").returncode == 0
+    assert server.cli("vm", "create", "plug", "--start", "--wait").returncode == 0
     try:
         # A guest that ignores a shutdown: a graceful stop would wait the whole --timeout
         # (an hour here) and the CLI give up after --wait-timeout with exit 5.

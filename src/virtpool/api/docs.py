@@ -22,33 +22,32 @@ from virtpool.api.deps import Caller
 ASSETS = "/docs/assets"
 SCHEME = "bearer"
 
-# Route functions named otherwise than the SDK method that calls them: (function, path) -> id.
-# A new route whose function has the SDK method's name needs no line here.
+# Route functions are named for what they do; the operation id is the SDK method that calls
+# them: ``list_X`` -> ``X``, ``show_X`` -> ``X`` (list_vms -> vms, show_vm -> vm), else the
+# function's own name (create_vm), except for these: (function, path) -> id.
 SDK_NAMES: dict[tuple[str, str], str] = {
-    ("list_vms", "/api/v1/vms"): "vms", ("show_vm", "/api/v1/vms/{name}"): "vm",
     ("exec_vm", "/api/v1/vms/{name}/exec"): "exec", ("vm_logs", "/api/v1/vms/{name}/logs"): "logs",
-    ("list_images", "/api/v1/images"): "images", ("show_image", "/api/v1/images/{name}"): "image",
-    ("list_events", "/api/v1/events"): "events", ("list_audit", "/api/v1/audit"): "audit",
-    ("list_projects", "/api/v1/projects"): "projects", ("show_project", "/api/v1/projects/{name}"): "project_info",
-    ("list_tokens", "/api/v1/tokens"): "tokens", ("show_host", "/api/v1/host"): "host",
-    ("show_memory_policy", "/api/v1/host/memory-policy"): "memory_policy",
+    ("list_audit", "/api/v1/audit"): "audit", ("show_project", "/api/v1/projects/{name}"): "project_info",
     ("update_memory_policy", "/api/v1/host/memory-policy"): "set_memory_policy",
-    ("list_hosts", "/api/v1/hosts"): "hosts", ("show_host", "/api/v1/hosts/{name}"): "inventory_host",
+    ("show_host", "/api/v1/hosts/{name}"): "inventory_host",
     ("set_ratios", "/api/v1/hosts/{name}/ratios"): "set_host_ratios",
     ("set_labels", "/api/v1/hosts/{name}/labels"): "label_host",
     ("set_state", "/api/v1/hosts/{name}/state"): "set_host_state",
-    ("list_groups", "/api/v1/groups"): "groups", ("show_group", "/api/v1/groups/{name}"): "group",
     ("show_settings", "/api/v1/pool/settings"): "pool_settings",
     ("update_settings", "/api/v1/pool/settings"): "set_pool_settings",
     ("plan_rebalance", "/api/v1/pool/rebalance"): "rebalance",
-    ("list_operations", "/api/v1/operations"): "operations",
-    ("show_operation", "/api/v1/operations/{op_id}"): "operation",
 }
 
 
 def operation_id(route: APIRoute) -> str:
     """The operation id of a route: the SDK method's name (``vms``, ``create_vm``, ``exec``…)."""
-    return SDK_NAMES.get((route.name, route.path), route.name)
+    known = SDK_NAMES.get((route.name, route.path))
+    if known is not None:
+        return known
+    for prefix in ("list_", "show_"):
+        if route.name.startswith(prefix):
+            return route.name.removeprefix(prefix)
+    return route.name
 
 
 class Version(BaseModel):
