@@ -16,7 +16,9 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -32,6 +34,7 @@ import psutil
 from virtpool.model.agent import ExitHandler, Progress
 from virtpool.model.errors import (
     BootTimeout,
+    Conflict,
     InsufficientResources,
     NotFound,
     OperationFailed,
@@ -39,7 +42,7 @@ from virtpool.model.errors import (
 from virtpool.model.image import ImageFile, ImageInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod
-from virtpool.node import disks, serial
+from virtpool.node import disks, safe_files, serial
 from virtpool.node.images.manifest import Manifest
 from virtpool.node.images.store import ImageStore, kernel_kind
 from virtpool.node.net import guard, passt
@@ -53,7 +56,7 @@ from virtpool.node.qemu.argv import (
     NicPlan,
     build_argv,
 )
-from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
+from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError, GuestAgentGone
 from virtpool.node.sandbox import cgroups, uid_ranges, users
 from virtpool.node.vmdir import VMPaths
 
@@ -132,6 +135,7 @@ class LocalAgent:
         self._thread = threading.Thread(target=self._loop.run_forever, name="agent-loop", daemon=True)
         self._thread.start()
         self._cpu_samples: dict[str, deque[tuple[float, float]]] = {}
+        self._unsafe_logs: set[str] = set()  # VMs whose serial.log was replaced (warned once)
         self._housekeeper = self._submit(self._housekeeping_forever())
 
     # -- plumbing -------------------------------------------------------------------------
@@ -153,7 +157,10 @@ class LocalAgent:
         proc = self._procs.get(vm_id)
         if proc is not None and process.alive(proc):
             return proc
-        proc = process.find(self._paths(vm_id).pidfile)
+        pidfile = self._paths(vm_id).pidfile
+        proc = process.find(pidfile)
+        if proc is None and not safe_files.is_plain(pidfile):
+            proc = process.scan(pidfile)  # the VM's user replaced its pidfile: look by argv
         if proc is None:
             self._procs.pop(vm_id, None)
         else:
@@ -316,11 +323,15 @@ class LocalAgent:
         self._ready.discard(vm_id)
         self._stopping.discard(vm_id)
         process.remove_stale_files([*paths.sockets(), paths.pidfile, paths.qemu_log])
-        popen_kwargs = self._confine_files(vm_id, slot)
+        user = self._confine_files(vm_id, slot)
         argv = build_argv(self.launch_plan(vm_id, spec))
+        network = passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log, tuple(spec.ports))
+        popen_kwargs: dict[str, Any] = {}
+        if user is not None:  # QEMU and its passt both run as the VM's user, without capabilities
+            argv, network = users.confined_argv(user, argv), users.confined_argv(user, network)
+            popen_kwargs = {"umask": users.QEMU_UMASK}
         try:
-            passt.start(passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log,
-                                         tuple(spec.ports)), vm=spec.name, **popen_kwargs)
+            passt.start(network, vm=spec.name, **popen_kwargs)
             group = self._cgroup_for(vm_id, spec)
             popen = process.spawn(argv, paths.qemu_log, vm=spec.name, **popen_kwargs)
             self._popens[popen.pid] = popen
@@ -338,17 +349,17 @@ class LocalAgent:
             raise
         return popen.pid
 
-    def _confine_files(self, vm_id: str, slot: int) -> dict[str, Any]:
-        """As root: give the VM's run dir and disk to its own user; Popen arguments to run as it."""
+    def _confine_files(self, vm_id: str, slot: int) -> users.VMUser | None:
+        """As root: give the VM's run dir and disk to its own user, the user QEMU runs as."""
         if self._uids is None:
-            return {}
+            return None
         user = self._uids.range.user(slot)
         users.check_unclaimed(user)
         paths = self._paths(vm_id)
         users.own_run_dir(paths.root, user)
         users.own_disk(paths.disk, user)
         users.check_reachable(paths.disk, user)
-        return users.spawn_kwargs(user.uid, user.gid)
+        return user
 
     def _cgroup_for(self, vm_id: str, spec: VMSpec) -> cgroups.VMCgroup | None:
         if not self._cgroups:
@@ -367,7 +378,10 @@ class LocalAgent:
         while True:
             if popen.poll() is not None:
                 said = serial.tail(paths.qemu_log)
-                raise OperationFailed(f"QEMU refused to start VM '{label}': {said or f'exit code {popen.returncode}'}")
+                if popen.returncode < 0:  # not a refusal: something killed it
+                    raise OperationFailed(f"QEMU of VM '{label}' {_how_it_ended(popen)} while it started"
+                                          + (f"; it said: {said}" if said else ""))
+                raise OperationFailed(f"QEMU refused to start VM '{label}': {said or _how_it_ended(popen)}")
             try:
                 await asyncio.wait_for(qmp.command(paths.qmp_sock, "query-status", vm=label), 1.0)
                 return
@@ -409,11 +423,13 @@ class LocalAgent:
     async def _wait_ready(self, vm_id: str, timeout: float) -> None:
         paths = self._paths(vm_id)
         deadline = self._loop.time() + timeout
+        started = self._procs.get(vm_id)
+        popen = self._popens.get(started.pid) if started is not None else None
         while True:
             if self._process(vm_id) is None:
                 raise OperationFailed(
-                    f"QEMU of VM '{self._label(vm_id)}' exited while the guest booted; "
-                    f"the console said:\n{serial.tail(paths.serial_log)}",
+                    f"QEMU of VM '{self._label(vm_id)}' {_how_it_ended(popen)} while the guest booted; "
+                    f"the console said:\n{serial.tail(paths.serial_log) or '(empty)'}",
                     hint="check the image and the kernel arguments",
                 )
             remaining = deadline - self._loop.time()
@@ -520,19 +536,44 @@ class LocalAgent:
     async def _exec(
         self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None
     ) -> ExecResult:
-        async with self._qga_lock(vm_id):
-            agent = await GuestAgent.open(self._paths(vm_id).qga_sock, vm=self._label(vm_id))
-            async with agent:
-                return await agent.exec(argv, timeout=timeout, stdin=stdin)
+        proc = self._process(vm_id)
+        try:
+            async with self._qga_lock(vm_id):
+                agent = await GuestAgent.open(self._paths(vm_id).qga_sock, vm=self._label(vm_id))
+                async with agent:
+                    return await agent.exec(argv, timeout=timeout, stdin=stdin)
+        except GuestAgentGone as err:
+            # The channel broke: when QEMU went away meanwhile, that is the VM stopping, not
+            # a fault of the command (the watcher records the exit itself).
+            if proc is None or await asyncio.to_thread(process.wait_gone, proc, 2.0):
+                raise Conflict(f"VM '{self._label(vm_id)}' stopped while the command ran: its QEMU exited",
+                               hint=f"start it again (virtpool vm start {self._label(vm_id)}) and retry") from err
+            raise
 
     def adopt_vm(self, vm_id: str, name: str) -> str | None:
         paths = self._paths(vm_id)
         self._names[vm_id] = name
         if self._process(vm_id) is None:
+            # A QEMU whose pidfile was removed by its user must still be found after a restart.
+            proc = process.scan(paths.pidfile)
+            if proc is None:
+                return None
+            self._procs[vm_id] = proc
+        try:
+            tampered = [f"{p.name} is {safe_files.describe(os.lstat(p).st_mode)}"
+                        for p in paths.sockets() if not _is_socket(p)]
+            if tampered:
+                raise safe_files.UnsafeFile("; ".join(tampered))
+            status = self._run(qmp.command(paths.qmp_sock, "query-status", vm=name))
+        except OperationFailed as err:
+            # Its sockets were replaced (by its QEMU's user) or it does not answer: a QEMU
+            # that cannot be controlled is stopped, not left running unwatched.
+            log.warning("stopping VM %s: its QEMU cannot be re-adopted: %s", name, err.message)
+            self.kill_vm(vm_id)
+            self._release(vm_id)
             return None
         self._ready.add(vm_id)  # it ran before this agent started: it had booted
         self._watch(vm_id)
-        status = self._run(qmp.command(paths.qmp_sock, "query-status", vm=name))
         return "paused" if status.get("status") == "paused" else "running"
 
     # -- watching -------------------------------------------------------------------------
@@ -601,7 +642,12 @@ class LocalAgent:
                     log.exception("housekeeping of VM %s failed", vm_id)
 
     def _housekeep(self, vm_id: str) -> None:
-        serial.trim(self._paths(vm_id).serial_log, self._log_cap)
+        try:
+            serial.trim(self._paths(vm_id).serial_log, self._log_cap)
+        except safe_files.UnsafeFile as err:  # planted by the VM's user: said once, then left
+            if vm_id not in self._unsafe_logs:
+                self._unsafe_logs.add(vm_id)
+                log.warning("not trimming the serial log of VM %s: %s", self._label(vm_id), err.message)
         self._sample_cpu(vm_id)
 
     def _sample_cpu(self, vm_id: str) -> None:
@@ -703,6 +749,27 @@ class LocalAgent:
                 figures.update(disk_read_bytes=block["rd_bytes"], disk_written_bytes=block["wr_bytes"],
                                disk_read_ops=block["rd_operations"], disk_write_ops=block["wr_operations"])
         return figures
+
+
+def _how_it_ended(popen: subprocess.Popen[bytes] | None) -> str:
+    """'was killed by signal 9 (SIGKILL)', 'exited with code 1', or 'exited' (not our child)."""
+    code = popen.poll() if popen is not None else None
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"was killed by signal {-code} ({name})"
+    return f"exited with code {code}"
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _image_info(manifest: Manifest) -> ImageInfo:
