@@ -18,9 +18,10 @@ PACKAGES=(
 )
 
 # --test: what the test suite needs beyond running the platform (a PostgreSQL server that the
-# tests start as a throwaway cluster of their own).
+# tests start as a throwaway cluster of their own; ping, with which tests/cluster checks what
+# its network namespaces reach).
 if [ "${1:-}" = "--test" ]; then
-  PACKAGES+=(postgresql)
+  PACKAGES+=(postgresql iputils-ping)
 fi
 
 missing=()
