@@ -14,6 +14,10 @@ PACKAGES=(
   cpio              # packs the initramfs
   lz4               # unpacks the kernel's LZ4 payload into an ELF vmlinux
   iproute2
+  util-linux        # setpriv: QEMU starts as its VM user with an empty capability bounding set
+  passt             # the default network: user-mode NAT that does not expose the host
+  nftables          # the guard that keeps guests off the host, NAT, security groups
+  dnsmasq-base      # DHCP (static leases only) on virtpool networks
   python3-venv      # the project's virtualenv
 )
 
@@ -21,7 +25,7 @@ PACKAGES=(
 # tests start as a throwaway cluster of their own; ping, with which tests/cluster checks what
 # its network namespaces reach).
 if [ "${1:-}" = "--test" ]; then
-  PACKAGES+=(postgresql iputils-ping)
+  PACKAGES+=(postgresql iputils-ping iperf3)  # iperf3: copied into guests by bench/network.py
 fi
 
 missing=()

@@ -16,6 +16,7 @@ from virtpool.api.routes import (
     host,
     hosts,
     images,
+    networks,
     operations,
     projects,
     tokens,
@@ -38,6 +39,6 @@ def create_app(pool: Pool) -> FastAPI:
     audit.install(app, pool.audit)
     app.add_middleware(BodyLimit)
     for module in (host, images, vms, operations, events, audit_routes, projects, tokens, hosts, groups,
-                   pool_routes):
+                   networks, pool_routes):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

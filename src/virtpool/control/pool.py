@@ -18,6 +18,7 @@ from virtpool.control.events import EventLog
 from virtpool.control.groups import GroupService
 from virtpool.control.hosts import HostService
 from virtpool.control.images import ImageService
+from virtpool.control.networks import NetworkService
 from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
 from virtpool.control.operations import OperationService
 from virtpool.control.placement import Placer
@@ -66,6 +67,7 @@ class Pool:
         self.placer = Placer(self.settings.weigher)
         self.hosts = HostService(sessions, self.placer, socket.gethostname(), self.events)
         self.groups = GroupService(sessions)
+        self.networks = NetworkService(sessions)
         self.rebalancer = Rebalancer(sessions)
         self.vms = VMService(sessions, agent, self.hosts.local, boot_timeout=config.boot_timeout,
                              events=self.events, memory=lambda: self.balancer.policy,
