@@ -21,11 +21,16 @@ PACKAGES=(
   python3-venv      # the project's virtualenv
 )
 
-# --test: what the test suite needs beyond running the platform (a PostgreSQL server that the
-# tests start as a throwaway cluster of their own; ping, with which tests/cluster checks what
-# its network namespaces reach).
+# --test: what the test suite needs beyond running the platform: a PostgreSQL server that the
+# tests start as a throwaway cluster of their own, the headless Chromium the dashboard tests
+# drive through Playwright, the Prometheus server that scrapes /metrics in a test, and ping,
+# with which tests/cluster checks what its network namespaces reach.
 if [ "${1:-}" = "--test" ]; then
-  PACKAGES+=(postgresql iputils-ping iperf3)  # iperf3: copied into guests by bench/network.py
+  PACKAGES+=(postgresql iperf3)  # iperf3: copied into guests by bench/network.py
+  PACKAGES+=(chromium prometheus iputils-ping)
+  # npm rebuilds the dashboard's bundle in a test (it must match the committed one); a Node.js
+  # installed some other way (nodesource, nvm) is used as it is.
+  command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 fi
 
 missing=()
