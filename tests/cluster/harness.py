@@ -127,6 +127,9 @@ class Lab:
             ip("addr", "add", f"{host.address}/24", "dev", host.peer, ns=host.name)
             ip("link", "set", host.peer, "up", ns=host.name)
             ip("link", "set", "lo", "up", ns=host.name)
+            # A default route, as a real host has (passt, the VMs' network, needs one); the
+            # root namespace forwards nothing, so it leads nowhere beyond the bridge.
+            ip("route", "add", "default", "via", f"{self.subnet}.1", ns=host.name)
             host.data_dir.mkdir(mode=0o711)
         return self
 

@@ -59,7 +59,7 @@ def vm_on_h2(cluster: Cluster) -> Iterator[str]:
     with h2.api(timeout=BOOT_WAIT_S) as api:
         api.create_vm("on-h2", required_labels={"node": H2}, start=True)
         vm = api.wait_vm("on-h2", timeout=BOOT_WAIT_S)
-    assert vm.state == "running" and vm.host == H2, vm
+    assert vm.state == "running" and vm.host == H2, (vm.state, vm.host, vm.error)
     yield vm.id
 
 
