@@ -8,7 +8,6 @@ by each test), to be looked at.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,8 +48,8 @@ def pool(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterato
 
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    ARTIFACTS.mkdir(parents=True)
+    # Not emptied first: parallel workers share the directory; each shot has its own name.
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots: {ARTIFACTS}")
     return ARTIFACTS
 

@@ -21,6 +21,7 @@ from virtpool.api.routes import (
     networks,
     operations,
     projects,
+    snapshots,
     tokens,
     usage,
     vms,
@@ -43,7 +44,7 @@ def create_app(pool: Pool) -> FastAPI:
     audit.install(app, pool.audit)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestTimer, observe=pool.metrics.request_seconds.observe)
-    for module in (host, images, usage, vms, operations, events, audit_routes, projects, tokens, hosts,
+    for module in (host, images, usage, vms, snapshots, operations, events, audit_routes, projects, tokens, hosts,
                    groups, networks, pool_routes, whoami):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(metrics.router)

@@ -518,6 +518,10 @@ class VMService:
         vm = self.get(ref)
         return self._agent_of(vm).read_log(vm.id, offset, limit)
 
+    def agent_of(self, vm: VMInfo) -> Agent:
+        """The agent of the VM's host; raises NoAgentAttached when none is."""
+        return self._agent_of(vm)
+
     def _agent_of(self, vm: VMInfo) -> Agent:
         """The agent of the VM's host: only this host's, until remote agents exist."""
         if vm.host != self.local_host:

@@ -22,6 +22,7 @@ from virtpool.model.network import NetworkView
 from virtpool.model.inventory import GroupView, HostView, PoolSettings, RebalanceView
 from virtpool.model.operation import Operation
 from virtpool.model.project import ProjectInfo, QuotaResult
+from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
 from virtpool.model.token import TokenCreated, TokenInfo
@@ -183,16 +184,20 @@ class Client:
     def build_status(self, name: str) -> BuildStatus:
         return BuildStatus.model_validate(self._call("GET", f"/images/{name}/build").json())
 
-    def import_image(self, name: str, *, kernel: Path, initrd: Path | None = None,
-                     disk: Path | None = None, kernel_args: str = "") -> ImageInfo:
+    def import_image(self, name: str, *, kernel: Path | None = None, initrd: Path | None = None,
+                     disk: Path | None = None, kernel_args: str = "",
+                     firmware: str | None = None) -> ImageInfo:
+        """Import a kernel (with an optional initramfs and disk), or a disk alone that boots
+        through ``firmware`` ("bios", the default, or "uefi")."""
         files = {"kernel": kernel, "initrd": initrd, "disk": disk}
+        form = {"name": name, "kernel_args": kernel_args, **({"firmware": firmware} if firmware else {})}
         handles: dict[str, BinaryIO] = {}
         try:
             for field, path in files.items():
                 if path is not None:
                     handles[field] = _open_upload(field, path)
             response = self._call(
-                "POST", "/images", data={"name": name, "kernel_args": kernel_args},
+                "POST", "/images", data=form,
                 files={k: (k, h, "application/octet-stream") for k, h in handles.items()},
                 timeout=None,
             )
@@ -268,6 +273,24 @@ class Client:
 
     def _action(self, name: str, action: str, **params: Any) -> Any:
         return self._call("POST", f"/vms/{name}/{action}", params=params).json()
+
+    def snapshots(self, name: str) -> list[SnapshotInfo]:
+        """The VM's snapshots."""
+        return [SnapshotInfo.model_validate(s) for s in self._call("GET", f"/vms/{name}/snapshots").json()]
+
+    def create_snapshot(self, name: str, snapshot: str, *, memory: bool = False) -> SnapshotInfo:
+        """Snapshot the VM's disk (with ``memory``: its running state too)."""
+        body = {"name": snapshot, "memory": memory}
+        return SnapshotInfo.model_validate(self._call("POST", f"/vms/{name}/snapshots", json=body,
+                                                      timeout=None).json())
+
+    def restore_snapshot(self, name: str, snapshot: str) -> SnapshotInfo:
+        """Put the VM back to ``snapshot`` (stopped; running for a memory snapshot)."""
+        return SnapshotInfo.model_validate(
+            self._call("POST", f"/vms/{name}/snapshots/{snapshot}/restore", timeout=None).json())
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        self._call("DELETE", f"/vms/{name}/snapshots/{snapshot}")
 
     def start_vm(self, name: str) -> Operation:
         """Boot a VM; returns the operation to follow."""
