@@ -62,7 +62,10 @@ class Dashboard:
         self.url = url
         self.artifacts = artifacts
         self.errors: list[str] = []
+        self.urls: list[str] = []  # every address the tab asked for, websockets included
         page.on("pageerror", lambda err: self.errors.append(str(err)))
+        page.on("request", lambda request: self.urls.append(request.url))
+        page.on("websocket", lambda socket: self.urls.append(socket.url))
         page.on("console", self._console)
 
     def _console(self, message: ConsoleMessage) -> None:

@@ -44,13 +44,13 @@ def big_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with Session(engine) as session, session.begin():
         session.add_all(
             VMRow(id=uuid.uuid4().hex, name=f"vm-{i:04d}", project_id=PROJECTS[i % len(PROJECTS)], image="default",
-                  cpus=1 + i % 2, memory_mib=256, disk_mib=1024, kernel_args="", accel="auto", max_memory_mib=256,
+                  cpus=1 + (i // 4) % 2, memory_mib=256, disk_mib=1024, kernel_args="", accel="auto", max_memory_mib=256,
                   cpu_weight=100, slot=i, state=STATES[i % len(STATES)], host=HOSTS[i % len(HOSTS)])
             for i in range(VMS))
         for n, host in enumerate(HOSTS):
             mine = [i for i in range(VMS) if i % len(HOSTS) == n]
             session.execute(update(HostRow).where(HostRow.name == host).values(
-                used_cpus=sum(1 + i % 2 for i in mine), used_memory_mib=256 * len(mine),
+                used_cpus=sum(1 + (i // 4) % 2 for i in mine), used_memory_mib=256 * len(mine),
                 used_disk_mib=1024 * len(mine)))
     engine.dispose()
     yield srv
