@@ -12,7 +12,7 @@ export async function render(main) {
   const start = await eventCursor(SHOWN);
   return followEvents({ after: start }, (event) => {
     tbody.insertAdjacentHTML("afterbegin", `<tr><td>${esc(when(event.time))}</td><td>${esc(event.kind)}</td>
-      <td>${esc(event.vm)}</td><td>${esc(event.project_id)}</td><td>${esc(event.actor)}</td><td>${esc(event.message)}</td></tr>`);
+      <td>${esc(event.vm)}</td><td>${esc(event.project)}</td><td>${esc(event.actor)}</td><td>${esc(event.message)}</td></tr>`);
     while (tbody.children.length > SHOWN) tbody.lastChild.remove();
   }, (state) => {
     const el = document.getElementById("stream-state");

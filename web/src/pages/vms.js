@@ -154,7 +154,7 @@ export async function render(main, params) {
     stop = followEvents({ kind: "vm.state", after }, onEvent);
   }).catch(() => {});
   function onEvent(event) {
-    const vm = vms.find((v) => v.name === event.vm && v.project === (event.project_id || v.project));
+    const vm = vms.find((v) => v.name === event.vm && v.project === (event.project || v.project));
     if (vm && event.data && event.data.state) {
       vm.state = event.data.state;
       const tr = tbody.querySelector(`tr[data-vm="${CSS.escape(vm.name)}"]`);
