@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from virtpool.model.image import ImageInfo
+from virtpool.model.backup import BackupInfo
+from virtpool.model.image import Firmware, ImageInfo
+from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod
 
@@ -35,8 +37,11 @@ class Agent(Protocol):
     def build_image(self, name: str, progress: Progress | None = None) -> tuple[ImageInfo, bool]: ...
 
     def import_image(
-        self, name: str, *, kernel: Path, initrd: Path | None, disk: Path | None, kernel_args: str
-    ) -> ImageInfo: ...
+        self, name: str, *, kernel: Path | None, initrd: Path | None, disk: Path | None,
+        kernel_args: str, firmware: Firmware | None = None,
+    ) -> ImageInfo:
+        """Without a kernel the disk boots through ``firmware`` (default BIOS) on q35."""
+        ...
 
     def delete_image(self, name: str) -> None: ...
 
@@ -66,6 +71,39 @@ class Agent(Protocol):
         ...
 
     def kill_vm(self, vm_id: str) -> None: ...
+
+    def list_snapshots(self, vm_id: str) -> list[SnapshotInfo]:
+        """The snapshots in the VM's disk. Read only."""
+        ...
+
+    def create_snapshot(self, vm_id: str, name: str, *, memory: bool) -> SnapshotInfo:
+        """Snapshot the VM's disk (stopped or running; a running guest's filesystems frozen
+        through its agent where it has one), with ``memory`` its RAM too (running only)."""
+        ...
+
+    def restore_snapshot(self, vm_id: str, name: str) -> None:
+        """Put the disk (and, for a memory snapshot of a running VM, the running state) back."""
+        ...
+
+    def delete_snapshot(self, vm_id: str, name: str) -> None: ...
+
+    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None) -> None:
+        """Replace ``vm_id``'s new disk by a full copy of the source VM's (stopped) disk, or of
+        its snapshot ``snapshot`` (the source may then run)."""
+        ...
+
+    def backup_vm(self, vm_id: str, target: str, *, incremental: bool, vm: str, image: str) -> BackupInfo:
+        """Back a running VM's disk up into the host directory ``target`` (full: empty or new;
+        incremental: this VM's chain). A failed backup leaves the directory as it was."""
+        ...
+
+    def read_backup(self, source: str) -> BackupInfo:
+        """The chain in the host directory ``source``. Read only."""
+        ...
+
+    def restore_backup(self, vm_id: str, source: str) -> None:
+        """Replace a stopped VM's disk with the newest state of the chain in ``source``."""
+        ...
 
     def pause_vm(self, vm_id: str) -> None: ...
 

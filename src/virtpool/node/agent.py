@@ -13,6 +13,7 @@ it without an event loop of their own.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -39,10 +40,12 @@ from virtpool.model.errors import (
     NotFound,
     OperationFailed,
 )
-from virtpool.model.image import ImageFile, ImageInfo
+from virtpool.model.backup import BackupInfo
+from virtpool.model.image import Firmware, ImageFile, ImageInfo
+from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod
-from virtpool.node import disks, safe_files, serial
+from virtpool.node import backups, disks, safe_files, serial, snapshots
 from virtpool.node.images.manifest import Manifest
 from virtpool.node.images.store import ImageStore, kernel_kind
 from virtpool.node.net import guard, passt
@@ -52,6 +55,7 @@ from virtpool.node.qemu.argv import (
     BALLOON_ID,
     DISK_DEVICE_ID,
     DRIVE_ID,
+    OVMF_VARS_TEMPLATE,
     LaunchPlan,
     NicPlan,
     build_argv,
@@ -231,10 +235,12 @@ class LocalAgent:
         return _image_info(manifest), built
 
     def import_image(
-        self, name: str, *, kernel: Path, initrd: Path | None, disk: Path | None, kernel_args: str
+        self, name: str, *, kernel: Path | None, initrd: Path | None, disk: Path | None,
+        kernel_args: str, firmware: Firmware | None = None,
     ) -> ImageInfo:
         manifest = self.images.import_files(
-            name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args, move=True
+            name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args,
+            firmware=firmware, move=True,
         )
         return _image_info(manifest)
 
@@ -272,6 +278,12 @@ class LocalAgent:
                     hint="ask for a smaller --disk or free space on the host",
                 )
             disks.create_blank(paths.disk, disk_mib)
+        if manifest.firmware == "uefi":
+            # The VM's own copy of the UEFI variable store: its boot entries are its own.
+            if not OVMF_VARS_TEMPLATE.is_file():
+                raise OperationFailed(f"image '{image}' boots with UEFI, but {OVMF_VARS_TEMPLATE} is missing",
+                                      hint="install OVMF: scripts/install-system-packages.sh (package ovmf)")
+            shutil.copyfile(OVMF_VARS_TEMPLATE, paths.efi_vars)
 
     def destroy_vm(self, vm_id: str) -> None:
         self.kill_vm(vm_id)
@@ -298,14 +310,16 @@ class LocalAgent:
         manifest = self.images.get(spec.image)
         image_dir = self.images.path(spec.image)
         accel = self._accel if spec.accel == "auto" else accel_mod.detect(spec.accel)[0]
-        kernel = image_dir / manifest.kernel.path
+        kernel = image_dir / manifest.kernel.path if manifest.kernel else None
         return LaunchPlan(
             name=spec.name,
             cpus=spec.cpus,
             memory_mib=spec.boot_memory_mib,
             kernel=kernel,
+            machine="q35" if manifest.machine == "q35" else "microvm",
+            firmware="uefi" if manifest.firmware == "uefi" else ("bios" if manifest.firmware else None),
             initrd=image_dir / manifest.initrd.path if manifest.initrd else None,
-            kernel_is_elf=kernel_kind(kernel) == "elf",
+            kernel_is_elf=kernel is not None and kernel_kind(kernel) == "elf",
             paths=self._paths(vm_id),
             accel=accel,
             nics=(NicPlan(socket=self._paths(vm_id).passt_sock),),
@@ -363,6 +377,8 @@ class LocalAgent:
         paths = self._paths(vm_id)
         users.own_run_dir(paths.root, user)
         users.own_disk(paths.disk, user)
+        if paths.efi_vars.exists():
+            users.own_disk(paths.efi_vars, user)  # OVMF writes its boot entries there
         users.check_reachable(paths.disk, user)
         return user
 
@@ -749,13 +765,82 @@ class LocalAgent:
                               vm=label)
 
     def resize_disk_offline(self, vm_id: str, disk_mib: int) -> None:
-        disk = self._paths(vm_id).disk
-        run_as: dict[str, Any] = {}
+        disks.grow(self._paths(vm_id).disk, disk_mib, **self._as_disk_owner(vm_id))
+
+    def _as_disk_owner(self, vm_id: str) -> dict[str, Any]:
+        """Popen arguments that run a tool on the VM's disk as the disk's owner (its VM's user):
+        whatever its header names is then opened with no more rights than the VM has."""
         if users.running_as_root():
-            owner = os.lstat(disk).st_uid
+            owner = os.lstat(self._paths(vm_id).disk).st_uid
             if owner != 0:
-                run_as = users.spawn_kwargs(owner, owner)
-        disks.grow(disk, disk_mib, **run_as)
+                return users.spawn_kwargs(owner, owner)
+        return {}
+
+    # -- clones ---------------------------------------------------------------------------
+
+    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None) -> None:
+        source, disk = self._paths(source_vm_id).disk, self._paths(vm_id).disk
+        manifest = self.images.get(image)
+        base = self.images.path(image) / manifest.disk.path if manifest.disk else None
+        owner = self._as_disk_owner(source_vm_id)
+        # The source's header is its VM's to rewrite: it may name only the image's own disk.
+        info = json.loads(disks.run_qemu_img(["info", "-U", "--output=json", "-f", "qcow2", str(source)],
+                                             what="inspect the source disk", **owner))
+        backing = info.get("full-backing-filename") or info.get("backing-filename")
+        data_file = (info.get("format-specific") or {}).get("data", {}).get("data-file")
+        if data_file or (backing or None) != (str(base) if base else None):
+            raise OperationFailed(f"the disk of the source VM names {backing or data_file!r}, not its "
+                                  "image's disk; refusing to copy it")
+        copy = disk.with_name(".clone.qcow2")
+        args = ["convert", "-q", "-f", "qcow2", "-O", "qcow2"]
+        if snapshot is not None:
+            args += ["-U", "-l", f"snapshot.name={snapshot}"]  # a snapshot does not change
+        disks.run_qemu_img([*args, str(source), str(copy)], what="copy the source disk")
+        os.replace(copy, disk)
+
+    # -- backups --------------------------------------------------------------------------
+
+    def backup_vm(self, vm_id: str, target: str, *, incremental: bool, vm: str, image: str) -> BackupInfo:
+        paths = self._paths(vm_id)
+        if self._process(vm_id) is None:
+            raise Conflict(f"VM '{vm}' is not running; backups are taken while the guest runs",
+                           hint=f"start it: virtpool vm start {vm}")
+        return self._run(backups.backup(paths.qmp_sock, Path(target), vm_id=vm_id, vm=vm, image=image,
+                                        incremental=incremental))
+
+    def read_backup(self, source: str) -> BackupInfo:
+        return backups.read_chain(Path(source))
+
+    def restore_backup(self, vm_id: str, source: str) -> None:
+        backups.restore(Path(source), self._paths(vm_id).disk, **self._as_disk_owner(vm_id))
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def list_snapshots(self, vm_id: str) -> list[SnapshotInfo]:
+        return snapshots.list_snapshots(self._paths(vm_id).disk, **self._as_disk_owner(vm_id))
+
+    def create_snapshot(self, vm_id: str, name: str, *, memory: bool) -> SnapshotInfo:
+        paths, label = self._paths(vm_id), self._label(vm_id)
+        if self._process(vm_id) is None:
+            snapshots.create_offline(paths.disk, name, **self._as_disk_owner(vm_id))
+        else:
+            self._run(snapshots.create_live(paths.qmp_sock, paths.qga_sock, name, memory=memory,
+                                            vm=label, qga_lock=self._qga_lock(vm_id)))
+        return next(s for s in self.list_snapshots(vm_id) if s.name == name)
+
+    def restore_snapshot(self, vm_id: str, name: str) -> None:
+        paths = self._paths(vm_id)
+        if self._process(vm_id) is None:
+            snapshots.restore_offline(paths.disk, name, **self._as_disk_owner(vm_id))
+        else:
+            self._run(snapshots.restore_live(paths.qmp_sock, name, vm=self._label(vm_id)))
+
+    def delete_snapshot(self, vm_id: str, name: str) -> None:
+        paths = self._paths(vm_id)
+        if self._process(vm_id) is None:
+            snapshots.delete_offline(paths.disk, name, **self._as_disk_owner(vm_id))
+        else:
+            self._run(snapshots.delete_live(paths.qmp_sock, name, vm=self._label(vm_id)))
 
     def vm_stats(self, vm_id: str) -> dict[str, Any]:
         """Figures for ``VMStats``: CPU from the process accounting, the rest from QMP."""
@@ -832,6 +917,8 @@ def _image_info(manifest: Manifest) -> ImageInfo:
     return ImageInfo(
         name=manifest.name,
         kernel=entry(manifest.kernel),
+        machine=manifest.machine,
+        firmware=manifest.firmware,
         initrd=entry(manifest.initrd),
         disk=entry(manifest.disk),
         disk_format=manifest.disk_format,
