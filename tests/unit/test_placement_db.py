@@ -60,9 +60,6 @@ class RowsAgent:
     def on_exit(self, handler: object) -> None:
         pass
 
-    def on_pause(self, handler: object) -> None:
-        pass
-
     def check_port_free(self, port: int) -> bool:
         return True
 

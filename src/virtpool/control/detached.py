@@ -37,9 +37,6 @@ class NoAgent:
     def on_exit(self, handler: Any) -> None:
         """No QEMU runs here, so none can exit."""
 
-    def on_pause(self, handler: Any) -> None:
-        """No QEMU runs here, so none can pause."""
-
     def adopt_vm(self, vm_id: str, name: str) -> str | None:
         return None
 

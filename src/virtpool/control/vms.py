@@ -90,7 +90,6 @@ class VMService:
         self._resize_lock = threading.Lock()
         self._admission_lock = threading.Lock()
         agent.on_exit(self._on_exit)
-        agent.on_pause(self._on_pause)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
@@ -600,14 +599,6 @@ class VMService:
         for vm in self.restore_known(host):
             if vm.host == self.local_host:
                 self._reconcile_one(vm)
-
-    def _on_pause(self, vm_id: str, reason: str | None) -> None:
-        """QEMU paused a running VM on a disk error (shown as paused, with the reason), or
-        resumed it once the disk had room (running again)."""
-        if reason is not None:
-            self._transition(vm_id, [S.RUNNING], S.PAUSED, error=reason)
-        else:
-            self._transition(vm_id, [S.PAUSED], S.RUNNING)
 
     def reconcile(self) -> None:
         """Bring records and host into agreement after a (re)start of the control plane."""

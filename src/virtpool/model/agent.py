@@ -20,9 +20,6 @@ from virtpool.model.vm import StopMethod
 # (vm_id, guest_initiated): the VM's QEMU exited; guest_initiated when the guest powered off.
 ExitHandler = Callable[[str, bool], None]
 Progress = Callable[[str, float], None]
-# (vm_id, reason): QEMU paused the VM on a disk error (reason says which, e.g. "io-error: the
-# host's data disk is full"), or resumed it after one (reason None).
-PauseHandler = Callable[[str, str | None], None]
 
 
 class Agent(Protocol):
@@ -50,10 +47,6 @@ class Agent(Protocol):
         ...
 
     def on_exit(self, handler: ExitHandler) -> None: ...
-
-    def on_pause(self, handler: PauseHandler) -> None:
-        """Be told when QEMU pauses a VM on an I/O error (ENOSPC) and when it resumes it."""
-        ...
 
     def check_port_free(self, port: int) -> bool: ...
 

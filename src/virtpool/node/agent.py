@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from virtpool.model.agent import ExitHandler, PauseHandler, Progress
+from virtpool.model.agent import ExitHandler, Progress
 from virtpool.model.errors import (
     BootTimeout,
     Conflict,
@@ -84,9 +84,6 @@ HARD_STOP_GRACE_S = 3.0  # after QMP 'quit', before SIGKILL
 # the ACPI power button is pressed as well (a guest whose agent said yes usually is on its way).
 ACPI_SHARE_AFTER_AGENT = 0.7
 QMP_CONNECT_TIMEOUT_S = 10.0
-# Free space on the data disk before guests paused by ENOSPC are resumed.
-RESUME_FREE_BYTES = 64 * MIB
-PAUSE_NOTICE_ATTEMPTS = 5  # a pause is told again while the full disk refuses to record it
 DEFAULT_REBOOT_WAIT_S = 60.0  # for the guest agent after a reboot, unless its boot said more
 
 
@@ -143,8 +140,6 @@ class LocalAgent:
         self._thread.start()
         self._cpu_samples: dict[str, deque[tuple[float, float]]] = {}
         self._unsafe_logs: set[str] = set()  # VMs whose serial.log was replaced (warned once)
-        self._pause_handlers: list[PauseHandler] = []
-        self._io_paused: dict[str, str] = {}  # VMs QEMU paused on a disk error -> why
         self._housekeeper = self._submit(self._housekeeping_forever())
 
     # -- plumbing -------------------------------------------------------------------------
@@ -595,9 +590,7 @@ class LocalAgent:
             return None
         self._ready.add(vm_id)  # it ran before this agent started: it had booted
         self._watch(vm_id)
-        if status.get("status") == "io-error":
-            self._io_paused[vm_id] = "io-error: the VM's disk failed while virtpool was down"
-        return "paused" if status.get("status") in ("paused", "io-error") else "running"
+        return "paused" if status.get("status") == "paused" else "running"
 
     # -- watching -------------------------------------------------------------------------
 
@@ -615,7 +608,7 @@ class LocalAgent:
         paths = self._paths(vm_id)
         guest_initiated = reset = False
 
-        async def on_event(name: str, data: Any) -> None:
+        def on_event(name: str, data: Any) -> None:
             nonlocal guest_initiated, reset
             if name == "SHUTDOWN" and data.get("guest"):
                 # -no-reboot turns the guest's reboot into an exit with this reason.
@@ -623,15 +616,6 @@ class LocalAgent:
                     reset = True
                 else:
                     guest_initiated = True
-            elif name == "BLOCK_IO_ERROR" and data.get("action") == "stop" and vm_id not in self._io_paused:
-                # QEMU paused the guest rather than fail its write (werror=enospc, its default).
-                reason = (f"io-error: the host's data disk is full ({self.data_dir}); the VM "
-                          "resumes by itself once there is room again" if data.get("nospace")
-                          else f"io-error: {data.get('reason') or 'the disk failed'}")
-                self._io_paused[vm_id] = reason
-                await self._tell_pause(vm_id, reason)
-            elif name == "RESUME" and self._io_paused.pop(vm_id, None) is not None:
-                await self._tell_pause(vm_id, None)
 
         while True:
             guest_initiated = reset = False
@@ -648,7 +632,6 @@ class LocalAgent:
         current = self._watchers.get(vm_id)
         if current is not None and current[1] == proc:
             del self._watchers[vm_id]
-        self._io_paused.pop(vm_id, None)
         superseded = self._process(vm_id) is not None  # a newer QEMU of this VM already runs
         await asyncio.to_thread(self._release, vm_id, proc, keep_cgroup=superseded)
         if superseded:
@@ -665,40 +648,9 @@ class LocalAgent:
             except Exception:  # a handler's bug must not kill the watcher loop
                 log.exception("exit handler failed for VM %s", vm_id)
 
-    async def _tell_pause(self, vm_id: str, reason: str | None) -> None:
-        for handler in self._pause_handlers:
-            for attempt in range(PAUSE_NOTICE_ATTEMPTS):
-                try:
-                    await asyncio.to_thread(handler, vm_id, reason)
-                    break
-                except Exception:  # e.g. the full disk refused the write: again, then give up
-                    if attempt == PAUSE_NOTICE_ATTEMPTS - 1:
-                        log.exception("pause handler failed for VM %s", vm_id)
-                    await asyncio.sleep(1.0)
-
-    def on_pause(self, handler: PauseHandler) -> None:
-        self._pause_handlers.append(handler)
-
-    def _resume_io_paused(self) -> None:
-        """Resume the guests an I/O error paused, once the data disk has room again (enough
-        that they do not fill it again at once)."""
-        if not self._io_paused or _free_bytes(self.data_dir) < RESUME_FREE_BYTES:
-            return
-        for vm_id in list(self._io_paused):
-            try:
-                self._run(qmp.command(self._paths(vm_id).qmp_sock, "cont", vm=self._label(vm_id)),
-                          timeout=QMP_CONNECT_TIMEOUT_S + 5)
-                log.info("resumed VM %s: its disk has room again", self._label(vm_id))
-            except (OperationFailed, TimeoutError) as err:
-                log.warning("could not resume VM %s after its I/O error: %s", self._label(vm_id), err)
-
     async def _housekeeping_forever(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
-            try:
-                await asyncio.to_thread(self._resume_io_paused)
-            except Exception:  # e.g. the data disk vanished: the VMs still need their care
-                log.exception("resuming VMs after an I/O error failed")
             for vm_id in list(self._watchers):
                 try:
                     await asyncio.to_thread(self._housekeep, vm_id)
@@ -896,11 +848,6 @@ def _how_it_ended(popen: subprocess.Popen[bytes] | None) -> str:
             name = "unknown signal"
         return f"was killed by signal {-code} ({name})"
     return f"exited with code {code}"
-
-
-def _free_bytes(path: Path) -> int:
-    info = os.statvfs(path)
-    return info.f_bavail * info.f_frsize  # as QEMU (not root) sees it
 
 
 def _is_socket(path: Path) -> bool:
