@@ -17,7 +17,6 @@ import uvicorn
 from virtpool.api.app import create_app
 from virtpool.control.auth import write_private_file
 from virtpool.control.balancer import MemoryPolicy
-from virtpool.control.detached import NoAgent
 from virtpool.control.pool import Pool, PoolConfig
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S
 from virtpool.model.errors import InvalidRequest
@@ -62,7 +61,7 @@ def open_pool(options: ServeOptions) -> Pool:
         path = options.data_dir / name
         if path.exists():
             os.chmod(path, 0o600)
-    agent = NoAgent() if options.control_only else LocalAgent(
+    agent = None if options.control_only else LocalAgent(
         options.data_dir, accel=options.accel, log_cap_bytes=options.log_cap_bytes)
     config = PoolConfig(data_dir=options.data_dir, db_url=options.db_url,
                         boot_timeout=options.boot_timeout, memory=options.memory,

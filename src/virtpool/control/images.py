@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
+from collections.abc import Mapping
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from virtpool.control.operations import OperationService
 from virtpool.control.store.tables import VMRow
-from virtpool.model.agent import Agent
+from virtpool.model.agent import Agent, ByteStream
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound, VirtpoolError
 from virtpool.model.image import BuildStatus, ImageInfo
 from virtpool.model.operation import Operation
@@ -47,15 +47,9 @@ class ImageService:
             )
         self._agent.delete_image(name)
 
-    def import_files(
-        self, name: str, *, kernel: Path, initrd: Path | None, disk: Path | None, kernel_args: str
-    ) -> ImageInfo:
-        return self._agent.import_image(
-            name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args
-        )
-
-    def staging_dir(self) -> Path:
-        return self._agent.staging_dir()
+    def import_files(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str) -> ImageInfo:
+        """Store an image from streams: "kernel" (required), "initrd", "disk"."""
+        return self._agent.import_image(name, files, kernel_args=kernel_args)
 
     def start_build(self, name: str, *, actor: str = "virtpool") -> Operation:
         """Start building ``name`` in the background, or return the build under way."""

@@ -1,7 +1,8 @@
 """The control plane of one pool: database, services and the agent(s) they drive.
 
-The caller hands in the agent, so that this layer never imports the node package: single-node
-mode passes a ``LocalAgent``; a multi-host pool will pass remote agents.
+The caller hands in this host's agent (or none), so that this layer never imports the node
+package: single-node mode passes a ``LocalAgent``; `virtpool server` passes none. Every other
+host is reached through the registry (control/agents/registry.py).
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from virtpool.control.agents.feed import EventPump
+from virtpool.control.agents.registry import AgentRegistry
 from virtpool.control.audit import AuditLog
 from virtpool.control.auth import TokenService
 from virtpool.control.balancer import MemoryBalancer, MemoryPolicy
+from virtpool.control.detached import NoAgent
 from virtpool.control.events import EventLog
 from virtpool.control.groups import GroupService
 from virtpool.control.hosts import HostService
@@ -50,9 +54,9 @@ class PoolConfig:
 class Pool:
     """Everything the API needs, wired together. ``start()`` reconciles before serving."""
 
-    def __init__(self, config: PoolConfig, agent: Agent) -> None:
+    def __init__(self, config: PoolConfig, agent: Agent | None) -> None:
         self.config = config
-        self.agent = agent
+        self.agent: Agent = agent if agent is not None else NoAgent()
         self.engine = db.open_database(config.db_url or db.sqlite_url(config.data_dir / "state.db"))
         sessions = db.session_factory(self.engine)
         self.tokens = TokenService(sessions)
@@ -64,13 +68,14 @@ class Pool:
         self.hosts = HostService(sessions, self.placer, socket.gethostname())
         self.groups = GroupService(sessions)
         self.rebalancer = Rebalancer(sessions)
-        self.vms = VMService(sessions, agent, self.hosts.local, boot_timeout=config.boot_timeout,
-                             events=self.events, memory=lambda: self.balancer.policy,
-                             placer=self.placer)
+        self.agents = AgentRegistry(sessions, self.hosts.local, agent)
         self.operations = OperationService(sessions)
+        self.images = ImageService(sessions, self.agent, self.operations)
+        self.vms = VMService(sessions, self.agents, images=self.images.get,
+                             boot_timeout=config.boot_timeout, events=self.events, placer=self.placer)
+        self.agent_events = EventPump(sessions, self.agents, self.vms.on_agent_event)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
-        self.images = ImageService(sessions, agent, self.operations)
-        self.balancer = MemoryBalancer(self.vms, agent, self.events, self.audit, config.memory)
+        self.balancer = MemoryBalancer(self.vms, self.agent, self.events, self.audit, config.memory)
 
     def start(self) -> bool:
         """Register this host, reconcile VMs and its usage counters with it, fail the
@@ -80,12 +85,14 @@ class Pool:
             self.hosts.register_local(self.agent.host_info())
             self.operations.fail_interrupted()
             self.vms.reconcile()
+            self.agent_events.follow(self.hosts.local)
             self.hosts.reconcile_usage()
             self.balancer.start()
         return self.tokens.bootstrap(self.config.token_file)
 
     def close(self) -> None:
         self.balancer.stop()
+        self.agent_events.close()
         self.vms.close()
-        self.agent.close()
+        self.agents.close()
         self.engine.dispose()

@@ -1,13 +1,13 @@
-"""The agent of one host, in the control plane's process (single-node mode).
+"""The agent of one host: the contract of ``virtpool.model.agent.Agent`` over this host's parts.
 
-It owns the QEMU processes, disks and images under the data dir and carries out what the
-control plane asks, through the calls of ``virtpool.model.agent.Agent``. It keeps no state of
-its own that matters: everything it needs after a restart is on disk (pidfile, sockets) and in
-the control plane's database.
+A thin façade. Each VM is a ``node.vm.VM`` (paths, process, QMP session, watcher, run state);
+launches are resolved by the pure ``node.launch``; images by ``node.images.store``; disks by
+``node.disks``; confinement by ``node.sandbox``; what VMs do on their own is appended to the
+persisted ``node.events.EventFeed``. Everything the agent needs after a restart is on disk
+(pidfiles, sockets, the event feed) or in the control plane's database.
 
-Async work (QMP, the guest agent, watching for QEMU's exit) runs on one event loop in a thread
-of the agent's own, so that blocking callers (API worker threads, the CLI in-process) can use
-it without an event loop of their own.
+Async work runs on one event loop in a thread of the agent's own, so that blocking callers
+(API worker threads, the agent service's handlers) can use it without an event loop of theirs.
 """
 
 from __future__ import annotations
@@ -22,46 +22,37 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
 
-from virtpool.model.agent import ExitHandler, Progress
-from virtpool.model.errors import (
-    BootTimeout,
-    InsufficientResources,
-    NotFound,
-    OperationFailed,
-)
+from virtpool.model.agent import ByteStream, Console, Progress, RunStatus
+from virtpool.model.errors import Conflict, InsufficientResources, InvalidRequest, NotFound, OperationFailed
 from virtpool.model.image import ImageFile, ImageInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
-from virtpool.node import disks, serial
+from virtpool.model.vm import VMUsage
+from virtpool.node import disks, launch, serial
+from virtpool.node.events import EventFeed
 from virtpool.node.images.manifest import Manifest
 from virtpool.node.images.store import ImageStore, kernel_kind
 from virtpool.node.qemu import accel as accel_mod
-from virtpool.node.qemu import process, qmp
-from virtpool.node.qemu.argv import (
-    BALLOON_ID,
-    DISK_DEVICE_ID,
-    DRIVE_ID,
-    LaunchPlan,
-    build_argv,
-)
-from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
+from virtpool.node.qemu import peer
+from virtpool.node.qemu.argv import BALLOON_ID, DISK_DEVICE_ID, DRIVE_ID, LaunchPlan, build_argv
 from virtpool.node.sandbox import cgroups, users
+from virtpool.node.vm import READY_POLL_S, VM, Runstate
 from virtpool.node.vmdir import VMPaths
+
+__all__ = ["READY_POLL_S", "LocalAgent"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-READY_POLL_S = 0.05  # between guest-agent pings while a guest boots
 # Log trimming and CPU sampling; a guest flooding its console at full speed writes ~1 MB/s
 # under TCG, so a second is what the log may overshoot its cap by.
 HOUSEKEEPING_INTERVAL_S = 1.0
-MONITOR_TIMEOUT_S = 30.0  # from spawn until QEMU's monitor answers (devices set up)
 # Charged to a VM's memory cgroup beyond its guest RAM: TCG's translation cache (capped at
 # 64 MiB), QEMU's heap and the pages of the kernel it loads; measured ~80 MiB anonymous and
 # ~74 MiB reclaimable file pages for a 256 MiB guest.
@@ -69,8 +60,9 @@ QEMU_OVERHEAD_MIB = 128
 BALLOON_STATS_INTERVAL_S = 2  # how often the guest's balloon driver reports its free memory
 BALLOON_PATH = f"/machine/peripheral/{BALLOON_ID}"
 MIB = 1024 * 1024
-HARD_STOP_GRACE_S = 3.0  # after QMP 'quit', before SIGKILL
-QMP_CONNECT_TIMEOUT_S = 10.0
+CALL_TIMEOUT_S = 30.0  # a QMP round trip on the agent's loop, with room for a busy machine
+IMAGE_FILES = ("kernel", "initrd", "disk")
+CHUNK = 1 << 20
 
 
 class LocalAgent:
@@ -93,22 +85,18 @@ class LocalAgent:
         self._tsc_khz = accel_mod.host_tsc_khz()
         self._log_cap = log_cap_bytes
         self._qemu = qemu_binary
-        self._names: dict[str, str] = {}
-        self._procs: dict[str, psutil.Process] = {}
-        self._popens: dict[int, subprocess.Popen[bytes]] = {}  # QEMUs we started, by pid
+        self.feed = EventFeed(data_dir / "events.jsonl")
         # VM users (0711 dirs) pass through the data dir to their own run dir and the images.
         if users.running_as_root():
             os.chmod(self.vms_dir, 0o711)
         self._cgroups = users.running_as_root() and cgroups.available()
         if self._cgroups:
             cgroups.cleanup_orphans(self.vm_ids())
-        self._watchers: dict[str, tuple[Future[None], psutil.Process]] = {}
-        self._exit_handlers: list[ExitHandler] = []
-        self._qga_locks: dict[str, asyncio.Lock] = {}
+        self._vms: dict[str, VM] = {}
+        self._cpu_samples: dict[str, deque[tuple[float, float]]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agent-loop", daemon=True)
         self._thread.start()
-        self._cpu_samples: dict[str, deque[tuple[float, float]]] = {}
         self._housekeeper = self._submit(self._housekeeping_forever())
 
     # -- plumbing -------------------------------------------------------------------------
@@ -116,38 +104,37 @@ class LocalAgent:
     def _submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = CALL_TIMEOUT_S) -> T:
         return self._submit(coro).result(timeout)
 
     def _paths(self, vm_id: str) -> VMPaths:
         return VMPaths(self.vms_dir / vm_id)
 
-    def _label(self, vm_id: str) -> str:
-        return self._names.get(vm_id, vm_id)
+    def _vm(self, vm_id: str, name: str | None = None) -> VM:
+        """The VM's object, made on first use (only on the loop, so never twice)."""
+        vm = self._vms.get(vm_id)
+        if vm is None:
+            vm = VM(vm_id, self._paths(vm_id), name or vm_id,
+                    notify=lambda kind, data: self.feed.append(kind, vm_id, data),  # type: ignore[arg-type]
+                    on_gone=self._release)
+            self._vms[vm_id] = vm
+        elif name is not None:
+            vm.name = name
+        return vm
 
-    def _process(self, vm_id: str) -> psutil.Process | None:
-        """The VM's live QEMU: the one this agent knows, else the one its pidfile names."""
-        proc = self._procs.get(vm_id)
-        if proc is not None and process.alive(proc):
-            return proc
-        proc = process.find(self._paths(vm_id).pidfile)
-        if proc is None:
-            self._procs.pop(vm_id, None)
-        else:
-            self._procs[vm_id] = proc
-        return proc
+    async def _on_loop(self, vm_id: str, name: str | None = None) -> VM:
+        return self._vm(vm_id, name)
 
     def close(self) -> None:
         """Stop watching; the VMs themselves keep running."""
 
-        async def cancel_all() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        async def detach_all() -> None:
+            self._housekeeper.cancel()
+            for vm in list(self._vms.values()):
+                await vm.detach()
 
         try:
-            self._run(cancel_all(), timeout=5)
+            self._run(detach_all(), timeout=10)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
@@ -161,9 +148,9 @@ class LocalAgent:
         return HostInfo(
             hostname=socket.gethostname(),
             cpus=os.cpu_count() or 1,
-            memory_mib=psutil.virtual_memory().total // (1024 * 1024),
-            disk_total_mib=usage.total // (1024 * 1024),
-            disk_free_mib=usage.free // (1024 * 1024),
+            memory_mib=psutil.virtual_memory().total // MIB,
+            disk_total_mib=usage.total // MIB,
+            disk_free_mib=usage.free // MIB,
             accel=self._accel,
             accel_reason=self._accel_reason,
             qemu_version=_qemu_version(self._qemu),
@@ -181,6 +168,9 @@ class LocalAgent:
                 return False
         return True
 
+    def events(self, after: int, wait: float = 0.0) -> list[Any]:
+        return self.feed.read(after, wait)
+
     # -- images ---------------------------------------------------------------------------
 
     def list_images(self) -> list[ImageInfo]:
@@ -193,19 +183,37 @@ class LocalAgent:
         manifest, built = self.images.build(name, progress)
         return _image_info(manifest), built
 
-    def import_image(
-        self, name: str, *, kernel: Path, initrd: Path | None, disk: Path | None, kernel_args: str
-    ) -> ImageInfo:
-        manifest = self.images.import_files(
-            name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args, move=True
-        )
-        return _image_info(manifest)
+    def import_image(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str) -> ImageInfo:
+        unknown = set(files) - set(IMAGE_FILES)
+        if unknown or "kernel" not in files:
+            raise InvalidRequest(f"an image is a kernel with an optional initrd and disk, not {sorted(files)}",
+                                 hint="send 'kernel', and 'initrd' and 'disk' if the image has them")
+        staging = Path(tempfile.mkdtemp(prefix=".import-upload-", dir=self.images.root))
+        try:
+            saved: dict[str, Path] = {}
+            for field, stream in files.items():
+                target = staging / field
+                with target.open("wb") as out:
+                    for chunk in stream:
+                        out.write(chunk)
+                saved[field] = target
+            manifest = self.images.import_files(
+                name, kernel=saved["kernel"], initrd=saved.get("initrd"), disk=saved.get("disk"),
+                kernel_args=kernel_args, move=True)
+            return _image_info(manifest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def image_file(self, name: str, file: str) -> Iterator[bytes]:
+        manifest = self.images.get(name)
+        entry = getattr(manifest, file, None) if file in IMAGE_FILES else None
+        if entry is None:
+            raise NotFound(f"image '{name}' has no {file} file", hint=f"its files: {', '.join(IMAGE_FILES)}")
+        path = self.images.path(name) / entry.path
+        return _chunks(path)
 
     def delete_image(self, name: str) -> None:
         self.images.delete(name)
-
-    def staging_dir(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix=".import-upload-", dir=self.images.root))
 
     # -- VM files -------------------------------------------------------------------------
 
@@ -216,11 +224,11 @@ class LocalAgent:
         manifest = self.images.get(image)
         paths = self._paths(vm_id)
         paths.create()
-        free_mib = shutil.disk_usage(self.data_dir).free // (1024 * 1024)
+        free_mib = shutil.disk_usage(self.data_dir).free // MIB
         if manifest.disk is not None:
             base = self.images.path(image) / manifest.disk.path
             base_size = disks.qemu_img_info(base, manifest.disk_format or "raw").virtual_size
-            base_mib = -(-base_size // (1024 * 1024))
+            base_mib = -(-base_size // MIB)
             if disk_mib < base_mib:
                 raise InsufficientResources(
                     f"image '{image}' has a {base_mib} MiB disk; the VM's disk cannot be smaller",
@@ -238,75 +246,63 @@ class LocalAgent:
 
     def destroy_vm(self, vm_id: str) -> None:
         self.kill_vm(vm_id)
-        watcher = self._watchers.pop(vm_id, None)
-        if watcher is not None:
-            watcher[0].cancel()
-        self._release(vm_id)
+
+        async def forget() -> None:
+            self._vms.pop(vm_id, None)
+
+        self._run(forget())
+        self._release_cgroup(vm_id)
         shutil.rmtree(self._paths(vm_id).root, ignore_errors=True)
-        self._names.pop(vm_id, None)
 
     def read_log(self, vm_id: str, offset: int = 0, limit: int = 1 << 20) -> tuple[bytes, int]:
         return serial.read_from(self._paths(vm_id).serial_log, offset, limit)
 
-    def console_socket(self, vm_id: str) -> Path:
-        return self._paths(vm_id).console_sock
+    def resize_disk_offline(self, vm_id: str, disk_mib: int) -> None:
+        disk = self._paths(vm_id).disk
+        run_as: dict[str, Any] = {}
+        if users.running_as_root():
+            owner = os.lstat(disk).st_uid
+            if owner != 0:
+                run_as = users.spawn_kwargs(owner, owner)
+        disks.grow(disk, disk_mib, **run_as)
 
     # -- VM processes ---------------------------------------------------------------------
 
-    def on_exit(self, handler: ExitHandler) -> None:
-        self._exit_handlers.append(handler)
-
     def launch_plan(self, vm_id: str, spec: VMSpec) -> LaunchPlan:
-        """Resolve a spec to host paths; public so that the boot benchmark can reuse it."""
+        """Gather the facts and resolve them (public: the boot benchmark runs the same plan)."""
         manifest = self.images.get(spec.image)
-        image_dir = self.images.path(spec.image)
+        directory = self.images.path(spec.image)
+        image = launch.ImageFacts(directory=directory, manifest=manifest,
+                                  kernel_is_elf=kernel_kind(directory / manifest.kernel.path) == "elf")
         accel = self._accel if spec.accel == "auto" else accel_mod.detect(spec.accel)[0]
-        kernel = image_dir / manifest.kernel.path
-        return LaunchPlan(
-            name=spec.name,
-            cpus=spec.cpus,
-            memory_mib=spec.boot_memory_mib,
-            kernel=kernel,
-            initrd=image_dir / manifest.initrd.path if manifest.initrd else None,
-            kernel_is_elf=kernel_kind(kernel) == "elf",
-            paths=self._paths(vm_id),
-            accel=accel,
-            ports=tuple(spec.ports),
-            image_kernel_args=manifest.kernel_args,
-            user_kernel_args=spec.kernel_args,
-            tsc_khz=self._tsc_khz,
-            disk_iops=spec.disk_iops,
-            disk_bps=spec.disk_bps,
-            qemu_binary=self._qemu,
-        )
+        host = launch.HostFacts(accel=accel, tsc_khz=self._tsc_khz, qemu_binary=self._qemu)
+        return launch.resolve(spec, image, self._paths(vm_id), host)
 
     def start_vm(self, vm_id: str, spec: VMSpec, slot: int) -> int:
         paths = self._paths(vm_id)
         if not paths.disk.exists():
             raise NotFound(f"VM '{spec.name}' has no disk on this host ({paths.disk})")
-        if self._process(vm_id) is not None:
-            raise OperationFailed(f"VM '{spec.name}' already has a QEMU process")
-        self._names[vm_id] = spec.name
-        process.remove_stale_files([*paths.sockets(), paths.pidfile, paths.qemu_log])
+        vm = self._run(self._on_loop(vm_id, spec.name))
         popen_kwargs = self._confine_files(vm_id, slot)
         argv = build_argv(self.launch_plan(vm_id, spec))
-        try:
-            group = self._cgroup_for(vm_id, spec)
-            popen = process.spawn(argv, paths.qemu_log, vm=spec.name, **popen_kwargs)
-            self._popens[popen.pid] = popen
-            self._procs[vm_id] = psutil.Process(popen.pid)
-            # Into its cgroup at once, milliseconds after exec and before it loads the guest:
-            # what it allocated until then (its libraries) is charged to the agent.
+        group = self._cgroup_for(vm_id, spec)
+
+        def into_cgroup(pid: int) -> None:
+            # At once, milliseconds after exec and before it loads the guest: what it
+            # allocated until then (its libraries) is charged to the agent.
             if group is not None:
-                group.attach(popen.pid)
-            self._run(self._wait_monitor(vm_id, popen))
-            self._run(self._configure_balloon(vm_id, spec))
-            self._watch(vm_id)
-        except BaseException:
-            self.kill_vm(vm_id)
-            self._release(vm_id)
-            raise
-        return popen.pid
+                group.attach(pid)
+
+        async def start() -> int:
+            pid = await vm.spawn(argv, popen_kwargs, into_cgroup)
+            try:
+                await self._configure_balloon(vm, spec)
+            except BaseException:
+                await vm.kill()
+                raise
+            return pid
+
+        return self._run(start(), timeout=None)
 
     def _confine_files(self, vm_id: str, slot: int) -> dict[str, Any]:
         """As root: give the VM's run dir and disk to its own user; Popen arguments to run as it."""
@@ -330,222 +326,94 @@ class LocalAgent:
         group.set_memory_limit((spec.boot_memory_mib + QEMU_OVERHEAD_MIB) * MIB)
         return group
 
-    async def _wait_monitor(self, vm_id: str, popen: subprocess.Popen[bytes]) -> None:
-        """Until QEMU's monitor answers (it is set up), or QEMU exits and its log says why."""
-        paths, label = self._paths(vm_id), self._label(vm_id)
-        deadline = self._loop.time() + MONITOR_TIMEOUT_S
-        while True:
-            if popen.poll() is not None:
-                said = serial.tail(paths.qemu_log)
-                raise OperationFailed(f"QEMU refused to start VM '{label}': {said or f'exit code {popen.returncode}'}")
-            try:
-                await asyncio.wait_for(qmp.command(paths.qmp_sock, "query-status", vm=label), 1.0)
-                return
-            except (OperationFailed, asyncio.TimeoutError):
-                if self._loop.time() > deadline:
-                    raise OperationFailed(f"QEMU of VM '{label}' did not set up in {MONITOR_TIMEOUT_S:g}s") from None
-                await asyncio.sleep(0.02)
+    def _release(self, vm: VM) -> None:
+        """A QEMU of the VM has exited: give back its cgroup."""
+        self._cpu_samples.pop(vm.id, None)
+        self._release_cgroup(vm.id)
 
-    def _release(self, vm_id: str, proc: psutil.Process | None = None, *, keep_cgroup: bool = False) -> None:
-        """After a QEMU of the VM has exited: reap it if it was our child, remove its cgroup."""
-        proc = proc or self._procs.get(vm_id)
-        if proc is not None:
-            popen = self._popens.pop(proc.pid, None)
-            if popen is not None:
-                popen.wait()
-            if self._procs.get(vm_id) == proc:
-                self._procs.pop(vm_id, None)
-        if self._cgroups and not keep_cgroup:
+    def _release_cgroup(self, vm_id: str) -> None:
+        if self._cgroups:
             try:
                 cgroups.vm_cgroup(vm_id).remove()
             except OperationFailed:
                 log.warning("cgroup of VM %s could not be removed yet", vm_id)
 
-    async def _configure_balloon(self, vm_id: str, spec: VMSpec) -> None:
+    async def _configure_balloon(self, vm: VM, spec: VMSpec) -> None:
         # The guest boots with its ceiling and the balloon takes it down to what it was given;
         # the target is held by the device, so the guest driver applies it whenever it loads.
-        sock, label = self._paths(vm_id).qmp_sock, self._label(vm_id)
-        await qmp.command(sock, "qom-set", {"path": BALLOON_PATH, "property":
-                          "guest-stats-polling-interval", "value": BALLOON_STATS_INTERVAL_S}, vm=label)
+        await vm.command("qom-set", {"path": BALLOON_PATH, "property": "guest-stats-polling-interval",
+                                     "value": BALLOON_STATS_INTERVAL_S})
         if spec.memory_mib < spec.boot_memory_mib:
-            await qmp.command(sock, "balloon", {"value": spec.memory_mib * MIB}, vm=label)
+            await vm.command("balloon", {"value": spec.memory_mib * MIB})
 
     def wait_ready(self, vm_id: str, timeout: float) -> None:
-        self._run(self._wait_ready(vm_id, timeout))
+        async def wait() -> None:
+            await self._vm(vm_id).wait_ready(timeout)
 
-    async def _wait_ready(self, vm_id: str, timeout: float) -> None:
-        paths = self._paths(vm_id)
-        deadline = self._loop.time() + timeout
-        while True:
-            if self._process(vm_id) is None:
-                raise OperationFailed(
-                    f"QEMU of VM '{self._label(vm_id)}' exited while the guest booted; "
-                    f"the console said:\n{serial.tail(paths.serial_log)}",
-                    hint="check the image and the kernel arguments",
-                )
-            remaining = deadline - self._loop.time()
-            if remaining <= 0:
-                raise BootTimeout(
-                    f"VM '{self._label(vm_id)}' did not answer its guest agent within "
-                    f"{timeout:g}s; the console said:\n{serial.tail(paths.serial_log)}",
-                    hint="the image must run qemu-guest-agent; see `virtpool vm logs`",
-                )
-            try:
-                async with self._qga_lock(vm_id):
-                    agent = await GuestAgent.open(
-                        paths.qga_sock, vm=self._label(vm_id), sync_timeout=min(1.0, remaining)
-                    )
-                    await agent.close()
-                return
-            except GuestAgentError:
-                await asyncio.sleep(READY_POLL_S)
-
-    def _qga_lock(self, vm_id: str) -> asyncio.Lock:
-        # QGA serves one client at a time: callers on the same VM take turns.
-        return self._qga_locks.setdefault(vm_id, asyncio.Lock())
+        self._run(wait(), timeout=None)
 
     def stop_vm(self, vm_id: str, timeout: float) -> bool:
-        proc = self._process(vm_id)
-        if proc is None:
+        async def stop() -> bool:
+            vm = self._vm(vm_id)
+            if vm.runstate == Runstate.IDLE and not await vm.attach():
+                return False
+            await vm.ask_to_stop()
+            if await vm.wait_gone(timeout):
+                return True
+            await vm.kill()
             return False
-        self._run(self._ask_guest_to_stop(vm_id), timeout=QMP_CONNECT_TIMEOUT_S + 5)
-        if process.wait_gone(proc, timeout):
-            return True
-        self.kill_vm(vm_id)
-        return False
 
-    async def _ask_guest_to_stop(self, vm_id: str) -> None:
-        paths = self._paths(vm_id)
-        label = self._label(vm_id)
-        status = await qmp.command(paths.qmp_sock, "query-status", vm=label)
-        if status.get("status") == "paused":
-            await qmp.command(paths.qmp_sock, "cont", vm=label)
-        try:
-            async with self._qga_lock(vm_id):
-                async with await GuestAgent.open(paths.qga_sock, vm=label) as agent:
-                    await agent.shutdown()
-        except GuestAgentError:
-            # No guest agent: the ACPI power button, which a guest may or may not heed.
-            await qmp.command(paths.qmp_sock, "system_powerdown", vm=label)
+        return self._run(stop(), timeout=None)
 
     def kill_vm(self, vm_id: str) -> None:
-        proc = self._process(vm_id)
-        if proc is None:
-            return
-        try:
-            self._run(qmp.command(self._paths(vm_id).qmp_sock, "quit", vm=self._label(vm_id)), timeout=5)
-        except (OperationFailed, TimeoutError):
-            pass
-        if not process.wait_gone(proc, HARD_STOP_GRACE_S):
-            process.kill(proc)
+        async def kill() -> None:
+            vm = self._vm(vm_id)
+            if vm.runstate == Runstate.IDLE:
+                try:
+                    await vm.attach()
+                except OperationFailed:
+                    pass
+            await vm.kill()
+
+        self._run(kill(), timeout=None)
+
+    def _command(self, vm_id: str, cmd: str, arguments: dict[str, Any] | None = None) -> Any:
+        async def run() -> Any:
+            return await self._vm(vm_id).command(cmd, arguments)
+
+        return self._run(run())
 
     def pause_vm(self, vm_id: str) -> None:
-        self._run(qmp.command(self._paths(vm_id).qmp_sock, "stop", vm=self._label(vm_id)))
+        self._command(vm_id, "stop")
 
     def resume_vm(self, vm_id: str) -> None:
-        self._run(qmp.command(self._paths(vm_id).qmp_sock, "cont", vm=self._label(vm_id)))
+        self._command(vm_id, "cont")
 
-    def exec_vm(
-        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None = None
-    ) -> ExecResult:
-        return self._run(self._exec(vm_id, argv, timeout, stdin))
+    def exec_vm(self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None = None) -> ExecResult:
+        async def run() -> ExecResult:
+            return await self._vm(vm_id).exec(argv, timeout, stdin)
 
-    async def _exec(
-        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None
-    ) -> ExecResult:
-        async with self._qga_lock(vm_id):
-            agent = await GuestAgent.open(self._paths(vm_id).qga_sock, vm=self._label(vm_id))
-            async with agent:
-                return await agent.exec(argv, timeout=timeout, stdin=stdin)
+        return self._run(run(), timeout=None)
 
-    def adopt_vm(self, vm_id: str, name: str) -> str | None:
-        paths = self._paths(vm_id)
-        self._names[vm_id] = name
-        if self._process(vm_id) is None:
-            return None
-        self._watch(vm_id)
-        status = self._run(qmp.command(paths.qmp_sock, "query-status", vm=name))
-        return "paused" if status.get("status") == "paused" else "running"
+    def adopt_vm(self, vm_id: str, name: str) -> RunStatus | None:
+        async def adopt() -> RunStatus | None:
+            vm = self._vm(vm_id, name)
+            if not await vm.attach():
+                return None
+            return "paused" if await vm.status() == "paused" else "running"
 
-    # -- watching -------------------------------------------------------------------------
+        return self._run(adopt())
 
-    def _watch(self, vm_id: str) -> None:
-        proc = self._process(vm_id)
-        if proc is None:
-            return
-        old = self._watchers.get(vm_id)
-        if old is not None and not old[0].done() and old[1] == proc:
-            return
-        self._watchers[vm_id] = (self._submit(self._watch_until_exit(vm_id, proc)), proc)
-
-    async def _watch_until_exit(self, vm_id: str, proc: psutil.Process) -> None:
-        """Watch one QEMU process of the VM (a restart starts a new watcher for the next)."""
-        paths = self._paths(vm_id)
-        guest_initiated = False
-
-        def on_event(name: str, data: Any) -> None:
-            nonlocal guest_initiated
-            if name == "SHUTDOWN" and data.get("guest"):
-                guest_initiated = True
-
-        while True:
-            guest_initiated = False
-            try:
-                await qmp.watch(
-                    paths.events_sock, on_event, vm=self._label(vm_id),
-                    connect_timeout=QMP_CONNECT_TIMEOUT_S,
-                )
-            except OperationFailed:
-                pass
-            # The monitor closes as QEMU exits (see process.wait_gone for why not the pidfile).
-            if await asyncio.to_thread(process.wait_gone, proc, 2.0):
-                break
-        current = self._watchers.get(vm_id)
-        if current is not None and current[1] == proc:
-            del self._watchers[vm_id]
-        superseded = self._process(vm_id) is not None  # a newer QEMU of this VM already runs
-        await asyncio.to_thread(self._release, vm_id, proc, keep_cgroup=superseded)
-        if superseded:
-            return  # the end of an older process is no news about the VM
-        for handler in self._exit_handlers:
-            try:
-                await asyncio.to_thread(handler, vm_id, guest_initiated)
-            except Exception:  # a handler's bug must not kill the watcher loop
-                log.exception("exit handler failed for VM %s", vm_id)
-
-    async def _housekeeping_forever(self) -> None:
-        while True:
-            await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
-            for vm_id in list(self._watchers):
-                try:
-                    await asyncio.to_thread(self._housekeep, vm_id)
-                except Exception:  # one VM going away mid-pass must not stop the others' care
-                    log.exception("housekeeping of VM %s failed", vm_id)
-
-    def _housekeep(self, vm_id: str) -> None:
-        serial.trim(self._paths(vm_id).serial_log, self._log_cap)
-        self._sample_cpu(vm_id)
-
-    def _sample_cpu(self, vm_id: str) -> None:
-        cpu_s = self._cpu_seconds(vm_id)
-        if cpu_s is None:
-            return
-        samples = self._cpu_samples.setdefault(vm_id, deque(maxlen=2))
-        samples.append((time.monotonic(), cpu_s))
-
-    def _cpu_seconds(self, vm_id: str) -> float | None:
-        if self._cgroups:
-            group = cgroups.vm_cgroup(vm_id)
-            if group.exists():
-                return group.usage().cpu_time_ns / 1e9
-        proc = self._process(vm_id)
-        if proc is None:
-            return None
+    async def open_console(self, vm_id: str) -> Console:
+        vm = self._vms.get(vm_id)
+        if vm is None or vm.runstate != Runstate.RUNNING:
+            raise Conflict("the VM's QEMU is not running here", hint="start the VM first")
         try:
-            times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            return None
-        return times.user + times.system
+            reader, writer = await asyncio.open_unix_connection(
+                sock=await peer.connect(self._paths(vm_id).console_sock))
+        except OSError as err:
+            raise OperationFailed(f"console of VM '{vm.name}' unreachable: {err}") from err
+        return UnixConsole(reader, writer)
 
     # -- live resources -------------------------------------------------------------------
 
@@ -553,7 +421,15 @@ class LocalAgent:
         # QMP first: it is what fails in practice (a VM that went away, a disk that cannot
         # grow), and the control plane then restores its record; the cgroup writes below take
         # values the model has already validated.
-        self._run(self._apply_live(vm_id, changes))
+        if changes.balloon_mib is not None:
+            self._command(vm_id, "balloon", {"value": changes.balloon_mib * MIB})
+        if changes.throttle is not None:
+            iops, bps = changes.throttle
+            self._command(vm_id, "block_set_io_throttle", {
+                "id": DISK_DEVICE_ID, "iops": iops, "bps": bps,
+                "iops_rd": 0, "iops_wr": 0, "bps_rd": 0, "bps_wr": 0})
+        if changes.disk_mib is not None:
+            self._command(vm_id, "block_resize", {"device": DRIVE_ID, "size": changes.disk_mib * MIB})
         if self._cgroups and {"cpu_cap_pct", "cpu_weight", "cpu_affinity"} & changes.model_fields_set:
             group = cgroups.vm_cgroup(vm_id)
             if "cpu_weight" in changes.model_fields_set and changes.cpu_weight is not None:
@@ -563,36 +439,15 @@ class LocalAgent:
             if "cpu_affinity" in changes.model_fields_set:
                 group.set_cpus(changes.cpu_affinity or None)
 
-    async def _apply_live(self, vm_id: str, changes: LiveChanges) -> None:
-        sock, label = self._paths(vm_id).qmp_sock, self._label(vm_id)
-        if changes.balloon_mib is not None:
-            await qmp.command(sock, "balloon", {"value": changes.balloon_mib * MIB}, vm=label)
-        if changes.throttle is not None:
-            iops, bps = changes.throttle
-            await qmp.command(sock, "block_set_io_throttle", {
-                "id": DISK_DEVICE_ID, "iops": iops, "bps": bps,
-                "iops_rd": 0, "iops_wr": 0, "bps_rd": 0, "bps_wr": 0}, vm=label)
-        if changes.disk_mib is not None:
-            await qmp.command(sock, "block_resize", {"device": DRIVE_ID, "size": changes.disk_mib * MIB},
-                              vm=label)
-
-    def resize_disk_offline(self, vm_id: str, disk_mib: int) -> None:
-        disk = self._paths(vm_id).disk
-        run_as: dict[str, Any] = {}
-        if users.running_as_root():
-            owner = os.lstat(disk).st_uid
-            if owner != 0:
-                run_as = users.spawn_kwargs(owner, owner)
-        disks.grow(disk, disk_mib, **run_as)
-
-    def vm_stats(self, vm_id: str) -> dict[str, Any]:
-        """Figures for ``VMStats``: CPU from the process accounting, the rest from QMP."""
+    def vm_stats(self, vm_id: str) -> VMUsage:
+        """CPU from the process accounting, the rest from QMP."""
+        vm = self._vms.get(vm_id)
+        proc = vm.process if vm is not None else None
+        if vm is None or proc is None or vm.runstate != Runstate.RUNNING:
+            return VMUsage()
         figures: dict[str, Any] = {}
-        proc = self._process(vm_id)
-        if proc is None:
-            return figures
         samples = self._cpu_samples.get(vm_id)
-        cpu_s = self._cpu_seconds(vm_id)
+        cpu_s = self._cpu_seconds(vm)
         figures["cpu_time_s"] = cpu_s
         if samples and cpu_s is not None:
             then, then_cpu = samples[0]
@@ -602,29 +457,82 @@ class LocalAgent:
         try:
             figures["qemu_rss_mib"] = round(proc.memory_info().rss / MIB, 1)
         except psutil.NoSuchProcess:
-            return figures
-        figures.update(self._run(self._qmp_stats(vm_id), timeout=QMP_CONNECT_TIMEOUT_S))
-        return figures
+            return VMUsage(**figures)
+        figures.update(self._run(_qmp_stats(vm)))
+        return VMUsage(**figures)
 
-    async def _qmp_stats(self, vm_id: str) -> dict[str, Any]:
-        sock, label = self._paths(vm_id).qmp_sock, self._label(vm_id)
-        figures: dict[str, Any] = {}
-        balloon = await qmp.command(sock, "query-balloon", vm=label)
-        figures["balloon_mib"] = round(balloon["actual"] / MIB, 1)
-        guest = await qmp.command(sock, "qom-get", {"path": BALLOON_PATH, "property": "guest-stats"},
-                                  vm=label)
-        stats = guest.get("stats", {})
-        if guest.get("last-update"):
-            for key, field in (("stat-total-memory", "guest_total_mib"),
-                               ("stat-free-memory", "guest_free_mib")):
-                if stats.get(key, -1) >= 0:
-                    figures[field] = round(stats[key] / MIB, 1)
-        for device in await qmp.command(sock, "query-blockstats", vm=label):
-            if device.get("device") == DRIVE_ID:
-                block = device["stats"]
-                figures.update(disk_read_bytes=block["rd_bytes"], disk_written_bytes=block["wr_bytes"],
-                               disk_read_ops=block["rd_operations"], disk_write_ops=block["wr_operations"])
-        return figures
+    # -- housekeeping ---------------------------------------------------------------------
+
+    async def _housekeeping_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+            for vm in [v for v in self._vms.values() if v.runstate == Runstate.RUNNING]:
+                try:
+                    await asyncio.to_thread(self._housekeep, vm)
+                except Exception:  # one VM going away mid-pass must not stop the others' care
+                    log.exception("housekeeping of VM %s failed", vm.id)
+
+    def _housekeep(self, vm: VM) -> None:
+        serial.trim(vm.paths.serial_log, self._log_cap)
+        cpu_s = self._cpu_seconds(vm)
+        if cpu_s is not None:
+            self._cpu_samples.setdefault(vm.id, deque(maxlen=2)).append((time.monotonic(), cpu_s))
+
+    def _cpu_seconds(self, vm: VM) -> float | None:
+        if self._cgroups:
+            group = cgroups.vm_cgroup(vm.id)
+            if group.exists():
+                return group.usage().cpu_time_ns / 1e9
+        proc = vm.process
+        if proc is None:
+            return None
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            return None
+        return times.user + times.system
+
+
+class UnixConsole:
+    """The console of a VM on this host: its QEMU's console socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self) -> bytes:
+        return await self._reader.read(4096)
+
+    async def write(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def close(self) -> None:
+        self._writer.close()
+
+
+async def _qmp_stats(vm: VM) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    balloon = await vm.command("query-balloon")
+    figures["balloon_mib"] = round(balloon["actual"] / MIB, 1)
+    guest = await vm.command("qom-get", {"path": BALLOON_PATH, "property": "guest-stats"})
+    stats = guest.get("stats", {})
+    if guest.get("last-update"):
+        for key, field in (("stat-total-memory", "guest_total_mib"), ("stat-free-memory", "guest_free_mib")):
+            if stats.get(key, -1) >= 0:
+                figures[field] = round(stats[key] / MIB, 1)
+    for device in await vm.command("query-blockstats"):
+        if device.get("device") == DRIVE_ID:
+            block = device["stats"]
+            figures.update(disk_read_bytes=block["rd_bytes"], disk_written_bytes=block["wr_bytes"],
+                           disk_read_ops=block["rd_operations"], disk_write_ops=block["wr_operations"])
+    return figures
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk
 
 
 def _image_info(manifest: Manifest) -> ImageInfo:

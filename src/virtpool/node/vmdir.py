@@ -34,11 +34,6 @@ class VMPaths:
         return self.root / "qmp.sock"
 
     @property
-    def events_sock(self) -> Path:
-        """A second QMP monitor, held open by the agent to hear events and the process's end."""
-        return self.root / "events.sock"
-
-    @property
     def qga_sock(self) -> Path:
         return self.root / "qga.sock"
 
@@ -52,7 +47,7 @@ class VMPaths:
         return self.root / "qemu.pid"
 
     def sockets(self) -> list[Path]:
-        return [self.console_sock, self.qmp_sock, self.events_sock, self.qga_sock]
+        return [self.console_sock, self.qmp_sock, self.qga_sock]
 
     def create(self) -> None:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)

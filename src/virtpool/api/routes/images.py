@@ -4,8 +4,7 @@ Every token may read them; only pool admins change them (they are shared by ever
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
@@ -17,6 +16,7 @@ from virtpool.model.image import BuildStatus, ImageInfo
 from virtpool.model.spec import MAX_KERNEL_ARGS
 
 router = APIRouter(prefix="/images", tags=["images"])
+CHUNK = 1 << 20
 
 
 @router.get("", response_model=list[ImageInfo])
@@ -59,22 +59,12 @@ def import_image(
     disk: Annotated[UploadFile | None, File()] = None,
     kernel_args: Annotated[str, Form(max_length=MAX_KERNEL_ARGS)] = "",
 ) -> ImageInfo:
-    staging = pool.images.staging_dir()
-    try:
-        paths = {
-            field: _save(upload, staging / field)
-            for field, upload in (("kernel", kernel), ("initrd", initrd), ("disk", disk))
-            if upload is not None
-        }
-        return pool.images.import_files(
-            name, kernel=paths["kernel"], initrd=paths.get("initrd"), disk=paths.get("disk"),
-            kernel_args=kernel_args,
-        )
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    files = {field: _chunks(upload) for field, upload in
+             (("kernel", kernel), ("initrd", initrd), ("disk", disk)) if upload is not None}
+    return pool.images.import_files(name, files, kernel_args=kernel_args)
 
 
-def _save(upload: UploadFile, target: Path) -> Path:
-    with target.open("wb") as out:
-        shutil.copyfileobj(upload.file, out, 1 << 20)
-    return target
+def _chunks(upload: UploadFile) -> Iterator[bytes]:
+    """The upload as a stream (this handler runs in a worker thread: plain reads are fine)."""
+    while chunk := upload.file.read(CHUNK):
+        yield chunk

@@ -31,9 +31,6 @@ from virtpool.model.spec import ExecResult, Resize, VMSpec
 from virtpool.model.states import VMState
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 
-# The console is a local socket until remote agents proxy it; the same peer check applies.
-from virtpool.node.qemu import peer
-
 router = APIRouter(prefix="/vms", tags=["vms"])
 
 MAX_EXEC_ARGS = 256
@@ -210,20 +207,20 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
         await _refuse(websocket, Conflict(f"VM '{vm.name}' is {vm.state.value}", hint="start it first"))
         return
     try:
-        reader, writer = await asyncio.open_unix_connection(
-            sock=await peer.connect(pool.agent.console_socket(vm.id)))
+        agent = await asyncio.to_thread(pool.agents.for_host, vm.host)
+        console = await agent.open_console(vm.id)
     except (OSError, VirtpoolError) as err:
         await websocket.close(code=4502, reason=f"console unreachable: {err}"[:120])
         return
     await websocket.accept()
 
+    # The API relays the agent's byte stream; where the agent runs is the agent's business.
     async def to_guest() -> None:
         while True:
-            writer.write(await websocket.receive_bytes())
-            await writer.drain()
+            await console.write(await websocket.receive_bytes())
 
     async def to_user() -> None:
-        while data := await reader.read(4096):
+        while data := await console.read():
             await websocket.send_bytes(data)
 
     tasks = [asyncio.create_task(to_guest()), asyncio.create_task(to_user())]
@@ -234,7 +231,7 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
     finally:
         for task in tasks:
             task.cancel()
-        writer.close()
+        await console.close()
         try:
             await websocket.close()
         except RuntimeError:

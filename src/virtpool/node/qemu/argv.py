@@ -122,7 +122,6 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         + _throttling(plan),
         "-device", f"virtio-blk-device,drive={DRIVE_ID},id={DISK_DEVICE_ID}",
         "-qmp", f"unix:{opt_value(paths.qmp_sock)},server=on,wait=off",
-        "-qmp", f"unix:{opt_value(paths.events_sock)},server=on,wait=off",
         "-pidfile", str(paths.pidfile),
     ]
     if plan.sandbox:
