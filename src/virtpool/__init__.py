@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 __all__ = ["APIError", "BadRequest", "Client", "Conflict", "Forbidden", "InvalidRequest", "NotFound",
-           "OperationFailed", "PayloadTooLarge", "QuotaExceeded", "ServerError", "Unauthorized",
+           "OperationFailed", "PayloadTooLarge", "QuotaExceeded", "RateLimited", "ServerError", "Unauthorized",
            "Unreachable", "VMPage", "__version__"]
 
 

@@ -79,8 +79,10 @@ def test_problems_map_to_exception_classes(status: int, body: dict[str, str],
 
 def test_a_vm_read_by_name_has_all_its_ports(api_server: Server) -> None:
     api = api_server.api()
-    api.create_vm("ported", ports=["47011:80", "47012:81", "47013:82"])
-    assert [str(p) for p in api.vm("ported").ports] == ["47011:80", "47012:81", "47013:82"]
+    # Host ports below the kernel's ephemeral range (32768-60999), where the suite's own servers
+    # and PostgreSQL take theirs, and above the unprivileged-port floor (1024).
+    api.create_vm("ported", ports=["27011:80", "27012:81", "27013:82"])
+    assert [str(p) for p in api.vm("ported").ports] == ["27011:80", "27012:81", "27013:82"]
     [listed] = [v for v in api.vms_page(limit=1000).items if v.name == "ported"]
-    assert [str(p) for p in listed.ports] == ["47011:80", "47012:81", "47013:82"]
+    assert [str(p) for p in listed.ports] == ["27011:80", "27012:81", "27013:82"]
     api.delete_vm("ported")

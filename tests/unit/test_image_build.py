@@ -202,7 +202,7 @@ class TestInitScript:
         text = INIT_SH.read_text()
         loop = re.search(r"for module in (.*?); do", text, re.DOTALL)
         assert loop is not None
-        assert tuple(loop.group(1).replace("\\\n", " ").split()) == build.VIRTIO_MODULES
+        assert tuple(loop.group(1).replace("\\\n", " ").split()) == build.GUEST_MODULES
         for needle in (
             "org.qemu.guest_agent.0",
             "/dev/vport0p1",

@@ -32,7 +32,8 @@ def busy_port() -> Iterator[int]:
 @pytest.fixture(scope="module")
 def base(server: Server) -> Server:
     """A pool that already has one VM, so that duplicates and port clashes can be tried."""
-    server.api().create_vm("existing", ports=["40123:22"])
+    # A host port below the kernel's ephemeral range, where other programs take theirs.
+    server.api().create_vm("existing", ports=["30123:22"])
     return server
 
 
@@ -48,7 +49,7 @@ CLI_CASES = [
     (["ok1", "--memory", "8T"], "lacks memory"),
     (["ok1", "--disk", "10T"], "free"),
     (["ok1", "--port", "80"], "HOST:GUEST"),
-    (["ok1", "--port", "40123:80"], "already forwarded to VM 'existing'"),
+    (["ok1", "--port", "30123:80"], "already forwarded to VM 'existing'"),
     (["existing"], "a VM named 'existing' exists"),
     (["ok1", "--kernel-args", "a\x01b"], "printable"),
 ]

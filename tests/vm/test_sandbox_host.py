@@ -26,6 +26,7 @@ import pytest
 
 from virtpool.model.errors import OperationFailed
 from virtpool.node.sandbox import cgroups, users
+from virtpool.node.sandbox.uid_ranges import UidRange
 from virtpool.node.sandbox.cgroups import VMCgroup
 
 BUSY_LOOP = ["sh", "-c", "while :; do :; done"]
@@ -177,18 +178,19 @@ def test_the_memory_limit_stops_a_process_that_grows_past_it(parent: str, spawn:
 # -- per-VM users --------------------------------------------------------------------------------
 
 
-def test_vm_users_are_numbered_from_a_fixed_base() -> None:
-    assert users.vm_user(0) == users.VMUser(2_000_000, 2_000_000)
-    assert users.vm_user(VM_A) == users.vm_user(VM_A)
-    assert users.vm_user(VM_A).uid != users.vm_user(VM_B).uid
+def test_vm_users_are_numbered_from_their_ranges_base() -> None:
+    assert UidRange(0).user(0) == users.VMUser(2_000_000, 2_000_000)
+    assert UidRange(3).user(7) == users.VMUser(5_000_007, 5_000_007)
+    assert UidRange(0).user(VM_A) == UidRange(0).user(VM_A)
+    assert UidRange(0).user(VM_A).uid != UidRange(0).user(VM_B).uid
     with pytest.raises(ValueError):
-        users.vm_user(users.VM_ID_COUNT)
-    users.check_unclaimed(users.vm_user(VM_A))
+        UidRange(0).user(users.VM_ID_COUNT)
+    users.check_unclaimed(UidRange(0).user(VM_A))
     assert users.spawn_kwargs(5, 6) == {"user": 5, "group": 6, "extra_groups": [], "umask": 0o077}
 
 
 def test_a_vm_user_cannot_open_another_vms_disk(scratch: Path) -> None:
-    a, b = users.vm_user(VM_A), users.vm_user(VM_B)
+    a, b = UidRange(0).user(VM_A), UidRange(0).user(VM_B)
     vms = scratch / "vms"
     vms.mkdir(mode=0o711)
     image = scratch / "images" / "default"
@@ -233,4 +235,4 @@ def test_an_unreachable_run_dir_is_named(scratch: Path) -> None:
     hidden = scratch / "private"
     hidden.mkdir(mode=0o700)
     with pytest.raises(OperationFailed, match=f"may not enter {hidden} "):
-        users.check_reachable(hidden / "vms" / "x", users.vm_user(VM_A))
+        users.check_reachable(hidden / "vms" / "x", UidRange(0).user(VM_A))

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from virtpool import __version__
 from virtpool.api import audit, problems
 from virtpool.api.app_prefix import API_PREFIX
+from virtpool.api.auth_limit import FailedAuthLimiter
 from virtpool.api.limits import BodyLimit
 from virtpool.api.routes import audit as audit_routes
 from virtpool.api.routes import (
@@ -15,6 +16,7 @@ from virtpool.api.routes import (
     host,
     hosts,
     images,
+    networks,
     operations,
     projects,
     tokens,
@@ -31,11 +33,12 @@ def create_app(pool: Pool) -> FastAPI:
         description="Pool the CPU, memory and disk of Linux hosts into QEMU virtual machines.",
     )
     app.state.pool = pool
+    app.state.auth_limiter = FailedAuthLimiter(pool.audit)
     problems.install(app)
     problems.document(app)
     audit.install(app, pool.audit)
     app.add_middleware(BodyLimit)
     for module in (host, images, vms, operations, events, audit_routes, projects, tokens, hosts, groups,
-                   pool_routes):
+                   networks, pool_routes):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

@@ -16,13 +16,17 @@ from virtpool.control.audit import AuditLog
 
 logger = logging.getLogger(__name__)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+UNAUTHENTICATED = frozenset({401, 429})
 
 
 def install(app: FastAPI, log: AuditLog) -> None:
     @app.middleware("http")
     async def _audit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         response = await call_next(request)
-        if request.method in MUTATING and request.url.path.startswith(API_PREFIX):
+        # Refused authentications are counted per address and window (api/auth_limit.py), not
+        # a row per attempt: a flood must not flood the log.
+        if (request.method in MUTATING and request.url.path.startswith(API_PREFIX)
+                and response.status_code not in UNAUTHENTICATED):
             route = request.scope.get("route")
             template = getattr(route, "path", request.url.path).removeprefix(API_PREFIX)
             target = getattr(request.state, "audit_target", None) or (

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from virtpool.api.auth_limit import FailedAuthLimiter, client_address
 from virtpool.control.auth import Principal
 from virtpool.control.pool import Pool
 from virtpool.control.store.tables import DEFAULT_PROJECT
@@ -32,7 +33,8 @@ def bearer(request: Request) -> str | None:
 
 
 def principal(request: Request, pool: Annotated[Pool, Depends(get_pool)]) -> Principal:
-    caller = pool.tokens.authenticate(bearer(request))
+    limiter: FailedAuthLimiter = request.app.state.auth_limiter
+    caller = limiter.authenticate(pool.tokens, bearer(request), client_address(request))
     request.state.actor = caller.name  # for the audit log
     request.state.project = caller.project_id
     return caller

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from virtpool.api.app_prefix import API_PREFIX
+from virtpool.api.auth_limit import client_address
 from virtpool.api.deps import bearer
 from virtpool.api.problems import error_problem, problem
 from virtpool.model.errors import VirtpoolError
@@ -92,8 +93,10 @@ async def _upload_refusal(scope: Scope) -> JSONResponse | None:
     """Image uploads are for pool admins: anyone else is answered before a byte of the body
     (up to ``MAX_UPLOAD_BYTES``) is read, rather than after the route has parsed it all."""
     pool = scope["app"].state.pool
+    request = Request(scope)
     try:
-        caller = await run_in_threadpool(pool.tokens.authenticate, bearer(Request(scope)))
+        caller = await run_in_threadpool(scope["app"].state.auth_limiter.authenticate, pool.tokens,
+                                         bearer(request), client_address(request))
         check_pool_admin(caller.name, caller.role, caller.project_id)
     except VirtpoolError as err:
         return error_problem(err)

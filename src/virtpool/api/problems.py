@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from virtpool.model.errors import Unauthorized, VirtpoolError
+from virtpool.model.errors import RateLimited, Unauthorized, VirtpoolError
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
@@ -74,6 +74,11 @@ def problem(status: int, title: str, detail: str, hint: str | None = None, **ext
 
 def error_problem(err: VirtpoolError) -> JSONResponse:
     """The problem+json answer for one of virtpool's errors."""
+    if isinstance(err, RateLimited):
+        response = problem(err.status, err.title, err.message, err.hint, error=type(err).__name__,
+                           retry_after=err.retry_after)
+        response.headers["Retry-After"] = str(err.retry_after)
+        return response
     return problem(err.status, err.title, err.message, err.hint, error=type(err).__name__)
 
 

@@ -23,6 +23,21 @@ class AuditLog:
             session.add(AuditRow(actor=actor[:63], action=action[:128], project_id=project_id,
                                  target=target[:MAX_TEXT] if target else None, outcome=outcome[:MAX_TEXT]))
 
+    def count(self, row_id: int | None, actor: str, action: str, target: str | None,
+              outcome: str) -> int:
+        """Write a row that aggregates many happenings (first call, ``row_id`` None) or bring
+        its ``outcome`` up to date; return the row's id."""
+        with self._sessions.begin() as session:
+            row = session.get(AuditRow, row_id) if row_id is not None else None
+            if row is None:
+                row = AuditRow(actor=actor[:63], action=action[:128],
+                               target=target[:MAX_TEXT] if target else None, outcome=outcome[:MAX_TEXT])
+                session.add(row)
+            else:
+                row.outcome = outcome[:MAX_TEXT]
+            session.flush()
+            return row.id
+
     def list(self, *, since: datetime | None = None, after: int = 0, limit: int = 100,
              project_id: str | None = None) -> list[AuditEntry]:
         """Entries oldest first; one project's when ``project_id`` is given (pool-wide actions

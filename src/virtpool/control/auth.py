@@ -10,7 +10,9 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +56,20 @@ def new_secret() -> str:
 class TokenService:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
+        self._revoke_listeners: list[Callable[[str], None]] = []
+        self._listeners_lock = threading.Lock()
+
+    def on_revoke(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(token_id)`` whenever this process revokes a token, before the revoke
+        returns (open consoles and streams close on it); returns the function that removes it."""
+        with self._listeners_lock:
+            self._revoke_listeners.append(listener)
+
+        def remove() -> None:
+            with self._listeners_lock:
+                self._revoke_listeners.remove(listener)
+
+        return remove
 
     def create(self, name: str, role: str, expires_at: datetime | None = None,
                project_id: str | None = None, *, caller_project: str | None = None) -> str:
@@ -119,6 +135,10 @@ class TokenService:
         with self._sessions.begin() as session:
             session.execute(update(TokenRow).where(TokenRow.id == token.id, TokenRow.revoked_at.is_(None))
                             .values(revoked_at=datetime.now(UTC)))
+        with self._listeners_lock:
+            listeners = list(self._revoke_listeners)
+        for listener in listeners:
+            listener(token.id)
         return self.get(token.id)
 
     def bootstrap(self, token_file: Path) -> bool:

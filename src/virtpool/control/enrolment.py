@@ -118,10 +118,10 @@ class Enrolment:
             url = f"https://{_bracket(host)}:{port}"
             if existing is None:
                 session.add(HostRow(name=name, cpus=1, memory_mib=0, disk_mib=0, labels={},
-                                    state="up", balloon=True, agent_url=url, cert_serial=serial,
+                                    state="up", balloon=True, address=url, cert_serial=serial,
                                     agent_version=version))
             else:
-                existing.agent_url, existing.cert_serial, existing.agent_version = url, serial, version
+                existing.address, existing.cert_serial, existing.agent_version = url, serial, version
                 existing.generation += 1
             row.used_at, row.used_by = now, name
         return Enrolled(name, cert_pem(cert), cert_pem(self._ca.cert), serial)

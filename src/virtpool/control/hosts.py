@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Select, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from virtpool.control.events import EventLog
 from virtpool.control.placement import Placer, host_capacity
-from virtpool.control.store.tables import HostRow, VMRow, utcnow
+from virtpool.control.store.tables import HostLeaseRow, HostRow, VMRow, utcnow
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound
 from virtpool.model.inventory import (
     HostAdd,
@@ -29,8 +32,11 @@ from virtpool.model.inventory import (
     RatiosUpdate,
     Usage,
 )
-from virtpool.model.resources import HostCapacity, HostState, Ratios
+from virtpool.model.resources import AdminHostState, HostCapacity, Ratios
 from virtpool.model.spec import HostInfo
+
+if TYPE_CHECKING:
+    from virtpool.control.leases import LeaseService
 
 # Optimistic updates retried this often before telling the caller to try again.
 UPDATE_ATTEMPTS = 8
@@ -39,7 +45,8 @@ _RESOURCES = (("CPU", "cpus", "cpu_ratio", "vCPUs"),
               ("disk", "disk_mib", "disk_ratio", "MiB"))
 
 
-def _view(row: HostRow, vms: int, local: str, project: str | None = None) -> HostView:
+def _view(row: HostRow, vms: int, local: str, project: str | None = None,
+          lease: HostLeaseRow | None = None, now: datetime | None = None) -> HostView:
     """The host as the API shows it; with ``project``, as that project's token may see it:
     whether the host takes the project's VMs, but not which other projects it takes."""
     host = host_capacity(row)
@@ -57,6 +64,10 @@ def _view(row: HostRow, vms: int, local: str, project: str | None = None) -> Hos
         allowed_projects=allowed if project is None else None,
         open_to_project=None if project is None else allowed is None or project in allowed,
         vms=vms, generation=row.generation, local=row.name == local,
+        address=row.address, agent_version=row.agent_version,
+        lease_epoch=lease.epoch if lease is not None else None,
+        lease_age_s=round(((now or utcnow()) - lease.renewed_at).total_seconds(), 1)
+        if lease is not None else None,
     )
 
 
@@ -69,10 +80,13 @@ def _vm_count(project: str | None) -> Select[tuple[int]]:
 class HostService:
     """Read and change the host inventory. ``local`` is the name of this server's own host."""
 
-    def __init__(self, sessions: sessionmaker[Session], placer: Placer, local: str) -> None:
+    def __init__(self, sessions: sessionmaker[Session], placer: Placer, local: str,
+                 events: EventLog | None = None) -> None:
         self._sessions = sessions
         self._placer = placer
         self.local = local
+        self._events = events
+        self.leases: LeaseService | None = None  # set by the pool: states of unreachable hosts
 
     # -- the local host -------------------------------------------------------------------
 
@@ -129,15 +143,18 @@ class HostService:
         with self._sessions() as session:
             counts = {host: count for count, host in session.execute(
                 _vm_count(project).add_columns(VMRow.host).group_by(VMRow.host))}
+            leases = {lease.host: lease for lease in session.scalars(select(HostLeaseRow))}
             rows = session.scalars(select(HostRow).order_by(HostRow.name))
-            return [_view(row, counts.get(row.name, 0), self.local, project) for row in rows]
+            now = utcnow()
+            return [_view(row, counts.get(row.name, 0), self.local, project, leases.get(row.name), now)
+                    for row in rows]
 
     def get(self, name: str, project: str | None = None) -> HostView:
         """One host; with ``project``, as that project's token may see it (see _view)."""
         with self._sessions() as session:
             row = self._row(session, name)
             vms = session.scalar(_vm_count(project).where(VMRow.host == name)) or 0
-            return _view(row, vms, self.local, project)
+            return _view(row, vms, self.local, project, session.get(HostLeaseRow, name))
 
     @staticmethod
     def _row(session: Session, name: str) -> HostRow:
@@ -234,9 +251,22 @@ class HostService:
 
         return self._change(name, values)
 
-    def set_state(self, name: str, state: HostState) -> HostView:
-        """up takes new VMs; draining, maintenance and down take none (their VMs stay)."""
-        return self._change(name, lambda row: {"state": state})
+    def set_state(self, name: str, state: AdminHostState) -> HostView:
+        """up takes new VMs; draining, maintenance and down take none (their VMs stay).
+
+        An unreachable host keeps showing `unreachable`; the state given is the one it returns
+        to when its agent is back.
+        """
+        if self.leases is not None and self.leases.set_resume_state(name, state):
+            view = self.get(name)
+            message = f"host '{name}' is unreachable; it returns as {state}"
+        else:
+            view = self._change(name, lambda row: {"state": state})
+            message = f"host '{name}' is {state}"
+        if self._events is not None:
+            self._events.record("host.state", message, data={"host": name, "state": view.state,
+                                                              "set": state})
+        return view
 
     def _change(self, name: str, values: Callable[[HostRow], dict[str, object]]) -> HostView:
         """Read the row, compute new values, write them if no claim came between."""

@@ -11,6 +11,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from virtpool import __version__
 from virtpool.control.agents.feed import EventPump
 from virtpool.control.agents.registry import AgentRegistry
 from virtpool.control.audit import AuditLog
@@ -21,6 +22,8 @@ from virtpool.control.events import EventLog
 from virtpool.control.groups import GroupService
 from virtpool.control.hosts import HostService
 from virtpool.control.images import ImageService
+from virtpool.control.networks import NetworkService
+from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
 from virtpool.control.operations import OperationService
 from virtpool.control.placement import Placer
 from virtpool.control.projects import ProjectService
@@ -31,6 +34,7 @@ from virtpool.control.vm_operations import VMOperations
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
 from virtpool.model.agent import Agent
 from virtpool.model.layout import TOKEN_FILE, URL_FILE
+from virtpool.model.lease import MONITOR_PERIOD_S
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,9 @@ class Pool:
         self.audit = AuditLog(sessions)
         self.settings = SettingsService(sessions)
         self.placer = Placer(self.settings.weigher)
-        self.hosts = HostService(sessions, self.placer, socket.gethostname())
+        self.hosts = HostService(sessions, self.placer, socket.gethostname(), self.events)
         self.groups = GroupService(sessions)
+        self.networks = NetworkService(sessions)
         self.rebalancer = Rebalancer(sessions)
         self.agents = AgentRegistry(sessions, self.hosts.local, agent)
         self.operations = OperationService(sessions)
@@ -76,6 +81,13 @@ class Pool:
         self.agent_events = EventPump(sessions, self.agents, self.vms.on_agent_event)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
         self.balancer = MemoryBalancer(self.vms, self.agent, self.events, self.audit, config.memory)
+        self.leases = LeaseService(sessions, self.events, self.audit, on_lost=self.vms.host_lost,
+                                   on_back=self.vms.host_back, on_state=self.placer.invalidate)
+        self.hosts.leases = self.leases
+        # The pool's background loops run on one server of those sharing the database.
+        self.leader = Leadership(sessions, events=self.events)
+        self.lease_monitor = Loop("lease-monitor", self.leases.expire, MONITOR_PERIOD_S, self.leader)
+        self.heartbeat: LocalHeartbeat | None = None
 
     def start(self) -> bool:
         """Register this host, reconcile VMs and its usage counters with it, fail the
@@ -84,13 +96,25 @@ class Pool:
         if not self.config.control_only:
             self.hosts.register_local(self.agent.host_info())
             self.operations.fail_interrupted()
+            # VMs another server marked unknown while this host was away get their state back
+            # first, so that the reconcile below converges them with the rest.
+            self.vms.restore_known(self.hosts.local)
             self.vms.reconcile()
             self.agent_events.follow(self.hosts.local)
             self.hosts.reconcile_usage()
             self.balancer.start()
+            self.heartbeat = LocalHeartbeat(self.leases, self.hosts.local,
+                                            agent_version=__version__)
+            self.heartbeat.start()
+        self.leader.start()
+        self.lease_monitor.start()
         return self.tokens.bootstrap(self.config.token_file)
 
     def close(self) -> None:
+        self.lease_monitor.stop()
+        self.leader.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         self.balancer.stop()
         self.agent_events.close()
         self.vms.close()

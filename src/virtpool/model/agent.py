@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from virtpool.model.errors import OperationFailed
 from virtpool.model.image import ImageInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
-from virtpool.model.vm import VMUsage
+from virtpool.model.vm import StopMethod, VMUsage
 
 # (step, fraction done)
 Progress = Callable[[str, float], None]
@@ -96,8 +96,7 @@ class Agent(Protocol):
 
     # -- images -----------------------------------------------------------------------------
 
-    def list_images(self) -> list[ImageInfo]:
-        """The images on this host. Idempotent, read only."""
+from virtpool.model.vm import StopMethod, VMUsage
         ...
 
     def get_image(self, name: str) -> ImageInfo:
@@ -165,9 +164,10 @@ class Agent(Protocol):
         (QEMU exited while the guest booted)."""
         ...
 
-    def stop_vm(self, vm_id: str, timeout: float) -> bool:
-        """Stop gracefully within ``timeout``, else hard; True when the guest shut down itself.
-        Idempotent (a stopped VM: False). Raises OperationFailed."""
+    def stop_vm(self, vm_id: str, timeout: float) -> StopMethod | None:
+        """Stop within ``timeout``: through the guest agent, else the ACPI power button, else
+        kill it. Says which of these ended it; None when no QEMU of the VM ran (so:
+        idempotent). Raises OperationFailed."""
         ...
 
     def kill_vm(self, vm_id: str) -> None:

@@ -12,6 +12,7 @@ that the API can map it to an HTTP status without knowing the layer)::
     ├── InsufficientResources     the host cannot hold what was asked → 409 (507 for disk)
     ├── Unauthorized              no or bad credentials → 401
     ├── Forbidden                 a role that does not allow the action → 403
+    ├── RateLimited               too many failed authentications from one address → 429
     └── OperationFailed           the action was valid but failed on the host (QEMU refused,
         │                         guest never booted) → 500-class only if virtpool is at fault;
         │                         reported as 502 "the hypervisor said no" otherwise
@@ -95,6 +96,18 @@ class Forbidden(VirtpoolError):
 
     status = 403
     title = "forbidden"
+
+
+class RateLimited(VirtpoolError):
+    """Too many failed authentications came from the caller's address; ``retry_after`` is how
+    many seconds until it may try again."""
+
+    status = 429
+    title = "too many requests"
+
+    def __init__(self, message: str, *, retry_after: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
 
 
 class OperationFailed(VirtpoolError):

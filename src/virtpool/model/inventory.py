@@ -13,6 +13,7 @@ from virtpool.model.resources import (
     DEFAULT_DISK_RATIO,
     DEFAULT_MEMORY_RATIO,
     MAX_RATIO,
+    AdminHostState,
     GroupPolicy,
     HostAccel,
     HostState,
@@ -52,6 +53,13 @@ class HostView(BaseModel):
     vms: int = Field(description="VMs placed on it; for a project token, its own project's only")
     generation: int
     local: bool = Field(description="the host this server's own agent runs on")
+    address: str | None = Field(default=None, description="where its agent listens (null: "
+                                "the agent in this server's process, or none yet)")
+    agent_version: str | None = Field(default=None, description="the virtpool version of its agent")
+    lease_epoch: int | None = Field(default=None, description="bumped each time an agent takes "
+                                    "the host's lease (null: no agent ever did)")
+    lease_age_s: float | None = Field(default=None, description="seconds since its agent last "
+                                      "renewed its lease (null: no lease)")
 
 
 class HostAdd(BaseModel):
@@ -71,7 +79,7 @@ class HostAdd(BaseModel):
     disk_ratio: float = Field(default=DEFAULT_DISK_RATIO, gt=0, le=MAX_RATIO)
     balloon: bool = False
     labels: dict[str, str] = Field(default_factory=dict)
-    state: HostState = "up"
+    state: AdminHostState = "up"
     accel: HostAccel = "kvm"
     allowed_projects: list[str] | None = None
 
@@ -106,7 +114,7 @@ class LabelsUpdate(BaseModel):
 class StateUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    state: HostState
+    state: AdminHostState
 
 
 class GroupSpec(BaseModel):

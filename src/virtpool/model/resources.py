@@ -18,7 +18,12 @@ from typing import Literal, get_args
 
 from virtpool.model.errors import InvalidRequest
 
-HostState = Literal["up", "draining", "maintenance", "down"]
+# What an operator sets: up takes new VMs; draining, maintenance and down take none.
+AdminHostState = Literal["up", "draining", "maintenance", "down"]
+ADMIN_HOST_STATES: tuple[AdminHostState, ...] = get_args(AdminHostState)
+# ...and what the lease monitor sets when a host's lease lapses (control/leases.py): it takes
+# no new VMs until its agent is back, when the state an operator gave it returns.
+HostState = Literal["up", "draining", "maintenance", "down", "unreachable"]
 HOST_STATES: tuple[HostState, ...] = get_args(HostState)
 
 # The accelerator a host offers. A KVM host can also run TCG guests; a TCG-only host cannot run

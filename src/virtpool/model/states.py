@@ -23,6 +23,9 @@ class VMState(StrEnum):
     CRASHED = "crashed"  # QEMU went away without being asked to
     ERROR = "error"  # a start that failed (boot timeout, QEMU refused)
     DELETING = "deleting"
+    # Its host is unreachable (its lease lapsed): it may run on or not; the state it had is
+    # kept (``known_state``) and comes back, then converged, when the host does.
+    UNKNOWN = "unknown"
 
 
 S = VMState
@@ -32,13 +35,15 @@ TRANSITIONS: dict[VMState, frozenset[VMState]] = {
     S.CREATING: frozenset({S.STOPPED, S.DELETING}),
     S.STOPPED: frozenset({S.STARTING, S.DELETING}),
     # DELETING from an active state is `delete --force`: the process is killed first.
-    S.STARTING: frozenset({S.RUNNING, S.ERROR, S.CRASHED, S.STOPPING, S.DELETING}),
-    S.RUNNING: frozenset({S.STOPPING, S.PAUSED, S.CRASHED, S.STOPPED, S.DELETING}),
-    S.PAUSED: frozenset({S.RUNNING, S.STOPPING, S.CRASHED, S.STOPPED, S.DELETING}),
-    S.STOPPING: frozenset({S.STOPPED, S.CRASHED, S.DELETING}),
+    S.STARTING: frozenset({S.RUNNING, S.ERROR, S.CRASHED, S.STOPPING, S.DELETING, S.UNKNOWN}),
+    S.RUNNING: frozenset({S.STOPPING, S.PAUSED, S.CRASHED, S.STOPPED, S.DELETING, S.UNKNOWN}),
+    S.PAUSED: frozenset({S.RUNNING, S.STOPPING, S.CRASHED, S.STOPPED, S.DELETING, S.UNKNOWN}),
+    S.STOPPING: frozenset({S.STOPPED, S.CRASHED, S.DELETING, S.UNKNOWN}),
     S.CRASHED: frozenset({S.STARTING, S.STOPPED, S.DELETING}),
     S.ERROR: frozenset({S.STARTING, S.STOPPED, S.DELETING}),
     S.DELETING: frozenset(),
+    # Back to the state it had when its host returns (then reconciled), or force-deleted.
+    S.UNKNOWN: frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.DELETING}),
 }
 
 # user actions -> the states they may start from
@@ -54,7 +59,7 @@ ACTIONS: dict[str, frozenset[VMState]] = {
     "force-delete": frozenset(set(VMState) - {S.DELETING}),
 }
 
-# states in which a QEMU process is expected to exist
+# states in which a QEMU process is expected to exist (UNKNOWN: perhaps; nobody can tell)
 ACTIVE: frozenset[VMState] = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING})
 
 

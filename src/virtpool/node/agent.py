@@ -33,15 +33,17 @@ from virtpool.model.agent import ByteStream, Console, Progress, RunStatus
 from virtpool.model.errors import Conflict, InsufficientResources, InvalidRequest, NotFound, OperationFailed
 from virtpool.model.image import ImageFile, ImageInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
-from virtpool.model.vm import VMUsage
+from virtpool.model.vm import StopMethod, VMUsage
 from virtpool.node import disks, launch, serial
 from virtpool.node.events import EventFeed
 from virtpool.node.images.manifest import Manifest
 from virtpool.node.images.store import ImageStore, kernel_kind
+from virtpool.node.net import guard, passt
 from virtpool.node.qemu import accel as accel_mod
 from virtpool.node.qemu import peer
-from virtpool.node.qemu.argv import BALLOON_ID, DISK_DEVICE_ID, DRIVE_ID, LaunchPlan, build_argv
-from virtpool.node.sandbox import cgroups, users
+from virtpool.node.qemu.argv import BALLOON_ID, DISK_DEVICE_ID, DRIVE_ID, LaunchPlan, NicPlan, build_argv
+from virtpool.node.qemu.guest_agent import GuestAgentError
+from virtpool.node.sandbox import cgroups, uid_ranges, users
 from virtpool.node.vm import READY_POLL_S, VM, Runstate
 from virtpool.node.vmdir import VMPaths
 
@@ -62,6 +64,10 @@ BALLOON_PATH = f"/machine/peripheral/{BALLOON_ID}"
 MIB = 1024 * 1024
 CALL_TIMEOUT_S = 30.0  # a QMP round trip on the agent's loop, with room for a busy machine
 IMAGE_FILES = ("kernel", "initrd", "disk")
+# After the guest agent took a shutdown, the share of the stop timeout the guest gets before
+# the ACPI power button is pressed as well (a guest whose agent said yes usually is on its way).
+ACPI_SHARE_AFTER_AGENT = 0.7
+DEFAULT_REBOOT_WAIT_S = 60.0  # for the guest agent after a reboot, unless its boot said more
 CHUNK = 1 << 20
 
 
@@ -75,8 +81,10 @@ class LocalAgent:
         accel: Accel = "auto",
         log_cap_bytes: int = serial.DEFAULT_CAP_BYTES,
         qemu_binary: str = "qemu-system-x86_64",
+        net_prefix: str = "vp",
     ) -> None:
         self.data_dir = data_dir
+        self.net_prefix = net_prefix
         self.images = ImageStore(data_dir / "images")
         self.vms_dir = data_dir / "vms"
         self.vms_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -87,12 +95,23 @@ class LocalAgent:
         self._qemu = qemu_binary
         self.feed = EventFeed(data_dir / "events.jsonl")
         # VM users (0711 dirs) pass through the data dir to their own run dir and the images.
+        # Their uids come from a range no other agent on this host uses, held for our life.
+        self._uids: uid_ranges.UidRangeClaim | None = None
         if users.running_as_root():
             os.chmod(self.vms_dir, 0o711)
+            self._uids = uid_ranges.claim(data_dir)
+            # Before any VM runs: its passt (as the VM's user) must not reach this host.
+            guard.install(f"{net_prefix}guard")
+        else:
+            log.warning("not root: VMs run as this user, whose own connections to this host's "
+                        "addresses no guard can drop; only the gateway is not mapped to loopback")
         self._cgroups = users.running_as_root() and cgroups.available()
         if self._cgroups:
             cgroups.cleanup_orphans(self.vm_ids())
         self._vms: dict[str, VM] = {}
+        # How each VM was last started (spec, slot, how long its boot may take), for reboots
+        # from inside a guest.
+        self._launches: dict[str, tuple[VMSpec, int, float]] = {}
         self._cpu_samples: dict[str, deque[tuple[float, float]]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agent-loop", daemon=True)
@@ -116,7 +135,7 @@ class LocalAgent:
         if vm is None:
             vm = VM(vm_id, self._paths(vm_id), name or vm_id,
                     notify=lambda kind, data: self.feed.append(kind, vm_id, data),  # type: ignore[arg-type]
-                    on_gone=self._release)
+                    on_gone=self._release, reboot=self._reboot)
             self._vms[vm_id] = vm
         elif name is not None:
             vm.name = name
@@ -140,6 +159,8 @@ class LocalAgent:
             self._thread.join(timeout=5)
             if not self._thread.is_alive():
                 self._loop.close()
+            if self._uids is not None:
+                self._uids.release()
 
     # -- host -----------------------------------------------------------------------------
 
@@ -158,8 +179,8 @@ class LocalAgent:
         )
 
     def check_port_free(self, port: int) -> bool:
-        # QEMU's user-mode network binds with SO_REUSEADDR; so does this check, so that a port
-        # in TIME_WAIT is not reported busy when QEMU could bind it.
+        # passt binds forwarded ports with SO_REUSEADDR; so does this check, so that a port
+        # in TIME_WAIT is not reported busy when passt could bind it.
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -276,16 +297,23 @@ class LocalAgent:
                                   kernel_is_elf=kernel_kind(directory / manifest.kernel.path) == "elf")
         accel = self._accel if spec.accel == "auto" else accel_mod.detect(spec.accel)[0]
         host = launch.HostFacts(accel=accel, tsc_khz=self._tsc_khz, qemu_binary=self._qemu)
-        return launch.resolve(spec, image, self._paths(vm_id), host)
+        paths = self._paths(vm_id)
+        return launch.resolve(spec, image, paths, host, nics=(NicPlan(socket=paths.passt_sock),))
 
     def start_vm(self, vm_id: str, spec: VMSpec, slot: int) -> int:
         paths = self._paths(vm_id)
         if not paths.disk.exists():
             raise NotFound(f"VM '{spec.name}' has no disk on this host ({paths.disk})")
         vm = self._run(self._on_loop(vm_id, spec.name))
-        popen_kwargs = self._confine_files(vm_id, slot)
-        argv = build_argv(self.launch_plan(vm_id, spec))
-        group = self._cgroup_for(vm_id, spec)
+        self._launches[vm_id] = (spec, slot, DEFAULT_REBOOT_WAIT_S)
+        return self._run(self._start(vm, spec, slot), timeout=None)
+
+    async def _start(self, vm: VM, spec: VMSpec, slot: int) -> int:
+        """On the loop: passt, then QEMU in its cgroup, then the balloon; nothing left on failure."""
+        paths = vm.paths
+        popen_kwargs = await asyncio.to_thread(self._confine_files, vm.id, slot)
+        argv = build_argv(await asyncio.to_thread(self.launch_plan, vm.id, spec))
+        group = await asyncio.to_thread(self._cgroup_for, vm.id, spec)
 
         def into_cgroup(pid: int) -> None:
             # At once, milliseconds after exec and before it loads the guest: what it
@@ -293,22 +321,45 @@ class LocalAgent:
             if group is not None:
                 group.attach(pid)
 
-        async def start() -> int:
+        vm.clear_stale_files()
+        try:
+            await asyncio.to_thread(passt.start, passt.passt_argv(
+                paths.passt_sock, paths.passt_pidfile, paths.passt_log, tuple(spec.ports)),
+                vm=spec.name, **popen_kwargs)
             pid = await vm.spawn(argv, popen_kwargs, into_cgroup)
-            try:
-                await self._configure_balloon(vm, spec)
-            except BaseException:
-                await vm.kill()
-                raise
-            return pid
+        except BaseException:
+            passt.stop(paths.passt_pidfile)
+            raise
+        try:
+            await self._configure_balloon(vm, spec)
+        except BaseException:
+            await vm.kill()
+            raise
+        return pid
 
-        return self._run(start(), timeout=None)
+    async def _reboot(self, vm: VM) -> bool:
+        """Start the VM again after its guest rebooted, as its hardware would have."""
+        launched = self._launches.get(vm.id)
+        if launched is None:
+            return False
+        spec, slot, timeout = launched
+        log.info("VM %s rebooted itself; starting it again", spec.name)
+        await self._start(vm, spec, slot)
+
+        async def until_ready() -> None:
+            try:
+                await vm.wait_ready(timeout)
+            except OperationFailed as err:
+                log.warning("VM %s did not come back from its reboot: %s", spec.name, err.message)
+
+        asyncio.get_running_loop().create_task(until_ready())
+        return True
 
     def _confine_files(self, vm_id: str, slot: int) -> dict[str, Any]:
         """As root: give the VM's run dir and disk to its own user; Popen arguments to run as it."""
-        if not users.running_as_root():
+        if self._uids is None:
             return {}
-        user = users.vm_user(slot)
+        user = self._uids.range.user(slot)
         users.check_unclaimed(user)
         paths = self._paths(vm_id)
         users.own_run_dir(paths.root, user)
@@ -327,8 +378,10 @@ class LocalAgent:
         return group
 
     def _release(self, vm: VM) -> None:
-        """A QEMU of the VM has exited: give back its cgroup."""
+        """A QEMU of the VM has exited: its passt (it exits with its QEMU, --one-off; this is
+        for a QEMU that never connected) and its cgroup."""
         self._cpu_samples.pop(vm.id, None)
+        passt.stop(vm.paths.passt_pidfile)
         self._release_cgroup(vm.id)
 
     def _release_cgroup(self, vm_id: str) -> None:
@@ -349,19 +402,31 @@ class LocalAgent:
     def wait_ready(self, vm_id: str, timeout: float) -> None:
         async def wait() -> None:
             await self._vm(vm_id).wait_ready(timeout)
+            launched = self._launches.get(vm_id)
+            if launched is not None:  # a reboot waits as long as this boot was allowed
+                self._launches[vm_id] = (launched[0], launched[1], timeout)
 
         self._run(wait(), timeout=None)
 
-    def stop_vm(self, vm_id: str, timeout: float) -> bool:
-        async def stop() -> bool:
+    def stop_vm(self, vm_id: str, timeout: float) -> StopMethod | None:
+        async def stop() -> StopMethod | None:
             vm = self._vm(vm_id)
             if vm.runstate == Runstate.IDLE and not await vm.attach():
-                return False
-            await vm.ask_to_stop()
-            if await vm.wait_gone(timeout):
-                return True
+                return None
+            deadline = time.monotonic() + timeout
+            try:
+                await vm.ask_agent_to_stop()
+            except GuestAgentError as err:
+                log.info("VM %s: %s; pressing the ACPI power button", vm.name, err.message)
+            else:
+                # The agent took it: most of the time is the guest's; the rest goes to ACPI.
+                if await vm.wait_gone(max(0.0, deadline - time.monotonic()) * ACPI_SHARE_AFTER_AGENT):
+                    return "guest-agent"
+            await vm.press_power_button()
+            if await vm.wait_gone(max(0.0, deadline - time.monotonic())):
+                return "acpi"
             await vm.kill()
-            return False
+            return "killed"
 
         return self._run(stop(), timeout=None)
 
@@ -546,6 +611,7 @@ def _image_info(manifest: Manifest) -> ImageInfo:
         disk=entry(manifest.disk),
         disk_format=manifest.disk_format,
         kernel_args=manifest.kernel_args,
+        boot_timeout_s=manifest.boot_timeout_s,
         size=manifest.size(),
         created_at=manifest.created_at,
         source=manifest.source,

@@ -14,7 +14,7 @@ from typing import Literal
 
 from virtpool.model.spec import VMSpec
 from virtpool.node.images.manifest import Manifest
-from virtpool.node.qemu.argv import LaunchPlan
+from virtpool.node.qemu.argv import LaunchPlan, NicPlan
 from virtpool.node.vmdir import VMPaths
 
 
@@ -36,8 +36,9 @@ class ImageFacts:
     kernel_is_elf: bool
 
 
-def resolve(spec: VMSpec, image: ImageFacts, paths: VMPaths, host: HostFacts) -> LaunchPlan:
-    """The launch plan of ``spec`` on this host."""
+def resolve(spec: VMSpec, image: ImageFacts, paths: VMPaths, host: HostFacts, *,
+            nics: tuple[NicPlan, ...] = ()) -> LaunchPlan:
+    """The launch plan of ``spec`` on this host, with the NICs the host gives it."""
     manifest = image.manifest
     return LaunchPlan(
         name=spec.name,
@@ -48,7 +49,7 @@ def resolve(spec: VMSpec, image: ImageFacts, paths: VMPaths, host: HostFacts) ->
         kernel_is_elf=image.kernel_is_elf,
         paths=paths,
         accel=host.accel,
-        ports=tuple(spec.ports),
+        nics=nics,
         image_kernel_args=manifest.kernel_args,
         user_kernel_args=spec.kernel_args,
         tsc_khz=host.tsc_khz,

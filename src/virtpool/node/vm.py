@@ -21,7 +21,7 @@ import enum
 import logging
 import subprocess
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import psutil
@@ -46,6 +46,9 @@ BALLOON_EVENT_EVERY_S = 1.0  # a balloon move fires BALLOON_CHANGE many times: o
 Notify = Callable[[str, dict[str, Any]], None]
 # Called on the loop once QEMU is gone, before IDLE: releases what the host gave it (cgroup).
 OnGone = Callable[["VM"], None]
+# Called on the loop after the guest rebooted itself (QEMU runs with -no-reboot, so a reset is
+# an exit): starts the VM again in a new QEMU; True when it did.
+Reboot = Callable[["VM"], Awaitable[bool]]
 
 
 class Runstate(enum.Enum):
@@ -71,13 +74,20 @@ class StateError(Conflict):
 class VM:
     """The agent's handle on one VM."""
 
-    def __init__(self, vm_id: str, paths: VMPaths, name: str, notify: Notify, on_gone: OnGone) -> None:
+    def __init__(self, vm_id: str, paths: VMPaths, name: str, notify: Notify, on_gone: OnGone,
+                 reboot: Reboot | None = None) -> None:
         self.id = vm_id
         self.paths = paths
         self.name = name
         self.runstate = Runstate.IDLE
         self._notify = notify
         self._on_gone = on_gone
+        self._reboot = reboot
+        # A guest reset is a reboot to carry out when the guest had booted (a reset before that
+        # is a boot that failed, e.g. a kernel panic) and nobody is stopping the VM.
+        self.ready = False
+        self.stopping = False
+        self._reset = False
         self._proc: psutil.Process | None = None
         self._popen: subprocess.Popen[bytes] | None = None  # when this agent started it
         self._session: Session | None = None
@@ -98,6 +108,11 @@ class VM:
 
     # -- starting and finding -------------------------------------------------------------
 
+    def clear_stale_files(self) -> None:
+        """Before a start: sockets, pidfile and log a previous QEMU left behind."""
+        self._require(Runstate.IDLE)
+        process.remove_stale_files([*self.paths.sockets(), self.paths.pidfile, self.paths.qemu_log])
+
     async def spawn(self, argv: list[str], popen_kwargs: dict[str, Any],
                     on_spawned: Callable[[int], None]) -> int:
         """Start QEMU; return its pid once its monitor answers. On failure nothing runs."""
@@ -106,8 +121,8 @@ class VM:
             raise Conflict(f"VM '{self.name}' already has a QEMU process",
                            hint="stop it first (virtpool vm stop)")
         self.runstate = Runstate.STARTING
+        self.ready = self.stopping = False
         try:
-            process.remove_stale_files([*self.paths.sockets(), self.paths.pidfile, self.paths.qemu_log])
             self._popen = process.spawn(argv, self.paths.qemu_log, vm=self.name, **popen_kwargs)
             self._proc = psutil.Process(self._popen.pid)
             on_spawned(self._popen.pid)
@@ -146,6 +161,8 @@ class VM:
         if proc is None:
             return False
         self._proc, self._popen = proc, None
+        self.ready = True  # it ran before this agent started: it had booted
+        self.stopping = False
         self.runstate = Runstate.STARTING
         try:
             self._session = await Session.open(self.paths.qmp_sock, vm=self.name, timeout=ATTACH_TIMEOUT_S)
@@ -157,7 +174,7 @@ class VM:
 
     def _start_watching(self) -> None:
         self._gone.clear()
-        self._guest_initiated = False
+        self._guest_initiated = self._reset = False
         self.runstate = Runstate.RUNNING
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name=f"watch-{self.id}")
 
@@ -197,6 +214,7 @@ class VM:
                     agent = await GuestAgent.open(self.paths.qga_sock, vm=self.name,
                                                   sync_timeout=min(1.0, remaining))
                     await agent.close()
+                self.ready = True
                 return
             except GuestAgentError:
                 await asyncio.sleep(READY_POLL_S)
@@ -207,17 +225,23 @@ class VM:
             async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
                 return await agent.exec(argv, timeout=timeout, stdin=stdin)
 
-    async def ask_to_stop(self) -> None:
-        """Ask the guest to power off: its agent first, else the ACPI power button."""
+    async def ask_agent_to_stop(self) -> None:
+        """Ask the guest's agent to power off; raises GuestAgentError when there is no agent or
+        it refused."""
+        self.stopping = True  # a guest reset on the way down is no reboot to carry out
         if await self.status() == "paused":
             await self.command("cont")
+        async with self._qga_lock:
+            async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
+                await agent.shutdown()
+
+    async def press_power_button(self) -> None:
+        """ACPI power button, which a guest may or may not heed."""
+        self.stopping = True
         try:
-            async with self._qga_lock:
-                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
-                    await agent.shutdown()
-        except GuestAgentError:
-            # No guest agent: the ACPI power button, which a guest may or may not heed.
             await self.command("system_powerdown")
+        except (OperationFailed, StateError):
+            pass  # QEMU went away meanwhile: the caller's wait says so
 
     # -- ending ---------------------------------------------------------------------------
 
@@ -235,6 +259,7 @@ class VM:
         """QMP 'quit', then SIGKILL after a grace period; returns once QEMU is gone."""
         if self.runstate == Runstate.IDLE:
             return
+        self.stopping = True
         self.runstate = Runstate.STOPPING
         if self._session is not None and self._session.connected:
             try:
@@ -276,13 +301,23 @@ class VM:
         self._session = None
         self._on_gone(self)
         self.runstate = Runstate.IDLE
+        if self._reset and self.ready and not self.stopping and self._reboot is not None:
+            try:
+                if await self._reboot(self):
+                    return  # the VM lives on in a new QEMU: nothing to tell the control plane
+            except Exception:  # a failed restart is reported as the exit it then is
+                log.exception("VM %s rebooted but could not be started again", self.name)
         self._notify("vm.exited", {"guest_initiated": self._guest_initiated})
         self._gone.set()
 
     def _on_event(self, name: str, data: dict[str, Any]) -> None:
         if name == "SHUTDOWN" and data.get("guest"):
-            self._guest_initiated = True
-            self._notify("vm.powered_off", {"reason": data.get("reason")})
+            # -no-reboot turns the guest's reboot into an exit with this reason.
+            if data.get("reason") == "guest-reset":
+                self._reset = True
+            else:
+                self._guest_initiated = True
+                self._notify("vm.powered_off", {"reason": data.get("reason")})
         elif name == "BALLOON_CHANGE":
             now = time.monotonic()
             if now - self._last_balloon_event >= BALLOON_EVENT_EVERY_S:

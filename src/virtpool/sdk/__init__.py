@@ -11,11 +11,12 @@ from virtpool.sdk.errors import (
     OperationFailed,
     PayloadTooLarge,
     QuotaExceeded,
+    RateLimited,
     ServerError,
     Unauthorized,
     Unreachable,
 )
 
 __all__ = ["APIError", "BadRequest", "Client", "Conflict", "Forbidden", "InvalidRequest", "NotFound",
-           "OperationFailed", "PayloadTooLarge", "QuotaExceeded", "ServerError", "Unauthorized",
+           "OperationFailed", "PayloadTooLarge", "QuotaExceeded", "RateLimited", "ServerError", "Unauthorized",
            "Unreachable", "VMPage"]

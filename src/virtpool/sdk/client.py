@@ -15,6 +15,7 @@ from httpx_sse import connect_sse
 from virtpool.model.audit import AuditEntry
 from virtpool.model.event import Event
 from virtpool.model.image import BuildStatus, ImageInfo
+from virtpool.model.network import NetworkView
 from virtpool.model.inventory import GroupView, HostView, PoolSettings, RebalanceView
 from virtpool.model.operation import Operation
 from virtpool.model.project import ProjectInfo, QuotaResult
@@ -344,6 +345,21 @@ class Client:
 
     def delete_group(self, name: str) -> None:
         self._call("DELETE", f"/groups/{name}")
+
+    # -- networks -----------------------------------------------------------------------
+
+    def networks(self) -> list[NetworkView]:
+        return [NetworkView.model_validate(n) for n in self._call("GET", "/networks").json()]
+
+    def network(self, name: str) -> NetworkView:
+        return NetworkView.model_validate(self._call("GET", f"/networks/{name}").json())
+
+    def create_network(self, name: str, *, subnet: str | None = None, nat: bool = False) -> NetworkView:
+        body = {"name": name, "subnet": subnet, "nat": nat}
+        return NetworkView.model_validate(self._call("POST", "/networks", json=body).json())
+
+    def delete_network(self, name: str) -> None:
+        self._call("DELETE", f"/networks/{name}")
 
     def pool_settings(self) -> PoolSettings:
         return PoolSettings.model_validate(self._call("GET", "/pool/settings").json())

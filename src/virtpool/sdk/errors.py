@@ -67,6 +67,16 @@ class InvalidRequest(APIError):
     """422: the request is well formed but its values are not acceptable."""
 
 
+class RateLimited(APIError):
+    """429: too many failed authentications from this address; ``retry_after`` says when to
+    try again (seconds)."""
+
+    @property
+    def retry_after(self) -> int | None:
+        value = self.body.get("retry_after")
+        return value if isinstance(value, int) else None
+
+
 class ServerError(APIError):
     """5xx: the server failed, or cannot do this now (e.g. no agent attached)."""
 
@@ -81,7 +91,7 @@ class OperationFailed(APIError):
 
 BY_STATUS: dict[int, type[APIError]] = {
     0: Unreachable, 400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound,
-    409: Conflict, 413: PayloadTooLarge, 422: InvalidRequest,
+    409: Conflict, 413: PayloadTooLarge, 422: InvalidRequest, 429: RateLimited,
 }
 BY_NAME: dict[str, type[APIError]] = {"QuotaExceeded": QuotaExceeded}
 

@@ -9,10 +9,11 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from virtpool.api.deps import PoolDep, ProjectFilter, bearer
+from virtpool.api.access_guard import AccessGuard
+from virtpool.api.deps import Caller, PoolDep, ProjectFilter, bearer, resolve_project
 from virtpool.api.paging import MAX_ID
+from virtpool.control.auth import Principal
 from virtpool.control.pool import Pool
-from virtpool.model.errors import Unauthorized
 from virtpool.model.event import Event
 
 router = APIRouter(tags=["events"])
@@ -44,14 +45,14 @@ def list_events(
                              "description": "one SSE message per event: id, event = kind, data = the event"}},
             summary="Events as server-sent events; resumes after Last-Event-ID (or AFTER)")
 def stream_events(
-    request: Request, pool: PoolDep, project: ProjectFilter,
+    request: Request, pool: PoolDep, caller: Caller, project: ProjectFilter,
     after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     kind: Kind = None,
     vm: VMName = None,
     last_event_id: Annotated[int | None, Header(ge=0, le=MAX_ID, description="the last id received")] = None,
 ) -> EventSourceResponse:
     start = last_event_id if last_event_id is not None else after
-    return EventSourceResponse(_follow(pool, bearer(request), start, kind, vm, project),
+    return EventSourceResponse(_follow(pool, caller, bearer(request), start, kind, vm, project),
                                ping=HEARTBEAT_S)
 
 
@@ -60,12 +61,12 @@ def _matches(event: Event, kind: str | None, vm: str | None, project: str | None
             and (project is None or event.project_id == project))
 
 
-async def _follow(pool: Pool, secret: str | None, after: int, kind: str | None, vm: str | None,
-                  project: str | None) -> AsyncIterator[ServerSentEvent]:
+async def _follow(pool: Pool, caller: Principal, secret: str | None, after: int, kind: str | None,
+                  vm: str | None, project: str | None) -> AsyncIterator[ServerSentEvent]:
     """Replay from the database, then send each new event as the log announces it.
 
-    The caller's token is checked again every ``RECHECK_S``: a stream ends within about that
-    long of its token being revoked or expiring (or its project being deleted).
+    The stream ends within ``access_guard.RECHECK_S`` of its token expiring or being revoked
+    elsewhere (or its project being deleted), at once when this server revokes it.
     """
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
@@ -74,28 +75,30 @@ async def _follow(pool: Pool, secret: str | None, after: int, kind: str | None, 
         if _matches(event, kind, vm, project):
             loop.call_soon_threadsafe(wake.set)
 
+    def still_allowed() -> None:
+        again = pool.tokens.authenticate(secret)
+        if project is not None:
+            resolve_project(pool, again, project)
+
+    guard = AccessGuard(pool.tokens, caller.token_id, still_allowed)
+    watcher = asyncio.create_task(guard.watch())
     remove = pool.events.listen(announce)
-    checked = loop.time()
     try:
-        while True:
-            if loop.time() - checked >= RECHECK_S:
-                try:
-                    await asyncio.to_thread(pool.tokens.authenticate, secret)
-                except Unauthorized:
-                    return
-                checked = loop.time()
+        while not guard.lost:
             # Cleared before reading: an event committed after the read sets it again.
             wake.clear()
             batch = await asyncio.to_thread(pool.events.list, after=after, kind=kind, vm=vm,
                                             project_id=project, limit=BATCH)
             for event in batch:
+                if guard.lost:
+                    return
                 yield ServerSentEvent(event.model_dump_json(), id=str(event.id), event=event.kind)
                 after = event.id
             if len(batch) == BATCH:
                 continue
-            try:
-                await asyncio.wait_for(wake.wait(), RECHECK_S)
-            except TimeoutError:
-                pass
+            woken = asyncio.create_task(wake.wait())
+            await asyncio.wait([watcher, woken], timeout=RECHECK_S, return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
     finally:
+        watcher.cancel()
         remove()

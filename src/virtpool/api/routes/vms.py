@@ -18,6 +18,8 @@ from fastapi import (
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from virtpool.api.access_guard import POLICY_VIOLATION, AccessGuard
+from virtpool.api.auth_limit import client_address
 from virtpool.api.deps import Operator, PoolDep, Reader, Scope, bearer, resolve_project
 from virtpool.api.long_poll import waiting
 from virtpool.api.paging import MAX_ID, page_headers
@@ -195,7 +197,9 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
     """Bytes both ways between the websocket and the VM's serial console."""
     pool = websocket.app.state.pool
     try:
-        caller = await asyncio.to_thread(pool.tokens.authenticate, bearer(websocket))  # type: ignore[arg-type]
+        limiter = websocket.app.state.auth_limiter
+        caller = await asyncio.to_thread(limiter.authenticate, pool.tokens, bearer(websocket),  # type: ignore[arg-type]
+                                         client_address(websocket))
         project = await asyncio.to_thread(resolve_project, pool, caller, websocket.query_params.get("project"))
         # The console is a shell on the guest: it takes the right to change VMs, not just to look.
         check_access(caller.name, caller.role, caller.project_id, Access.OPERATE)
@@ -214,16 +218,28 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
         return
     await websocket.accept()
 
+    def still_allowed() -> None:
+        # The same checks as the handshake's: the token, the project, the role, the VM in it.
+        again = pool.tokens.authenticate(bearer(websocket))  # type: ignore[arg-type]
+        check_access(again.name, again.role, again.project_id, Access.OPERATE)
+        pool.vms.get(vm.id, resolve_project(pool, again, websocket.query_params.get("project")))
+
+    guard = AccessGuard(pool.tokens, caller.token_id, still_allowed)
+
     # The API relays the agent's byte stream; where the agent runs is the agent's business.
     async def to_guest() -> None:
         while True:
-            await console.write(await websocket.receive_bytes())
+            data = await websocket.receive_bytes()
+            if guard.lost:  # typed after the token was revoked: never reaches the guest
+                return
+            await console.write(data)
 
     async def to_user() -> None:
         while data := await console.read():
             await websocket.send_bytes(data)
 
-    tasks = [asyncio.create_task(to_guest()), asyncio.create_task(to_user())]
+    watcher = asyncio.create_task(guard.watch())
+    tasks = [asyncio.create_task(to_guest()), asyncio.create_task(to_user()), watcher]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     except WebSocketDisconnect:
@@ -232,7 +248,8 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
         for task in tasks:
             task.cancel()
         await console.close()
+        code, reason = (POLICY_VIOLATION, guard.reason) if guard.lost else (1000, "")
         try:
-            await websocket.close()
+            await websocket.close(code=code, reason=reason[:120])
         except RuntimeError:
             pass

@@ -40,7 +40,7 @@ class AgentRegistry:
         if name == self.local_name and self.local is not None:
             return self.local
         with self._sessions() as session:
-            url = session.scalar(select(HostRow.agent_url).where(HostRow.name == name))
+            url = session.scalar(select(HostRow.address).where(HostRow.name == name))
         if url is None or self._remote is None:
             raise NoAgentAttached(
                 f"host '{name}' has no agent attached",
@@ -59,7 +59,7 @@ class AgentRegistry:
     def attached(self) -> list[str]:
         """Names of the hosts that have an agent (in process or joined)."""
         with self._sessions() as session:
-            names = list(session.scalars(select(HostRow.name).where(HostRow.agent_url.is_not(None))))
+            names = list(session.scalars(select(HostRow.name).where(HostRow.address.is_not(None))))
         if self.local is not None:
             names = [self.local_name, *(n for n in names if n != self.local_name)]
         return names

@@ -15,7 +15,8 @@ from virtpool.model.errors import InsufficientResources
 from virtpool.model.resources import PlacementRequest
 
 # How a state reads after "N are …", in the order of HOST_STATES.
-_STATE_WORDS = {"draining": "draining", "maintenance": "in maintenance", "down": "down"}
+_STATE_WORDS = {"draining": "draining", "maintenance": "in maintenance", "down": "down",
+                "unreachable": "unreachable"}
 
 
 def _verb(count: int, singular: str, plural: str) -> str:

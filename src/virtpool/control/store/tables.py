@@ -95,16 +95,16 @@ class HostRow(Base):
     used_memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
     used_disk_mib: Mapped[int] = mapped_column(BigInteger, default=0)
     generation: Mapped[int] = mapped_column(Integer, default=0)
+    # Where its agent listens and what version it runs, as the agent last said (None: never).
+    address: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    agent_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), default=utcnow, onupdate=utcnow
     )
-    # Where the host's agent answers (None: in this process, or none joined), the agent's
-    # version and certificate serial, the last agent event handled, the last heartbeat.
-    agent_url: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    agent_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The serial of the certificate the host's agent enrolled with (None: the in-process
+    # agent, or none joined yet), and the last agent event the control plane handled.
     cert_serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
     event_cursor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
-    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class GroupRow(Base):
@@ -182,7 +182,13 @@ class VMRow(Base):
     # VMs never share one.
     slot: Mapped[int] = mapped_column(Integer, unique=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
+    # The state it had when its host became unreachable (it is `unknown` meanwhile): what the
+    # pool wants of it when the host is back.
+    known_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Resolved at create (the VM's own, else its image's); None: the server's default.
+    boot_timeout_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stopped_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
     host: Mapped[str] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
@@ -275,3 +281,78 @@ class AuditRow(Base):
     action: Mapped[str] = mapped_column(String(128))
     target: Mapped[str | None] = mapped_column(String(255), nullable=True)
     outcome: Mapped[str] = mapped_column(String(255))
+
+
+class HostLeaseRow(Base):
+    """A host's liveness: renewed by every heartbeat, so it holds nothing else (its usage
+    figures are in ``host_usage``), and one renewal is one small UPDATE."""
+
+    __tablename__ = "host_leases"
+
+    host: Mapped[str] = mapped_column(ForeignKey("hosts.name", ondelete="CASCADE"), primary_key=True)
+    # Bumped at every acquire: a renewal carrying an older epoch is from an agent since replaced.
+    epoch: Mapped[int] = mapped_column(Integer, default=1)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    lapsed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The host's state before it became unreachable, to return to (an operator may change it).
+    resume_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
+class HostUsageRow(Base):
+    """What a host's agent last reported of its use (written with some heartbeats)."""
+
+    __tablename__ = "host_usage"
+
+    host: Mapped[str] = mapped_column(ForeignKey("hosts.name", ondelete="CASCADE"), primary_key=True)
+    running_vms: Mapped[int] = mapped_column(Integer)
+    memory_used_mib: Mapped[int] = mapped_column(BigInteger)
+    cpu_load_pct: Mapped[float] = mapped_column(Float)
+    disk_free_mib: Mapped[int] = mapped_column(BigInteger)
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LeaderRow(Base):
+    """Who runs the background loops of the pool (one row per role), until ``expires_at``."""
+
+    __tablename__ = "leaders"
+
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    epoch: Mapped[int] = mapped_column(Integer, default=1)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class NetworkRow(Base):
+    """A virtual network of one project: its subnet, and its VXLAN id (unique in the pool)."""
+
+    __tablename__ = "networks"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_networks_project_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    subnet: Mapped[str] = mapped_column(String(18))
+    nat: Mapped[bool] = mapped_column(Boolean, default=False)
+    vni: Mapped[int] = mapped_column(Integer, unique=True)
+    mtu: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class NicRow(Base):
+    """A VM's NIC on a network: the MAC and address IPAM gave it, kept across restarts.
+
+    The network cannot be deleted while a NIC is on it (RESTRICT); a NIC goes with its VM.
+    """
+
+    __tablename__ = "nics"
+    __table_args__ = (UniqueConstraint("network_id", "address", name="uq_nics_network_address"),
+                      UniqueConstraint("vm_id", "position", name="uq_nics_vm_position"))
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id", ondelete="RESTRICT"),
+                                            index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    address: Mapped[str] = mapped_column(String(15))

@@ -45,7 +45,7 @@ from virtpool.model.resize import plan_resize
 from virtpool.model.resources import Resources
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, Resize, VMSpec
 from virtpool.model.states import ACTIVE, VMState, check_action, check_transition
-from virtpool.model.vm import ResizeResult, VMInfo, VMStats, VMUsage
+from virtpool.model.vm import STOPPED_BY, ResizeResult, StopMethod, VMInfo, VMStats, VMUsage
 
 log = logging.getLogger(__name__)
 S = VMState
@@ -135,25 +135,29 @@ class VMService:
     # -- state changes --------------------------------------------------------------------
 
     def _transition(
-        self, vm_id: str, allowed: Iterable[VMState], new: VMState, *, error: str | None = None
+        self, vm_id: str, allowed: Iterable[VMState], new: VMState, *, error: str | None = None,
+        stopped_by: StopMethod | None = None,
     ) -> bool:
-        """Move to ``new`` if the VM is in one of ``allowed``; False if it was not."""
+        """Move to ``new`` if the VM is in one of ``allowed``; False if it was not. A move to
+        STOPPED records ``stopped_by`` (how it ended)."""
         for old in allowed:
             check_transition(vm_id, old, new)  # a caller asking for a move the table forbids is a bug
         with self._sessions.begin() as session:
             result = session.execute(
                 update(VMRow)
                 .where(VMRow.id == vm_id, VMRow.state.in_([s.value for s in allowed]))
-                .values(state=new.value, error=error, updated_at=utcnow())
+                .values(state=new.value, error=error, updated_at=utcnow(),
+                        **({"stopped_by": stopped_by} if new == S.STOPPED else {}))
             )
             changed = result.rowcount == 1
         if changed:
             self._changes.notify()
             if self._events is not None:
                 name, project_id = self._name_of(vm_id)
-                detail = f": {error}" if error else ""
+                detail = f": {error}" if error else (f" ({STOPPED_BY[stopped_by]})" if stopped_by else "")
                 self._events.record("vm.state", f"VM '{name}' is {new.value}{detail}", vm=name,
-                                    data={"state": new.value, "id": vm_id, "error": error},
+                                    data={"state": new.value, "id": vm_id, "error": error,
+                                          "stopped_by": stopped_by},
                                     project_id=project_id)
         return changed
 
@@ -196,7 +200,11 @@ class VMService:
     def create(self, spec: VMSpec, *, start: bool = False, project_id: str = DEFAULT_PROJECT) -> VMInfo:
         """Validate, place, record (within the project's quota), make the disk; on any failure
         nothing is left behind."""
-        self._image(spec.image)
+        image = self._image(spec.image)
+        # The VM keeps the timeout it was created with: its own, else its image's, else the
+        # server's; an image rebuilt or a server restarted later changes nothing.
+        spec = spec.model_copy(update={
+            "boot_timeout_s": spec.boot_timeout_s or image.boot_timeout_s or self.boot_timeout})
         admission.check_ports_recorded(self._sessions, spec.ports, vm_id=None, project_id=project_id)
         vm_id = uuid.uuid4().hex
         host = self._insert(vm_id, spec, project_id)
@@ -269,7 +277,7 @@ class VMService:
             group_id=placed.group_id, required_labels=spec.required_labels or None,
             max_memory_mib=spec.boot_memory_mib, cpu_cap_pct=spec.cpu_cap_pct,
             cpu_weight=spec.cpu_weight, disk_iops=spec.disk_iops, disk_bps=spec.disk_bps,
-            cpu_affinity=spec.cpu_affinity, slot=slot,
+            cpu_affinity=spec.cpu_affinity, slot=slot, boot_timeout_s=spec.boot_timeout_s,
             ports=[PortRow(host_port=p.host, guest_port=p.guest) for p in spec.ports],
         )
 
@@ -296,7 +304,7 @@ class VMService:
                     # Placed while its host had no agent, or the host lost it: make it now.
                     agent.create_disk(vm.id, vm.image, vm.disk_mib)
                 agent.start_vm(vm.id, _spec(vm), self._slot_of(vm.id))
-            agent.wait_ready(vm.id, self.boot_timeout)
+            agent.wait_ready(vm.id, vm.boot_timeout_s or self.boot_timeout)
         except Exception as err:
             message = str(err) if isinstance(err, VirtpoolError) else f"internal error: {err!r}"
             if not isinstance(err, VirtpoolError):
@@ -316,20 +324,22 @@ class VMService:
         return vm
 
     def _shutdown(self, vm: VMInfo, timeout: float, then: Callable[[], None] | None = None) -> None:
+        how: StopMethod | None
         try:
             agent = self._agent_of(vm)
             try:
-                agent.stop_vm(vm.id, timeout)
+                how = agent.stop_vm(vm.id, timeout)
             except Exception:
                 log.exception("graceful stop of VM %s failed; stopping it hard", vm.name)
                 agent.kill_vm(vm.id)
+                how = "killed"
         except VirtpoolError as err:
             # The host is out of reach: the VM may still run there. It stays STOPPING, and
             # the reconcile after the host is back finishes the stop (reconcile.plan).
             log.warning("stop of VM %s failed, its host is out of reach: %s", vm.name, err)
             self._record_failure(vm, f"stop failed: {err}; it is finished when the host is back")
             return
-        self._transition(vm.id, [S.STOPPING], S.STOPPED)
+        self._transition(vm.id, [S.STOPPING], S.STOPPED, stopped_by=how)
         if then is not None:
             then()
 
@@ -483,6 +493,39 @@ class VMService:
                         accel=row.accel, accel_reason="inventory", qemu_version="unknown",  # type: ignore[arg-type]
                         data_dir="")
 
+    # -- hosts that go away and come back --------------------------------------------------
+
+    def host_lost(self, host: str) -> None:
+        """``host`` is unreachable: its active VMs become UNKNOWN, remembering their state."""
+        with self._sessions.begin() as session:
+            session.execute(
+                update(VMRow).where(VMRow.host == host, VMRow.state.in_([s.value for s in ACTIVE]))
+                .values(known_state=VMRow.state)
+                .execution_options(synchronize_session=False))
+            rows = session.execute(select(VMRow.id, VMRow.state).where(
+                VMRow.host == host, VMRow.state.in_([s.value for s in ACTIVE]))).all()
+        for vm_id, state in rows:
+            self._transition(vm_id, [S(state)], S.UNKNOWN, error=f"host '{host}' is unreachable")
+
+    def restore_known(self, host: str) -> list[VMInfo]:
+        """``host`` is back: its UNKNOWN VMs return to the state they had; returns them."""
+        with self._sessions() as session:
+            rows = session.execute(select(VMRow.id, VMRow.known_state).where(
+                VMRow.host == host, VMRow.state == S.UNKNOWN.value)).all()
+        back = []
+        for vm_id, known in rows:
+            if known is not None and self._transition(vm_id, [S.UNKNOWN], S(known)):
+                back.append(self.get(vm_id))
+        return back
+
+    def host_back(self, host: str) -> None:
+        """Converge the VMs of a host that is back: what the pool wants against what runs."""
+        agent = self._agent_or_none(host)
+        if agent is None:
+            return
+        for vm in self.restore_known(host):
+            self._reconcile_one(agent, vm)
+
     # -- what hosts report, and restarts ----------------------------------------------------
 
     def on_agent_event(self, host: str, event: AgentEvent) -> None:
@@ -503,7 +546,8 @@ class VMService:
         agent = self._agents.for_host(host)
         step = reconcile.on_event(recorded, event, agent.adopt_vm(event.vm_id, name) is not None)
         if step.do == Do.MARK and step.state is not None:
-            self._transition(event.vm_id, [recorded], step.state, error=step.error)
+            self._transition(event.vm_id, [recorded], step.state, error=step.error,
+                             stopped_by=step.stopped_by)
 
     def reconcile(self, host: str | None = None) -> None:
         """Bring the records of ``host`` (default: this one) and the host into agreement, after

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from virtpool.model.agent import AgentEvent, RunStatus
 from virtpool.model.states import VMState
+from virtpool.model.vm import StopMethod
 
 S = VMState
 
@@ -32,12 +33,15 @@ class Step:
     do: Do
     state: VMState | None = None
     error: str | None = None
+    stopped_by: StopMethod | None = None
 
 
 def plan(recorded: VMState, status: RunStatus | None) -> Step:
     """What to do for a VM recorded as ``recorded`` whose host reports ``status`` (None: no QEMU)."""
     if recorded in (S.CREATING, S.DELETING):
         return Step(Do.REMOVE)
+    if recorded == S.UNKNOWN:
+        return Step(Do.NOTHING)  # the lease monitor's: restored (restore_known) before a plan
     if recorded in (S.RUNNING, S.PAUSED):
         if status is None:
             return Step(Do.MARK, S.CRASHED, "QEMU was gone when virtpool restarted")
@@ -65,5 +69,5 @@ def on_event(recorded: VMState, event: AgentEvent, qemu_runs_now: bool) -> Step:
     if event.kind != "vm.exited" or recorded not in (S.RUNNING, S.PAUSED) or qemu_runs_now:
         return Step(Do.NOTHING)
     if event.data.get("guest_initiated"):
-        return Step(Do.MARK, S.STOPPED)
+        return Step(Do.MARK, S.STOPPED, stopped_by="guest")
     return Step(Do.MARK, S.CRASHED, "QEMU exited without being asked to (killed, or it crashed)")

@@ -2,8 +2,9 @@
 
 The image is a direct-boot pair for QEMU's ``microvm`` machine: an uncompressed ELF
 ``vmlinux`` (QEMU boots it through its PVH entry, which is the fastest path) and an
-initramfs holding busybox, the virtio modules, ``qemu-ga`` with its libraries, and
-``init.sh`` as ``/init``. Everything comes from ``apt-get download``; nothing is installed on
+initramfs holding busybox, the virtio and overlay modules, ``qemu-ga`` and e2fsprogs'
+``mke2fs``/``resize2fs`` with their libraries, and ``init.sh`` as ``/init`` (which keeps the
+guest's root on its disk: see there). Everything comes from ``apt-get download``; nothing is installed on
 the host.
 
 The build happens in a hidden directory next to the final one and is renamed into place only
@@ -41,12 +42,20 @@ Progress = Callable[[str, float], None]
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
 AGENT_PACKAGE = "qemu-guest-agent"
+E2FSPROGS_PACKAGE = "e2fsprogs"  # formats and grows the guest's root disk
+# (package, path inside it): the dynamically linked programs the guest needs.
+GUEST_PROGRAMS = (
+    (AGENT_PACKAGE, "usr/sbin/qemu-ga"),
+    (E2FSPROGS_PACKAGE, "sbin/mke2fs"),
+    (E2FSPROGS_PACKAGE, "sbin/resize2fs"),
+)
 
 KERNEL_FILE = "vmlinux"
 INITRD_FILE = "initramfs.cpio.gz"
 
-# Load order matters: insmod does not resolve dependencies (see QEMU-NOTES.md).
-VIRTIO_MODULES = (
+# Load order matters: insmod does not resolve dependencies (see QEMU-NOTES.md). overlay
+# stacks the guest's root on its disk.
+GUEST_MODULES = (
     "virtio_ring",
     "virtio",
     "virtio_mmio",
@@ -56,6 +65,7 @@ VIRTIO_MODULES = (
     "virtio_net",
     "virtio_console",
     "virtio_balloon",
+    "overlay",
 )
 
 LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
@@ -346,7 +356,7 @@ def _populate(build_dir: Path, name: str, cache: Path, report: Progress) -> Mani
     report("resolving packages", 0.02)
     _check_architecture()
     kernel_package = _resolve_kernel_package()
-    packages = [kernel_package, BUSYBOX_PACKAGE, AGENT_PACKAGE]
+    packages = [kernel_package, BUSYBOX_PACKAGE, AGENT_PACKAGE, E2FSPROGS_PACKAGE]
     candidates = _candidates(packages)
     versions = {package: candidates[package]["Version"] for package in packages}
     debs: dict[str, Path] = {}
@@ -362,11 +372,16 @@ def _populate(build_dir: Path, name: str, cache: Path, report: Progress) -> Mani
     report("collecting busybox", 0.55)
     _add_busybox(_extract(debs[BUSYBOX_PACKAGE], work / "busybox"), root)
 
-    report("collecting virtio modules", 0.62)
+    report("collecting kernel modules", 0.62)
     _add_modules(kernel_root, kernel_release, root)
 
-    report("collecting guest agent", 0.7)
-    _add_agent(_extract(debs[AGENT_PACKAGE], work / "agent"), root)
+    report("collecting guest agent and disk tools", 0.7)
+    unpacked = {
+        package: _extract(debs[package], work / package)
+        for package in dict.fromkeys(package for package, _ in GUEST_PROGRAMS)
+    }
+    for package, relative in GUEST_PROGRAMS:
+        _add_program(unpacked[package], relative, package, root)
 
     init_bytes = _init_script()
     (root / "init").write_bytes(init_bytes)
@@ -585,7 +600,7 @@ def _add_modules(kernel_root: Path, release: str, root: Path) -> None:
     target = root / "lib" / "modules" / release
     target.mkdir(parents=True)
     missing = []
-    for module in VIRTIO_MODULES:
+    for module in GUEST_MODULES:
         source = by_name.get(f"{module}.ko")
         if source is None:
             missing.append(module)
@@ -599,32 +614,40 @@ def _add_modules(kernel_root: Path, release: str, root: Path) -> None:
         )
 
 
-def _add_agent(agent_root: Path, root: Path) -> None:
-    binary = agent_root / "usr" / "sbin" / "qemu-ga"
+def _add_program(package_root: Path, relative: str, package: str, root: Path) -> None:
+    """Copy one program out of its unpacked package, with the host libraries ldd names."""
+    binary = package_root / relative
     if not binary.is_file():
         raise OperationFailed(
-            "the qemu-guest-agent package has no usr/sbin/qemu-ga",
+            f"the {package} package has no {relative}",
             hint="the Debian packaging changed; report this as a virtpool bug",
         )
-    shutil.copy2(binary, root / "usr" / "sbin" / "qemu-ga")
+    destination = root / relative
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    # Busybox may already have an applet link of that name, pointing at /bin/busybox: copying
+    # through it would overwrite the *host's* busybox. Replace the link, never write through.
+    destination.unlink(missing_ok=True)
+    shutil.copy2(binary, destination)
     ldd = _run(
         ["ldd", str(binary)],
-        what="list the libraries qemu-ga needs",
+        what=f"list the libraries {binary.name} needs",
         hint="install libc-bin (it provides ldd)",
     )
     try:
         libraries = parse_ldd(ldd.stdout)
     except ValueError as exc:
         raise OperationFailed(
-            f"qemu-ga needs {exc}",
-            hint="install them on this host: apt-get install qemu-guest-agent",
+            f"{binary.name} needs {exc}",
+            hint=f"install them on this host: apt-get install {package}",
         ) from None
     for library in libraries:
         # Same path as on the host, content of the real file (sonames are often symlinks).
-        destination = root / library.lstrip("/")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(os.path.realpath(library), destination)
-        destination.chmod(0o755)
+        target = root / library.lstrip("/")
+        if os.path.lexists(target):
+            continue  # another program needs it too
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(os.path.realpath(library), target)
+        target.chmod(0o755)
 
 
 def _pack_initramfs(root: Path, output: Path) -> None:

@@ -3,34 +3,89 @@
 #
 # PID 1 must never exit (the kernel panics when it does), so there is no `set -e` here:
 # a failing step is reported on the console and boot carries on.
+#
+# Two stages. Stage 1 (in the initramfs) loads the drivers and puts the root filesystem on
+# the VM's disk: an overlay whose lower layer is the initramfs (the image's system files,
+# read-only) and whose upper layer lives on /dev/vda, formatted ext4 on first boot when the
+# disk is blank. Whatever the guest writes therefore survives a stop, while an updated
+# image still reaches the system files. Stage 2 (`/init stage2`, chrooted into that root)
+# brings up the rest.
 
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 export TERM=linux
 
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
+say() { echo "virtpool: $*"; }
+
+# DISK_MOUNT is where the disk stays visible
+# inside the guest (fsfreeze, sync and fstrim reach it there).
+DISK_MOUNT=/.disk
+NEW_ROOT=/.root
+LOWER=/.lower
+
+# A disk is blank when its first 64 KiB are zeros: never format anything that holds data.
+disk_is_blank() {
+    [ "$(head -c 65536 "$1" | tr -d '\000' | head -c 1 | wc -c)" -eq 0 ]
+}
+
+# Mount the disk at DISK_MOUNT (formatting it first if blank) and stack the root on it.
+root_on_disk() {
+    disk=/dev/vda
+    [ -b "$disk" ] || return 1
+    mkdir -p "$DISK_MOUNT" "$NEW_ROOT" "$LOWER"
+    if ! mount -t ext4 -o noatime "$disk" "$DISK_MOUNT" 2>/dev/null; then
+        disk_is_blank "$disk" || { say "$disk holds something other than ext4: root stays in RAM"; return 1; }
+        # Lazy init: a fresh qcow2 reads as zeros, so inode tables and journal need no writing.
+        # Full paths: this busybox runs its own (ext2-only) applets before anything on PATH.
+        /sbin/mke2fs -q -t ext4 -L virtpool-root -E lazy_itable_init=1,lazy_journal_init=1 "$disk" \
+            || { say "formatting $disk failed"; return 1; }
+        mount -t ext4 -o noatime "$disk" "$DISK_MOUNT" || return 1
+    fi
+    # A disk grown while stopped (vm resize --disk-size) is put to use.
+    /sbin/resize2fs "$disk" >/dev/null 2>&1 || say "resize2fs $disk failed"
+    mkdir -p "$DISK_MOUNT/upper" "$DISK_MOUNT/work"
+    mount --bind / "$LOWER" || return 1
+    mount -t overlay overlay \
+        -o "lowerdir=$LOWER,upperdir=$DISK_MOUNT/upper,workdir=$DISK_MOUNT/work" "$NEW_ROOT" \
+        || { umount "$LOWER"; return 1; }
+}
+
+if [ "$1" != stage2 ]; then
+    mount -t proc proc /proc
+    mount -t sysfs sysfs /sys
+    mount -t devtmpfs devtmpfs /dev
+    # The kernel may have started us without a console if it found no /dev/console to open.
+    exec </dev/console >/dev/console 2>&1
+
+    # insmod does not follow dependencies, hence this fixed order (see QEMU-NOTES.md).
+    kver=$(uname -r)
+    for module in virtio_ring virtio virtio_mmio virtio_blk failover net_failover \
+        virtio_net virtio_console virtio_balloon overlay; do
+        ko=/lib/modules/$kver/$module.ko
+        if [ -f "$ko" ]; then
+            insmod "$ko" || say "insmod $module failed"
+        else
+            say "module $module missing"
+        fi
+    done
+
+    if root_on_disk; then
+        for fs in /proc /sys /dev; do
+            mkdir -p "$NEW_ROOT$fs" && mount --move "$fs" "$NEW_ROOT$fs"
+        done
+        mkdir -p "$NEW_ROOT$DISK_MOUNT" && mount --move "$DISK_MOUNT" "$NEW_ROOT$DISK_MOUNT"
+        # What switch_root does, minus deleting the initramfs: it is the overlay's lower layer.
+        # Should the move fail, the chroot alone still puts the guest on its disk.
+        cd "$NEW_ROOT" || exec chroot "$NEW_ROOT" /init stage2
+        mount --move . / || say "could not move the root onto /"
+        exec chroot . /init stage2
+    fi
+fi
+
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=755 tmpfs /run
-# The kernel may have started us without a console if it found no /dev/console to open.
-exec </dev/console >/dev/console 2>&1
-
-say() { echo "virtpool: $*"; }
-
-# insmod does not follow dependencies, hence this fixed order (see QEMU-NOTES.md).
-kver=$(uname -r)
-for module in virtio_ring virtio virtio_mmio virtio_blk failover net_failover \
-    virtio_net virtio_console virtio_balloon; do
-    ko=/lib/modules/$kver/$module.ko
-    if [ -f "$ko" ]; then
-        insmod "$ko" || say "insmod $module failed"
-    else
-        say "module $module missing"
-    fi
-done
 
 hostname=virtpool  # unless the kernel command line names it
 for arg in $(cat /proc/cmdline); do

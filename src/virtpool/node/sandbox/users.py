@@ -4,8 +4,9 @@ A QEMU broken into by its guest then holds only that user's rights: it can write
 and run dir, read the (world-readable) images, and nothing of another VM.
 
 Numbering: VM number ``n`` (a small per-VM index that the control plane stores and hands in)
-runs as uid = gid = ``VM_ID_BASE + n``, i.e. 2_000_000 + n, for n in 0..999_999. The range
-sits above the ids a Debian/systemd host hands out itself (system < 1000, users < 60000,
+runs as uid = gid = the first uid of the agent's range + ``n``, for n in 0..999_999; each agent
+on a host claims a range of its own (``uid_ranges.py``), from ``VM_ID_BASE`` = 2_000_000 up.
+The ids sit above the ids a Debian/systemd host hands out itself (system < 1000, users < 60000,
 systemd's dynamic users 61184..65519, container-uid ranges of /etc/subuid commonly from
 100000 for 65536 ids each) and below 2^31. No /etc/passwd entry is made: the kernel needs
 only numbers, and QEMU does not look itself up. An index may be reused once the VM it
@@ -27,7 +28,7 @@ from typing import Any
 from virtpool.model.errors import OperationFailed
 
 VM_ID_BASE = 2_000_000
-VM_ID_COUNT = 1_000_000  # VM numbers 0..999_999 → ids 2_000_000..2_999_999
+VM_ID_COUNT = 1_000_000  # VM numbers 0..999_999 in one agent's range
 
 RUN_DIR_MODE = 0o700  # holds the QMP socket, which is full control of the VM
 DISK_MODE = 0o600
@@ -48,13 +49,6 @@ def running_as_root() -> bool:
     return os.geteuid() == 0
 
 
-def vm_user(number: int) -> VMUser:
-    """The user of VM number ``number`` (deterministic: same number, same ids)."""
-    if not 0 <= number < VM_ID_COUNT:
-        raise ValueError(f"VM number {number} is outside 0..{VM_ID_COUNT - 1}")
-    return VMUser(uid=VM_ID_BASE + number, gid=VM_ID_BASE + number)
-
-
 def check_unclaimed(user: VMUser) -> None:
     """OperationFailed if the host's user database already gives this uid to someone."""
     try:
@@ -63,8 +57,7 @@ def check_unclaimed(user: VMUser) -> None:
         return
     raise OperationFailed(
         f"uid {user.uid}, meant for a VM, belongs to the host user '{entry.pw_name}'",
-        hint="move that user out of virtpool's range "
-        f"{VM_ID_BASE}..{VM_ID_BASE + VM_ID_COUNT - 1}",
+        hint=f"move that user out of virtpool's ids (from {VM_ID_BASE} up to 2**31)",
     )
 
 

@@ -1,27 +1,27 @@
-"""Agents on many hosts: where each host's agent answers, its certificate, its event cursor;
-one-time join tokens (hashed) and revoked certificates.
+"""Agents on many hosts: the certificate each host's agent enrolled with and the last of its
+events the control plane handled; one-time join tokens (hashed) and revoked certificates.
+(Where the agent answers and its version are 0008_leases's ``address`` and ``agent_version``.)
 
-Revision ID: 0008_agents
-Revises: 0007
+Also joins the two heads 0009_guests and 0009_networks.
+
+Revision ID: 0010_agents
+Revises: 0009_guests, 0009_networks
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_agents"
-down_revision = "0007"
+revision = "0010_agents"
+down_revision = ("0009_guests", "0009_networks")
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
     with op.batch_alter_table("hosts") as batch:
-        batch.add_column(sa.Column("agent_url", sa.String(255), nullable=True))
-        batch.add_column(sa.Column("agent_version", sa.String(32), nullable=True))
         batch.add_column(sa.Column("cert_serial", sa.String(40), nullable=True))
         batch.add_column(sa.Column("event_cursor", sa.BigInteger(), nullable=False, server_default="0"))
-        batch.add_column(sa.Column("heartbeat_at", sa.DateTime(), nullable=True))
     op.create_table(
         "join_tokens",
         sa.Column("id", sa.String(32), primary_key=True),
@@ -44,5 +44,5 @@ def downgrade() -> None:
     op.drop_table("revoked_certs")
     op.drop_table("join_tokens")
     with op.batch_alter_table("hosts") as batch:
-        for column in ("heartbeat_at", "event_cursor", "cert_serial", "agent_version", "agent_url"):
-            batch.drop_column(column)
+        batch.drop_column("event_cursor")
+        batch.drop_column("cert_serial")
