@@ -1,16 +1,16 @@
 """A VM's own boot timeout (resolved from its image at create) and how its last stop ended
 (guest agent, ACPI, killed, or the guest itself).
 
-Revision ID: 0009_guests
-Revises: 0008_leases
+Revision ID: 0010_guests
+Revises: 0009_networks
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_guests"
-down_revision = "0008_leases"
+revision = "0010_guests"
+down_revision = "0009_networks"
 branch_labels = None
 depends_on = None
 
