@@ -96,7 +96,8 @@ class Agent(Protocol):
 
     # -- images -----------------------------------------------------------------------------
 
-from virtpool.model.vm import StopMethod, VMUsage
+    def list_images(self) -> list[ImageInfo]:
+        """The images on this host. Idempotent, read only."""
         ...
 
     def get_image(self, name: str) -> ImageInfo:

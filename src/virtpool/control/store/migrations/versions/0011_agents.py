@@ -2,18 +2,16 @@
 events the control plane handled; one-time join tokens (hashed) and revoked certificates.
 (Where the agent answers and its version are 0008_leases's ``address`` and ``agent_version``.)
 
-Also joins the two heads 0009_guests and 0009_networks.
-
-Revision ID: 0010_agents
-Revises: 0009_guests, 0009_networks
+Revision ID: 0011_agents
+Revises: 0010_guests
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_agents"
-down_revision = ("0009_guests", "0009_networks")
+revision = "0011_agents"
+down_revision = "0010_guests"
 branch_labels = None
 depends_on = None
 
