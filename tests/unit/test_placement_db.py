@@ -86,6 +86,16 @@ class RowsAgent:
         self.live.append((vm_id, changes))
 
 
+class RowsImages:
+    """The pool's image store as the VM service reads it: every image exists, with no files."""
+
+    def __init__(self, agent: RowsAgent) -> None:
+        self.get = agent.get_image
+
+    def files(self, name: str) -> dict[str, Iterator[bytes]]:
+        return {}
+
+
 class Pool:
     """The services of one pool over a database, wired as control/pool.py wires them."""
 
@@ -97,7 +107,7 @@ class Pool:
         self.hosts = HostService(self.sessions, self.placer, LOCAL)
         self.agent = RowsAgent()
         agents = AgentRegistry(self.sessions, LOCAL, self.agent)  # type: ignore[arg-type]
-        self.vms = VMService(self.sessions, agents, images=self.agent.get_image, placer=self.placer)
+        self.vms = VMService(self.sessions, agents, images=RowsImages(self.agent), placer=self.placer)
         self.groups = GroupService(self.sessions)
 
     def add(self, name: str, *, cpus: int = 4, memory_mib: int = 4096, disk_mib: int = 1 << 20,

@@ -28,7 +28,7 @@ class NoAgent:
     """Implements the Agent protocol by refusing every host action."""
 
     host_info = list_images = get_image = build_image = import_image = delete_image = _refuse
-    image_file = check_port_free = create_disk = start_vm = wait_ready = stop_vm = _refuse
+    image_file = receive_image = check_port_free = create_disk = start_vm = wait_ready = stop_vm = _refuse
     kill_vm = pause_vm = resume_vm = exec_vm = apply_live = resize_disk_offline = _refuse
     vm_stats = read_log = _refuse
 

@@ -24,7 +24,7 @@ from virtpool.control.auth import hash_secret
 from virtpool.control.pki import CertificateAuthority
 from virtpool.control.store.tables import HostRow, JoinTokenRow, RevokedCertRow, utcnow
 from virtpool.model.agent import CONTRACT_VERSION
-from virtpool.model.certs import JoinToken, cert_pem, parse_join_token, serial_of
+from virtpool.model.certs import CONTROL_PLANE_CN, JoinToken, cert_pem, parse_join_token, serial_of
 from virtpool.model.errors import Conflict, InvalidRequest, Unauthorized, VirtpoolError
 from virtpool.model.spec import NAME_RULE, HostInfo, valid_name
 
@@ -90,6 +90,8 @@ class Enrolment:
                 hint="install the same virtpool version on the agent's host")
         if not valid_name(name):
             raise InvalidRequest(f"'{name}' is not a valid host name", hint=NAME_RULE)
+        if name.startswith(CONTROL_PLANE_CN):  # agents check that name to know the control plane
+            raise InvalidRequest(f"'{name}' is reserved for the control plane", hint="pick another --name")
         if name == self._local:
             raise Conflict(f"host '{name}' is the control plane's own host, driven by its "
                            "in-process agent", hint="give the agent another --name")

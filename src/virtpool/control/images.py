@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from virtpool.control.operations import OperationService
 from virtpool.control.store.tables import VMRow
-from virtpool.model.agent import Agent, ByteStream
+from virtpool.model.agent import ByteStream, ImageStoreContract
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound, VirtpoolError
 from virtpool.model.image import BuildStatus, ImageInfo
 from virtpool.model.operation import Operation
@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 class ImageService:
-    def __init__(self, sessions: sessionmaker[Session], agent: Agent, operations: OperationService) -> None:
+    def __init__(self, sessions: sessionmaker[Session], agent: ImageStoreContract,
+                 operations: OperationService) -> None:
         self._sessions = sessions
         self._agent = agent
         self._operations = operations
@@ -35,6 +36,12 @@ class ImageService:
 
     def get(self, name: str) -> ImageInfo:
         return self._agent.get_image(name)
+
+    def files(self, name: str) -> dict[str, Iterator[bytes]]:
+        """The image's files as streams, for an agent that lacks the image."""
+        info = self._agent.get_image(name)
+        return {field: self._agent.image_file(name, field)
+                for field in ("kernel", "initrd", "disk") if getattr(info, field) is not None}
 
     def delete(self, name: str) -> None:
         self._agent.get_image(name)

@@ -81,6 +81,23 @@ class Console(Protocol):
         ...
 
 
+class ImageStoreContract(Protocol):
+    """The image calls of ``Agent``: what the pool's image store answers too (the control
+    plane's own, under `virtpool server`; the local agent's, under `virtpool up`)."""
+
+    def list_images(self) -> list[ImageInfo]: ...
+
+    def get_image(self, name: str) -> ImageInfo: ...
+
+    def build_image(self, name: str, progress: Progress | None = None) -> tuple[ImageInfo, bool]: ...
+
+    def import_image(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str) -> ImageInfo: ...
+
+    def image_file(self, name: str, file: str) -> Iterator[bytes]: ...
+
+    def delete_image(self, name: str) -> None: ...
+
+
 class Agent(Protocol):
     """What a host can do for the pool."""
 
@@ -116,6 +133,12 @@ class Agent(Protocol):
 
         Not idempotent: a second import of the same name raises Conflict. Raises InvalidRequest
         (bad name or files; nothing is kept)."""
+        ...
+
+    def receive_image(self, info: ImageInfo, files: Mapping[str, ByteStream]) -> ImageInfo:
+        """Store an image the pool holds, byte for byte: each file is checked against the
+        size and SHA-256 in ``info``, else nothing is kept (InvalidRequest). Idempotent: an
+        image with the same checksums stays; one that differs raises Conflict."""
         ...
 
     def image_file(self, name: str, file: str) -> Iterator[bytes]:

@@ -18,7 +18,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections import deque
@@ -31,13 +30,13 @@ import psutil
 
 from virtpool.model.agent import ByteStream, Console, Progress, RunStatus
 from virtpool.model.errors import Conflict, InsufficientResources, InvalidRequest, NotFound, OperationFailed
-from virtpool.model.image import ImageFile, ImageInfo
+from virtpool.model.image import ImageInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
 from virtpool.node import disks, launch, serial
 from virtpool.node.events import EventFeed
-from virtpool.node.images.manifest import Manifest
-from virtpool.node.images.store import ImageStore, kernel_kind
+from virtpool.node.images.catalog import ImageCatalog
+from virtpool.node.images.store import kernel_kind
 from virtpool.node.net import guard, passt
 from virtpool.node.qemu import accel as accel_mod
 from virtpool.node.qemu import peer
@@ -63,12 +62,10 @@ BALLOON_STATS_INTERVAL_S = 2  # how often the guest's balloon driver reports its
 BALLOON_PATH = f"/machine/peripheral/{BALLOON_ID}"
 MIB = 1024 * 1024
 CALL_TIMEOUT_S = 30.0  # a QMP round trip on the agent's loop, with room for a busy machine
-IMAGE_FILES = ("kernel", "initrd", "disk")
 # After the guest agent took a shutdown, the share of the stop timeout the guest gets before
 # the ACPI power button is pressed as well (a guest whose agent said yes usually is on its way).
 ACPI_SHARE_AFTER_AGENT = 0.7
 DEFAULT_REBOOT_WAIT_S = 60.0  # for the guest agent after a reboot, unless its boot said more
-CHUNK = 1 << 20
 
 
 class LocalAgent:
@@ -85,10 +82,10 @@ class LocalAgent:
     ) -> None:
         self.data_dir = data_dir
         self.net_prefix = net_prefix
-        self.images = ImageStore(data_dir / "images")
+        self.catalog = ImageCatalog(data_dir / "images")
+        self.images = self.catalog.store
         self.vms_dir = data_dir / "vms"
         self.vms_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.images.remove_leftovers()
         self._accel, self._accel_reason = accel_mod.detect(accel)
         self._tsc_khz = accel_mod.host_tsc_khz()
         self._log_cap = log_cap_bytes
@@ -192,49 +189,34 @@ class LocalAgent:
     def events(self, after: int, wait: float = 0.0) -> list[Any]:
         return self.feed.read(after, wait)
 
+    def running_vm_ids(self) -> list[str]:
+        """VMs whose QEMU this agent runs now (for its heartbeat's usage figures)."""
+        return [vm.id for vm in list(self._vms.values()) if vm.runstate == Runstate.RUNNING]
+
     # -- images ---------------------------------------------------------------------------
 
+    # The image half of the contract is the catalog's, over this agent's own image store.
+
     def list_images(self) -> list[ImageInfo]:
-        return [_image_info(m) for m in self.images.list()]
+        return self.catalog.list_images()
 
     def get_image(self, name: str) -> ImageInfo:
-        return _image_info(self.images.get(name))
+        return self.catalog.get_image(name)
 
     def build_image(self, name: str, progress: Progress | None = None) -> tuple[ImageInfo, bool]:
-        manifest, built = self.images.build(name, progress)
-        return _image_info(manifest), built
+        return self.catalog.build_image(name, progress)
 
     def import_image(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str) -> ImageInfo:
-        unknown = set(files) - set(IMAGE_FILES)
-        if unknown or "kernel" not in files:
-            raise InvalidRequest(f"an image is a kernel with an optional initrd and disk, not {sorted(files)}",
-                                 hint="send 'kernel', and 'initrd' and 'disk' if the image has them")
-        staging = Path(tempfile.mkdtemp(prefix=".import-upload-", dir=self.images.root))
-        try:
-            saved: dict[str, Path] = {}
-            for field, stream in files.items():
-                target = staging / field
-                with target.open("wb") as out:
-                    for chunk in stream:
-                        out.write(chunk)
-                saved[field] = target
-            manifest = self.images.import_files(
-                name, kernel=saved["kernel"], initrd=saved.get("initrd"), disk=saved.get("disk"),
-                kernel_args=kernel_args, move=True)
-            return _image_info(manifest)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        return self.catalog.import_image(name, files, kernel_args=kernel_args)
+
+    def receive_image(self, info: ImageInfo, files: Mapping[str, ByteStream]) -> ImageInfo:
+        return self.catalog.receive_image(info, files)
 
     def image_file(self, name: str, file: str) -> Iterator[bytes]:
-        manifest = self.images.get(name)
-        entry = getattr(manifest, file, None) if file in IMAGE_FILES else None
-        if entry is None:
-            raise NotFound(f"image '{name}' has no {file} file", hint=f"its files: {', '.join(IMAGE_FILES)}")
-        path = self.images.path(name) / entry.path
-        return _chunks(path)
+        return self.catalog.image_file(name, file)
 
     def delete_image(self, name: str) -> None:
-        self.images.delete(name)
+        self.catalog.delete_image(name)
 
     # -- VM files -------------------------------------------------------------------------
 
@@ -592,30 +574,6 @@ async def _qmp_stats(vm: VM) -> dict[str, Any]:
             figures.update(disk_read_bytes=block["rd_bytes"], disk_written_bytes=block["wr_bytes"],
                            disk_read_ops=block["rd_operations"], disk_write_ops=block["wr_operations"])
     return figures
-
-
-def _chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            yield chunk
-
-
-def _image_info(manifest: Manifest) -> ImageInfo:
-    def entry(f: Any) -> ImageFile | None:
-        return ImageFile(path=f.path, sha256=f.sha256, size=f.size) if f else None
-
-    return ImageInfo(
-        name=manifest.name,
-        kernel=entry(manifest.kernel),
-        initrd=entry(manifest.initrd),
-        disk=entry(manifest.disk),
-        disk_format=manifest.disk_format,
-        kernel_args=manifest.kernel_args,
-        boot_timeout_s=manifest.boot_timeout_s,
-        size=manifest.size(),
-        created_at=manifest.created_at,
-        source=manifest.source,
-    )
 
 
 _qemu_versions: dict[str, str] = {}

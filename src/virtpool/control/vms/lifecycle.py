@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
@@ -56,6 +57,14 @@ MAX_EXEC_TIMEOUT_S = 3600.0
 SLOT_ATTEMPTS = 20
 
 
+class ImageSource(Protocol):
+    """The pool's image store, as a VM's create and boot need it (control/images.py)."""
+
+    def get(self, name: str) -> ImageInfo: ...
+
+    def files(self, name: str) -> dict[str, Iterator[bytes]]: ...
+
+
 class VMService:
     """Create, boot, stop and delete VMs, each on its host's agent."""
 
@@ -64,7 +73,7 @@ class VMService:
         sessions: sessionmaker[Session],
         agents: AgentRegistry,
         *,
-        images: Callable[[str], ImageInfo],
+        images: ImageSource,
         boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S,
         workers: int = 16,
         events: EventLog | None = None,
@@ -72,7 +81,7 @@ class VMService:
     ) -> None:
         self._sessions = sessions
         self._agents = agents
-        self._image = images
+        self._images = images
         self.local_host = agents.local_name
         self._placer = placer or Placer()
         self.boot_timeout = boot_timeout
@@ -200,7 +209,7 @@ class VMService:
     def create(self, spec: VMSpec, *, start: bool = False, project_id: str = DEFAULT_PROJECT) -> VMInfo:
         """Validate, place, record (within the project's quota), make the disk; on any failure
         nothing is left behind."""
-        image = self._image(spec.image)
+        image = self._images.get(spec.image)
         # The VM keeps the timeout it was created with: its own, else its image's, else the
         # server's; an image rebuilt or a server restarted later changes nothing.
         spec = spec.model_copy(update={
@@ -212,9 +221,13 @@ class VMService:
         if agent is not None:
             try:
                 admission.check_ports_free(agent, spec.ports)
+                self._ensure_image(agent, host, spec.image)
                 agent.create_disk(vm_id, spec.image, spec.disk_mib)
             except BaseException:
-                agent.destroy_vm(vm_id)
+                try:
+                    agent.destroy_vm(vm_id)
+                except Exception:  # the row goes anyway: the host's reconcile removes orphans
+                    log.exception("could not remove the files of VM %s on host %s", spec.name, host)
                 self._remove_row(vm_id)
                 raise
         # On a host without an agent the VM is a record with its claim; its disk is made when
@@ -302,6 +315,7 @@ class VMService:
             if spawn:
                 if vm.id not in agent.vm_ids():
                     # Placed while its host had no agent, or the host lost it: make it now.
+                    self._ensure_image(agent, vm.host, vm.image)
                     agent.create_disk(vm.id, vm.image, vm.disk_mib)
                 agent.start_vm(vm.id, _spec(vm), self._slot_of(vm.id))
             agent.wait_ready(vm.id, vm.boot_timeout_s or self.boot_timeout)
@@ -468,6 +482,17 @@ class VMService:
     def read_log(self, ref: str, offset: int = 0, limit: int = 1 << 20) -> tuple[bytes, int]:
         vm = self.get(ref)
         return self._agent_of(vm).read_log(vm.id, offset, limit)
+
+    def _ensure_image(self, agent: Agent, host: str, image: str) -> None:
+        """The host has the image, fetched from the pool's image store if it lacked it
+        (streamed; the agent checks every file's SHA-256 against the manifest, and keeps it)."""
+        try:
+            agent.get_image(image)
+            return
+        except NotFound:
+            pass
+        log.info("host %s lacks image %s; sending it", host, image)
+        agent.receive_image(self._images.get(image), self._images.files(image))
 
     def _agent_of(self, vm: VMInfo) -> Agent:
         """The agent of the VM's host; NoAgentAttached when that host has none."""
