@@ -138,7 +138,9 @@ def list_(all_projects: Annotated[bool, typer.Option(
 def show(name: str, json: JsonFlag = False) -> None:
     """One VM."""
     with output.errors():
-        vm = client().vm(name)
+        api = client()
+        vm = api.vm(name)
+        image = api.image(vm.image)  # an image in use cannot be deleted
     if json:
         return output.emit_json(vm)
     output.fields([
@@ -146,6 +148,7 @@ def show(name: str, json: JsonFlag = False) -> None:
         ("image", vm.image), ("cpus", vm.cpus), ("memory", format_mib(vm.memory_mib)),
         ("disk", format_mib(vm.disk_mib)), ("ports", ", ".join(map(str, vm.ports)) or "-"),
         ("kernel args", vm.kernel_args or "-"), ("accelerator", vm.accel), ("host", vm.host),
+        ("machine", image.machine + (f" ({image.firmware})" if image.firmware else "")),
         ("boot timeout", f"{vm.boot_timeout_s:g}s" if vm.boot_timeout_s else "-"),
         ("last stop", STOPPED_BY[vm.stopped_by] if vm.stopped_by else "-"),
         ("created", vm.created_at), ("error", vm.error or "-"),

@@ -14,7 +14,7 @@ from virtpool.control.operations import OperationService
 from virtpool.control.store.tables import VMRow
 from virtpool.model.agent import ByteStream, ImageStoreContract
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound, VirtpoolError
-from virtpool.model.image import BuildStatus, ImageInfo
+from virtpool.model.image import BuildStatus, Firmware, ImageInfo
 from virtpool.model.operation import Operation
 from virtpool.model.spec import NAME_RULE, valid_name
 
@@ -54,9 +54,10 @@ class ImageService:
             )
         self._agent.delete_image(name)
 
-    def import_files(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str) -> ImageInfo:
-        """Store an image from streams: "kernel" (required), "initrd", "disk"."""
-        return self._agent.import_image(name, files, kernel_args=kernel_args)
+    def import_files(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str,
+                     firmware: Firmware | None = None) -> ImageInfo:
+        """Store an image from streams: "kernel", "initrd", "disk" (see Agent.import_image)."""
+        return self._agent.import_image(name, files, kernel_args=kernel_args, firmware=firmware)
 
     def start_build(self, name: str, *, actor: str = "virtpool") -> Operation:
         """Start building ``name`` in the background, or return the build under way."""

@@ -13,6 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client.registry import CollectorRegistry
+
 from virtpool import __version__
 from virtpool.control.agents.feed import EventPump
 from virtpool.control.agents.registry import AgentRegistry
@@ -28,6 +30,7 @@ from virtpool.control.hosts import HostService
 from virtpool.control.images import ImageService
 from virtpool.control.networks import NetworkService
 from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
+from virtpool.control.metrics import ControlPlaneMetrics, PoolCollector, Scrape
 from virtpool.control.operations import OperationService
 from virtpool.control.pki import CertificateAuthority, Files
 from virtpool.control.placement import Placer
@@ -35,6 +38,8 @@ from virtpool.control.projects import ProjectService
 from virtpool.control.rebalancing import Rebalancer
 from virtpool.control.settings import SettingsService
 from virtpool.control.store import db
+from virtpool.control.summary import Summary
+from virtpool.control.usage_history import UsageRecorder
 from virtpool.control.vm_operations import VMOperations
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
 from virtpool.model.agent import Agent, ImageStoreContract
@@ -74,12 +79,13 @@ class Pool:
         self.agent: Agent = agent if agent is not None else NoAgent()
         self.engine = db.open_database(config.db_url or db.sqlite_url(config.data_dir / "state.db"))
         sessions = db.session_factory(self.engine)
+        self.metrics = ControlPlaneMetrics()
         self.tokens = TokenService(sessions)
         self.projects = ProjectService(sessions)
         self.events = EventLog(sessions)
         self.audit = AuditLog(sessions)
         self.settings = SettingsService(sessions)
-        self.placer = Placer(self.settings.weigher)
+        self.placer = Placer(self.settings.weigher, observe=self.metrics.placement_seconds.observe)
         self.hosts = HostService(sessions, self.placer, socket.gethostname(), self.events)
         self.groups = GroupService(sessions)
         self.networks = NetworkService(sessions)
@@ -98,6 +104,8 @@ class Pool:
         self.agent_events = EventPump(sessions, self.agents, self.vms.on_agent_event)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
         self.balancer = MemoryBalancer(self.vms, self.agent, self.events, self.audit, config.memory)
+        self.usage = UsageRecorder(self.vms, self.agent)
+        self.summary = Summary(sessions)
         self.leases = LeaseService(sessions, self.events, self.audit, on_lost=self.vms.host_lost,
                                    on_back=self.vms.host_back, on_state=self.placer.invalidate)
         self.hosts.leases = self.leases
@@ -150,12 +158,21 @@ class Pool:
             self.agent_events.follow(self.hosts.local)
             self.hosts.reconcile_usage()
             self.balancer.start()
+            self.usage.start()
             self.heartbeat = LocalHeartbeat(self.leases, self.hosts.local,
                                             agent_version=__version__)
             self.heartbeat.start()
         self.leader.start()
         self.lease_monitor.start()
         return self.tokens.bootstrap(self.config.token_file)
+
+    def scrape(self, project: str | None) -> Scrape:
+        """/metrics as ``project`` sees it (None: the whole pool, and the control plane's own)."""
+        collectors: list[PoolCollector | CollectorRegistry] = [
+            PoolCollector(self.summary, self.hosts, self.usage, project)]
+        if project is None:
+            collectors.append(self.metrics.registry)
+        return Scrape(*collectors)
 
     def close(self) -> None:
         self.lease_monitor.stop()
@@ -164,6 +181,7 @@ class Pool:
             self.heartbeat.stop()
         self.balancer.stop()
         self.agent_events.close()
+        self.usage.stop()
         self.vms.close()
         self.agents.close()
         self.engine.dispose()

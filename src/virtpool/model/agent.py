@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel
 
 from virtpool.model.errors import OperationFailed
-from virtpool.model.image import ImageInfo
+from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
 
@@ -91,7 +91,8 @@ class ImageStoreContract(Protocol):
 
     def build_image(self, name: str, progress: Progress | None = None) -> tuple[ImageInfo, bool]: ...
 
-    def import_image(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str) -> ImageInfo: ...
+    def import_image(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str,
+                     firmware: Firmware | None = None) -> ImageInfo: ...
 
     def image_file(self, name: str, file: str) -> Iterator[bytes]: ...
 
@@ -128,11 +129,14 @@ class Agent(Protocol):
         (the build failed; nothing is left behind)."""
         ...
 
-    def import_image(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str) -> ImageInfo:
-        """Store an image from ``files``: "kernel" (required), "initrd", "disk", each a stream.
+    def import_image(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str,
+                     firmware: Firmware | None = None) -> ImageInfo:
+        """Store an image from ``files``: "kernel", "initrd", "disk", each a stream. With a
+        kernel it boots directly on microvm; a disk alone boots through ``firmware`` (default
+        BIOS) on q35.
 
         Not idempotent: a second import of the same name raises Conflict. Raises InvalidRequest
-        (bad name or files; nothing is kept)."""
+        (bad name or files), InsufficientStorage (no room); nothing is kept on refusal."""
         ...
 
     def receive_image(self, info: ImageInfo, files: Mapping[str, ByteStream]) -> ImageInfo:

@@ -19,8 +19,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
+import signal
+import stat
 import subprocess
 import time
+from pathlib import Path
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
@@ -28,9 +32,9 @@ import psutil
 
 from virtpool.model.errors import BootTimeout, Conflict, OperationFailed
 from virtpool.model.spec import ExecResult
-from virtpool.node import serial
+from virtpool.node import safe_files, serial
 from virtpool.node.qemu import process
-from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
+from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError, GuestAgentGone
 from virtpool.node.qemu.qmp import Session
 from virtpool.node.vmdir import VMPaths
 
@@ -96,6 +100,7 @@ class VM:
         self._qga_lock = asyncio.Lock()  # QGA serves one client at a time
         self._guest_initiated = False
         self._last_balloon_event = 0.0
+        self.ended = "exited"  # how its last QEMU ended, for messages
 
     def _require(self, *states: Runstate) -> None:
         if self.runstate not in states:
@@ -142,8 +147,10 @@ class VM:
         while True:
             if popen.poll() is not None:
                 said = serial.tail(self.paths.qemu_log)
-                raise OperationFailed(f"QEMU refused to start VM '{self.name}': "
-                                      f"{said or f'exit code {popen.returncode}'}")
+                if popen.returncode < 0:  # not a refusal: something killed it
+                    raise OperationFailed(f"QEMU of VM '{self.name}' {how_it_ended(popen)} while it "
+                                          "started" + (f"; it said: {said}" if said else ""))
+                raise OperationFailed(f"QEMU refused to start VM '{self.name}': {said or how_it_ended(popen)}")
             try:
                 return await Session.open(self.paths.qmp_sock, vm=self.name, timeout=0.5)
             except OperationFailed:
@@ -159,6 +166,17 @@ class VM:
             return False
         proc = process.find(self.paths.pidfile)
         if proc is None:
+            # A QEMU whose pidfile its user removed or replaced must still be found.
+            proc = process.scan(self.paths.pidfile)
+        if proc is None:
+            return False
+        tampered = [f"{p.name} is {safe_files.describe(os.lstat(p).st_mode)}"
+                    for p in self.paths.sockets() if os.path.lexists(p) and not _is_socket(p)]
+        if tampered:
+            # Its sockets were replaced (by its QEMU's user): a QEMU that cannot be controlled
+            # is stopped, not left running unwatched.
+            log.warning("stopping VM %s: its QEMU cannot be re-adopted: %s", self.name, "; ".join(tampered))
+            await asyncio.to_thread(process.kill, proc)
             return False
         self._proc, self._popen = proc, None
         self.ready = True  # it ran before this agent started: it had booted
@@ -166,9 +184,11 @@ class VM:
         self.runstate = Runstate.STARTING
         try:
             self._session = await Session.open(self.paths.qmp_sock, vm=self.name, timeout=ATTACH_TIMEOUT_S)
-        except OperationFailed:
+        except OperationFailed as err:
+            log.warning("stopping VM %s: its QEMU cannot be re-adopted: %s", self.name, err.message)
+            await asyncio.to_thread(process.kill, proc)
             self.runstate = Runstate.IDLE
-            raise
+            return False
         self._start_watching()
         return True
 
@@ -200,8 +220,8 @@ class VM:
         while True:
             if self.runstate not in (Runstate.RUNNING, Runstate.STARTING):
                 raise OperationFailed(
-                    f"QEMU of VM '{self.name}' exited while the guest booted; the console "
-                    f"said:\n{serial.tail(self.paths.serial_log)}",
+                    f"QEMU of VM '{self.name}' {self.ended} while the guest booted; the console "
+                    f"said:\n{serial.tail(self.paths.serial_log) or '(empty)'}",
                     hint="check the image and the kernel arguments")
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -221,9 +241,17 @@ class VM:
 
     async def exec(self, argv: list[str], timeout: float, stdin: bytes | None) -> ExecResult:
         self._require(Runstate.RUNNING)
-        async with self._qga_lock:
-            async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
-                return await agent.exec(argv, timeout=timeout, stdin=stdin)
+        try:
+            async with self._qga_lock:
+                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
+                    return await agent.exec(argv, timeout=timeout, stdin=stdin)
+        except GuestAgentGone as err:
+            # The channel broke: when QEMU went away meanwhile, that is the VM stopping, not
+            # a fault of the command (the watcher records the exit itself).
+            if await self.wait_gone(2.0):
+                raise Conflict(f"VM '{self.name}' stopped while the command ran: its QEMU exited",
+                               hint=f"start it again (virtpool vm start {self.name}) and retry") from err
+            raise
 
     async def ask_agent_to_stop(self) -> None:
         """Ask the guest's agent to power off; raises GuestAgentError when there is no agent or
@@ -333,4 +361,26 @@ class VM:
             await asyncio.to_thread(process.kill, proc)
         if popen is not None:
             await asyncio.to_thread(popen.wait)
+            self.ended = how_it_ended(popen)
         self._popen = None
+
+
+def how_it_ended(popen: subprocess.Popen[bytes] | None) -> str:
+    """'was killed by signal 9 (SIGKILL)', 'exited with code 1', or 'exited' (not our child)."""
+    code = popen.poll() if popen is not None else None
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"was killed by signal {-code} ({name})"
+    return f"exited with code {code}"
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False

@@ -24,7 +24,7 @@ from virtpool.model import errors
 from virtpool.model.agent import AgentEvent, AgentUnreachable, ByteStream, Console, Progress, RunStatus
 from virtpool.model.certs import serial_of
 from virtpool.model.errors import Unauthorized, VirtpoolError
-from virtpool.model.image import ImageInfo
+from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
 from virtpool.mtls import client_context
@@ -124,10 +124,12 @@ class RemoteAgent:
         answer = self._json("POST", f"/v1/images/{name}/build", timeout=BUILD_TIMEOUT_S)
         return ImageInfo.model_validate(answer["image"]), bool(answer["built"])
 
-    def import_image(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str) -> ImageInfo:
+    def import_image(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str,
+                     firmware: Firmware | None = None) -> ImageInfo:
         upload = self._upload(files)
         return ImageInfo.model_validate(self._json(
-            "POST", f"/v1/images/{name}", json={"upload": upload, "kernel_args": kernel_args}))
+            "POST", f"/v1/images/{name}",
+            json={"upload": upload, "kernel_args": kernel_args, "firmware": firmware}))
 
     def receive_image(self, info: ImageInfo, files: Mapping[str, ByteStream]) -> ImageInfo:
         upload = self._upload(files)

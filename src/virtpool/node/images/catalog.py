@@ -4,6 +4,7 @@ the pool's image store (no agent on that host), and what each ``LocalAgent`` ser
 
 from __future__ import annotations
 
+import errno
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -12,9 +13,9 @@ from typing import Any
 
 from virtpool.model.agent import ByteStream, Progress
 from virtpool.model.errors import InvalidRequest, NotFound
-from virtpool.model.image import ImageFile, ImageInfo
+from virtpool.model.image import Firmware, ImageFile, ImageInfo
 from virtpool.node.images.manifest import FileEntry, Manifest
-from virtpool.node.images.store import ImageStore
+from virtpool.node.images.store import ImageStore, no_room
 
 IMAGE_FILES = ("kernel", "initrd", "disk")
 CHUNK = 1 << 20
@@ -35,12 +36,16 @@ class ImageCatalog:
         manifest, built = self.store.build(name, progress)
         return image_info(manifest), built
 
-    def import_image(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str) -> ImageInfo:
+    def import_image(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str,
+                     firmware: Firmware | None = None) -> ImageInfo:
         unknown = set(files) - set(IMAGE_FILES)
-        if unknown or "kernel" not in files:
-            raise InvalidRequest(f"an image is a kernel with an optional initrd and disk, not {sorted(files)}",
-                                 hint="send 'kernel', and 'initrd' and 'disk' if the image has them")
-        staging = Path(tempfile.mkdtemp(prefix=".import-upload-", dir=self.store.root))
+        if unknown:
+            raise InvalidRequest(f"an image is a kernel, an initrd and a disk, not {sorted(unknown)}",
+                                 hint="send 'kernel', 'initrd' and 'disk' (each optional: see image import)")
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=".import-upload-", dir=self.store.root))
+        except OSError as err:
+            raise _no_room(err, self.store.root, name) from err
         try:
             saved: dict[str, Path] = {}
             for field, stream in files.items():
@@ -50,9 +55,11 @@ class ImageCatalog:
                         out.write(chunk)
                 saved[field] = target
             manifest = self.store.import_files(
-                name, kernel=saved["kernel"], initrd=saved.get("initrd"), disk=saved.get("disk"),
-                kernel_args=kernel_args, move=True)
+                name, kernel=saved.get("kernel"), initrd=saved.get("initrd"), disk=saved.get("disk"),
+                kernel_args=kernel_args, firmware=firmware, move=True)
             return image_info(manifest)
+        except OSError as err:
+            raise _no_room(err, self.store.root, name) from err
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -70,6 +77,11 @@ class ImageCatalog:
         self.store.delete(name)
 
 
+def _no_room(err: OSError, root: Path, name: str) -> Exception:
+    """ENOSPC while an upload is received: InsufficientStorage (507); anything else as is."""
+    return no_room(root, f"importing image '{name}'") if err.errno == errno.ENOSPC else err
+
+
 def _chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as handle:
         while chunk := handle.read(CHUNK):
@@ -81,7 +93,8 @@ def image_info(manifest: Manifest) -> ImageInfo:
         return ImageFile(path=f.path, sha256=f.sha256, size=f.size) if f else None
 
     return ImageInfo(
-        name=manifest.name, kernel=entry(manifest.kernel), initrd=entry(manifest.initrd),
+        name=manifest.name, kernel=entry(manifest.kernel), machine=manifest.machine,
+        firmware=manifest.firmware, initrd=entry(manifest.initrd),
         disk=entry(manifest.disk), disk_format=manifest.disk_format, kernel_args=manifest.kernel_args,
         boot_timeout_s=manifest.boot_timeout_s, size=manifest.size(), created_at=manifest.created_at,
         source=manifest.source,
@@ -92,9 +105,7 @@ def manifest_of(info: ImageInfo) -> Manifest:
     def entry(f: ImageFile | None) -> FileEntry | None:
         return FileEntry(path=f.path, sha256=f.sha256, size=f.size) if f else None
 
-    kernel = entry(info.kernel)
-    if kernel is None:
-        raise InvalidRequest(f"image '{info.name}' has no kernel")
-    return Manifest(name=info.name, kernel=kernel, initrd=entry(info.initrd), disk=entry(info.disk),
+    return Manifest(name=info.name, kernel=entry(info.kernel), initrd=entry(info.initrd), disk=entry(info.disk),
+                    machine=info.machine, firmware=info.firmware,  # type: ignore[arg-type]
                     disk_format=info.disk_format, kernel_args=info.kernel_args,
                     boot_timeout_s=info.boot_timeout_s, source=dict(info.source), created_at=info.created_at)

@@ -28,6 +28,10 @@ class GuestAgentError(OperationFailed):
     """The guest agent refused a command or could not be reached."""
 
 
+class GuestAgentGone(GuestAgentError):
+    """The connection to the guest agent broke mid-call (QEMU may have exited)."""
+
+
 class GuestAgent:
     """One connection to a guest's agent. Use ``async with GuestAgent.open(...)``."""
 
@@ -78,13 +82,19 @@ class GuestAgent:
         message: dict[str, Any] = {"execute": cmd}
         if arguments is not None:
             message["arguments"] = arguments
-        self._writer.write(json.dumps(message).encode() + b"\n")
-        await self._writer.drain()
+        try:
+            self._writer.write(json.dumps(message).encode() + b"\n")
+            await self._writer.drain()
+        except OSError as err:
+            raise GuestAgentGone(f"the guest agent of VM '{self._vm}' dropped the connection: {err!r}") from err
 
     async def _read(self) -> dict[str, Any]:
-        line = await self._reader.readline()
+        try:
+            line = await self._reader.readline()
+        except OSError as err:
+            raise GuestAgentGone(f"the guest agent of VM '{self._vm}' dropped the connection: {err!r}") from err
         if not line:
-            raise GuestAgentError(f"the guest agent of VM '{self._vm}' closed the connection")
+            raise GuestAgentGone(f"the guest agent of VM '{self._vm}' closed the connection")
         return json.loads(line.lstrip(SYNC_DELIMITER))
 
     async def call(self, cmd: str, arguments: dict[str, Any] | None = None) -> Any:

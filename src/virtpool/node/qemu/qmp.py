@@ -41,11 +41,14 @@ class Session:
         while True:
             client = QMPClient(vm)
             try:
-                await client.connect(await peer.connect(sock))
+                # Bounded: whatever listens there (a QEMU its guest took over) may never greet.
+                await asyncio.wait_for(client.connect(await peer.connect(sock)),
+                                       max(0.1, deadline - loop.time()))
                 return cls(client, vm)
-            except (ConnectError, OSError) as err:
+            except (ConnectError, OSError, asyncio.TimeoutError) as err:
+                await cls(client, vm).close()
                 if loop.time() >= deadline:
-                    raise OperationFailed(f"cannot reach QMP socket {sock}: {err}") from err
+                    raise OperationFailed(f"cannot reach QMP socket {sock}: {err!r}") from err
                 await asyncio.sleep(0.05)
 
     @property

@@ -27,7 +27,7 @@ from virtpool import __version__
 from virtpool.model.agent import CONTRACT_VERSION, AgentEvent
 from virtpool.model.certs import CONTROL_PLANE_CN
 from virtpool.model.errors import InvalidRequest, Unauthorized, VirtpoolError
-from virtpool.model.image import ImageInfo
+from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import VMUsage
 from virtpool.mtls import peer_of
@@ -89,6 +89,7 @@ class ExecBody(BaseModel):
 class ImportBody(BaseModel):
     upload: str = Field(pattern=r"^[0-9a-f]{32}$")
     kernel_args: str = ""
+    firmware: Firmware | None = None
 
 
 class ReceiveBody(BaseModel):
@@ -163,7 +164,7 @@ def create_app(agent: LocalAgent, revoked: Revocations, uploads: Path) -> FastAP
         directory = uploads / body.upload
         try:
             files = {f: _chunks(directory / f) for f in UPLOAD_FIELDS if (directory / f).exists()}
-            return agent.import_image(name, files, kernel_args=body.kernel_args)
+            return agent.import_image(name, files, kernel_args=body.kernel_args, firmware=body.firmware)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
