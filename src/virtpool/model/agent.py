@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from virtpool.model.errors import OperationFailed
 from virtpool.model.image import Firmware, ImageInfo
+from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
 
@@ -200,6 +201,25 @@ class Agent(Protocol):
 
     def kill_vm(self, vm_id: str) -> None:
         """Stop the VM's QEMU at once. Idempotent."""
+        ...
+
+    def list_snapshots(self, vm_id: str) -> list[SnapshotInfo]:
+        """The snapshots in the VM's disk. Idempotent, read only."""
+        ...
+
+    def create_snapshot(self, vm_id: str, name: str, *, memory: bool) -> SnapshotInfo:
+        """Snapshot the VM's disk (stopped or running; a running guest's filesystems frozen
+        through its agent where it has one), with ``memory`` its RAM too (running only). Not
+        idempotent (a taken name raises Conflict)."""
+        ...
+
+    def restore_snapshot(self, vm_id: str, name: str) -> None:
+        """Put the disk (and, for a memory snapshot of a running VM, the running state) back.
+        Idempotent. Raises NotFound, OperationFailed."""
+        ...
+
+    def delete_snapshot(self, vm_id: str, name: str) -> None:
+        """Remove a snapshot. Raises NotFound (no such snapshot), OperationFailed."""
         ...
 
     def pause_vm(self, vm_id: str) -> None:

@@ -31,9 +31,10 @@ import psutil
 from virtpool.model.agent import ByteStream, Console, Progress, RunStatus
 from virtpool.model.errors import Conflict, InsufficientResources, InvalidRequest, NotFound, OperationFailed
 from virtpool.model.image import Firmware, ImageInfo
+from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
-from virtpool.node import disks, launch, safe_files, serial
+from virtpool.node import disks, launch, safe_files, serial, snapshots
 from virtpool.node.events import EventFeed
 from virtpool.node.images.catalog import ImageCatalog
 from virtpool.node.images.store import kernel_kind
@@ -277,13 +278,48 @@ class LocalAgent:
         return serial.read_from(self._paths(vm_id).serial_log, offset, limit)
 
     def resize_disk_offline(self, vm_id: str, disk_mib: int) -> None:
-        disk = self._paths(vm_id).disk
-        run_as: dict[str, Any] = {}
+        disks.grow(self._paths(vm_id).disk, disk_mib, **self._as_disk_owner(vm_id))
+
+    def _as_disk_owner(self, vm_id: str) -> dict[str, Any]:
+        """Popen arguments that run a tool on the VM's disk as the disk's owner (its VM's user):
+        whatever its header names is then opened with no more rights than the VM has."""
         if users.running_as_root():
-            owner = os.lstat(disk).st_uid
+            owner = os.lstat(self._paths(vm_id).disk).st_uid
             if owner != 0:
-                run_as = users.spawn_kwargs(owner, owner)
-        disks.grow(disk, disk_mib, **run_as)
+                return users.spawn_kwargs(owner, owner)
+        return {}
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def _running(self, vm_id: str) -> VM | None:
+        vm = self._vms.get(vm_id)
+        return vm if vm is not None and vm.runstate == Runstate.RUNNING else None
+
+    def list_snapshots(self, vm_id: str) -> list[SnapshotInfo]:
+        return snapshots.list_snapshots(self._paths(vm_id).disk, **self._as_disk_owner(vm_id))
+
+    def create_snapshot(self, vm_id: str, name: str, *, memory: bool) -> SnapshotInfo:
+        vm = self._running(vm_id)
+        if vm is None:
+            snapshots.create_offline(self._paths(vm_id).disk, name, **self._as_disk_owner(vm_id))
+        else:
+            self._run(snapshots.create_live(vm, vm.paths.qga_sock, name, memory=memory, vm=vm.name,
+                                            qga_lock=vm.qga_lock), timeout=None)
+        return next(s for s in self.list_snapshots(vm_id) if s.name == name)
+
+    def restore_snapshot(self, vm_id: str, name: str) -> None:
+        vm = self._running(vm_id)
+        if vm is None:
+            snapshots.restore_offline(self._paths(vm_id).disk, name, **self._as_disk_owner(vm_id))
+        else:
+            self._run(snapshots.restore_live(vm, name, vm=vm.name), timeout=None)
+
+    def delete_snapshot(self, vm_id: str, name: str) -> None:
+        vm = self._running(vm_id)
+        if vm is None:
+            snapshots.delete_offline(self._paths(vm_id).disk, name, **self._as_disk_owner(vm_id))
+        else:
+            self._run(snapshots.delete_live(vm, name, vm=vm.name), timeout=None)
 
     # -- VM processes ---------------------------------------------------------------------
 

@@ -102,6 +102,11 @@ class VM:
         self._last_balloon_event = 0.0
         self.ended = "exited"  # how its last QEMU ended, for messages
 
+    @property
+    def qga_lock(self) -> asyncio.Lock:
+        """Held by whoever talks to the guest agent (QGA serves one client at a time)."""
+        return self._qga_lock
+
     def _require(self, *states: Runstate) -> None:
         if self.runstate not in states:
             raise StateError(self.name, self.runstate, states)

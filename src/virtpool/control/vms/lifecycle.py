@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import case, delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
@@ -39,7 +39,7 @@ from virtpool.control.vms.records import spec as _spec
 from virtpool.control.vms.records import usage_after as _usage_after
 from virtpool.control.vms.reconcile import Do
 from virtpool.model.agent import Agent, AgentEvent
-from virtpool.model.errors import Conflict, InvalidRequest, NotFound, VirtpoolError
+from virtpool.model.errors import Conflict, InvalidRequest, NotFound, StateError, VirtpoolError
 from virtpool.model.image import ImageInfo
 from virtpool.model.project import Usage
 from virtpool.model.resize import plan_resize
@@ -155,7 +155,7 @@ class VMService:
             result = session.execute(
                 update(VMRow)
                 .where(VMRow.id == vm_id, VMRow.state.in_([s.value for s in allowed]))
-                .values(state=new.value, error=error, updated_at=utcnow(),
+                .values(state=new.value, error=error, updated_at=utcnow(), started_at=_started_at(new),
                         **({"stopped_by": stopped_by} if new == S.STOPPED else {}))
             )
             changed = result.rowcount == 1
@@ -210,6 +210,7 @@ class VMService:
         """Validate, place, record (within the project's quota), make the disk; on any failure
         nothing is left behind."""
         image = self._images.get(spec.image)
+        self._check_name_free(spec.name, project_id)
         # The VM keeps the timeout it was created with: its own, else its image's, else the
         # server's; an image rebuilt or a server restarted later changes nothing.
         spec = spec.model_copy(update={
@@ -242,6 +243,13 @@ class VMService:
                 self.delete(vm_id, force=True)
                 raise
         return self.get(vm_id)
+
+    def _check_name_free(self, name: str, project_id: str) -> None:
+        """A taken name is said first, before placement can say that no host fits (the row's
+        unique index still decides between two creates racing for one name)."""
+        with self._sessions() as session:
+            if session.scalar(select(VMRow.id).where(VMRow.name == name, VMRow.project_id == project_id)):
+                raise Conflict(f"a VM named '{name}' exists", hint="pick another name")
 
     def _insert(self, vm_id: str, spec: VMSpec, project_id: str) -> str:
         """Charge the quota, claim a host, write the row; return the host."""
@@ -332,17 +340,23 @@ class VMService:
             return
         self._transition(vm.id, [S.STARTING], S.RUNNING)
 
-    def stop(self, ref: str, *, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> VMInfo:
+    def stop(self, ref: str, *, timeout: float = DEFAULT_STOP_TIMEOUT_S, force: bool = False) -> VMInfo:
+        """Shut down gracefully, hard after ``timeout``; with ``force``, hard at once."""
         vm = self._claim(ref, "stop", S.STOPPING)
-        self._pool.submit(self._shutdown, vm, timeout)
+        self._pool.submit(self._shutdown, vm, timeout, force=force)
         return vm
 
-    def _shutdown(self, vm: VMInfo, timeout: float, then: Callable[[], None] | None = None) -> None:
+    def _shutdown(self, vm: VMInfo, timeout: float, then: Callable[[], None] | None = None, *,
+                  force: bool = False) -> None:
         how: StopMethod | None
         try:
             agent = self._agent_of(vm)
             try:
-                how = agent.stop_vm(vm.id, timeout)
+                if force:
+                    agent.kill_vm(vm.id)
+                    how = "forced"
+                else:
+                    how = agent.stop_vm(vm.id, timeout)
             except Exception:
                 log.exception("graceful stop of VM %s failed; stopping it hard", vm.name)
                 agent.kill_vm(vm.id)
@@ -454,7 +468,14 @@ class VMService:
     # -- delete ---------------------------------------------------------------------------
 
     def delete(self, ref: str, *, force: bool = False) -> None:
-        vm = self._claim(ref, "force-delete" if force else "delete", S.DELETING)
+        try:
+            vm = self._claim(ref, "force-delete" if force else "delete", S.DELETING)
+        except StateError as err:
+            if force or err.actual == S.DELETING.value:
+                raise
+            raise StateError(err.vm, err.actual, err.action, err.allowed).with_hint(
+                f"stop it first (`virtpool vm stop {err.vm}`), or delete it with --force "
+                "(API: force=true), which stops it hard") from err
         agent = self._agent_or_none(vm.host)
         if agent is not None:
             try:
@@ -482,6 +503,10 @@ class VMService:
     def read_log(self, ref: str, offset: int = 0, limit: int = 1 << 20) -> tuple[bytes, int]:
         vm = self.get(ref)
         return self._agent_of(vm).read_log(vm.id, offset, limit)
+
+    def agent_of(self, vm: VMInfo) -> Agent:
+        """The agent of the VM's host; raises NoAgentAttached when none is."""
+        return self._agent_of(vm)
 
     def _ensure_image(self, agent: Agent, host: str, image: str) -> None:
         """The host has the image, fetched from the pool's image store if it lacked it
@@ -603,3 +628,16 @@ class VMService:
         elif step.do == Do.KILL:
             log.warning("VM %s is %s but its QEMU runs; stopping it", vm.name, vm.state.value)
             agent.kill_vm(vm.id)
+
+
+# States in which the VM has no uptime; in the others (paused, stopping) it keeps its start time.
+NOT_RUNNING = frozenset({S.STOPPED, S.CRASHED, S.ERROR, S.CREATING, S.STARTING})
+
+
+def _started_at(new: VMState) -> object:
+    """``started_at`` for a move to ``new``: now on reaching RUNNING (unless resumed from a pause)."""
+    if new == S.RUNNING:
+        return case((VMRow.state == S.PAUSED.value, VMRow.started_at), else_=utcnow())
+    if new in NOT_RUNNING:
+        return None
+    return VMRow.started_at
