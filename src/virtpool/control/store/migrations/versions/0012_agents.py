@@ -2,16 +2,16 @@
 events the control plane handled; one-time join tokens (hashed) and revoked certificates.
 (Where the agent answers and its version are 0008_leases's ``address`` and ``agent_version``.)
 
-Revision ID: 0011_agents
-Revises: 0010_guests
+Revision ID: 0012_agents
+Revises: 0011_started
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011_agents"
-down_revision = "0010_guests"
+revision = "0012_agents"
+down_revision = "0011_started"
 branch_labels = None
 depends_on = None
 
