@@ -32,6 +32,7 @@ class NoAgent:
     kill_vm = pause_vm = resume_vm = exec_vm = apply_live = resize_disk_offline = _refuse
     vm_stats = read_log = _refuse
     list_snapshots = create_snapshot = restore_snapshot = delete_snapshot = _refuse
+    backup_vm = read_backup = restore_backup = _refuse
 
     async def open_console(self, vm_id: str) -> Any:
         _refuse()

@@ -41,6 +41,7 @@ from virtpool.control.store import db
 from virtpool.control.summary import Summary
 from virtpool.control.usage_history import UsageRecorder
 from virtpool.control.vm_operations import VMOperations
+from virtpool.control.backups import BackupService
 from virtpool.control.snapshots import SnapshotService
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
 from virtpool.model.agent import Agent, ImageStoreContract
@@ -103,6 +104,7 @@ class Pool:
         self.vms = VMService(sessions, self.agents, images=self.images,
                              boot_timeout=config.boot_timeout, events=self.events, placer=self.placer)
         self.snapshots = SnapshotService(self.vms, self.events)
+        self.backups = BackupService(self.vms, self.events)
         self.agent_events = EventPump(sessions, self.agents, self.vms.on_agent_event)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
         self.balancer = MemoryBalancer(self.vms, self.agent, self.events, self.audit, config.memory)

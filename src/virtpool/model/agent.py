@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
+from virtpool.model.backup import BackupInfo
 from virtpool.model.errors import OperationFailed
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.snapshot import SnapshotInfo
@@ -220,6 +221,22 @@ class Agent(Protocol):
 
     def delete_snapshot(self, vm_id: str, name: str) -> None:
         """Remove a snapshot. Raises NotFound (no such snapshot), OperationFailed."""
+        ...
+
+    def backup_vm(self, vm_id: str, target: str, *, incremental: bool, vm: str, image: str) -> BackupInfo:
+        """Back a running VM's disk up into the host directory ``target`` (full: empty or new;
+        incremental: this VM's chain). Not idempotent (each call adds a file to the chain). A
+        failed backup leaves the directory as it was. Raises Conflict (not running, another
+        VM's chain), InvalidRequest (bad directory), OperationFailed."""
+        ...
+
+    def read_backup(self, source: str) -> BackupInfo:
+        """The chain in the host directory ``source``. Idempotent, read only. Raises NotFound."""
+        ...
+
+    def restore_backup(self, vm_id: str, source: str) -> None:
+        """Replace a stopped VM's disk with the newest state of the chain in ``source``.
+        Idempotent. Raises NotFound, InvalidRequest (a damaged chain), OperationFailed."""
         ...
 
     def pause_vm(self, vm_id: str) -> None:

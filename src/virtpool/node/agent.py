@@ -30,11 +30,12 @@ import psutil
 
 from virtpool.model.agent import ByteStream, Console, Progress, RunStatus
 from virtpool.model.errors import Conflict, InsufficientResources, InvalidRequest, NotFound, OperationFailed
+from virtpool.model.backup import BackupInfo
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
-from virtpool.node import disks, launch, safe_files, serial, snapshots
+from virtpool.node import backups, disks, launch, safe_files, serial, snapshots
 from virtpool.node.events import EventFeed
 from virtpool.node.images.catalog import ImageCatalog
 from virtpool.node.images.store import kernel_kind
@@ -288,6 +289,22 @@ class LocalAgent:
             if owner != 0:
                 return users.spawn_kwargs(owner, owner)
         return {}
+
+    # -- backups --------------------------------------------------------------------------
+
+    def backup_vm(self, vm_id: str, target: str, *, incremental: bool, vm: str, image: str) -> BackupInfo:
+        running = self._running(vm_id)
+        if running is None:
+            raise Conflict(f"VM '{vm}' is not running; backups are taken while the guest runs",
+                           hint=f"start it: virtpool vm start {vm}")
+        return self._run(running.with_client(lambda client: backups.backup(
+            client, Path(target), vm_id=vm_id, vm=vm, image=image, incremental=incremental)), timeout=None)
+
+    def read_backup(self, source: str) -> BackupInfo:
+        return backups.read_chain(Path(source))
+
+    def restore_backup(self, vm_id: str, source: str) -> None:
+        backups.restore(Path(source), self._paths(vm_id).disk, **self._as_disk_owner(vm_id))
 
     # -- snapshots ------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -39,6 +39,7 @@ from virtpool.node.qemu.qmp import Session
 from virtpool.node.vmdir import VMPaths
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 READY_POLL_S = 0.05  # between guest-agent pings while a guest boots
 MONITOR_TIMEOUT_S = 30.0  # from spawn until QEMU's monitor answers (devices set up)
@@ -211,6 +212,14 @@ class VM:
         if self._session is None:
             raise StateError(self.name, self.runstate, (Runstate.RUNNING,))
         return await self._session.execute(cmd, arguments)
+
+    async def with_client(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``work`` with the session's raw ``qemu.qmp`` client (for what needs more than
+        commands, e.g. passing a file descriptor); the session stays the VM's."""
+        self._require(Runstate.RUNNING)
+        if self._session is None:
+            raise StateError(self.name, self.runstate, (Runstate.RUNNING,))
+        return await work(self._session.client)
 
     async def status(self) -> str:
         """QEMU's run status: "running", "paused", …"""

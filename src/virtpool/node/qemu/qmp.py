@@ -52,6 +52,11 @@ class Session:
                 await asyncio.sleep(0.05)
 
     @property
+    def client(self) -> QMPClient:
+        """The ``qemu.qmp`` client itself, for callers that pass file descriptors."""
+        return self._client
+
+    @property
     def connected(self) -> bool:
         return self._client.runstate == Runstate.RUNNING
 
