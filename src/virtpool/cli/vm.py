@@ -68,6 +68,8 @@ def create(
         "--require-label", help="only hosts with this key=value label; repeat")] = None,
     weigher: Annotated[str | None, typer.Option(
         help="rank hosts by spread, pack or balanced (default: the pool's)")] = None,
+    network: Annotated[list[str] | None, typer.Option(
+        help="a NIC on this network: NAME or NAME,ip=ADDRESS; repeat for several")] = None,
     start: Annotated[bool, typer.Option("--start", help="boot it at once")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="with --start: wait until the guest answers")] = False,
     wait_timeout: WaitTimeout = 180.0,
@@ -93,7 +95,7 @@ def create(
         vm = api.create_vm(name, image=image, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib,
                            ports=forwards, kernel_args=kernel_args, accel=accel, start=start,
                            group=group, required_labels=parse_labels(require_label or []),
-                           weigher=weigher, **limits)
+                           weigher=weigher, networks=network or [], **limits)
         if start:
             _follow(api, vm, VMState.RUNNING, wait, wait_timeout, json)
             return
@@ -112,9 +114,10 @@ def list_(all_projects: Annotated[bool, typer.Option(
     if json:
         return output.emit_json(vms)
     output.table(
-        ["NAME", "PROJECT", "STATE", "CPUS", "MEMORY", "DISK", "IMAGE", "PORTS"],
+        ["NAME", "PROJECT", "STATE", "CPUS", "MEMORY", "DISK", "IMAGE", "PORTS", "ADDRESS"],
         [(v.name, v.project, output.state(v.state.value), v.cpus, format_mib(v.memory_mib),
-          format_mib(v.disk_mib), v.image, ",".join(map(str, v.ports)) or "-") for v in vms],
+          format_mib(v.disk_mib), v.image, ",".join(map(str, v.ports)) or "-",
+          v.nics[0].address if v.nics else "-") for v in vms],
     )
 
 
@@ -132,6 +135,9 @@ def show(name: str, json: JsonFlag = False) -> None:
         ("kernel args", vm.kernel_args or "-"), ("accelerator", vm.accel), ("host", vm.host),
         ("created", vm.created_at), ("error", vm.error or "-"),
     ])
+    if vm.nics:
+        output.table(["NIC", "NETWORK", "MAC", "ADDRESS"],
+                     [(f"net{i}", n.network, n.mac, n.address) for i, n in enumerate(vm.nics)])
 
 
 def _action(name: str, action: str, wanted: VMState, wait: bool, wait_timeout: float,

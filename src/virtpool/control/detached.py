@@ -32,6 +32,9 @@ class NoAgent:
     kill_vm = pause_vm = resume_vm = exec_vm = apply_live = resize_disk_offline = _refuse
     vm_stats = read_log = console_socket = _refuse
 
+    def converge_networks(self, desired: Any) -> None:
+        """No host, so no devices: a VM on a network cannot start here anyway."""
+
     def on_exit(self, handler: Any) -> None:
         """No QEMU runs here, so none can exit."""
 

@@ -71,7 +71,7 @@ class Pool:
         self.rebalancer = Rebalancer(sessions)
         self.vms = VMService(sessions, agent, self.hosts.local, boot_timeout=config.boot_timeout,
                              events=self.events, memory=lambda: self.balancer.policy,
-                             placer=self.placer)
+                             placer=self.placer, networks=self.networks)
         self.operations = OperationService(sessions)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
         self.images = ImageService(sessions, agent, self.operations)

@@ -27,9 +27,11 @@ from virtpool.control import quotas
 from virtpool.control.changes import Changes
 from virtpool.control.detached import NoAgentAttached
 from virtpool.control.events import EventLog
+from virtpool.control.networks import NetworkService
 from virtpool.control.placement import Placed, Placer, claim_delta
 from virtpool.control.store.tables import DEFAULT_PROJECT, PortRow, VMRow, utcnow
 from virtpool.model.agent import Agent
+from virtpool.model.network import NicRequest, NicView
 from virtpool.model.errors import (
     Conflict,
     InsufficientResources,
@@ -74,8 +76,11 @@ class VMService:
         events: EventLog | None = None,
         memory: Callable[[], MemoryLimits] | None = None,
         placer: Placer | None = None,
+        networks: NetworkService | None = None,
     ) -> None:
         self._sessions = sessions
+        self._networks = networks or NetworkService(sessions)
+        self._net_lock = threading.Lock()
         self._agent = agent
         self.local_host = host
         self._placer = placer or Placer()
@@ -235,6 +240,9 @@ class VMService:
                     quotas.charge(session, project_id, quotas.vm_usage(spec.cpus, spec.boot_memory_mib, spec.disk_mib))
                     placed = self._placer.place_vm(session, spec, project_id, weigher=weigher)
                     session.add(self._new_row(session, vm_id, spec, placed, project_id))
+                    if spec.networks:
+                        session.flush()  # the NICs' foreign key needs the VM's row
+                        self._networks.add_nics(session, project_id, vm_id, spec.networks)
                 return placed.host
             except IntegrityError as err:
                 with self._sessions() as session:
@@ -362,6 +370,7 @@ class VMService:
         """Spawn QEMU (unless it runs already) and wait for the guest agent."""
         try:
             if spawn:
+                self.converge_networks(also={vm.id})
                 self._agent.start_vm(vm.id, _spec(vm), self._slot_of(vm.id))
             self._agent.wait_ready(vm.id, self.boot_timeout)
         except Exception as err:
@@ -371,6 +380,7 @@ class VMService:
             # A boot that failed leaves no process behind, whatever state it reached.
             if self._transition(vm.id, [S.STARTING], S.ERROR, error=message):
                 self._agent.kill_vm(vm.id)
+            self._converge_quietly()
             return
         self._transition(vm.id, [S.STARTING], S.RUNNING)
 
@@ -386,6 +396,7 @@ class VMService:
             log.exception("graceful stop of VM %s failed; stopping it hard", vm.name)
             self._agent.kill_vm(vm.id)
         self._transition(vm.id, [S.STOPPING], S.STOPPED)
+        self._converge_quietly()
         if then is not None:
             then()
 
@@ -490,6 +501,29 @@ class VMService:
         if vm.host == self.local_host:
             self._agent.destroy_vm(vm.id)
         self._remove_row(vm.id)
+        if vm.nics:
+            self._converge_quietly()
+
+    # -- networks -------------------------------------------------------------------------
+
+    def converge_networks(self, also: set[str] | frozenset[str] = frozenset()) -> None:
+        """Hand this host's agent the networks and taps of its active VMs (and of ``also``,
+        about to start): the agent makes its devices and rules exactly that."""
+        with self._net_lock:
+            with self._sessions() as session:
+                active = set(session.scalars(select(VMRow.id).where(
+                    VMRow.host == self.local_host,
+                    VMRow.state.in_([s.value for s in ACTIVE]))))
+            self._agent.converge_networks(
+                self._networks.host_input(self.local_host, active | set(also)))
+
+    def _converge_quietly(self) -> None:
+        # After a VM stopped: its taps go. A failure here must not undo the stop; the next
+        # converge (any start, stop or restart of the platform) removes them.
+        try:
+            self.converge_networks()
+        except Exception:
+            log.exception("network converge after a VM stopped failed")
 
     # -- guest ----------------------------------------------------------------------------
 
@@ -522,12 +556,14 @@ class VMService:
     def _on_exit(self, vm_id: str, guest_initiated: bool) -> None:
         # STARTING and STOPPING belong to the worker that set them; it sees the exit itself.
         if guest_initiated:
-            self._transition(vm_id, [S.RUNNING, S.PAUSED], S.STOPPED)
-            return
-        self._transition(
-            vm_id, [S.RUNNING, S.PAUSED], S.CRASHED,
-            error="QEMU exited without being asked to (killed, or it crashed)",
-        )
+            changed = self._transition(vm_id, [S.RUNNING, S.PAUSED], S.STOPPED)
+        else:
+            changed = self._transition(
+                vm_id, [S.RUNNING, S.PAUSED], S.CRASHED,
+                error="QEMU exited without being asked to (killed, or it crashed)",
+            )
+        if changed:
+            self._converge_quietly()
 
     # -- hosts that go away and come back --------------------------------------------------
 
@@ -565,6 +601,9 @@ class VMService:
         with self._sessions() as session:
             rows = [_info(r) for r in session.scalars(select(VMRow).where(VMRow.host == self.local_host))]
         known = {vm.id for vm in rows}
+        # The devices of VMs that still run first (an agent restart keeps their traffic
+        # flowing); those of VMs found gone are removed by the converges their ends cause.
+        self._converge_quietly()
         for vm in rows:
             self._reconcile_one(vm)
         for orphan in self._agent.vm_ids() - known:
@@ -610,6 +649,7 @@ def _info(row: VMRow) -> VMInfo:
         kernel_args=row.kernel_args, accel=row.accel, max_memory_mib=row.max_memory_mib,
         cpu_cap_pct=row.cpu_cap_pct, cpu_weight=row.cpu_weight, disk_iops=row.disk_iops,
         disk_bps=row.disk_bps, cpu_affinity=row.cpu_affinity, state=S(row.state), error=row.error,
+        nics=[NicView(network=n.network.name, mac=n.mac, address=n.address) for n in row.nics],
         host=row.host, created_at=row.created_at, updated_at=row.updated_at,
     )
 
@@ -626,4 +666,5 @@ def _spec(vm: VMInfo) -> VMSpec:
         disk_mib=vm.disk_mib, ports=vm.ports, kernel_args=vm.kernel_args, accel=vm.accel,
         max_memory_mib=vm.max_memory_mib, cpu_cap_pct=vm.cpu_cap_pct, cpu_weight=vm.cpu_weight,
         disk_iops=vm.disk_iops, disk_bps=vm.disk_bps, cpu_affinity=vm.cpu_affinity,
+        networks=[NicRequest(network=n.network, ip=n.address) for n in vm.nics],
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from virtpool.model.image import ImageInfo
+from virtpool.model.network import HostNetworkInput
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 
 # (vm_id, guest_initiated): the VM's QEMU exited; guest_initiated when the guest powered off.
@@ -89,5 +90,10 @@ class Agent(Protocol):
         ...
 
     def console_socket(self, vm_id: str) -> Path: ...
+
+    def converge_networks(self, desired: HostNetworkInput) -> None:
+        """Make this host's bridges, VXLAN devices, taps, nftables rules and DHCP servers
+        exactly what ``desired`` says (idempotent; what is not in it is removed)."""
+        ...
 
     def close(self) -> None: ...

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from virtpool.model.network import NicView
 from virtpool.model.spec import PortForward
 from virtpool.model.states import VMState
 
@@ -27,6 +28,7 @@ class VMInfo(BaseModel):
     disk_iops: int | None
     disk_bps: int | None
     cpu_affinity: list[int] | None = None
+    nics: list[NicView] = []
     state: VMState
     error: str | None
     host: str

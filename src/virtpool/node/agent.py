@@ -41,7 +41,11 @@ from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.node import disks, serial
 from virtpool.node.images.manifest import Manifest
 from virtpool.node.images.store import ImageStore, kernel_kind
+from virtpool.model.network import HostNetworkInput
 from virtpool.node.net import guard, passt
+from virtpool.node.net.apply import NetworkApplier
+from virtpool.node.net.plan import HostPlan, host_plan
+from virtpool.node.net.tap import open_tap
 from virtpool.node.qemu import accel as accel_mod
 from virtpool.node.qemu import process, qmp
 from virtpool.node.qemu.argv import (
@@ -111,6 +115,9 @@ class LocalAgent:
         else:
             log.warning("not root: VMs run as this user, whose own connections to this host's "
                         "addresses no guard can drop; only the gateway is not mapped to loopback")
+        self._networks = NetworkApplier(net_prefix, data_dir / "net")
+        self._net_plan: HostPlan | None = None  # None: not converged since this agent started
+        self._net_lock = threading.Lock()
         self._cgroups = users.running_as_root() and cgroups.available()
         if self._cgroups:
             cgroups.cleanup_orphans(self.vm_ids())
@@ -270,7 +277,7 @@ class LocalAgent:
     def on_exit(self, handler: ExitHandler) -> None:
         self._exit_handlers.append(handler)
 
-    def launch_plan(self, vm_id: str, spec: VMSpec) -> LaunchPlan:
+    def launch_plan(self, vm_id: str, spec: VMSpec, tap_fds: list[int] | None = None) -> LaunchPlan:
         """Resolve a spec to host paths; public so that the boot benchmark can reuse it."""
         manifest = self.images.get(spec.image)
         image_dir = self.images.path(spec.image)
@@ -285,7 +292,7 @@ class LocalAgent:
             kernel_is_elf=kernel_kind(kernel) == "elf",
             paths=self._paths(vm_id),
             accel=accel,
-            nics=(NicPlan(socket=self._paths(vm_id).passt_sock),),
+            nics=self._nics(vm_id, tap_fds),
             image_kernel_args=manifest.kernel_args,
             user_kernel_args=spec.kernel_args,
             tsc_khz=self._tsc_khz,
@@ -293,6 +300,44 @@ class LocalAgent:
             disk_bps=spec.disk_bps,
             qemu_binary=self._qemu,
         )
+
+    def _nics(self, vm_id: str, tap_fds: list[int] | None = None) -> tuple[NicPlan, ...]:
+        """Its taps on virtpool networks, else one NIC on the default network (passt)."""
+        taps = self._net_plan.taps_of(vm_id) if self._net_plan else []
+        if taps:
+            fds: list[int | None] = list(tap_fds) if tap_fds else [None] * len(taps)
+            return tuple(NicPlan(tap=t.name, mac=t.mac, fd=fd) for t, fd in zip(taps, fds))
+        return (NicPlan(socket=self._paths(vm_id).passt_sock),)
+
+    def _open_taps(self, vm_id: str) -> list[int]:
+        """As root: descriptors on the VM's taps, for its QEMU to inherit (tap.py says why)."""
+        if not users.running_as_root() or self._net_plan is None:
+            return []
+        fds: list[int] = []
+        try:
+            for tap in self._net_plan.taps_of(vm_id):
+                fds.append(open_tap(tap.name))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
+
+    # -- networks -------------------------------------------------------------------------
+
+    def converge_networks(self, desired: HostNetworkInput) -> None:
+        with self._net_lock:
+            plan = host_plan(desired, self.net_prefix, self._uid_of_slot)
+            if plan == self._net_plan:
+                return
+            if not plan.bridges and not users.running_as_root():
+                self._net_plan = plan  # nothing to make, and no rights to look: nothing to do
+                return
+            self._networks.converge(plan)
+            self._net_plan = plan
+
+    def _uid_of_slot(self, slot: int) -> int | None:
+        return self._uids.range.user(slot).uid if self._uids is not None else None
 
     def start_vm(self, vm_id: str, spec: VMSpec, slot: int) -> int:
         paths = self._paths(vm_id)
@@ -303,10 +348,15 @@ class LocalAgent:
         self._names[vm_id] = spec.name
         process.remove_stale_files([*paths.sockets(), paths.pidfile, paths.qemu_log])
         popen_kwargs = self._confine_files(vm_id, slot)
-        argv = build_argv(self.launch_plan(vm_id, spec))
+        tap_fds = self._open_taps(vm_id)
+        argv = build_argv(self.launch_plan(vm_id, spec, tap_fds))
+        if tap_fds:
+            popen_kwargs["pass_fds"] = tuple(tap_fds)
         try:
-            passt.start(passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log,
-                                         tuple(spec.ports)), vm=spec.name, **popen_kwargs)
+            if any(nic.socket for nic in self._nics(vm_id)):
+                passt.start(passt.passt_argv(paths.passt_sock, paths.passt_pidfile,
+                                             paths.passt_log, tuple(spec.ports)),
+                            vm=spec.name, **popen_kwargs)
             group = self._cgroup_for(vm_id, spec)
             popen = process.spawn(argv, paths.qemu_log, vm=spec.name, **popen_kwargs)
             self._popens[popen.pid] = popen
@@ -322,6 +372,9 @@ class LocalAgent:
             self.kill_vm(vm_id)
             self._release(vm_id)
             raise
+        finally:
+            for fd in tap_fds:
+                os.close(fd)  # QEMU holds its own copies
         return popen.pid
 
     def _confine_files(self, vm_id: str, slot: int) -> dict[str, Any]:
