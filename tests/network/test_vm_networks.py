@@ -163,7 +163,7 @@ def test_address_survives_a_restart_and_traffic_survives_the_platform_restarting
         net_server: Server, lan: dict[str, str]) -> None:
     api = net_server.api()
     mac = api.vm("b").nics[0].mac
-    api.restart_vm("b")
+    api.wait_operation(api.restart_vm("b"), timeout=300)
     assert api.wait_vm("b", timeout=300).state == "running"
     assert api.vm("b").nics[0].address == lan["b"] and api.vm("b").nics[0].mac == mac
     assert pings(api, "a", lan["b"])
