@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from virtpool.model.image import ImageInfo
+from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.network import HostNetworkInput
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
+from virtpool.model.vm import StopMethod
 
 # (vm_id, guest_initiated): the VM's QEMU exited; guest_initiated when the guest powered off.
 ExitHandler = Callable[[str, bool], None]
@@ -32,8 +33,11 @@ class Agent(Protocol):
     def build_image(self, name: str, progress: Progress | None = None) -> tuple[ImageInfo, bool]: ...
 
     def import_image(
-        self, name: str, *, kernel: Path, initrd: Path | None, disk: Path | None, kernel_args: str
-    ) -> ImageInfo: ...
+        self, name: str, *, kernel: Path | None, initrd: Path | None, disk: Path | None,
+        kernel_args: str, firmware: Firmware | None = None,
+    ) -> ImageInfo:
+        """Without a kernel the disk boots through ``firmware`` (default BIOS) on q35."""
+        ...
 
     def delete_image(self, name: str) -> None: ...
 
@@ -53,8 +57,9 @@ class Agent(Protocol):
 
     def wait_ready(self, vm_id: str, timeout: float) -> None: ...
 
-    def stop_vm(self, vm_id: str, timeout: float) -> bool:
-        """Stop gracefully within ``timeout``, else hard; True when the guest shut down itself."""
+    def stop_vm(self, vm_id: str, timeout: float) -> StopMethod | None:
+        """Stop within ``timeout``: through the guest agent, else the ACPI power button, else
+        kill it. Says which of these ended it; None when no QEMU of the VM ran."""
         ...
 
     def kill_vm(self, vm_id: str) -> None: ...

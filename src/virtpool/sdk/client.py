@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import errno
+import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, BinaryIO, Literal, overload
 
 import httpx
 from httpx_sse import connect_sse
@@ -23,7 +26,7 @@ from virtpool.model.spec import ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
 from virtpool.model.token import TokenCreated, TokenInfo
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
-from virtpool.sdk.errors import APIError, OperationFailed, error_class
+from virtpool.sdk.errors import APIError, InvalidRequest, OperationFailed, error_class
 
 SETTLED = frozenset({VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.ERROR, VMState.CRASHED})
 
@@ -34,6 +37,30 @@ LONG_POLL_S = 60.0
 # A long poll that comes back unchanged well before its time means the server had no
 # long-poll slot free (see api/long_poll.py): wait this long before asking again.
 EARLY_ANSWER_PAUSE_S = 0.5
+
+
+def _open_upload(field: str, path: Path) -> BinaryIO:
+    """Open a file to upload as the file itself: a symlink is not followed (one planted in
+    place of an image file could point at /etc/shadow), and only a regular file is sent (not a
+    block device or a FIFO, which could also block the open)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InvalidRequest(422, "invalid request", f"--{field} {path} is a symlink; virtpool "
+                                 "does not follow links when it imports files",
+                                 "pass the file itself, after checking what the link points to") from err
+        raise InvalidRequest(422, "invalid request", f"cannot open --{field} {path}: {err.strerror}") from err
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        what = "a block device" if stat.S_ISBLK(kind) else "not a regular file"
+        raise InvalidRequest(422, "invalid request", f"--{field} {path} is {what}; an image is "
+                             "imported from regular files",
+                             "copy the device into a file first, e.g. qemu-img convert -O qcow2 "
+                             f"{path} disk.qcow2")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def _pause_if_early(asked: float, chunk: float) -> None:
@@ -156,13 +183,20 @@ class Client:
     def build_status(self, name: str) -> BuildStatus:
         return BuildStatus.model_validate(self._call("GET", f"/images/{name}/build").json())
 
-    def import_image(self, name: str, *, kernel: Path, initrd: Path | None = None,
-                     disk: Path | None = None, kernel_args: str = "") -> ImageInfo:
+    def import_image(self, name: str, *, kernel: Path | None = None, initrd: Path | None = None,
+                     disk: Path | None = None, kernel_args: str = "",
+                     firmware: str | None = None) -> ImageInfo:
+        """Import a kernel (with an optional initramfs and disk), or a disk alone that boots
+        through ``firmware`` ("bios", the default, or "uefi")."""
         files = {"kernel": kernel, "initrd": initrd, "disk": disk}
-        handles = {k: p.open("rb") for k, p in files.items() if p is not None}
+        form = {"name": name, "kernel_args": kernel_args, **({"firmware": firmware} if firmware else {})}
+        handles: dict[str, BinaryIO] = {}
         try:
+            for field, path in files.items():
+                if path is not None:
+                    handles[field] = _open_upload(field, path)
             response = self._call(
-                "POST", "/images", data={"name": name, "kernel_args": kernel_args},
+                "POST", "/images", data=form,
                 files={k: (k, h, "application/octet-stream") for k, h in handles.items()},
                 timeout=None,
             )

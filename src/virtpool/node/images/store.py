@@ -6,15 +6,24 @@ place only when complete, so an image is either whole or absent.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from virtpool.model.errors import Conflict, InvalidRequest, NotFound
+from virtpool.model.errors import (
+    FREE_SPACE_HINT,
+    Conflict,
+    InsufficientStorage,
+    InvalidRequest,
+    NotFound,
+)
+from virtpool.model.image import FIRMWARE_BOOT_TIMEOUT_S, Firmware
 from virtpool.model.spec import NAME_RULE, valid_name
-from virtpool.node import disks
+from virtpool.node import disks, safe_files
+from virtpool.node.images import checks
 from virtpool.node.images.manifest import (
     Manifest,
     file_entry,
@@ -51,9 +60,7 @@ class ImageStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, users.IMAGE_DIR_MODE)
-        for manifest in self.list():
-            users.make_readable(self.path(manifest.name))
+        users.share_image_root(self.root)
 
     def path(self, name: str) -> Path:
         _check_name(name)
@@ -104,53 +111,84 @@ class ImageStore:
 
         _check_name(name)
         manifest, built = build_default_image(self.root, name, progress=progress)
-        users.make_readable(self.path(name))  # every VM's user reads its image
+        if built:
+            users.share_image(self.path(name))  # every VM's user reads its image, nobody else
         return manifest, built
 
     def import_files(
         self,
         name: str,
         *,
-        kernel: Path,
+        kernel: Path | None,
         initrd: Path | None = None,
         disk: Path | None = None,
         kernel_args: str = "",
+        firmware: Firmware | None = None,
         move: bool = False,
     ) -> Manifest:
-        """Copy (or move) the user's files in as image ``name``, refusing unsafe disks."""
+        """Copy (or move) the user's files in as image ``name``, refusing what is not what it
+        claims to be: no link is followed, and each file's content is checked on our own copy
+        (so it cannot change between check and use). ENOSPC is :class:`InsufficientStorage`.
+
+        With a kernel it boots directly on microvm; without one the disk must carry its own
+        bootloader, which ``firmware`` (default BIOS) starts on q35."""
         _check_name(name)
+        if kernel is None and disk is None:
+            raise InvalidRequest("an image needs a kernel or a bootable disk",
+                                 hint="pass --kernel (and --initrd, --disk), or --disk alone")
+        if kernel is not None and firmware is not None:
+            raise InvalidRequest("--firmware is for a disk that boots by itself, not with --kernel",
+                                 hint="drop --kernel to boot the disk's own bootloader")
+        if kernel is None and initrd is not None:
+            raise InvalidRequest("an initramfs needs a kernel", hint="pass --kernel too")
         if self.path(name).exists():
             raise Conflict(f"an image named '{name}' exists", hint="delete it first or pick another name")
         staging = Path(tempfile.mkdtemp(prefix=f".import-{name}-", dir=self.root))
         try:
-            take = shutil.move if move else shutil.copyfile
-            take(kernel, staging / "kernel")
-            kind = kernel_kind(staging / "kernel")
+            kind = None
+            if kernel is not None:
+                _take(kernel, staging / "kernel", move)
+                kind = kernel_kind(staging / "kernel")
             if initrd is not None:
-                take(initrd, staging / "initrd")
+                _take(initrd, staging / "initrd", move)
+                checks.initrd_kind(_head(staging / "initrd", checks.INITRD_HEAD_BYTES), "the initrd")
             disk_entry, disk_format = None, None
             if disk is not None:
-                take(disk, staging / "disk")
-                # Checked on our own copy, so the file cannot change between check and use.
+                _take(disk, staging / "disk", move)
                 disk_format = disks.sniff_format(staging / "disk")
+                if disk_format == "raw":
+                    checks.check_raw_disk(_head(staging / "disk", checks.RAW_HEAD_BYTES),
+                                          (staging / "disk").stat().st_size, "the disk")
                 disks.qemu_img_info(staging / "disk", disk_format)
                 disk_entry = file_entry(staging, "disk")
             args = kernel_args
-            if disk is not None and initrd is None and "root=" not in kernel_args:
+            # A kernel with a disk and no root= mounts its root from that disk.
+            if kernel is not None and disk is not None and "root=" not in kernel_args:
                 args = f"root=/dev/vda rw {kernel_args}".strip()
+            source = {"kind": "import"}
+            if kind is not None:
+                source["kernel_format"] = kind
             manifest = Manifest(
                 name=name,
-                kernel=file_entry(staging, "kernel"),
+                kernel=file_entry(staging, "kernel") if kernel is not None else None,
                 initrd=file_entry(staging, "initrd") if initrd is not None else None,
                 disk=disk_entry,
                 disk_format=disk_format,
                 kernel_args=args,
-                source={"kind": "import", "kernel_format": kind},
+                source=source,
+                machine="microvm" if kernel is not None else "q35",
+                firmware=None if kernel is not None else (firmware or "bios"),
+                boot_timeout_s=None if kernel is not None else FIRMWARE_BOOT_TIMEOUT_S,
             )
             write_manifest(staging, manifest)
-            users.make_readable(staging)  # every VM's user reads its image
+            users.share_image(staging)  # every VM's user reads its image, nobody else
             os.rename(staging, self.path(name))
             return manifest
+        except OSError as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            if err.errno == errno.ENOSPC:
+                raise no_room(self.root, f"importing image '{name}'") from err
+            raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -160,6 +198,30 @@ class ImageStore:
         for entry in self.root.iterdir():
             if entry.name.startswith((".import-", ".delete-", ".build-")) and entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
+
+
+def _take(source: Path, target: Path, move: bool) -> None:
+    """Move our own staged upload, or copy a user's file without following a link to it."""
+    if move:
+        os.rename(source, target)
+        return
+    fd = safe_files.open_regular(source, single_link=False)
+    with os.fdopen(fd, "rb") as src, open(target, "xb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _head(path: Path, size: int) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(size)
+
+
+def no_room(where: Path, doing: str) -> InsufficientStorage:
+    """The error for ENOSPC under the data dir, with what there is to free."""
+    free_mib = shutil.disk_usage(where).free // (1024 * 1024)
+    return InsufficientStorage(
+        f"no space left on the host's data disk while {doing} ({free_mib} MiB free in {where.parent})",
+        hint=FREE_SPACE_HINT,
+    )
 
 
 def _check_name(name: str) -> None:

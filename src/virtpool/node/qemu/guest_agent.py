@@ -28,6 +28,10 @@ class GuestAgentError(OperationFailed):
     """The guest agent refused a command or could not be reached."""
 
 
+class GuestAgentGone(GuestAgentError):
+    """The connection to the guest agent broke mid-call (QEMU may have exited)."""
+
+
 class GuestAgent:
     """One connection to a guest's agent. Use ``async with GuestAgent.open(...)``."""
 
@@ -78,13 +82,19 @@ class GuestAgent:
         message: dict[str, Any] = {"execute": cmd}
         if arguments is not None:
             message["arguments"] = arguments
-        self._writer.write(json.dumps(message).encode() + b"\n")
-        await self._writer.drain()
+        try:
+            self._writer.write(json.dumps(message).encode() + b"\n")
+            await self._writer.drain()
+        except OSError as err:
+            raise GuestAgentGone(f"the guest agent of VM '{self._vm}' dropped the connection: {err!r}") from err
 
     async def _read(self) -> dict[str, Any]:
-        line = await self._reader.readline()
+        try:
+            line = await self._reader.readline()
+        except OSError as err:
+            raise GuestAgentGone(f"the guest agent of VM '{self._vm}' dropped the connection: {err!r}") from err
         if not line:
-            raise GuestAgentError(f"the guest agent of VM '{self._vm}' closed the connection")
+            raise GuestAgentGone(f"the guest agent of VM '{self._vm}' closed the connection")
         return json.loads(line.lstrip(SYNC_DELIMITER))
 
     async def call(self, cmd: str, arguments: dict[str, Any] | None = None) -> Any:
@@ -96,9 +106,22 @@ class GuestAgent:
             raise GuestAgentError(f"the guest agent of VM '{self._vm}' refused '{cmd}': {desc}")
         return reply.get("return")
 
-    async def shutdown(self, mode: str = "powerdown") -> None:
-        """Ask the guest to power off; the agent sends no reply to this one."""
+    async def shutdown(self, mode: str = "powerdown", *, answer_within: float = 5.0) -> None:
+        """Ask the guest to power off (``mode`` "reboot" to reboot).
+
+        The agent answers only a refusal (e.g. "Failed to connect to bus" in a guest without
+        logind): success has no reply, the agent just goes away with the guest. So a refusal
+        within ``answer_within`` seconds raises GuestAgentError; silence or a closed
+        connection means the guest took the request.
+        """
         await self._send("guest-shutdown", {"mode": mode})
+        try:
+            reply = await asyncio.wait_for(self._read(), answer_within)
+        except (TimeoutError, asyncio.TimeoutError, GuestAgentError, OSError, asyncio.IncompleteReadError):
+            return
+        if "error" in reply:
+            desc = reply["error"].get("desc", reply["error"])
+            raise GuestAgentError(f"the guest agent of VM '{self._vm}' refused to shut down: {desc}")
 
     async def exec(
         self, argv: list[str], *, timeout: float, stdin: bytes | None = None, poll: float = 0.02
