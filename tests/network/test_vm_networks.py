@@ -14,24 +14,24 @@ import psutil
 import pytest
 
 from tests.conftest import Server, wait_for
-from tests.network.conftest import NET_PREFIX
+from tests.network.conftest import prefix_of
 from virtpool.sdk import APIError, Client
 
 SUBNET = "10.61.0.0/24"
 GATEWAY = "10.61.0.1"
 
 
-def our_devices() -> list[str]:
+def our_devices(server: Server) -> list[str]:
+    prefix = prefix_of(server)
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     names = [line.split(": ")[1].split("@")[0] for line in out.splitlines()]
-    return [n for n in names if n.startswith(f"{NET_PREFIX}br") or n.startswith(f"{NET_PREFIX}t")
-            or n.startswith(f"{NET_PREFIX}vx")]
+    return [n for n in names if n.startswith((f"{prefix}br", f"{prefix}t", f"{prefix}vx"))]
 
 
-def our_tables() -> list[str]:
+def our_tables(server: Server) -> list[str]:
+    prefix = prefix_of(server)
     out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines()
-            if line.endswith((f" {NET_PREFIX}host", f" {NET_PREFIX}net"))]
+    return [line for line in out.splitlines() if line.endswith((f" {prefix}host", f" {prefix}net"))]
 
 
 def our_dnsmasqs(server: Server) -> list[int]:
@@ -94,7 +94,7 @@ def test_vms_get_their_ipam_address_by_dhcp_and_show_it(net_server: Server, lan:
     assert lan["a"] in show.stdout and "lan" in show.stdout
     listing = net_server.cli("vm", "list")
     assert lan["a"] in listing.stdout and lan["b"] in listing.stdout
-    taps = [d for d in our_devices() if d.startswith(f"{NET_PREFIX}t")]
+    taps = [d for d in our_devices(net_server) if d.startswith(f"{prefix_of(net_server)}t")]
     assert len(taps) == 2
     for tap in taps:  # only the VM's own QEMU user may attach to its tap
         owner = int(open(f"/sys/class/net/{tap}/owner").read())
@@ -167,13 +167,13 @@ def test_address_survives_a_restart_and_traffic_survives_the_platform_restarting
     assert api.wait_vm("b", timeout=300).state == "running"
     assert api.vm("b").nics[0].address == lan["b"] and api.vm("b").nics[0].mac == mac
     assert pings(api, "a", lan["b"])
-    devices = sorted(our_devices())
+    devices = sorted(our_devices(net_server))
     net_server.stop()
     # While the platform is down, the guests still talk (nothing was torn down).
     net_server.start()
     api = net_server.api()
     assert wait_for(lambda: api.vm("a").state == "running", timeout=60)
-    assert sorted(our_devices()) == devices
+    assert sorted(our_devices(net_server)) == devices
     assert pings(api, "a", lan["b"]) and pings(api, "b", lan["a"])
 
 
@@ -182,12 +182,12 @@ def test_a_network_with_vms_cannot_be_deleted_and_delete_leaves_nothing(
     api = net_server.api()
     refused = net_server.cli("network", "delete", "lan")
     assert refused.returncode == 1 and "still has VMs on it: a, b" in refused.stderr
-    assert len(our_devices()) == 3 and len(our_tables()) == 2 and len(our_dnsmasqs(net_server)) == 1
+    assert len(our_devices(net_server)) == 3 and len(our_tables(net_server)) == 2 and len(our_dnsmasqs(net_server)) == 1
     for vm in ("a", "b"):
         api.delete_vm(vm, force=True)
     assert api.network("lan").nics == []
     api.delete_network("lan")
-    assert our_devices() == []
-    assert our_tables() == []
+    assert our_devices(net_server) == []
+    assert our_tables(net_server) == []
     assert our_dnsmasqs(net_server) == []
     assert not list((net_server.data_dir / "net").glob("*"))

@@ -378,7 +378,7 @@ class LocalAgent:
         self._launches[vm_id] = (spec, slot, DEFAULT_REBOOT_WAIT_S)
         self._ready.discard(vm_id)
         self._stopping.discard(vm_id)
-        process.remove_stale_files([*paths.sockets(), paths.pidfile, paths.qemu_log])
+        process.remove_stale_files([*paths.sockets(), paths.passt_sock, paths.pidfile, paths.qemu_log])
         user = self._confine_files(vm_id, slot)
         tap_fds = self._open_taps(vm_id)
         argv = build_argv(self.launch_plan(vm_id, spec, tap_fds))
