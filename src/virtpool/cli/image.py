@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from virtpool.cli import output
-from virtpool.cli.common import JsonFlag, client
+from virtpool.cli.common import ImageName, JsonFlag, client
 from virtpool.cli.operation import follow
 
 app = typer.Typer(help="Guest images: build, import, list, delete.", no_args_is_help=True)
@@ -49,7 +49,7 @@ def list_(json: JsonFlag = False) -> None:
 
 
 @app.command("show")
-def show(name: str, json: JsonFlag = False) -> None:
+def show(name: ImageName, json: JsonFlag = False) -> None:
     """One image: its files and their checksums."""
     with output.errors():
         image = client().image(name)
@@ -67,13 +67,13 @@ def show(name: str, json: JsonFlag = False) -> None:
 
 
 @app.command("delete")
-def delete(name: str, json: JsonFlag = False) -> None:
+def delete(name: ImageName, json: JsonFlag = False) -> None:
     """Delete an image no VM uses."""
     with output.errors():
         client().delete_image(name)
     if json:
         return output.emit_json({"deleted": name})
-    output.out.print(f"image '{name}' deleted")
+    output.print_line(f"image '{name}' deleted")
 
 
 @app.command("import")
@@ -95,4 +95,4 @@ def import_(
                                       kernel_args=kernel_args, firmware=firmware)
     if json:
         return output.emit_json(image)
-    output.out.print(f"image '{image.name}' imported ({image.size / 2**20:.1f} MiB)")
+    output.print_line(f"image '{image.name}' imported ({image.size / 2**20:.1f} MiB)")

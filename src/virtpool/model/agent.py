@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.network import HostNetworkInput
+from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod
 
@@ -63,6 +64,21 @@ class Agent(Protocol):
         ...
 
     def kill_vm(self, vm_id: str) -> None: ...
+
+    def list_snapshots(self, vm_id: str) -> list[SnapshotInfo]:
+        """The snapshots in the VM's disk. Read only."""
+        ...
+
+    def create_snapshot(self, vm_id: str, name: str, *, memory: bool) -> SnapshotInfo:
+        """Snapshot the VM's disk (stopped or running; a running guest's filesystems frozen
+        through its agent where it has one), with ``memory`` its RAM too (running only)."""
+        ...
+
+    def restore_snapshot(self, vm_id: str, name: str) -> None:
+        """Put the disk (and, for a memory snapshot of a running VM, the running state) back."""
+        ...
+
+    def delete_snapshot(self, vm_id: str, name: str) -> None: ...
 
     def pause_vm(self, vm_id: str) -> None: ...
 

@@ -41,9 +41,10 @@ from virtpool.model.errors import (
 )
 from virtpool.model.image import Firmware, ImageFile, ImageInfo
 from virtpool.model.network import HostNetworkInput
+from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod
-from virtpool.node import disks, safe_files, serial
+from virtpool.node import disks, safe_files, serial, snapshots
 from virtpool.node.images.manifest import Manifest
 from virtpool.node.images.store import ImageStore, kernel_kind
 from virtpool.node.net import guard, passt
@@ -765,13 +766,44 @@ class LocalAgent:
                               vm=label)
 
     def resize_disk_offline(self, vm_id: str, disk_mib: int) -> None:
-        disk = self._paths(vm_id).disk
-        run_as: dict[str, Any] = {}
+        disks.grow(self._paths(vm_id).disk, disk_mib, **self._as_disk_owner(vm_id))
+
+    def _as_disk_owner(self, vm_id: str) -> dict[str, Any]:
+        """Popen arguments that run a tool on the VM's disk as the disk's owner (its VM's user):
+        whatever its header names is then opened with no more rights than the VM has."""
         if users.running_as_root():
-            owner = os.lstat(disk).st_uid
+            owner = os.lstat(self._paths(vm_id).disk).st_uid
             if owner != 0:
-                run_as = users.spawn_kwargs(owner, owner)
-        disks.grow(disk, disk_mib, **run_as)
+                return users.spawn_kwargs(owner, owner)
+        return {}
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def list_snapshots(self, vm_id: str) -> list[SnapshotInfo]:
+        return snapshots.list_snapshots(self._paths(vm_id).disk, **self._as_disk_owner(vm_id))
+
+    def create_snapshot(self, vm_id: str, name: str, *, memory: bool) -> SnapshotInfo:
+        paths, label = self._paths(vm_id), self._label(vm_id)
+        if self._process(vm_id) is None:
+            snapshots.create_offline(paths.disk, name, **self._as_disk_owner(vm_id))
+        else:
+            self._run(snapshots.create_live(paths.qmp_sock, paths.qga_sock, name, memory=memory,
+                                            vm=label, qga_lock=self._qga_lock(vm_id)))
+        return next(s for s in self.list_snapshots(vm_id) if s.name == name)
+
+    def restore_snapshot(self, vm_id: str, name: str) -> None:
+        paths = self._paths(vm_id)
+        if self._process(vm_id) is None:
+            snapshots.restore_offline(paths.disk, name, **self._as_disk_owner(vm_id))
+        else:
+            self._run(snapshots.restore_live(paths.qmp_sock, name, vm=self._label(vm_id)))
+
+    def delete_snapshot(self, vm_id: str, name: str) -> None:
+        paths = self._paths(vm_id)
+        if self._process(vm_id) is None:
+            snapshots.delete_offline(paths.disk, name, **self._as_disk_owner(vm_id))
+        else:
+            self._run(snapshots.delete_live(paths.qmp_sock, name, vm=self._label(vm_id)))
 
     def vm_stats(self, vm_id: str) -> dict[str, Any]:
         """Figures for ``VMStats``: CPU from the process accounting, the rest from QMP."""

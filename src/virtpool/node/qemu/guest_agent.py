@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from virtpool.model.errors import OperationFailed
+from virtpool.model.errors import CommandTimeout, OperationFailed
 from virtpool.model.spec import ExecResult
 from virtpool.node.qemu import peer
 
@@ -145,8 +145,9 @@ class GuestAgent:
             if status.get("exited"):
                 break
             if loop.time() >= deadline:
-                raise GuestAgentError(
-                    f"command {argv[0]!r} in VM '{self._vm}' still running after {timeout:g}s",
+                await self._kill(pid)
+                raise CommandTimeout(
+                    f"command {argv[0]!r} in VM '{self._vm}' still running after {timeout:g}s: killed",
                     hint="raise --timeout, or run long jobs in the background in the guest",
                 )
             await asyncio.sleep(poll)
@@ -161,6 +162,20 @@ class GuestAgent:
             stderr=_decode(status.get("err-data")),
             truncated=bool(status.get("out-truncated") or status.get("err-truncated")),
         )
+
+    async def _kill(self, pid: int) -> None:
+        """Kill a guest command that outlived its timeout (qemu-ga has no kill of its own: the
+        guest's `kill` does it), and reap it so that qemu-ga forgets it."""
+        try:
+            killer = await self.call("guest-exec", {"path": "kill", "arg": ["-KILL", str(pid)]})
+            for _ in range(50):
+                done = await self.call("guest-exec-status", {"pid": killer["pid"]})
+                if done.get("exited"):
+                    break
+                await asyncio.sleep(0.05)
+            await self.call("guest-exec-status", {"pid": pid})
+        except GuestAgentError:
+            pass  # the command ended on its own meanwhile, or the guest has no kill
 
 
 def _decode(data: str | None) -> str:
