@@ -49,21 +49,20 @@ Examples:
 """
 
 
-def find_noun(args: list[str]) -> tuple[int, str | None]:
-    """The position and name of the noun in ``args`` (after the top-level options), if any."""
+def find_noun(args: list[str]) -> str | None:
+    """The noun in ``args`` (the first word after the top-level options), if any."""
     i = 0
     while i < len(args):
         arg = args[i]
         if arg == "--":
-            return i, None
+            return None
         if arg in GLOBAL_VALUE_OPTIONS:
             i += 2
             continue
-        if arg.startswith("-"):
-            i += 1
-            continue
-        return i, arg
-    return i, None
+        if not arg.startswith("-"):
+            return arg
+        i += 1
+    return None
 
 
 def _before_dashdash(args: list[str]) -> list[str]:
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.write(f"virtpool {__version__}\n")
         return
     words = _completion_words()
-    _, noun = find_noun(words if words is not None else args)
+    noun = find_noun(words if words is not None else args)
     from virtpool.cli import output
 
     output.set_json_mode("--json" in _before_dashdash(args))
