@@ -11,7 +11,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from virtpool.cli import output, snapshot
+from virtpool.cli import backup, output, snapshot
 from virtpool.cli.common import ColumnsOption, JsonFlag, VMName, client
 from virtpool.cli.operation import follow
 from virtpool.model.errors import VirtpoolError
@@ -24,6 +24,8 @@ from virtpool.sdk import Client
 
 app = typer.Typer(help="Virtual machines.", no_args_is_help=True)
 app.add_typer(snapshot.app, name="snapshot")
+app.add_typer(backup.app, name="backup")
+app.command("restore-backup")(backup.restore)
 
 WaitTimeout = Annotated[float, typer.Option("--wait-timeout", help="seconds to wait for the VM to settle")]
 

@@ -32,6 +32,7 @@ from virtpool.control.store import db
 from virtpool.control.summary import Summary
 from virtpool.control.usage_history import UsageRecorder
 from virtpool.control.vm_operations import VMOperations
+from virtpool.control.backups import BackupService
 from virtpool.control.snapshots import SnapshotService
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
 from virtpool.model.agent import Agent
@@ -80,6 +81,7 @@ class Pool:
                              events=self.events, memory=lambda: self.balancer.policy,
                              placer=self.placer, networks=self.networks)
         self.snapshots = SnapshotService(self.vms, self.events)
+        self.backups = BackupService(self.vms, self.events)
         self.operations = OperationService(sessions)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
         self.images = ImageService(sessions, agent, self.operations)

@@ -574,6 +574,10 @@ class VMService:
         vm = self.get(ref)
         return self._agent_of(vm).read_log(vm.id, offset, limit)
 
+    def local_agent(self) -> Agent:
+        """This host's agent (backup directories named on it are read through it)."""
+        return self._agent
+
     def agent_of(self, vm: VMInfo) -> Agent:
         """The agent of the VM's host; raises NoAgentAttached when none is."""
         return self._agent_of(vm)

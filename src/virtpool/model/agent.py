@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from virtpool.model.backup import BackupInfo
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.network import HostNetworkInput
 from virtpool.model.snapshot import SnapshotInfo
@@ -79,6 +80,19 @@ class Agent(Protocol):
         ...
 
     def delete_snapshot(self, vm_id: str, name: str) -> None: ...
+
+    def backup_vm(self, vm_id: str, target: str, *, incremental: bool, vm: str, image: str) -> BackupInfo:
+        """Back a running VM's disk up into the host directory ``target`` (full: empty or new;
+        incremental: this VM's chain). A failed backup leaves the directory as it was."""
+        ...
+
+    def read_backup(self, source: str) -> BackupInfo:
+        """The chain in the host directory ``source``. Read only."""
+        ...
+
+    def restore_backup(self, vm_id: str, source: str) -> None:
+        """Replace a stopped VM's disk with the newest state of the chain in ``source``."""
+        ...
 
     def pause_vm(self, vm_id: str) -> None: ...
 

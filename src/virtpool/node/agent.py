@@ -39,12 +39,13 @@ from virtpool.model.errors import (
     NotFound,
     OperationFailed,
 )
+from virtpool.model.backup import BackupInfo
 from virtpool.model.image import Firmware, ImageFile, ImageInfo
 from virtpool.model.network import HostNetworkInput
 from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod
-from virtpool.node import disks, safe_files, serial, snapshots
+from virtpool.node import backups, disks, safe_files, serial, snapshots
 from virtpool.node.images.manifest import Manifest
 from virtpool.node.images.store import ImageStore, kernel_kind
 from virtpool.node.net import guard, passt
@@ -776,6 +777,22 @@ class LocalAgent:
             if owner != 0:
                 return users.spawn_kwargs(owner, owner)
         return {}
+
+    # -- backups --------------------------------------------------------------------------
+
+    def backup_vm(self, vm_id: str, target: str, *, incremental: bool, vm: str, image: str) -> BackupInfo:
+        paths = self._paths(vm_id)
+        if self._process(vm_id) is None:
+            raise Conflict(f"VM '{vm}' is not running; backups are taken while the guest runs",
+                           hint=f"start it: virtpool vm start {vm}")
+        return self._run(backups.backup(paths.qmp_sock, Path(target), vm_id=vm_id, vm=vm, image=image,
+                                        incremental=incremental))
+
+    def read_backup(self, source: str) -> BackupInfo:
+        return backups.read_chain(Path(source))
+
+    def restore_backup(self, vm_id: str, source: str) -> None:
+        backups.restore(Path(source), self._paths(vm_id).disk, **self._as_disk_owner(vm_id))
 
     # -- snapshots ------------------------------------------------------------------------
 

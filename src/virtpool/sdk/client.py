@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
 from urllib.parse import parse_qs, urlsplit
 
 from virtpool.model.audit import AuditEntry
+from virtpool.model.backup import BackupInfo
 from virtpool.model.event import Event
 from virtpool.model.image import BuildStatus, ImageInfo
 from virtpool.model.network import NetworkView, NicRequest
@@ -329,6 +330,21 @@ class Client:
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         self._call("DELETE", f"/vms/{name}/snapshots/{snapshot}")
+
+    def backup_vm(self, name: str, target: str, *, incremental: bool = False) -> BackupInfo:
+        """Back the running VM's disk up into the host directory ``target`` (pool admins)."""
+        body = {"target": target, "incremental": incremental}
+        return BackupInfo.model_validate(self._call("POST", f"/vms/{name}/backups", json=body,
+                                                    timeout=None).json())
+
+    def backup_chain(self, source: str) -> BackupInfo:
+        """The backup chain in the host directory ``source``."""
+        return BackupInfo.model_validate(self._call("GET", "/backups", params={"source": source}).json())
+
+    def restore_backup(self, source: str, name: str) -> VMInfo:
+        """A new stopped VM ``name`` whose disk is the newest state of the chain in ``source``."""
+        body = {"source": source, "name": name}
+        return VMInfo.model_validate(self._call("POST", "/backups/restore", json=body, timeout=None).json())
 
     def start_vm(self, name: str) -> Operation:
         """Boot a VM; returns the operation to follow."""
