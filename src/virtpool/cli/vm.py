@@ -26,6 +26,7 @@ app = typer.Typer(help="Virtual machines.", no_args_is_help=True)
 app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(backup.app, name="backup")
 app.command("restore-backup")(backup.restore)
+app.command("clone")(snapshot.clone)
 
 WaitTimeout = Annotated[float, typer.Option("--wait-timeout", help="seconds to wait for the VM to settle")]
 

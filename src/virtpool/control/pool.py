@@ -33,6 +33,7 @@ from virtpool.control.summary import Summary
 from virtpool.control.usage_history import UsageRecorder
 from virtpool.control.vm_operations import VMOperations
 from virtpool.control.backups import BackupService
+from virtpool.control.clones import CloneService
 from virtpool.control.snapshots import SnapshotService
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
 from virtpool.model.agent import Agent
@@ -82,6 +83,7 @@ class Pool:
                              placer=self.placer, networks=self.networks)
         self.snapshots = SnapshotService(self.vms, self.events)
         self.backups = BackupService(self.vms, self.events)
+        self.clones = CloneService(self.vms, self.events)
         self.operations = OperationService(sessions)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
         self.images = ImageService(sessions, agent, self.operations)

@@ -81,6 +81,11 @@ class Agent(Protocol):
 
     def delete_snapshot(self, vm_id: str, name: str) -> None: ...
 
+    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None) -> None:
+        """Replace ``vm_id``'s new disk by a full copy of the source VM's (stopped) disk, or of
+        its snapshot ``snapshot`` (the source may then run)."""
+        ...
+
     def backup_vm(self, vm_id: str, target: str, *, incremental: bool, vm: str, image: str) -> BackupInfo:
         """Back a running VM's disk up into the host directory ``target`` (full: empty or new;
         incremental: this VM's chain). A failed backup leaves the directory as it was."""

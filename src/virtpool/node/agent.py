@@ -13,6 +13,7 @@ it without an event loop of their own.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -777,6 +778,28 @@ class LocalAgent:
             if owner != 0:
                 return users.spawn_kwargs(owner, owner)
         return {}
+
+    # -- clones ---------------------------------------------------------------------------
+
+    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None) -> None:
+        source, disk = self._paths(source_vm_id).disk, self._paths(vm_id).disk
+        manifest = self.images.get(image)
+        base = self.images.path(image) / manifest.disk.path if manifest.disk else None
+        owner = self._as_disk_owner(source_vm_id)
+        # The source's header is its VM's to rewrite: it may name only the image's own disk.
+        info = json.loads(disks.run_qemu_img(["info", "-U", "--output=json", "-f", "qcow2", str(source)],
+                                             what="inspect the source disk", **owner))
+        backing = info.get("full-backing-filename") or info.get("backing-filename")
+        data_file = (info.get("format-specific") or {}).get("data", {}).get("data-file")
+        if data_file or (backing or None) != (str(base) if base else None):
+            raise OperationFailed(f"the disk of the source VM names {backing or data_file!r}, not its "
+                                  "image's disk; refusing to copy it")
+        copy = disk.with_name(".clone.qcow2")
+        args = ["convert", "-q", "-f", "qcow2", "-O", "qcow2"]
+        if snapshot is not None:
+            args += ["-U", "-l", f"snapshot.name={snapshot}"]  # a snapshot does not change
+        disks.run_qemu_img([*args, str(source), str(copy)], what="copy the source disk")
+        os.replace(copy, disk)
 
     # -- backups --------------------------------------------------------------------------
 

@@ -331,6 +331,11 @@ class Client:
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         self._call("DELETE", f"/vms/{name}/snapshots/{snapshot}")
 
+    def clone_vm(self, name: str, new: str, *, snapshot: str | None = None) -> VMInfo:
+        """A new stopped VM ``new`` with a copy of ``name``'s disk (or of its ``snapshot``)."""
+        body = {"name": new, "snapshot": snapshot}
+        return VMInfo.model_validate(self._call("POST", f"/vms/{name}/clone", json=body, timeout=None).json())
+
     def backup_vm(self, name: str, target: str, *, incremental: bool = False) -> BackupInfo:
         """Back the running VM's disk up into the host directory ``target`` (pool admins)."""
         body = {"target": target, "incremental": incremental}
