@@ -61,6 +61,9 @@ class RowsAgent:
     def check_port_free(self, port: int) -> bool:
         return True
 
+    def converge_networks(self, desired: object) -> None:
+        pass
+
     def create_disk(self, vm_id: str, image: str, disk_mib: int) -> None:
         with self._lock:
             self.disks.add(vm_id)

@@ -32,7 +32,10 @@ class NoAgent:
     kill_vm = pause_vm = resume_vm = exec_vm = apply_live = resize_disk_offline = _refuse
     vm_stats = read_log = _refuse
     list_snapshots = create_snapshot = restore_snapshot = delete_snapshot = _refuse
-    backup_vm = read_backup = restore_backup = _refuse
+    backup_vm = read_backup = restore_backup = clone_disk = _refuse
+
+    def converge_networks(self, desired: Any) -> None:
+        """No host, so no devices: a VM on a network cannot start here anyway."""
 
     async def open_console(self, vm_id: str) -> Any:
         _refuse()

@@ -42,6 +42,7 @@ from virtpool.control.summary import Summary
 from virtpool.control.usage_history import UsageRecorder
 from virtpool.control.vm_operations import VMOperations
 from virtpool.control.backups import BackupService
+from virtpool.control.clones import CloneService
 from virtpool.control.snapshots import SnapshotService
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
 from virtpool.model.agent import Agent, ImageStoreContract
@@ -102,9 +103,11 @@ class Pool:
         # The pool's image store: this host's agent's (`up`), or the control plane's own.
         self.images = ImageService(sessions, images or self.agent, self.operations)
         self.vms = VMService(sessions, self.agents, images=self.images,
-                             boot_timeout=config.boot_timeout, events=self.events, placer=self.placer)
+                             boot_timeout=config.boot_timeout, events=self.events, placer=self.placer,
+                             networks=self.networks)
         self.snapshots = SnapshotService(self.vms, self.events)
         self.backups = BackupService(self.vms, self.events)
+        self.clones = CloneService(self.vms, self.events)
         self.agent_events = EventPump(sessions, self.agents, self.vms.on_agent_event)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
         self.balancer = MemoryBalancer(self.vms, self.agent, self.events, self.audit, config.memory)

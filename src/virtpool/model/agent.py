@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from virtpool.model.backup import BackupInfo
 from virtpool.model.errors import OperationFailed
 from virtpool.model.image import Firmware, ImageInfo
+from virtpool.model.network import HostNetworkInput
 from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
@@ -223,6 +224,11 @@ class Agent(Protocol):
         """Remove a snapshot. Raises NotFound (no such snapshot), OperationFailed."""
         ...
 
+    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None) -> None:
+        """Replace ``vm_id``'s new disk by a full copy of the source VM's (stopped) disk, or of
+        its snapshot ``snapshot`` (the source may then run)."""
+        ...
+
     def backup_vm(self, vm_id: str, target: str, *, incremental: bool, vm: str, image: str) -> BackupInfo:
         """Back a running VM's disk up into the host directory ``target`` (full: empty or new;
         incremental: this VM's chain). Not idempotent (each call adds a file to the chain). A
@@ -272,6 +278,11 @@ class Agent(Protocol):
         ...
 
     # -- events and lifetime ----------------------------------------------------------------
+
+    def converge_networks(self, desired: HostNetworkInput) -> None:
+        """Make this host's bridges, VXLAN devices, taps, nftables rules and DHCP servers
+        exactly what ``desired`` says (idempotent; what is not in it is removed)."""
+        ...
 
     def events(self, after: int, wait: float = 0.0) -> list[AgentEvent]:
         """The events with ``seq`` > ``after``, oldest first; waits up to ``wait`` seconds

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from virtpool.model.network import NicView
 from virtpool.model.spec import PortForward
 from virtpool.model.states import VMState
 
@@ -41,6 +42,7 @@ class VMInfo(BaseModel):
     disk_iops: int | None
     disk_bps: int | None
     cpu_affinity: list[int] | None = None
+    nics: list[NicView] = []
     state: VMState
     error: str | None
     host: str

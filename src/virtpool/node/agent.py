@@ -13,6 +13,7 @@ Async work runs on one event loop in a thread of the agent's own, so that blocki
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -32,6 +33,7 @@ from virtpool.model.agent import ByteStream, Console, Progress, RunStatus
 from virtpool.model.errors import Conflict, InsufficientResources, InvalidRequest, NotFound, OperationFailed
 from virtpool.model.backup import BackupInfo
 from virtpool.model.image import Firmware, ImageInfo
+from virtpool.model.network import HostNetworkInput
 from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
@@ -40,6 +42,9 @@ from virtpool.node.events import EventFeed
 from virtpool.node.images.catalog import ImageCatalog
 from virtpool.node.images.store import kernel_kind
 from virtpool.node.net import guard, passt
+from virtpool.node.net.apply import NetworkApplier
+from virtpool.node.net.plan import HostPlan, host_plan
+from virtpool.node.net.tap import open_tap
 from virtpool.node.qemu import accel as accel_mod
 from virtpool.node.qemu import peer
 from virtpool.node.qemu.argv import (
@@ -112,6 +117,9 @@ class LocalAgent:
         else:
             log.warning("not root: VMs run as this user, whose own connections to this host's "
                         "addresses no guard can drop; only the gateway is not mapped to loopback")
+        self._networks = NetworkApplier(net_prefix, data_dir / "net")
+        self._net_plan: HostPlan | None = None  # None: not converged since this agent started
+        self._net_lock = threading.Lock()
         self._cgroups = users.running_as_root() and cgroups.available()
         if self._cgroups:
             cgroups.cleanup_orphans(self.vm_ids())
@@ -290,6 +298,28 @@ class LocalAgent:
                 return users.spawn_kwargs(owner, owner)
         return {}
 
+    # -- clones ---------------------------------------------------------------------------
+
+    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None) -> None:
+        source, disk = self._paths(source_vm_id).disk, self._paths(vm_id).disk
+        manifest = self.images.get(image)
+        base = self.images.path(image) / manifest.disk.path if manifest.disk else None
+        owner = self._as_disk_owner(source_vm_id)
+        # The source's header is its VM's to rewrite: it may name only the image's own disk.
+        info = json.loads(disks.run_qemu_img(["info", "-U", "--output=json", "-f", "qcow2", str(source)],
+                                             what="inspect the source disk", **owner))
+        backing = info.get("full-backing-filename") or info.get("backing-filename")
+        data_file = (info.get("format-specific") or {}).get("data", {}).get("data-file")
+        if data_file or (backing or None) != (str(base) if base else None):
+            raise OperationFailed(f"the disk of the source VM names {backing or data_file!r}, not its "
+                                  "image's disk; refusing to copy it")
+        copy = disk.with_name(".clone.qcow2")
+        args = ["convert", "-q", "-f", "qcow2", "-O", "qcow2"]
+        if snapshot is not None:
+            args += ["-U", "-l", f"snapshot.name={snapshot}"]  # a snapshot does not change
+        disks.run_qemu_img([*args, str(source), str(copy)], what="copy the source disk")
+        os.replace(copy, disk)
+
     # -- backups --------------------------------------------------------------------------
 
     def backup_vm(self, vm_id: str, target: str, *, incremental: bool, vm: str, image: str) -> BackupInfo:
@@ -340,7 +370,7 @@ class LocalAgent:
 
     # -- VM processes ---------------------------------------------------------------------
 
-    def launch_plan(self, vm_id: str, spec: VMSpec) -> LaunchPlan:
+    def launch_plan(self, vm_id: str, spec: VMSpec, tap_fds: list[int] | None = None) -> LaunchPlan:
         """Gather the facts and resolve them (public: the boot benchmark runs the same plan)."""
         manifest = self.images.get(spec.image)
         directory = self.images.path(spec.image)
@@ -350,7 +380,45 @@ class LocalAgent:
         accel = self._accel if spec.accel == "auto" else accel_mod.detect(spec.accel)[0]
         host = launch.HostFacts(accel=accel, tsc_khz=self._tsc_khz, qemu_binary=self._qemu)
         paths = self._paths(vm_id)
-        return launch.resolve(spec, image, paths, host, nics=(NicPlan(socket=paths.passt_sock),))
+        return launch.resolve(spec, image, paths, host, nics=self._nics(vm_id, tap_fds))
+
+    def _nics(self, vm_id: str, tap_fds: list[int] | None = None) -> tuple[NicPlan, ...]:
+        """Its taps on virtpool networks, else one NIC on the default network (passt)."""
+        taps = self._net_plan.taps_of(vm_id) if self._net_plan else []
+        if taps:
+            fds: list[int | None] = list(tap_fds) if tap_fds else [None] * len(taps)
+            return tuple(NicPlan(tap=t.name, mac=t.mac, fd=fd) for t, fd in zip(taps, fds))
+        return (NicPlan(socket=self._paths(vm_id).passt_sock),)
+
+    def _open_taps(self, vm_id: str) -> list[int]:
+        """As root: descriptors on the VM's taps, for its QEMU to inherit (tap.py says why)."""
+        if not users.running_as_root() or self._net_plan is None:
+            return []
+        fds: list[int] = []
+        try:
+            for tap in self._net_plan.taps_of(vm_id):
+                fds.append(open_tap(tap.name))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
+
+    # -- networks -------------------------------------------------------------------------
+
+    def converge_networks(self, desired: HostNetworkInput) -> None:
+        with self._net_lock:
+            plan = host_plan(desired, self.net_prefix, self._uid_of_slot)
+            if plan == self._net_plan:
+                return
+            if not plan.bridges and not users.running_as_root():
+                self._net_plan = plan  # nothing to make, and no rights to look: nothing to do
+                return
+            self._networks.converge(plan)
+            self._net_plan = plan
+
+    def _uid_of_slot(self, slot: int) -> int | None:
+        return self._uids.range.user(slot).uid if self._uids is not None else None
 
     def start_vm(self, vm_id: str, spec: VMSpec, slot: int) -> int:
         paths = self._paths(vm_id)
@@ -362,14 +430,23 @@ class LocalAgent:
 
     async def _start(self, vm: VM, spec: VMSpec, slot: int) -> int:
         """On the loop: passt, then QEMU in its cgroup, then the balloon; nothing left on failure."""
-        paths = vm.paths
         user = await asyncio.to_thread(self._confine_files, vm.id, slot)
-        argv = build_argv(await asyncio.to_thread(self.launch_plan, vm.id, spec))
+        tap_fds = await asyncio.to_thread(self._open_taps, vm.id)
+        try:
+            return await self._spawn(vm, spec, user, tap_fds)
+        finally:
+            for fd in tap_fds:
+                os.close(fd)  # QEMU holds its own copies
+
+    async def _spawn(self, vm: VM, spec: VMSpec, user: users.VMUser | None, tap_fds: list[int]) -> int:
+        paths = vm.paths
+        argv = build_argv(await asyncio.to_thread(self.launch_plan, vm.id, spec, tap_fds))
         network = passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log, tuple(spec.ports))
         popen_kwargs: dict[str, Any] = {}
         if user is not None:  # QEMU and its passt both run as the VM's user, without capabilities
             argv, network = users.confined_argv(user, argv), users.confined_argv(user, network)
             popen_kwargs = {"umask": users.QEMU_UMASK}
+        uses_passt = not tap_fds and any(nic.socket for nic in self._nics(vm.id))
         group = await asyncio.to_thread(self._cgroup_for, vm.id, spec)
 
         def into_cgroup(pid: int) -> None:
@@ -380,8 +457,9 @@ class LocalAgent:
 
         vm.clear_stale_files()
         try:
-            await asyncio.to_thread(passt.start, network, vm=spec.name, **popen_kwargs)
-            pid = await vm.spawn(argv, popen_kwargs, into_cgroup)
+            if uses_passt:
+                await asyncio.to_thread(passt.start, network, vm=spec.name, **popen_kwargs)
+            pid = await vm.spawn(argv, {**popen_kwargs, "pass_fds": tuple(tap_fds)}, into_cgroup)
         except BaseException:
             passt.stop(paths.passt_pidfile)
             raise

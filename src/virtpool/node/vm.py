@@ -122,7 +122,8 @@ class VM:
     def clear_stale_files(self) -> None:
         """Before a start: sockets, pidfile and log a previous QEMU left behind."""
         self._require(Runstate.IDLE)
-        process.remove_stale_files([*self.paths.sockets(), self.paths.pidfile, self.paths.qemu_log])
+        process.remove_stale_files([*self.paths.sockets(), self.paths.passt_sock, self.paths.pidfile,
+                                    self.paths.qemu_log])
 
     async def spawn(self, argv: list[str], popen_kwargs: dict[str, Any],
                     on_spawned: Callable[[int], None]) -> int:

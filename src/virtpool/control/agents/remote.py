@@ -26,6 +26,7 @@ from virtpool.model.certs import serial_of
 from virtpool.model.errors import Unauthorized, VirtpoolError
 from virtpool.model.backup import BackupInfo
 from virtpool.model.image import Firmware, ImageInfo
+from virtpool.model.network import HostNetworkInput
 from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
@@ -213,6 +214,12 @@ class RemoteAgent:
 
     def adopt_vm(self, vm_id: str, name: str) -> RunStatus | None:
         return self._json("POST", f"/v1/vms/{vm_id}/adopt", json={"name": name})["status"]  # type: ignore[no-any-return]
+
+    def converge_networks(self, desired: HostNetworkInput) -> None:
+        self._call("PUT", "/v1/networks", json=desired.model_dump(mode="json"), timeout=CALL_TIMEOUT_S + SLACK_S)
+
+    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None) -> None:
+        raise _not_served("clones")
 
     # Snapshots and backups arrived on main after the agent API was written: refused clearly
     # until they have routes of their own (node/service/app.py).

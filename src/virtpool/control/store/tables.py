@@ -204,6 +204,9 @@ class VMRow(Base):
     ports: Mapped[list[PortRow]] = relationship(
         back_populates="vm", cascade="all, delete-orphan", lazy="selectin", order_by="PortRow.host_port"
     )
+    nics: Mapped[list[NicRow]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="NicRow.position"
+    )
 
 
 class PortRow(Base):
@@ -362,3 +365,5 @@ class NicRow(Base):
     position: Mapped[int] = mapped_column(Integer)
     mac: Mapped[str] = mapped_column(String(17), unique=True)
     address: Mapped[str] = mapped_column(String(15))
+
+    network: Mapped[NetworkRow] = relationship(lazy="selectin")

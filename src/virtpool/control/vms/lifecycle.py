@@ -30,6 +30,7 @@ from virtpool.control.changes import Changes
 from virtpool.control.agents.registry import AgentRegistry
 from virtpool.control.detached import NoAgentAttached
 from virtpool.control.events import EventLog
+from virtpool.control.networks import NetworkService
 from virtpool.control.placement import Placed, Placer, claim_delta
 from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, PortRow, VMRow, utcnow
 from virtpool.control.vms import admission, reconcile
@@ -41,6 +42,7 @@ from virtpool.control.vms.reconcile import Do
 from virtpool.model.agent import Agent, AgentEvent
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound, StateError, VirtpoolError
 from virtpool.model.image import ImageInfo
+from virtpool.control.networks import NetworkService
 from virtpool.model.project import Usage
 from virtpool.model.resize import plan_resize
 from virtpool.model.resources import Resources
@@ -78,11 +80,14 @@ class VMService:
         workers: int = 16,
         events: EventLog | None = None,
         placer: Placer | None = None,
+        networks: NetworkService | None = None,
     ) -> None:
         self._sessions = sessions
         self._agents = agents
         self._images = images
         self.local_host = agents.local_name
+        self._networks = networks or NetworkService(sessions)
+        self._net_lock = threading.Lock()
         self._placer = placer or Placer()
         self.boot_timeout = boot_timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm-op")
@@ -263,6 +268,9 @@ class VMService:
                     quotas.charge(session, project_id, quotas.vm_usage(spec.cpus, spec.boot_memory_mib, spec.disk_mib))
                     placed = self._placer.place_vm(session, spec, project_id, weigher=weigher)
                     session.add(self._new_row(session, vm_id, spec, placed, project_id))
+                    if spec.networks:
+                        session.flush()  # the NICs' foreign key needs the VM's row
+                        self._networks.add_nics(session, project_id, vm_id, spec.networks)
                 return placed.host
             except IntegrityError as err:
                 with self._sessions() as session:
@@ -325,6 +333,7 @@ class VMService:
                     # Placed while its host had no agent, or the host lost it: make it now.
                     self._ensure_image(agent, vm.host, vm.image)
                     agent.create_disk(vm.id, vm.image, vm.disk_mib)
+                self.converge_networks(vm.host, also={vm.id})
                 agent.start_vm(vm.id, _spec(vm), self._slot_of(vm.id))
             agent.wait_ready(vm.id, vm.boot_timeout_s or self.boot_timeout)
         except Exception as err:
@@ -337,6 +346,7 @@ class VMService:
                     agent.kill_vm(vm.id)
                 except VirtpoolError:
                     log.warning("could not kill VM %s after its failed boot; reconcile will", vm.name)
+            self._converge_quietly(vm.host)
             return
         self._transition(vm.id, [S.STARTING], S.RUNNING)
 
@@ -368,6 +378,7 @@ class VMService:
             self._record_failure(vm, f"stop failed: {err}; it is finished when the host is back")
             return
         self._transition(vm.id, [S.STOPPING], S.STOPPED, stopped_by=how)
+        self._converge_quietly(vm.host)
         if then is not None:
             then()
 
@@ -486,6 +497,29 @@ class VMService:
                 self._record_failure(vm, f"delete failed: {err}; it is finished when the host is back")
                 raise
         self._remove_row(vm.id)
+        if vm.nics:
+            self._converge_quietly(vm.host)
+
+    # -- networks -------------------------------------------------------------------------
+
+    def converge_networks(self, host: str, also: set[str] | frozenset[str] = frozenset()) -> None:
+        """Hand ``host``'s agent the networks and taps of its active VMs (and of ``also``,
+        about to start): the agent makes its devices and rules exactly that."""
+        with self._net_lock:
+            with self._sessions() as session:
+                active = set(session.scalars(select(VMRow.id).where(
+                    VMRow.host == host,
+                    VMRow.state.in_([s.value for s in ACTIVE]))))
+            self._agents.for_host(host).converge_networks(
+                self._networks.host_input(host, active | set(also)))
+
+    def _converge_quietly(self, host: str) -> None:
+        # After a VM stopped: its taps go. A failure here must not undo the stop; the next
+        # converge (any start, stop or restart of the platform) removes them.
+        try:
+            self.converge_networks(host)
+        except Exception:
+            log.exception("network converge of host %s after a VM stopped failed", host)
 
     # -- guest ----------------------------------------------------------------------------
 
@@ -600,8 +634,9 @@ class VMService:
         agent = self._agents.for_host(host)
         step = reconcile.on_event(recorded, event, agent.adopt_vm(event.vm_id, name) is not None)
         if step.do == Do.MARK and step.state is not None:
-            self._transition(event.vm_id, [recorded], step.state, error=step.error,
-                             stopped_by=step.stopped_by)
+            if self._transition(event.vm_id, [recorded], step.state, error=step.error,
+                                stopped_by=step.stopped_by):
+                self._converge_quietly(host)
 
     def reconcile(self, host: str | None = None) -> None:
         """Bring the records of ``host`` (default: this one) and the host into agreement, after
@@ -611,6 +646,9 @@ class VMService:
         with self._sessions() as session:
             rows = [_info(r) for r in session.scalars(select(VMRow).where(VMRow.host == host))]
         known = {vm.id for vm in rows}
+        # The devices of VMs that still run first (an agent restart keeps their traffic
+        # flowing); those of VMs found gone are removed by the converges their ends cause.
+        self._converge_quietly(host)
         for vm in rows:
             self._reconcile_one(agent, vm)
         for orphan in agent.vm_ids() - known:

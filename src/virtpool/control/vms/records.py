@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from virtpool.control import quotas
 from virtpool.control.store.tables import VMRow
+from virtpool.model.network import NicRequest, NicView
 from virtpool.model.project import Usage
 from virtpool.model.resources import Resources
 from virtpool.model.spec import PortForward, VMSpec
@@ -24,6 +25,7 @@ def info(row: VMRow) -> VMInfo:
         kernel_args=row.kernel_args, accel=row.accel, max_memory_mib=row.max_memory_mib,
         cpu_cap_pct=row.cpu_cap_pct, cpu_weight=row.cpu_weight, disk_iops=row.disk_iops,
         disk_bps=row.disk_bps, cpu_affinity=row.cpu_affinity, state=VMState(row.state), error=row.error,
+        nics=[NicView(network=n.network.name, mac=n.mac, address=n.address) for n in row.nics],
         host=row.host, created_at=row.created_at, updated_at=row.updated_at,
         started_at=row.started_at,
         address=row.nics[0].address if row.nics else (
@@ -45,5 +47,6 @@ def spec(vm: VMInfo) -> VMSpec:
         disk_mib=vm.disk_mib, ports=vm.ports, kernel_args=vm.kernel_args, accel=vm.accel,
         max_memory_mib=vm.max_memory_mib, cpu_cap_pct=vm.cpu_cap_pct, cpu_weight=vm.cpu_weight,
         disk_iops=vm.disk_iops, disk_bps=vm.disk_bps, cpu_affinity=vm.cpu_affinity,
+        networks=[NicRequest(network=n.network, ip=n.address) for n in vm.nics],
         boot_timeout_s=vm.boot_timeout_s,
     )

@@ -28,6 +28,7 @@ from virtpool.model.agent import CONTRACT_VERSION, AgentEvent
 from virtpool.model.certs import CONTROL_PLANE_CN
 from virtpool.model.errors import InvalidRequest, Unauthorized, VirtpoolError
 from virtpool.model.image import Firmware, ImageInfo
+from virtpool.model.network import HostNetworkInput
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import VMUsage
 from virtpool.mtls import peer_of
@@ -178,6 +179,11 @@ def create_app(agent: LocalAgent, revoked: Revocations, uploads: Path) -> FastAP
             return agent.receive_image(body.image, files)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+    @app.put("/v1/networks", status_code=204)
+    def networks(desired: HostNetworkInput, _: Caller) -> Response:
+        agent.converge_networks(desired)
+        return Response(status_code=204)
 
     @app.get("/v1/vms")
     def vm_ids(_: Caller) -> list[str]:
