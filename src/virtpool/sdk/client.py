@@ -303,7 +303,7 @@ class Client:
             "name": name, "image": image, "cpus": cpus, "memory_mib": memory_mib,
             "disk_mib": disk_mib, "kernel_args": kernel_args, "accel": accel, "start": start,
             "ports": [(PortForward.parse(p) if isinstance(p, str) else p).model_dump() for p in ports],
-            "networks": [NicRequest.parse(n).model_dump() for n in networks],
+            "networks": [NicRequest.fields(n) for n in networks],
         }
         response = self._call("POST", "/vms", json=body)
         if start:
