@@ -430,7 +430,12 @@ class Client:
         return HostView.model_validate(self._call("POST", "/hosts", json=body).json())
 
     def remove_host(self, name: str) -> None:
+        """Remove a host holding no VM; its agent's certificate is revoked."""
         self._call("DELETE", f"/hosts/{name}")
+
+    def join_token(self, expires_s: float = 3600.0) -> dict[str, Any]:
+        """A one-time token for an agent to join with: {token, expires_at, join_url}."""
+        return dict(self._call("POST", "/hosts/join-tokens", json={"expires_s": expires_s}).json())
 
     def set_host_ratios(self, name: str, *, cpu: float | None = None,
                         memory: float | None = None, disk: float | None = None) -> HostView:
