@@ -33,7 +33,7 @@ def test_qemu_has_an_empty_bounding_set_and_private_sockets(server: Server) -> N
             assert info["Uid"].split()[0] != "0"
         assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
         sockets = [p for p in run_dir.iterdir() if stat.S_ISSOCK(p.lstat().st_mode)]
-        assert {"qmp.sock", "qga.sock", "console.sock", "events.sock"} <= {p.name for p in sockets}
+        assert {"qmp.sock", "qga.sock", "console.sock"} <= {p.name for p in sockets}
         for sock in sockets:
             assert stat.S_IMODE(sock.lstat().st_mode) == 0o600, sock
     finally:
