@@ -7,13 +7,13 @@ never the node package's internals.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.snapshot import SnapshotInfo
-from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
+from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod
 
 # (vm_id, guest_initiated): the VM's QEMU exited; guest_initiated when the guest powered off.
@@ -86,6 +86,14 @@ class Agent(Protocol):
     def exec_vm(
         self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None = None
     ) -> ExecResult: ...
+
+    def exec_stream(
+        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None = None
+    ) -> Iterator[ExecOutput | ExecResult]:
+        """Run ``argv`` in the guest: its output while it runs, then its result (the result's
+        stdout and stderr are empty: all of it came before). A command still running at
+        ``timeout`` is killed and CommandTimeout raised."""
+        ...
 
     def apply_live(self, vm_id: str, changes: LiveChanges) -> None:
         """Change a running VM's balloon, CPU limits, disk throttling or disk size."""

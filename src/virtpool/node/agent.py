@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -24,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,7 +42,7 @@ from virtpool.model.errors import (
 )
 from virtpool.model.image import Firmware, ImageFile, ImageInfo
 from virtpool.model.snapshot import SnapshotInfo
-from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
+from virtpool.model.spec import Accel, ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod
 from virtpool.node import disks, safe_files, serial, snapshots
 from virtpool.node.images.manifest import Manifest
@@ -547,14 +548,33 @@ class LocalAgent:
     ) -> ExecResult:
         return self._run(self._exec(vm_id, argv, timeout, stdin))
 
+    def exec_stream(
+        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None = None
+    ) -> Iterator[ExecOutput | ExecResult]:
+        # The guest agent runs on this agent's loop; its output crosses to the caller's thread
+        # through a queue, the result (or the error) last.
+        found: queue.Queue[ExecOutput | ExecResult | BaseException] = queue.Queue()
+        done = self._submit(self._exec(vm_id, argv, timeout, stdin, emit=found.put))
+        done.add_done_callback(lambda f: found.put(f.exception() or f.result()))
+        while True:
+            item = found.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, ExecResult):
+                return
+
     async def _exec(
-        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None
+        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None,
+        emit: Callable[[ExecOutput], None] | None = None,
     ) -> ExecResult:
         proc = self._process(vm_id)
         try:
             async with self._qga_lock(vm_id):
                 agent = await GuestAgent.open(self._paths(vm_id).qga_sock, vm=self._label(vm_id))
                 async with agent:
+                    if emit is not None:
+                        return await agent.exec_stream(argv, timeout=timeout, stdin=stdin, emit=emit)
                     return await agent.exec(argv, timeout=timeout, stdin=stdin)
         except GuestAgentGone as err:
             # The channel broke: when QEMU went away meanwhile, that is the VM stopping, not

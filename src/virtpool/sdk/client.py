@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import json
 import os
 import stat
 import time
@@ -22,13 +23,13 @@ from virtpool.model.inventory import GroupView, HostView, PoolSettings, Rebalanc
 from virtpool.model.operation import Operation
 from virtpool.model.project import ProjectInfo, QuotaResult
 from virtpool.model.snapshot import SnapshotInfo
-from virtpool.model.spec import ExecResult, HostInfo, PortForward
+from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
 from virtpool.model.token import TokenCreated, TokenInfo
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 from virtpool.sdk.errors import APIError, InvalidRequest, OperationFailed, error_class
 from virtpool.sdk.errors import raise_for_problem as _raise_for_problem
-from virtpool.sdk.transport import Response, StdlibTransport, TransportError
+from virtpool.sdk.transport import Response, StdlibTransport, StreamRefused, TransportError
 
 if TYPE_CHECKING:
     import httpx
@@ -367,6 +368,31 @@ class Client:
         response = self._call("POST", f"/vms/{name}/exec", json=body, timeout=timeout + 30)
         return ExecResult.model_validate(response.json())
 
+    def exec_stream(self, name: str, argv: list[str], *, timeout: float = 60.0,
+                    stdin: bytes | None = None) -> Iterator[ExecOutput | ExecResult]:
+        """Run a command in the guest: its output as it is written (``ExecOutput``: stream and
+        bytes), then its ``ExecResult`` (exit code; stdout and stderr empty, they came before).
+        A command still running at ``timeout`` is killed: ``ServerError`` with status 504."""
+        body: dict[str, Any] = {"argv": argv, "timeout": timeout, "stream": True}
+        if stdin is not None:
+            body["stdin"] = base64.b64encode(stdin).decode()
+        params = f"?project={self.project}" if self.project else ""
+        if self._plain is not None:
+            try:
+                lines: Iterable[bytes] = self._plain.stream_lines("POST", f"/vms/{name}/exec{params}", json=body,
+                                                                  timeout=timeout + 30)
+                for line in lines:
+                    yield from _exec_item(line)
+            except StreamRefused as refused:
+                _raise_for_problem(refused.response)
+            except TransportError as err:
+                raise _unreachable(self.url, err) from err
+            return
+        with self._http.stream("POST", f"/vms/{name}/exec", json=body, timeout=timeout + 30) as response:
+            _raise_for_problem(response)
+            for text in response.iter_lines():
+                yield from _exec_item(text.encode())
+
     def logs(self, name: str, offset: int = 0) -> tuple[bytes, int]:
         response = self._call("GET", f"/vms/{name}/logs", params={"offset": offset})
         return response.content, int(response.headers.get("X-Next-Offset", offset))
@@ -541,6 +567,24 @@ class VMPage:
     items: list[VMInfo]
     total: int
     next: str | None  # the cursor of the next page, if there may be one
+
+
+def _exec_item(line: bytes) -> Iterator[ExecOutput | ExecResult]:
+    """The item one NDJSON line of a streamed exec carries (a problem line raises)."""
+    if not line.strip():
+        return
+    item = json.loads(line)
+    if "problem" in item:
+        problem = item["problem"]
+        status = int(problem.get("status") or 500)
+        raise error_class(status, problem)(status, problem.get("title", "error"), problem.get("detail", ""),
+                                           problem.get("hint"), problem)
+    if "exit_code" in item:
+        yield ExecResult(exit_code=int(item["exit_code"]), stdout="", stderr="")
+        return
+    for stream in ("stdout", "stderr"):
+        if stream in item:
+            yield ExecOutput(stream=stream, data=base64.b64decode(item[stream]))
 
 
 def _unreachable(url: str, err: Exception) -> APIError:
