@@ -89,7 +89,8 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
     listener: uvicorn.Server | None = None
     try:
         created = pool.start()
-        if options.build_default_image and not any(i.name == "default" for i in pool.images.list()):
+        # `virtpool server` builds nothing by itself: `image build` against it does (its store).
+        if options.build_default_image and not options.control_only and not any(i.name == "default" for i in pool.images.list()):
             announce("building the default guest image (first start only)…")
             status = pool.images.build_now("default")
             if status.state != "done":
