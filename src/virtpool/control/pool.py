@@ -17,7 +17,9 @@ from virtpool.control.balancer import MemoryBalancer, MemoryPolicy
 from virtpool.control.events import EventLog
 from virtpool.control.groups import GroupService
 from virtpool.control.hosts import HostService
+from virtpool.control.idempotency import IdempotentCreates
 from virtpool.control.images import ImageService
+from virtpool.control.interrupted_creates import cut_off_creates, remove_never_ran
 from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
 from virtpool.control.operations import OperationService
 from virtpool.control.placement import Placer
@@ -72,6 +74,9 @@ class Pool:
                              placer=self.placer)
         self.operations = OperationService(sessions)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
+        self.idempotency = IdempotentCreates(
+            sessions, self.vms.get, self.operations.get,
+            lambda vm_id: self.vm_operations.follow_create(vm_id, actor="idempotent-retry"))
         self.images = ImageService(sessions, agent, self.operations)
         self.balancer = MemoryBalancer(self.vms, agent, self.events, self.audit, config.memory)
         self.leases = LeaseService(sessions, self.events, self.audit, on_lost=self.vms.host_lost,
@@ -88,11 +93,14 @@ class Pool:
         then). A control-plane-only server has no host: it does none of that but the token."""
         if not self.config.control_only:
             self.hosts.register_local(self.agent.host_info())
-            self.operations.fail_interrupted()
+            cut_off = cut_off_creates(self.operations)
             # VMs another server marked unknown while this host was away get their state back
             # first, so that the reconcile below converges them with the rest.
             self.vms.restore_known(self.hosts.local)
             self.vms.reconcile()
+            remove_never_ran(cut_off, self.idempotency.settle(), self.vms, self.operations,
+                             self.idempotency)
+            self.operations.fail_interrupted()
             self.hosts.reconcile_usage()
             self.balancer.start()
             self.heartbeat = LocalHeartbeat(self.leases, self.hosts.local,

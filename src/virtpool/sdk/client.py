@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,14 @@ from virtpool.model.spec import ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
 from virtpool.model.token import TokenCreated, TokenInfo
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
-from virtpool.sdk.errors import APIError, OperationFailed, error_class
+from virtpool.sdk.errors import APIError, OperationFailed, Unreachable, error_class
 
 SETTLED = frozenset({VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.ERROR, VMState.CRASHED})
 
 
 LONG_POLL_S = 60.0
+# A create whose connection failed is sent again (same Idempotency-Key) after each of these.
+CREATE_RETRY_PAUSES_S = (0.5, 1.0, 2.0)
 
 
 # A long poll that comes back unchanged well before its time means the server had no
@@ -205,6 +208,7 @@ class Client:
                   disk_mib: int = ..., ports: Iterable[PortForward | str] = ..., kernel_args: str = ...,
                   accel: str = ..., start: Literal[False] = ..., group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
+                  idempotency_key: str | None = ...,
                   **limits: int | list[int] | None) -> VMInfo: ...
 
     @overload
@@ -212,25 +216,39 @@ class Client:
                   disk_mib: int = ..., ports: Iterable[PortForward | str] = ..., kernel_args: str = ...,
                   accel: str = ..., start: Literal[True], group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
+                  idempotency_key: str | None = ...,
                   **limits: int | list[int] | None) -> Operation: ...
 
     def create_vm(self, name: str, *, image: str = "default", cpus: int = 1, memory_mib: int = 256,
                   disk_mib: int = 1024, ports: Iterable[PortForward | str] = (),
                   kernel_args: str = "", accel: str = "auto", start: bool = False,
                   group: str | None = None, required_labels: dict[str, str] | None = None,
-                  weigher: str | None = None,
+                  weigher: str | None = None, idempotency_key: str | None = None,
                   **limits: int | list[int] | None) -> VMInfo | Operation:
         """Create a VM and return it; with ``start``, create and boot it and return the
         operation to follow. ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight,
         disk_iops, disk_bps and cpu_affinity (a list of host CPUs). ``group``,
-        ``required_labels`` and ``weigher`` say where it may run and how hosts are ranked for it."""
+        ``required_labels`` and ``weigher`` say where it may run and how hosts are ranked for it.
+
+        The request carries an Idempotency-Key (``idempotency_key``, or a fresh UUID), and is
+        sent again with it when the connection fails: the server answers a retry with what the
+        first request made, so a create cut off in flight never makes two VMs. Pass your own key
+        to retry a create yourself later (within 24 h)."""
         placement = {"group": group, "required_labels": required_labels or {}, "weigher": weigher}
         body = {**limits, **placement,
             "name": name, "image": image, "cpus": cpus, "memory_mib": memory_mib,
             "disk_mib": disk_mib, "kernel_args": kernel_args, "accel": accel, "start": start,
             "ports": [(PortForward.parse(p) if isinstance(p, str) else p).model_dump() for p in ports],
         }
-        response = self._call("POST", "/vms", json=body)
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        for pause in (*CREATE_RETRY_PAUSES_S, None):
+            try:
+                response = self._call("POST", "/vms", json=body, headers=headers)
+                break
+            except Unreachable:
+                if pause is None:
+                    raise
+                time.sleep(pause)
         if start:
             return Operation.model_validate(response.json())
         return VMInfo.model_validate(response.json())
