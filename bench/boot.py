@@ -68,8 +68,11 @@ from virtpool.model.spec import VMSpec
 from virtpool.model.states import VMState
 from virtpool.node.agent import READY_POLL_S, LocalAgent
 from virtpool.node.images.build import build_default_image
+from virtpool.node.net import passt
 from virtpool.node.qemu.argv import build_argv
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
+from virtpool.node.sandbox import uid_ranges, users
+from virtpool.node.vmdir import VMPaths
 from virtpool.sdk import Client
 from virtpool.sdk.client import SETTLED
 
@@ -117,10 +120,22 @@ class Baseline:
                 await asyncio.sleep(READY_POLL_S)
 
     def run(self, name: str, argv: list[str], vm_dir: Path) -> float:
+        paths = VMPaths(vm_dir)
+        run_as: dict[str, object] = {}
+        uids = None
+        if users.running_as_root():  # as in virtpool: QEMU and passt run as the VM's user
+            uids = uid_ranges.claim(self.data_dir)  # the range its LocalAgent recorded
+            user = uids.range.user(0)
+            users.own_run_dir(vm_dir, user)
+            run_as = users.spawn_kwargs(user.uid, user.gid)
         start = time.perf_counter()
+        # The VM's default network, as virtpool starts it (passt goes once QEMU disconnects).
+        passt.start(passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log, ()),
+                    vm=name, **run_as)
         # As virtpool.node.qemu.process.spawn runs it: in the foreground, in its own session.
         qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+                                stderr=subprocess.DEVNULL, start_new_session=True,
+                                **run_as)  # type: ignore[call-overload]
         try:
             self.loop.run_until_complete(
                 self._wait_ready(vm_dir / "qga.sock", name, qemu, time.monotonic() + BOOT_TIMEOUT_S))
@@ -128,7 +143,10 @@ class Baseline:
         finally:
             qemu.kill()
             qemu.wait()
+            passt.stop(paths.passt_pidfile)
             shutil.rmtree(vm_dir, ignore_errors=True)
+            if uids is not None:
+                uids.release()
 
     def close(self) -> None:
         self.loop.close()
@@ -245,6 +263,7 @@ def main() -> int:
         for d in (server.data_dir, baseline.data_dir):
             d.mkdir(mode=0o700)
             link_image(args.images, d)
+        baseline.data_dir.chmod(0o711)  # as virtpool's own: its VM users pass through
         names = [f"bench{i:03d}" for i in range(args.runs)]
         prepared = baseline.prepare(names)
         client = server.start()

@@ -14,13 +14,16 @@ PACKAGES=(
   cpio              # packs the initramfs
   lz4               # unpacks the kernel's LZ4 payload into an ELF vmlinux
   iproute2
+  passt             # the default network: user-mode NAT that does not expose the host
+  nftables          # the guard that keeps guests off the host, NAT, security groups
+  dnsmasq-base      # DHCP (static leases only) on virtpool networks
   python3-venv      # the project's virtualenv
 )
 
 # --test: what the test suite needs beyond running the platform (a PostgreSQL server that the
 # tests start as a throwaway cluster of their own).
 if [ "${1:-}" = "--test" ]; then
-  PACKAGES+=(postgresql)
+  PACKAGES+=(postgresql iperf3)  # iperf3: copied into guests by bench/network.py
 fi
 
 missing=()

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from virtpool.model.spec import PortForward
-from virtpool.node.qemu.argv import LaunchPlan, build_argv, kernel_cmdline, opt_value
+from virtpool.node.net.passt import passt_argv
+from virtpool.node.qemu.argv import LaunchPlan, NicPlan, build_argv, kernel_cmdline, opt_value
 from virtpool.node.vmdir import VMPaths
 
 
@@ -136,28 +137,53 @@ class TestKernelCmdline:
         assert "panic=-1" in value_of(argv, "-append").split()
 
 
-class TestPorts:
-    def test_each_port_bound_to_loopback(self) -> None:
-        ports = (PortForward(host=8080, guest=80), PortForward(host=2222, guest=22))
-        netdev = value_of(build_argv(make_plan(ports=ports)), "-netdev")
-        options = netdev.split(",")
-        assert options[0] == "user"
-        assert "id=net0" in options
-        hostfwds = [o for o in options if o.startswith("hostfwd=")]
-        assert hostfwds == [
-            "hostfwd=tcp:127.0.0.1:8080-:80",
-            "hostfwd=tcp:127.0.0.1:2222-:22",
+class TestNics:
+    SOCK = Path("/data/vms/abc123/passt.sock")
+
+    def test_default_network_is_passt_never_qemu_user_mode(self) -> None:
+        argv = build_argv(make_plan(nics=(NicPlan(socket=self.SOCK),)))
+        netdev = value_of(argv, "-netdev").split(",")
+        assert netdev[:3] == ["stream", "id=net0", "server=off"]
+        assert f"addr.path={self.SOCK}" in netdev and "addr.type=unix" in netdev
+        assert not any(v.startswith("user") for v in values_of(argv, "-netdev"))
+        assert "virtio-net-device,netdev=net0" in values_of(argv, "-device")
+
+    def test_taps_are_vhost_off_with_their_mac(self) -> None:
+        nics = (NicPlan(tap="nwt1a"), NicPlan(tap="nwt1b", mac="52:54:00:12:34:56"))
+        argv = build_argv(make_plan(nics=nics))
+        assert values_of(argv, "-netdev") == [
+            "tap,id=net0,ifname=nwt1a,script=no,downscript=no,vhost=off",
+            "tap,id=net1,ifname=nwt1b,script=no,downscript=no,vhost=off",
         ]
+        devices = values_of(argv, "-device")
+        assert "virtio-net-device,netdev=net0" in devices
+        assert "virtio-net-device,netdev=net1,mac=52:54:00:12:34:56" in devices
 
-    def test_no_ports_no_hostfwd(self) -> None:
-        netdev = value_of(build_argv(make_plan(ports=())), "-netdev")
-        assert netdev == "user,id=net0"
+    def test_no_nics_no_netdev(self) -> None:
+        assert values_of(build_argv(make_plan()), "-netdev") == []
 
-    def test_never_binds_all_interfaces(self) -> None:
-        ports = (PortForward(host=8080, guest=80),)
-        netdev = value_of(build_argv(make_plan(ports=ports)), "-netdev")
-        assert "0.0.0.0" not in netdev
-        assert "hostfwd=tcp::" not in netdev
+    def test_socket_path_commas_doubled(self) -> None:
+        netdev = value_of(build_argv(make_plan(nics=(NicPlan(socket=Path("/d/a,b/s")),))), "-netdev")
+        assert "addr.path=/d/a,,b/s" in netdev
+
+
+class TestPasstArgv:
+    def argv(self, *ports: PortForward) -> list[str]:
+        d = Path("/data/vms/abc123")
+        return passt_argv(d / "passt.sock", d / "passt.pid", d / "passt.log", ports)
+
+    def test_gateway_is_not_the_host(self) -> None:
+        argv = self.argv()
+        assert "--no-map-gw" in argv and "--one-off" in argv
+        assert value_of(argv, "--address") == "10.0.2.15"
+        assert value_of(argv, "--gateway") == "10.0.2.2"
+
+    def test_each_port_bound_to_loopback(self) -> None:
+        argv = self.argv(PortForward(host=8080, guest=80), PortForward(host=2222, guest=22))
+        assert value_of(argv, "--tcp-ports") == "127.0.0.1/8080:80,127.0.0.1/2222:22"
+
+    def test_no_ports_no_forwards(self) -> None:
+        assert "--tcp-ports" not in self.argv()
 
 
 class TestPathsEscaped:
@@ -265,7 +291,7 @@ class TestShapeOfArgv:
         assert value_of(argv, "-name") == "guest=db-2,process=virtpool-db-2"
 
     def test_plan_is_not_mutated(self) -> None:
-        plan = make_plan(ports=(PortForward(host=1, guest=2),))
+        plan = make_plan(nics=(NicPlan(tap="nwt0"),))
         before = dataclasses.asdict(plan)
         build_argv(plan)
         build_argv(plan)

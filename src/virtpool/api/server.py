@@ -41,6 +41,7 @@ class ServeOptions:
     log_cap_bytes: int = DEFAULT_CAP_BYTES
     memory: MemoryPolicy = field(default_factory=MemoryPolicy)
     control_only: bool = False  # `virtpool server`: API and records, no agent on this host
+    net_prefix: str = "vp"  # of the host's bridges, taps, VXLAN devices and nftables tables
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -63,7 +64,8 @@ def open_pool(options: ServeOptions) -> Pool:
         if path.exists():
             os.chmod(path, 0o600)
     agent = NoAgent() if options.control_only else LocalAgent(
-        options.data_dir, accel=options.accel, log_cap_bytes=options.log_cap_bytes)
+        options.data_dir, accel=options.accel, log_cap_bytes=options.log_cap_bytes,
+        net_prefix=options.net_prefix)
     config = PoolConfig(data_dir=options.data_dir, db_url=options.db_url,
                         boot_timeout=options.boot_timeout, memory=options.memory,
                         control_only=options.control_only)

@@ -18,8 +18,19 @@ app = typer.Typer(help="The pool's hosts: capacity, allocation, ratios, labels, 
 
 
 @app.command("show")
-def show(json: JsonFlag = False) -> None:
-    """CPUs, memory, disk and the accelerator QEMU uses here."""
+def show(
+    name: Annotated[str | None, typer.Argument(help="a host of the pool (default: this server's "
+                                               "own host's hardware)")] = None,
+    json: JsonFlag = False,
+) -> None:
+    """A host of the pool: state, lease, agent, allocation; without NAME, the CPUs, memory,
+    disk and accelerator of the host this server runs on."""
+    if name is not None:
+        with output.errors():
+            host = client().inventory_host(name)
+        if json:
+            return output.emit_json(host)
+        return output.fields(host_fields(host))
     with output.errors():
         info = client().host()
     if json:
@@ -33,6 +44,30 @@ def show(json: JsonFlag = False) -> None:
         ("qemu", info.qemu_version),
         ("data dir", info.data_dir),
     ])
+
+
+def lease_age(h: HostView) -> str:
+    """``2.1s ago``, or ``-`` for a host whose agent never took its lease."""
+    return "-" if h.lease_age_s is None else f"{h.lease_age_s:.1f}s ago"
+
+
+def host_fields(h: HostView) -> list[tuple[str, object]]:
+    labels = ",".join(f"{k}={v}" for k, v in sorted(h.labels.items())) or "-"
+    return [
+        ("name", f"{h.name} (this server's own host)" if h.local else h.name),
+        ("state", h.state),
+        ("lease", f"epoch {h.lease_epoch}, renewed {lease_age(h)}" if h.lease_epoch else "-"),
+        ("agent version", h.agent_version or "-"),
+        ("address", h.address or ("in this server's process" if h.local else "-")),
+        ("accelerator", h.accel),
+        ("vcpus", f"{h.cpu.allocated} of {h.cpu.capacity} (ratio {h.cpu_ratio:g})"),
+        ("memory", f"{format_mib(h.memory_mib.allocated)} of {format_mib(h.memory_mib.capacity)} "
+                   f"(ratio {h.memory_ratio:g})"),
+        ("disk", f"{format_mib(h.disk_mib.allocated)} of {format_mib(h.disk_mib.capacity)} "
+                 f"(ratio {h.disk_ratio:g})"),
+        ("vms", h.vms),
+        ("labels", labels),
+    ]
 
 
 @app.command("top")
@@ -74,7 +109,8 @@ def memory_policy(
 # -- the pool's inventory (`host list`, `set-ratio`, `label`, `drain`, `state`) ------------
 
 BAR_WIDTH = 10
-STATE_STYLE = {"up": "green", "draining": "yellow", "maintenance": "cyan", "down": "red"}
+STATE_STYLE = {"up": "green", "draining": "yellow", "maintenance": "cyan", "down": "red",
+               "unreachable": "bold red"}
 
 
 def bar(allocated: int, capacity: int, text: str) -> str:
@@ -96,10 +132,12 @@ def _row(h: HostView) -> tuple[str, ...]:
         bar(h.disk_mib.allocated, h.disk_mib.capacity,
             f"{format_mib(h.disk_mib.allocated)}/{format_mib(h.disk_mib.capacity)}"),
         f"{h.cpu_ratio:g}/{h.memory_ratio:g}/{h.disk_ratio:g}", str(h.vms), labels,
+        lease_age(h), h.agent_version or "-", h.address or ("local" if h.local else "-"),
     )
 
 
-COLUMNS = ("HOST", "STATE", "VCPUS", "MEMORY", "DISK", "RATIOS CPU/MEM/DISK", "VMS", "LABELS")
+COLUMNS = ("HOST", "STATE", "VCPUS", "MEMORY", "DISK", "RATIOS CPU/MEM/DISK", "VMS", "LABELS",
+           "LEASE", "AGENT", "ADDRESS")
 
 
 def _show(host: HostView, json: bool) -> None:
@@ -110,7 +148,8 @@ def _show(host: HostView, json: bool) -> None:
 
 @app.command("list")
 def list_(json: JsonFlag = False) -> None:
-    """Every host of the pool: allocated/total per resource (under its ratios), state, labels."""
+    """Every host of the pool: state, allocated/total per resource (under its ratios), labels,
+    when its agent last renewed its lease, the agent's version and address."""
     with output.errors():
         hosts = client().hosts()
     if json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -116,6 +117,8 @@ def up(
     memory_ratio: Annotated[float, typer.Option(help="memory overcommit; above 1.0 the balancer moves balloons")] = 1.0,
     memory_budget: Annotated[str | None, typer.Option(help="count this as the host's memory, e.g. 8G")] = None,
     memory_threshold: Annotated[str, typer.Option(help="reclaim guest memory when available falls below")] = "256M",
+    net_prefix: Annotated[str, typer.Option(help="name prefix of this host's bridges, taps and "
+                                                 "nftables tables (1-4 lowercase letters)")] = "vp",
 ) -> None:
     """Run the platform on this host in the foreground: control plane, agent, API."""
     from pydantic import ValidationError
@@ -127,6 +130,8 @@ def up(
 
     if accel not in ("auto", "kvm", "tcg"):
         output.fail(f"unknown accelerator '{accel}'", hint="use auto, kvm or tcg")
+    if not re.fullmatch(r"[a-z]{1,4}", net_prefix):
+        output.fail(f"'{net_prefix}' is not a valid --net-prefix", hint="use 1-4 lowercase letters")
     try:
         host_, port = parse_listen(listen)
         log_cap_bytes = parse_size_mib(log_cap, what="log cap") * 1024 * 1024
@@ -138,7 +143,7 @@ def up(
         options = ServeOptions(data_dir=data_dir or common.data_dir(), host=host_, port=port,
                                accel=accel, db_url=db, build_default_image=build,
                                boot_timeout=boot_timeout, log_cap_bytes=log_cap_bytes,
-                               memory=memory)  # type: ignore[arg-type]
+                               memory=memory, net_prefix=net_prefix)  # type: ignore[arg-type]
         serve(options, announce=lambda line: output.out.print(line, highlight=False))
     except VirtpoolError as err:
         output.fail(err.message, hint=err.hint)

@@ -21,6 +21,7 @@ from sqlalchemy import Select, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from virtpool.control.events import EventLog
 from virtpool.control.placement import Placer, host_capacity
 from virtpool.control.store.tables import HostLeaseRow, HostRow, VMRow, utcnow
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound
@@ -79,10 +80,12 @@ def _vm_count(project: str | None) -> Select[tuple[int]]:
 class HostService:
     """Read and change the host inventory. ``local`` is the name of this server's own host."""
 
-    def __init__(self, sessions: sessionmaker[Session], placer: Placer, local: str) -> None:
+    def __init__(self, sessions: sessionmaker[Session], placer: Placer, local: str,
+                 events: EventLog | None = None) -> None:
         self._sessions = sessions
         self._placer = placer
         self.local = local
+        self._events = events
         self.leases: LeaseService | None = None  # set by the pool: states of unreachable hosts
 
     # -- the local host -------------------------------------------------------------------
@@ -252,8 +255,15 @@ class HostService:
         to when its agent is back.
         """
         if self.leases is not None and self.leases.set_resume_state(name, state):
-            return self.get(name)
-        return self._change(name, lambda row: {"state": state})
+            view = self.get(name)
+            message = f"host '{name}' is unreachable; it returns as {state}"
+        else:
+            view = self._change(name, lambda row: {"state": state})
+            message = f"host '{name}' is {state}"
+        if self._events is not None:
+            self._events.record("host.state", message, data={"host": name, "state": view.state,
+                                                              "set": state})
+        return view
 
     def _change(self, name: str, values: Callable[[HostRow], dict[str, object]]) -> HostView:
         """Read the row, compute new values, write them if no claim came between."""

@@ -66,7 +66,7 @@ class Pool:
         self.audit = AuditLog(sessions)
         self.settings = SettingsService(sessions)
         self.placer = Placer(self.settings.weigher)
-        self.hosts = HostService(sessions, self.placer, socket.gethostname())
+        self.hosts = HostService(sessions, self.placer, socket.gethostname(), self.events)
         self.groups = GroupService(sessions)
         self.rebalancer = Rebalancer(sessions)
         self.vms = VMService(sessions, agent, self.hosts.local, boot_timeout=config.boot_timeout,

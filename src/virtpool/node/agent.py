@@ -41,6 +41,7 @@ from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.node import disks, serial
 from virtpool.node.images.manifest import Manifest
 from virtpool.node.images.store import ImageStore, kernel_kind
+from virtpool.node.net import guard, passt
 from virtpool.node.qemu import accel as accel_mod
 from virtpool.node.qemu import process, qmp
 from virtpool.node.qemu.argv import (
@@ -48,6 +49,7 @@ from virtpool.node.qemu.argv import (
     DISK_DEVICE_ID,
     DRIVE_ID,
     LaunchPlan,
+    NicPlan,
     build_argv,
 )
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
@@ -83,8 +85,10 @@ class LocalAgent:
         accel: Accel = "auto",
         log_cap_bytes: int = serial.DEFAULT_CAP_BYTES,
         qemu_binary: str = "qemu-system-x86_64",
+        net_prefix: str = "vp",
     ) -> None:
         self.data_dir = data_dir
+        self.net_prefix = net_prefix
         self.images = ImageStore(data_dir / "images")
         self.vms_dir = data_dir / "vms"
         self.vms_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -102,6 +106,11 @@ class LocalAgent:
         if users.running_as_root():
             os.chmod(self.vms_dir, 0o711)
             self._uids = uid_ranges.claim(data_dir)
+            # Before any VM runs: its passt (as the VM's user) must not reach this host.
+            guard.install(f"{net_prefix}guard")
+        else:
+            log.warning("not root: VMs run as this user, whose own connections to this host's "
+                        "addresses no guard can drop; only the gateway is not mapped to loopback")
         self._cgroups = users.running_as_root() and cgroups.available()
         if self._cgroups:
             cgroups.cleanup_orphans(self.vm_ids())
@@ -176,8 +185,8 @@ class LocalAgent:
         )
 
     def check_port_free(self, port: int) -> bool:
-        # QEMU's user-mode network binds with SO_REUSEADDR; so does this check, so that a port
-        # in TIME_WAIT is not reported busy when QEMU could bind it.
+        # passt binds forwarded ports with SO_REUSEADDR; so does this check, so that a port
+        # in TIME_WAIT is not reported busy when passt could bind it.
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -276,7 +285,7 @@ class LocalAgent:
             kernel_is_elf=kernel_kind(kernel) == "elf",
             paths=self._paths(vm_id),
             accel=accel,
-            ports=tuple(spec.ports),
+            nics=(NicPlan(socket=self._paths(vm_id).passt_sock),),
             image_kernel_args=manifest.kernel_args,
             user_kernel_args=spec.kernel_args,
             tsc_khz=self._tsc_khz,
@@ -296,6 +305,8 @@ class LocalAgent:
         popen_kwargs = self._confine_files(vm_id, slot)
         argv = build_argv(self.launch_plan(vm_id, spec))
         try:
+            passt.start(passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log,
+                                         tuple(spec.ports)), vm=spec.name, **popen_kwargs)
             group = self._cgroup_for(vm_id, spec)
             popen = process.spawn(argv, paths.qemu_log, vm=spec.name, **popen_kwargs)
             self._popens[popen.pid] = popen
@@ -360,6 +371,9 @@ class LocalAgent:
                 popen.wait()
             if self._procs.get(vm_id) == proc:
                 self._procs.pop(vm_id, None)
+        if not keep_cgroup:
+            # It exits with its QEMU (--one-off); this is for a QEMU that never connected.
+            passt.stop(self._paths(vm_id).passt_pidfile)
         if self._cgroups and not keep_cgroup:
             try:
                 cgroups.vm_cgroup(vm_id).remove()

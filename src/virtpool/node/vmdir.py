@@ -51,8 +51,21 @@ class VMPaths:
     def pidfile(self) -> Path:
         return self.root / "qemu.pid"
 
+    @property
+    def passt_sock(self) -> Path:
+        """Where QEMU reaches passt, the VM's default network."""
+        return self.root / "passt.sock"
+
+    @property
+    def passt_pidfile(self) -> Path:
+        return self.root / "passt.pid"
+
+    @property
+    def passt_log(self) -> Path:
+        return self.root / "passt.log"
+
     def sockets(self) -> list[Path]:
-        return [self.console_sock, self.qmp_sock, self.events_sock, self.qga_sock]
+        return [self.console_sock, self.qmp_sock, self.events_sock, self.qga_sock, self.passt_sock]
 
     def create(self) -> None:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from virtpool.model.spec import PortForward
 from virtpool.node.sandbox.seccomp import sandbox_argv
 from virtpool.node.vmdir import VMPaths
 
@@ -22,6 +21,15 @@ GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
 DRIVE_ID = "disk0"
 DISK_DEVICE_ID = "vda"
 BALLOON_ID = "balloon0"
+
+
+@dataclass(frozen=True)
+class NicPlan:
+    """One virtio-net NIC and its host end: passt's socket (the default network) or a tap."""
+
+    socket: Path | None = None
+    tap: str | None = None
+    mac: str | None = None
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ class LaunchPlan:
     accel: Literal["kvm", "tcg"]
     initrd: Path | None = None
     kernel_is_elf: bool = True
-    ports: tuple[PortForward, ...] = ()
+    nics: tuple[NicPlan, ...] = ()
     image_kernel_args: str = ""
     user_kernel_args: str = ""
     tsc_khz: int | None = None
@@ -74,9 +82,17 @@ def _machine(plan: LaunchPlan) -> str:
     return ",".join(options)
 
 
-def _hostfwd(ports: tuple[PortForward, ...]) -> str:
-    # Bound to loopback only: exposing a guest port beyond the host is a deliberate act.
-    return "".join(f",hostfwd=tcp:127.0.0.1:{p.host}-:{p.guest}" for p in ports)
+def _nic_args(index: int, nic: NicPlan) -> list[str]:
+    netdev = f"net{index}"
+    if nic.tap is not None:
+        # No /dev/vhost-net on our hosts (QEMU-NOTES.md); the agent made the tap for this VM's user.
+        backend = f"tap,id={netdev},ifname={opt_value(nic.tap)},script=no,downscript=no,vhost=off"
+    elif nic.socket is not None:
+        backend = f"stream,id={netdev},server=off,addr.type=unix,addr.path={opt_value(nic.socket)}"
+    else:
+        raise ValueError(f"NIC {index} has neither a tap nor a socket")
+    device = f"virtio-net-device,netdev={netdev}" + (f",mac={nic.mac}" if nic.mac else "")
+    return ["-netdev", backend, "-device", device]
 
 
 def _throttling(plan: LaunchPlan) -> str:
@@ -114,8 +130,10 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         "-device", "virtio-serial-device",
         "-chardev", f"socket,id=qga0,path={opt_value(paths.qga_sock)},server=on,wait=off",
         "-device", f"virtserialport,chardev=qga0,name={GUEST_AGENT_PORT}",
-        "-netdev", f"user,id=net0{_hostfwd(plan.ports)}",
-        "-device", "virtio-net-device,netdev=net0",
+    ]
+    for index, nic in enumerate(plan.nics):
+        argv += _nic_args(index, nic)
+    argv += [
         "-device", f"virtio-balloon-device,id={BALLOON_ID}",
         "-drive",
         f"file={opt_value(paths.disk)},format=qcow2,if=none,id={DRIVE_ID},discard=unmap"
