@@ -14,16 +14,22 @@ PACKAGES=(
   cpio              # packs the initramfs
   lz4               # unpacks the kernel's LZ4 payload into an ELF vmlinux
   iproute2
+  util-linux        # setpriv: QEMU starts as its VM user with an empty capability bounding set
   passt             # the default network: user-mode NAT that does not expose the host
   nftables          # the guard that keeps guests off the host, NAT, security groups
   dnsmasq-base      # DHCP (static leases only) on virtpool networks
   python3-venv      # the project's virtualenv
 )
 
-# --test: what the test suite needs beyond running the platform (a PostgreSQL server that the
-# tests start as a throwaway cluster of their own).
+# --test: what the test suite needs beyond running the platform: a PostgreSQL server that the
+# tests start as a throwaway cluster of their own, the headless Chromium the dashboard tests
+# drive through Playwright, and the Prometheus server that scrapes /metrics in a test.
 if [ "${1:-}" = "--test" ]; then
   PACKAGES+=(postgresql iperf3)  # iperf3: copied into guests by bench/network.py
+  PACKAGES+=(chromium prometheus)
+  # npm rebuilds the dashboard's bundle in a test (it must match the committed one); a Node.js
+  # installed some other way (nodesource, nvm) is used as it is.
+  command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 fi
 
 missing=()

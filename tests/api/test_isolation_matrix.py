@@ -94,6 +94,12 @@ MATRIX: dict[tuple[str, str], tuple[Cell, Cell, Cell, Cell]] = {
     ("GET", "/pool/rebalance"):            (200, 403, 403, 403),
     # A threshold of 100 pp needs no move, so applying the plan needs no live migration.
     ("POST", "/pool/rebalance"):           (200, 403, 403, 403),
+    # What the dashboard reads: a VM's usage history, host use, VM counts, the event cursor.
+    ("GET", "/vms/{name}/history"):        ((200, 200), (200, 404), (200, 404), (200, 404)),
+    ("GET", "/pool/host-use"):             (200, 200, 200, 200),
+    ("GET", "/pool/vm-counts"):            ((200, 200), (200, 404), (200, 404), (200, 404)),
+    ("GET", "/pool/latest-event"):         ((200, 200), (200, 404), (200, 404), (200, 404)),
+    ("GET", "/whoami"):                    (200, 200, 200, 200),
 }
 # Where the matrix's VMs are placed: room for all of them (the local host is a small machine).
 BIG_HOST = "matrix-big"

@@ -19,6 +19,7 @@ ALLOWED = {
     Role.VIEWER: {Access.READ},
     Role.MEMBER: {Access.READ, Access.OPERATE},
     Role.ADMIN: {Access.READ, Access.OPERATE, Access.MANAGE},
+    Role.METRICS: set(),  # /metrics only, which is not an Access within a project
 }
 
 

@@ -43,7 +43,9 @@ def test_imported_kernel_initrd_and_raw_disk_boot_with_the_disk_as_root_device(
 ) -> None:
     kernel, initrd = default_files(server)
     disk = tmp_path / "disk.raw"
-    disk.write_bytes(b"VIRTPOOL-DISK-MARKER".ljust(8 * 1024 * 1024, b"\0"))
+    content = bytearray(b"VIRTPOOL-DISK-MARKER".ljust(8 * 1024 * 1024, b"\0"))
+    content[510:512] = b"\x55\xaa"  # an MBR boot signature: a raw disk must look like one
+    disk.write_bytes(bytes(content))
     result = server.cli("image", "import", "mine", "--kernel", str(kernel), "--initrd", str(initrd),
                         "--disk", str(disk), "--json")
     assert result.returncode == 0, result.stderr

@@ -186,7 +186,8 @@ def test_vm_users_are_numbered_from_their_ranges_base() -> None:
     with pytest.raises(ValueError):
         UidRange(0).user(users.VM_ID_COUNT)
     users.check_unclaimed(UidRange(0).user(VM_A))
-    assert users.spawn_kwargs(5, 6) == {"user": 5, "group": 6, "extra_groups": [], "umask": 0o077}
+    assert users.spawn_kwargs(5, 6) == {"user": 5, "group": 6, "extra_groups": [users.IMAGE_GID],
+                                        "umask": 0o177}
 
 
 def test_a_vm_user_cannot_open_another_vms_disk(scratch: Path) -> None:
@@ -197,7 +198,8 @@ def test_a_vm_user_cannot_open_another_vms_disk(scratch: Path) -> None:
     image.mkdir(parents=True, mode=0o700)
     (image / "vmlinux").write_bytes(b"kernel")
     os.chmod(image / "vmlinux", 0o600)
-    users.make_readable(scratch / "images")
+    users.share_image_root(scratch / "images")
+    users.share_image(image)
     users.check_reachable(vms / "a", a)
     disks = {}
     for name, user in (("a", a), ("b", b)):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from virtpool import __version__
-from virtpool.api import audit, problems
+from virtpool.api import audit, problems, web
 from virtpool.api.app_prefix import API_PREFIX
 from virtpool.api.auth_limit import FailedAuthLimiter
 from virtpool.api.limits import BodyLimit
+from virtpool.api.request_timer import RequestTimer
 from virtpool.api.routes import audit as audit_routes
 from virtpool.api.routes import (
     events,
@@ -16,10 +17,14 @@ from virtpool.api.routes import (
     host,
     hosts,
     images,
+    metrics,
+    networks,
     operations,
     projects,
     tokens,
+    usage,
     vms,
+    whoami,
 )
 from virtpool.api.routes import pool as pool_routes
 from virtpool.control.pool import Pool
@@ -37,7 +42,10 @@ def create_app(pool: Pool) -> FastAPI:
     problems.document(app)
     audit.install(app, pool.audit)
     app.add_middleware(BodyLimit)
-    for module in (host, images, vms, operations, events, audit_routes, projects, tokens, hosts, groups,
-                   pool_routes):
+    app.add_middleware(RequestTimer, observe=pool.metrics.request_seconds.observe)
+    for module in (host, images, usage, vms, operations, events, audit_routes, projects, tokens, hosts,
+                   groups, networks, pool_routes, whoami):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(metrics.router)
+    web.install(app)
     return app

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, WebSocket
 
 from virtpool.api.auth_limit import FailedAuthLimiter, client_address
 from virtpool.control.auth import Principal
@@ -16,6 +16,7 @@ from virtpool.control.store.tables import DEFAULT_PROJECT
 from virtpool.model.roles import (
     Access,
     check_access,
+    check_not_metrics_only,
     check_pool_admin,
     not_found_project,
     project_in_scope,
@@ -32,11 +33,32 @@ def bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" else None
 
 
+# A browser's WebSocket cannot send an Authorization header. The dashboard offers the token as a
+# subprotocol instead ("bearer.<token>", next to CONSOLE_PROTOCOL, which the server picks), as
+# Kubernetes does: the token travels in a header, never in the URL where logs would keep it.
+BEARER_PROTOCOL_PREFIX = "bearer."
+CONSOLE_PROTOCOL = "virtpool.console"
+
+
+def offered_protocols(websocket: WebSocket) -> list[str]:
+    return [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+
+
+def websocket_bearer(websocket: WebSocket) -> str | None:
+    """The token of a websocket: its Authorization header, else its bearer subprotocol."""
+    header = bearer(websocket)  # type: ignore[arg-type]
+    if header:
+        return header
+    return next((p.removeprefix(BEARER_PROTOCOL_PREFIX) for p in offered_protocols(websocket)
+                 if p.startswith(BEARER_PROTOCOL_PREFIX)), None)
+
+
 def principal(request: Request, pool: Annotated[Pool, Depends(get_pool)]) -> Principal:
     limiter: FailedAuthLimiter = request.app.state.auth_limiter
     caller = limiter.authenticate(pool.tokens, bearer(request), client_address(request))
     request.state.actor = caller.name  # for the audit log
     request.state.project = caller.project_id
+    check_not_metrics_only(caller.name, caller.role)
     return caller
 
 

@@ -14,6 +14,7 @@ from virtpool.cli import (
     group,
     host,
     image,
+    network,
     operation,
     output,
     pool,
@@ -33,6 +34,7 @@ app.add_typer(operation.app, name="operation")
 app.add_typer(project.app, name="project")
 app.add_typer(token.app, name="token")
 app.add_typer(group.app, name="group")
+app.add_typer(network.app, name="network")
 app.add_typer(pool.app, name="pool")
 
 

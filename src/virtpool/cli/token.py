@@ -29,10 +29,10 @@ def _when(moment: datetime | None) -> str:
 
 @app.command("create")
 def create(
-    role: Annotated[Role, typer.Option(help="admin, member or viewer")],
+    role: Annotated[Role, typer.Option(help="admin, member, viewer, or metrics (reads /metrics only)")],
     name: Annotated[str | None, typer.Option(help="a name to know it by (default: ROLE-<random>)")] = None,
     project: Annotated[str | None, typer.Option(help="the project it acts in (default: your token's; 'default' for a pool admin)")] = None,
-    pool_wide: Annotated[bool, typer.Option("--pool-wide", help="a pool-wide admin token")] = False,
+    pool_wide: Annotated[bool, typer.Option("--pool-wide", help="a pool-wide admin (or metrics) token")] = False,
     expires: Annotated[str | None, typer.Option(help="lifetime, e.g. 30d or 12h (default: none)")] = None,
     json: JsonFlag = False,
 ) -> None:

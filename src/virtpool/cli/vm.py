@@ -19,12 +19,16 @@ from virtpool.model.operation import Operation
 from virtpool.model.spec import PortForward
 from virtpool.model.states import VMState
 from virtpool.model.units import format_mib, parse_bytes, parse_cpu_list, parse_size_mib
-from virtpool.model.vm import VMInfo, VMStats
+from virtpool.model.vm import STOPPED_BY, VMInfo, VMStats
 from virtpool.sdk import Client
 
 app = typer.Typer(help="Virtual machines.", no_args_is_help=True)
 
 WaitTimeout = Annotated[float, typer.Option("--wait-timeout", help="seconds to wait for the VM to settle")]
+
+
+# Beyond a VM's boot timeout, what --wait allows for the rest of a start (spawn, state writes).
+WAIT_MARGIN_S = 30.0
 
 
 def _report(vm: VMInfo, wanted: VMState, waited: bool, json: bool) -> None:
@@ -33,13 +37,22 @@ def _report(vm: VMInfo, wanted: VMState, waited: bool, json: bool) -> None:
     if waited and vm.state != wanted:
         output.fail(f"VM '{vm.name}' is {vm.state.value}: {vm.error or 'no details'}",
                     hint=f"see `virtpool vm logs {vm.name}`")
-    if not json:
-        output.out.print(f"VM '{vm.name}' is {output.state(vm.state.value)}")
+    if json:
+        return
+    how = f" ({STOPPED_BY[vm.stopped_by]})" if wanted == VMState.STOPPED and vm.stopped_by else ""
+    output.out.print(f"VM '{vm.name}' is {output.state(vm.state.value)}{how}", highlight=False)
+    if how and vm.stopped_by == "killed":
+        output.err.print("warning: the guest did not shut down cleanly; its disk may need a check",
+                         style="yellow", highlight=False)
 
 
 def _follow(api: Client, op: Operation, wanted: VMState, wait: bool, timeout: float, json: bool) -> None:
-    """Follow a VM operation (with --wait), then show the VM as it ended up."""
+    """Follow a VM operation (with --wait), then show the VM as it ended up. A boot is waited
+    for at least as long as the server lets it take."""
     if wait:
+        if wanted == VMState.RUNNING:
+            allowed = api.vm(op.target or "").boot_timeout_s or 0
+            timeout = max(timeout, allowed + WAIT_MARGIN_S)
         op = follow(api, op, timeout, json)
     elif not json:
         output.err.print(f"operation {op.id}: follow it with `virtpool operation show {op.id} --wait`",
@@ -68,6 +81,8 @@ def create(
         "--require-label", help="only hosts with this key=value label; repeat")] = None,
     weigher: Annotated[str | None, typer.Option(
         help="rank hosts by spread, pack or balanced (default: the pool's)")] = None,
+    boot_timeout: Annotated[float | None, typer.Option(
+        help="seconds its boots may take to answer the guest agent (default: the image's)")] = None,
     start: Annotated[bool, typer.Option("--start", help="boot it at once")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="with --start: wait until the guest answers")] = False,
     wait_timeout: WaitTimeout = 180.0,
@@ -86,6 +101,7 @@ def create(
                 "cpu_cap_pct": cpu_cap, "cpu_weight": cpu_weight, "disk_iops": disk_iops,
                 "disk_bps": parse_bytes(disk_bps, what="disk bps") if disk_bps else None,
                 "cpu_affinity": parse_cpu_list(cpu_affinity) if cpu_affinity else None,
+                "boot_timeout_s": boot_timeout,
             }
         except VirtpoolError as err:
             output.fail(err.message, hint=err.hint)
@@ -130,6 +146,8 @@ def show(name: str, json: JsonFlag = False) -> None:
         ("image", vm.image), ("cpus", vm.cpus), ("memory", format_mib(vm.memory_mib)),
         ("disk", format_mib(vm.disk_mib)), ("ports", ", ".join(map(str, vm.ports)) or "-"),
         ("kernel args", vm.kernel_args or "-"), ("accelerator", vm.accel), ("host", vm.host),
+        ("boot timeout", f"{vm.boot_timeout_s:g}s" if vm.boot_timeout_s else "-"),
+        ("last stop", STOPPED_BY[vm.stopped_by] if vm.stopped_by else "-"),
         ("created", vm.created_at), ("error", vm.error or "-"),
     ])
 

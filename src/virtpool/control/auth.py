@@ -82,9 +82,10 @@ class TokenService:
         if not valid_name(name):
             raise InvalidRequest(f"'{name}' is not a valid token name", hint=NAME_RULE)
         if role not in set(Role):
-            raise InvalidRequest(f"unknown role '{role}'", hint="use admin, member or viewer")
-        if project_id is None and role != Role.ADMIN:
-            raise InvalidRequest("only admin tokens can be pool-wide", hint="give the token a project")
+            raise InvalidRequest(f"unknown role '{role}'", hint="use admin, member, viewer or metrics")
+        if project_id is None and role not in (Role.ADMIN, Role.METRICS):
+            raise InvalidRequest("only admin and metrics tokens can be pool-wide",
+                                 hint="give the token a project")
         secret = new_secret()
         try:
             with self._sessions.begin() as session:

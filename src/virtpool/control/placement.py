@@ -122,11 +122,13 @@ class Placer:
     """Chooses and claims hosts for VMs; releases and adjusts claims. Thread-safe.
 
     ``default_weigher`` gives the pool's ranking (``virtpool pool set --weigher``) at the time
-    of each placement.
+    of each placement; ``observe`` is told how many seconds each VM's placement took (/metrics).
     """
 
-    def __init__(self, default_weigher: Callable[[], str] = lambda: "spread") -> None:
+    def __init__(self, default_weigher: Callable[[], str] = lambda: "spread",
+                 observe: Callable[[float], None] = lambda seconds: None) -> None:
         self._default_weigher = default_weigher
+        self._observe = observe
         self._lock = threading.Lock()
         self._arrays: HostArrays | None = None
         self._generations = np.zeros(0, dtype=np.int64)
@@ -217,8 +219,12 @@ class Placer:
                    if group_row else None),
             accel="kvm" if spec.accel == "kvm" else None, weigher=spec.weigher,
         )
-        decision = self.claim(session, request, group_id=group_row.id if group_row else None,
-                              weigher=weigher)
+        started = time.perf_counter()
+        try:
+            decision = self.claim(session, request, group_id=group_row.id if group_row else None,
+                                  weigher=weigher)
+        finally:
+            self._observe(time.perf_counter() - started)
         assert decision.host is not None
         return Placed(decision.host, group_row.id if group_row else None, decision)
 

@@ -10,6 +10,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client.registry import CollectorRegistry
+
 from virtpool import __version__
 from virtpool.control.audit import AuditLog
 from virtpool.control.auth import TokenService
@@ -20,13 +22,17 @@ from virtpool.control.hosts import HostService
 from virtpool.control.idempotency import IdempotentCreates
 from virtpool.control.images import ImageService
 from virtpool.control.interrupted_creates import cut_off_creates, remove_never_ran
+from virtpool.control.networks import NetworkService
 from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
+from virtpool.control.metrics import ControlPlaneMetrics, PoolCollector, Scrape
 from virtpool.control.operations import OperationService
 from virtpool.control.placement import Placer
 from virtpool.control.projects import ProjectService
 from virtpool.control.rebalancing import Rebalancer
 from virtpool.control.settings import SettingsService
 from virtpool.control.store import db
+from virtpool.control.summary import Summary
+from virtpool.control.usage_history import UsageRecorder
 from virtpool.control.vm_operations import VMOperations
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
 from virtpool.model.agent import Agent
@@ -60,14 +66,16 @@ class Pool:
         self.agent = agent
         self.engine = db.open_database(config.db_url or db.sqlite_url(config.data_dir / "state.db"))
         sessions = db.session_factory(self.engine)
+        self.metrics = ControlPlaneMetrics()
         self.tokens = TokenService(sessions)
         self.projects = ProjectService(sessions)
         self.events = EventLog(sessions)
         self.audit = AuditLog(sessions)
         self.settings = SettingsService(sessions)
-        self.placer = Placer(self.settings.weigher)
+        self.placer = Placer(self.settings.weigher, observe=self.metrics.placement_seconds.observe)
         self.hosts = HostService(sessions, self.placer, socket.gethostname(), self.events)
         self.groups = GroupService(sessions)
+        self.networks = NetworkService(sessions)
         self.rebalancer = Rebalancer(sessions)
         self.vms = VMService(sessions, agent, self.hosts.local, boot_timeout=config.boot_timeout,
                              events=self.events, memory=lambda: self.balancer.policy,
@@ -79,6 +87,8 @@ class Pool:
             lambda vm_id: self.vm_operations.follow_create(vm_id, actor="idempotent-retry"))
         self.images = ImageService(sessions, agent, self.operations)
         self.balancer = MemoryBalancer(self.vms, agent, self.events, self.audit, config.memory)
+        self.usage = UsageRecorder(self.vms, agent)
+        self.summary = Summary(sessions)
         self.leases = LeaseService(sessions, self.events, self.audit, on_lost=self.vms.host_lost,
                                    on_back=self.vms.host_back, on_state=self.placer.invalidate)
         self.hosts.leases = self.leases
@@ -103,6 +113,7 @@ class Pool:
             self.operations.fail_interrupted()
             self.hosts.reconcile_usage()
             self.balancer.start()
+            self.usage.start()
             self.heartbeat = LocalHeartbeat(self.leases, self.hosts.local,
                                             agent_version=__version__)
             self.heartbeat.start()
@@ -110,12 +121,21 @@ class Pool:
         self.lease_monitor.start()
         return self.tokens.bootstrap(self.config.token_file)
 
+    def scrape(self, project: str | None) -> Scrape:
+        """/metrics as ``project`` sees it (None: the whole pool, and the control plane's own)."""
+        collectors: list[PoolCollector | CollectorRegistry] = [
+            PoolCollector(self.summary, self.hosts, self.usage, project)]
+        if project is None:
+            collectors.append(self.metrics.registry)
+        return Scrape(*collectors)
+
     def close(self) -> None:
         self.lease_monitor.stop()
         self.leader.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         self.balancer.stop()
+        self.usage.stop()
         self.vms.close()
         self.agent.close()
         self.engine.dispose()

@@ -42,7 +42,7 @@ from virtpool.model.resize import plan_resize
 from virtpool.model.resources import Resources
 from virtpool.model.spec import ExecResult, LiveChanges, PortForward, Resize, VMSpec
 from virtpool.model.states import ACTIVE, VMState, check_action, check_transition
-from virtpool.model.vm import ResizeResult, VMInfo, VMStats
+from virtpool.model.vm import STOPPED_BY, ResizeResult, StopMethod, VMInfo, VMStats
 
 log = logging.getLogger(__name__)
 S = VMState
@@ -142,25 +142,29 @@ class VMService:
     # -- state changes --------------------------------------------------------------------
 
     def _transition(
-        self, vm_id: str, allowed: Iterable[VMState], new: VMState, *, error: str | None = None
+        self, vm_id: str, allowed: Iterable[VMState], new: VMState, *, error: str | None = None,
+        stopped_by: StopMethod | None = None,
     ) -> bool:
-        """Move to ``new`` if the VM is in one of ``allowed``; False if it was not."""
+        """Move to ``new`` if the VM is in one of ``allowed``; False if it was not. A move to
+        STOPPED records ``stopped_by`` (how it ended)."""
         for old in allowed:
             check_transition(vm_id, old, new)  # a caller asking for a move the table forbids is a bug
         with self._sessions.begin() as session:
             result = session.execute(
                 update(VMRow)
                 .where(VMRow.id == vm_id, VMRow.state.in_([s.value for s in allowed]))
-                .values(state=new.value, error=error, updated_at=utcnow())
+                .values(state=new.value, error=error, updated_at=utcnow(),
+                        **({"stopped_by": stopped_by} if new == S.STOPPED else {}))
             )
             changed = result.rowcount == 1
         if changed:
             self._changes.notify()
             if self._events is not None:
                 name, project_id = self._name_of(vm_id)
-                detail = f": {error}" if error else ""
+                detail = f": {error}" if error else (f" ({STOPPED_BY[stopped_by]})" if stopped_by else "")
                 self._events.record("vm.state", f"VM '{name}' is {new.value}{detail}", vm=name,
-                                    data={"state": new.value, "id": vm_id, "error": error},
+                                    data={"state": new.value, "id": vm_id, "error": error,
+                                          "stopped_by": stopped_by},
                                     project_id=project_id)
         return changed
 
@@ -198,7 +202,11 @@ class VMService:
     def create(self, spec: VMSpec, *, start: bool = False, project_id: str = DEFAULT_PROJECT) -> VMInfo:
         """Validate, place, record (within the project's quota), make the disk; on any failure
         nothing is left behind."""
-        self._agent.get_image(spec.image)
+        image = self._agent.get_image(spec.image)
+        # The VM keeps the timeout it was created with: its own, else its image's, else the
+        # server's; an image rebuilt or a server restarted later changes nothing.
+        spec = spec.model_copy(update={
+            "boot_timeout_s": spec.boot_timeout_s or image.boot_timeout_s or self.boot_timeout})
         self._check_fits_host(spec)
         self._check_ports(spec.ports, vm_id=None, project_id=project_id)
         vm_id = uuid.uuid4().hex
@@ -269,7 +277,7 @@ class VMService:
             group_id=placed.group_id, required_labels=spec.required_labels or None,
             max_memory_mib=spec.boot_memory_mib, cpu_cap_pct=spec.cpu_cap_pct,
             cpu_weight=spec.cpu_weight, disk_iops=spec.disk_iops, disk_bps=spec.disk_bps,
-            cpu_affinity=spec.cpu_affinity, slot=slot,
+            cpu_affinity=spec.cpu_affinity, slot=slot, boot_timeout_s=spec.boot_timeout_s,
             ports=[PortRow(host_port=p.host, guest_port=p.guest) for p in spec.ports],
         )
 
@@ -363,7 +371,7 @@ class VMService:
         try:
             if spawn:
                 self._agent.start_vm(vm.id, _spec(vm), self._slot_of(vm.id))
-            self._agent.wait_ready(vm.id, self.boot_timeout)
+            self._agent.wait_ready(vm.id, vm.boot_timeout_s or self.boot_timeout)
         except Exception as err:
             message = str(err) if isinstance(err, VirtpoolError) else f"internal error: {err!r}"
             if not isinstance(err, VirtpoolError):
@@ -380,12 +388,14 @@ class VMService:
         return vm
 
     def _shutdown(self, vm: VMInfo, timeout: float, then: Callable[[], None] | None = None) -> None:
+        how: StopMethod | None
         try:
-            self._agent.stop_vm(vm.id, timeout)
+            how = self._agent.stop_vm(vm.id, timeout)
         except Exception:
             log.exception("graceful stop of VM %s failed; stopping it hard", vm.name)
             self._agent.kill_vm(vm.id)
-        self._transition(vm.id, [S.STOPPING], S.STOPPED)
+            how = "killed"
+        self._transition(vm.id, [S.STOPPING], S.STOPPED, stopped_by=how)
         if then is not None:
             then()
 
@@ -522,7 +532,7 @@ class VMService:
     def _on_exit(self, vm_id: str, guest_initiated: bool) -> None:
         # STARTING and STOPPING belong to the worker that set them; it sees the exit itself.
         if guest_initiated:
-            self._transition(vm_id, [S.RUNNING, S.PAUSED], S.STOPPED)
+            self._transition(vm_id, [S.RUNNING, S.PAUSED], S.STOPPED, stopped_by="guest")
             return
         self._transition(
             vm_id, [S.RUNNING, S.PAUSED], S.CRASHED,
@@ -611,6 +621,7 @@ def _info(row: VMRow) -> VMInfo:
         cpu_cap_pct=row.cpu_cap_pct, cpu_weight=row.cpu_weight, disk_iops=row.disk_iops,
         disk_bps=row.disk_bps, cpu_affinity=row.cpu_affinity, state=S(row.state), error=row.error,
         host=row.host, created_at=row.created_at, updated_at=row.updated_at,
+        boot_timeout_s=row.boot_timeout_s, stopped_by=row.stopped_by,  # type: ignore[arg-type]
     )
 
 
@@ -626,4 +637,5 @@ def _spec(vm: VMInfo) -> VMSpec:
         disk_mib=vm.disk_mib, ports=vm.ports, kernel_args=vm.kernel_args, accel=vm.accel,
         max_memory_mib=vm.max_memory_mib, cpu_cap_pct=vm.cpu_cap_pct, cpu_weight=vm.cpu_weight,
         disk_iops=vm.disk_iops, disk_bps=vm.disk_bps, cpu_affinity=vm.cpu_affinity,
+        boot_timeout_s=vm.boot_timeout_s,
     )

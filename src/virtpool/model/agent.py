@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from virtpool.model.image import ImageInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
+from virtpool.model.vm import StopMethod
 
 # (vm_id, guest_initiated): the VM's QEMU exited; guest_initiated when the guest powered off.
 ExitHandler = Callable[[str, bool], None]
@@ -52,8 +53,9 @@ class Agent(Protocol):
 
     def wait_ready(self, vm_id: str, timeout: float) -> None: ...
 
-    def stop_vm(self, vm_id: str, timeout: float) -> bool:
-        """Stop gracefully within ``timeout``, else hard; True when the guest shut down itself."""
+    def stop_vm(self, vm_id: str, timeout: float) -> StopMethod | None:
+        """Stop within ``timeout``: through the guest agent, else the ACPI power button, else
+        kill it. Says which of these ended it; None when no QEMU of the VM ran."""
         ...
 
     def kill_vm(self, vm_id: str) -> None: ...

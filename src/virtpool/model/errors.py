@@ -9,7 +9,8 @@ that the API can map it to an HTTP status without knowing the layer)::
     ├── Conflict                  the request clashes with current state (duplicate name,
     │   │                         host port taken, wrong VM state) → 409
     │   └── StateError            the VM is not in a state that allows the action
-    ├── InsufficientResources     the host cannot hold what was asked → 409 (507 for disk)
+    ├── InsufficientResources     the host cannot hold what was asked → 409
+    │   └── InsufficientStorage   the host's data disk is full (ENOSPC) → 507
     ├── Unauthorized              no or bad credentials → 401
     ├── Forbidden                 a role that does not allow the action → 403
     ├── RateLimited               too many failed authentications from one address → 429
@@ -82,6 +83,17 @@ class InsufficientResources(VirtpoolError):
 
     status = 409
     title = "insufficient resources"
+
+
+class InsufficientStorage(InsufficientResources):
+    """The host's data disk ran out of space while doing what was asked; nothing was kept."""
+
+    status = 507
+    title = "insufficient storage"
+
+
+FREE_SPACE_HINT = ("free space on the host's data disk: delete unused images (virtpool image list, "
+                   "virtpool image delete) or VMs (virtpool vm delete), then try again")
 
 
 class Unauthorized(VirtpoolError):

@@ -20,6 +20,7 @@ class ImageInfo(BaseModel):
     disk: ImageFile | None = None
     disk_format: str | None = None
     kernel_args: str = ""
+    boot_timeout_s: float | None = None  # how long its guests take to boot (None: the server's)
     size: int
     created_at: str
     source: dict[str, str] = {}

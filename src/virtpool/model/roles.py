@@ -6,6 +6,9 @@ A token belongs to one project (or, for a pool admin, to none: pool-wide). Withi
 * ``member`` also creates, changes and deletes VMs;
 * ``admin`` also manages the project's tokens.
 
+A ``metrics`` token (pool-wide or in a project) reads /metrics and nothing else: the scraper's
+credential, which can neither list VMs nor read logs if it leaks from a Prometheus config.
+
 A pool-wide admin can do all of that in every project, and alone manages the pool itself:
 projects and their quotas, images, host settings.
 
@@ -24,6 +27,7 @@ class Role(StrEnum):
     ADMIN = "admin"
     MEMBER = "member"
     VIEWER = "viewer"
+    METRICS = "metrics"  # /metrics only: see ``may_scrape``
 
 
 class Access(IntEnum):
@@ -65,6 +69,18 @@ def check_access(token_name: str, role: str, token_project: str | None, needed: 
             f"takes the {minimum_role(needed)} role",
             hint="ask a project admin for a token with that role",
         )
+
+
+def may_scrape(role: str) -> bool:
+    """/metrics takes a metrics token, or one that may read (viewer and up)."""
+    return role == Role.METRICS or role in ROLE_ACCESS
+
+
+def check_not_metrics_only(token_name: str, role: str) -> None:
+    """Refuse a metrics token anywhere but /metrics."""
+    if role == Role.METRICS:
+        raise Forbidden(f"token '{token_name}' is a metrics token: it reads /metrics and nothing else",
+                        hint="use a viewer, member or admin token for the API")
 
 
 def check_pool_admin(token_name: str, role: str, token_project: str | None) -> None:

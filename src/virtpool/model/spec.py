@@ -19,6 +19,7 @@ MIN_MEMORY_MIB = 64  # the Debian cloud kernel with our initramfs does not boot 
 MAX_CPUS = 255  # microvm's limit for x86 without an IOMMU (x2APIC IDs beyond need one)
 MAX_KERNEL_ARGS = 2048  # the x86 boot protocol's command line limit
 DEFAULT_CPU_WEIGHT = 100
+MAX_BOOT_TIMEOUT_S = 3600.0  # an hour: beyond that a guest is not booting, it is stuck
 
 Accel = Literal["auto", "kvm", "tcg"]
 
@@ -78,6 +79,10 @@ class VMSpec(BaseModel):
     disk_bps: int | None = Field(default=None, ge=4096, le=1 << 40)
     cpu_affinity: list[Annotated[int, Field(ge=0, le=4095)]] | None = Field(
         default=None, max_length=4096, description="host CPUs the VM may run on (default: any)")
+    boot_timeout_s: float | None = Field(
+        default=None, ge=1, le=MAX_BOOT_TIMEOUT_S,
+        description="seconds the guest may take to answer its agent (default: the image's, "
+        "else the server's)")
     # Where it may run (see control/placement.py); none of these reach QEMU.
     group: str | None = Field(default=None, description="placement group (`virtpool group list`)")
     required_labels: dict[Annotated[str, Field(min_length=1, max_length=63)],

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel
 
 from virtpool.model.spec import PortForward
 from virtpool.model.states import VMState
+
+
+# How a VM's last stop ended: its guest agent shut it down, the guest heeded the ACPI power
+# button, it was killed (neither worked in time), or the guest powered off by itself.
+StopMethod = Literal["guest-agent", "acpi", "killed", "guest"]
+STOPPED_BY: dict[str, str] = {
+    "guest-agent": "shut down through its guest agent",
+    "acpi": "shut down after the ACPI power button",
+    "killed": "killed: the guest did not shut down in time",
+    "guest": "the guest powered off",
+}
 
 
 class VMInfo(BaseModel):
@@ -30,6 +42,8 @@ class VMInfo(BaseModel):
     state: VMState
     error: str | None
     host: str
+    boot_timeout_s: float | None = None  # what its boots wait for (None: the server's default)
+    stopped_by: StopMethod | None = None  # how its last stop ended
     created_at: datetime
     updated_at: datetime
 

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -38,7 +39,8 @@ from virtpool.model.errors import (
 )
 from virtpool.model.image import ImageFile, ImageInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
-from virtpool.node import disks, serial
+from virtpool.model.vm import StopMethod
+from virtpool.node import disks, safe_files, serial
 from virtpool.node.images.manifest import Manifest
 from virtpool.node.images.store import ImageStore, kernel_kind
 from virtpool.node.net import guard, passt
@@ -72,7 +74,11 @@ BALLOON_STATS_INTERVAL_S = 2  # how often the guest's balloon driver reports its
 BALLOON_PATH = f"/machine/peripheral/{BALLOON_ID}"
 MIB = 1024 * 1024
 HARD_STOP_GRACE_S = 3.0  # after QMP 'quit', before SIGKILL
+# After the guest agent took a shutdown, the share of the stop timeout the guest gets before
+# the ACPI power button is pressed as well (a guest whose agent said yes usually is on its way).
+ACPI_SHARE_AFTER_AGENT = 0.7
 QMP_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_REBOOT_WAIT_S = 60.0  # for the guest agent after a reboot, unless its boot said more
 
 
 class LocalAgent:
@@ -117,10 +123,17 @@ class LocalAgent:
         self._watchers: dict[str, tuple[Future[None], psutil.Process]] = {}
         self._exit_handlers: list[ExitHandler] = []
         self._qga_locks: dict[str, asyncio.Lock] = {}
+        # For reboots from inside a guest (QEMU runs with -no-reboot, so a reset is an exit):
+        # how each VM was last started (spec, slot, how long its boot may take), which
+        # guests have booted, and which VMs are being stopped on purpose.
+        self._launches: dict[str, tuple[VMSpec, int, float]] = {}
+        self._ready: set[str] = set()
+        self._stopping: set[str] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agent-loop", daemon=True)
         self._thread.start()
         self._cpu_samples: dict[str, deque[tuple[float, float]]] = {}
+        self._unsafe_logs: set[str] = set()  # VMs whose serial.log was replaced (warned once)
         self._housekeeper = self._submit(self._housekeeping_forever())
 
     # -- plumbing -------------------------------------------------------------------------
@@ -142,7 +155,10 @@ class LocalAgent:
         proc = self._procs.get(vm_id)
         if proc is not None and process.alive(proc):
             return proc
-        proc = process.find(self._paths(vm_id).pidfile)
+        pidfile = self._paths(vm_id).pidfile
+        proc = process.find(pidfile)
+        if proc is None and not safe_files.is_plain(pidfile):
+            proc = process.scan(pidfile)  # the VM's user replaced its pidfile: look by argv
         if proc is None:
             self._procs.pop(vm_id, None)
         else:
@@ -301,12 +317,19 @@ class LocalAgent:
         if self._process(vm_id) is not None:
             raise OperationFailed(f"VM '{spec.name}' already has a QEMU process")
         self._names[vm_id] = spec.name
+        self._launches[vm_id] = (spec, slot, DEFAULT_REBOOT_WAIT_S)
+        self._ready.discard(vm_id)
+        self._stopping.discard(vm_id)
         process.remove_stale_files([*paths.sockets(), paths.pidfile, paths.qemu_log])
-        popen_kwargs = self._confine_files(vm_id, slot)
+        user = self._confine_files(vm_id, slot)
         argv = build_argv(self.launch_plan(vm_id, spec))
+        network = passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log, tuple(spec.ports))
+        popen_kwargs: dict[str, Any] = {}
+        if user is not None:  # QEMU and its passt both run as the VM's user, without capabilities
+            argv, network = users.confined_argv(user, argv), users.confined_argv(user, network)
+            popen_kwargs = {"umask": users.QEMU_UMASK}
         try:
-            passt.start(passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log,
-                                         tuple(spec.ports)), vm=spec.name, **popen_kwargs)
+            passt.start(network, vm=spec.name, **popen_kwargs)
             group = self._cgroup_for(vm_id, spec)
             popen = process.spawn(argv, paths.qemu_log, vm=spec.name, **popen_kwargs)
             self._popens[popen.pid] = popen
@@ -324,17 +347,17 @@ class LocalAgent:
             raise
         return popen.pid
 
-    def _confine_files(self, vm_id: str, slot: int) -> dict[str, Any]:
-        """As root: give the VM's run dir and disk to its own user; Popen arguments to run as it."""
+    def _confine_files(self, vm_id: str, slot: int) -> users.VMUser | None:
+        """As root: give the VM's run dir and disk to its own user, the user QEMU runs as."""
         if self._uids is None:
-            return {}
+            return None
         user = self._uids.range.user(slot)
         users.check_unclaimed(user)
         paths = self._paths(vm_id)
         users.own_run_dir(paths.root, user)
         users.own_disk(paths.disk, user)
         users.check_reachable(paths.disk, user)
-        return users.spawn_kwargs(user.uid, user.gid)
+        return user
 
     def _cgroup_for(self, vm_id: str, spec: VMSpec) -> cgroups.VMCgroup | None:
         if not self._cgroups:
@@ -415,42 +438,76 @@ class LocalAgent:
                         paths.qga_sock, vm=self._label(vm_id), sync_timeout=min(1.0, remaining)
                     )
                     await agent.close()
+                self._ready.add(vm_id)
+                spec_slot = self._launches.get(vm_id)
+                if spec_slot is not None:  # a reboot waits as long as this boot was allowed
+                    self._launches[vm_id] = (spec_slot[0], spec_slot[1], timeout)
                 return
             except GuestAgentError:
                 await asyncio.sleep(READY_POLL_S)
+
+    def _reboot_wanted(self, vm_id: str) -> bool:
+        """A guest reset is a reboot to carry out when the guest had booted (a reset before
+        that is a boot that failed, e.g. a kernel panic) and nobody is stopping the VM."""
+        return vm_id in self._ready and vm_id not in self._stopping and vm_id in self._launches
+
+    def _reboot(self, vm_id: str) -> None:
+        """Start the VM again after the guest rebooted, as its hardware would have."""
+        spec, slot, timeout = self._launches[vm_id]
+        log.info("VM %s rebooted itself; starting it again", spec.name)
+        self.start_vm(vm_id, spec, slot)
+        self._launches[vm_id] = (spec, slot, timeout)
+
+        async def until_ready() -> None:
+            try:
+                await self._wait_ready(vm_id, timeout)
+            except OperationFailed as err:
+                log.warning("VM %s did not come back from its reboot: %s", spec.name, err.message)
+
+        self._submit(until_ready())
 
     def _qga_lock(self, vm_id: str) -> asyncio.Lock:
         # QGA serves one client at a time: callers on the same VM take turns.
         return self._qga_locks.setdefault(vm_id, asyncio.Lock())
 
-    def stop_vm(self, vm_id: str, timeout: float) -> bool:
+    def stop_vm(self, vm_id: str, timeout: float) -> StopMethod | None:
         proc = self._process(vm_id)
         if proc is None:
-            return False
-        self._run(self._ask_guest_to_stop(vm_id), timeout=QMP_CONNECT_TIMEOUT_S + 5)
-        if process.wait_gone(proc, timeout):
-            return True
-        self.kill_vm(vm_id)
-        return False
-
-    async def _ask_guest_to_stop(self, vm_id: str) -> None:
-        paths = self._paths(vm_id)
-        label = self._label(vm_id)
-        status = await qmp.command(paths.qmp_sock, "query-status", vm=label)
+            return None
+        self._stopping.add(vm_id)  # a guest reset on the way down is no reboot to carry out
+        deadline = time.monotonic() + timeout
+        paths, label = self._paths(vm_id), self._label(vm_id)
+        status = self._run(qmp.command(paths.qmp_sock, "query-status", vm=label))
         if status.get("status") == "paused":
-            await qmp.command(paths.qmp_sock, "cont", vm=label)
+            self._run(qmp.command(paths.qmp_sock, "cont", vm=label))
         try:
-            async with self._qga_lock(vm_id):
-                async with await GuestAgent.open(paths.qga_sock, vm=label) as agent:
-                    await agent.shutdown()
-        except GuestAgentError:
-            # No guest agent: the ACPI power button, which a guest may or may not heed.
-            await qmp.command(paths.qmp_sock, "system_powerdown", vm=label)
+            self._run(self._ask_agent_to_stop(vm_id), timeout=QMP_CONNECT_TIMEOUT_S + 10)
+        except GuestAgentError as err:
+            log.info("VM %s: %s; pressing the ACPI power button", label, err.message)
+        else:
+            # The agent took it: most of the time is the guest's; the rest goes to ACPI.
+            if process.wait_gone(proc, max(0.0, deadline - time.monotonic()) * ACPI_SHARE_AFTER_AGENT):
+                return "guest-agent"
+        try:
+            self._run(qmp.command(paths.qmp_sock, "system_powerdown", vm=label))
+        except OperationFailed:
+            pass  # QEMU went away meanwhile: the wait below says so
+        if process.wait_gone(proc, max(0.0, deadline - time.monotonic())):
+            return "acpi"
+        self.kill_vm(vm_id)
+        return "killed"
+
+    async def _ask_agent_to_stop(self, vm_id: str) -> None:
+        """Raises GuestAgentError when there is no agent or it refused."""
+        async with self._qga_lock(vm_id):
+            async with await GuestAgent.open(self._paths(vm_id).qga_sock, vm=self._label(vm_id)) as agent:
+                await agent.shutdown()
 
     def kill_vm(self, vm_id: str) -> None:
         proc = self._process(vm_id)
         if proc is None:
             return
+        self._stopping.add(vm_id)
         try:
             self._run(qmp.command(self._paths(vm_id).qmp_sock, "quit", vm=self._label(vm_id)), timeout=5)
         except (OperationFailed, TimeoutError):
@@ -481,9 +538,26 @@ class LocalAgent:
         paths = self._paths(vm_id)
         self._names[vm_id] = name
         if self._process(vm_id) is None:
+            # A QEMU whose pidfile was removed by its user must still be found after a restart.
+            proc = process.scan(paths.pidfile)
+            if proc is None:
+                return None
+            self._procs[vm_id] = proc
+        try:
+            tampered = [f"{p.name} is {safe_files.describe(os.lstat(p).st_mode)}"
+                        for p in paths.sockets() if not _is_socket(p)]
+            if tampered:
+                raise safe_files.UnsafeFile("; ".join(tampered))
+            status = self._run(qmp.command(paths.qmp_sock, "query-status", vm=name))
+        except OperationFailed as err:
+            # Its sockets were replaced (by its QEMU's user) or it does not answer: a QEMU
+            # that cannot be controlled is stopped, not left running unwatched.
+            log.warning("stopping VM %s: its QEMU cannot be re-adopted: %s", name, err.message)
+            self.kill_vm(vm_id)
+            self._release(vm_id)
             return None
+        self._ready.add(vm_id)  # it ran before this agent started: it had booted
         self._watch(vm_id)
-        status = self._run(qmp.command(paths.qmp_sock, "query-status", vm=name))
         return "paused" if status.get("status") == "paused" else "running"
 
     # -- watching -------------------------------------------------------------------------
@@ -500,15 +574,19 @@ class LocalAgent:
     async def _watch_until_exit(self, vm_id: str, proc: psutil.Process) -> None:
         """Watch one QEMU process of the VM (a restart starts a new watcher for the next)."""
         paths = self._paths(vm_id)
-        guest_initiated = False
+        guest_initiated = reset = False
 
         def on_event(name: str, data: Any) -> None:
-            nonlocal guest_initiated
+            nonlocal guest_initiated, reset
             if name == "SHUTDOWN" and data.get("guest"):
-                guest_initiated = True
+                # -no-reboot turns the guest's reboot into an exit with this reason.
+                if data.get("reason") == "guest-reset":
+                    reset = True
+                else:
+                    guest_initiated = True
 
         while True:
-            guest_initiated = False
+            guest_initiated = reset = False
             try:
                 await qmp.watch(
                     paths.events_sock, on_event, vm=self._label(vm_id),
@@ -526,6 +604,12 @@ class LocalAgent:
         await asyncio.to_thread(self._release, vm_id, proc, keep_cgroup=superseded)
         if superseded:
             return  # the end of an older process is no news about the VM
+        if reset and self._reboot_wanted(vm_id):
+            try:
+                await asyncio.to_thread(self._reboot, vm_id)
+                return  # the VM lives on in a new QEMU: nothing to tell the control plane
+            except Exception:
+                log.exception("VM %s rebooted but could not be started again", vm_id)
         for handler in self._exit_handlers:
             try:
                 await asyncio.to_thread(handler, vm_id, guest_initiated)
@@ -542,7 +626,12 @@ class LocalAgent:
                     log.exception("housekeeping of VM %s failed", vm_id)
 
     def _housekeep(self, vm_id: str) -> None:
-        serial.trim(self._paths(vm_id).serial_log, self._log_cap)
+        try:
+            serial.trim(self._paths(vm_id).serial_log, self._log_cap)
+        except safe_files.UnsafeFile as err:  # planted by the VM's user: said once, then left
+            if vm_id not in self._unsafe_logs:
+                self._unsafe_logs.add(vm_id)
+                log.warning("not trimming the serial log of VM %s: %s", self._label(vm_id), err.message)
         self._sample_cpu(vm_id)
 
     def _sample_cpu(self, vm_id: str) -> None:
@@ -646,6 +735,13 @@ class LocalAgent:
         return figures
 
 
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def _image_info(manifest: Manifest) -> ImageInfo:
     def entry(f: Any) -> ImageFile | None:
         return ImageFile(path=f.path, sha256=f.sha256, size=f.size) if f else None
@@ -657,6 +753,7 @@ def _image_info(manifest: Manifest) -> ImageInfo:
         disk=entry(manifest.disk),
         disk_format=manifest.disk_format,
         kernel_args=manifest.kernel_args,
+        boot_timeout_s=manifest.boot_timeout_s,
         size=manifest.size(),
         created_at=manifest.created_at,
         source=manifest.source,

@@ -9,45 +9,25 @@ diagnostic, not a record.
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 from pathlib import Path
 
-from virtpool.model.errors import OperationFailed
+from virtpool.node.safe_files import UnsafeFile, open_regular
 
 DEFAULT_CAP_BYTES = 2 * 1024 * 1024
-
-
-def open_vm_file(path: Path, flags: int) -> int:
-    """Open a file in a VM's run dir, which that VM's user controls, without being fooled.
-
-    No symlink is followed, and the file must be a regular file with one link: a QEMU that a
-    guest took over cannot point the agent (root) at a host file such as /etc/shadow.
-    """
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise OperationFailed(f"{path} is a symlink; refusing to open it") from err
-        raise
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-        os.close(fd)
-        raise OperationFailed(f"{path} is not a plain file of its own; refusing to open it")
-    return fd
 
 
 def trim(path: Path, cap: int = DEFAULT_CAP_BYTES) -> bool:
     """Keep the newest ``cap // 2`` bytes when the log is over ``cap``; True if trimmed."""
     try:
-        size = path.stat().st_size
+        fd = open_regular(path, os.O_RDWR)
     except FileNotFoundError:
         return False
+    size = os.fstat(fd).st_size
     if size <= cap:
+        os.close(fd)
         return False
     keep = cap // 2
-    fd = open_vm_file(path, os.O_RDWR)
     try:
         os.lseek(fd, size - keep, os.SEEK_SET)
         tail = os.read(fd, keep)
@@ -68,7 +48,7 @@ def read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
     If the log was trimmed below ``offset`` since the last read, reading restarts at 0.
     """
     try:
-        with os.fdopen(open_vm_file(path, os.O_RDONLY), "rb") as handle:
+        with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             if offset > size:
                 offset = 0
@@ -82,9 +62,11 @@ def read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
 def tail(path: Path, lines: int = 20) -> str:
     """The last ``lines`` lines, for error messages."""
     try:
-        with os.fdopen(open_vm_file(path, os.O_RDONLY), "rb") as handle:
+        with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as handle:
             handle.seek(max(0, os.fstat(handle.fileno()).st_size - 8192))
             data = handle.read()
     except FileNotFoundError:
         return ""
+    except UnsafeFile as err:  # planted by the VM's user; the message still gets written
+        return f"({err.message})"
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])

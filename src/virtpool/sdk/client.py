@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import errno
+import os
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, BinaryIO, Literal, overload
 
 import httpx
 from httpx_sse import connect_sse
@@ -16,6 +19,7 @@ from httpx_sse import connect_sse
 from virtpool.model.audit import AuditEntry
 from virtpool.model.event import Event
 from virtpool.model.image import BuildStatus, ImageInfo
+from virtpool.model.network import NetworkView
 from virtpool.model.inventory import GroupView, HostView, PoolSettings, RebalanceView
 from virtpool.model.operation import Operation
 from virtpool.model.project import ProjectInfo, QuotaResult
@@ -23,7 +27,7 @@ from virtpool.model.spec import ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
 from virtpool.model.token import TokenCreated, TokenInfo
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
-from virtpool.sdk.errors import APIError, OperationFailed, Unreachable, error_class
+from virtpool.sdk.errors import APIError, InvalidRequest, OperationFailed, Unreachable, error_class
 
 SETTLED = frozenset({VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.ERROR, VMState.CRASHED})
 
@@ -36,6 +40,30 @@ CREATE_RETRY_PAUSES_S = (0.5, 1.0, 2.0)
 # A long poll that comes back unchanged well before its time means the server had no
 # long-poll slot free (see api/long_poll.py): wait this long before asking again.
 EARLY_ANSWER_PAUSE_S = 0.5
+
+
+def _open_upload(field: str, path: Path) -> BinaryIO:
+    """Open a file to upload as the file itself: a symlink is not followed (one planted in
+    place of an image file could point at /etc/shadow), and only a regular file is sent (not a
+    block device or a FIFO, which could also block the open)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InvalidRequest(422, "invalid request", f"--{field} {path} is a symlink; virtpool "
+                                 "does not follow links when it imports files",
+                                 "pass the file itself, after checking what the link points to") from err
+        raise InvalidRequest(422, "invalid request", f"cannot open --{field} {path}: {err.strerror}") from err
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        what = "a block device" if stat.S_ISBLK(kind) else "not a regular file"
+        raise InvalidRequest(422, "invalid request", f"--{field} {path} is {what}; an image is "
+                             "imported from regular files",
+                             "copy the device into a file first, e.g. qemu-img convert -O qcow2 "
+                             f"{path} disk.qcow2")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def _pause_if_early(asked: float, chunk: float) -> None:
@@ -161,8 +189,11 @@ class Client:
     def import_image(self, name: str, *, kernel: Path, initrd: Path | None = None,
                      disk: Path | None = None, kernel_args: str = "") -> ImageInfo:
         files = {"kernel": kernel, "initrd": initrd, "disk": disk}
-        handles = {k: p.open("rb") for k, p in files.items() if p is not None}
+        handles: dict[str, BinaryIO] = {}
         try:
+            for field, path in files.items():
+                if path is not None:
+                    handles[field] = _open_upload(field, path)
             response = self._call(
                 "POST", "/images", data={"name": name, "kernel_args": kernel_args},
                 files={k: (k, h, "application/octet-stream") for k, h in handles.items()},
@@ -362,6 +393,21 @@ class Client:
 
     def delete_group(self, name: str) -> None:
         self._call("DELETE", f"/groups/{name}")
+
+    # -- networks -----------------------------------------------------------------------
+
+    def networks(self) -> list[NetworkView]:
+        return [NetworkView.model_validate(n) for n in self._call("GET", "/networks").json()]
+
+    def network(self, name: str) -> NetworkView:
+        return NetworkView.model_validate(self._call("GET", f"/networks/{name}").json())
+
+    def create_network(self, name: str, *, subnet: str | None = None, nat: bool = False) -> NetworkView:
+        body = {"name": name, "subnet": subnet, "nat": nat}
+        return NetworkView.model_validate(self._call("POST", "/networks", json=body).json())
+
+    def delete_network(self, name: str) -> None:
+        self._call("DELETE", f"/networks/{name}")
 
     def pool_settings(self) -> PoolSettings:
         return PoolSettings.model_validate(self._call("GET", "/pool/settings").json())

@@ -4,6 +4,7 @@ Every token may read them; only pool admins change them (they are shared by ever
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from virtpool.api.deps import Admin, Caller, PoolDep
 from virtpool.api.routes.operations import ACCEPTED, accepted
+from virtpool.model.errors import FREE_SPACE_HINT, InsufficientStorage
 from virtpool.model.image import BuildStatus, ImageInfo
 from virtpool.model.spec import MAX_KERNEL_ARGS
 
@@ -59,7 +61,10 @@ def import_image(
     disk: Annotated[UploadFile | None, File()] = None,
     kernel_args: Annotated[str, Form(max_length=MAX_KERNEL_ARGS)] = "",
 ) -> ImageInfo:
-    staging = pool.images.staging_dir()
+    try:
+        staging = pool.images.staging_dir()
+    except OSError as err:
+        raise _no_room(err) from err
     try:
         paths = {
             field: _save(upload, staging / field)
@@ -70,8 +75,18 @@ def import_image(
             name, kernel=paths["kernel"], initrd=paths.get("initrd"), disk=paths.get("disk"),
             kernel_args=kernel_args,
         )
+    except OSError as err:
+        raise _no_room(err) from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _no_room(err: OSError) -> Exception:
+    """ENOSPC while the upload is received: a 507 that says what to free; anything else as is."""
+    if err.errno != errno.ENOSPC:
+        return err
+    return InsufficientStorage("no space left on the host's data disk for this image upload; "
+                               "nothing was kept", hint=FREE_SPACE_HINT)
 
 
 def _save(upload: UploadFile, target: Path) -> Path:

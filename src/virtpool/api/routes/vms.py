@@ -21,7 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from virtpool.api.access_guard import POLICY_VIOLATION, AccessGuard
 from virtpool.api.auth_limit import client_address
-from virtpool.api.deps import Operator, PoolDep, Reader, Scope, bearer, resolve_project
+from virtpool.api.deps import (
+    CONSOLE_PROTOCOL,
+    Operator,
+    PoolDep,
+    Reader,
+    Scope,
+    offered_protocols,
+    resolve_project,
+    websocket_bearer,
+)
 from virtpool.api.long_poll import waiting
 from virtpool.api.paging import MAX_ID, page_headers
 from virtpool.api.problems import problem
@@ -221,7 +230,7 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
     pool = websocket.app.state.pool
     try:
         limiter = websocket.app.state.auth_limiter
-        caller = await asyncio.to_thread(limiter.authenticate, pool.tokens, bearer(websocket),  # type: ignore[arg-type]
+        caller = await asyncio.to_thread(limiter.authenticate, pool.tokens, websocket_bearer(websocket),
                                          client_address(websocket))
         project = await asyncio.to_thread(resolve_project, pool, caller, websocket.query_params.get("project"))
         # The console is a shell on the guest: it takes the right to change VMs, not just to look.
@@ -239,11 +248,13 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
     except (OSError, VirtpoolError) as err:
         await websocket.close(code=4502, reason=f"console unreachable: {err}"[:120])
         return
-    await websocket.accept()
+    # A client that offered subprotocols (the dashboard) must get one of them back.
+    await websocket.accept(subprotocol=CONSOLE_PROTOCOL if CONSOLE_PROTOCOL in offered_protocols(websocket)
+                           else None)
 
     def still_allowed() -> None:
         # The same checks as the handshake's: the token, the project, the role, the VM in it.
-        again = pool.tokens.authenticate(bearer(websocket))  # type: ignore[arg-type]
+        again = pool.tokens.authenticate(websocket_bearer(websocket))
         check_access(again.name, again.role, again.project_id, Access.OPERATE)
         pool.vms.get(vm.id, resolve_project(pool, again, websocket.query_params.get("project")))
 

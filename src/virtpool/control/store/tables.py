@@ -182,6 +182,9 @@ class VMRow(Base):
     # pool wants of it when the host is back.
     known_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Resolved at create (the VM's own, else its image's); None: the server's default.
+    boot_timeout_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stopped_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
     host: Mapped[str] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
@@ -290,6 +293,41 @@ class LeaderRow(Base):
     holder: Mapped[str] = mapped_column(String(128))
     epoch: Mapped[int] = mapped_column(Integer, default=1)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class NetworkRow(Base):
+    """A virtual network of one project: its subnet, and its VXLAN id (unique in the pool)."""
+
+    __tablename__ = "networks"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_networks_project_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    subnet: Mapped[str] = mapped_column(String(18))
+    nat: Mapped[bool] = mapped_column(Boolean, default=False)
+    vni: Mapped[int] = mapped_column(Integer, unique=True)
+    mtu: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class NicRow(Base):
+    """A VM's NIC on a network: the MAC and address IPAM gave it, kept across restarts.
+
+    The network cannot be deleted while a NIC is on it (RESTRICT); a NIC goes with its VM.
+    """
+
+    __tablename__ = "nics"
+    __table_args__ = (UniqueConstraint("network_id", "address", name="uq_nics_network_address"),
+                      UniqueConstraint("vm_id", "position", name="uq_nics_vm_position"))
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id", ondelete="RESTRICT"),
+                                            index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    address: Mapped[str] = mapped_column(String(15))
 
 
 class IdempotencyKeyRow(Base):

@@ -36,6 +36,7 @@ class Manifest:
     disk: FileEntry | None = None
     disk_format: str | None = None  # "qcow2" or "raw" when disk is set
     kernel_args: str = ""  # image-specific arguments, appended after virtpool's own
+    boot_timeout_s: float | None = None  # what a boot of it may take; None: the server's default
     source: dict[str, str] = field(default_factory=dict)  # where the files came from
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     version: int = MANIFEST_VERSION
@@ -63,6 +64,7 @@ class Manifest:
             disk=entry(raw.get("disk")),
             disk_format=raw.get("disk_format"),
             kernel_args=raw.get("kernel_args", ""),
+            boot_timeout_s=raw.get("boot_timeout_s"),
             source=raw.get("source", {}),
             created_at=raw["created_at"],
             version=raw.get("version", MANIFEST_VERSION),

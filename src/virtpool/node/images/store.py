@@ -6,15 +6,23 @@ place only when complete, so an image is either whole or absent.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from virtpool.model.errors import Conflict, InvalidRequest, NotFound
+from virtpool.model.errors import (
+    FREE_SPACE_HINT,
+    Conflict,
+    InsufficientStorage,
+    InvalidRequest,
+    NotFound,
+)
 from virtpool.model.spec import NAME_RULE, valid_name
-from virtpool.node import disks
+from virtpool.node import disks, safe_files
+from virtpool.node.images import checks
 from virtpool.node.images.manifest import (
     Manifest,
     file_entry,
@@ -51,9 +59,7 @@ class ImageStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, users.IMAGE_DIR_MODE)
-        for manifest in self.list():
-            users.make_readable(self.path(manifest.name))
+        users.share_image_root(self.root)
 
     def path(self, name: str) -> Path:
         _check_name(name)
@@ -104,7 +110,8 @@ class ImageStore:
 
         _check_name(name)
         manifest, built = build_default_image(self.root, name, progress=progress)
-        users.make_readable(self.path(name))  # every VM's user reads its image
+        if built:
+            users.share_image(self.path(name))  # every VM's user reads its image, nobody else
         return manifest, built
 
     def import_files(
@@ -117,22 +124,26 @@ class ImageStore:
         kernel_args: str = "",
         move: bool = False,
     ) -> Manifest:
-        """Copy (or move) the user's files in as image ``name``, refusing unsafe disks."""
+        """Copy (or move) the user's files in as image ``name``, refusing what is not what it
+        claims to be: no link is followed, and each file's content is checked on our own copy
+        (so it cannot change between check and use). ENOSPC is :class:`InsufficientStorage`."""
         _check_name(name)
         if self.path(name).exists():
             raise Conflict(f"an image named '{name}' exists", hint="delete it first or pick another name")
         staging = Path(tempfile.mkdtemp(prefix=f".import-{name}-", dir=self.root))
         try:
-            take = shutil.move if move else shutil.copyfile
-            take(kernel, staging / "kernel")
+            _take(kernel, staging / "kernel", move)
             kind = kernel_kind(staging / "kernel")
             if initrd is not None:
-                take(initrd, staging / "initrd")
+                _take(initrd, staging / "initrd", move)
+                checks.initrd_kind(_head(staging / "initrd", checks.INITRD_HEAD_BYTES), "the initrd")
             disk_entry, disk_format = None, None
             if disk is not None:
-                take(disk, staging / "disk")
-                # Checked on our own copy, so the file cannot change between check and use.
+                _take(disk, staging / "disk", move)
                 disk_format = disks.sniff_format(staging / "disk")
+                if disk_format == "raw":
+                    checks.check_raw_disk(_head(staging / "disk", checks.RAW_HEAD_BYTES),
+                                          (staging / "disk").stat().st_size, "the disk")
                 disks.qemu_img_info(staging / "disk", disk_format)
                 disk_entry = file_entry(staging, "disk")
             args = kernel_args
@@ -148,9 +159,14 @@ class ImageStore:
                 source={"kind": "import", "kernel_format": kind},
             )
             write_manifest(staging, manifest)
-            users.make_readable(staging)  # every VM's user reads its image
+            users.share_image(staging)  # every VM's user reads its image, nobody else
             os.rename(staging, self.path(name))
             return manifest
+        except OSError as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            if err.errno == errno.ENOSPC:
+                raise no_room(self.root, f"importing image '{name}'") from err
+            raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -160,6 +176,30 @@ class ImageStore:
         for entry in self.root.iterdir():
             if entry.name.startswith((".import-", ".delete-", ".build-")) and entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
+
+
+def _take(source: Path, target: Path, move: bool) -> None:
+    """Move our own staged upload, or copy a user's file without following a link to it."""
+    if move:
+        os.rename(source, target)
+        return
+    fd = safe_files.open_regular(source, single_link=False)
+    with os.fdopen(fd, "rb") as src, open(target, "xb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _head(path: Path, size: int) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(size)
+
+
+def no_room(where: Path, doing: str) -> InsufficientStorage:
+    """The error for ENOSPC under the data dir, with what there is to free."""
+    free_mib = shutil.disk_usage(where).free // (1024 * 1024)
+    return InsufficientStorage(
+        f"no space left on the host's data disk while {doing} ({free_mib} MiB free in {where.parent})",
+        hint=FREE_SPACE_HINT,
+    )
 
 
 def _check_name(name: str) -> None:

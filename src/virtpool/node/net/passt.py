@@ -21,6 +21,7 @@ import psutil
 
 from virtpool.model.errors import OperationFailed
 from virtpool.model.spec import PortForward
+from virtpool.node import safe_files
 
 GUEST_ADDRESS = "10.0.2.15"
 GATEWAY = "10.0.2.2"
@@ -72,10 +73,11 @@ def start(argv: list[str], *, vm: str, **run_as: Any) -> None:
 def find(pidfile: Path) -> psutil.Process | None:
     """The live passt that wrote ``pidfile`` (its command line names it), or None."""
     try:
-        proc = psutil.Process(int(pidfile.read_text().strip()))
+        # In the VM user's run dir: read as a plain file only (never a FIFO or a link).
+        proc = psutil.Process(int(safe_files.read_small(pidfile, safe_files.PIDFILE_MAX_BYTES).strip()))
         if str(pidfile) in proc.cmdline() and proc.status() != psutil.STATUS_ZOMBIE:
             return proc
-    except (OSError, ValueError, psutil.NoSuchProcess, psutil.AccessDenied):
+    except (OSError, ValueError, safe_files.UnsafeFile, psutil.NoSuchProcess, psutil.AccessDenied):
         pass
     return None
 

@@ -66,7 +66,9 @@ def kernel_cmdline(plan: LaunchPlan) -> str:
         "console=ttyS0",
         "loglevel=3",  # each console character costs a VM exit under TCG
         "reboot=t",
-        "panic=-1",  # a panicking guest reboots, and -no-reboot turns that into QEMU exiting
+        # A panicking guest reboots; -no-reboot turns a reboot into QEMU exiting, and the agent
+        # starts a guest again that had booted (a boot that panics fails at once).
+        "panic=-1",
         f"virtpool.hostname={plan.name}",
     ]
     if plan.accel == "tcg" and plan.tsc_khz:

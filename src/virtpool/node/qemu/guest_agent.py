@@ -96,9 +96,22 @@ class GuestAgent:
             raise GuestAgentError(f"the guest agent of VM '{self._vm}' refused '{cmd}': {desc}")
         return reply.get("return")
 
-    async def shutdown(self, mode: str = "powerdown") -> None:
-        """Ask the guest to power off; the agent sends no reply to this one."""
+    async def shutdown(self, mode: str = "powerdown", *, answer_within: float = 5.0) -> None:
+        """Ask the guest to power off (``mode`` "reboot" to reboot).
+
+        The agent answers only a refusal (e.g. "Failed to connect to bus" in a guest without
+        logind): success has no reply, the agent just goes away with the guest. So a refusal
+        within ``answer_within`` seconds raises GuestAgentError; silence or a closed
+        connection means the guest took the request.
+        """
         await self._send("guest-shutdown", {"mode": mode})
+        try:
+            reply = await asyncio.wait_for(self._read(), answer_within)
+        except (TimeoutError, asyncio.TimeoutError, GuestAgentError, OSError, asyncio.IncompleteReadError):
+            return
+        if "error" in reply:
+            desc = reply["error"].get("desc", reply["error"])
+            raise GuestAgentError(f"the guest agent of VM '{self._vm}' refused to shut down: {desc}")
 
     async def exec(
         self, argv: list[str], *, timeout: float, stdin: bytes | None = None, poll: float = 0.02

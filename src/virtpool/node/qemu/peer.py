@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import stat
 import struct
 from pathlib import Path
 
 from virtpool.model.errors import OperationFailed
+from virtpool.node.safe_files import describe
 
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 
@@ -27,6 +29,10 @@ def peer_uid(sock: socket.socket) -> int:
 async def connect(path: Path) -> socket.socket:
     """A connected socket to ``path`` whose listener is the owner of ``path``'s directory."""
     owner = os.stat(path.parent).st_uid
+    kind = os.lstat(path).st_mode
+    if not stat.S_ISSOCK(kind):  # a symlink or a FIFO planted in its place: never connect
+        raise OperationFailed(f"{path} is {describe(kind)}, not a socket; refusing it",
+                              hint="the VM's QEMU may be compromised: stop the VM and inspect its run dir")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:

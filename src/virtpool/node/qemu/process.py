@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 
 from virtpool.model.errors import OperationFailed
+from virtpool.node import safe_files
 
 
 def spawn(argv: list[str], log: Path, *, vm: str, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
@@ -26,7 +27,8 @@ def spawn(argv: list[str], log: Path, *, vm: str, **popen_kwargs: Any) -> subpro
     the caller to see (its monitor answers, or it exits and ``log`` says why).
     """
     try:
-        with log.open("ab") as errors:
+        # Created anew without following links: the run dir belongs to the VM's user.
+        with os.fdopen(safe_files.create_new(log), "ab") as errors:
             return subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors,
                 start_new_session=True, **popen_kwargs,
@@ -39,9 +41,11 @@ def spawn(argv: list[str], log: Path, *, vm: str, **popen_kwargs: Any) -> subpro
 
 
 def read_pid(pidfile: Path) -> int | None:
+    """The pid in QEMU's pidfile, or None. The file is in the VM user's run dir: it may be a
+    FIFO, a symlink or huge, and is then ignored (never blocked on, never followed)."""
     try:
-        return int(pidfile.read_text().strip())
-    except (OSError, ValueError):
+        return int(safe_files.read_small(pidfile, safe_files.PIDFILE_MAX_BYTES).strip())
+    except (OSError, ValueError, safe_files.UnsafeFile):
         return None
 
 
@@ -64,6 +68,24 @@ def find(pidfile: Path) -> psutil.Process | None:
     if str(pidfile) not in cmdline or not any("qemu-system" in part for part in cmdline[:1]):
         return None
     return proc
+
+
+def scan(pidfile: Path) -> psutil.Process | None:
+    """The live QEMU whose command line names ``pidfile``, found without reading the file.
+
+    For when the pidfile cannot be trusted (it lives in the VM user's run dir and may have been
+    replaced by a FIFO, a link or garbage): a QEMU that still runs must still be found, or it
+    would be left running with no record of it.
+    """
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and "qemu-system" in cmdline[0] and str(pidfile) in cmdline:
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    return proc
+            except psutil.NoSuchProcess:
+                continue
+    return None
 
 
 def alive(proc: psutil.Process) -> bool:

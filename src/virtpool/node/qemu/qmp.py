@@ -32,11 +32,14 @@ async def connect(sock: Path, *, name: str, timeout: float) -> QMPClient:
     while True:
         client = QMPClient(name)
         try:
-            await client.connect(await peer.connect(sock))
+            # Bounded: whatever listens there (a QEMU its guest took over) may never greet.
+            await asyncio.wait_for(client.connect(await peer.connect(sock)),
+                                   max(0.1, deadline - loop.time()))
             return client
-        except (ConnectError, OSError) as err:
+        except (ConnectError, OSError, asyncio.TimeoutError) as err:
+            await _close_quietly(client)
             if loop.time() >= deadline:
-                raise OperationFailed(f"cannot reach QMP socket {sock}: {err}") from err
+                raise OperationFailed(f"cannot reach QMP socket {sock}: {err!r}") from err
             await asyncio.sleep(0.05)
 
 

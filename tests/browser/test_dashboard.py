@@ -1,0 +1,136 @@
+"""The dashboard as a user works it, in a real browser against a real `virtpool up` whose VMs
+are real QEMU guests: sign in, create a VM from the form (after a refused one), watch it reach
+running, use its serial console, look at every page, stop it and delete it."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import BOOT_TIMEOUT_S, Dashboard
+from tests.conftest import Server, qemu_pids
+
+pytestmark = [pytest.mark.vm, pytest.mark.browser]
+
+
+
+def admin_token(srv: Server) -> str:
+    return (srv.data_dir / "admin.token").read_text().strip()
+
+
+def test_sign_in_create_console_stop_delete(pool: Server, dashboard: Callable[[str], Dashboard]) -> None:
+    tab = dashboard(pool.api().url).sign_in(admin_token(pool))
+    page = tab.page
+    # The token is in session storage, and in no URL the page ever loaded.
+    assert page.evaluate("sessionStorage.getItem('virtpool.token')") == admin_token(pool)
+    assert admin_token(pool) not in page.url
+    tab.shot("01-overview")
+
+    tab.open("vms")
+    form = page.locator("#create")
+    # A refused create shows the API's own messages next to the fields, and creates nothing.
+    form.locator("input[name=name]").fill("Bad Name")
+    form.locator("input[name=memory_mib]").fill("10")
+    form.locator("button[type=submit]").click()
+    name_error = form.locator('.field-error[data-field="name"]')
+    expect(name_error).to_contain_text("not a valid name")
+    expect(form.locator('.field-error[data-field="memory_mib"]')).to_contain_text("greater than or equal to 64")
+    tab.shot("02-create-refused")
+    assert pool.api().vms(all_projects=True) == []
+
+    form.locator("input[name=name]").fill("dbweb")
+    form.locator("input[name=memory_mib]").fill("256")
+    form.locator("button[type=submit]").click()
+    page.wait_for_selector('#main[data-ready="vm"]')
+    vm = pool.api().wait_vm("dbweb", timeout=BOOT_TIMEOUT_S + 30)
+    assert vm.state == "running", vm.error
+    expect(page.locator("#vm-state")).to_have_text("running", timeout=30_000)
+
+    # The console: type a command, read its output in the terminal.
+    expect(page.locator("#console-state")).to_have_text("connected", timeout=30_000)
+    terminal = page.locator("#terminal .xterm-rows")
+    page.locator("#terminal").click()
+    deadline = time.monotonic() + 60
+    while "db-console-42" not in terminal.inner_text() and time.monotonic() < deadline:
+        page.keyboard.type("echo db-console-$((6*7))\n")
+        page.wait_for_timeout(2000)
+    assert "db-console-42" in terminal.inner_text()
+
+    # Live graphs fill from the usage history (a sample every 5 s).
+    expect(page.locator("#graph-note")).to_contain_text(re.compile(r"[2-9]\d* samples|\d{2,} samples"), timeout=60_000)
+    assert page.locator(".uplot").count() == 4
+    expect(page.locator("#vm-events")).to_contain_text("VM 'dbweb' is running")
+    expect(page.locator("#vm-ops")).to_contain_text("vm.create")
+    tab.shot("03-vm-running")
+
+    for route in ("overview", "vms", "events", "operations", "projects", "audit"):
+        tab.open(route)
+        page.wait_for_timeout(1500)  # live parts (stream, bars) settle
+        tab.shot(f"04-{route}")
+    expect(page.locator("table.audit")).to_contain_text("POST /vms")
+    tab.open("operations")
+    expect(page.locator("tr", has_text="vm.create").first.locator("progress")).to_have_attribute("value", "100")
+    tab.open("overview")
+    expect(page.locator('[data-count="running"]')).to_have_text("1")
+
+    # Stop from the VM page, then delete it there.
+    tab.open("vm/default/dbweb")
+    page.locator('#vm-actions button[data-action="stop"]').click()
+    expect(page.locator("#vm-state")).to_have_text("stopped", timeout=120_000)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator('#vm-actions button[data-action="delete"]').click()
+    page.wait_for_selector('#main[data-ready="vms"]')
+    expect(page.locator("table.vms tbody tr")).to_have_count(0)
+    assert pool.api().vms(all_projects=True) == []
+    assert qemu_pids(pool.data_dir) == []
+    assert tab.errors == [], tab.errors
+
+
+def test_project_token_sees_only_its_project(pool: Server, dashboard: Callable[[str], Dashboard]) -> None:
+    api = pool.api()
+    for project in ("dba", "dbb"):
+        api.create_project(project)
+    member = api.create_token("dba-member", "member", project="dba").token
+    viewer = api.create_token("dba-viewer", "viewer", project="dba").token
+    with api.__class__(api.url, api.token, project="dba") as in_a, \
+            api.__class__(api.url, api.token, project="dbb") as in_b:
+        in_a.create_vm("alpha")
+        in_b.create_vm("secret-b")
+    try:
+        tab = dashboard(api.url).sign_in(member)
+        page = tab.page
+        expect(page.locator("#who")).to_contain_text("member in dba")
+        tab.open("vms")
+        rows = page.locator("table.vms tbody tr")
+        expect(rows).to_have_count(1)
+        expect(rows.first).to_contain_text("alpha")
+        assert "secret-b" not in page.content() and "dbb" not in page.content()
+        tab.shot("05-project-member-vms")
+        tab.open("projects")
+        expect(page.locator(".project")).to_have_count(1)
+        assert "dbb" not in page.content()
+        tab.open("overview")
+        expect(page.locator('[data-count="all"]')).to_have_text("1")
+        # Another project's VM, asked for by address, is not there.
+        tab.open("vm/dbb/secret-b")
+        expect(page.locator("#main")).to_contain_text("no project named 'dbb'")
+
+        # A viewer sees the same, without any way to change a VM.
+        look = dashboard(api.url).sign_in(viewer)
+        look.open("vms")
+        expect(look.page.locator("table.vms tbody tr")).to_have_count(1)
+        assert look.page.locator("#create").count() == 0
+        assert look.page.locator("button[data-action]").count() == 0
+        look.open("vm/dba/alpha")
+        expect(look.page.locator(".console")).to_contain_text("takes the member role")
+        look.shot("06-project-viewer-vm")
+        assert tab.errors == [] and look.errors == [], (tab.errors, look.errors)
+    finally:
+        with api.__class__(api.url, api.token, project="dba") as in_a, \
+                api.__class__(api.url, api.token, project="dbb") as in_b:
+            in_a.delete_vm("alpha", force=True)
+            in_b.delete_vm("secret-b", force=True)
