@@ -2,8 +2,8 @@
 which never ran, is removed at the next start rather than left stopped or in error for its user
 to find (their create only ever answered with a broken connection).
 
-A VM that did run, or whose QEMU survived and is booting again, is kept: it is what the create
-asked for. A create that had not asked to boot leaves its stopped VM: that is its result.
+A VM that did run, or whose QEMU survived and is booting again, is kept, and its operation
+goes on following it: it is what the create asked for. A create that had not asked to boot leaves its stopped VM: that is its result.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 
 from virtpool.control.idempotency import IdempotentCreates
 from virtpool.control.operations import OperationService
+from virtpool.control.vm_operations import VMOperations
 from virtpool.control.vms import VMService
 from virtpool.model.errors import NotFound
 from virtpool.model.operation import Operation
@@ -25,6 +26,8 @@ NEVER_RAN = (VMState.STOPPED, VMState.ERROR)
 REMOVED = ("virtpool stopped before VM '{name}' first ran, so the VM was removed and nothing of "
            "it is left (no disk, no claim on the quota); create it again (a retry with the same "
            "Idempotency-Key does)")
+LEFT = ("virtpool stopped before VM '{name}' first ran; the VM was left, as removing it failed "
+        "({why}): delete it with `virtpool vm delete {name} --force`")
 NOT_MADE = ("virtpool stopped while VM '{name}' was being created; it was not created: create it "
             "again (a retry with the same Idempotency-Key does)")
 
@@ -35,12 +38,14 @@ def cut_off_creates(operations: OperationService) -> list[Operation]:
     return operations.list(status="running", kind="vm.create", limit=MAX_CUT_OFF)
 
 
-def remove_never_ran(cut_off: list[Operation], asked_to_boot: list[str], vms: VMService,
-                     operations: OperationService, keys: IdempotentCreates) -> None:
+def settle_cut_off(cut_off: list[Operation], asked_to_boot: list[str], vms: VMService,
+                   operations: OperationService, vm_operations: VMOperations,
+                   keys: IdempotentCreates) -> set[str]:
     """After the VMs were reconciled: remove the VMs of ``cut_off`` operations and the VMs of
     ``asked_to_boot`` (creates whose operation was never written) that never ran, and say so in
-    their operations."""
-    removed = set()
+    their operations; carry on the operations of VMs that boot on. Returns those operations'
+    ids (the rest are failed as interrupted)."""
+    removed, carried = set(), set()
     for op in cut_off:
         try:
             vm = vms.get(op.target or "", op.project_id)
@@ -48,9 +53,12 @@ def remove_never_ran(cut_off: list[Operation], asked_to_boot: list[str], vms: VM
             operations.fail(op.id, NOT_MADE.format(name=op.target))
             continue
         if vm.state in NEVER_RAN:
-            _remove(vm.id, vm.name, vms, keys)
+            left = _remove(vm.id, vm.name, vms, keys)
             removed.add(vm.id)
-            operations.fail(op.id, REMOVED.format(name=vm.name))
+            operations.fail(op.id, LEFT.format(name=vm.name, why=left) if left else REMOVED.format(name=vm.name))
+        elif vm.state in (VMState.STARTING, VMState.RUNNING):  # its QEMU ran, and boots on
+            vm_operations.carry_on(op.id, vm.id)
+            carried.add(op.id)
     for vm_id in asked_to_boot:
         if vm_id in removed:
             continue
@@ -60,9 +68,16 @@ def remove_never_ran(cut_off: list[Operation], asked_to_boot: list[str], vms: VM
             continue
         if vm.state in NEVER_RAN:
             _remove(vm.id, vm.name, vms, keys)
+    return carried
 
 
-def _remove(vm_id: str, name: str, vms: VMService, keys: IdempotentCreates) -> None:
+def _remove(vm_id: str, name: str, vms: VMService, keys: IdempotentCreates) -> str | None:
+    """Remove the VM; None when done, else why it was left (the platform starts all the same)."""
     log.warning("removing VM %s: its create was cut off before it ever ran", name)
-    vms.delete(vm_id, force=True)
+    try:
+        vms.delete(vm_id, force=True)
+    except Exception as err:  # e.g. a QEMU spawned just before the crash still making its files
+        log.exception("could not remove VM %s, whose create was cut off", name)
+        return str(err) or type(err).__name__
     keys.forget_vm(vm_id)
+    return None

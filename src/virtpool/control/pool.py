@@ -21,7 +21,7 @@ from virtpool.control.groups import GroupService
 from virtpool.control.hosts import HostService
 from virtpool.control.idempotency import IdempotentCreates
 from virtpool.control.images import ImageService
-from virtpool.control.interrupted_creates import cut_off_creates, remove_never_ran
+from virtpool.control.interrupted_creates import cut_off_creates, settle_cut_off
 from virtpool.control.networks import NetworkService
 from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
 from virtpool.control.metrics import ControlPlaneMetrics, PoolCollector, Scrape
@@ -108,9 +108,9 @@ class Pool:
             # first, so that the reconcile below converges them with the rest.
             self.vms.restore_known(self.hosts.local)
             self.vms.reconcile()
-            remove_never_ran(cut_off, self.idempotency.settle(), self.vms, self.operations,
-                             self.idempotency)
-            self.operations.fail_interrupted()
+            carried = settle_cut_off(cut_off, self.idempotency.settle(), self.vms, self.operations,
+                                     self.vm_operations, self.idempotency)
+            self.operations.fail_interrupted(keep=carried)
             self.hosts.reconcile_usage()
             self.balancer.start()
             self.usage.start()
