@@ -6,7 +6,8 @@
 set -euo pipefail
 
 PACKAGES=(
-  qemu-system-x86   # the hypervisor (microvm machine type)
+  qemu-system-x86   # the hypervisor (microvm and q35 machine types, SeaBIOS)
+  ovmf              # UEFI firmware for disks imported with --firmware uefi
   qemu-utils        # qemu-img: disk creation and inspection
   qemu-guest-agent  # its shared libraries are resolved with ldd when the image is built
   e2fsprogs         # likewise for mke2fs and resize2fs, which the guest formats its root disk with
@@ -26,6 +27,9 @@ PACKAGES=(
 # drive through Playwright, and the Prometheus server that scrapes /metrics in a test.
 if [ "${1:-}" = "--test" ]; then
   PACKAGES+=(postgresql iperf3)  # iperf3: copied into guests by bench/network.py
+  # The firmware-boot tests make a bootable disk of their own: a FAT file system with
+  # syslinux's BIOS boot sector and its EFI loader.
+  PACKAGES+=(syslinux syslinux-efi syslinux-common mtools dosfstools)
   PACKAGES+=(chromium prometheus)
   # npm rebuilds the dashboard's bundle in a test (it must match the committed one); a Node.js
   # installed some other way (nodesource, nvm) is used as it is.

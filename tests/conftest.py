@@ -101,13 +101,17 @@ class Server:
         self.proc = None
 
     def cli(self, *args: str, input: bytes | None = None, timeout: float = 240,
-            token: str | None = None) -> subprocess.CompletedProcess[str]:
+            token: str | None = None, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run the `virtpool` command against this server, as a user would (with ``token``
-        instead of the admin token when given)."""
-        env = {**self.env, "VIRTPOOL_TOKEN": token} if token else self.env
+        instead of the admin token when given, and ``env_extra`` in its environment)."""
+        env = {**self.env, "VIRTPOOL_TOKEN": token} if token else dict(self.env)
+        env.update(env_extra or {})
+        # No input: /dev/null, as from a cron job (never the test runner's own stdin, which
+        # `vm exec` would read and send to the guest).
         return subprocess.run(
             [VIRTPOOL, *args], env=env, capture_output=True, text=True, timeout=timeout,
             input=input.decode() if input is not None else None,
+            stdin=subprocess.DEVNULL if input is None else None,
         )
 
     def api(self) -> Client:

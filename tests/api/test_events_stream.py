@@ -46,7 +46,7 @@ def test_stream_delivers_new_events_with_their_project(api_server: Server) -> No
     api.create_vm("streamed")
     event = next_for(found, "streamed")
     assert event.kind == "vm.state" and event.data and event.data["state"] == "stopped"
-    assert event.project_id == "default"
+    assert event.project == "default"
     api.delete_vm("streamed")
     assert next_for(found, "streamed").data["state"] == "deleting"  # type: ignore[index]
 
@@ -63,7 +63,7 @@ def test_stream_filters_by_vm_and_project(api_server: Server) -> None:
         other.create_vm("fc")
         assert only_b.get(timeout=30).vm == "fb"
         event = elsewhere.get(timeout=30)
-        assert (event.vm, event.project_id) == ("fc", "elsewhere")
+        assert (event.vm, event.project) == ("fc", "elsewhere")
         other.delete_vm("fc")
     api.delete_vm("fa")
     api.delete_vm("fb")
@@ -133,11 +133,10 @@ def test_cli_follow_prints_events_as_they_happen(api_server: Server) -> None:
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or []], daemon=True).start()
         api_server.api().create_vm("followed")
-        buffer = [lines.get(timeout=30)]
-        while buffer[-1] != "}\n":  # one event's JSON ends with an unindented brace
-            buffer.append(lines.get(timeout=30))
-        event = json.loads("".join(buffer))
-        assert event["vm"] == "followed" and event["data"]["state"] == "stopped"
+        event = json.loads(lines.get(timeout=30))  # JSON Lines: one event, one line
+        while event["data"]["state"] != "stopped":
+            event = json.loads(lines.get(timeout=30))
+        assert event["vm"] == "followed" and event["project"] == "default"
     finally:
         proc.terminate()
         proc.wait(timeout=30)

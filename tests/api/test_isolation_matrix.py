@@ -66,6 +66,7 @@ MATRIX: dict[tuple[str, str], tuple[Cell, Cell, Cell, Cell]] = {
     ("GET", "/projects"):                  (200, 200, 200, 200),
     ("POST", "/projects"):                 (201, 403, 403, 403),
     ("GET", "/host"):                      (200, 200, 200, 200),
+    ("GET", "/version"):                   (200, 200, 200, 200),
     ("GET", "/host/top"):                  (200, 200, 200, 200),
     ("GET", "/host/memory-policy"):        (200, 200, 200, 200),
     ("PUT", "/host/memory-policy"):        (200, 403, 403, 403),

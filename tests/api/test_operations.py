@@ -44,7 +44,7 @@ def test_project_tokens_see_their_own_project_operations_only(api_server: Server
 def test_create_and_boot_then_stop_through_operations(api_server: Server) -> None:
     api = api_server.api()
     op = api.create_vm("booted", start=True)
-    assert op.kind == "vm.create" and op.target == "booted" and op.project_id == "default"
+    assert op.kind == "vm.create" and op.target == "booted" and op.project == "default"
     assert op.status == "running"
 
     seen: list[int] = []

@@ -8,7 +8,6 @@ by each test), to be looked at.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,8 +48,8 @@ def pool(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterato
 
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    ARTIFACTS.mkdir(parents=True)
+    # Not emptied first: parallel workers share the directory; each shot has its own name.
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots: {ARTIFACTS}")
     return ARTIFACTS
 
@@ -63,7 +62,10 @@ class Dashboard:
         self.url = url
         self.artifacts = artifacts
         self.errors: list[str] = []
+        self.urls: list[str] = []  # every address the tab asked for, websockets included
         page.on("pageerror", lambda err: self.errors.append(str(err)))
+        page.on("request", lambda request: self.urls.append(request.url))
+        page.on("websocket", lambda socket: self.urls.append(socket.url))
         page.on("console", self._console)
 
     def _console(self, message: ConsoleMessage) -> None:

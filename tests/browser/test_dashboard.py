@@ -88,6 +88,10 @@ def test_sign_in_create_console_stop_delete(pool: Server, dashboard: Callable[[s
     assert pool.api().vms(all_projects=True) == []
     assert qemu_pids(pool.data_dir) == []
     assert tab.errors == [], tab.errors
+    # The token went in headers only: no address the page asked for carries it, not the event
+    # stream's, not the console's.
+    assert any("/events/stream" in url for url in tab.urls) and any(url.startswith("ws://") for url in tab.urls)
+    assert [url for url in tab.urls if admin_token(pool) in url] == []
 
 
 def test_project_token_sees_only_its_project(pool: Server, dashboard: Callable[[str], Dashboard]) -> None:

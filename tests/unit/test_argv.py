@@ -305,3 +305,36 @@ def test_same_disk_and_console_for_both_accels(accel: str) -> None:
     argv = build_argv(plan)
     assert value_of(argv, "-serial") == "chardev:console0"
     assert value_of(argv, "-drive").startswith(f"file={plan.paths.disk},format=qcow2")
+
+
+class TestFirmwareBoot:
+    def test_q35_bios_boots_the_disk_with_pci_devices_and_no_kernel(self) -> None:
+        argv = build_argv(make_plan(machine="q35", firmware="bios", kernel=None, initrd=None,
+                                    nics=(NicPlan(socket=Path("/run/p.sock")),)))
+        assert value_of(argv, "-M") == "q35"
+        assert "-kernel" not in argv and "-append" not in argv and "-initrd" not in argv
+        devices = values_of(argv, "-device")
+        assert {d.split(",")[0] for d in devices} >= {
+            "virtio-serial-pci", "virtio-net-pci", "virtio-balloon-pci", "virtio-blk-pci"}
+        assert not any(d.startswith("virtio-") and d.split(",")[0].endswith("-device") for d in devices)
+        assert any(d.startswith("virtio-blk-pci,") and "bootindex=0" in d for d in devices)
+        assert not any("pflash" in d for d in values_of(argv, "-drive"))
+
+    def test_q35_uefi_has_readonly_ovmf_code_and_the_vms_own_vars(self) -> None:
+        plan = make_plan(machine="q35", firmware="uefi", kernel=None, initrd=None)
+        flashes = [d for d in values_of(build_argv(plan), "-drive") if "if=pflash" in d]
+        assert len(flashes) == 2
+        assert "readonly=on" in flashes[0] and "OVMF_CODE_4M.fd" in flashes[0]
+        assert f"file={plan.paths.efi_vars}" in flashes[1] and "readonly" not in flashes[1]
+
+    def test_microvm_keeps_direct_boot_and_mmio(self) -> None:
+        argv = build_argv(make_plan())
+        assert value_of(argv, "-M").startswith("microvm")
+        assert "-kernel" in argv
+        assert any(d.startswith("virtio-blk-device,") for d in values_of(argv, "-device"))
+
+    def test_impossible_combinations_are_refused(self) -> None:
+        with pytest.raises(ValueError, match="give it a kernel"):
+            build_argv(make_plan(kernel=None))
+        with pytest.raises(ValueError, match="direct kernel boot runs on microvm"):
+            build_argv(make_plan(machine="q35", firmware="bios"))

@@ -380,13 +380,13 @@ def test_the_local_host_registers_and_keeps_operator_settings(pool: Pool) -> Non
     pool.hosts.register_local(info)
     fresh = pool.hosts.get(LOCAL)
     assert (fresh.cpu_ratio, fresh.memory_ratio, fresh.disk_ratio) == (4.0, 1.0, 1.0)
-    assert fresh.cpu.capacity == 4 * info.cpus and fresh.state == "up"
+    assert fresh.cpus.capacity == 4 * info.cpus and fresh.state == "up"
     pool.hosts.set_ratios(LOCAL, RatiosUpdate(cpu=2.0, memory=1.5))
     pool.hosts.label(LOCAL, LabelsUpdate(set={"zone": "a"}))
     pool.hosts.set_state(LOCAL, "maintenance")
     pool.hosts.register_local(info.model_copy(update={"cpus": 32}))
     host = pool.hosts.get(LOCAL)
-    assert (host.cpu.physical, host.cpu_ratio, host.memory_ratio) == (32, 2.0, 1.5)
+    assert (host.cpus.physical, host.cpu_ratio, host.memory_ratio) == (32, 2.0, 1.5)
     assert (host.labels, host.state, host.local, host.balloon) == ({"zone": "a"}, "maintenance",
                                                                    True, True)
 
@@ -399,7 +399,7 @@ def test_reconcile_recomputes_the_local_counters_from_its_vms(pool: Pool) -> Non
         session.get(HostRow, LOCAL).used_cpus = 99  # type: ignore[union-attr]
     pool.hosts.reconcile_usage()
     host = pool.hosts.get(LOCAL)
-    assert (host.cpu.allocated, host.memory_mib.allocated, host.disk_mib.allocated) == \
+    assert (host.cpus.allocated, host.memory_mib.allocated, host.disk_mib.allocated) == \
         (3, 512 + 1024, 30)
     assert host.vms == 2
 
@@ -416,7 +416,7 @@ def test_set_ratio_refuses_below_allocation_and_memory_overcommit_without_balloo
     assert refused.value.hint is not None and "3.00 or above" in refused.value.hint
     with pytest.raises(InvalidRequest, match="needs ballooning"):
         pool.hosts.set_ratios("a", RatiosUpdate(memory=1.5))
-    assert pool.hosts.set_ratios("a", RatiosUpdate(cpu=3.0)).cpu.capacity == 6
+    assert pool.hosts.set_ratios("a", RatiosUpdate(cpu=3.0)).cpus.capacity == 6
     assert pool.hosts.get("a").memory_ratio == 1.0
 
 

@@ -57,9 +57,9 @@ def test_the_local_host_registers_itself_with_its_hardware(server: Server) -> No
     local = [h for h in api.hosts() if h.local]
     assert len(local) == 1
     host = local[0]
-    assert (host.name, host.cpu.physical, host.memory_mib.physical, host.disk_mib.physical) == \
+    assert (host.name, host.cpus.physical, host.memory_mib.physical, host.disk_mib.physical) == \
         (info.hostname, info.cpus, info.memory_mib, info.disk_total_mib)
-    assert host.cpu.capacity == int(info.cpus * host.cpu_ratio) and host.balloon
+    assert host.cpus.capacity == int(info.cpus * host.cpu_ratio) and host.balloon
 
 
 def test_host_list_shows_allocation_bars_state_labels_and_ratios(pool: Server) -> None:
@@ -75,7 +75,7 @@ def test_host_list_shows_allocation_bars_state_labels_and_ratios(pool: Server) -
     assert "maintenance" in next(line for line in out.splitlines() if "(local)" in line)
     rows = json.loads(ok(pool, "host", "list", "--json"))
     rack = next(r for r in rows if r["name"] == "rack1")
-    assert (rack["cpu"]["allocated"], rack["memory_mib"]["allocated"], rack["vms"]) == \
+    assert (rack["cpus"]["allocated"], rack["memory_mib"]["allocated"], rack["vms"]) == \
         (6, 3072, 3)
 
 
@@ -236,6 +236,6 @@ def contest(api: Client) -> None:
         on_it = [vm for vm in vms if vm.host == name]
         assert host.memory_mib.allocated == sum(vm.max_memory_mib for vm in on_it) \
             <= host.memory_mib.capacity
-        assert host.cpu.allocated == sum(vm.cpus for vm in on_it) <= host.cpu.capacity
+        assert host.cpus.allocated == sum(vm.cpus for vm in on_it) <= host.cpus.capacity
         expected = 2 if name.startswith("two") else 1 if name.startswith("one") else 0
         assert len(on_it) == expected, name

@@ -27,10 +27,13 @@ export function bytesPerSecond(value) {
 
 export const when = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
 
-/** A horizontal bar: `part` of `whole`, labelled; a second (measured) part drawn inside it. */
-export function bar(label, part, whole, text, used = null) {
+/**
+ * A horizontal bar: `part` of `whole`, labelled; a second, measured part (`used` of `usedWhole`)
+ * drawn inside it.
+ */
+export function bar(label, part, whole, text, used = null, usedWhole = whole) {
   const pct = whole > 0 ? Math.min(100, (100 * part) / whole) : 0;
-  const usedPct = used !== null && whole > 0 ? Math.min(100, (100 * used) / whole) : null;
+  const usedPct = used !== null && usedWhole > 0 ? Math.min(100, (100 * used) / usedWhole) : null;
   const level = pct >= 90 ? "high" : pct >= 70 ? "mid" : "low";
   return `<div class="bar" title="${esc(text)}">
     <span class="bar-label">${esc(label)}</span>

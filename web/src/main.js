@@ -71,6 +71,7 @@ async function route() {
   const main = $("#main");
   if (!main) return;
   const started = performance.now();
+  performance.mark("route:start");
   main.replaceChildren();
   main.dataset.page = first;
   delete main.dataset.ready;

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from virtpool import __version__
-from virtpool.api import audit, problems, web
+from virtpool.api import audit, docs, problems, web
 from virtpool.api.app_prefix import API_PREFIX
 from virtpool.api.auth_limit import FailedAuthLimiter
 from virtpool.api.limits import BodyLimit
@@ -21,6 +21,7 @@ from virtpool.api.routes import (
     networks,
     operations,
     projects,
+    snapshots,
     tokens,
     usage,
     vms,
@@ -34,7 +35,9 @@ def create_app(pool: Pool) -> FastAPI:
     app = FastAPI(
         title="virtpool",
         version=__version__,
-        description="Pool the CPU, memory and disk of Linux hosts into QEMU virtual machines.",
+        description="Pool the CPU, memory and disk of Linux hosts into QEMU virtual machines. "
+                    "Every call but /healthz needs `Authorization: Bearer <token>` (Authorize).",
+        docs_url=None, redoc_url=None, generate_unique_id_function=docs.operation_id,
     )
     app.state.pool = pool
     app.state.auth_limiter = FailedAuthLimiter(pool.audit)
@@ -43,9 +46,10 @@ def create_app(pool: Pool) -> FastAPI:
     audit.install(app, pool.audit)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestTimer, observe=pool.metrics.request_seconds.observe)
-    for module in (host, images, usage, vms, operations, events, audit_routes, projects, tokens, hosts,
+    for module in (host, images, usage, vms, snapshots, operations, events, audit_routes, projects, tokens, hosts,
                    groups, networks, pool_routes, whoami):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(metrics.router)
     web.install(app)
+    docs.install(app, API_PREFIX)
     return app

@@ -1,9 +1,16 @@
 """Request dependencies: the pool, the caller's identity (every route needs a token), and the
-project a request acts in with the access its route needs (see model/roles.py)."""
+project a request acts in with the access its route needs (see model/roles.py).
+
+They are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread,
+and the hand-offs of three or four of them per request were the largest share of a fast GET's
+time (profiled with py-spy: /work/notes/cli-api.md). The token lookup they do is one indexed
+primary-key-like query (well under a millisecond), cheaper than a thread hop; the endpoint
+itself still runs in the thread pool.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -23,7 +30,7 @@ from virtpool.model.roles import (
 )
 
 
-def get_pool(request: Request) -> Pool:
+async def get_pool(request: Request) -> Pool:
     return request.app.state.pool
 
 
@@ -53,7 +60,7 @@ def websocket_bearer(websocket: WebSocket) -> str | None:
                  if p.startswith(BEARER_PROTOCOL_PREFIX)), None)
 
 
-def principal(request: Request, pool: Annotated[Pool, Depends(get_pool)]) -> Principal:
+async def principal(request: Request, pool: Annotated[Pool, Depends(get_pool)]) -> Principal:
     limiter: FailedAuthLimiter = request.app.state.auth_limiter
     caller = limiter.authenticate(pool.tokens, bearer(request), client_address(request))
     request.state.actor = caller.name  # for the audit log
@@ -62,7 +69,7 @@ def principal(request: Request, pool: Annotated[Pool, Depends(get_pool)]) -> Pri
     return caller
 
 
-def admin(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+async def admin(caller: Annotated[Principal, Depends(principal)]) -> Principal:
     """A pool-wide admin: the only caller that may change the pool itself."""
     check_pool_admin(caller.name, caller.role, caller.project_id)
     return caller
@@ -93,8 +100,8 @@ def resolve_project(pool: Pool, caller: Principal, asked: str | None) -> str:
     return project
 
 
-def _scope(needed: Access) -> Callable[..., Scope]:
-    def dependency(request: Request, pool: PoolDep, caller: Caller, project: ProjectParam = None) -> Scope:
+def _scope(needed: Access) -> Callable[..., Awaitable[Scope]]:
+    async def dependency(request: Request, pool: PoolDep, caller: Caller, project: ProjectParam = None) -> Scope:
         # The project is checked before the role: another project is "not found" for everyone.
         name = resolve_project(pool, caller, project)
         check_access(caller.name, caller.role, caller.project_id, needed)
@@ -104,7 +111,7 @@ def _scope(needed: Access) -> Callable[..., Scope]:
     return dependency
 
 
-def _filter(pool: PoolDep, caller: Caller, project: ProjectParam = None) -> str | None:
+async def _filter(pool: PoolDep, caller: Caller, project: ProjectParam = None) -> str | None:
     """For lists: the project to show, or None (every project) for a pool admin who named none."""
     if caller.project_id is None and project is None:
         return None

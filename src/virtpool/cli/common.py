@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from virtpool.cli import config
-from virtpool.sdk import Client
+from virtpool.sdk.client import Client
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON, for scripts.")]
+ColumnsOption = Annotated[str | None, typer.Option(
+    "--columns", "-c", help="the columns to show: names (name,state,host) or one-letter keys (nsh)")]
 
 _state: dict[str, Path | None] = {"data_dir": None}
 _project: dict[str, str | None] = {"name": None}
@@ -36,3 +39,25 @@ def data_dir() -> Path:
 def client() -> Client:
     directory = data_dir()
     return Client(config.api_url(directory), config.api_token(directory), project=project())
+
+
+def _complete(path: str, key: str = "name") -> Callable[[str], list[str]]:
+    """Shell completion from the API: the names under ``path`` that start with what was typed.
+    Silent (no candidates) when the platform cannot be reached: a completion never prints errors."""
+    def complete(incomplete: str) -> list[str]:
+        try:
+            from virtpool.cli.fast import Call
+
+            items = Call(_state["data_dir"], project()).get(path, {"limit": 1000}).json()
+        except Exception:  # any failure: offer nothing rather than break the shell's line
+            return []
+        return sorted(str(i[key]) for i in items if str(i.get(key, "")).startswith(incomplete))
+
+    return complete
+
+
+VMName = Annotated[str, typer.Argument(help="the VM's name (or id)", autocompletion=_complete("/vms"),
+                                       show_default=False)]
+ImageName = Annotated[str, typer.Argument(help="the image's name", autocompletion=_complete("/images"))]
+HostName = Annotated[str, typer.Argument(help="the host's name", autocompletion=_complete("/hosts"))]
+ProjectName = Annotated[str, typer.Argument(help="the project's name", autocompletion=_complete("/projects"))]

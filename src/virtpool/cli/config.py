@@ -29,7 +29,8 @@ def default_data_dir() -> Path:
 def api_url(data_dir: Path) -> str:
     env = os.environ.get("VIRTPOOL_URL")
     if env:
-        return env
+        # `virtpool up` prints the API's URL (…/api/v1) next to the server's: either will do.
+        return env.rstrip("/").removesuffix("/api/v1")
     try:
         return (data_dir / URL_FILE).read_text().strip()
     except FileNotFoundError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import termios
@@ -16,14 +17,35 @@ from virtpool.cli import output
 DETACH = b"\x1d"  # Ctrl-]
 
 
+def _problem(err: InvalidHandshake) -> dict[str, object] | None:
+    """The problem+json a refused handshake carried, if any."""
+    response = getattr(err, "response", None)
+    body = getattr(response, "body", None)
+    if not body:
+        return None
+    try:
+        problem = json.loads(body)
+    except ValueError:
+        return None
+    return problem if isinstance(problem, dict) else None
+
+
 def attach(url: str, token: str, name: str, project: str | None = None) -> None:
     ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     query = f"?project={project}" if project else ""
     try:
         conn = connect(f"{ws_url}/api/v1/vms/{name}/console{query}",
                        additional_headers={"Authorization": f"Bearer {token}"})
-    except (InvalidHandshake, OSError) as err:
+    except InvalidHandshake as err:
+        problem = _problem(err)
+        if problem is not None:  # the server refused, and said why (stopped, not found, …)
+            output.fail(str(problem.get("detail") or "refused"), output.exit_code_for(int(problem.get("status", 409))),
+                        problem.get("hint"), status=problem.get("status"), title=problem.get("title"),
+                        error=problem.get("error"))
         output.fail(f"cannot attach to the console of '{name}': {err}", hint="is the VM running?")
+    except OSError as err:
+        output.fail(f"cannot reach virtpool at {url}: {err}", output.EXIT_UNREACHABLE,
+                    hint="is `virtpool up` running? check VIRTPOOL_URL")
     stdin = sys.stdin.fileno()
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
     done = threading.Event()

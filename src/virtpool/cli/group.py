@@ -34,7 +34,7 @@ def create(
         group = client().create_group(name, policy, hard=not soft)
     if json:
         return output.emit_json(group)
-    output.out.print(f"group '{group.name}' created: {_rule(group)}")
+    output.print_line(f"group '{group.name}' created: {_rule(group)}")
 
 
 @app.command("list")
@@ -65,4 +65,4 @@ def delete(name: str, json: JsonFlag = False) -> None:
         client().delete_group(name)
     if json:
         return output.emit_json({"deleted": name})
-    output.out.print(f"group '{name}' deleted")
+    output.print_line(f"group '{name}' deleted")

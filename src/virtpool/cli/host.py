@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from virtpool.cli import output
-from virtpool.cli.common import JsonFlag, client
+from virtpool.cli.common import ColumnsOption, HostName, JsonFlag, client
 from virtpool.model.errors import VirtpoolError
 from virtpool.model.inventory import HostView
 from virtpool.model.resources import ADMIN_HOST_STATES
@@ -60,7 +60,7 @@ def host_fields(h: HostView) -> list[tuple[str, object]]:
         ("agent version", h.agent_version or "-"),
         ("address", h.address or ("in this server's process" if h.local else "-")),
         ("accelerator", h.accel),
-        ("vcpus", f"{h.cpu.allocated} of {h.cpu.capacity} (ratio {h.cpu_ratio:g})"),
+        ("vcpus", f"{h.cpus.allocated} of {h.cpus.capacity} (ratio {h.cpu_ratio:g})"),
         ("memory", f"{format_mib(h.memory_mib.allocated)} of {format_mib(h.memory_mib.capacity)} "
                    f"(ratio {h.memory_ratio:g})"),
         ("disk", f"{format_mib(h.disk_mib.allocated)} of {format_mib(h.disk_mib.capacity)} "
@@ -108,36 +108,40 @@ def memory_policy(
 
 # -- the pool's inventory (`host list`, `set-ratio`, `label`, `drain`, `state`) ------------
 
-BAR_WIDTH = 10
 STATE_STYLE = {"up": "green", "draining": "yellow", "maintenance": "cyan", "down": "red",
                "unreachable": "bold red"}
 
 
-def bar(allocated: int, capacity: int, text: str) -> str:
-    """``█████░░░░░ 4/8``: allocated of capacity, red from 90 %, yellow from 70 %."""
-    fraction = min(allocated / capacity, 1.0) if capacity > 0 else 0.0
-    filled = round(fraction * BAR_WIDTH)
+def used(allocated: int, capacity: int, text: str) -> str:
+    """``4/8 50%``: allocated of capacity, red from 90 %, yellow from 70 %."""
+    fraction = allocated / capacity if capacity > 0 else 0.0
     style = "red" if fraction >= 0.9 else "yellow" if fraction >= 0.7 else "green"
-    return f"[{style}]{'█' * filled}[/][dim]{'░' * (BAR_WIDTH - filled)}[/] {text}"
+    return f"{text} [{style}]{fraction:.0%}[/]"
 
 
 def _row(h: HostView) -> tuple[str, ...]:
-    name = f"{h.name} [dim](local)[/]" if h.local else h.name
+    name = f"{h.name} (local)" if h.local else h.name
     labels = ",".join(f"{k}={v}" for k, v in sorted(h.labels.items())) or "-"
     return (
         name, f"[{STATE_STYLE.get(h.state, 'white')}]{h.state}[/]",
-        bar(h.cpu.allocated, h.cpu.capacity, f"{h.cpu.allocated}/{h.cpu.capacity}"),
-        bar(h.memory_mib.allocated, h.memory_mib.capacity,
-            f"{format_mib(h.memory_mib.allocated)}/{format_mib(h.memory_mib.capacity)}"),
-        bar(h.disk_mib.allocated, h.disk_mib.capacity,
-            f"{format_mib(h.disk_mib.allocated)}/{format_mib(h.disk_mib.capacity)}"),
-        f"{h.cpu_ratio:g}/{h.memory_ratio:g}/{h.disk_ratio:g}", str(h.vms), labels,
+        used(h.cpus.allocated, h.cpus.capacity, f"{h.cpus.allocated}/{h.cpus.capacity}"),
+        used(h.memory_mib.allocated, h.memory_mib.capacity,
+             f"{format_mib(h.memory_mib.allocated)}/{format_mib(h.memory_mib.capacity)}"),
+        used(h.disk_mib.allocated, h.disk_mib.capacity,
+             f"{format_mib(h.disk_mib.allocated)}/{format_mib(h.disk_mib.capacity)}"),
+        str(h.vms), f"{h.cpu_ratio:g}/{h.memory_ratio:g}/{h.disk_ratio:g}", labels,
         lease_age(h), h.agent_version or "-", h.address or ("local" if h.local else "-"),
     )
 
 
-COLUMNS = ("HOST", "STATE", "VCPUS", "MEMORY", "DISK", "RATIOS CPU/MEM/DISK", "VMS", "LABELS",
-           "LEASE", "AGENT", "ADDRESS")
+# Figures are never cut (`0M/2410…` told nothing); the lease, agent and address go first on a
+# narrow terminal, then labels and ratios.
+COLUMNS = (output.Column("HOST", "n"), output.Column("STATE", "s"), output.Column("VCPUS", "c"),
+           output.Column("MEMORY", "m"), output.Column("DISK", "d", drop=3),
+           output.Column("VMS", "v", drop=2, align="right"),
+           output.Column("RATIOS", "r", drop=4), output.Column("LABELS", "l", drop=5, shrink=True),
+           output.Column("LEASE", "L", drop=6), output.Column("AGENT", "g", drop=8),
+           output.Column("ADDRESS", "a", drop=7, shrink=True))
 
 
 def _show(host: HostView, json: bool) -> None:
@@ -147,19 +151,29 @@ def _show(host: HostView, json: bool) -> None:
 
 
 @app.command("list")
-def list_(json: JsonFlag = False) -> None:
+def list_(columns: ColumnsOption = None, json: JsonFlag = False) -> None:
     """Every host of the pool: state, allocated/total per resource (under its ratios), labels,
-    when its agent last renewed its lease, the agent's version and address."""
+    when its agent last renewed its lease, the agent's version and address.
+
+    Columns (-c): n host, s state, c vcpus, m memory, d disk, v vms, r ratios (CPU/memory/disk),
+    l labels, L lease, g agent, a address.
+
+    Examples:
+
+        virtpool host list
+
+        virtpool host list -c nsmvL
+    """
     with output.errors():
         hosts = client().hosts()
     if json:
         return output.emit_json(hosts)
-    output.table(COLUMNS, [_row(h) for h in hosts])
+    output.table(COLUMNS, [_row(h) for h in hosts], chosen=columns)
 
 
 @app.command("set-ratio")
 def set_ratio(
-    name: str,
+    name: HostName,
     cpu: Annotated[float | None, typer.Option("--cpu", help="vCPUs per logical CPU, e.g. 4")] = None,
     memory: Annotated[float | None, typer.Option("--memory", help="above 1.0 needs ballooning")] = None,
     disk: Annotated[float | None, typer.Option("--disk", help="disk overcommit")] = None,
@@ -174,7 +188,7 @@ def set_ratio(
 
 @app.command("label")
 def label(
-    name: str,
+    name: HostName,
     labels: Annotated[list[str] | None, typer.Argument(help="key=value pairs to set")] = None,
     remove: Annotated[list[str] | None, typer.Option("--remove", help="a key to remove; repeat")] = None,
     json: JsonFlag = False,
@@ -198,7 +212,7 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 
 
 @app.command("drain")
-def drain(name: str, json: JsonFlag = False) -> None:
+def drain(name: HostName, json: JsonFlag = False) -> None:
     """Take no new VMs on a host (its VMs stay); `host state NAME up` undoes it."""
     with output.errors():
         host = client().set_host_state(name, "draining")
@@ -207,7 +221,7 @@ def drain(name: str, json: JsonFlag = False) -> None:
 
 @app.command("state")
 def state(
-    name: str,
+    name: HostName,
     new: Annotated[str, typer.Argument(metavar="STATE", help=" | ".join(ADMIN_HOST_STATES))],
     json: JsonFlag = False,
 ) -> None:
@@ -242,10 +256,10 @@ def add(
 
 
 @app.command("remove")
-def remove(name: str, json: JsonFlag = False) -> None:
+def remove(name: HostName, json: JsonFlag = False) -> None:
     """Remove an inventory row that holds no VM (admin)."""
     with output.errors():
         client().remove_host(name)
     if json:
         return output.emit_json({"removed": name})
-    output.out.print(f"host '{name}' removed")
+    output.print_line(f"host '{name}' removed")

@@ -8,12 +8,11 @@ from typing import Annotated
 import typer
 
 from virtpool.cli import output
-from virtpool.cli.common import JsonFlag, client
+from virtpool.cli.common import ImageName, JsonFlag, client
 from virtpool.cli.operation import follow
 
 app = typer.Typer(help="Guest images: build, import, list, delete.", no_args_is_help=True)
 
-ExistingFile = Annotated[Path, typer.Option(exists=True, dir_okay=False, readable=True)]
 
 
 @app.command("build")
@@ -50,7 +49,7 @@ def list_(json: JsonFlag = False) -> None:
 
 
 @app.command("show")
-def show(name: str, json: JsonFlag = False) -> None:
+def show(name: ImageName, json: JsonFlag = False) -> None:
     """One image: its files and their checksums."""
     with output.errors():
         image = client().image(name)
@@ -60,34 +59,40 @@ def show(name: str, json: JsonFlag = False) -> None:
     for label, entry in (("kernel", image.kernel), ("initrd", image.initrd), ("disk", image.disk)):
         if entry is not None:
             rows.append((label, f"{entry.path}  {entry.size} bytes  sha256:{entry.sha256}"))
-    rows += [("kernel args", image.kernel_args or "-")]
+    rows += [("kernel args", image.kernel_args or "-"),
+             ("machine", image.machine + (f" ({image.firmware})" if image.firmware else " (direct kernel boot)")),
+             ("boot timeout", f"{image.boot_timeout_s:g}s" if image.boot_timeout_s else "the server's")]
     rows += [(f"source.{k}", v) for k, v in sorted(image.source.items())]
     output.fields(rows)
 
 
 @app.command("delete")
-def delete(name: str, json: JsonFlag = False) -> None:
+def delete(name: ImageName, json: JsonFlag = False) -> None:
     """Delete an image no VM uses."""
     with output.errors():
         client().delete_image(name)
     if json:
         return output.emit_json({"deleted": name})
-    output.out.print(f"image '{name}' deleted")
+    output.print_line(f"image '{name}' deleted")
 
 
 @app.command("import")
 def import_(
     name: str,
-    kernel: ExistingFile,
+    kernel: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True,
+                                                help="kernel to boot directly (microvm)")] = None,
     initrd: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True)] = None,
     disk: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True,
                                                  help="qcow2 or raw root disk")] = None,
     kernel_args: Annotated[str, typer.Option("--kernel-args", help="appended to the kernel command line")] = "",
+    firmware: Annotated[str | None, typer.Option(
+        help="without --kernel: boot the disk's own bootloader with bios (SeaBIOS) or uefi (OVMF)")] = None,
     json: JsonFlag = False,
 ) -> None:
-    """Import your own kernel, initramfs and root disk (copied into the data dir)."""
+    """Import your own kernel, initramfs and root disk, or a bootable disk alone (copied in)."""
     with output.errors():
-        image = client().import_image(name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args)
+        image = client().import_image(name, kernel=kernel, initrd=initrd, disk=disk,
+                                      kernel_args=kernel_args, firmware=firmware)
     if json:
         return output.emit_json(image)
-    output.out.print(f"image '{image.name}' imported ({image.size / 2**20:.1f} MiB)")
+    output.print_line(f"image '{image.name}' imported ({image.size / 2**20:.1f} MiB)")

@@ -1,155 +1,184 @@
-"""The `virtpool` command: `virtpool <noun> <verb>`, all over the REST API except `up`."""
+"""The `virtpool` command: a thin dispatcher in front of `virtpool <noun> <verb>`.
+
+Starting Python and importing Typer, pydantic, Rich and the SDK would cost more than the whole
+0.2 s budget of a command such as `virtpool vm list`. So this module imports almost nothing: it
+answers `--version` itself, runs the few fast commands (cli/fast.py) when the command line is
+one they read, and otherwise imports Typer and ONLY the module of the noun asked for
+(COMMANDS below; every noun's module is imported only for the top-level help and completion).
+
+To add a noun: write `cli/<noun>.py` with `app = typer.Typer(...)` (or one function for a
+top-level command) and add one line to COMMANDS. Conventions: /work/notes/cli-conventions.md.
+"""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-from typing import Annotated
+import os
+import sys
+from typing import Any
 
-import typer
+from virtpool import __version__
 
-from virtpool.cli import (
-    audit,
-    common,
-    group,
-    host,
-    image,
-    network,
-    operation,
-    output,
-    pool,
-    project,
-    token,
-    vm,
-)
-from virtpool.cli.common import JsonFlag
+# noun -> (module, attribute: a Typer app for a group of verbs, or a function for a command, help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "vm": ("virtpool.cli.vm", "app", "Virtual machines."),
+    "image": ("virtpool.cli.image", "app", "Guest images: build, import, list, delete."),
+    "host": ("virtpool.cli.host", "app", "The pool's hosts: capacity, allocation, ratios, labels, states."),
+    "project": ("virtpool.cli.project", "app", "Projects (tenants) and their quotas."),
+    "token": ("virtpool.cli.token", "app", "API tokens: who may do what in which project."),
+    "operation": ("virtpool.cli.operation", "app", "Long actions (create and boot, start, stop, build)."),
+    "audit": ("virtpool.cli.audit", "app", "Who changed what, and how it ended."),
+    "group": ("virtpool.cli.group", "app", "Placement groups: VMs that run apart or together."),
+    "network": ("virtpool.cli.network", "app", "Project networks: bridges, VXLAN, addresses."),
+    "pool": ("virtpool.cli.pool", "app", "The pool as a whole: default weigher, rebalancing."),
+    "events": ("virtpool.cli.events", "events", "What the pool did and why."),
+    "up": ("virtpool.cli.serve", "up", "Run the platform on this host in the foreground."),
+    "server": ("virtpool.cli.serve", "server", "Run the control plane only."),
+}
 
-app = typer.Typer(help="virtpool: QEMU virtual machines on your hosts.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-app.add_typer(vm.app, name="vm")
-app.add_typer(image.app, name="image")
-app.add_typer(host.app, name="host")
-app.add_typer(audit.app, name="audit")
-app.add_typer(operation.app, name="operation")
-app.add_typer(project.app, name="project")
-app.add_typer(token.app, name="token")
-app.add_typer(group.app, name="group")
-app.add_typer(network.app, name="network")
-app.add_typer(pool.app, name="pool")
+# Options of the top level that take a value: skipped when looking for the noun.
+GLOBAL_VALUE_OPTIONS = ("--data-dir", "--project")
+HELP = """virtpool: QEMU virtual machines on your hosts.
+
+Examples:
+
+    virtpool vm create web --memory 512M --start --wait
+
+    virtpool vm list -c name,state,address
+
+    virtpool vm exec web --timeout 10 -- uname -a
+"""
 
 
-@app.command("events")
-def events(
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing events as they happen")] = False,
-    kind: Annotated[str | None, typer.Option(help="e.g. vm.state, memory.balloon")] = None,
-    vm_name: Annotated[str | None, typer.Option("--vm", help="only this VM's events")] = None,
-    project: Annotated[str | None, typer.Option("--project", help="only this project's events")] = None,
-    json: JsonFlag = False,
-) -> None:
-    """What the pool did and why: state changes, automatic balloon moves.
+def find_noun(args: list[str]) -> tuple[int, str | None]:
+    """The position and name of the noun in ``args`` (after the top-level options), if any."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return i, None
+        if arg in GLOBAL_VALUE_OPTIONS:
+            i += 2
+            continue
+        if arg.startswith("-"):
+            i += 1
+            continue
+        return i, arg
+    return i, None
 
-    With --follow, events are streamed from the server (server-sent events) as they happen.
-    """
-    with output.errors():
-        api = common.client()
-        if follow:
-            stream = api.stream_events(kind=kind, vm=vm_name, project=project)
+
+def _before_dashdash(args: list[str]) -> list[str]:
+    return args[:args.index("--")] if "--" in args else args
+
+
+def _completion_words() -> list[str] | None:
+    """The words being completed, when the shell asks for completions (Click's protocol)."""
+    if not any(k.startswith("_VIRTPOOL_COMPLETE") for k in os.environ):
+        return None
+    words = os.environ.get("COMP_WORDS", "").split()[1:]
+    cword = int(os.environ.get("COMP_CWORD", "0") or 0)
+    return words[:max(cword - 1, 0)]
+
+
+def build_app(noun: str | None) -> Any:
+    """The Typer app holding the top-level options and the one noun asked for (every noun when
+    none, for the help)."""
+    import importlib
+
+    import typer
+
+    from virtpool.cli.root import new_app
+
+    app = new_app(HELP)
+    for name, (module_name, attribute, help_) in COMMANDS.items():
+        if noun is not None and name != noun:
+            continue
+        target = getattr(importlib.import_module(module_name), attribute)
+        if isinstance(target, typer.Typer):
+            app.add_typer(target, name=name, help=target.info.help or help_)
         else:
-            stream = iter(api.events(kind=kind, vm=vm_name, project=project, limit=1000))
+            app.command(name)(target)
+    return app
+
+
+def _flags_without_placeholders(command: Any) -> None:
+    """A flag takes no value: its help shows no ``<bool>`` placeholder (Typer shows one)."""
+    for param in getattr(command, "params", []):
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    help_option = command.get_help_option
+
+    def get_help_option(ctx: Any) -> Any:
+        option = help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option
+    for sub in getattr(command, "commands", {}).values():
+        _flags_without_placeholders(sub)
+
+
+def run_typer(args: list[str], noun: str | None) -> int:
+    """Run the full CLI for ``args``; returns the exit code (usage errors are 2, as JSON with --json)."""
+    import typer
+
+    from virtpool.cli import output
+
+    command = typer.main.get_command(build_app(noun if noun in COMMANDS else None))
+    _flags_without_placeholders(command)
+    if _completion_words() is not None:
+        command.main(args=args, prog_name="virtpool")  # answers the shell and exits
+        return 0
+    try:
+        # Outside standalone mode, Click returns the code of a typer.Exit instead of raising it.
+        code = command.main(args=args, prog_name="virtpool", standalone_mode=False)
+        return code if isinstance(code, int) and not isinstance(code, bool) else 0
+    except typer.TyperException as bad:  # Click's errors: usage errors, exit code 2
+        ctx = getattr(bad, "ctx", None)
+        if type(bad).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            return 0
         try:
-            for event in stream:
-                if json:
-                    output.emit_json(event)
-                else:
-                    output.out.print(f"{event.time:%Y-%m-%d %H:%M:%S}  {event.kind:<15} {event.actor:<16} "
-                                     f"{event.message}", highlight=False)
+            output.fail(bad.format_message(), bad.exit_code,
+                        hint=f"see `{ctx.command_path} --help`" if ctx is not None else None,
+                        title="usage error", error="UsageError")
+        except output.Exit as leaving:
+            return leaving.exit_code
+    except typer.Exit as leaving:
+        return leaving.exit_code
+    except typer.Abort:
+        return 130
+    except output.Exit as leaving:
+        return leaving.exit_code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `virtpool` command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["--version"], ["-V"]):
+        sys.stdout.write(f"virtpool {__version__}\n")
+        return
+    words = _completion_words()
+    _, noun = find_noun(words if words is not None else args)
+    from virtpool.cli import output
+
+    output.set_json_mode("--json" in _before_dashdash(args))
+    if words is None:
+        from virtpool.cli import fast
+
+        try:
+            code = fast.run(args)
+        except output.Exit as leaving:
+            code = leaving.exit_code
         except KeyboardInterrupt:
-            pass
-
-
-@app.callback()
-def main(
-    data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", envvar="VIRTPOOL_DATA_DIR",
-        help="where `virtpool up` keeps its state (default /var/lib/virtpool as root)")] = None,
-    project_name: Annotated[str | None, typer.Option(
-        "--project", envvar="VIRTPOOL_PROJECT",
-        help="the project to act in (pool admins; a project token acts in its own)")] = None,
-) -> None:
-    common.set_data_dir(data_dir)
-    common.set_project(project_name)
-
-
-@app.command("server")
-def server(
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="admin token and URL file")] = None,
-    listen: Annotated[str, typer.Option(help="HOST:PORT for the API (port 0: any free port)")] = "127.0.0.1:8470",
-    db: Annotated[str | None, typer.Option(help="database URL, e.g. postgresql://user@host/db "
-                                                "(default: SQLite in the data dir)")] = None,
-) -> None:
-    """Run the control plane only (API and records), without an agent on this host.
-
-    VM records, operations, events and the audit log are served; actions that need a host
-    answer 503 until remote agents can be attached (not supported yet).
-    """
-    from virtpool.api.server import ServeOptions, parse_listen, serve
-    from virtpool.model.errors import VirtpoolError
-
+            code = 130
+        if code is not None:
+            sys.exit(code)
     try:
-        host_, port = parse_listen(listen)
-        serve(ServeOptions(data_dir=data_dir or common.data_dir(), host=host_, port=port, db_url=db,
-                           control_only=True),
-              announce=lambda line: output.out.print(line, highlight=False))
-    except VirtpoolError as err:
-        output.fail(err.message, hint=err.hint)
-    except OSError as err:
-        output.fail(f"cannot serve on {listen}: {err.strerror}", hint="pick another --listen port")
+        sys.exit(run_typer(args, noun))
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
-@app.command("up")
-def up(
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="state, images and VMs")] = None,
-    listen: Annotated[str, typer.Option(help="HOST:PORT for the API (port 0: any free port)")] = "127.0.0.1:8470",
-    accel: Annotated[str, typer.Option(help="auto, kvm or tcg")] = "auto",
-    db: Annotated[str | None, typer.Option(help="database URL, e.g. postgresql://user@host/db "
-                                                "(default: SQLite in the data dir)")] = None,
-    build: Annotated[bool, typer.Option("--build/--no-build", help="build the default image if missing")] = True,
-    boot_timeout: Annotated[float, typer.Option(help="seconds a guest may take to answer its agent")] = 60.0,
-    log_cap: Annotated[str, typer.Option(help="largest a VM's serial log may grow, e.g. 2M")] = "2M",
-    memory_ratio: Annotated[float, typer.Option(help="memory overcommit; above 1.0 the balancer moves balloons")] = 1.0,
-    memory_budget: Annotated[str | None, typer.Option(help="count this as the host's memory, e.g. 8G")] = None,
-    memory_threshold: Annotated[str, typer.Option(help="reclaim guest memory when available falls below")] = "256M",
-    net_prefix: Annotated[str, typer.Option(help="name prefix of this host's bridges, taps and "
-                                                 "nftables tables (1-4 lowercase letters)")] = "vp",
-) -> None:
-    """Run the platform on this host in the foreground: control plane, agent, API."""
-    from pydantic import ValidationError
-
-    from virtpool.api.server import ServeOptions, parse_listen, serve
-    from virtpool.control.balancer import MemoryPolicy
-    from virtpool.model.errors import VirtpoolError
-    from virtpool.model.units import parse_size_mib
-
-    if accel not in ("auto", "kvm", "tcg"):
-        output.fail(f"unknown accelerator '{accel}'", hint="use auto, kvm or tcg")
-    if not re.fullmatch(r"[a-z]{1,4}", net_prefix):
-        output.fail(f"'{net_prefix}' is not a valid --net-prefix", hint="use 1-4 lowercase letters")
-    try:
-        host_, port = parse_listen(listen)
-        log_cap_bytes = parse_size_mib(log_cap, what="log cap") * 1024 * 1024
-        memory = MemoryPolicy(
-            ratio=memory_ratio,
-            budget_mib=parse_size_mib(memory_budget, what="memory budget") if memory_budget else None,
-            threshold_mib=parse_size_mib(memory_threshold, what="memory threshold"),
-        )
-        options = ServeOptions(data_dir=data_dir or common.data_dir(), host=host_, port=port,
-                               accel=accel, db_url=db, build_default_image=build,
-                               boot_timeout=boot_timeout, log_cap_bytes=log_cap_bytes,
-                               memory=memory, net_prefix=net_prefix)  # type: ignore[arg-type]
-        serve(options, announce=lambda line: output.out.print(line, highlight=False))
-    except VirtpoolError as err:
-        output.fail(err.message, hint=err.hint)
-    except ValidationError as err:
-        output.fail(f"invalid memory settings: {err.errors()[0]['msg']}")
-    except OSError as err:
-        output.fail(f"cannot serve on {listen}: {err.strerror}", hint="pick another --listen port")
+if __name__ == "__main__":
+    main()

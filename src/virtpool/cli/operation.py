@@ -8,7 +8,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from virtpool.cli import output
-from virtpool.cli.common import JsonFlag, client
+from virtpool.cli.common import ColumnsOption, JsonFlag, client
 from virtpool.model.operation import Operation
 from virtpool.sdk import Client
 
@@ -49,18 +49,33 @@ def list_(
     status: Annotated[str | None, typer.Option(help="pending, running, succeeded or failed")] = None,
     target: Annotated[str | None, typer.Option(help="only those acting on this VM or image")] = None,
     limit: Annotated[int, typer.Option(help="how many, newest first")] = 50,
+    columns: ColumnsOption = None,
     json: JsonFlag = False,
 ) -> None:
-    """Recent operations, newest first."""
+    """Recent operations, newest first.
+
+    Columns (-c): i id, k kind, t target, s status, p progress, a actor, c created, e error.
+
+    Examples:
+
+        virtpool operation list --status failed
+
+        virtpool operation list -c iktse
+    """
     with output.errors():
         ops = client().operations(project=project, status=status, target=target, limit=limit)
     if json:
         return output.emit_json(ops)
-    output.table(
-        ["ID", "KIND", "TARGET", "STATUS", "PROGRESS", "ACTOR", "CREATED", "ERROR"],
-        [(o.id, o.kind, o.target or "-", _status(o.status), f"{o.progress}%", o.actor,
-          f"{o.created_at:%Y-%m-%d %H:%M:%S}", o.error or "-") for o in ops],
-    )
+    output.table(COLUMNS, [(o.id, o.kind, o.target or "-", _status(o.status), f"{o.progress}%", o.actor,
+                            f"{o.created_at:%Y-%m-%d %H:%M:%S}", o.error or "-") for o in ops],
+                 chosen=columns)
+
+
+# Ids are never cut (they are copied into `operation show`); the error is cut, then the rest goes.
+COLUMNS = (output.Column("ID", "i"), output.Column("KIND", "k", drop=2), output.Column("TARGET", "t", drop=3, shrink=True),
+           output.Column("STATUS", "s"), output.Column("PROGRESS", "p", drop=5, align="right"),
+           output.Column("ACTOR", "a", drop=6, shrink=True), output.Column("CREATED", "c", drop=4),
+           output.Column("ERROR", "e", drop=1, shrink=True, min_width=10))
 
 
 @app.command("show")
@@ -82,7 +97,7 @@ def show(
         output.fields([
             ("id", op.id), ("kind", op.kind), ("target", op.target or "-"), ("status", _status(op.status)),
             ("progress", f"{op.progress}%"), ("message", op.message or "-"), ("error", op.error or "-"),
-            ("actor", op.actor), ("project", op.project_id or "-"), ("created", op.created_at),
+            ("actor", op.actor), ("project", op.project or "-"), ("created", op.created_at),
             ("updated", op.updated_at),
         ])
     if wait and op.status == "failed":

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from virtpool.cli import output
-from virtpool.cli.common import JsonFlag, client
+from virtpool.cli.common import JsonFlag, ProjectName, client
 from virtpool.model.errors import VirtpoolError
 from virtpool.model.project import ProjectInfo
 from virtpool.model.units import format_mib, parse_size_mib
@@ -69,7 +69,7 @@ def list_(json: JsonFlag = False) -> None:
 
 
 @app.command("show")
-def show(name: str, json: JsonFlag = False) -> None:
+def show(name: ProjectName, json: JsonFlag = False) -> None:
     """One project: usage next to quota."""
     with output.errors():
         project = client().project_info(name)
@@ -87,22 +87,22 @@ def create(name: str, cpus: Count = None, memory: Size = None, disk: Size = None
         project = client().create_project(name, **quota)
     if json:
         return output.emit_json(project)
-    output.out.print(f"project '{project.name}' created")
+    output.print_line(f"project '{project.name}' created")
     _show(project)
 
 
 @app.command("delete")
-def delete(name: str, json: JsonFlag = False) -> None:
+def delete(name: ProjectName, json: JsonFlag = False) -> None:
     """Delete an empty project and its tokens (refused while it has VMs)."""
     with output.errors():
         client().delete_project(name)
     if json:
         return output.emit_json({"deleted": name})
-    output.out.print(f"project '{name}' deleted")
+    output.print_line(f"project '{name}' deleted")
 
 
 @quota_app.command("set")
-def quota_set(name: str, cpus: Count = None, memory: Size = None, disk: Size = None, vms: Count = None,
+def quota_set(name: ProjectName, cpus: Count = None, memory: Size = None, disk: Size = None, vms: Count = None,
               json: JsonFlag = False) -> None:
     """Change quotas; the others stay. Below current usage is allowed: it blocks new growth only."""
     changes = quota_changes(cpus, memory, disk, vms)
@@ -114,4 +114,4 @@ def quota_set(name: str, cpus: Count = None, memory: Size = None, disk: Size = N
         return output.emit_json(result)
     _show(result.project)
     for note in result.notes:
-        output.err.print(f"[yellow]note:[/] {note}", highlight=False)
+        output.note(f"[yellow]note:[/] {note}")

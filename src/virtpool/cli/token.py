@@ -69,4 +69,4 @@ def revoke(token: Annotated[str, typer.Argument(help="the token's name or id")],
         revoked = client().revoke_token(token)
     if json:
         return output.emit_json(revoked)
-    output.out.print(f"token '{revoked.name}' is revoked")
+    output.print_line(f"token '{revoked.name}' is revoked")

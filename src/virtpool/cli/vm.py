@@ -11,8 +11,8 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from virtpool.cli import output
-from virtpool.cli.common import JsonFlag, client
+from virtpool.cli import output, snapshot
+from virtpool.cli.common import ColumnsOption, JsonFlag, VMName, client
 from virtpool.cli.operation import follow
 from virtpool.model.errors import VirtpoolError
 from virtpool.model.operation import Operation
@@ -23,10 +23,18 @@ from virtpool.model.vm import STOPPED_BY, VMInfo, VMStats
 from virtpool.sdk import Client
 
 app = typer.Typer(help="Virtual machines.", no_args_is_help=True)
+app.add_typer(snapshot.app, name="snapshot")
 
 WaitTimeout = Annotated[float, typer.Option("--wait-timeout", help="seconds to wait for the VM to settle")]
 
 
+# API fields -> the flags of `vm create` and `vm resize`, so that a refusal names what was typed.
+VM_FLAGS = {"name": "NAME", "image": "--image", "cpus": "--cpus", "memory_mib": "--memory",
+            "disk_mib": "--disk", "kernel_args": "--kernel-args", "accel": "--accel",
+            "max_memory_mib": "--max-memory", "cpu_cap_pct": "--cpu-cap", "cpu_weight": "--cpu-weight",
+            "disk_iops": "--disk-iops", "disk_bps": "--disk-bps", "cpu_affinity": "--cpu-affinity",
+            "group": "--group", "required_labels": "--require-label", "weigher": "--weigher",
+            "ports": "--port"}
 # Beyond a VM's boot timeout, what --wait allows for the rest of a start (spawn, state writes).
 WAIT_MARGIN_S = 30.0
 
@@ -40,10 +48,9 @@ def _report(vm: VMInfo, wanted: VMState, waited: bool, json: bool) -> None:
     if json:
         return
     how = f" ({STOPPED_BY[vm.stopped_by]})" if wanted == VMState.STOPPED and vm.stopped_by else ""
-    output.out.print(f"VM '{vm.name}' is {output.state(vm.state.value)}{how}", highlight=False)
+    output.print_line(f"VM '{vm.name}' is {output.state(vm.state.value)}{how}")
     if how and vm.stopped_by == "killed":
-        output.err.print("warning: the guest did not shut down cleanly; its disk may need a check",
-                         style="yellow", highlight=False)
+        output.note("[yellow]warning:[/] the guest did not shut down cleanly; its disk may need a check")
 
 
 def _follow(api: Client, op: Operation, wanted: VMState, wait: bool, timeout: float, json: bool) -> None:
@@ -55,14 +62,13 @@ def _follow(api: Client, op: Operation, wanted: VMState, wait: bool, timeout: fl
             timeout = max(timeout, allowed + WAIT_MARGIN_S)
         op = follow(api, op, timeout, json)
     elif not json:
-        output.err.print(f"operation {op.id}: follow it with `virtpool operation show {op.id} --wait`",
-                         highlight=False)
+        output.note(f"operation {op.id}: follow it with `virtpool operation show {op.id} --wait`")
     _report(api.vm(op.target or ""), wanted, wait, json)
 
 
 @app.command("create")
 def create(
-    name: str,
+    name: Annotated[str, typer.Argument(help="the new VM's name", show_default=False)],
     image: Annotated[str, typer.Option(help="image name (`virtpool image list`)")] = "default",
     cpus: Annotated[int, typer.Option(help="vCPUs")] = 1,
     memory: Annotated[str, typer.Option(help="e.g. 256M, 2G")] = "256M",
@@ -88,10 +94,17 @@ def create(
     wait_timeout: WaitTimeout = 180.0,
     json: JsonFlag = False,
 ) -> None:
-    """Create a VM (and with --start, boot it) on the host the scheduler picks."""
+    """Create a VM (and with --start, boot it) on the host the scheduler picks.
+
+    Examples:
+
+        virtpool vm create web --memory 512M --disk 2G --port 8080:80 --start --wait
+
+        virtpool vm create db --memory 1G --max-memory 2G --cpu-cap 150 --group web
+    """
     from virtpool.cli.host import parse_labels
 
-    with output.errors():
+    with output.errors(VM_FLAGS):
         try:
             memory_mib = parse_size_mib(memory, what="memory")
             disk_mib = parse_size_mib(disk, what="disk size")
@@ -115,30 +128,42 @@ def create(
             return
     if json:
         return output.emit_json(vm)
-    output.out.print(f"VM '{vm.name}' created on host '{vm.host}' ({output.state(vm.state.value)})")
+    output.print_line(f"VM '{vm.name}' created on host '{vm.host}' ({output.state(vm.state.value)})")
 
 
 @app.command("list")
 def list_(all_projects: Annotated[bool, typer.Option(
               "--all-projects", help="every project's VMs (pool admins)")] = False,
+          columns: ColumnsOption = None,
           json: JsonFlag = False) -> None:
-    """The project's VMs."""
-    with output.errors():
-        vms = client().vms(all_projects=all_projects)
-    if json:
-        return output.emit_json(vms)
-    output.table(
-        ["NAME", "PROJECT", "STATE", "CPUS", "MEMORY", "DISK", "IMAGE", "PORTS"],
-        [(v.name, v.project, output.state(v.state.value), v.cpus, format_mib(v.memory_mib),
-          format_mib(v.disk_mib), v.image, ",".join(map(str, v.ports)) or "-") for v in vms],
-    )
+    """The project's VMs, with their address, host and uptime.
+
+    Columns (-c): n name, s state, 4 address, h host, p project, u uptime, c cpus,
+    m memory, d disk, i image, P ports, I id.
+
+    Narrow terminals drop the least important columns first.
+
+    Examples:
+
+        virtpool vm list
+
+        virtpool vm list -c ns4u
+
+        virtpool vm list --json | jq -r '.[].name'
+    """
+    from virtpool.cli import common, fast
+
+    fast.vm_list(all_projects=all_projects, json=json, columns=columns, data_dir=common.data_dir(),
+                 project=common.project())
 
 
 @app.command("show")
-def show(name: str, json: JsonFlag = False) -> None:
+def show(name: VMName, json: JsonFlag = False) -> None:
     """One VM."""
     with output.errors():
-        vm = client().vm(name)
+        api = client()
+        vm = api.vm(name)
+        image = api.image(vm.image)  # an image in use cannot be deleted
     if json:
         return output.emit_json(vm)
     output.fields([
@@ -146,6 +171,7 @@ def show(name: str, json: JsonFlag = False) -> None:
         ("image", vm.image), ("cpus", vm.cpus), ("memory", format_mib(vm.memory_mib)),
         ("disk", format_mib(vm.disk_mib)), ("ports", ", ".join(map(str, vm.ports)) or "-"),
         ("kernel args", vm.kernel_args or "-"), ("accelerator", vm.accel), ("host", vm.host),
+        ("machine", image.machine + (f" ({image.firmware})" if image.firmware else "")),
         ("boot timeout", f"{vm.boot_timeout_s:g}s" if vm.boot_timeout_s else "-"),
         ("last stop", STOPPED_BY[vm.stopped_by] if vm.stopped_by else "-"),
         ("created", vm.created_at), ("error", vm.error or "-"),
@@ -153,7 +179,7 @@ def show(name: str, json: JsonFlag = False) -> None:
 
 
 def _action(name: str, action: str, wanted: VMState, wait: bool, wait_timeout: float,
-            json: bool, **params: float) -> None:
+            json: bool, **params: float | bool) -> None:
     with output.errors():
         api = client()
         op = getattr(api, f"{action}_vm")(name, **params)
@@ -165,27 +191,35 @@ StopTimeout = Annotated[float, typer.Option("--timeout", help="seconds for a gra
 
 
 @app.command("start")
-def start(name: str, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
+def start(name: VMName, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
     """Boot a VM; waits until its guest agent answers."""
     _action(name, "start", VMState.RUNNING, wait, wait_timeout, json)
 
 
 @app.command("stop")
-def stop(name: str, timeout: StopTimeout = 30.0, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0,
-         json: JsonFlag = False) -> None:
-    """Shut a VM down: gracefully through its guest agent or ACPI, then hard after --timeout."""
-    _action(name, "stop", VMState.STOPPED, wait, wait_timeout, json, timeout=timeout)
+def stop(name: VMName, timeout: StopTimeout = 30.0,
+         force: Annotated[bool, typer.Option("--force", help="stop it hard at once (as pulling the plug)")] = False,
+         wait: NoWait = True, wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
+    """Shut a VM down: gracefully through its guest agent or ACPI, then hard after --timeout.
+
+    Examples:
+
+        virtpool vm stop web
+
+        virtpool vm stop web --force
+    """
+    _action(name, "stop", VMState.STOPPED, wait, wait_timeout, json, timeout=timeout, force=force)
 
 
 @app.command("restart")
-def restart(name: str, timeout: StopTimeout = 30.0, wait: NoWait = True,
+def restart(name: VMName, timeout: StopTimeout = 30.0, wait: NoWait = True,
             wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
     """Stop and boot again."""
     _action(name, "restart", VMState.RUNNING, wait, wait_timeout, json, timeout=timeout)
 
 
 @app.command("pause")
-def pause(name: str, json: JsonFlag = False) -> None:
+def pause(name: VMName, json: JsonFlag = False) -> None:
     """Freeze a VM's vCPUs (memory is kept)."""
     with output.errors():
         vm = client().pause_vm(name)
@@ -193,7 +227,7 @@ def pause(name: str, json: JsonFlag = False) -> None:
 
 
 @app.command("resume")
-def resume(name: str, json: JsonFlag = False) -> None:
+def resume(name: VMName, json: JsonFlag = False) -> None:
     """Continue a paused VM."""
     with output.errors():
         vm = client().resume_vm(name)
@@ -201,19 +235,19 @@ def resume(name: str, json: JsonFlag = False) -> None:
 
 
 @app.command("delete")
-def delete(name: str, force: Annotated[bool, typer.Option("--force", help="stop it hard first if it runs")] = False,
+def delete(name: VMName, force: Annotated[bool, typer.Option("--force", help="stop it hard first if it runs")] = False,
            json: JsonFlag = False) -> None:
     """Delete a VM and its disk."""
     with output.errors():
         client().delete_vm(name, force=force)
     if json:
         return output.emit_json({"deleted": name})
-    output.out.print(f"VM '{name}' deleted")
+    output.print_line(f"VM '{name}' deleted")
 
 
 @app.command("resize")
 def resize(
-    name: str,
+    name: VMName,
     memory: Annotated[str | None, typer.Option(help="memory via the balloon, up to --max-memory")] = None,
     max_memory: Annotated[str | None, typer.Option(help="ceiling (VM stopped only)")] = None,
     cpus: Annotated[int | None, typer.Option(help="vCPUs, from the next boot")] = None,
@@ -225,8 +259,15 @@ def resize(
     cpu_affinity: Annotated[str | None, typer.Option(help="host CPUs to run on, e.g. 0,2-3; 'any' clears")] = None,
     json: JsonFlag = False,
 ) -> None:
-    """Change a VM's resources, live where the hypervisor allows it."""
-    with output.errors():
+    """Change a VM's resources, live where the hypervisor allows it.
+
+    Examples:
+
+        virtpool vm resize db --memory 768M
+
+        virtpool vm resize db --cpu-cap 50 --disk-bps 20M
+    """
+    with output.errors({**VM_FLAGS, "disk_mib": "--disk-size"}):
         try:
             changes: dict[str, int | None] = {
                 "memory_mib": parse_size_mib(memory, what="memory") if memory else None,
@@ -248,7 +289,7 @@ def resize(
         f"weight {vm.cpu_weight}, disk {format_mib(vm.disk_mib)}"
         f" ({vm.disk_iops or 'unlimited'} IOPS, {vm.disk_bps or 'unlimited'} B/s)", highlight=False)
     for note in result.notes:
-        output.out.print(f"note: {note}", style="yellow", highlight=False)
+        output.note(f"[yellow]note:[/] {note}")
 
 
 def stats_rows(stats: list[VMStats]) -> list[tuple[object, ...]]:
@@ -266,11 +307,18 @@ STATS_COLUMNS = ["NAME", "STATE", "CPU", "MEMORY", "GUEST FREE", "QEMU RSS", "DI
 
 
 @app.command("stats")
-def stats(name: str, watch: Annotated[bool, typer.Option("--watch", help="refresh every second")] = False,
+def stats(name: VMName, watch: Annotated[bool, typer.Option("--watch", help="refresh every second")] = False,
           json: JsonFlag = False) -> None:
     """CPU, memory, disk use of a VM (network: not counted by user-mode networking)."""
     with output.errors():
         api = client()
+        if json and watch:  # a stream: JSON Lines, one object a second
+            try:
+                while True:
+                    output.emit_jsonl(api.vm_stats(name))
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                return
         if json:
             return output.emit_json(api.vm_stats(name))
         live_table(lambda: [api.vm_stats(name)], watch)
@@ -298,20 +346,32 @@ def live_table(fetch: Callable[[], list[VMStats]], watch: bool) -> None:
         pass
 
 
-@app.command("exec", context_settings={"allow_interspersed_args": False})
+@app.command("exec")
 def exec_(
-    name: str,
-    command: Annotated[list[str], typer.Argument(help="the command and its arguments, after --")],
-    timeout: Annotated[float, typer.Option(help="seconds before giving up on the command")] = 60.0,
-    stdin: Annotated[bool, typer.Option("--stdin", help="send this program's stdin to the command")] = False,
+    name: VMName,
+    command: Annotated[list[str], typer.Argument(help="the command and its arguments, after --",
+                                                 show_default=False)],
+    timeout: Annotated[float, typer.Option(help="seconds before the command is killed (exit 5)")] = 60.0,
     json: JsonFlag = False,
 ) -> None:
-    """Run a command in the guest; print its output and exit with its exit code."""
-    if command and command[0] == "--":
-        command = command[1:]
+    """Run a command in the guest; print its output and exit with its exit code.
+
+    Everything before -- is for virtpool, everything after it is the command. Input piped
+    into virtpool goes to the command's stdin. A command still running after --timeout is
+    killed in the guest and virtpool exits 5.
+
+    Examples:
+
+        virtpool vm exec web -- uname -a
+
+        virtpool vm exec web --timeout 5 -- sleep 10
+
+        echo hello | virtpool vm exec web -- cat
+    """
     if not command:
-        output.fail("no command given", hint=f"e.g. virtpool vm exec {name} -- uname -a")
-    data = sys.stdin.buffer.read() if stdin else None
+        output.usage_error("no command given", hint=f"e.g. `virtpool vm exec {name} -- uname -a`")
+    # A terminal is not input: only a pipe or a file is sent (as `docker exec -i` would).
+    data = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     with output.errors():
         result = client().exec(name, command, timeout=timeout, stdin=data)
     if json:
@@ -325,7 +385,7 @@ def exec_(
 
 
 @app.command("logs")
-def logs(name: str, follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new output")] = False,
+def logs(name: VMName, follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new output")] = False,
          json: JsonFlag = False) -> None:
     """The VM's serial console output."""
     with output.errors():
@@ -346,7 +406,7 @@ def logs(name: str, follow: Annotated[bool, typer.Option("--follow", "-f", help=
 
 
 @app.command("console")
-def console(name: str) -> None:
+def console(name: VMName) -> None:
     """Attach to the serial console. Ctrl-] detaches."""
     from virtpool.cli.console import attach
 

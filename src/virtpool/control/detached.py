@@ -31,6 +31,7 @@ class NoAgent:
     staging_dir = check_port_free = create_disk = start_vm = wait_ready = stop_vm = _refuse
     kill_vm = pause_vm = resume_vm = exec_vm = apply_live = resize_disk_offline = _refuse
     vm_stats = read_log = console_socket = _refuse
+    list_snapshots = create_snapshot = restore_snapshot = delete_snapshot = _refuse
 
     def on_exit(self, handler: Any) -> None:
         """No QEMU runs here, so none can exit."""

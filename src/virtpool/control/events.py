@@ -81,4 +81,4 @@ class EventLog:
 
 def _event(row: EventRow) -> Event:
     return Event(id=row.id, time=row.time, kind=row.kind, actor=row.actor, vm=row.vm,
-                 project_id=row.project_id, message=row.message, data=row.data)
+                 project=row.project_id, message=row.message, data=row.data)

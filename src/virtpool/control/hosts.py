@@ -54,7 +54,7 @@ def _view(row: HostRow, vms: int, local: str, project: str | None = None,
     capacity, usable = host.capacity(), host.usable()
     return HostView(
         name=row.name, state=row.state, accel=row.accel,  # type: ignore[arg-type]
-        cpu=Usage(allocated=row.used_cpus, capacity=capacity.cpus, physical=usable.cpus),
+        cpus=Usage(allocated=row.used_cpus, capacity=capacity.cpus, physical=usable.cpus),
         memory_mib=Usage(allocated=row.used_memory_mib, capacity=capacity.memory_mib,
                          physical=usable.memory_mib),
         disk_mib=Usage(allocated=row.used_disk_mib, capacity=capacity.disk_mib,

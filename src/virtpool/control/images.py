@@ -14,7 +14,7 @@ from virtpool.control.operations import OperationService
 from virtpool.control.store.tables import VMRow
 from virtpool.model.agent import Agent
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound, VirtpoolError
-from virtpool.model.image import BuildStatus, ImageInfo
+from virtpool.model.image import BuildStatus, Firmware, ImageInfo
 from virtpool.model.operation import Operation
 from virtpool.model.spec import NAME_RULE, valid_name
 
@@ -48,10 +48,11 @@ class ImageService:
         self._agent.delete_image(name)
 
     def import_files(
-        self, name: str, *, kernel: Path, initrd: Path | None, disk: Path | None, kernel_args: str
+        self, name: str, *, kernel: Path | None, initrd: Path | None, disk: Path | None,
+        kernel_args: str, firmware: Firmware | None = None,
     ) -> ImageInfo:
         return self._agent.import_image(
-            name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args
+            name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args, firmware=firmware
         )
 
     def staging_dir(self) -> Path:

@@ -99,7 +99,7 @@ class OperationService:
 
 
 def _operation(row: OperationRow) -> Operation:
-    return Operation(id=row.id, kind=row.kind, target=row.target, project_id=row.project_id,
+    return Operation(id=row.id, kind=row.kind, target=row.target, project=row.project_id,
                      actor=row.actor, status=row.status, progress=row.progress, message=row.message,
                      error=row.error, result=row.result, created_at=row.created_at or utcnow(),
                      updated_at=row.updated_at or utcnow())

@@ -34,6 +34,7 @@ from virtpool.control.store import db
 from virtpool.control.summary import Summary
 from virtpool.control.usage_history import UsageRecorder
 from virtpool.control.vm_operations import VMOperations
+from virtpool.control.snapshots import SnapshotService
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
 from virtpool.model.agent import Agent
 from virtpool.model.layout import TOKEN_FILE, URL_FILE
@@ -80,6 +81,7 @@ class Pool:
         self.vms = VMService(sessions, agent, self.hosts.local, boot_timeout=config.boot_timeout,
                              events=self.events, memory=lambda: self.balancer.policy,
                              placer=self.placer)
+        self.snapshots = SnapshotService(self.vms, self.events)
         self.operations = OperationService(sessions)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
         self.idempotency = IdempotentCreates(

@@ -80,8 +80,9 @@ class VMOperations:
         vm = self._vms.start(ref)
         return self._follow("vm.start", vm.id, vm.name, actor)
 
-    def stop(self, ref: str, *, actor: str, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> Operation:
-        vm = self._vms.stop(ref, timeout=timeout)
+    def stop(self, ref: str, *, actor: str, timeout: float = DEFAULT_STOP_TIMEOUT_S,
+             force: bool = False) -> Operation:
+        vm = self._vms.stop(ref, timeout=timeout, force=force)
         return self._follow("vm.stop", vm.id, vm.name, actor)
 
     def restart(self, ref: str, *, actor: str, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> Operation:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import case, delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
@@ -35,6 +35,7 @@ from virtpool.model.errors import (
     InsufficientResources,
     InvalidRequest,
     NotFound,
+    StateError,
     VirtpoolError,
 )
 from virtpool.model.project import Usage
@@ -153,7 +154,7 @@ class VMService:
             result = session.execute(
                 update(VMRow)
                 .where(VMRow.id == vm_id, VMRow.state.in_([s.value for s in allowed]))
-                .values(state=new.value, error=error, updated_at=utcnow(),
+                .values(state=new.value, error=error, updated_at=utcnow(), started_at=_started_at(new),
                         **({"stopped_by": stopped_by} if new == S.STOPPED else {}))
             )
             changed = result.rowcount == 1
@@ -203,6 +204,7 @@ class VMService:
         """Validate, place, record (within the project's quota), make the disk; on any failure
         nothing is left behind."""
         image = self._agent.get_image(spec.image)
+        self._check_name_free(spec.name, project_id)
         # The VM keeps the timeout it was created with: its own, else its image's, else the
         # server's; an image rebuilt or a server restarted later changes nothing.
         spec = spec.model_copy(update={
@@ -230,6 +232,13 @@ class VMService:
                 self.delete(vm_id, force=True)
                 raise
         return self.get(vm_id)
+
+    def _check_name_free(self, name: str, project_id: str) -> None:
+        """A taken name is said first, before placement can say that no host fits (the row's
+        unique index still decides between two creates racing for one name)."""
+        with self._sessions() as session:
+            if session.scalar(select(VMRow.id).where(VMRow.name == name, VMRow.project_id == project_id)):
+                raise Conflict(f"a VM named '{name}' exists", hint="pick another name")
 
     def _insert(self, vm_id: str, spec: VMSpec, project_id: str) -> str:
         """Charge the quota, claim a host, write the row; return the host."""
@@ -382,15 +391,21 @@ class VMService:
             return
         self._transition(vm.id, [S.STARTING], S.RUNNING)
 
-    def stop(self, ref: str, *, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> VMInfo:
+    def stop(self, ref: str, *, timeout: float = DEFAULT_STOP_TIMEOUT_S, force: bool = False) -> VMInfo:
+        """Shut down gracefully, hard after ``timeout``; with ``force``, hard at once."""
         vm = self._claim(ref, "stop", S.STOPPING)
-        self._pool.submit(self._shutdown, vm, timeout)
+        self._pool.submit(self._shutdown, vm, timeout, force=force)
         return vm
 
-    def _shutdown(self, vm: VMInfo, timeout: float, then: Callable[[], None] | None = None) -> None:
+    def _shutdown(self, vm: VMInfo, timeout: float, then: Callable[[], None] | None = None, *,
+                  force: bool = False) -> None:
         how: StopMethod | None
         try:
-            how = self._agent.stop_vm(vm.id, timeout)
+            if force:
+                self._agent.kill_vm(vm.id)
+                how = "forced"
+            else:
+                how = self._agent.stop_vm(vm.id, timeout)
         except Exception:
             log.exception("graceful stop of VM %s failed; stopping it hard", vm.name)
             self._agent.kill_vm(vm.id)
@@ -496,7 +511,14 @@ class VMService:
     # -- delete ---------------------------------------------------------------------------
 
     def delete(self, ref: str, *, force: bool = False) -> None:
-        vm = self._claim(ref, "force-delete" if force else "delete", S.DELETING)
+        try:
+            vm = self._claim(ref, "force-delete" if force else "delete", S.DELETING)
+        except StateError as err:
+            if force or err.actual == S.DELETING.value:
+                raise
+            raise StateError(err.vm, err.actual, err.action, err.allowed).with_hint(
+                f"stop it first (`virtpool vm stop {err.vm}`), or delete it with --force "
+                "(API: force=true), which stops it hard") from err
         if vm.host == self.local_host:
             self._agent.destroy_vm(vm.id)
         self._remove_row(vm.id)
@@ -517,6 +539,10 @@ class VMService:
     def read_log(self, ref: str, offset: int = 0, limit: int = 1 << 20) -> tuple[bytes, int]:
         vm = self.get(ref)
         return self._agent_of(vm).read_log(vm.id, offset, limit)
+
+    def agent_of(self, vm: VMInfo) -> Agent:
+        """The agent of the VM's host; raises NoAgentAttached when none is."""
+        return self._agent_of(vm)
 
     def _agent_of(self, vm: VMInfo) -> Agent:
         """The agent of the VM's host: only this host's, until remote agents exist."""
@@ -612,6 +638,19 @@ def _held(row: VMRow) -> Resources:
     return Resources(row.cpus, row.max_memory_mib, row.disk_mib)
 
 
+# States in which the VM has no uptime; in the others (paused, stopping) it keeps its start time.
+NOT_RUNNING = frozenset({S.STOPPED, S.CRASHED, S.ERROR, S.CREATING, S.STARTING})
+
+
+def _started_at(new: VMState) -> object:
+    """``started_at`` for a move to ``new``: now on reaching RUNNING (unless resumed from a pause)."""
+    if new == S.RUNNING:
+        return case((VMRow.state == S.PAUSED.value, VMRow.started_at), else_=utcnow())
+    if new in NOT_RUNNING:
+        return None
+    return VMRow.started_at
+
+
 def _info(row: VMRow) -> VMInfo:
     return VMInfo(
         id=row.id, name=row.name, project=row.project_id, image=row.image, cpus=row.cpus, memory_mib=row.memory_mib,
@@ -621,6 +660,9 @@ def _info(row: VMRow) -> VMInfo:
         cpu_cap_pct=row.cpu_cap_pct, cpu_weight=row.cpu_weight, disk_iops=row.disk_iops,
         disk_bps=row.disk_bps, cpu_affinity=row.cpu_affinity, state=S(row.state), error=row.error,
         host=row.host, created_at=row.created_at, updated_at=row.updated_at,
+        started_at=row.started_at,
+        address=row.nics[0].address if row.nics else (
+            f"127.0.0.1:{row.ports[0].host_port}" if row.ports else None),
         boot_timeout_s=row.boot_timeout_s, stopped_by=row.stopped_by,  # type: ignore[arg-type]
     )
 

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from virtpool.model.image import ImageInfo
+from virtpool.model.image import Firmware, ImageInfo
+from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod
 
@@ -32,8 +33,11 @@ class Agent(Protocol):
     def build_image(self, name: str, progress: Progress | None = None) -> tuple[ImageInfo, bool]: ...
 
     def import_image(
-        self, name: str, *, kernel: Path, initrd: Path | None, disk: Path | None, kernel_args: str
-    ) -> ImageInfo: ...
+        self, name: str, *, kernel: Path | None, initrd: Path | None, disk: Path | None,
+        kernel_args: str, firmware: Firmware | None = None,
+    ) -> ImageInfo:
+        """Without a kernel the disk boots through ``firmware`` (default BIOS) on q35."""
+        ...
 
     def delete_image(self, name: str) -> None: ...
 
@@ -59,6 +63,21 @@ class Agent(Protocol):
         ...
 
     def kill_vm(self, vm_id: str) -> None: ...
+
+    def list_snapshots(self, vm_id: str) -> list[SnapshotInfo]:
+        """The snapshots in the VM's disk. Read only."""
+        ...
+
+    def create_snapshot(self, vm_id: str, name: str, *, memory: bool) -> SnapshotInfo:
+        """Snapshot the VM's disk (stopped or running; a running guest's filesystems frozen
+        through its agent where it has one), with ``memory`` its RAM too (running only)."""
+        ...
+
+    def restore_snapshot(self, vm_id: str, name: str) -> None:
+        """Put the disk (and, for a memory snapshot of a running VM, the running state) back."""
+        ...
+
+    def delete_snapshot(self, vm_id: str, name: str) -> None: ...
 
     def pause_vm(self, vm_id: str) -> None: ...
 

@@ -14,10 +14,11 @@ that the API can map it to an HTTP status without knowing the layer)::
     ├── Unauthorized              no or bad credentials → 401
     ├── Forbidden                 a role that does not allow the action → 403
     ├── RateLimited               too many failed authentications from one address → 429
-    └── OperationFailed           the action was valid but failed on the host (QEMU refused,
-        │                         guest never booted) → 500-class only if virtpool is at fault;
-        │                         reported as 502 "the hypervisor said no" otherwise
-        └── BootTimeout           the guest agent never answered
+    ├── OperationFailed           the action was valid but failed on the host (QEMU refused,
+    │   │                         guest never booted) → 500-class only if virtpool is at fault;
+    │   │                         reported as 502 "the hypervisor said no" otherwise
+    │   └── BootTimeout           the guest agent never answered
+    └── CommandTimeout            a command in a guest outlived its timeout (and was killed) → 504
 
 Messages say what went wrong; ``hint`` says what to do next.
 """
@@ -77,6 +78,11 @@ class StateError(Conflict):
         self.action = action
         self.allowed = allowed
 
+    def with_hint(self, hint: str) -> StateError:
+        """The same refusal with another hint (what to do in this case)."""
+        self.hint = hint
+        return self
+
 
 class InsufficientResources(VirtpoolError):
     """The host does not have the CPU, memory or disk asked for."""
@@ -133,3 +139,10 @@ class BootTimeout(OperationFailed):
     """The guest did not answer its agent before the boot deadline."""
 
     title = "boot timeout"
+
+
+class CommandTimeout(VirtpoolError):
+    """A command run in a guest (`vm exec`) was still running at its timeout; it was killed."""
+
+    status = 504
+    title = "timed out"

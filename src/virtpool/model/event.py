@@ -14,6 +14,6 @@ class Event(BaseModel):
     kind: str  # "vm.state", "memory.balloon", …
     actor: str  # who did it: a token's name, or "memory-balancer" and the like
     vm: str | None
-    project_id: str | None = None
+    project: str | None = None
     message: str
     data: dict[str, Any] | None = None

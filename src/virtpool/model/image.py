@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel
+
+Firmware = Literal["bios", "uefi"]
+# A disk booted by its firmware runs a whole distribution: its boots take minutes under TCG
+# (a Debian 12 guest needed 120-165 s to its agent, QEMU-NOTES.md), not the default image's 3 s.
+FIRMWARE_BOOT_TIMEOUT_S = 600.0
 
 
 class ImageFile(BaseModel):
@@ -15,12 +22,14 @@ class ImageInfo(BaseModel):
     """A bootable image: a kernel, an optional initramfs, an optional root disk."""
 
     name: str
-    kernel: ImageFile
+    kernel: ImageFile | None = None  # None: a bootable disk that the firmware starts
     initrd: ImageFile | None = None
     disk: ImageFile | None = None
     disk_format: str | None = None
     kernel_args: str = ""
     boot_timeout_s: float | None = None  # how long its guests take to boot (None: the server's)
+    machine: str = "microvm"  # "microvm" (direct kernel boot) or "q35" (firmware boot)
+    firmware: str | None = None  # on q35: "bios" (SeaBIOS) or "uefi" (OVMF)
     size: int
     created_at: str
     source: dict[str, str] = {}

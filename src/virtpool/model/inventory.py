@@ -36,7 +36,7 @@ class HostView(BaseModel):
     name: str
     state: HostState
     accel: HostAccel
-    cpu: Usage
+    cpus: Usage
     memory_mib: Usage
     disk_mib: Usage
     cpu_ratio: float

@@ -15,7 +15,7 @@ class Operation(BaseModel):
     id: str
     kind: str = Field(description="vm.create, vm.start, vm.stop, vm.restart, image.build")
     target: str | None = Field(description="what it acts on: a VM or image name")
-    project_id: str | None
+    project: str | None = Field(description="the project it belongs to (None: pool-wide)")
     actor: str = Field(description="the token that asked for it")
     status: OperationStatus
     progress: int = Field(ge=0, le=100)

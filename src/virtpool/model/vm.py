@@ -5,19 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from virtpool.model.spec import PortForward
 from virtpool.model.states import VMState
 
 
 # How a VM's last stop ended: its guest agent shut it down, the guest heeded the ACPI power
-# button, it was killed (neither worked in time), or the guest powered off by itself.
-StopMethod = Literal["guest-agent", "acpi", "killed", "guest"]
+# button, it was killed (neither worked in time), it was stopped hard as asked (--force), or
+# the guest powered off by itself.
+StopMethod = Literal["guest-agent", "acpi", "killed", "forced", "guest"]
 STOPPED_BY: dict[str, str] = {
     "guest-agent": "shut down through its guest agent",
     "acpi": "shut down after the ACPI power button",
     "killed": "killed: the guest did not shut down in time",
+    "forced": "stopped hard, as asked (--force)",
     "guest": "the guest powered off",
 }
 
@@ -46,6 +48,10 @@ class VMInfo(BaseModel):
     stopped_by: StopMethod | None = None  # how its last stop ended
     created_at: datetime
     updated_at: datetime
+    started_at: datetime | None = Field(default=None, description="when it last began running "
+                                        "(kept across a pause); null while it is not running")
+    address: str | None = Field(default=None, description="where to reach it: its first NIC's IP "
+                                "address, or 127.0.0.1:PORT of its first port forward")
 
 
 class ResizeResult(BaseModel):

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -33,14 +34,16 @@ import psutil
 from virtpool.model.agent import ExitHandler, Progress
 from virtpool.model.errors import (
     BootTimeout,
+    Conflict,
     InsufficientResources,
     NotFound,
     OperationFailed,
 )
-from virtpool.model.image import ImageFile, ImageInfo
+from virtpool.model.image import Firmware, ImageFile, ImageInfo
+from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod
-from virtpool.node import disks, safe_files, serial
+from virtpool.node import disks, safe_files, serial, snapshots
 from virtpool.node.images.manifest import Manifest
 from virtpool.node.images.store import ImageStore, kernel_kind
 from virtpool.node.net import guard, passt
@@ -50,11 +53,12 @@ from virtpool.node.qemu.argv import (
     BALLOON_ID,
     DISK_DEVICE_ID,
     DRIVE_ID,
+    OVMF_VARS_TEMPLATE,
     LaunchPlan,
     NicPlan,
     build_argv,
 )
-from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
+from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError, GuestAgentGone
 from virtpool.node.sandbox import cgroups, uid_ranges, users
 from virtpool.node.vmdir import VMPaths
 
@@ -224,10 +228,12 @@ class LocalAgent:
         return _image_info(manifest), built
 
     def import_image(
-        self, name: str, *, kernel: Path, initrd: Path | None, disk: Path | None, kernel_args: str
+        self, name: str, *, kernel: Path | None, initrd: Path | None, disk: Path | None,
+        kernel_args: str, firmware: Firmware | None = None,
     ) -> ImageInfo:
         manifest = self.images.import_files(
-            name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args, move=True
+            name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args,
+            firmware=firmware, move=True,
         )
         return _image_info(manifest)
 
@@ -265,6 +271,12 @@ class LocalAgent:
                     hint="ask for a smaller --disk or free space on the host",
                 )
             disks.create_blank(paths.disk, disk_mib)
+        if manifest.firmware == "uefi":
+            # The VM's own copy of the UEFI variable store: its boot entries are its own.
+            if not OVMF_VARS_TEMPLATE.is_file():
+                raise OperationFailed(f"image '{image}' boots with UEFI, but {OVMF_VARS_TEMPLATE} is missing",
+                                      hint="install OVMF: scripts/install-system-packages.sh (package ovmf)")
+            shutil.copyfile(OVMF_VARS_TEMPLATE, paths.efi_vars)
 
     def destroy_vm(self, vm_id: str) -> None:
         self.kill_vm(vm_id)
@@ -291,14 +303,16 @@ class LocalAgent:
         manifest = self.images.get(spec.image)
         image_dir = self.images.path(spec.image)
         accel = self._accel if spec.accel == "auto" else accel_mod.detect(spec.accel)[0]
-        kernel = image_dir / manifest.kernel.path
+        kernel = image_dir / manifest.kernel.path if manifest.kernel else None
         return LaunchPlan(
             name=spec.name,
             cpus=spec.cpus,
             memory_mib=spec.boot_memory_mib,
             kernel=kernel,
+            machine="q35" if manifest.machine == "q35" else "microvm",
+            firmware="uefi" if manifest.firmware == "uefi" else ("bios" if manifest.firmware else None),
             initrd=image_dir / manifest.initrd.path if manifest.initrd else None,
-            kernel_is_elf=kernel_kind(kernel) == "elf",
+            kernel_is_elf=kernel is not None and kernel_kind(kernel) == "elf",
             paths=self._paths(vm_id),
             accel=accel,
             nics=(NicPlan(socket=self._paths(vm_id).passt_sock),),
@@ -356,6 +370,8 @@ class LocalAgent:
         paths = self._paths(vm_id)
         users.own_run_dir(paths.root, user)
         users.own_disk(paths.disk, user)
+        if paths.efi_vars.exists():
+            users.own_disk(paths.efi_vars, user)  # OVMF writes its boot entries there
         users.check_reachable(paths.disk, user)
         return user
 
@@ -376,7 +392,10 @@ class LocalAgent:
         while True:
             if popen.poll() is not None:
                 said = serial.tail(paths.qemu_log)
-                raise OperationFailed(f"QEMU refused to start VM '{label}': {said or f'exit code {popen.returncode}'}")
+                if popen.returncode < 0:  # not a refusal: something killed it
+                    raise OperationFailed(f"QEMU of VM '{label}' {_how_it_ended(popen)} while it started"
+                                          + (f"; it said: {said}" if said else ""))
+                raise OperationFailed(f"QEMU refused to start VM '{label}': {said or _how_it_ended(popen)}")
             try:
                 await asyncio.wait_for(qmp.command(paths.qmp_sock, "query-status", vm=label), 1.0)
                 return
@@ -418,11 +437,13 @@ class LocalAgent:
     async def _wait_ready(self, vm_id: str, timeout: float) -> None:
         paths = self._paths(vm_id)
         deadline = self._loop.time() + timeout
+        started = self._procs.get(vm_id)
+        popen = self._popens.get(started.pid) if started is not None else None
         while True:
             if self._process(vm_id) is None:
                 raise OperationFailed(
-                    f"QEMU of VM '{self._label(vm_id)}' exited while the guest booted; "
-                    f"the console said:\n{serial.tail(paths.serial_log)}",
+                    f"QEMU of VM '{self._label(vm_id)}' {_how_it_ended(popen)} while the guest booted; "
+                    f"the console said:\n{serial.tail(paths.serial_log) or '(empty)'}",
                     hint="check the image and the kernel arguments",
                 )
             remaining = deadline - self._loop.time()
@@ -529,10 +550,19 @@ class LocalAgent:
     async def _exec(
         self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None
     ) -> ExecResult:
-        async with self._qga_lock(vm_id):
-            agent = await GuestAgent.open(self._paths(vm_id).qga_sock, vm=self._label(vm_id))
-            async with agent:
-                return await agent.exec(argv, timeout=timeout, stdin=stdin)
+        proc = self._process(vm_id)
+        try:
+            async with self._qga_lock(vm_id):
+                agent = await GuestAgent.open(self._paths(vm_id).qga_sock, vm=self._label(vm_id))
+                async with agent:
+                    return await agent.exec(argv, timeout=timeout, stdin=stdin)
+        except GuestAgentGone as err:
+            # The channel broke: when QEMU went away meanwhile, that is the VM stopping, not
+            # a fault of the command (the watcher records the exit itself).
+            if proc is None or await asyncio.to_thread(process.wait_gone, proc, 2.0):
+                raise Conflict(f"VM '{self._label(vm_id)}' stopped while the command ran: its QEMU exited",
+                               hint=f"start it again (virtpool vm start {self._label(vm_id)}) and retry") from err
+            raise
 
     def adopt_vm(self, vm_id: str, name: str) -> str | None:
         paths = self._paths(vm_id)
@@ -685,13 +715,44 @@ class LocalAgent:
                               vm=label)
 
     def resize_disk_offline(self, vm_id: str, disk_mib: int) -> None:
-        disk = self._paths(vm_id).disk
-        run_as: dict[str, Any] = {}
+        disks.grow(self._paths(vm_id).disk, disk_mib, **self._as_disk_owner(vm_id))
+
+    def _as_disk_owner(self, vm_id: str) -> dict[str, Any]:
+        """Popen arguments that run a tool on the VM's disk as the disk's owner (its VM's user):
+        whatever its header names is then opened with no more rights than the VM has."""
         if users.running_as_root():
-            owner = os.lstat(disk).st_uid
+            owner = os.lstat(self._paths(vm_id).disk).st_uid
             if owner != 0:
-                run_as = users.spawn_kwargs(owner, owner)
-        disks.grow(disk, disk_mib, **run_as)
+                return users.spawn_kwargs(owner, owner)
+        return {}
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def list_snapshots(self, vm_id: str) -> list[SnapshotInfo]:
+        return snapshots.list_snapshots(self._paths(vm_id).disk, **self._as_disk_owner(vm_id))
+
+    def create_snapshot(self, vm_id: str, name: str, *, memory: bool) -> SnapshotInfo:
+        paths, label = self._paths(vm_id), self._label(vm_id)
+        if self._process(vm_id) is None:
+            snapshots.create_offline(paths.disk, name, **self._as_disk_owner(vm_id))
+        else:
+            self._run(snapshots.create_live(paths.qmp_sock, paths.qga_sock, name, memory=memory,
+                                            vm=label, qga_lock=self._qga_lock(vm_id)))
+        return next(s for s in self.list_snapshots(vm_id) if s.name == name)
+
+    def restore_snapshot(self, vm_id: str, name: str) -> None:
+        paths = self._paths(vm_id)
+        if self._process(vm_id) is None:
+            snapshots.restore_offline(paths.disk, name, **self._as_disk_owner(vm_id))
+        else:
+            self._run(snapshots.restore_live(paths.qmp_sock, name, vm=self._label(vm_id)))
+
+    def delete_snapshot(self, vm_id: str, name: str) -> None:
+        paths = self._paths(vm_id)
+        if self._process(vm_id) is None:
+            snapshots.delete_offline(paths.disk, name, **self._as_disk_owner(vm_id))
+        else:
+            self._run(snapshots.delete_live(paths.qmp_sock, name, vm=self._label(vm_id)))
 
     def vm_stats(self, vm_id: str) -> dict[str, Any]:
         """Figures for ``VMStats``: CPU from the process accounting, the rest from QMP."""
@@ -735,6 +796,20 @@ class LocalAgent:
         return figures
 
 
+def _how_it_ended(popen: subprocess.Popen[bytes] | None) -> str:
+    """'was killed by signal 9 (SIGKILL)', 'exited with code 1', or 'exited' (not our child)."""
+    code = popen.poll() if popen is not None else None
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"was killed by signal {-code} ({name})"
+    return f"exited with code {code}"
+
+
 def _is_socket(path: Path) -> bool:
     try:
         return stat.S_ISSOCK(os.lstat(path).st_mode)
@@ -749,6 +824,8 @@ def _image_info(manifest: Manifest) -> ImageInfo:
     return ImageInfo(
         name=manifest.name,
         kernel=entry(manifest.kernel),
+        machine=manifest.machine,
+        firmware=manifest.firmware,
         initrd=entry(manifest.initrd),
         disk=entry(manifest.disk),
         disk_format=manifest.disk_format,

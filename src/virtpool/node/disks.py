@@ -94,7 +94,7 @@ def check_qcow2_header(data: bytes) -> None:
 
 def qemu_img_info(path: Path, fmt: str) -> DiskInfo:
     """Ask qemu-img about a file whose format we already know (it is never probed)."""
-    proc = _qemu_img(["info", "--output=json", "-f", fmt, str(path)], what=f"inspect {path.name}")
+    proc = run_qemu_img(["info", "--output=json", "-f", fmt, str(path)], what=f"inspect {path.name}")
     info = json.loads(proc)
     if info.get("backing-filename") or info.get("full-backing-filename"):
         raise InvalidRequest(f"{path.name} has a backing file; virtpool refuses it")
@@ -105,12 +105,12 @@ def qemu_img_info(path: Path, fmt: str) -> DiskInfo:
 
 
 def create_blank(path: Path, size_mib: int) -> None:
-    _qemu_img(["create", "-q", "-f", "qcow2", str(path), f"{size_mib}M"], what="create a disk")
+    run_qemu_img(["create", "-q", "-f", "qcow2", str(path), f"{size_mib}M"], what="create a disk")
 
 
 def create_overlay(path: Path, base: Path, base_format: str, size_mib: int) -> None:
     """A qcow2 that reads through to ``base`` and writes only to itself."""
-    _qemu_img(
+    run_qemu_img(
         ["create", "-q", "-f", "qcow2", "-b", str(base), "-F", base_format, str(path), f"{size_mib}M"],
         what="create a disk",
     )
@@ -122,10 +122,11 @@ def grow(path: Path, size_mib: int, **run_as: Any) -> None:
     ``run_as`` (user, group, ...) runs qemu-img as the VM's user: the disk is that user's to
     rewrite, so whatever its header names is opened with no more rights than the VM has.
     """
-    _qemu_img(["resize", "-q", "-f", "qcow2", str(path), f"{size_mib}M"], what="grow the disk", **run_as)
+    run_qemu_img(["resize", "-q", "-f", "qcow2", str(path), f"{size_mib}M"], what="grow the disk", **run_as)
 
 
-def _qemu_img(args: list[str], *, what: str, **run_as: Any) -> str:
+def run_qemu_img(args: list[str], *, what: str, **run_as: Any) -> str:
+    """Run qemu-img (as ``run_as``: user, group, ... when given); its stdout, or OperationFailed."""
     try:
         proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False, **run_as)
     except FileNotFoundError as err:

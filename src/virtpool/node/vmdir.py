@@ -22,6 +22,11 @@ class VMPaths:
         return self.root / "disk.qcow2"
 
     @property
+    def efi_vars(self) -> Path:
+        """A UEFI VM's own variable store (its boot entries), copied from OVMF's template."""
+        return self.root / "efivars.fd"
+
+    @property
     def serial_log(self) -> Path:
         return self.root / "serial.log"
 

@@ -11,10 +11,9 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, overload
-
-import httpx
-from httpx_sse import connect_sse
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
+from urllib.parse import parse_qs, urlsplit
 
 from virtpool.model.audit import AuditEntry
 from virtpool.model.event import Event
@@ -23,11 +22,17 @@ from virtpool.model.network import NetworkView
 from virtpool.model.inventory import GroupView, HostView, PoolSettings, RebalanceView
 from virtpool.model.operation import Operation
 from virtpool.model.project import ProjectInfo, QuotaResult
+from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
 from virtpool.model.token import TokenCreated, TokenInfo
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 from virtpool.sdk.errors import APIError, InvalidRequest, OperationFailed, Unreachable, error_class
+from virtpool.sdk.errors import raise_for_problem as _raise_for_problem
+from virtpool.sdk.transport import Response, StdlibTransport, TransportError
+
+if TYPE_CHECKING:
+    import httpx
 
 SETTLED = frozenset({VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.ERROR, VMState.CRASHED})
 
@@ -72,29 +77,44 @@ def _pause_if_early(asked: float, chunk: float) -> None:
 
 
 class Client:
-    """A client of one virtpool API. ``transport`` lets tests talk to an app in-process.
+    """A client of one virtpool API.
 
     ``project`` is the project every call acts in; leave it out with a project token (it acts
-    in its own) or to reach the 'default' project with a pool-wide one.
+    in its own) or to reach the 'default' project with a pool-wide one. JSON calls go over the
+    standard library (see sdk/transport.py: a CLI command cannot afford to import httpx);
+    event streams and uploads over httpx. ``transport`` (an httpx transport) sends every call
+    through httpx instead, e.g. to an app in-process in tests.
     """
 
     def __init__(self, url: str, token: str, *, project: str | None = None, timeout: float = 60.0,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self.url = url.rstrip("/")
+        # The URL `virtpool up` prints for the API (…/api/v1) names the same server.
+        self.url = url.rstrip("/").removesuffix("/api/v1")
         self.token = token
         self.project = project
-        # Loading the CA bundle costs ~50 ms, a tenth of a CLI command's run; a plain-http URL
-        # never opens a TLS connection (every path is relative and redirects are not
-        # followed), so only an https URL pays for it.
-        tls = self.url.startswith("https://")
-        self._http = httpx.Client(
-            base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
-            params={"project": project} if project else None, timeout=timeout, transport=transport,
-            verify=tls,
+        self.timeout = timeout
+        self._transport = transport
+        self._plain = None if transport is not None else StdlibTransport(
+            self.url + "/api/v1", {"Authorization": f"Bearer {token}"}, timeout)
+
+    @cached_property
+    def _http(self) -> httpx.Client:
+        """httpx, for streams and uploads (and every call when a transport was given)."""
+        import httpx
+
+        # Loading the CA bundle costs ~50 ms; a plain-http URL never opens a TLS connection
+        # (every path is relative and redirects are not followed), so only https pays for it.
+        return httpx.Client(
+            base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {self.token}"},
+            params={"project": self.project} if self.project else None, timeout=self.timeout,
+            transport=self._transport, verify=self.url.startswith("https://"),
         )
 
     def close(self) -> None:
-        self._http.close()
+        if self._plain is not None:
+            self._plain.close()
+        if "_http" in self.__dict__:
+            self._http.close()
 
     def __enter__(self) -> Client:
         return self
@@ -102,15 +122,30 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as err:
-            raise _unreachable(self.url, err) from err
+    def _call(self, method: str, path: str, **kwargs: Any) -> Response | httpx.Response:
+        if self._plain is not None and "files" not in kwargs:
+            params = dict(kwargs.pop("params", None) or {})
+            if self.project:
+                params.setdefault("project", self.project)
+            try:
+                response: Response | httpx.Response = self._plain.request(method, path, params=params, **kwargs)
+            except TransportError as err:
+                raise _unreachable(self.url, err) from err
+        else:
+            import httpx
+
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as err:
+                raise _unreachable(self.url, err) from err
         _raise_for_problem(response)
         return response
 
     # -- host and images ------------------------------------------------------------------
+
+    def version(self) -> str:
+        """The server's version."""
+        return str(self._call("GET", "/version").json()["version"])
 
     def host(self) -> HostInfo:
         return HostInfo.model_validate(self._call("GET", "/host").json())
@@ -186,16 +221,20 @@ class Client:
     def build_status(self, name: str) -> BuildStatus:
         return BuildStatus.model_validate(self._call("GET", f"/images/{name}/build").json())
 
-    def import_image(self, name: str, *, kernel: Path, initrd: Path | None = None,
-                     disk: Path | None = None, kernel_args: str = "") -> ImageInfo:
+    def import_image(self, name: str, *, kernel: Path | None = None, initrd: Path | None = None,
+                     disk: Path | None = None, kernel_args: str = "",
+                     firmware: str | None = None) -> ImageInfo:
+        """Import a kernel (with an optional initramfs and disk), or a disk alone that boots
+        through ``firmware`` ("bios", the default, or "uefi")."""
         files = {"kernel": kernel, "initrd": initrd, "disk": disk}
+        form = {"name": name, "kernel_args": kernel_args, **({"firmware": firmware} if firmware else {})}
         handles: dict[str, BinaryIO] = {}
         try:
             for field, path in files.items():
                 if path is not None:
                     handles[field] = _open_upload(field, path)
             response = self._call(
-                "POST", "/images", data={"name": name, "kernel_args": kernel_args},
+                "POST", "/images", data=form,
                 files={k: (k, h, "application/octet-stream") for k, h in handles.items()},
                 timeout=None,
             )
@@ -229,7 +268,7 @@ class Client:
         following = response.links.get("next", {}).get("url")
         return VMPage(items=[VMInfo.model_validate(v) for v in response.json()],
                       total=int(response.headers.get("X-Total-Count", 0)),
-                      next=httpx.URL(following).params.get("after") if following else None)
+                      next=parse_qs(urlsplit(following).query).get("after", [None])[0] if following else None)
 
     def vm(self, name: str) -> VMInfo:
         return VMInfo.model_validate(self._call("GET", f"/vms/{name}").json())
@@ -287,13 +326,32 @@ class Client:
     def _action(self, name: str, action: str, **params: Any) -> Any:
         return self._call("POST", f"/vms/{name}/{action}", params=params).json()
 
+    def snapshots(self, name: str) -> list[SnapshotInfo]:
+        """The VM's snapshots."""
+        return [SnapshotInfo.model_validate(s) for s in self._call("GET", f"/vms/{name}/snapshots").json()]
+
+    def create_snapshot(self, name: str, snapshot: str, *, memory: bool = False) -> SnapshotInfo:
+        """Snapshot the VM's disk (with ``memory``: its running state too)."""
+        body = {"name": snapshot, "memory": memory}
+        return SnapshotInfo.model_validate(self._call("POST", f"/vms/{name}/snapshots", json=body,
+                                                      timeout=None).json())
+
+    def restore_snapshot(self, name: str, snapshot: str) -> SnapshotInfo:
+        """Put the VM back to ``snapshot`` (stopped; running for a memory snapshot)."""
+        return SnapshotInfo.model_validate(
+            self._call("POST", f"/vms/{name}/snapshots/{snapshot}/restore", timeout=None).json())
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        self._call("DELETE", f"/vms/{name}/snapshots/{snapshot}")
+
     def start_vm(self, name: str) -> Operation:
         """Boot a VM; returns the operation to follow."""
         return Operation.model_validate(self._action(name, "start"))
 
-    def stop_vm(self, name: str, timeout: float = 30.0) -> Operation:
-        """Shut a VM down (hard after ``timeout`` seconds); returns the operation to follow."""
-        return Operation.model_validate(self._action(name, "stop", timeout=timeout))
+    def stop_vm(self, name: str, timeout: float = 30.0, *, force: bool = False) -> Operation:
+        """Shut a VM down (hard after ``timeout`` seconds, or at once with ``force``); returns
+        the operation to follow."""
+        return Operation.model_validate(self._action(name, "stop", timeout=timeout, force=force))
 
     def restart_vm(self, name: str, timeout: float = 30.0) -> Operation:
         return Operation.model_validate(self._action(name, "restart", timeout=timeout))
@@ -472,18 +530,28 @@ class Client:
         """Events after id ``after``, then each new one as it happens (server-sent events).
 
         Runs until the caller stops iterating; the server sends heartbeats, so a silent pool
-        does not time the connection out.
+        does not time the connection out. A stream the server ends raises: Unauthorized when
+        it said the token was revoked or expired, Unreachable when it went away.
         """
+        import httpx
+        from httpx_sse import connect_sse
+
         params = {k: v for k, v in (("project", project), ("vm", vm), ("kind", kind)) if v is not None}
         try:
             with connect_sse(self._http, "GET", "/events/stream", params={**params, "after": after},
                              timeout=httpx.Timeout(self._http.timeout.connect, read=None)) as source:
                 _raise_for_problem(source.response)
                 for message in source.iter_sse():
+                    if message.event == "problem":
+                        body = message.json()
+                        raise error_class(body.get("status", 0), body)(
+                            body.get("status", 0), body.get("title", "error"), body.get("detail", ""),
+                            body.get("hint"), body)
                     if message.data:
                         yield Event.model_validate_json(message.data)
         except httpx.TransportError as err:
             raise _unreachable(self.url, err) from err
+        raise _unreachable(self.url, ConnectionError("the server closed the event stream"))
 
 
 @dataclass(frozen=True)
@@ -496,18 +564,3 @@ class VMPage:
 def _unreachable(url: str, err: Exception) -> APIError:
     return error_class(0, {})(0, "unreachable", f"cannot reach virtpool at {url}: {err}",
                               "is `virtpool up` running? check VIRTPOOL_URL")
-
-
-def _raise_for_problem(response: httpx.Response) -> None:
-    """Raise the exception class that fits an error answer's status and problem+json."""
-    if not response.is_error:
-        return
-    try:
-        response.read()
-        body = response.json()
-    except ValueError:
-        body = {"detail": response.text or response.reason_phrase}
-    if not isinstance(body, dict):
-        body = {"detail": str(body)}
-    raise error_class(response.status_code, body)(
-        response.status_code, body.get("title", "error"), str(body.get("detail", "")), body.get("hint"), body)

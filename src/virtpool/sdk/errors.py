@@ -106,3 +106,19 @@ def error_class(status: int, body: dict[str, Any]) -> type[APIError]:
     if status >= 500:
         return ServerError
     return BY_STATUS.get(status, APIError)
+
+
+def raise_for_problem(response: Any) -> None:
+    """Raise the exception class that fits an error answer's status and problem+json
+    (``response``: the SDK transport's or httpx's)."""
+    if not response.is_error:
+        return
+    try:
+        response.read()
+        body = response.json()
+    except ValueError:
+        body = {"detail": response.text or response.reason_phrase}
+    if not isinstance(body, dict):
+        body = {"detail": str(body)}
+    raise error_class(response.status_code, body)(
+        response.status_code, body.get("title", "error"), str(body.get("detail", "")), body.get("hint"), body)

@@ -18,13 +18,18 @@ function hostCard(host, use) {
   const cpuUsed = use ? use.cpu_used : null;
   const memUsed = use ? use.memory_used_mib : null;
   const diskUsed = use ? use.disk_used_mib ?? null : null;
+  // Allocation is drawn against what the host may promise (capacity times its ratio); what its
+  // VMs use is drawn against the hardware (capacity before the ratio).
   const rows = [
     bar("CPU", host.cpu.allocated, host.cpu.capacity,
-      `${host.cpu.allocated} / ${host.cpu.capacity} vCPUs allocated${cpuUsed === null ? "" : `, ${cpuUsed.toFixed(2)} CPUs busy`}`, cpuUsed),
+      `${host.cpu.allocated} / ${host.cpu.capacity} vCPUs allocated${cpuUsed === null ? "" : `; ${cpuUsed.toFixed(2)} of ${host.cpu.physical} CPUs busy`}`,
+      cpuUsed, host.cpu.physical),
     bar("Memory", host.memory_mib.allocated, host.memory_mib.capacity,
-      `${mib(host.memory_mib.allocated)} / ${mib(host.memory_mib.capacity)} allocated${memUsed === null ? "" : `, ${mib(memUsed)} used`}`, memUsed),
+      `${mib(host.memory_mib.allocated)} / ${mib(host.memory_mib.capacity)} allocated${memUsed === null ? "" : `; ${mib(memUsed)} of ${mib(host.memory_mib.physical)} used`}`,
+      memUsed, host.memory_mib.physical),
     bar("Disk", host.disk_mib.allocated, host.disk_mib.capacity,
-      `${mib(host.disk_mib.allocated)} / ${mib(host.disk_mib.capacity)} allocated${diskUsed === null ? "" : `, ${mib(diskUsed)} used on the data disk`}`, diskUsed),
+      `${mib(host.disk_mib.allocated)} / ${mib(host.disk_mib.capacity)} allocated${diskUsed === null ? "" : `; ${mib(diskUsed)} of ${mib(host.disk_mib.physical)} used on the data disk`}`,
+      diskUsed, host.disk_mib.physical),
   ];
   return `<section class="card host" data-host="${esc(host.name)}">
     <header><h3>${esc(host.name)}</h3> ${badge(host.state)} <span class="muted">${esc(host.accel)} · ${host.vms} VMs</span></header>

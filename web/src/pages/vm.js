@@ -56,15 +56,19 @@ export async function render(main, params, [project, name]) {
       <section class="card"><h3>Events</h3><ul class="events" id="vm-events"></ul></section>
       <section class="card"><h3>Operations</h3><table class="list"><tbody id="vm-ops"></tbody></table></section>
     </div>`;
-  const cleanups = [];
+  let alive = true; // false once the user has left: late answers touch nothing
+  const cleanups = [() => { alive = false; }];
+  // The console socket exists once QEMU runs: "starting" may be too early for it.
+  const consoleOpen = () => canOperate() && ["running", "paused"].includes(vm.state);
 
   // Actions, and the page following the VM's state.
   const refresh = async () => {
     vm = await get(path, query).catch(() => vm);
+    if (!alive) return;
     $("#vm-state").innerHTML = badge(vm.state);
     $("#vm-actions").innerHTML = buttons(vm);
     $("#vm-info").innerHTML = info(vm);
-    if (canOperate() && ["running", "paused", "starting"].includes(vm.state)) connect();
+    if (consoleOpen()) connect();
   };
   wire($("#vm-actions"), (action) => {
     if (action === "delete") location.hash = "#/vms";
@@ -87,7 +91,7 @@ export async function render(main, params, [project, name]) {
   };
   const poll = async () => {
     const history = await get(`${path}/history`, { ...query, since }).catch(() => null);
-    if (!history) return;
+    if (!history || !alive) return;
     points.push(...history.points);
     if (history.points.length) since = history.points[history.points.length - 1].t;
     draw();
@@ -119,7 +123,7 @@ export async function render(main, params, [project, name]) {
     ws.onmessage = (event) => term.write(new Uint8Array(event.data));
     ws.onclose = () => { const s = $("#console-state"); if (s) s.textContent = "disconnected"; };
   };
-  if (canOperate() && ["running", "paused", "starting"].includes(vm.state)) connect();
+  if (consoleOpen()) connect();
   cleanups.push(() => ws && ws.close());
 
   // Events of this VM, live; its operations, refreshed.
@@ -137,7 +141,7 @@ export async function render(main, params, [project, name]) {
   cleanups.push(stopEvents);
   const ops = async () => {
     const rows = await get("/operations", { ...query, target: vm.name, limit: 20 }).catch(() => null);
-    if (rows && document.contains($("#vm-ops"))) $("#vm-ops").innerHTML = operationRows(rows);
+    if (rows && alive) $("#vm-ops").innerHTML = operationRows(rows);
   };
   await ops();
   const opsTimer = setInterval(ops, 2000);

@@ -5,6 +5,9 @@ import { buttons, wire } from "../actions.js";
 import { $, badge, esc, mib, notify, notifyError } from "../dom.js";
 import { canOperate, me } from "../session.js";
 
+// A page of the list: laying out every row of 1,000 (each with its buttons) takes seconds on a
+// busy machine; a page of 100 takes a fraction of that, and filters still see every VM.
+const PAGE = 100;
 const STATES = ["running", "starting", "paused", "stopping", "stopped", "creating", "crashed", "error", "deleting"];
 
 function options(values, selected, all) {
@@ -90,25 +93,41 @@ export async function render(main, params) {
     // Images live on hosts: a control plane without an agent has none to offer.
     canOperate() ? get("/images").catch(() => []) : Promise.resolve([]),
   ]);
+  performance.mark("vms:fetched");
   main.innerHTML = `<h2>Virtual machines <span class="muted" id="vm-count"></span></h2>
     ${canOperate() ? createForm(images, projects) : ""}
     <form class="filters" id="filters">
       <label>Project <select name="project">${options(projects, filters.project, "every project")}</select></label>
       <label>Host <select name="host">${options(hosts, filters.host, "every host")}</select></label>
       <label>State <select name="state">${options(STATES, filters.state, "every state")}</select></label>
+      <span class="pager"><button type="button" data-page="-1" aria-label="previous page">‹</button>
+        <span id="vm-range"></span><button type="button" data-page="1" aria-label="next page">›</button></span>
     </form>
     <table class="list vms"><thead><tr><th>Name</th><th>Project</th><th>Host</th><th>State</th><th>vCPUs</th>
       <th>Memory</th><th>Disk</th><th>Actions</th></tr></thead><tbody></tbody></table>`;
   const tbody = $("tbody", main);
+  let first = 0;
   const show = () => {
     const shown = vms.filter((vm) => (!filters.project || vm.project === filters.project) &&
       (!filters.host || vm.host === filters.host) && (!filters.state || vm.state === filters.state));
-    tbody.innerHTML = shown.map(row).join("");
+    first = Math.max(0, Math.min(first, Math.floor((shown.length - 1) / PAGE) * PAGE));
+    tbody.innerHTML = shown.slice(first, first + PAGE).map(row).join("");
     $("#vm-count").textContent = `(${shown.length} of ${vms.length})`;
+    $("#vm-range").textContent = shown.length ? `${first + 1}–${Math.min(first + PAGE, shown.length)} of ${shown.length}` : "none";
+    $('[data-page="-1"]', main).disabled = first === 0;
+    $('[data-page="1"]', main).disabled = first + PAGE >= shown.length;
   };
   show();
+  performance.mark("vms:dom");
   $("#filters").addEventListener("change", (event) => {
     filters[event.target.name] = event.target.value;
+    first = 0;
+    show();
+  });
+  $("#filters").addEventListener("click", (event) => {
+    const step = event.target.closest("button[data-page]");
+    if (!step) return;
+    first += Number(step.dataset.page) * PAGE;
     show();
   });
   if (canOperate()) {

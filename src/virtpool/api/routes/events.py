@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -58,7 +59,7 @@ def stream_events(
 
 def _matches(event: Event, kind: str | None, vm: str | None, project: str | None) -> bool:
     return ((kind is None or event.kind.startswith(kind)) and (vm is None or event.vm == vm)
-            and (project is None or event.project_id == project))
+            and (project is None or event.project == project))
 
 
 async def _follow(pool: Pool, caller: Principal, secret: str | None, after: int, kind: str | None,
@@ -91,7 +92,7 @@ async def _follow(pool: Pool, caller: Principal, secret: str | None, after: int,
                                             project_id=project, limit=BATCH)
             for event in batch:
                 if guard.lost:
-                    return
+                    break
                 yield ServerSentEvent(event.model_dump_json(), id=str(event.id), event=event.kind)
                 after = event.id
             if len(batch) == BATCH:
@@ -99,6 +100,11 @@ async def _follow(pool: Pool, caller: Principal, secret: str | None, after: int,
             woken = asyncio.create_task(wake.wait())
             await asyncio.wait([watcher, woken], timeout=RECHECK_S, return_when=asyncio.FIRST_COMPLETED)
             woken.cancel()
+        # Said in the stream, so that a client tells "refused" (exit 1) from "server gone" (3).
+        yield ServerSentEvent(json.dumps({"status": 401, "title": "unauthorized",
+                                          "detail": f"the event stream ended: {guard.reason}",
+                                          "hint": "use a valid token", "error": "Unauthorized"}),
+                              event="problem")
     finally:
         watcher.cancel()
         remove()

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from virtpool.api.deps import Admin, Caller, PoolDep
 from virtpool.api.routes.operations import ACCEPTED, accepted
 from virtpool.model.errors import FREE_SPACE_HINT, InsufficientStorage
-from virtpool.model.image import BuildStatus, ImageInfo
+from virtpool.model.image import BuildStatus, Firmware, ImageInfo
 from virtpool.model.spec import MAX_KERNEL_ARGS
 
 router = APIRouter(prefix="/images", tags=["images"])
@@ -51,15 +51,17 @@ def build_status(name: str, pool: PoolDep, _: Caller) -> BuildStatus:
 
 
 @router.post("", response_model=ImageInfo, status_code=status.HTTP_201_CREATED,
-             summary="Import a kernel, an optional initramfs and an optional root disk")
+             summary="Import a kernel, an optional initramfs and an optional root disk; or a "
+             "disk alone that boots through its firmware (BIOS or UEFI) on q35")
 def import_image(
     pool: PoolDep,
     _: Admin,
     name: Annotated[str, Form()],
-    kernel: Annotated[UploadFile, File()],
+    kernel: Annotated[UploadFile | None, File()] = None,
     initrd: Annotated[UploadFile | None, File()] = None,
     disk: Annotated[UploadFile | None, File()] = None,
     kernel_args: Annotated[str, Form(max_length=MAX_KERNEL_ARGS)] = "",
+    firmware: Annotated[Firmware | None, Form()] = None,
 ) -> ImageInfo:
     try:
         staging = pool.images.staging_dir()
@@ -72,8 +74,8 @@ def import_image(
             if upload is not None
         }
         return pool.images.import_files(
-            name, kernel=paths["kernel"], initrd=paths.get("initrd"), disk=paths.get("disk"),
-            kernel_args=kernel_args,
+            name, kernel=paths.get("kernel"), initrd=paths.get("initrd"), disk=paths.get("disk"),
+            kernel_args=kernel_args, firmware=firmware,
         )
     except OSError as err:
         raise _no_room(err) from err

@@ -156,9 +156,10 @@ def start_vm(name: str, pool: PoolDep, scope: Operator) -> JSONResponse:
 def stop_vm(
     name: str, pool: PoolDep, scope: Operator,
     timeout: Annotated[float, Query(gt=0, le=3600)] = DEFAULT_STOP_TIMEOUT_S,
+    force: Annotated[bool, Query(description="stop it hard at once (no graceful shutdown)")] = False,
 ) -> JSONResponse:
     return accepted(pool.vm_operations.stop(_vm_id(pool, scope, name), actor=scope.caller.name,
-                                            timeout=timeout))
+                                            timeout=timeout, force=force))
 
 
 @router.post("/{name}/restart", status_code=status.HTTP_202_ACCEPTED, response_class=JSONResponse,
@@ -276,14 +277,15 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
     tasks = [asyncio.create_task(to_guest()), asyncio.create_task(to_user()), watcher]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    except WebSocketDisconnect:
-        pass
     finally:
         for task in tasks:
             task.cancel()
+        # Collected, so that a user who detached (WebSocketDisconnect) or a console that closed
+        # is not logged as an error: either is how a console session ends.
+        await asyncio.gather(*tasks, return_exceptions=True)
         writer.close()
         code, reason = (POLICY_VIOLATION, guard.reason) if guard.lost else (1000, "")
         try:
             await websocket.close(code=code, reason=reason[:120])
-        except RuntimeError:
-            pass
+        except (RuntimeError, WebSocketDisconnect, OSError):
+            pass  # the user's side is gone already

@@ -59,7 +59,9 @@ if [ "$1" != stage2 ]; then
 
     # insmod does not follow dependencies, hence this fixed order (see QEMU-NOTES.md).
     kver=$(uname -r)
-    for module in virtio_ring virtio virtio_mmio virtio_blk failover net_failover \
+    # virtio_pci: the same guest also boots on q35 (firmware boot), where devices are on PCI.
+    for module in virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev \
+        virtio_pci virtio_blk failover net_failover \
         virtio_net virtio_console virtio_balloon overlay; do
         ko=/lib/modules/$kver/$module.ko
         if [ -f "$ko" ]; then

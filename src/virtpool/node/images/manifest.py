@@ -31,12 +31,14 @@ class Manifest:
     """What an image is made of and how to boot it."""
 
     name: str
-    kernel: FileEntry
+    kernel: FileEntry | None  # None: a bootable disk that the firmware starts
     initrd: FileEntry | None = None
     disk: FileEntry | None = None
     disk_format: str | None = None  # "qcow2" or "raw" when disk is set
     kernel_args: str = ""  # image-specific arguments, appended after virtpool's own
     boot_timeout_s: float | None = None  # what a boot of it may take; None: the server's default
+    machine: str = "microvm"  # "microvm" (direct kernel boot) or "q35" (firmware boot)
+    firmware: str | None = None  # on q35: "bios" (SeaBIOS) or "uefi" (OVMF)
     source: dict[str, str] = field(default_factory=dict)  # where the files came from
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     version: int = MANIFEST_VERSION
@@ -59,12 +61,14 @@ class Manifest:
 
         return cls(
             name=raw["name"],
-            kernel=FileEntry(**raw["kernel"]),
+            kernel=entry(raw.get("kernel")),
             initrd=entry(raw.get("initrd")),
             disk=entry(raw.get("disk")),
             disk_format=raw.get("disk_format"),
             kernel_args=raw.get("kernel_args", ""),
             boot_timeout_s=raw.get("boot_timeout_s"),
+            machine=raw.get("machine", "microvm"),
+            firmware=raw.get("firmware"),
             source=raw.get("source", {}),
             created_at=raw["created_at"],
             version=raw.get("version", MANIFEST_VERSION),

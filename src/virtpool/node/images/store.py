@@ -20,6 +20,7 @@ from virtpool.model.errors import (
     InvalidRequest,
     NotFound,
 )
+from virtpool.model.image import FIRMWARE_BOOT_TIMEOUT_S, Firmware
 from virtpool.model.spec import NAME_RULE, valid_name
 from virtpool.node import disks, safe_files
 from virtpool.node.images import checks
@@ -118,22 +119,36 @@ class ImageStore:
         self,
         name: str,
         *,
-        kernel: Path,
+        kernel: Path | None,
         initrd: Path | None = None,
         disk: Path | None = None,
         kernel_args: str = "",
+        firmware: Firmware | None = None,
         move: bool = False,
     ) -> Manifest:
         """Copy (or move) the user's files in as image ``name``, refusing what is not what it
         claims to be: no link is followed, and each file's content is checked on our own copy
-        (so it cannot change between check and use). ENOSPC is :class:`InsufficientStorage`."""
+        (so it cannot change between check and use). ENOSPC is :class:`InsufficientStorage`.
+
+        With a kernel it boots directly on microvm; without one the disk must carry its own
+        bootloader, which ``firmware`` (default BIOS) starts on q35."""
         _check_name(name)
+        if kernel is None and disk is None:
+            raise InvalidRequest("an image needs a kernel or a bootable disk",
+                                 hint="pass --kernel (and --initrd, --disk), or --disk alone")
+        if kernel is not None and firmware is not None:
+            raise InvalidRequest("--firmware is for a disk that boots by itself, not with --kernel",
+                                 hint="drop --kernel to boot the disk's own bootloader")
+        if kernel is None and initrd is not None:
+            raise InvalidRequest("an initramfs needs a kernel", hint="pass --kernel too")
         if self.path(name).exists():
             raise Conflict(f"an image named '{name}' exists", hint="delete it first or pick another name")
         staging = Path(tempfile.mkdtemp(prefix=f".import-{name}-", dir=self.root))
         try:
-            _take(kernel, staging / "kernel", move)
-            kind = kernel_kind(staging / "kernel")
+            kind = None
+            if kernel is not None:
+                _take(kernel, staging / "kernel", move)
+                kind = kernel_kind(staging / "kernel")
             if initrd is not None:
                 _take(initrd, staging / "initrd", move)
                 checks.initrd_kind(_head(staging / "initrd", checks.INITRD_HEAD_BYTES), "the initrd")
@@ -147,16 +162,23 @@ class ImageStore:
                 disks.qemu_img_info(staging / "disk", disk_format)
                 disk_entry = file_entry(staging, "disk")
             args = kernel_args
-            if disk is not None and initrd is None and "root=" not in kernel_args:
+            # A kernel with a disk and no root= mounts its root from that disk.
+            if kernel is not None and disk is not None and "root=" not in kernel_args:
                 args = f"root=/dev/vda rw {kernel_args}".strip()
+            source = {"kind": "import"}
+            if kind is not None:
+                source["kernel_format"] = kind
             manifest = Manifest(
                 name=name,
-                kernel=file_entry(staging, "kernel"),
+                kernel=file_entry(staging, "kernel") if kernel is not None else None,
                 initrd=file_entry(staging, "initrd") if initrd is not None else None,
                 disk=disk_entry,
                 disk_format=disk_format,
                 kernel_args=args,
-                source={"kind": "import", "kernel_format": kind},
+                source=source,
+                machine="microvm" if kernel is not None else "q35",
+                firmware=None if kernel is not None else (firmware or "bios"),
+                boot_timeout_s=None if kernel is not None else FIRMWARE_BOOT_TIMEOUT_S,
             )
             write_manifest(staging, manifest)
             users.share_image(staging)  # every VM's user reads its image, nobody else

@@ -32,6 +32,13 @@ class NicPlan:
     mac: str | None = None
 
 
+Machine = Literal["microvm", "q35"]
+# Debian's ovmf package: the UEFI code (read-only, shared) and the template of the variable
+# store each UEFI VM gets a copy of (its boot entries are its own).
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS_TEMPLATE = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
 @dataclass(frozen=True)
 class LaunchPlan:
     """Everything QEMU needs to start one VM, already resolved to host paths."""
@@ -39,9 +46,13 @@ class LaunchPlan:
     name: str
     cpus: int
     memory_mib: int
-    kernel: Path
+    kernel: Path | None  # None: the firmware boots the disk (machine q35)
     paths: VMPaths
     accel: Literal["kvm", "tcg"]
+    # microvm boots a kernel directly (the fast path); q35 runs SeaBIOS ("bios") or OVMF
+    # ("uefi") for a disk with its own bootloader, with PCI devices and ACPI.
+    machine: Machine = "microvm"
+    firmware: Literal["bios", "uefi"] | None = None
     initrd: Path | None = None
     kernel_is_elf: bool = True
     nics: tuple[NicPlan, ...] = ()
@@ -77,6 +88,8 @@ def kernel_cmdline(plan: LaunchPlan) -> str:
 
 
 def _machine(plan: LaunchPlan) -> str:
+    if plan.machine == "q35":
+        return "q35"
     # Option ROMs are only needed to boot a bzImage; an ELF vmlinux enters through PVH.
     options = ["microvm", "rtc=on"]
     if plan.kernel_is_elf:
@@ -84,7 +97,31 @@ def _machine(plan: LaunchPlan) -> str:
     return ",".join(options)
 
 
-def _nic_args(index: int, nic: NicPlan) -> list[str]:
+def _device(plan: LaunchPlan, kind: str) -> str:
+    """A virtio device on the machine's transport: MMIO on microvm, PCI on q35."""
+    return f"virtio-{kind}-{'pci' if plan.machine == 'q35' else 'device'}"
+
+
+def _boot_args(plan: LaunchPlan) -> list[str]:
+    """How the guest starts: the kernel directly, or the firmware from the disk."""
+    if plan.machine == "q35":
+        if plan.kernel is not None:
+            raise ValueError("q35 boots through its firmware; a direct kernel boot runs on microvm")
+        if plan.firmware == "uefi":
+            return [
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={opt_value(OVMF_CODE)}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={opt_value(plan.paths.efi_vars)}",
+            ]
+        return []  # q35 loads SeaBIOS by itself
+    if plan.kernel is None:
+        raise ValueError("microvm has no firmware that boots a disk: give it a kernel")
+    argv = ["-kernel", str(plan.kernel)]
+    if plan.initrd is not None:
+        argv += ["-initrd", str(plan.initrd)]
+    return [*argv, "-append", kernel_cmdline(plan)]
+
+
+def _nic_args(index: int, nic: NicPlan, plan: LaunchPlan) -> list[str]:
     netdev = f"net{index}"
     if nic.tap is not None:
         # No /dev/vhost-net on our hosts (QEMU-NOTES.md); the agent made the tap for this VM's user.
@@ -93,7 +130,7 @@ def _nic_args(index: int, nic: NicPlan) -> list[str]:
         backend = f"stream,id={netdev},server=off,addr.type=unix,addr.path={opt_value(nic.socket)}"
     else:
         raise ValueError(f"NIC {index} has neither a tap nor a socket")
-    device = f"virtio-net-device,netdev={netdev}" + (f",mac={nic.mac}" if nic.mac else "")
+    device = f"{_device(plan, 'net')},netdev={netdev}" + (f",mac={nic.mac}" if nic.mac else "")
     return ["-netdev", backend, "-device", device]
 
 
@@ -118,29 +155,26 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         "-nodefaults", "-no-user-config",
         "-display", "none",
         "-no-reboot",
-        "-kernel", str(plan.kernel),
-    ]
-    if plan.initrd is not None:
-        argv += ["-initrd", str(plan.initrd)]
-    argv += ["-append", kernel_cmdline(plan)]
-    argv += [
+        *_boot_args(plan),
         # The serial console is a socket for `vm console`, logged to a file for `vm logs`.
         "-chardev",
         f"socket,id=console0,path={opt_value(paths.console_sock)},server=on,wait=off,"
         f"logfile={opt_value(paths.serial_log)},logappend=on",
         "-serial", "chardev:console0",
-        "-device", "virtio-serial-device",
+        "-device", _device(plan, "serial"),
         "-chardev", f"socket,id=qga0,path={opt_value(paths.qga_sock)},server=on,wait=off",
         "-device", f"virtserialport,chardev=qga0,name={GUEST_AGENT_PORT}",
     ]
     for index, nic in enumerate(plan.nics):
-        argv += _nic_args(index, nic)
+        argv += _nic_args(index, nic, plan)
     argv += [
-        "-device", f"virtio-balloon-device,id={BALLOON_ID}",
+        "-device", f"{_device(plan, 'balloon')},id={BALLOON_ID}",
         "-drive",
         f"file={opt_value(paths.disk)},format=qcow2,if=none,id={DRIVE_ID},discard=unmap"
         + _throttling(plan),
-        "-device", f"virtio-blk-device,drive={DRIVE_ID},id={DISK_DEVICE_ID}",
+        # bootindex: SeaBIOS and OVMF boot this disk first (microvm has no firmware to tell).
+        "-device", f"{_device(plan, 'blk')},drive={DRIVE_ID},id={DISK_DEVICE_ID}"
+        + (",bootindex=0" if plan.machine == "q35" else ""),
         "-qmp", f"unix:{opt_value(paths.qmp_sock)},server=on,wait=off",
         "-qmp", f"unix:{opt_value(paths.events_sock)},server=on,wait=off",
         "-pidfile", str(paths.pidfile),

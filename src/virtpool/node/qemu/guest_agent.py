@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from virtpool.model.errors import OperationFailed
+from virtpool.model.errors import CommandTimeout, OperationFailed
 from virtpool.model.spec import ExecResult
 from virtpool.node.qemu import peer
 
@@ -26,6 +26,10 @@ MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # QGA caps captured output at 16 MiB itself
 
 class GuestAgentError(OperationFailed):
     """The guest agent refused a command or could not be reached."""
+
+
+class GuestAgentGone(GuestAgentError):
+    """The connection to the guest agent broke mid-call (QEMU may have exited)."""
 
 
 class GuestAgent:
@@ -78,13 +82,19 @@ class GuestAgent:
         message: dict[str, Any] = {"execute": cmd}
         if arguments is not None:
             message["arguments"] = arguments
-        self._writer.write(json.dumps(message).encode() + b"\n")
-        await self._writer.drain()
+        try:
+            self._writer.write(json.dumps(message).encode() + b"\n")
+            await self._writer.drain()
+        except OSError as err:
+            raise GuestAgentGone(f"the guest agent of VM '{self._vm}' dropped the connection: {err!r}") from err
 
     async def _read(self) -> dict[str, Any]:
-        line = await self._reader.readline()
+        try:
+            line = await self._reader.readline()
+        except OSError as err:
+            raise GuestAgentGone(f"the guest agent of VM '{self._vm}' dropped the connection: {err!r}") from err
         if not line:
-            raise GuestAgentError(f"the guest agent of VM '{self._vm}' closed the connection")
+            raise GuestAgentGone(f"the guest agent of VM '{self._vm}' closed the connection")
         return json.loads(line.lstrip(SYNC_DELIMITER))
 
     async def call(self, cmd: str, arguments: dict[str, Any] | None = None) -> Any:
@@ -135,8 +145,9 @@ class GuestAgent:
             if status.get("exited"):
                 break
             if loop.time() >= deadline:
-                raise GuestAgentError(
-                    f"command {argv[0]!r} in VM '{self._vm}' still running after {timeout:g}s",
+                await self._kill(pid)
+                raise CommandTimeout(
+                    f"command {argv[0]!r} in VM '{self._vm}' still running after {timeout:g}s: killed",
                     hint="raise --timeout, or run long jobs in the background in the guest",
                 )
             await asyncio.sleep(poll)
@@ -151,6 +162,20 @@ class GuestAgent:
             stderr=_decode(status.get("err-data")),
             truncated=bool(status.get("out-truncated") or status.get("err-truncated")),
         )
+
+    async def _kill(self, pid: int) -> None:
+        """Kill a guest command that outlived its timeout (qemu-ga has no kill of its own: the
+        guest's `kill` does it), and reap it so that qemu-ga forgets it."""
+        try:
+            killer = await self.call("guest-exec", {"path": "kill", "arg": ["-KILL", str(pid)]})
+            for _ in range(50):
+                done = await self.call("guest-exec-status", {"pid": killer["pid"]})
+                if done.get("exited"):
+                    break
+                await asyncio.sleep(0.05)
+            await self.call("guest-exec-status", {"pid": pid})
+        except GuestAgentError:
+            pass  # the command ended on its own meanwhile, or the guest has no kill
 
 
 def _decode(data: str | None) -> str:

@@ -1,0 +1,56 @@
+"""`virtpool vm snapshot …`"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from virtpool.cli import output
+from virtpool.cli.common import JsonFlag, client
+
+app = typer.Typer(help="Snapshots of a VM's disk, and of its memory.", no_args_is_help=True)
+
+
+@app.command("create")
+def create(vm: str, name: str,
+           memory: Annotated[bool, typer.Option("--memory", help="also save the running guest's memory")] = False,
+           json: JsonFlag = False) -> None:
+    """Snapshot a running or stopped VM (a running guest's filesystems are frozen for it)."""
+    with output.errors():
+        taken = client().create_snapshot(vm, name, memory=memory)
+    if json:
+        return output.emit_json(taken)
+    kind = f"with {taken.memory_bytes / 2**20:.0f} MiB of memory" if taken.memory else "of its disk"
+    output.out.print(f"snapshot '{taken.name}' of VM '{vm}' taken ({kind})", highlight=False)
+
+
+@app.command("list")
+def list_(vm: str, json: JsonFlag = False) -> None:
+    """The VM's snapshots."""
+    with output.errors():
+        taken = client().snapshots(vm)
+    if json:
+        return output.emit_json(taken)
+    output.table(["NAME", "MEMORY", "CREATED"],
+                 [(s.name, f"{s.memory_bytes / 2**20:.0f}M" if s.memory else "-", s.created_at) for s in taken])
+
+
+@app.command("restore")
+def restore(vm: str, name: str, json: JsonFlag = False) -> None:
+    """Put the VM back to a snapshot: stopped, or running for a memory snapshot."""
+    with output.errors():
+        restored = client().restore_snapshot(vm, name)
+    if json:
+        return output.emit_json(restored)
+    output.out.print(f"VM '{vm}' restored to snapshot '{name}'", highlight=False)
+
+
+@app.command("delete")
+def delete(vm: str, name: str, json: JsonFlag = False) -> None:
+    """Delete a snapshot."""
+    with output.errors():
+        client().delete_snapshot(vm, name)
+    if json:
+        return output.emit_json({"deleted": name})
+    output.out.print(f"snapshot '{name}' of VM '{vm}' deleted", highlight=False)

@@ -1,0 +1,26 @@
+"""A VM's snapshot as the agent reports it and the API shows it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from virtpool.model.spec import NAME_PATTERN, NAME_RULE
+
+
+class SnapshotInfo(BaseModel):
+    """One snapshot inside a VM's disk: the disk, and with ``memory`` its running state too."""
+
+    name: str
+    memory: bool
+    memory_bytes: int = 0
+    created_at: datetime
+
+
+class SnapshotRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=f"^{NAME_PATTERN}$", description=NAME_RULE, examples=["before-upgrade"])
+    memory: bool = Field(default=False, description="also save the running guest's memory "
+                         "(a running VM only); restoring it brings the guest back as it ran")

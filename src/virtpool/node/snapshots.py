@@ -1,0 +1,132 @@
+"""Snapshots of one VM's disk, internal to its qcow2, with or without the guest's memory.
+
+A stopped VM's disk is snapshotted with ``qemu-img`` (run as the VM's user: the disk is that
+user's file). A running VM's is snapshotted through QMP: a disk-only snapshot freezes the
+guest's filesystems through its agent around ``blockdev-snapshot-internal-sync`` so that it is
+consistent; a memory snapshot is QEMU's ``snapshot-save`` job (disk and RAM together, which
+``snapshot-load`` brings back into the running VM).
+
+The snapshot list is read from the qcow2 itself (``qemu-img info``): the disk is the only
+place a snapshot exists, so there is nothing to get out of step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from virtpool.model.errors import OperationFailed
+from virtpool.model.snapshot import SnapshotInfo
+from virtpool.node.disks import run_qemu_img
+from virtpool.node.qemu import qmp
+from virtpool.node.qemu.argv import DRIVE_ID
+from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
+
+JOB_TIMEOUT_S = 600.0  # a memory snapshot of a large guest under TCG writes all its RAM
+FREEZE_TIMEOUT_S = 10.0
+
+
+def parse_snapshots(info: dict[str, Any]) -> list[SnapshotInfo]:
+    """Snapshots from ``qemu-img info --output=json``. Pure."""
+    found = []
+    for entry in info.get("snapshots") or []:
+        created = datetime.fromtimestamp(int(entry.get("date-sec", 0)), UTC)
+        found.append(SnapshotInfo(name=entry["name"], memory=int(entry.get("vm-state-size", 0)) > 0,
+                                  memory_bytes=int(entry.get("vm-state-size", 0)), created_at=created))
+    return found
+
+
+def list_snapshots(disk: Path, **run_as: Any) -> list[SnapshotInfo]:
+    # -U: the disk may be open in a running QEMU; reading its snapshot table is safe.
+    out = run_qemu_img(["info", "-U", "--output=json", "-f", "qcow2", str(disk)], what="list snapshots",
+                    **run_as)
+    return parse_snapshots(json.loads(out))
+
+
+def create_offline(disk: Path, name: str, **run_as: Any) -> None:
+    run_qemu_img(["snapshot", "-c", name, str(disk)], what=f"take snapshot '{name}'", **run_as)
+
+
+def restore_offline(disk: Path, name: str, **run_as: Any) -> None:
+    run_qemu_img(["snapshot", "-a", name, str(disk)], what=f"restore snapshot '{name}'", **run_as)
+
+
+def delete_offline(disk: Path, name: str, **run_as: Any) -> None:
+    run_qemu_img(["snapshot", "-d", name, str(disk)], what=f"delete snapshot '{name}'", **run_as)
+
+
+async def create_live(qmp_sock: Path, qga_sock: Path, name: str, *, memory: bool, vm: str,
+                      qga_lock: asyncio.Lock) -> bool:
+    """Snapshot a running VM; returns whether the guest's filesystems were frozen for it."""
+    node = await _disk_node(qmp_sock, vm)
+    if memory:
+        # QEMU stops the vCPUs for the save itself: disk and memory are of one instant.
+        await _job(qmp_sock, "snapshot-save", {"tag": name, "vmstate": node, "devices": [node]}, vm)
+        return False
+    async with qga_lock:
+        frozen = await _freeze(qga_sock, vm)
+        try:
+            await qmp.command(qmp_sock, "blockdev-snapshot-internal-sync",
+                              {"device": DRIVE_ID, "name": name}, vm=vm)
+        finally:
+            if frozen:
+                await _thaw(qga_sock, vm)
+    return frozen
+
+
+async def restore_live(qmp_sock: Path, name: str, *, vm: str) -> None:
+    """Bring a memory snapshot back into the running VM (its disk and RAM)."""
+    node = await _disk_node(qmp_sock, vm)
+    await _job(qmp_sock, "snapshot-load", {"tag": name, "vmstate": node, "devices": [node]}, vm)
+
+
+async def delete_live(qmp_sock: Path, name: str, *, vm: str) -> None:
+    node = await _disk_node(qmp_sock, vm)
+    await _job(qmp_sock, "snapshot-delete", {"tag": name, "devices": [node]}, vm)
+
+
+async def _disk_node(qmp_sock: Path, vm: str) -> str:
+    for device in await qmp.command(qmp_sock, "query-block", vm=vm):
+        if device.get("device") == DRIVE_ID and device.get("inserted"):
+            return str(device["inserted"]["node-name"])
+    raise OperationFailed(f"VM '{vm}' has no disk '{DRIVE_ID}' in QEMU")
+
+
+async def _job(qmp_sock: Path, cmd: str, arguments: dict[str, Any], vm: str) -> None:
+    """Run a QMP job to its end; raise with QEMU's reason when it failed."""
+    job_id = f"{cmd}-{time.monotonic_ns()}"
+    await qmp.command(qmp_sock, cmd, {"job-id": job_id, **arguments}, vm=vm)
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:
+        jobs = {j["id"]: j for j in await qmp.command(qmp_sock, "query-jobs", vm=vm)}
+        job = jobs.get(job_id)
+        if job is None:
+            raise OperationFailed(f"QEMU lost the {cmd} job of VM '{vm}'")
+        if job["status"] == "concluded":
+            await qmp.command(qmp_sock, "job-dismiss", {"id": job_id}, vm=vm)
+            if job.get("error"):
+                raise OperationFailed(f"{cmd} of VM '{vm}' failed: {job['error']}")
+            return
+        if time.monotonic() > deadline:
+            raise OperationFailed(f"{cmd} of VM '{vm}' did not finish in {JOB_TIMEOUT_S:g}s")
+        await asyncio.sleep(0.1)
+
+
+async def _freeze(qga_sock: Path, vm: str) -> bool:
+    """Freeze the guest's filesystems; False when it has no agent that can (then the snapshot
+    is crash-consistent, like pulling the power)."""
+    try:
+        async with await GuestAgent.open(qga_sock, vm=vm) as agent:
+            await asyncio.wait_for(agent.call("guest-fsfreeze-freeze"), FREEZE_TIMEOUT_S)
+        return True
+    except (GuestAgentError, TimeoutError, asyncio.TimeoutError):
+        return False
+
+
+async def _thaw(qga_sock: Path, vm: str) -> None:
+    async with await GuestAgent.open(qga_sock, vm=vm) as agent:
+        await agent.call("guest-fsfreeze-thaw")

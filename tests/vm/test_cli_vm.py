@@ -1,0 +1,100 @@
+"""`vm exec`, `vm stop --force` and the messages users met, through the real CLI against a
+real server with a real guest."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from websockets.sync.client import connect
+
+from tests.conftest import Server, wait_for
+
+
+@pytest.fixture(scope="module")
+def web(server: Server) -> Iterator[str]:
+    started = server.cli("vm", "create", "web", "--start", "--wait")
+    assert started.returncode == 0, started.stderr
+    yield "web"
+    server.cli("vm", "delete", "web", "--force")
+
+
+def test_options_before_the_double_dash_are_virtpool_s(server: Server, web: str) -> None:
+    ran = server.cli("vm", "exec", web, "--json", "--timeout", "30", "--", "sh", "-c", "echo out; exit 3")
+    assert ran.returncode == 3, ran.stderr
+    result = json.loads(ran.stdout)
+    assert result["exit_code"] == 3 and result["stdout"] == "out\n"
+
+
+def test_piped_input_reaches_the_command(server: Server, web: str) -> None:
+    ran = server.cli("vm", "exec", web, "--", "cat", input=b"hello from a pipe\n")
+    assert ran.returncode == 0 and ran.stdout == "hello from a pipe\n"
+
+
+def test_a_command_that_times_out_is_killed_in_the_guest_and_exits_5(server: Server, web: str) -> None:
+    ran = server.cli("vm", "exec", web, "--timeout", "2", "--", "sleep", "57")
+    assert ran.returncode == 5, (ran.returncode, ran.stderr)
+    assert "still running after 2s" in ran.stderr
+    left = server.cli("vm", "exec", web, "--", "ps")
+    assert left.returncode == 0 and "sleep 57" not in left.stdout, left.stdout
+
+
+def test_the_url_up_prints_for_the_api_works_too(server: Server, web: str) -> None:
+    url = server.api().url
+    listed = server.cli("vm", "list", env_extra={"VIRTPOOL_URL": f"{url}/api/v1/"})
+    assert listed.returncode == 0 and "web" in listed.stdout, listed.stderr
+    shown = server.cli("vm", "show", web, env_extra={"VIRTPOOL_URL": f"{url}/api/v1"})
+    assert shown.returncode == 0, shown.stderr
+
+
+def test_refusals_name_the_flag_the_user_typed(server: Server) -> None:
+    refused = server.cli("vm", "create", "tiny", "--memory", "0")
+    assert refused.returncode == 1
+    assert "--memory must be at least 64 MiB" in refused.stderr and "memory_mib" not in refused.stderr
+    assert server.cli("vm", "show", "tiny").returncode == 1  # nothing was created
+
+
+def test_a_taken_name_is_said_before_a_full_host(server: Server, web: str) -> None:
+    refused = server.cli("vm", "create", web, "--memory", "8000G")
+    assert refused.returncode == 1
+    assert f"a VM named '{web}' exists" in refused.stderr, refused.stderr
+
+
+def test_deleting_a_running_vm_says_how(server: Server, web: str) -> None:
+    refused = server.cli("vm", "delete", web)
+    assert refused.returncode == 1 and "--force" in refused.stderr, refused.stderr
+    assert server.api().vm(web).state.value == "running"
+
+
+def test_a_console_detach_is_no_error_in_the_server_log(server: Server, web: str) -> None:
+    before = server.log.read_text().count("Traceback")
+    api = server.api()
+    ws_url = api.url.replace("http://", "ws://")
+    for _ in range(3):
+        with connect(f"{ws_url}/api/v1/vms/{web}/console",
+                     additional_headers={"Authorization": f"Bearer {api.token}"}) as conn:
+            conn.send(b"\n")
+    # The server notices each detach after the client has gone: give it a moment to log.
+    assert not wait_for(lambda: server.log.read_text().count("Traceback") > before, timeout=3)
+
+
+def test_stop_force_pulls_the_plug_and_the_console_then_says_stopped(server: Server) -> None:
+    # A VM of its own: the other tests need theirs running, whatever order they run in.
+    assert server.cli("vm", "create", "plug", "--start", "--wait").returncode == 0
+    try:
+        # A guest that ignores a shutdown: a graceful stop would wait the whole --timeout
+        # (an hour here) and the CLI give up after --wait-timeout with exit 5.
+        deaf = server.cli("vm", "exec", "plug", "--", "sh", "-c",
+                          "mount --bind /bin/true /sbin/shutdown && mount --bind /bin/true /sbin/poweroff")
+        assert deaf.returncode == 0, deaf.stderr
+        stopped = server.cli("vm", "stop", "plug", "--force", "--timeout", "3600", "--wait-timeout", "120")
+        assert stopped.returncode == 0, stopped.stderr
+        vm = server.api().vm("plug")
+        assert vm.state.value == "stopped" and vm.stopped_by == "forced"
+        refused = server.cli("vm", "console", "plug")
+        assert refused.returncode == 1
+        assert "VM 'plug' is stopped" in refused.stderr and "start it first" in refused.stderr
+        assert "HTTP 409" not in refused.stderr
+    finally:
+        server.cli("vm", "delete", "plug", "--force")
