@@ -1,16 +1,16 @@
 """Idempotency keys of creates: a retried create with the same key answers with the first one's
 VM or operation instead of making a second VM.
 
-Revision ID: 0011_idempotency
-Revises: 0010_guests
+Revision ID: 0012_idempotency
+Revises: 0011_started
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011_idempotency"
-down_revision = "0010_guests"
+revision = "0012_idempotency"
+down_revision = "0011_started"
 branch_labels = None
 depends_on = None
 
