@@ -48,7 +48,7 @@ def settle_cut_off(cut_off: list[Operation], asked_to_boot: list[str], vms: VMSe
     removed, carried = set(), set()
     for op in cut_off:
         try:
-            vm = vms.get(op.target or "", op.project_id)
+            vm = vms.get(op.target or "", op.project)
         except NotFound:  # its row was still being written: reconcile removed it
             operations.fail(op.id, NOT_MADE.format(name=op.target))
             continue

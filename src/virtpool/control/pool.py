@@ -6,6 +6,8 @@ mode passes a ``LocalAgent``; a multi-host pool will pass remote agents.
 
 from __future__ import annotations
 
+import logging
+
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,8 @@ from virtpool.model.agent import Agent
 from virtpool.model.layout import TOKEN_FILE, URL_FILE
 from virtpool.model.lease import MONITOR_PERIOD_S
 
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PoolConfig:
@@ -110,8 +114,12 @@ class Pool:
             # first, so that the reconcile below converges them with the rest.
             self.vms.restore_known(self.hosts.local)
             self.vms.reconcile()
-            carried = settle_cut_off(cut_off, self.idempotency.settle(), self.vms, self.operations,
-                                     self.vm_operations, self.idempotency)
+            carried: set[str] = set()
+            try:
+                carried = settle_cut_off(cut_off, self.idempotency.settle(), self.vms,
+                                         self.operations, self.vm_operations, self.idempotency)
+            except Exception:  # tidying after a crash must never keep the platform from starting
+                log.exception("could not settle the creates a crash cut off; they are failed as interrupted")
             self.operations.fail_interrupted(keep=carried)
             self.hosts.reconcile_usage()
             self.balancer.start()
