@@ -38,7 +38,9 @@ exactly the guest's ``-m`` size). The rest is broken down into the TCG translati
 anonymous rwx mapping), the kernel and initrd files QEMU keeps mapped (its ROM copies of what it
 loaded), the QEMU binary and its libraries, and other anonymous memory (heap, malloc arenas,
 softmmu TLBs, thread stacks, device state). The median over the VMs is the figure; the target is
-at most 40 MiB. The VM that ran the workloads is measured again after them, for comparison.
+at most 40 MiB. Reported too, as KubeVirt counts it: the unique memory (USS: private pages) beyond
+the guest RAM's and the TCG cache's own (``idle_uss_overhead_mib``), with the TCG cache's resident
+size apart (``tcg_cache_mib``), since a KVM host has no such cache. The VM that ran the workloads is measured again after them, for comparison.
 
 Usage: ``.venv/bin/python bench/overhead.py [--runs N] [--vms N] [--settle S] [--images DIR]``
 (``./bench/overhead.py`` re-executes itself with the repo's ``.venv``). A table is printed, and
@@ -278,6 +280,19 @@ class MemorySample:
     guest_ram_pss_kib: int
     by_category: dict[str, int]
     anon_by_category: dict[str, int]
+    uss_kib: int = 0  # unique to this process: Private_Clean + Private_Dirty of every mapping
+    guest_ram_uss_kib: int = 0
+    tcg_uss_kib: int = 0
+
+    @property
+    def uss_overhead_mib(self) -> float:
+        """Unique memory beyond guest RAM and the TCG cache: what a KVM host would pay too."""
+        return (self.uss_kib - self.guest_ram_uss_kib - self.tcg_uss_kib) / 1024
+
+    @property
+    def tcg_cache_mib(self) -> float:
+        """The TCG translation cache's resident size (a KVM host has none)."""
+        return self.by_category["tcg"] / 1024
 
     @property
     def overhead_mib(self) -> float:
@@ -309,6 +324,7 @@ def measure_memory(vm: str, pid: int) -> MemorySample:
     images = {_arg_after(cmdline, "-kernel"), _arg_after(cmdline, "-initrd")} - {None}
     by_category = dict.fromkeys(CATEGORIES, 0)
     anon_by_category = dict.fromkeys(CATEGORIES, 0)
+    tcg_uss = 0
     for m in mappings:
         if m is ram:
             continue
@@ -322,12 +338,20 @@ def measure_memory(vm: str, pid: int) -> MemorySample:
             category = "other"
         by_category[category] += m.rss_kib
         anon_by_category[category] += m.fields.get("Anonymous", 0)
+        if category == "tcg":
+            tcg_uss += _private_kib(m)
     return MemorySample(
         vm=vm, guest_ram_mib=ram_mib,
         total_kib=sum(m.rss_kib for m in mappings), guest_ram_kib=ram.rss_kib,
         pss_kib=sum(m.fields.get("Pss", 0) for m in mappings), guest_ram_pss_kib=ram.fields.get("Pss", 0),
         by_category=by_category, anon_by_category=anon_by_category,
+        uss_kib=sum(_private_kib(m) for m in mappings), guest_ram_uss_kib=_private_kib(ram), tcg_uss_kib=tcg_uss,
     )
+
+
+def _private_kib(m: Mapping) -> int:
+    """A mapping's pages no other process maps (what psutil's USS sums)."""
+    return m.fields.get("Private_Clean", 0) + m.fields.get("Private_Dirty", 0)
 
 
 def boot_vms(client: Client, names: list[str]) -> dict[str, str]:
@@ -385,6 +409,8 @@ def report_memory(idle: list[MemorySample], after: MemorySample | None) -> None:
                                      for _, s in samples])
     row("overhead in Pss (shared divided)", [f"{s.pss_overhead_mib:8.1f}" for _, s in samples])
     row("overhead, anonymous part only", [f"{s.private_anon_overhead_mib:8.1f}" for _, s in samples])
+    row("USS total", [_mib(s.uss_kib) for _, s in samples])
+    row("USS beyond guest RAM and TCG cache", [f"{s.uss_overhead_mib:8.1f}" for _, s in samples])
 
 
 def main() -> int:
@@ -455,6 +481,11 @@ def main() -> int:
     verdict = "meets" if overhead <= TARGET_RSS_OVERHEAD_MIB else "misses"
     print(f"idle RSS overhead (median of {len(idle)}): {overhead:.1f} MiB of {total:.1f} MiB total "
           f"({verdict} the target <= {TARGET_RSS_OVERHEAD_MIB:g} MiB)")
+    uss_overhead = statistics.median(s.uss_overhead_mib for s in idle)
+    tcg_cache = statistics.median(s.tcg_cache_mib for s in idle)
+    print(f"idle USS beyond guest RAM and the TCG cache (median): {uss_overhead:.1f} MiB "
+          f"({'meets' if uss_overhead <= TARGET_RSS_OVERHEAD_MIB else 'misses'} the target <= "
+          f"{TARGET_RSS_OVERHEAD_MIB:g} MiB); TCG translation cache {tcg_cache:.1f} MiB resident")
     print(f"cpu ratio {summary['cpu']['ratio']:.2f} (hash {summary['cpu-hash']['ratio']:.2f}), "
           f"memory ratio {summary['memory']['ratio']:.2f}, under {accel}; wall time {elapsed:.0f}s")
 
@@ -465,6 +496,9 @@ def main() -> int:
         "memory_ratio": round(summary["memory"]["ratio"], 3),
         "idle_rss_overhead_mib": round(overhead, 1),
         "idle_rss_total_mib": round(total, 1),
+        "idle_uss_overhead_mib": round(uss_overhead, 1),
+        "tcg_cache_mib": round(tcg_cache, 1),
+        "uss_target_met": uss_overhead <= TARGET_RSS_OVERHEAD_MIB,
         "idle_guest_ram_rss_mib": round(statistics.median(s.guest_ram_kib / 1024 for s in idle), 1),
         "idle_pss_overhead_mib": round(statistics.median(s.pss_overhead_mib for s in idle), 1),
         "idle_anon_overhead_mib": round(statistics.median(s.private_anon_overhead_mib for s in idle), 1),

@@ -24,13 +24,15 @@ PACKAGES=(
 
 # --test: what the test suite needs beyond running the platform: a PostgreSQL server that the
 # tests start as a throwaway cluster of their own, the headless Chromium the dashboard tests
-# drive through Playwright, and the Prometheus server that scrapes /metrics in a test.
+# drive through Playwright, the Prometheus server that scrapes /metrics in a test, and ping,
+# with which tests/cluster checks what its network namespaces reach.
 if [ "${1:-}" = "--test" ]; then
   PACKAGES+=(postgresql iperf3)  # iperf3: copied into guests by bench/network.py
   # The firmware-boot tests make a bootable disk of their own: a FAT file system with
   # syslinux's BIOS boot sector and its EFI loader.
   PACKAGES+=(syslinux syslinux-efi syslinux-common mtools dosfstools)
   PACKAGES+=(chromium prometheus)
+  PACKAGES+=(iputils-ping)  # tests/cluster
   # npm rebuilds the dashboard's bundle in a test (it must match the committed one); a Node.js
   # installed some other way (nodesource, nvm) is used as it is.
   command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)

@@ -42,8 +42,12 @@ def _as_postgres(argv: list[str]) -> list[str]:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Start a fresh cluster; yield its SQLAlchemy URL; stop and delete it afterwards."""
+def postgres_server(also_listen: str | None = None, trust_network: str | None = None) -> Iterator[str]:
+    """Start a fresh cluster; yield its SQLAlchemy URL; stop and delete it afterwards.
+
+    ``also_listen`` is a further address to listen on (tests/cluster's bridge, which the
+    network namespaces reach it through), ``trust_network`` the CIDR allowed in from there.
+    """
     bindir = _bindir()
     root = Path(tempfile.mkdtemp(prefix="virtpool-pg-"))
     data = root / "data"
@@ -54,11 +58,15 @@ def postgres_server() -> Iterator[str]:
         _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                       "--no-sync", "-E", "UTF8"]),
         check=True, capture_output=True)
+    if trust_network is not None:
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {trust_network} trust\n")
+    addresses = "127.0.0.1" + (f",{also_listen}" if also_listen else "")
     started = False
     try:
         subprocess.run(
             _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
-                          "-o", f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off "
+                          "-o", f"-h {addresses} -p {port} -k {root} -c fsync=off "
                                 "-c max_connections=300", "start"]),
             check=True, capture_output=True)
         started = True

@@ -125,3 +125,23 @@ def test_following_events_exits_3_when_the_server_goes(tmp_path_factory: pytest.
         assert json.loads(err.splitlines()[-1])["exit_code"] == 3
     finally:
         srv.stop()
+
+
+def test_shell_completion_offers_the_vms_names(cli_server: Server) -> None:
+    env = {**cli_server.env, "_VIRTPOOL_COMPLETE": "complete_bash", "COMP_WORDS": "virtpool vm show w",
+           "COMP_CWORD": "3"}
+    offered = subprocess.run([VIRTPOOL], env=env, capture_output=True, text=True, timeout=60)
+    assert offered.returncode == 0, offered.stderr
+    assert "web" in offered.stdout.split() and "a-rather-long-name-for-a-vm" not in offered.stdout
+    env["COMP_WORDS"] = "virtpool vm show "
+    every = subprocess.run([VIRTPOOL], env=env, capture_output=True, text=True, timeout=60)
+    assert {"web", "a-rather-long-name-for-a-vm"} <= set(every.stdout.split())
+
+
+def test_help_has_examples_and_flags_have_no_placeholder(cli_server: Server) -> None:
+    for command in (["vm", "list"], ["vm", "exec"], ["vm", "stop"], ["host", "list"], []):
+        shown = cli_server.cli(*command, "--help", env_extra={"COLUMNS": "100"})
+        assert shown.returncode == 0, shown.stderr
+        assert "Examples:" in shown.stdout, command
+        assert "<bool>" not in shown.stdout, command
+    assert "--force" in cli_server.cli("vm", "stop", "--help").stdout

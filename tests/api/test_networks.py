@@ -85,3 +85,58 @@ def test_duplicate_name_is_a_conflict(api_server: Server) -> None:
         api.create_network("dup")
     assert dup.value.status == 409
     api.delete_network("dup")
+
+
+def nic_rows(server: Server) -> int:
+    import sqlite3
+
+    with sqlite3.connect(server.data_dir / "state.db") as db:
+        return db.execute("SELECT COUNT(*) FROM nics").fetchone()[0]
+
+
+@pytest.mark.parametrize(("nic", "status", "words"), [
+    ("lan6,ip=10.66.1.5", 422, "not a host address of network 'lan6'"),
+    ("lan6,ip=10.66.0.1", 422, "is the gateway"),
+    ("lan6,ip=10.66.0.255", 422, "not a host address"),
+    ("lan6,ip=10.66.0.9", 409, "address 10.66.0.9 is taken"),
+    ("blue-only", 404, "no network named 'blue-only'"),
+])
+def test_bad_nics_are_refused_and_nothing_is_made(api_server: Server, projects: tuple[str, str],
+                                                   backend: str, nic: str, status: int, words: str) -> None:
+    _, blue = projects
+    api = api_server.api()
+    if not any(n.name == "lan6" for n in api.networks()):
+        api.create_network("lan6", subnet="10.66.0.0/24")
+        api.create_vm("holder", networks=["lan6,ip=10.66.0.9"], memory_mib=64, disk_mib=16)
+        with in_project(api_server, blue) as b:
+            b.create_network("blue-only")
+    vms_before = {v.name for v in api.vms()}
+    rows_before = nic_rows(api_server) if backend == "sqlite" else None
+    with pytest.raises(APIError) as refused:
+        api.create_vm("victim", networks=[nic], memory_mib=64, disk_mib=16)
+    assert refused.value.status == status and words in str(refused.value), refused.value
+    assert {v.name for v in api.vms()} == vms_before
+    assert [n.address for n in api.network("lan6").nics] == ["10.66.0.9"]
+    if rows_before is not None:
+        assert nic_rows(api_server) == rows_before
+
+
+def test_a_bad_network_option_is_a_clear_cli_error(api_server: Server) -> None:
+    api_server.api().create_network("clinet", subnet="10.68.0.0/24")
+    for option, words in (("clinet,ip=nonsense", "not an IPv4 address"),
+                          ("clinet,mac=1", "write NAME or NAME,ip=ADDRESS")):
+        result = api_server.cli("vm", "create", "clivm", "--network", option)
+        assert result.returncode == 1 and words in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert all(v.name != "clivm" for v in api_server.api().vms())
+    api_server.api().delete_network("clinet")
+
+
+def test_ports_and_networks_together_are_refused(api_server: Server) -> None:
+    api = api_server.api()
+    api.create_network("portnet", subnet="10.67.0.0/24")
+    with pytest.raises(APIError) as refused:
+        api.create_vm("both", networks=["portnet"], ports=["31000:80"], memory_mib=64, disk_mib=16)
+    assert refused.value.status == 422 and "default network" in str(refused.value)
+    assert api.network("portnet").nics == []
+    api.delete_network("portnet")

@@ -1,8 +1,12 @@
 """Fixtures of the network tests: a `virtpool up` whose host devices and nftables tables carry
-the prefix ``nw``, so that they never collide with other test runs on the same machine."""
+a prefix of their own (``nw`` + one letter per xdist worker + one per server), so that servers
+of parallel workers, and other test runs on the same machine, never touch each other's."""
 
 from __future__ import annotations
 
+import itertools
+import os
+import string
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,13 +14,24 @@ import pytest
 
 from tests.conftest import Server, make_server, qemu_pids
 
-NET_PREFIX = "nw"
+_servers = itertools.count()
+
+
+def next_prefix() -> str:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    letters = string.ascii_lowercase
+    return f"nw{letters[int(worker or 0) % 26]}{letters[next(_servers) % 26]}"
+
+
+def prefix_of(server: Server) -> str:
+    args = list(server.extra_args)
+    return args[args.index("--net-prefix") + 1]
 
 
 @pytest.fixture(scope="module")
 def net_server(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
-    srv = make_server(tmp_path_factory, image_cache, "netpool", boot_timeout=90.0,
-                      extra_args=("--net-prefix", NET_PREFIX))
+    srv = make_server(tmp_path_factory, image_cache, "netpool", boot_timeout=150.0,
+                      extra_args=("--net-prefix", next_prefix()))
     yield srv
     srv.cleanup()
     assert qemu_pids(srv.data_dir) == [], "QEMU processes outlived their server's cleanup"

@@ -70,3 +70,37 @@ def test_a_memory_snapshot_brings_back_the_running_state(server: Server) -> None
     assert no_memory.returncode == 1 and "needs a running guest" in no_memory.stderr
     assert [s.name for s in api.snapshots("mem")] == ["live"]
     api.delete_vm("mem", force=True)
+
+
+def test_clones_copy_a_stopped_disk_or_a_snapshot_and_are_vms_of_their_own(server: Server) -> None:
+    api = server.api()
+    api.create_vm("origin", start=True)
+    assert api.wait_vm("origin").state == "running"
+    guest(server, "origin", "echo v1 > /root/file; sync")
+    assert server.cli("vm", "snapshot", "create", "origin", "v1").returncode == 0
+    guest(server, "origin", "echo v2 > /root/file; sync")
+
+    busy = server.cli("vm", "clone", "origin", "twin")  # a running disk is not copied
+    assert busy.returncode == 1 and "a clone copies a stopped disk" in busy.stderr
+    from_snapshot = server.cli("vm", "clone", "origin", "old", "--snapshot", "v1", "--json")
+    assert from_snapshot.returncode == 0, from_snapshot.stderr
+    assert server.cli("vm", "stop", "origin").returncode == 0
+    twin = server.cli("vm", "clone", "origin", "twin", "--json")
+    assert twin.returncode == 0, twin.stderr
+    assert server.cli("vm", "clone", "origin", "twin").returncode == 1  # the name is taken
+
+    origin = api.vm("origin")
+    for name, expected in (("twin", "v2"), ("old", "v1")):
+        clone = api.vm(name)
+        assert clone.id != origin.id and clone.state == "stopped"
+        api.start_vm(name)
+        assert api.wait_vm(name).state == "running"
+        assert guest(server, name, "cat /root/file; hostname").split() == [expected, name]
+    # Independent disks: what the twin writes, the origin does not see.
+    guest(server, "twin", "echo twin > /root/file; sync")
+    api.start_vm("origin")
+    assert api.wait_vm("origin").state == "running"
+    assert guest(server, "origin", "cat /root/file") == "v2\n"
+    for name in ("twin", "old", "origin"):
+        api.delete_vm(name, force=True)
+    assert list((server.data_dir / "vms").iterdir()) == []

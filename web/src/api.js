@@ -77,6 +77,11 @@ export async function allVMs(query) {
   }
 }
 
+/** The event id to follow the stream from so that it starts with the last `back` events in view. */
+export async function eventCursor(back = 0, query = {}) {
+  return (await get("/pool/latest-event", { ...query, back })).id;
+}
+
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**

@@ -12,6 +12,7 @@ from virtpool.api.limits import BodyLimit
 from virtpool.api.request_timer import RequestTimer
 from virtpool.api.routes import audit as audit_routes
 from virtpool.api.routes import (
+    backups,
     events,
     groups,
     host,
@@ -46,7 +47,7 @@ def create_app(pool: Pool) -> FastAPI:
     audit.install(app, pool.audit)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestTimer, observe=pool.metrics.request_seconds.observe)
-    for module in (host, images, usage, vms, snapshots, operations, events, audit_routes, projects, tokens, hosts,
+    for module in (host, images, usage, vms, snapshots, backups, operations, events, audit_routes, projects, tokens, hosts,
                    groups, networks, pool_routes, whoami):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(metrics.router)

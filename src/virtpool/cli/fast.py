@@ -20,16 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from virtpool.cli import output
 from virtpool.cli.output import Column
-
-
-def _format_mib(mib: int | None) -> str:
-    if mib is None:
-        return "-"
-    if mib and mib % (1024 * 1024) == 0:
-        return f"{mib // (1024 * 1024)}T"
-    if mib and mib % 1024 == 0:
-        return f"{mib // 1024}G"
-    return f"{mib}M"
+from virtpool.model.units import format_mib  # pure: imports only model.errors
 
 
 def uptime(started_at: str | None, now: datetime | None = None) -> str:
@@ -118,7 +109,7 @@ def _ports(vm: dict[str, Any]) -> str:
 def vm_rows(vms: list[dict[str, Any]]) -> list[list[str]]:
     return [[vm["name"], output.state(vm["state"]), vm.get("address") or "-", vm.get("host") or "-",
              vm.get("project") or "-", uptime(vm.get("started_at")), str(vm["cpus"]),
-             _format_mib(vm["memory_mib"]), _format_mib(vm["disk_mib"]), vm.get("image") or "-",
+             format_mib(vm["memory_mib"]), format_mib(vm["disk_mib"]), vm.get("image") or "-",
              _ports(vm), vm["id"]] for vm in vms]
 
 

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "events": ("virtpool.cli.events", "events", "What the pool did and why."),
     "up": ("virtpool.cli.serve", "up", "Run the platform on this host in the foreground."),
     "server": ("virtpool.cli.serve", "server", "Run the control plane only."),
+    "agent": ("virtpool.cli.serve", "agent", "Run this host's agent: join a pool, serve its control plane."),
 }
 
 # Options of the top level that take a value: skipped when looking for the noun.
@@ -49,21 +50,20 @@ Examples:
 """
 
 
-def find_noun(args: list[str]) -> tuple[int, str | None]:
-    """The position and name of the noun in ``args`` (after the top-level options), if any."""
+def find_noun(args: list[str]) -> str | None:
+    """The noun in ``args`` (the first word after the top-level options), if any."""
     i = 0
     while i < len(args):
         arg = args[i]
         if arg == "--":
-            return i, None
+            return None
         if arg in GLOBAL_VALUE_OPTIONS:
             i += 2
             continue
-        if arg.startswith("-"):
-            i += 1
-            continue
-        return i, arg
-    return i, None
+        if not arg.startswith("-"):
+            return arg
+        i += 1
+    return None
 
 
 def _before_dashdash(args: list[str]) -> list[str]:
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.write(f"virtpool {__version__}\n")
         return
     words = _completion_words()
-    _, noun = find_noun(words if words is not None else args)
+    noun = find_noun(words if words is not None else args)
     from virtpool.cli import output
 
     output.set_json_mode("--json" in _before_dashdash(args))

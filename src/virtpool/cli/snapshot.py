@@ -54,3 +54,16 @@ def delete(vm: str, name: str, json: JsonFlag = False) -> None:
     if json:
         return output.emit_json({"deleted": name})
     output.out.print(f"snapshot '{name}' of VM '{vm}' deleted", highlight=False)
+
+
+def clone(source: str, name: str,
+          snapshot: Annotated[str | None, typer.Option("--snapshot", help="copy this snapshot "
+                                                       "(the source may run)")] = None,
+          json: JsonFlag = False) -> None:
+    """Make a new stopped VM with a full copy of a stopped VM's disk, or of one of its snapshots."""
+    with output.errors():
+        vm = client().clone_vm(source, name, snapshot=snapshot)
+    if json:
+        return output.emit_json(vm)
+    output.out.print(f"VM '{vm.name}' cloned from '{source}'" + (f" (snapshot '{snapshot}')" if snapshot else ""),
+                     highlight=False)

@@ -11,7 +11,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from virtpool.cli import output, snapshot
+from virtpool.cli import backup, output, snapshot
 from virtpool.cli.common import ColumnsOption, JsonFlag, VMName, client
 from virtpool.cli.operation import follow
 from virtpool.model.errors import VirtpoolError
@@ -24,6 +24,9 @@ from virtpool.sdk import Client
 
 app = typer.Typer(help="Virtual machines.", no_args_is_help=True)
 app.add_typer(snapshot.app, name="snapshot")
+app.add_typer(backup.app, name="backup")
+app.command("restore-backup")(backup.restore)
+app.command("clone")(snapshot.clone)
 
 WaitTimeout = Annotated[float, typer.Option("--wait-timeout", help="seconds to wait for the VM to settle")]
 
@@ -87,6 +90,8 @@ def create(
         "--require-label", help="only hosts with this key=value label; repeat")] = None,
     weigher: Annotated[str | None, typer.Option(
         help="rank hosts by spread, pack or balanced (default: the pool's)")] = None,
+    network: Annotated[list[str] | None, typer.Option(
+        help="a NIC on this network: NAME or NAME,ip=ADDRESS; repeat for several")] = None,
     boot_timeout: Annotated[float | None, typer.Option(
         help="seconds its boots may take to answer the guest agent (default: the image's)")] = None,
     start: Annotated[bool, typer.Option("--start", help="boot it at once")] = False,
@@ -122,7 +127,7 @@ def create(
         vm = api.create_vm(name, image=image, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib,
                            ports=forwards, kernel_args=kernel_args, accel=accel, start=start,
                            group=group, required_labels=parse_labels(require_label or []),
-                           weigher=weigher, **limits)
+                           weigher=weigher, networks=network or [], **limits)
         if start:
             _follow(api, vm, VMState.RUNNING, wait, wait_timeout, json)
             return
@@ -176,6 +181,9 @@ def show(name: VMName, json: JsonFlag = False) -> None:
         ("last stop", STOPPED_BY[vm.stopped_by] if vm.stopped_by else "-"),
         ("created", vm.created_at), ("error", vm.error or "-"),
     ])
+    if vm.nics:
+        output.table(["NIC", "NETWORK", "MAC", "ADDRESS"],
+                     [(f"net{i}", n.network, n.mac, n.address) for i, n in enumerate(vm.nics)])
 
 
 def _action(name: str, action: str, wanted: VMState, wait: bool, wait_timeout: float,

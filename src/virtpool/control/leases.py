@@ -201,11 +201,11 @@ class LeaseService:
 
     def _lost(self, host: str, now: datetime) -> None:
         self._on_state(host)
+        self._on_lost(host)  # its VMs unknown before the event says the host is gone
         self._events.record("host.unreachable", f"host '{host}' is unreachable: its agent did "
                             "not renew its lease in time", actor=ACTOR,
                             data={"host": host, "state": UNREACHABLE, "at": now.isoformat()})
         self._audit.record(ACTOR, "host.unreachable", host, "lease lapsed")
-        self._on_lost(host)
 
     def _back(self, host: str) -> None:
         with self._sessions.begin() as session:

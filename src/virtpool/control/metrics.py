@@ -69,7 +69,7 @@ class PoolCollector:
                                  "sampled: CPUs busy, QEMU resident memory, data disk bytes used", labels=labels)
         state = GaugeMetricFamily("virtpool_host_state", "1 for the state the host is in", labels=["host", "state"])
         for host in self._hosts.list(self._project):
-            for resource, figures, unit in (("cpu", host.cpu, 1), ("memory", host.memory_mib, MIB),
+            for resource, figures, unit in (("cpu", host.cpus, 1), ("memory", host.memory_mib, MIB),
                                             ("disk", host.disk_mib, MIB)):
                 capacity.add_metric([host.name, resource], figures.physical * unit)
                 allocatable.add_metric([host.name, resource], figures.capacity * unit)

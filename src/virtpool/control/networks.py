@@ -98,27 +98,20 @@ class NetworkService:
                                position=position, mac=_new_mac(session), address=address))
             session.flush()  # the next NIC on the same network sees this address as taken
 
-    def nics_of(self, vm_id: str) -> list[NicView]:
-        with self._sessions() as session:
-            rows = session.execute(select(NicRow, NetworkRow.name)
-                                   .join(NetworkRow, NetworkRow.id == NicRow.network_id)
-                                   .where(NicRow.vm_id == vm_id).order_by(NicRow.position)).all()
-            return [NicView(network=name, mac=nic.mac, address=nic.address) for nic, name in rows]
-
-    def host_input(self, host: str, active_vm_ids: set[str], uid_of: dict[str, int]
-                   ) -> HostNetworkInput:
+    def host_input(self, host: str, active_vm_ids: set[str]) -> HostNetworkInput:
         """What ``host`` must have: the networks and taps of its VMs in ``active_vm_ids``."""
         with self._sessions() as session:
             rows = session.execute(
-                select(NicRow, NetworkRow).join(NetworkRow, NetworkRow.id == NicRow.network_id)
+                select(NicRow, NetworkRow, VMRow.slot)
+                .join(NetworkRow, NetworkRow.id == NicRow.network_id)
                 .join(VMRow, VMRow.id == NicRow.vm_id)
                 .where(VMRow.host == host, NicRow.vm_id.in_(active_vm_ids))
                 .order_by(NicRow.vm_id, NicRow.position)).all()
         networks = {net.vni: HostNetwork(vni=net.vni, subnet=net.subnet, nat=net.nat, mtu=net.mtu)
-                    for _, net in rows}
+                    for _, net, _ in rows}
         nics = tuple(HostNic(nic_id=nic.id, vm_id=nic.vm_id, position=nic.position, vni=net.vni,
-                             mac=nic.mac, address=nic.address, uid=uid_of.get(nic.vm_id))
-                     for nic, net in rows)
+                             mac=nic.mac, address=nic.address, slot=slot)
+                     for nic, net, slot in rows)
         return HostNetworkInput(networks=tuple(networks[v] for v in sorted(networks)), nics=nics)
 
     def _view(self, session: Session, row: NetworkRow) -> NetworkView:

@@ -11,7 +11,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from virtpool.model.spec import NAME_RULE, valid_name
+from virtpool.model.names import NAME_RULE, valid_name
 
 DEFAULT_SUBNET_POOL = ipaddress.IPv4Network("10.20.0.0/16")  # /24s handed out when none is given
 MIN_PREFIX, MAX_PREFIX = 16, 29  # a gateway, a DHCP range and room for VMs; no bigger than /16
@@ -117,6 +117,11 @@ class NicRequest(BaseModel):
     @classmethod
     def parse(cls, text: str) -> NicRequest:
         """'lan' or 'lan,ip=10.20.0.5'."""
+        return cls(**cls.fields(text))
+
+    @staticmethod
+    def fields(text: str) -> dict[str, str]:
+        """The fields of 'lan' or 'lan,ip=10.20.0.5', unchecked (the server checks them)."""
         name, _, rest = text.partition(",")
         fields: dict[str, str] = {"network": name}
         for part in filter(None, rest.split(",")):
@@ -127,7 +132,7 @@ class NicRequest(BaseModel):
                 raise InvalidRequest(f"cannot read --network '{text}'",
                                      hint="write NAME or NAME,ip=ADDRESS")
             fields[key] = value
-        return cls(**fields)
+        return fields
 
 
 # -- what one host must have: the agent's input ------------------------------------------------
@@ -157,7 +162,8 @@ class HostNic(BaseModel):
     vni: int
     mac: str
     address: str
-    uid: int | None = Field(default=None, description="the VM's QEMU user, who may open the tap")
+    slot: int = Field(ge=0, description="the VM's number on its host: its QEMU user, the only "
+                      "one who may open the tap, follows from it")
 
     @field_validator("mac")
     @classmethod

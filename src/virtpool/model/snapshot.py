@@ -24,3 +24,11 @@ class SnapshotRequest(BaseModel):
     name: str = Field(pattern=f"^{NAME_PATTERN}$", description=NAME_RULE, examples=["before-upgrade"])
     memory: bool = Field(default=False, description="also save the running guest's memory "
                          "(a running VM only); restoring it brings the guest back as it ran")
+
+
+class CloneRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=f"^{NAME_PATTERN}$", description=f"the new VM: {NAME_RULE}")
+    snapshot: str | None = Field(default=None, pattern=f"^{NAME_PATTERN}$",
+                                 description="copy this snapshot of the VM (else its stopped disk)")

@@ -6,14 +6,15 @@ free, does the host have that much memory) happen in the control plane.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-NAME_PATTERN = r"[a-z][a-z0-9-]{0,62}"
-_NAME = re.compile(NAME_PATTERN)
-NAME_RULE = "1-63 characters: lowercase letters, digits and '-', starting with a letter"
+from virtpool.model.names import NAME_PATTERN, NAME_RULE, valid_name
+from virtpool.model.network import NicRequest
+
+__all__ = ["NAME_PATTERN", "NAME_RULE", "valid_name"]  # where the rest of virtpool finds them
+
 
 MIN_MEMORY_MIB = 64  # the Debian cloud kernel with our initramfs does not boot in less
 MAX_CPUS = 255  # microvm's limit for x86 without an IOMMU (x2APIC IDs beyond need one)
@@ -22,10 +23,6 @@ DEFAULT_CPU_WEIGHT = 100
 MAX_BOOT_TIMEOUT_S = 3600.0  # an hour: beyond that a guest is not booting, it is stuck
 
 Accel = Literal["auto", "kvm", "tcg"]
-
-
-def valid_name(name: str) -> bool:
-    return bool(_NAME.fullmatch(name))
 
 
 class PortForward(BaseModel):
@@ -90,6 +87,10 @@ class VMSpec(BaseModel):
         default_factory=dict, max_length=32, description="only hosts with every key=value label")
     weigher: Literal["spread", "pack", "balanced"] | None = Field(
         default=None, description="how to rank hosts for this VM (default: the pool's)")
+    networks: list[NicRequest] = Field(
+        default_factory=list, max_length=8,
+        description="a NIC on each of these networks of the project (default: one NIC on the "
+                    "host's user-mode network, which --port forwards to)")
 
     @field_validator("name", "image")
     @classmethod
@@ -122,6 +123,13 @@ class VMSpec(BaseModel):
             raise ValueError(
                 f"max_memory_mib ({self.max_memory_mib}) is below memory_mib ({self.memory_mib})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_ports_need_default_network(self) -> VMSpec:
+        if self.ports and self.networks:
+            raise ValueError("--port forwards go to the default network, which a VM on "
+                             "--network does not have; leave out one or the other")
         return self
 
     @model_validator(mode="after")

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
 from urllib.parse import parse_qs, urlsplit
 
 from virtpool.model.audit import AuditEntry
+from virtpool.model.backup import BackupInfo
 from virtpool.model.event import Event
 from virtpool.model.image import BuildStatus, ImageInfo
-from virtpool.model.network import NetworkView
+from virtpool.model.network import NetworkView, NicRequest
 from virtpool.model.inventory import GroupView, HostView, PoolSettings, RebalanceView
 from virtpool.model.operation import Operation
 from virtpool.model.project import ProjectInfo, QuotaResult
@@ -278,7 +279,7 @@ class Client:
                   disk_mib: int = ..., ports: Iterable[PortForward | str] = ..., kernel_args: str = ...,
                   accel: str = ..., start: Literal[False] = ..., group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
-                  idempotency_key: str | None = ...,
+                  networks: Iterable[str] = ..., idempotency_key: str | None = ...,
                   **limits: int | list[int] | None) -> VMInfo: ...
 
     @overload
@@ -286,19 +287,21 @@ class Client:
                   disk_mib: int = ..., ports: Iterable[PortForward | str] = ..., kernel_args: str = ...,
                   accel: str = ..., start: Literal[True], group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
-                  idempotency_key: str | None = ...,
+                  networks: Iterable[str] = ..., idempotency_key: str | None = ...,
                   **limits: int | list[int] | None) -> Operation: ...
 
     def create_vm(self, name: str, *, image: str = "default", cpus: int = 1, memory_mib: int = 256,
                   disk_mib: int = 1024, ports: Iterable[PortForward | str] = (),
                   kernel_args: str = "", accel: str = "auto", start: bool = False,
                   group: str | None = None, required_labels: dict[str, str] | None = None,
-                  weigher: str | None = None, idempotency_key: str | None = None,
+                  weigher: str | None = None, networks: Iterable[str] = (),
+                  idempotency_key: str | None = None,
                   **limits: int | list[int] | None) -> VMInfo | Operation:
         """Create a VM and return it; with ``start``, create and boot it and return the
         operation to follow. ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight,
         disk_iops, disk_bps and cpu_affinity (a list of host CPUs). ``group``,
         ``required_labels`` and ``weigher`` say where it may run and how hosts are ranked for it.
+        ``networks``: a NIC on each, written as for the CLI: "lan" or "lan,ip=10.20.0.5".
 
         The request carries an Idempotency-Key (``idempotency_key``, or a fresh UUID), and is
         sent again with it when the connection fails: the server answers a retry with what the
@@ -309,6 +312,7 @@ class Client:
             "name": name, "image": image, "cpus": cpus, "memory_mib": memory_mib,
             "disk_mib": disk_mib, "kernel_args": kernel_args, "accel": accel, "start": start,
             "ports": [(PortForward.parse(p) if isinstance(p, str) else p).model_dump() for p in ports],
+            "networks": [NicRequest.fields(n) for n in networks],
         }
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         for pause in (*CREATE_RETRY_PAUSES_S, None):
@@ -343,6 +347,26 @@ class Client:
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         self._call("DELETE", f"/vms/{name}/snapshots/{snapshot}")
+
+    def clone_vm(self, name: str, new: str, *, snapshot: str | None = None) -> VMInfo:
+        """A new stopped VM ``new`` with a copy of ``name``'s disk (or of its ``snapshot``)."""
+        body = {"name": new, "snapshot": snapshot}
+        return VMInfo.model_validate(self._call("POST", f"/vms/{name}/clone", json=body, timeout=None).json())
+
+    def backup_vm(self, name: str, target: str, *, incremental: bool = False) -> BackupInfo:
+        """Back the running VM's disk up into the host directory ``target`` (pool admins)."""
+        body = {"target": target, "incremental": incremental}
+        return BackupInfo.model_validate(self._call("POST", f"/vms/{name}/backups", json=body,
+                                                    timeout=None).json())
+
+    def backup_chain(self, source: str) -> BackupInfo:
+        """The backup chain in the host directory ``source``."""
+        return BackupInfo.model_validate(self._call("GET", "/backups", params={"source": source}).json())
+
+    def restore_backup(self, source: str, name: str) -> VMInfo:
+        """A new stopped VM ``name`` whose disk is the newest state of the chain in ``source``."""
+        body = {"source": source, "name": name}
+        return VMInfo.model_validate(self._call("POST", "/backups/restore", json=body, timeout=None).json())
 
     def start_vm(self, name: str) -> Operation:
         """Boot a VM; returns the operation to follow."""
@@ -423,7 +447,12 @@ class Client:
         return HostView.model_validate(self._call("POST", "/hosts", json=body).json())
 
     def remove_host(self, name: str) -> None:
+        """Remove a host holding no VM; its agent's certificate is revoked."""
         self._call("DELETE", f"/hosts/{name}")
+
+    def join_token(self, expires_s: float = 3600.0) -> dict[str, Any]:
+        """A one-time token for an agent to join with: {token, expires_at, join_url}."""
+        return dict(self._call("POST", "/hosts/join-tokens", json={"expires_s": expires_s}).json())
 
     def set_host_ratios(self, name: str, *, cpu: float | None = None,
                         memory: float | None = None, disk: float | None = None) -> HostView:

@@ -1,5 +1,5 @@
 // The event log, live over the SSE stream (read with fetch(): see api.js).
-import { followEvents, get } from "../api.js";
+import { eventCursor, followEvents } from "../api.js";
 import { esc, when } from "../dom.js";
 
 const SHOWN = 300;
@@ -9,10 +9,10 @@ export async function render(main) {
     <table class="list events"><thead><tr><th>Time</th><th>Kind</th><th>VM</th><th>Project</th><th>Actor</th>
     <th>Message</th></tr></thead><tbody id="events"></tbody></table>`;
   const tbody = document.getElementById("events");
-  const start = (await get("/pool/latest-event", { back: SHOWN })).id;
+  const start = await eventCursor(SHOWN);
   return followEvents({ after: start }, (event) => {
     tbody.insertAdjacentHTML("afterbegin", `<tr><td>${esc(when(event.time))}</td><td>${esc(event.kind)}</td>
-      <td>${esc(event.vm)}</td><td>${esc(event.project_id)}</td><td>${esc(event.actor)}</td><td>${esc(event.message)}</td></tr>`);
+      <td>${esc(event.vm)}</td><td>${esc(event.project)}</td><td>${esc(event.actor)}</td><td>${esc(event.message)}</td></tr>`);
     while (tbody.children.length > SHOWN) tbody.lastChild.remove();
   }, (state) => {
     const el = document.getElementById("stream-state");

@@ -21,9 +21,9 @@ function hostCard(host, use) {
   // Allocation is drawn against what the host may promise (capacity times its ratio); what its
   // VMs use is drawn against the hardware (capacity before the ratio).
   const rows = [
-    bar("CPU", host.cpu.allocated, host.cpu.capacity,
-      `${host.cpu.allocated} / ${host.cpu.capacity} vCPUs allocated${cpuUsed === null ? "" : `; ${cpuUsed.toFixed(2)} of ${host.cpu.physical} CPUs busy`}`,
-      cpuUsed, host.cpu.physical),
+    bar("CPU", host.cpus.allocated, host.cpus.capacity,
+      `${host.cpus.allocated} / ${host.cpus.capacity} vCPUs allocated${cpuUsed === null ? "" : `; ${cpuUsed.toFixed(2)} of ${host.cpus.physical} CPUs busy`}`,
+      cpuUsed, host.cpus.physical),
     bar("Memory", host.memory_mib.allocated, host.memory_mib.capacity,
       `${mib(host.memory_mib.allocated)} / ${mib(host.memory_mib.capacity)} allocated${memUsed === null ? "" : `; ${mib(memUsed)} of ${mib(host.memory_mib.physical)} used`}`,
       memUsed, host.memory_mib.physical),

@@ -21,7 +21,7 @@ const CHARTS = [
 function info(vm) {
   const items = [["Project", vm.project], ["Host", vm.host], ["Image", vm.image], ["vCPUs", vm.cpus],
     ["Memory", `${mib(vm.memory_mib)} (boots with ${mib(vm.max_memory_mib)})`], ["Disk", mib(vm.disk_mib)],
-    ["Ports", vm.ports.map((p) => `${p.host}→${p.guest}`).join(", ") || "none"], ["Accelerator", vm.accel],
+    ["Ports", vm.ports.map((p) => `${p.host}→${p.guest}`).join(", ") || "none"], ["Address", vm.address || "–"], ["Accelerator", vm.accel],
     ["Created", when(vm.created_at)], ["Error", vm.error || "none"]];
   return items.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
 }

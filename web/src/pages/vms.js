@@ -1,6 +1,6 @@
 // The VM list: filters by project, host and state; actions; the create form with the API's own
 // validation messages next to the fields they are about.
-import { allVMs, call, followEvents, get } from "../api.js";
+import { allVMs, call, eventCursor, followEvents, get } from "../api.js";
 import { buttons, wire } from "../actions.js";
 import { $, badge, esc, mib, notify, notifyError } from "../dom.js";
 import { canOperate, me } from "../session.js";
@@ -149,12 +149,12 @@ export async function render(main, params) {
   let stop = () => {};
   let left = false;
   // Followed from the newest event on; not awaited, so that the list shows without waiting.
-  latestEventId().then((after) => {
+  eventCursor().then((after) => {
     if (left) return;
     stop = followEvents({ kind: "vm.state", after }, onEvent);
   }).catch(() => {});
   function onEvent(event) {
-    const vm = vms.find((v) => v.name === event.vm && v.project === (event.project_id || v.project));
+    const vm = vms.find((v) => v.name === event.vm && v.project === (event.project || v.project));
     if (vm && event.data && event.data.state) {
       vm.state = event.data.state;
       const tr = tbody.querySelector(`tr[data-vm="${CSS.escape(vm.name)}"]`);
@@ -164,9 +164,4 @@ export async function render(main, params) {
     }
   }
   return () => { left = true; stop(); clearTimeout(pending); };
-}
-
-/** The id of the newest event in view, so that a live view starts from now. */
-export async function latestEventId() {
-  return (await get("/pool/latest-event")).id;
 }

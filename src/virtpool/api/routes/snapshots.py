@@ -1,4 +1,4 @@
-"""A VM's snapshots: take, list, restore, delete."""
+"""A VM's snapshots (take, list, restore, delete) and clones of it or of a snapshot."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response, status
 
 from virtpool.api.deps import Operator, PoolDep, Reader
-from virtpool.model.snapshot import SnapshotInfo, SnapshotRequest
+from virtpool.model.snapshot import CloneRequest, SnapshotInfo, SnapshotRequest
 from virtpool.model.spec import NAME_PATTERN
+from virtpool.model.vm import VMInfo
 
 router = APIRouter(prefix="/vms", tags=["snapshots"])
 SnapshotName = Annotated[str, Path(pattern=f"^{NAME_PATTERN}$")]
@@ -29,6 +30,12 @@ def create_snapshot(name: str, body: SnapshotRequest, pool: PoolDep, scope: Oper
              summary="Put the VM back to a snapshot: stopped, or running for a memory snapshot")
 def restore_snapshot(name: str, snapshot: SnapshotName, pool: PoolDep, scope: Operator) -> SnapshotInfo:
     return pool.snapshots.restore(name, snapshot, project_id=scope.project)
+
+
+@router.post("/{name}/clone", response_model=VMInfo, status_code=status.HTTP_201_CREATED,
+             summary="A new stopped VM whose disk is a copy of this one's (stopped) or of a snapshot")
+def clone_vm(name: str, body: CloneRequest, pool: PoolDep, scope: Operator) -> VMInfo:
+    return pool.clones.clone(name, body.name, snapshot=body.snapshot, project_id=scope.project)
 
 
 @router.delete("/{name}/snapshots/{snapshot}", status_code=status.HTTP_204_NO_CONTENT)

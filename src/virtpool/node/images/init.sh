@@ -104,9 +104,30 @@ echo 'root:x:0:0:root:/root:/bin/sh' >/etc/passwd
 echo 'root:x:0:' >/etc/group
 echo 'export PATH=/usr/sbin:/usr/bin:/sbin:/bin PS1="\h:\w# "' >/etc/profile
 
-# QEMU user-mode networking hands out fixed addresses, so no DHCP client is needed.
 ip link set lo up
-if [ -e /sys/class/net/eth0 ]; then
+if grep -q 'virtpool.net=dhcp' /proc/cmdline; then
+    # NICs on virtpool networks: each takes the address the platform's IPAM gave its MAC.
+    cat >/etc/udhcpc.sh <<'EOF'
+#!/bin/sh
+case $1 in
+    bound|renew)
+        ip addr flush dev "$interface"
+        [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
+        ip addr add "$ip/$mask" dev "$interface"
+        [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
+        ;;
+esac
+exit 0
+EOF
+    chmod 755 /etc/udhcpc.sh
+    for nic in /sys/class/net/eth*; do
+        nic=${nic##*/}
+        ip link set "$nic" up
+        udhcpc -i "$nic" -s /etc/udhcpc.sh -O mtu -n -q -t 20 -T 1 -A 1 >/dev/null 2>&1 \
+            || say "no DHCP lease on $nic"
+    done
+# The default network (passt) hands out fixed addresses, so no DHCP client is needed.
+elif [ -e /sys/class/net/eth0 ]; then
     ip addr add 10.0.2.15/24 dev eth0
     ip link set eth0 up
     ip route add default via 10.0.2.2 dev eth0 || say "no default route"

@@ -25,11 +25,13 @@ BALLOON_ID = "balloon0"
 
 @dataclass(frozen=True)
 class NicPlan:
-    """One virtio-net NIC and its host end: passt's socket (the default network) or a tap."""
+    """One virtio-net NIC and its host end: passt's socket (the default network) or a tap,
+    named, or already opened by the agent and inherited as ``fd``."""
 
     socket: Path | None = None
     tap: str | None = None
     mac: str | None = None
+    fd: int | None = None
 
 
 Machine = Literal["microvm", "q35"]
@@ -84,6 +86,8 @@ def kernel_cmdline(plan: LaunchPlan) -> str:
     ]
     if plan.accel == "tcg" and plan.tsc_khz:
         args.append(f"tsc_early_khz={plan.tsc_khz}")
+    if any(nic.tap for nic in plan.nics):
+        args.append("virtpool.net=dhcp")  # the image's init takes its addresses by DHCP
     return " ".join(a for a in [*args, plan.image_kernel_args, plan.user_kernel_args] if a)
 
 
@@ -125,7 +129,8 @@ def _nic_args(index: int, nic: NicPlan, plan: LaunchPlan) -> list[str]:
     netdev = f"net{index}"
     if nic.tap is not None:
         # No /dev/vhost-net on our hosts (QEMU-NOTES.md); the agent made the tap for this VM's user.
-        backend = f"tap,id={netdev},ifname={opt_value(nic.tap)},script=no,downscript=no,vhost=off"
+        end = f"fd={nic.fd}" if nic.fd is not None else f"ifname={opt_value(nic.tap)},script=no,downscript=no"
+        backend = f"tap,id={netdev},{end},vhost=off"
     elif nic.socket is not None:
         backend = f"stream,id={netdev},server=off,addr.type=unix,addr.path={opt_value(nic.socket)}"
     else:
@@ -176,7 +181,6 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         "-device", f"{_device(plan, 'blk')},drive={DRIVE_ID},id={DISK_DEVICE_ID}"
         + (",bootindex=0" if plan.machine == "q35" else ""),
         "-qmp", f"unix:{opt_value(paths.qmp_sock)},server=on,wait=off",
-        "-qmp", f"unix:{opt_value(paths.events_sock)},server=on,wait=off",
         "-pidfile", str(paths.pidfile),
     ]
     if plan.sandbox:

@@ -1,16 +1,16 @@
 """Idempotency keys of creates: a retried create with the same key answers with the first one's
 VM or operation instead of making a second VM.
 
-Revision ID: 0012_idempotency
-Revises: 0011_started
+Revision ID: 0013_idempotency
+Revises: 0012_agents
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012_idempotency"
-down_revision = "0011_started"
+revision = "0013_idempotency"
+down_revision = "0012_agents"
 branch_labels = None
 depends_on = None
 
