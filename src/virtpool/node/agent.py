@@ -295,6 +295,9 @@ class LocalAgent:
         self._release(vm_id)
         shutil.rmtree(self._paths(vm_id).root, ignore_errors=True)
         self._names.pop(vm_id, None)
+        self._launches.pop(vm_id, None)
+        self._ready.discard(vm_id)
+        self._stopping.discard(vm_id)
 
     def read_log(self, vm_id: str, offset: int = 0, limit: int = 1 << 20) -> tuple[bytes, int]:
         return serial.read_from(self._paths(vm_id).serial_log, offset, limit)
