@@ -84,6 +84,7 @@ MATRIX: dict[tuple[str, str], tuple[Cell, Cell, Cell, Cell]] = {
     ("DELETE", "/groups/{name}"):          ((204, 204), (204, 404), (204, 404), (403, 404)),
     ("GET", "/hosts"):                     (200, 200, 200, 200),
     ("POST", "/hosts"):                    (201, 403, 403, 403),
+    ("POST", "/hosts/join-tokens"):        (201, 403, 403, 403),
     ("GET", "/hosts/{name}"):              (200, 200, 200, 200),
     # The inventory host holds the matrix's VMs: the pool admin is allowed, and refused for that.
     ("DELETE", "/hosts/{name}"):           (409, 403, 403, 403),
@@ -148,6 +149,7 @@ BODIES: dict[tuple[str, str], Callable[[Target], dict[str, Any]]] = {
     ("POST", "/projects"): lambda t: {"name": fresh("proj")},
     ("PUT", "/host/memory-policy"): lambda t: {},
     ("POST", "/groups"): lambda t: {"name": fresh("grp"), "policy": "anti-affinity"},
+    ("POST", "/hosts/join-tokens"): lambda t: {"expires_s": 60},
     ("POST", "/hosts"): lambda t: {"name": fresh("host"), "cpus": 1, "memory_mib": 1024,
                                    "disk_mib": 1024},
     ("PUT", "/hosts/{name}/ratios"): lambda t: {"cpu": 64},

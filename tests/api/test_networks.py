@@ -121,6 +121,17 @@ def test_bad_nics_are_refused_and_nothing_is_made(api_server: Server, projects: 
         assert nic_rows(api_server) == rows_before
 
 
+def test_a_bad_network_option_is_a_clear_cli_error(api_server: Server) -> None:
+    api_server.api().create_network("clinet", subnet="10.68.0.0/24")
+    for option, words in (("clinet,ip=nonsense", "not an IPv4 address"),
+                          ("clinet,mac=1", "write NAME or NAME,ip=ADDRESS")):
+        result = api_server.cli("vm", "create", "clivm", "--network", option)
+        assert result.returncode == 1 and words in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert all(v.name != "clivm" for v in api_server.api().vms())
+    api_server.api().delete_network("clinet")
+
+
 def test_ports_and_networks_together_are_refused(api_server: Server) -> None:
     api = api_server.api()
     api.create_network("portnet", subnet="10.67.0.0/24")

@@ -201,7 +201,6 @@ class TestPathsEscaped:
         qmps = values_of(self.argv(), "-qmp")
         assert qmps == [
             "unix:/data/vms/a,,b/qmp.sock,server=on,wait=off",
-            "unix:/data/vms/a,,b/events.sock,server=on,wait=off",
         ]
 
     def test_chardev_paths_commas_doubled(self) -> None:
@@ -264,12 +263,11 @@ class TestShapeOfArgv:
         argv = build_argv(make_plan(initrd=None))
         assert "-initrd" not in argv
 
-    def test_two_qmp_sockets(self) -> None:
+    def test_one_qmp_socket_for_the_one_session(self) -> None:
         plan = make_plan()
         qmps = values_of(build_argv(plan), "-qmp")
-        assert len(qmps) == 2
+        assert len(qmps) == 1
         assert qmps[0].startswith(f"unix:{plan.paths.qmp_sock},")
-        assert qmps[1].startswith(f"unix:{plan.paths.events_sock},")
         assert all("server=on" in q and "wait=off" in q for q in qmps)
 
     def test_no_default_devices_or_display(self) -> None:

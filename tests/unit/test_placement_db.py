@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.postgres import postgres_server
+from virtpool.control.agents.registry import AgentRegistry
 from virtpool.control.detached import NoAgentAttached
 from virtpool.control.groups import GroupService
 from virtpool.control.hosts import HostService
@@ -57,9 +58,6 @@ class RowsAgent:
     def get_image(self, name: str) -> ImageInfo:
         return ImageInfo.model_construct(name=name)
 
-    def on_exit(self, handler: object) -> None:
-        pass
-
     def check_port_free(self, port: int) -> bool:
         return True
 
@@ -91,6 +89,16 @@ class RowsAgent:
         self.live.append((vm_id, changes))
 
 
+class RowsImages:
+    """The pool's image store as the VM service reads it: every image exists, with no files."""
+
+    def __init__(self, agent: RowsAgent) -> None:
+        self.get = agent.get_image
+
+    def files(self, name: str) -> dict[str, Iterator[bytes]]:
+        return {}
+
+
 class Pool:
     """The services of one pool over a database, wired as control/pool.py wires them."""
 
@@ -101,7 +109,8 @@ class Pool:
         self.placer = Placer(SettingsService(self.sessions).weigher)  # as control/pool.py
         self.hosts = HostService(self.sessions, self.placer, LOCAL)
         self.agent = RowsAgent()
-        self.vms = VMService(self.sessions, self.agent, LOCAL, placer=self.placer)  # type: ignore[arg-type]
+        agents = AgentRegistry(self.sessions, LOCAL, self.agent)  # type: ignore[arg-type]
+        self.vms = VMService(self.sessions, agents, images=RowsImages(self.agent), placer=self.placer)
         self.groups = GroupService(self.sessions)
 
     def add(self, name: str, *, cpus: int = 4, memory_mib: int = 4096, disk_mib: int = 1 << 20,
@@ -286,7 +295,7 @@ def test_a_vm_placed_on_a_host_without_an_agent_is_a_record_that_cannot_start(po
     pool.add("remote", cpus=64, memory_mib=1 << 20)
     assert pool.create("far") == "remote"
     assert pool.agent.disks == set()  # nothing was made on this host for it
-    with pytest.raises(NoAgentAttached, match="placed on host 'remote', which has no agent"):
+    with pytest.raises(NoAgentAttached, match="host 'remote' has no agent attached"):
         pool.vms.start("far")
     with pytest.raises(NoAgentAttached):
         pool.vms.resize("far", Resize(disk_mib=2048))
@@ -549,22 +558,25 @@ def test_the_balancer_moves_a_balloon_only_while_the_vm_is_as_it_saw_it(pool: Po
     assert [(i, c.balloon_mib) for i, c in pool.agent.live] == [(vm_id, 128)]
 
 
-def test_concurrent_starts_never_commit_more_memory_than_the_host_has(pool: Pool) -> None:
-    # The agent's host has 256 GiB: room to start two of these at once, never three.
-    pool.add(LOCAL, cpus=64, memory_mib=1 << 20)
+def test_starts_are_not_checked_again_the_claim_at_create_holds_the_memory(pool: Pool) -> None:
+    # Capacity is checked in one place: the scheduler's filters and the claim. Eight creates at
+    # once on a 256 GiB host claim room for two; those two start, with no second check.
+    pool.add(LOCAL, cpus=64, memory_mib=256 * 1024)
     names = [f"big{i}" for i in range(8)]
-    for name in names:
-        pool.create(name, memory_mib=100 * 1024)
     barrier = threading.Barrier(len(names))
 
-    def start(name: str) -> bool:
+    def create(name: str) -> bool:
         barrier.wait()
         try:
-            pool.vms.start(name)
+            pool.create(name, memory_mib=100 * 1024)
             return True
         except InsufficientResources:
             return False
 
     with ThreadPoolExecutor(len(names)) as workers:
-        started = list(workers.map(start, names))
-    assert started.count(True) == 2
+        created = list(workers.map(create, names))
+    assert created.count(True) == 2
+    pool.assert_counters_exact()
+    for name, made in zip(names, created, strict=True):
+        if made:
+            assert pool.vms.start(name).state.value == "starting"

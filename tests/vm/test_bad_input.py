@@ -46,7 +46,7 @@ CLI_CASES = [
     (["ok1", "--cpus", "300"], "cpus"),
     (["ok1", "--memory", "16M"], "memory_mib"),
     (["ok1", "--memory", "lots"], "cannot read memory"),
-    (["ok1", "--memory", "8T"], "this host has"),
+    (["ok1", "--memory", "8T"], "lacks memory"),
     (["ok1", "--disk", "10T"], "free"),
     (["ok1", "--port", "80"], "HOST:GUEST"),
     (["ok1", "--port", "30123:80"], "already forwarded to VM 'existing'"),
@@ -70,7 +70,7 @@ def test_more_vcpus_than_the_host_has_is_refused(base: Server) -> None:
     cpus = base.api().host().cpus + 1
     result = base.cli("vm", "create", "ok1", "--cpus", str(cpus))
     assert result.returncode == 1
-    assert f"this host has {cpus - 1}" in " ".join(result.stderr.split())
+    assert f"too few CPUs (needs {cpus}, the largest has {cpus - 1})" in " ".join(result.stderr.split())
     assert snapshot(base) == before
 
 

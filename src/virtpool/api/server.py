@@ -14,16 +14,17 @@ from pathlib import Path
 
 import uvicorn
 
+from virtpool.api.agent_api import start_listener
 from virtpool.api.app import create_app
 from virtpool.control.auth import write_private_file
 from virtpool.control.balancer import MemoryPolicy
-from virtpool.control.detached import NoAgent
 from virtpool.control.pool import Pool, PoolConfig
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S
 from virtpool.model.errors import InvalidRequest
-from virtpool.model.layout import TOKEN_FILE, URL_FILE
+from virtpool.model.layout import JOIN_URL_FILE, TOKEN_FILE, URL_FILE
 from virtpool.model.spec import Accel
 from virtpool.node.agent import LocalAgent
+from virtpool.node.images.catalog import ImageCatalog
 from virtpool.node.serial import DEFAULT_CAP_BYTES
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,14 @@ class ServeOptions:
     memory: MemoryPolicy = field(default_factory=MemoryPolicy)
     control_only: bool = False  # `virtpool server`: API and records, no agent on this host
     net_prefix: str = "vp"  # of the host's bridges, taps, VXLAN devices and nftables tables
+    # Where agents join (HTTPS, the pool CA's certificate); None: the API's host, and the API's
+    # port + 1 (or any free port when the API's is 0).
+    agent_listen: tuple[str, int] | None = None
+
+    def agent_address(self) -> tuple[str, int]:
+        if self.agent_listen is not None:
+            return self.agent_listen
+        return self.host, (self.port + 1 if self.port else 0)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -63,21 +72,24 @@ def open_pool(options: ServeOptions) -> Pool:
         path = options.data_dir / name
         if path.exists():
             os.chmod(path, 0o600)
-    agent = NoAgent() if options.control_only else LocalAgent(
+    agent = None if options.control_only else LocalAgent(
         options.data_dir, accel=options.accel, log_cap_bytes=options.log_cap_bytes,
         net_prefix=options.net_prefix)
     config = PoolConfig(data_dir=options.data_dir, db_url=options.db_url,
                         boot_timeout=options.boot_timeout, memory=options.memory,
                         control_only=options.control_only)
-    return Pool(config, agent)
+    # Without an agent here, the pool's images live in the control plane's own store.
+    images = ImageCatalog(options.data_dir / "images") if agent is None else None
+    return Pool(config, agent, images)
 
 
 def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> None:
     """Start everything and serve in the foreground until interrupted."""
     pool = open_pool(options)
+    listener: uvicorn.Server | None = None
     try:
         created = pool.start()
-        if options.build_default_image and not options.control_only and not any(i.name == "default" for i in pool.images.list()):
+        if options.build_default_image and not any(i.name == "default" for i in pool.images.list()):
             announce("building the default guest image (first start only)…")
             status = pool.images.build_now("default")
             if status.state != "done":
@@ -88,6 +100,9 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
                              socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((options.host, options.port))
+        agent_host, agent_port = options.agent_address()
+        _, listener, pool.join_url = start_listener(pool, agent_host, agent_port, announce)
+        write_private_file(pool.config.data_dir / JOIN_URL_FILE, pool.join_url + "\n")
         # Listening before the URL file appears: a client that reads it can connect at once.
         sock.listen(2048)
         port = sock.getsockname()[1]
@@ -101,8 +116,8 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
         config = uvicorn.Config(create_app(pool), log_level="warning", access_log=False)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
-        try:
-            pool.config.url_file.unlink()
-        except FileNotFoundError:
-            pass
+        if listener is not None:
+            listener.should_exit = True
+        for published in (pool.config.url_file, pool.config.data_dir / JOIN_URL_FILE):
+            published.unlink(missing_ok=True)
         pool.close()

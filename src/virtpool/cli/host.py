@@ -233,6 +233,36 @@ def state(
     _show(host, json)
 
 
+@app.command("join-token")
+def join_token(
+    expires: Annotated[str, typer.Option(help="how long it stays valid, e.g. 30m, 1h, 2d")] = "1h",
+    json: JsonFlag = False,
+) -> None:
+    """A one-time, expiring token for `virtpool agent --server URL --join TOKEN` (admin)."""
+    seconds = parse_duration_s(expires)
+    with output.errors():
+        issued = client().join_token(seconds)
+    if json:
+        return output.emit_json(issued)
+    output.print_line(issued["token"], wrapped=False)
+    url = issued.get("join_url") or "JOIN_URL"
+    output.print_line(f"valid once, until {issued['expires_at']}; on the new host run:", stderr=True)
+    output.print_line(f"  virtpool agent --server {url} --join {issued['token']}", stderr=True, wrapped=False)
+
+
+def parse_duration_s(text: str) -> float:
+    """'90s', '30m', '1h', '2d' (a plain number is seconds)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        output.fail(f"cannot read the duration '{text}'", hint="e.g. 30m, 1h or 2d")
+    if value <= 0:
+        output.fail(f"'{text}' is not a duration", hint="e.g. 30m, 1h or 2d")
+    return value
+
+
 @app.command("add")
 def add(
     name: str,

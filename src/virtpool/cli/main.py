@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "events": ("virtpool.cli.events", "events", "What the pool did and why."),
     "up": ("virtpool.cli.serve", "up", "Run the platform on this host in the foreground."),
     "server": ("virtpool.cli.serve", "server", "Run the control plane only."),
+    "agent": ("virtpool.cli.serve", "agent", "Run this host's agent: join a pool, serve its control plane."),
 }
 
 # Options of the top level that take a value: skipped when looking for the noun.

@@ -1,7 +1,9 @@
-"""`virtpool up` and `virtpool server`: run the platform, or its control plane alone."""
+"""`virtpool up`, `virtpool server` and `virtpool agent`: run the platform, its control plane
+alone, or one more host's agent."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated
@@ -11,16 +13,21 @@ import typer
 from virtpool.cli import common, output
 
 
+AgentListen = Annotated[str | None, typer.Option(
+    help="HOST:PORT where agents join, HTTPS (default: the API's host, its port + 1)")]
+
+
 def server(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="admin token and URL file")] = None,
     listen: Annotated[str, typer.Option(help="HOST:PORT for the API (port 0: any free port)")] = "127.0.0.1:8470",
     db: Annotated[str | None, typer.Option(help="database URL, e.g. postgresql://user@host/db "
                                                 "(default: SQLite in the data dir)")] = None,
+    agent_listen: AgentListen = None,
 ) -> None:
-    """Run the control plane only (API and records), without an agent on this host.
+    """Run the control plane only (API, records, the pool's images), without an agent here.
 
-    VM records, operations, events and the audit log are served; actions that need a host
-    answer 503 until remote agents can be attached (not supported yet).
+    VMs run on the hosts whose agents joined (`virtpool host join-token`, then
+    `virtpool agent --server JOIN_URL --join TOKEN` on each); the join URL is printed at start.
     """
     from virtpool.api.server import ServeOptions, parse_listen, serve
     from virtpool.model.errors import VirtpoolError
@@ -28,7 +35,8 @@ def server(
     try:
         host_, port = parse_listen(listen)
         serve(ServeOptions(data_dir=data_dir or common.data_dir(), host=host_, port=port, db_url=db,
-                           control_only=True),
+                           control_only=True,
+                           agent_listen=parse_listen(agent_listen) if agent_listen else None),
               announce=lambda line: output.print_line(line, wrapped=False))
     except VirtpoolError as err:
         output.fail(err.message, hint=err.hint)
@@ -50,8 +58,10 @@ def up(
     memory_threshold: Annotated[str, typer.Option(help="reclaim guest memory when available falls below")] = "256M",
     net_prefix: Annotated[str, typer.Option(help="name prefix of this host's bridges, taps and "
                                                  "nftables tables (1-4 lowercase letters)")] = "vp",
+    agent_listen: AgentListen = None,
 ) -> None:
-    """Run the platform on this host in the foreground: control plane, agent, API."""
+    """Run the platform on this host in the foreground: control plane, agent, API. Agents on
+    other hosts join it at the URL it prints."""
     from pydantic import ValidationError
 
     from virtpool.api.server import ServeOptions, parse_listen, serve
@@ -74,11 +84,45 @@ def up(
         options = ServeOptions(data_dir=data_dir or common.data_dir(), host=host_, port=port,
                                accel=accel, db_url=db, build_default_image=build,
                                boot_timeout=boot_timeout, log_cap_bytes=log_cap_bytes,
-                               memory=memory, net_prefix=net_prefix)  # type: ignore[arg-type]
+                               memory=memory, net_prefix=net_prefix,  # type: ignore[arg-type]
+                               agent_listen=parse_listen(agent_listen) if agent_listen else None)
         serve(options, announce=lambda line: output.print_line(line, wrapped=False))
     except VirtpoolError as err:
         output.fail(err.message, hint=err.hint)
     except ValidationError as err:
         output.fail(f"invalid memory settings: {err.errors()[0]['msg']}")
+    except OSError as err:
+        output.fail(f"cannot serve on {listen}: {err.strerror}", hint="pick another --listen port")
+
+
+def agent(
+    server: Annotated[str, typer.Option(help="the join URL the control plane printed (https://…)")],
+    join: Annotated[str | None, typer.Option(help="a join token (first start only)")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="this agent's state, images and VMs")] = None,
+    listen: Annotated[str, typer.Option(help="HOST:PORT this agent serves on (HTTPS)")] = "0.0.0.0:8472",
+    name: Annotated[str | None, typer.Option(help="this host's name in the pool (default: hostname)")] = None,
+    net_prefix: Annotated[str, typer.Option(help="name prefix of this host's bridges, taps and "
+                                                 "nftables tables (1-4 lowercase letters)")] = "vp",
+) -> None:
+    """Run this host's agent: join the pool (first start, with --join), then serve the control
+    plane over mutual TLS and heartbeat to it. VMs keep running when it stops."""
+    from virtpool.api.server import parse_listen
+    from virtpool.model.errors import VirtpoolError
+    from virtpool.node.service.run import AgentOptions
+    from virtpool.node.service.run import serve as serve_agent
+
+    if not re.fullmatch(r"[a-z]{1,4}", net_prefix):
+        output.fail(f"'{net_prefix}' is not a valid --net-prefix", hint="use 1-4 lowercase letters")
+    if not server.startswith("https://"):
+        output.fail(f"'{server}' is not an https:// URL", hint="pass the join URL the control plane printed")
+    default_dir = Path("/var/lib/virtpool-agent") if os.geteuid() == 0 else \
+        Path.home() / ".local/share/virtpool-agent"
+    try:
+        host_, port = parse_listen(listen)
+        serve_agent(AgentOptions(server=server, data_dir=data_dir or default_dir, join=join,
+                                 listen_host=host_, listen_port=port, name=name, net_prefix=net_prefix),
+                    announce=lambda line: output.print_line(line, wrapped=False))
+    except VirtpoolError as err:
+        output.fail(err.message, hint=err.hint)
     except OSError as err:
         output.fail(f"cannot serve on {listen}: {err.strerror}", hint="pick another --listen port")

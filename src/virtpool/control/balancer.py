@@ -89,7 +89,9 @@ class MemoryBalancer:
     def tick(self) -> list[str]:
         """One round; returns the names (``project/name`` outside 'default') of the VMs whose
         balloon moved."""
-        running = [vm for vm in self._vms.list(limit=10_000) if vm.state == VMState.RUNNING]
+        # This host's VMs only: the balancer weighs this host's memory (psutil, or the budget).
+        running = [vm for vm in self._vms.list(limit=10_000)
+                   if vm.state == VMState.RUNNING and vm.host == self._vms.local_host]
         guests, ids = [], {}
         for vm in running:
             target = self._targets.get(vm.id)
@@ -99,10 +101,10 @@ class MemoryBalancer:
                 figures = self._agent.vm_stats(vm.id)
             except VirtpoolError:
                 continue  # stopping or crashing as we look: the next round sees it settled
-            current = target[0] if target else figures.get("balloon_mib", vm.memory_mib)
+            current = target[0] if target else (figures.balloon_mib or vm.memory_mib)
             # Names are unique within a project only: outside 'default', the project prefixes it.
             label = vm.name if vm.project == DEFAULT_PROJECT else f"{vm.project}/{vm.name}"
-            guests.append(GuestMemory(label, current, figures.get("guest_free_mib"), vm.memory_mib))
+            guests.append(GuestMemory(label, current, figures.guest_free_mib, vm.memory_mib))
             ids[label] = vm
         self._targets = {vm.id: t for vm in running if (t := self._targets.get(vm.id))}
         available = self._available(guests)

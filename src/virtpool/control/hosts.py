@@ -184,8 +184,9 @@ class HostService:
         self._placer.invalidate(None)
         return self.get(spec.name)
 
-    def remove(self, name: str) -> None:
-        """Remove a host row that holds no VM. The local host cannot be removed."""
+    def remove(self, name: str, also: Callable[[Session, str], None] | None = None) -> None:
+        """Remove a host row that holds no VM. The local host cannot be removed. ``also`` runs
+        in the same transaction (the revocation of the host's certificate)."""
         if name == self.local:
             raise Conflict(f"host '{name}' is this server's own host; it registers itself at "
                            "every start", hint=f"`virtpool host state {name} maintenance` "
@@ -196,6 +197,8 @@ class HostService:
             # this host has committed (a statement that waits for a lock keeps its snapshot).
             _lock_host(session, name)
             vms = session.scalar(select(func.count()).where(VMRow.host == name)) or 0
+            if also is not None and vms == 0:
+                also(session, name)
             gone = session.execute(
                 HostRow.__table__.delete().where(
                     HostRow.name == name, ~exists().where(VMRow.host == name))).rowcount

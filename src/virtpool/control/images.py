@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from virtpool.control.operations import OperationService
 from virtpool.control.store.tables import VMRow
-from virtpool.model.agent import Agent
+from virtpool.model.agent import ByteStream, ImageStoreContract
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound, VirtpoolError
 from virtpool.model.image import BuildStatus, Firmware, ImageInfo
 from virtpool.model.operation import Operation
@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 class ImageService:
-    def __init__(self, sessions: sessionmaker[Session], agent: Agent, operations: OperationService) -> None:
+    def __init__(self, sessions: sessionmaker[Session], agent: ImageStoreContract,
+                 operations: OperationService) -> None:
         self._sessions = sessions
         self._agent = agent
         self._operations = operations
@@ -36,6 +37,12 @@ class ImageService:
     def get(self, name: str) -> ImageInfo:
         return self._agent.get_image(name)
 
+    def files(self, name: str) -> dict[str, Iterator[bytes]]:
+        """The image's files as streams, for an agent that lacks the image."""
+        info = self._agent.get_image(name)
+        return {field: self._agent.image_file(name, field)
+                for field in ("kernel", "initrd", "disk") if getattr(info, field) is not None}
+
     def delete(self, name: str) -> None:
         self._agent.get_image(name)
         with self._sessions() as session:
@@ -47,16 +54,10 @@ class ImageService:
             )
         self._agent.delete_image(name)
 
-    def import_files(
-        self, name: str, *, kernel: Path | None, initrd: Path | None, disk: Path | None,
-        kernel_args: str, firmware: Firmware | None = None,
-    ) -> ImageInfo:
-        return self._agent.import_image(
-            name, kernel=kernel, initrd=initrd, disk=disk, kernel_args=kernel_args, firmware=firmware
-        )
-
-    def staging_dir(self) -> Path:
-        return self._agent.staging_dir()
+    def import_files(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str,
+                     firmware: Firmware | None = None) -> ImageInfo:
+        """Store an image from streams: "kernel", "initrd", "disk" (see Agent.import_image)."""
+        return self._agent.import_image(name, files, kernel_args=kernel_args, firmware=firmware)
 
     def start_build(self, name: str, *, actor: str = "virtpool") -> Operation:
         """Start building ``name`` in the background, or return the build under way."""

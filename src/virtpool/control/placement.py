@@ -218,6 +218,7 @@ class Placer:
             group=(Group(group_row.name, group_row.policy, group_row.hard)  # type: ignore[arg-type]
                    if group_row else None),
             accel="kvm" if spec.accel == "kvm" else None, weigher=spec.weigher,
+            host_cpus=host_cpus_needed(spec),
         )
         started = time.perf_counter()
         try:
@@ -355,3 +356,10 @@ def claim_delta(old: Resources, new: Resources) -> Resources:
 
 __all__ = ["CLAIM_ATTEMPTS", "Placed", "Placer", "claim_delta", "group_by_name", "host_capacity",
            "usage_claim"]
+
+
+def host_cpus_needed(spec: VMSpec) -> int:
+    """The fewest host CPUs a VM's pinning and CPU cap make sense on (its vCPUs aside)."""
+    pinned = max(spec.cpu_affinity) + 1 if spec.cpu_affinity else 0
+    capped = -(-spec.cpu_cap_pct // 100) if spec.cpu_cap_pct else 0
+    return max(pinned, capped)

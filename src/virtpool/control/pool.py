@@ -1,21 +1,29 @@
 """The control plane of one pool: database, services and the agent(s) they drive.
 
-The caller hands in the agent, so that this layer never imports the node package: single-node
-mode passes a ``LocalAgent``; a multi-host pool will pass remote agents.
+The caller hands in this host's agent (or none), so that this layer never imports the node
+package: single-node mode passes a ``LocalAgent``; `virtpool server` passes none. Every other
+host is reached through the registry (control/agents/registry.py).
 """
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.registry import CollectorRegistry
 
 from virtpool import __version__
+from virtpool.control.agents.feed import EventPump
+from virtpool.control.agents.registry import AgentRegistry
+from virtpool.control.agents.remote import RemoteAgent
 from virtpool.control.audit import AuditLog
 from virtpool.control.auth import TokenService
 from virtpool.control.balancer import MemoryBalancer, MemoryPolicy
+from virtpool.control.detached import NoAgent
+from virtpool.control.enrolment import Enrolment
 from virtpool.control.events import EventLog
 from virtpool.control.groups import GroupService
 from virtpool.control.hosts import HostService
@@ -24,6 +32,7 @@ from virtpool.control.networks import NetworkService
 from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
 from virtpool.control.metrics import ControlPlaneMetrics, PoolCollector, Scrape
 from virtpool.control.operations import OperationService
+from virtpool.control.pki import CertificateAuthority, Files
 from virtpool.control.placement import Placer
 from virtpool.control.projects import ProjectService
 from virtpool.control.rebalancing import Rebalancer
@@ -36,9 +45,14 @@ from virtpool.control.backups import BackupService
 from virtpool.control.clones import CloneService
 from virtpool.control.snapshots import SnapshotService
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S, VMService
-from virtpool.model.agent import Agent
+from virtpool.model.agent import Agent, ImageStoreContract
+from virtpool.model.certs import CONTROL_PLANE_CN
+from virtpool.model.errors import VirtpoolError
 from virtpool.model.layout import TOKEN_FILE, URL_FILE
 from virtpool.model.lease import MONITOR_PERIOD_S
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,9 +76,10 @@ class PoolConfig:
 class Pool:
     """Everything the API needs, wired together. ``start()`` reconciles before serving."""
 
-    def __init__(self, config: PoolConfig, agent: Agent) -> None:
+    def __init__(self, config: PoolConfig, agent: Agent | None,
+                 images: ImageStoreContract | None = None) -> None:
         self.config = config
-        self.agent = agent
+        self.agent: Agent = agent if agent is not None else NoAgent()
         self.engine = db.open_database(config.db_url or db.sqlite_url(config.data_dir / "state.db"))
         sessions = db.session_factory(self.engine)
         self.metrics = ControlPlaneMetrics()
@@ -78,17 +93,25 @@ class Pool:
         self.groups = GroupService(sessions)
         self.networks = NetworkService(sessions)
         self.rebalancer = Rebalancer(sessions)
-        self.vms = VMService(sessions, agent, self.hosts.local, boot_timeout=config.boot_timeout,
-                             events=self.events, memory=lambda: self.balancer.policy,
-                             placer=self.placer, networks=self.networks)
+        # The pool CA (made on the first start) and the control plane's client certificate.
+        self.ca = CertificateAuthority.load_or_create(config.data_dir / "pki")
+        self._client_cert = self.ca.issue("control", CONTROL_PLANE_CN, [], client=True, server=False)
+        self.enrolment = Enrolment(sessions, self.ca, self.hosts.local)
+        self.agents = AgentRegistry(sessions, self.hosts.local, agent, remote=self._remote_agent)
+        self.join_url: str | None = None  # where agents join, once the listener serves
+        self.operations = OperationService(sessions)
+        # The pool's image store: this host's agent's (`up`), or the control plane's own.
+        self.images = ImageService(sessions, images or self.agent, self.operations)
+        self.vms = VMService(sessions, self.agents, images=self.images,
+                             boot_timeout=config.boot_timeout, events=self.events, placer=self.placer,
+                             networks=self.networks)
         self.snapshots = SnapshotService(self.vms, self.events)
         self.backups = BackupService(self.vms, self.events)
         self.clones = CloneService(self.vms, self.events)
-        self.operations = OperationService(sessions)
+        self.agent_events = EventPump(sessions, self.agents, self.vms.on_agent_event)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
-        self.images = ImageService(sessions, agent, self.operations)
-        self.balancer = MemoryBalancer(self.vms, agent, self.events, self.audit, config.memory)
-        self.usage = UsageRecorder(self.vms, agent)
+        self.balancer = MemoryBalancer(self.vms, self.agent, self.events, self.audit, config.memory)
+        self.usage = UsageRecorder(self.vms, self.agent)
         self.summary = Summary(sessions)
         self.leases = LeaseService(sessions, self.events, self.audit, on_lost=self.vms.host_lost,
                                    on_back=self.vms.host_back, on_state=self.placer.invalidate)
@@ -97,6 +120,36 @@ class Pool:
         self.leader = Leadership(sessions, events=self.events)
         self.lease_monitor = Loop("lease-monitor", self.leases.expire, MONITOR_PERIOD_S, self.leader)
         self.heartbeat: LocalHeartbeat | None = None
+
+    def _remote_agent(self, name: str, url: str) -> Agent:
+        return RemoteAgent(name, url, ca=self.ca.cert_file, cert=self._client_cert.cert,
+                           key=self._client_cert.key, revoked=self.enrolment.revoked)
+
+    def listener_cert(self, host: str) -> Files:
+        """The agent listener's server certificate, for the address it listens on."""
+        names = sorted({host, "127.0.0.1", "localhost", socket.gethostname()} - {"0.0.0.0", "::", ""})
+        return self.ca.issue("listener", f"{CONTROL_PLANE_CN}-listener", names, client=False, server=True)
+
+    def agent_joined(self, host: str) -> None:
+        """An agent (re)started on ``host``: drive it afresh, follow its events, reconcile."""
+        self.agents.forget(host)
+        self.agent_events.follow(host)
+        threading.Thread(target=self._reconcile_quietly, args=(host,), name=f"reconcile-{host}",
+                         daemon=True).start()
+
+    def _reconcile_quietly(self, host: str) -> None:
+        try:
+            self.vms.reconcile(host)
+            self.hosts.reconcile_usage(host)
+        except VirtpoolError as err:
+            log.warning("reconcile of host %s failed for now: %s", host, err)
+
+    def remove_host(self, name: str) -> None:
+        """Remove a host (holding no VM) and revoke its agent's certificate in one step: its
+        agent is refused from its next request on."""
+        self.hosts.remove(name, also=self.enrolment.revoke_host)
+        self.enrolment.forget_cache()
+        self.agents.forget(name)
 
     def start(self) -> bool:
         """Register this host, reconcile VMs and its usage counters with it, fail the
@@ -109,6 +162,7 @@ class Pool:
             # first, so that the reconcile below converges them with the rest.
             self.vms.restore_known(self.hosts.local)
             self.vms.reconcile()
+            self.agent_events.follow(self.hosts.local)
             self.hosts.reconcile_usage()
             self.balancer.start()
             self.usage.start()
@@ -133,7 +187,8 @@ class Pool:
         if self.heartbeat is not None:
             self.heartbeat.stop()
         self.balancer.stop()
+        self.agent_events.close()
         self.usage.stop()
         self.vms.close()
-        self.agent.close()
+        self.agents.close()
         self.engine.dispose()

@@ -117,6 +117,11 @@ class NicRequest(BaseModel):
     @classmethod
     def parse(cls, text: str) -> NicRequest:
         """'lan' or 'lan,ip=10.20.0.5'."""
+        return cls(**cls.fields(text))
+
+    @staticmethod
+    def fields(text: str) -> dict[str, str]:
+        """The fields of 'lan' or 'lan,ip=10.20.0.5', unchecked (the server checks them)."""
         name, _, rest = text.partition(",")
         fields: dict[str, str] = {"network": name}
         for part in filter(None, rest.split(",")):
@@ -127,7 +132,7 @@ class NicRequest(BaseModel):
                 raise InvalidRequest(f"cannot read --network '{text}'",
                                      hint="write NAME or NAME,ip=ADDRESS")
             fields[key] = value
-        return cls(**fields)
+        return fields
 
 
 # -- what one host must have: the agent's input ------------------------------------------------

@@ -260,6 +260,7 @@ class PlacementRequest:
     group: Group | None = None
     accel: HostAccel | None = None
     weigher: WeigherName | None = None
+    host_cpus: int = 0  # the fewest host CPUs the VM's affinity and CPU cap need
 
     def __post_init__(self) -> None:
         owner = f"VM '{self.vm}'"

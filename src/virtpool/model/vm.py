@@ -63,14 +63,11 @@ class ResizeResult(BaseModel):
     notes: list[str] = []
 
 
-class VMStats(BaseModel):
-    """What a VM uses right now. ``None`` where the host cannot tell."""
+class VMUsage(BaseModel):
+    """What a VM's QEMU uses right now, as its host measures it. ``None`` where it cannot tell."""
 
-    name: str
-    state: str
     cpu_percent: float | None = None  # of one host CPU, over the last sampling interval
     cpu_time_s: float | None = None
-    memory_boot_mib: int
     balloon_mib: float | None = None  # what the guest has after the balloon
     guest_total_mib: float | None = None
     guest_free_mib: float | None = None
@@ -81,3 +78,11 @@ class VMStats(BaseModel):
     disk_write_ops: int | None = None
     net_rx_bytes: int | None = None  # user-mode networking keeps no counters
     net_tx_bytes: int | None = None
+
+
+class VMStats(VMUsage):
+    """A VM's usage as the API shows it: its host's figures with the pool's record."""
+
+    name: str
+    state: str
+    memory_boot_mib: int

@@ -36,7 +36,6 @@ from virtpool.model.errors import (
     OperationFailed,
 )
 from virtpool.node.disks import QCOW2_MAGIC, run_qemu_img
-from virtpool.node.qemu import qmp
 from virtpool.node.qemu.argv import DRIVE_ID
 
 CHAIN_FILE = "chain.json"
@@ -121,14 +120,14 @@ def restore(directory: Path, disk: Path, **run_as: Any) -> None:
 # -- taking a backup of a running VM -------------------------------------------------------
 
 
-async def backup(qmp_sock: Path, directory: Path, *, vm_id: str, vm: str, image: str,
+async def backup(client: Any, directory: Path, *, vm_id: str, vm: str, image: str,
                  incremental: bool) -> BackupInfo:
+    """``client``: the VM's own QMP session's client (node/vm.py): the only one its QEMU serves."""
     check_target(directory, incremental=incremental)
     chain = read_chain(directory) if incremental else None
     if chain is not None and chain.vm_id != vm_id:
         raise Conflict(f"the chain in {directory} is of another VM ({chain.vm})",
                        hint="extend a chain of this VM, or start one in an empty directory")
-    client = await qmp.connect(qmp_sock, name=f"{vm}-backup", timeout=5.0)
     created_dir = not directory.exists()
     target: Path | None = None
     try:
@@ -172,8 +171,6 @@ async def backup(qmp_sock: Path, directory: Path, *, vm_id: str, vm: str, image:
             (directory / CHAIN_FILE).unlink(missing_ok=True)
             directory.rmdir()
         raise
-    finally:
-        await _close(client)
     return chain
 
 
@@ -260,9 +257,3 @@ async def _quietly(client: Any, cmd: str, arguments: dict[str, Any]) -> None:
     except ExecuteError:
         pass
 
-
-async def _close(client: Any) -> None:
-    try:
-        await client.disconnect()
-    except Exception:  # QEMU hanging up is how a session may end
-        pass

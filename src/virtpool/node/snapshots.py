@@ -17,14 +17,21 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from virtpool.model.errors import OperationFailed
 from virtpool.model.snapshot import SnapshotInfo
 from virtpool.node.disks import run_qemu_img
-from virtpool.node.qemu import qmp
 from virtpool.node.qemu.argv import DRIVE_ID
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
+
+
+
+class Monitor(Protocol):
+    """The VM's one QMP session (node/vm.py's ``VM``)."""
+
+    async def command(self, cmd: str, arguments: dict[str, Any] | None = None) -> Any: ...
+
 
 JOB_TIMEOUT_S = 600.0  # a memory snapshot of a large guest under TCG writes all its RAM
 FREEZE_TIMEOUT_S = 10.0
@@ -59,55 +66,54 @@ def delete_offline(disk: Path, name: str, **run_as: Any) -> None:
     run_qemu_img(["snapshot", "-d", name, str(disk)], what=f"delete snapshot '{name}'", **run_as)
 
 
-async def create_live(qmp_sock: Path, qga_sock: Path, name: str, *, memory: bool, vm: str,
+async def create_live(monitor: Monitor, qga_sock: Path, name: str, *, memory: bool, vm: str,
                       qga_lock: asyncio.Lock) -> bool:
     """Snapshot a running VM; returns whether the guest's filesystems were frozen for it."""
-    node = await _disk_node(qmp_sock, vm)
+    node = await _disk_node(monitor, vm)
     if memory:
         # QEMU stops the vCPUs for the save itself: disk and memory are of one instant.
-        await _job(qmp_sock, "snapshot-save", {"tag": name, "vmstate": node, "devices": [node]}, vm)
+        await _job(monitor, "snapshot-save", {"tag": name, "vmstate": node, "devices": [node]}, vm)
         return False
     async with qga_lock:
         frozen = await _freeze(qga_sock, vm)
         try:
-            await qmp.command(qmp_sock, "blockdev-snapshot-internal-sync",
-                              {"device": DRIVE_ID, "name": name}, vm=vm)
+            await monitor.command("blockdev-snapshot-internal-sync", {"device": DRIVE_ID, "name": name})
         finally:
             if frozen:
                 await _thaw(qga_sock, vm)
     return frozen
 
 
-async def restore_live(qmp_sock: Path, name: str, *, vm: str) -> None:
+async def restore_live(monitor: Monitor, name: str, *, vm: str) -> None:
     """Bring a memory snapshot back into the running VM (its disk and RAM)."""
-    node = await _disk_node(qmp_sock, vm)
-    await _job(qmp_sock, "snapshot-load", {"tag": name, "vmstate": node, "devices": [node]}, vm)
+    node = await _disk_node(monitor, vm)
+    await _job(monitor, "snapshot-load", {"tag": name, "vmstate": node, "devices": [node]}, vm)
 
 
-async def delete_live(qmp_sock: Path, name: str, *, vm: str) -> None:
-    node = await _disk_node(qmp_sock, vm)
-    await _job(qmp_sock, "snapshot-delete", {"tag": name, "devices": [node]}, vm)
+async def delete_live(monitor: Monitor, name: str, *, vm: str) -> None:
+    node = await _disk_node(monitor, vm)
+    await _job(monitor, "snapshot-delete", {"tag": name, "devices": [node]}, vm)
 
 
-async def _disk_node(qmp_sock: Path, vm: str) -> str:
-    for device in await qmp.command(qmp_sock, "query-block", vm=vm):
+async def _disk_node(monitor: Monitor, vm: str) -> str:
+    for device in await monitor.command("query-block"):
         if device.get("device") == DRIVE_ID and device.get("inserted"):
             return str(device["inserted"]["node-name"])
     raise OperationFailed(f"VM '{vm}' has no disk '{DRIVE_ID}' in QEMU")
 
 
-async def _job(qmp_sock: Path, cmd: str, arguments: dict[str, Any], vm: str) -> None:
+async def _job(monitor: Monitor, cmd: str, arguments: dict[str, Any], vm: str) -> None:
     """Run a QMP job to its end; raise with QEMU's reason when it failed."""
     job_id = f"{cmd}-{time.monotonic_ns()}"
-    await qmp.command(qmp_sock, cmd, {"job-id": job_id, **arguments}, vm=vm)
+    await monitor.command(cmd, {"job-id": job_id, **arguments})
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while True:
-        jobs = {j["id"]: j for j in await qmp.command(qmp_sock, "query-jobs", vm=vm)}
+        jobs = {j["id"]: j for j in await monitor.command("query-jobs")}
         job = jobs.get(job_id)
         if job is None:
             raise OperationFailed(f"QEMU lost the {cmd} job of VM '{vm}'")
         if job["status"] == "concluded":
-            await qmp.command(qmp_sock, "job-dismiss", {"id": job_id}, vm=vm)
+            await monitor.command("job-dismiss", {"id": job_id})
             if job.get("error"):
                 raise OperationFailed(f"{cmd} of VM '{vm}' failed: {job['error']}")
             return

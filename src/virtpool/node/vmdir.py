@@ -39,11 +39,6 @@ class VMPaths:
         return self.root / "qmp.sock"
 
     @property
-    def events_sock(self) -> Path:
-        """A second QMP monitor, held open by the agent to hear events and the process's end."""
-        return self.root / "events.sock"
-
-    @property
     def qga_sock(self) -> Path:
         return self.root / "qga.sock"
 
@@ -71,7 +66,7 @@ class VMPaths:
 
     def sockets(self) -> list[Path]:
         """QEMU's own sockets (passt's is passt's: a VM on a virtpool network has none)."""
-        return [self.console_sock, self.qmp_sock, self.events_sock, self.qga_sock]
+        return [self.console_sock, self.qmp_sock, self.qga_sock]
 
     def create(self) -> None:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -303,7 +303,7 @@ class Client:
             "name": name, "image": image, "cpus": cpus, "memory_mib": memory_mib,
             "disk_mib": disk_mib, "kernel_args": kernel_args, "accel": accel, "start": start,
             "ports": [(PortForward.parse(p) if isinstance(p, str) else p).model_dump() for p in ports],
-            "networks": [NicRequest.parse(n).model_dump() for n in networks],
+            "networks": [NicRequest.fields(n) for n in networks],
         }
         response = self._call("POST", "/vms", json=body)
         if start:
@@ -430,7 +430,12 @@ class Client:
         return HostView.model_validate(self._call("POST", "/hosts", json=body).json())
 
     def remove_host(self, name: str) -> None:
+        """Remove a host holding no VM; its agent's certificate is revoked."""
         self._call("DELETE", f"/hosts/{name}")
+
+    def join_token(self, expires_s: float = 3600.0) -> dict[str, Any]:
+        """A one-time token for an agent to join with: {token, expires_at, join_url}."""
+        return dict(self._call("POST", "/hosts/join-tokens", json={"expires_s": expires_s}).json())
 
     def set_host_ratios(self, name: str, *, cpu: float | None = None,
                         memory: float | None = None, disk: float | None = None) -> HostView:

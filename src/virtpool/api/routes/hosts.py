@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from datetime import datetime
+
 from fastapi import APIRouter, Response, status
+from pydantic import BaseModel, ConfigDict, Field
 
 from virtpool.api.deps import Admin, Caller, PoolDep
 from virtpool.control.auth import Principal
+from virtpool.control.enrolment import MAX_TOKEN_S
 from virtpool.model.inventory import (
     HostAdd,
     HostView,
@@ -35,6 +39,28 @@ def _viewing_project(caller: Principal) -> str | None:
     return None if caller.pool_admin else caller.project_id
 
 
+class JoinTokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expires_s: float = Field(default=3600.0, gt=0, le=MAX_TOKEN_S,
+                             description="seconds until the token expires (at most a week)")
+
+
+class JoinTokenIssued(BaseModel):
+    """A one-time token for `virtpool agent --server JOIN_URL --join TOKEN`; shown only now."""
+
+    token: str
+    expires_at: datetime
+    join_url: str | None
+
+
+@router.post("/join-tokens", response_model=JoinTokenIssued, status_code=status.HTTP_201_CREATED,
+             summary="A one-time, expiring token for an agent to join the pool with")
+def join_token(body: JoinTokenRequest, pool: PoolDep, caller: Admin) -> JoinTokenIssued:
+    issued = pool.enrolment.issue_token(body.expires_s, caller.name)
+    return JoinTokenIssued(token=issued.token, expires_at=issued.expires_at, join_url=pool.join_url)
+
+
 @router.post("", response_model=HostView, status_code=status.HTTP_201_CREATED,
              summary="Add an inventory row for a host whose agent is not connected yet")
 def add_host(body: HostAdd, pool: PoolDep, _: Admin) -> HostView:
@@ -44,7 +70,7 @@ def add_host(body: HostAdd, pool: PoolDep, _: Admin) -> HostView:
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Remove a host that holds no VM")
 def remove_host(name: str, pool: PoolDep, _: Admin) -> Response:
-    pool.hosts.remove(name)
+    pool.remove_host(name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -5,8 +5,7 @@ Every token may read them; only pool admins change them (they are shared by ever
 from __future__ import annotations
 
 import errno
-import shutil
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
@@ -19,6 +18,7 @@ from virtpool.model.image import BuildStatus, Firmware, ImageInfo
 from virtpool.model.spec import MAX_KERNEL_ARGS
 
 router = APIRouter(prefix="/images", tags=["images"])
+CHUNK = 1 << 20
 
 
 @router.get("", response_model=list[ImageInfo])
@@ -63,24 +63,18 @@ def import_image(
     kernel_args: Annotated[str, Form(max_length=MAX_KERNEL_ARGS)] = "",
     firmware: Annotated[Firmware | None, Form()] = None,
 ) -> ImageInfo:
+    files = {field: _chunks(upload) for field, upload in
+             (("kernel", kernel), ("initrd", initrd), ("disk", disk)) if upload is not None}
     try:
-        staging = pool.images.staging_dir()
+        return pool.images.import_files(name, files, kernel_args=kernel_args, firmware=firmware)
     except OSError as err:
         raise _no_room(err) from err
-    try:
-        paths = {
-            field: _save(upload, staging / field)
-            for field, upload in (("kernel", kernel), ("initrd", initrd), ("disk", disk))
-            if upload is not None
-        }
-        return pool.images.import_files(
-            name, kernel=paths.get("kernel"), initrd=paths.get("initrd"), disk=paths.get("disk"),
-            kernel_args=kernel_args, firmware=firmware,
-        )
-    except OSError as err:
-        raise _no_room(err) from err
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _chunks(upload: UploadFile) -> Iterator[bytes]:
+    """The upload as a stream (this handler runs in a worker thread: plain reads are fine)."""
+    while chunk := upload.file.read(CHUNK):
+        yield chunk
 
 
 def _no_room(err: OSError) -> Exception:
@@ -89,9 +83,3 @@ def _no_room(err: OSError) -> Exception:
         return err
     return InsufficientStorage("no space left on the host's data disk for this image upload; "
                                "nothing was kept", hint=FREE_SPACE_HINT)
-
-
-def _save(upload: UploadFile, target: Path) -> Path:
-    with target.open("wb") as out:
-        shutil.copyfileobj(upload.file, out, 1 << 20)
-    return target

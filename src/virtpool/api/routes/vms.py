@@ -42,9 +42,6 @@ from virtpool.model.spec import ExecResult, Resize, VMSpec
 from virtpool.model.states import VMState
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 
-# The console is a local socket until remote agents proxy it; the same peer check applies.
-from virtpool.node.qemu import peer
-
 router = APIRouter(prefix="/vms", tags=["vms"])
 
 MAX_EXEC_ARGS = 256
@@ -224,8 +221,8 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
         await _refuse(websocket, Conflict(f"VM '{vm.name}' is {vm.state.value}", hint="start it first"))
         return
     try:
-        reader, writer = await asyncio.open_unix_connection(
-            sock=await peer.connect(pool.agent.console_socket(vm.id)))
+        agent = await asyncio.to_thread(pool.agents.for_host, vm.host)
+        console = await agent.open_console(vm.id)
     except (OSError, VirtpoolError) as err:
         await websocket.close(code=4502, reason=f"console unreachable: {err}"[:120])
         return
@@ -241,16 +238,16 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
 
     guard = AccessGuard(pool.tokens, caller.token_id, still_allowed)
 
+    # The API relays the agent's byte stream; where the agent runs is the agent's business.
     async def to_guest() -> None:
         while True:
             data = await websocket.receive_bytes()
             if guard.lost:  # typed after the token was revoked: never reaches the guest
                 return
-            writer.write(data)
-            await writer.drain()
+            await console.write(data)
 
     async def to_user() -> None:
-        while data := await reader.read(4096):
+        while data := await console.read():
             await websocket.send_bytes(data)
 
     watcher = asyncio.create_task(guard.watch())
@@ -263,7 +260,7 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
         # Collected, so that a user who detached (WebSocketDisconnect) or a console that closed
         # is not logged as an error: either is how a console session ends.
         await asyncio.gather(*tasks, return_exceptions=True)
-        writer.close()
+        await console.close()
         code, reason = (POLICY_VIOLATION, guard.reason) if guard.lost else (1000, "")
         try:
             await websocket.close(code=code, reason=reason[:120])

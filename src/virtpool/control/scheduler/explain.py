@@ -64,6 +64,10 @@ def _phrase(name: str, count: int, decision: Decision) -> str:
         if rule.policy == "anti-affinity":
             return f"{be} excluded by anti-affinity group '{rule.name}'"
         return f"{be} outside affinity group '{rule.name}'"
+    if name == f.SIZE.name:
+        cpus = max(request.cpus, request.host_cpus)
+        return (f"{_verb(count, 'has', 'have')} too few CPUs (needs {cpus}, the largest has "
+                f"{decision.largest_free.get('size', 0)})")
     if name in f.CAPACITY_FILTERS:
         return _capacity_phrase(count, decision, name)
     return f"{be} removed by {name}"
@@ -101,7 +105,9 @@ def refusal(decision: Decision) -> InsufficientResources:
     if decision.placed:
         raise ValueError("refusal() of a placed decision")  # a programming error, not a user's
     removed = decision.removed
-    if any(removed[name] for name in f.CAPACITY_FILTERS):
+    if removed[f.SIZE.name] and not any(removed[name] for name in f.CAPACITY_FILTERS):
+        hint = "ask for fewer vCPUs (or CPUs in --cpu-affinity, a lower --cpu-cap), or add a larger host"
+    elif any(removed[name] for name in f.CAPACITY_FILTERS):
         hint = "free room (stop or shrink VMs), add a host, or raise the host's ratios"
     elif removed[f.HOST_STATE.name]:
         hint = "bring a host back up (`virtpool host list` shows their states)"

@@ -98,6 +98,13 @@ def memory(arrays: HostArrays, request: PlacementRequest) -> np.ndarray:
     return arrays.free[MEMORY] >= request.memory_mib
 
 
+def size(arrays: HostArrays, request: PlacementRequest) -> np.ndarray:
+    """The host has at least as many CPUs as the VM has vCPUs (and as its affinity and cap
+    name), whatever the CPU ratio promises: one VM's vCPUs never share a host CPU. (Memory
+    needs no such rule: a host's memory capacity is under 1.0 unless its guests balloon.)"""
+    return arrays.hardware[0] >= max(request.cpus, request.host_cpus)
+
+
 def disk(arrays: HostArrays, request: PlacementRequest) -> np.ndarray:
     """Free disk under the host's disk ratio covers the request."""
     return arrays.free[DISK] >= request.disk_mib
@@ -108,6 +115,7 @@ ACCELERATOR = Filter("accel", "accelerator missing", accelerator, static=True)
 PROJECT = Filter("project", "host closed to the project", project, static=True)
 LABELS = Filter("labels", "required label missing", labels, static=True)
 GROUP = Filter("group", "group rule", group, static=False)
+SIZE = Filter("size", "too few host CPUs", size, static=True)
 CPU_FIT = Filter("cpu", "not enough vCPUs", cpu, static=False)
 MEMORY_FIT = Filter("memory", "not enough memory", memory, static=False)
 DISK_FIT = Filter("disk", "not enough disk", disk, static=False)

@@ -47,6 +47,8 @@ class HostArrays:
     - ``free_fraction_sum``: float64 (n,), Σ over resources of ``free / capacity``; what the
       ``spread`` and ``pack`` weighers rank by, kept here so a request needs one dot product.
     - ``inv_capacity``: float64 (3, n), ``1 / capacity`` (0 where capacity is 0).
+    - ``hardware``: int64 (2, n), the CPUs and MiB physically there for guests (total minus
+      the reservation, no ratio): what a single VM may be at most.
     - ``state``, ``accel``: int8 (n,) codes (``STATE_CODES``, ``ACCEL_LEVELS``).
     - ``group_counts``: group name → int32 (n,), members of the group on each host.
 
@@ -66,6 +68,9 @@ class HostArrays:
         self.capacity = np.zeros((N_RESOURCES, n), dtype=np.int64)
         for i, host in enumerate(hosts):
             self.capacity[:, i] = host.capacity().as_tuple()
+        self.hardware = np.zeros((2, n), dtype=np.int64)
+        for i, host in enumerate(hosts):
+            self.hardware[:, i] = host.usable().as_tuple()[:2]
         self.allocated = np.zeros((N_RESOURCES, n), dtype=np.int64)
         self.free = self.capacity.copy()
         self.inv_capacity = _inverse(self.capacity)
@@ -193,6 +198,7 @@ class HostArrays:
             count += 1
             if claim.group is not None:
                 groups[claim.group] = groups.get(claim.group, 0) + 1
+        self.hardware[:, i] = host.usable().as_tuple()[:2]
         for r in range(N_RESOURCES):
             self.capacity[r, i] = cap[r]
             self.inv_capacity[r, i] = 1.0 / cap[r] if cap[r] > 0 else 0.0

@@ -33,6 +33,7 @@ FILTERS: tuple[f.Filter, ...] = (
     f.PROJECT,  # cached per project; skipped when no host is reserved for projects
     f.LABELS,  # cached per key=value; skipped when none are required
     f.GROUP,  # one comparison on the group's member counts; skipped without a hard group
+    f.SIZE,  # cached per CPU count; a VM with more vCPUs than a host has CPUs never fits it
     f.CPU_FIT,  # capacity last: one comparison each, and their reasons need the others ruled out
     f.MEMORY_FIT,
     f.DISK_FIT,
@@ -151,6 +152,8 @@ def _diagnose(arrays: HostArrays, request: PlacementRequest,
             if flt.name in f.CAPACITY_FILTERS:
                 row = f.CAPACITY_FILTERS[flt.name]
                 largest[flt.name] = max(0, int(arrays.free[row][dropped].max()))
+            elif flt is f.SIZE:
+                largest["size"] = int(arrays.hardware[0][dropped].max())
             elif flt is f.HOST_STATE:
                 codes = np.bincount(arrays.state[dropped], minlength=len(HOST_STATES))
                 not_up = {HOST_STATES[c]: int(k) for c, k in enumerate(codes) if k}

@@ -101,6 +101,10 @@ class HostRow(Base):
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), default=utcnow, onupdate=utcnow
     )
+    # The serial of the certificate the host's agent enrolled with (None: the in-process
+    # agent, or none joined yet), and the last agent event the control plane handled.
+    cert_serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    event_cursor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class GroupRow(Base):
@@ -215,6 +219,30 @@ class PortRow(Base):
     guest_port: Mapped[int] = mapped_column(Integer)
 
     vm: Mapped[VMRow] = relationship(back_populates="ports")
+
+
+class JoinTokenRow(Base):
+    """A one-time, expiring token an agent enrols with. Only the SHA-256 of the secret is kept."""
+
+    __tablename__ = "join_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    used_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class RevokedCertRow(Base):
+    """A certificate of the pool CA that is no longer accepted (its host was removed)."""
+
+    __tablename__ = "revoked_certs"
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class TokenRow(Base):

@@ -7,10 +7,11 @@ place only when complete, so an image is either whole or absent.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from virtpool.model.errors import (
@@ -189,6 +190,43 @@ class ImageStore:
             if err.errno == errno.ENOSPC:
                 raise no_room(self.root, f"importing image '{name}'") from err
             raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def receive(self, manifest: Manifest, files: dict[str, Iterable[bytes]]) -> Manifest:
+        """Store an image another store holds (the control plane's), byte for byte: each file
+        must have the size and SHA-256 the manifest says, else nothing is kept. An image of that
+        name with the same checksums is kept as it is (so: idempotent)."""
+        _check_name(manifest.name)
+        existing = read_manifest(self.path(manifest.name)) if self.path(manifest.name).exists() else None
+        if existing is not None:
+            if [(f.path, f.sha256) for f in existing.files()] == [(f.path, f.sha256) for f in manifest.files()]:
+                return existing
+            raise Conflict(f"image '{manifest.name}' here differs from the pool's",
+                           hint="delete it on this host so that the pool's copy is fetched")
+        staging = Path(tempfile.mkdtemp(prefix=f".import-{manifest.name}-", dir=self.root))
+        try:
+            by_field = {"kernel": manifest.kernel, "initrd": manifest.initrd, "disk": manifest.disk}
+            for field, entry in by_field.items():
+                if entry is None:
+                    continue
+                if field not in files or "/" in entry.path or entry.path.startswith("."):
+                    raise InvalidRequest(f"image '{manifest.name}' lacks its {field} file")
+                digest, size = hashlib.sha256(), 0
+                with (staging / entry.path).open("wb") as out:
+                    for chunk in files[field]:
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+                if digest.hexdigest() != entry.sha256 or size != entry.size:
+                    raise InvalidRequest(f"the {field} of image '{manifest.name}' arrived damaged "
+                                         f"(SHA-256 or size differs from its manifest)",
+                                         hint="try again; the image is fetched anew")
+            write_manifest(staging, manifest)
+            users.share_image(staging)  # every VM's user reads its image, nobody else
+            os.rename(staging, self.path(manifest.name))
+            return manifest
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

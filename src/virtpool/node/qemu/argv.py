@@ -181,7 +181,6 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         "-device", f"{_device(plan, 'blk')},drive={DRIVE_ID},id={DISK_DEVICE_ID}"
         + (",bootindex=0" if plan.machine == "q35" else ""),
         "-qmp", f"unix:{opt_value(paths.qmp_sock)},server=on,wait=off",
-        "-qmp", f"unix:{opt_value(paths.events_sock)},server=on,wait=off",
         "-pidfile", str(paths.pidfile),
     ]
     if plan.sandbox:

@@ -1,11 +1,13 @@
-"""The VM lifecycle, as the control plane runs it.
+"""The VM lifecycle, as the control plane runs it, on whichever host each VM is placed.
 
 Rules this module keeps:
 
 * Every state change is a conditional UPDATE (``... WHERE state IN (allowed)``), so two callers
   racing on one VM cannot both win, and a change is written *before* the side effect it
   announces. After a crash, :meth:`VMService.reconcile` finishes or undoes what was under way.
-* The host is reached only through the ``Agent`` interface.
+* A host is reached only through the ``Agent`` interface, the agent of the VM's own host
+  (``AgentRegistry.for_host``); what hosts report on their own arrives as agent events
+  (``on_agent_event``), applied by the pure rules of ``reconcile.py``.
 * Long work (booting, stopping) runs in a worker thread; the request that asked for it returns
   at once with the VM in ``starting`` or ``stopping``.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -25,27 +27,28 @@ from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from virtpool.control import quotas
 from virtpool.control.changes import Changes
+from virtpool.control.agents.registry import AgentRegistry
 from virtpool.control.detached import NoAgentAttached
 from virtpool.control.events import EventLog
 from virtpool.control.networks import NetworkService
 from virtpool.control.placement import Placed, Placer, claim_delta
-from virtpool.control.store.tables import DEFAULT_PROJECT, PortRow, VMRow, utcnow
-from virtpool.model.agent import Agent
-from virtpool.model.network import NicRequest, NicView
-from virtpool.model.errors import (
-    Conflict,
-    InsufficientResources,
-    InvalidRequest,
-    NotFound,
-    StateError,
-    VirtpoolError,
-)
+from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, PortRow, VMRow, utcnow
+from virtpool.control.vms import admission, reconcile
+from virtpool.control.vms.records import held as _held
+from virtpool.control.vms.records import info as _info
+from virtpool.control.vms.records import spec as _spec
+from virtpool.control.vms.records import usage_after as _usage_after
+from virtpool.control.vms.reconcile import Do
+from virtpool.model.agent import Agent, AgentEvent
+from virtpool.model.errors import Conflict, InvalidRequest, NotFound, StateError, VirtpoolError
+from virtpool.model.image import ImageInfo
+from virtpool.control.networks import NetworkService
 from virtpool.model.project import Usage
 from virtpool.model.resize import plan_resize
 from virtpool.model.resources import Resources
-from virtpool.model.spec import ExecResult, LiveChanges, PortForward, Resize, VMSpec
+from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, Resize, VMSpec
 from virtpool.model.states import ACTIVE, VMState, check_action, check_transition
-from virtpool.model.vm import STOPPED_BY, ResizeResult, StopMethod, VMInfo, VMStats
+from virtpool.model.vm import STOPPED_BY, ResizeResult, StopMethod, VMInfo, VMStats, VMUsage
 
 log = logging.getLogger(__name__)
 S = VMState
@@ -56,45 +59,43 @@ MAX_EXEC_TIMEOUT_S = 3600.0
 SLOT_ATTEMPTS = 20
 
 
-class MemoryLimits(Protocol):
-    """The host memory figures a start is checked against (see control/balancer.py)."""
+class ImageSource(Protocol):
+    """The pool's image store, as a VM's create and boot need it (control/images.py)."""
 
-    ratio: float
-    budget_mib: int | None
+    def get(self, name: str) -> ImageInfo: ...
+
+    def files(self, name: str) -> dict[str, Iterator[bytes]]: ...
 
 
 class VMService:
-    """Create, boot, stop and delete VMs on one agent's host."""
+    """Create, boot, stop and delete VMs, each on its host's agent."""
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        agent: Agent,
-        host: str,
+        agents: AgentRegistry,
         *,
+        images: ImageSource,
         boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S,
         workers: int = 16,
         events: EventLog | None = None,
-        memory: Callable[[], MemoryLimits] | None = None,
         placer: Placer | None = None,
         networks: NetworkService | None = None,
     ) -> None:
         self._sessions = sessions
+        self._agents = agents
+        self._images = images
+        self.local_host = agents.local_name
         self._networks = networks or NetworkService(sessions)
         self._net_lock = threading.Lock()
-        self._agent = agent
-        self.local_host = host
         self._placer = placer or Placer()
         self.boot_timeout = boot_timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm-op")
         self._events = events
-        self._memory = memory
         # Signalled on every state change, so that waiters wake at once instead of polling.
         self._changes = Changes()
         # Resizes are read-check-write on several columns: one at a time keeps them whole.
         self._resize_lock = threading.Lock()
-        self._admission_lock = threading.Lock()
-        agent.on_exit(self._on_exit)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
@@ -174,6 +175,11 @@ class VMService:
                                     project_id=project_id)
         return changed
 
+    def _record_failure(self, vm: VMInfo, message: str) -> None:
+        if self._events is not None:
+            self._events.record("vm.error", f"VM '{vm.name}': {message}", vm=vm.name,
+                                data={"id": vm.id, "host": vm.host}, project_id=vm.project)
+
     def _slot_of(self, vm_id: str) -> int:
         with self._sessions() as session:
             slot = session.scalar(select(VMRow.slot).where(VMRow.id == vm_id))
@@ -208,25 +214,30 @@ class VMService:
     def create(self, spec: VMSpec, *, start: bool = False, project_id: str = DEFAULT_PROJECT) -> VMInfo:
         """Validate, place, record (within the project's quota), make the disk; on any failure
         nothing is left behind."""
-        image = self._agent.get_image(spec.image)
+        image = self._images.get(spec.image)
         self._check_name_free(spec.name, project_id)
         # The VM keeps the timeout it was created with: its own, else its image's, else the
         # server's; an image rebuilt or a server restarted later changes nothing.
         spec = spec.model_copy(update={
             "boot_timeout_s": spec.boot_timeout_s or image.boot_timeout_s or self.boot_timeout})
-        self._check_fits_host(spec)
-        self._check_ports(spec.ports, vm_id=None, project_id=project_id)
+        admission.check_ports_recorded(self._sessions, spec.ports, vm_id=None, project_id=project_id)
         vm_id = uuid.uuid4().hex
         host = self._insert(vm_id, spec, project_id)
-        if host == self.local_host:
+        agent = self._agent_or_none(host)
+        if agent is not None:
             try:
-                self._agent.create_disk(vm_id, spec.image, spec.disk_mib)
+                admission.check_ports_free(agent, spec.ports)
+                self._ensure_image(agent, host, spec.image)
+                agent.create_disk(vm_id, spec.image, spec.disk_mib)
             except BaseException:
-                self._agent.destroy_vm(vm_id)
+                try:
+                    agent.destroy_vm(vm_id)
+                except Exception:  # the row goes anyway: the host's reconcile removes orphans
+                    log.exception("could not remove the files of VM %s on host %s", spec.name, host)
                 self._remove_row(vm_id)
                 raise
-        # On an inventory host without an agent the VM is a record with its claim, until that
-        # host's agent can make its disk (remote agents are a later issue); it cannot start.
+        # On a host without an agent the VM is a record with its claim; its disk is made when
+        # it first starts there, once the host's agent has joined.
         self._transition(vm_id, [S.CREATING], S.STOPPED)
         if start:
             try:
@@ -268,7 +279,8 @@ class VMService:
                         raise Conflict(
                             f"a VM named '{spec.name}' exists", hint="pick another name"
                         ) from err
-                self._check_ports(spec.ports, vm_id=None, project_id=project_id)
+                admission.check_ports_recorded(self._sessions, spec.ports, vm_id=None,
+                                               project_id=project_id)
                 # Otherwise a concurrent create took the same slot: pick again.
         raise Conflict("too many VMs are being created at once; try again")
 
@@ -298,106 +310,43 @@ class VMService:
             ports=[PortRow(host_port=p.host, guest_port=p.guest) for p in spec.ports],
         )
 
-    def _check_fits_host(self, spec: VMSpec) -> None:
-        host = self._agent.host_info()
-        if spec.cpus > host.cpus:
-            raise InsufficientResources(
-                f"VM '{spec.name}' asks for {spec.cpus} vCPUs; this host has {host.cpus}",
-                hint=f"ask for --cpus {host.cpus} or fewer",
-            )
-        if spec.boot_memory_mib > host.memory_mib:
-            raise InsufficientResources(
-                f"VM '{spec.name}' asks for {spec.boot_memory_mib} MiB of memory; this host has "
-                f"{host.memory_mib} MiB",
-                hint="ask for less --memory (or --max-memory)",
-            )
-        if spec.cpu_affinity and max(spec.cpu_affinity) >= host.cpus:
-            raise InvalidRequest(f"this host's CPUs are 0-{host.cpus - 1}", hint="pick CPUs that exist")
-        if spec.cpu_cap_pct is not None and spec.cpu_cap_pct > 100 * host.cpus:
-            raise InsufficientResources(
-                f"a CPU cap of {spec.cpu_cap_pct}% is more than this host's {host.cpus} CPUs give",
-                hint=f"cap at {100 * host.cpus}% or less",
-            )
-        if spec.disk_mib > host.disk_free_mib:
-            raise InsufficientResources(
-                f"VM '{spec.name}' asks for a {spec.disk_mib} MiB disk; the host has "
-                f"{host.disk_free_mib} MiB free",
-                hint="ask for a smaller --disk or free space on the host",
-            )
-
-    def _check_memory_for_start(self, vm: VMInfo) -> None:
-        with self._sessions() as session:
-            committed = session.scalar(
-                select(func.coalesce(func.sum(VMRow.max_memory_mib), 0)).where(
-                    VMRow.state.in_([s.value for s in ACTIVE]), VMRow.id != vm.id
-                )
-            )
-        total, ratio = self._agent.host_info().memory_mib, 1.0
-        if self._memory is not None:
-            limits = self._memory()
-            total, ratio = limits.budget_mib or total, limits.ratio
-        allowed = int(total * ratio)
-        if committed + vm.max_memory_mib > allowed:
-            raise InsufficientResources(
-                f"starting VM '{vm.name}' ({vm.max_memory_mib} MiB) would commit "
-                f"{committed + vm.max_memory_mib} MiB of this host's {allowed} MiB "
-                f"({total} MiB at ratio {ratio:g})",
-                hint="stop another VM first, or give this one less memory",
-            )
-
-    def _check_ports(self, ports: Iterable[PortForward], *, vm_id: str | None, project_id: str) -> None:
-        ports = list(ports)
-        if not ports:
-            return
-        with self._sessions() as session:
-            taken = session.execute(
-                select(PortRow.host_port, VMRow.name, VMRow.project_id)
-                .join(VMRow)
-                .where(PortRow.host_port.in_([p.host for p in ports]))
-                .where(VMRow.id != (vm_id or ""))
-            ).all()
-        if taken:
-            port, owner, owner_project = taken[0]
-            # Another project's VM is not named: its name is that tenant's business.
-            whose = f"VM '{owner}'" if owner_project == project_id else "a VM of another project"
-            raise Conflict(f"host port {port} is already forwarded to {whose}", hint="pick another port")
-        for forward in ports:
-            if not self._agent.check_port_free(forward.host):
-                raise Conflict(
-                    f"host port {forward.host} is in use by another program on this host",
-                    hint="pick another port",
-                )
-
     # -- start / stop ---------------------------------------------------------------------
 
     def start(self, ref: str) -> VMInfo:
         vm = self.get(ref)
         check_action(vm.name, vm.state, "start")
-        self._agent_of(vm)
-        self._check_ports(vm.ports, vm_id=vm.id, project_id=vm.project)
-        # Checked and claimed as one step: two starts at once must not both fit in the room
-        # for one.
-        with self._admission_lock:
-            self._check_memory_for_start(vm)
-            vm = self._claim(vm.id, "start", S.STARTING)
+        agent = self._agent_of(vm)
+        admission.check_ports_recorded(self._sessions, vm.ports, vm_id=vm.id, project_id=vm.project)
+        admission.check_ports_free(agent, vm.ports)
+        # Memory is not checked here: the VM's claim on its host (taken at create) holds it.
+        vm = self._claim(vm.id, "start", S.STARTING)
         self._pool.submit(self._boot, vm)
         return vm
 
     def _boot(self, vm: VMInfo, *, spawn: bool = True) -> None:
         """Spawn QEMU (unless it runs already) and wait for the guest agent."""
+        agent: Agent | None = None
         try:
+            agent = self._agent_of(vm)
             if spawn:
-                self.converge_networks(also={vm.id})
-                self._agent.start_vm(vm.id, _spec(vm), self._slot_of(vm.id))
-            self._agent.wait_ready(vm.id, vm.boot_timeout_s or self.boot_timeout)
+                if vm.id not in agent.vm_ids():
+                    # Placed while its host had no agent, or the host lost it: make it now.
+                    self._ensure_image(agent, vm.host, vm.image)
+                    agent.create_disk(vm.id, vm.image, vm.disk_mib)
+                self.converge_networks(vm.host, also={vm.id})
+                agent.start_vm(vm.id, _spec(vm), self._slot_of(vm.id))
+            agent.wait_ready(vm.id, vm.boot_timeout_s or self.boot_timeout)
         except Exception as err:
             message = str(err) if isinstance(err, VirtpoolError) else f"internal error: {err!r}"
             if not isinstance(err, VirtpoolError):
                 log.exception("boot of VM %s failed", vm.name)
             # A boot that failed leaves no process behind, whatever state it reached.
-            if self._transition(vm.id, [S.STARTING], S.ERROR, error=message):
-                self._agent.kill_vm(vm.id)
-            self._converge_quietly()
+            if self._transition(vm.id, [S.STARTING], S.ERROR, error=message) and agent is not None:
+                try:
+                    agent.kill_vm(vm.id)
+                except VirtpoolError:
+                    log.warning("could not kill VM %s after its failed boot; reconcile will", vm.name)
+            self._converge_quietly(vm.host)
             return
         self._transition(vm.id, [S.STARTING], S.RUNNING)
 
@@ -411,17 +360,25 @@ class VMService:
                   force: bool = False) -> None:
         how: StopMethod | None
         try:
-            if force:
-                self._agent.kill_vm(vm.id)
-                how = "forced"
-            else:
-                how = self._agent.stop_vm(vm.id, timeout)
-        except Exception:
-            log.exception("graceful stop of VM %s failed; stopping it hard", vm.name)
-            self._agent.kill_vm(vm.id)
-            how = "killed"
+            agent = self._agent_of(vm)
+            try:
+                if force:
+                    agent.kill_vm(vm.id)
+                    how = "forced"
+                else:
+                    how = agent.stop_vm(vm.id, timeout)
+            except Exception:
+                log.exception("graceful stop of VM %s failed; stopping it hard", vm.name)
+                agent.kill_vm(vm.id)
+                how = "killed"
+        except VirtpoolError as err:
+            # The host is out of reach: the VM may still run there. It stays STOPPING, and
+            # the reconcile after the host is back finishes the stop (reconcile.plan).
+            log.warning("stop of VM %s failed, its host is out of reach: %s", vm.name, err)
+            self._record_failure(vm, f"stop failed: {err}; it is finished when the host is back")
+            return
         self._transition(vm.id, [S.STOPPING], S.STOPPED, stopped_by=how)
-        self._converge_quietly()
+        self._converge_quietly(vm.host)
         if then is not None:
             then()
 
@@ -438,7 +395,7 @@ class VMService:
     def pause(self, ref: str) -> VMInfo:
         vm = self._claim(ref, "pause", S.PAUSED)
         try:
-            self._agent.pause_vm(vm.id)
+            self._agent_of(vm).pause_vm(vm.id)
         except BaseException:
             self._transition(vm.id, [S.PAUSED], S.RUNNING)
             raise
@@ -447,7 +404,7 @@ class VMService:
     def resume(self, ref: str) -> VMInfo:
         vm = self._claim(ref, "resume", S.RUNNING)
         try:
-            self._agent.resume_vm(vm.id)
+            self._agent_of(vm).resume_vm(vm.id)
         except BaseException:
             self._transition(vm.id, [S.RUNNING], S.PAUSED)
             raise
@@ -461,17 +418,16 @@ class VMService:
             vm = self.get(ref)
             check_action(vm.name, vm.state, "resize")
             running = vm.state in (S.RUNNING, S.PAUSED)
-            if request.disk_mib is not None:
-                self._agent_of(vm)
-            plan = plan_resize(vm, request, self._agent.host_info(), running=running)
+            agent = self._agent_of(vm) if running or request.disk_mib is not None else None
+            plan = plan_resize(vm, request, self._host_facts(vm.host), running=running)
             # Beyond the project's quota, the resize is refused and changes nothing.
             grown = _usage_after(vm, plan.columns).minus(_usage_after(vm, {}))
             self._write_columns(vm.id, plan.columns, vm.project, grown)
             try:
-                if plan.live is not None:
-                    self._agent.apply_live(vm.id, plan.live)
-                elif "disk_mib" in plan.columns:
-                    self._agent.resize_disk_offline(vm.id, plan.columns["disk_mib"])
+                if plan.live is not None and agent is not None:
+                    agent.apply_live(vm.id, plan.live)
+                elif "disk_mib" in plan.columns and agent is not None:
+                    agent.resize_disk_offline(vm.id, plan.columns["disk_mib"])
             except BaseException:
                 # Put back what was there, unchecked: what the VM held before always fits
                 # again, even if another VM took the room it gave up meanwhile.
@@ -512,12 +468,13 @@ class VMService:
         """Usage figures; ``tolerant`` gives a VM that cannot answer empty figures, not an error."""
         vm = self.get(ref)
         try:
-            figures = self._agent.vm_stats(vm.id) if vm.state in ACTIVE else {}
+            usage = self._agent_of(vm).vm_stats(vm.id) if vm.state in ACTIVE else VMUsage()
         except VirtpoolError:
             if not tolerant:
                 raise
-            figures = {}
-        return VMStats(name=vm.name, state=vm.state.value, memory_boot_mib=vm.max_memory_mib, **figures)
+            usage = VMUsage()
+        return VMStats(name=vm.name, state=vm.state.value, memory_boot_mib=vm.max_memory_mib,
+                       **usage.model_dump())
 
     # -- delete ---------------------------------------------------------------------------
 
@@ -530,32 +487,39 @@ class VMService:
             raise StateError(err.vm, err.actual, err.action, err.allowed).with_hint(
                 f"stop it first (`virtpool vm stop {err.vm}`), or delete it with --force "
                 "(API: force=true), which stops it hard") from err
-        if vm.host == self.local_host:
-            self._agent.destroy_vm(vm.id)
+        agent = self._agent_or_none(vm.host)
+        if agent is not None:
+            try:
+                agent.destroy_vm(vm.id)
+            except VirtpoolError as err:
+                # The host is out of reach: the record stays DELETING (holding its claim), and
+                # the reconcile after the host is back removes the VM there, then the record.
+                self._record_failure(vm, f"delete failed: {err}; it is finished when the host is back")
+                raise
         self._remove_row(vm.id)
         if vm.nics:
-            self._converge_quietly()
+            self._converge_quietly(vm.host)
 
     # -- networks -------------------------------------------------------------------------
 
-    def converge_networks(self, also: set[str] | frozenset[str] = frozenset()) -> None:
-        """Hand this host's agent the networks and taps of its active VMs (and of ``also``,
+    def converge_networks(self, host: str, also: set[str] | frozenset[str] = frozenset()) -> None:
+        """Hand ``host``'s agent the networks and taps of its active VMs (and of ``also``,
         about to start): the agent makes its devices and rules exactly that."""
         with self._net_lock:
             with self._sessions() as session:
                 active = set(session.scalars(select(VMRow.id).where(
-                    VMRow.host == self.local_host,
+                    VMRow.host == host,
                     VMRow.state.in_([s.value for s in ACTIVE]))))
-            self._agent.converge_networks(
-                self._networks.host_input(self.local_host, active | set(also)))
+            self._agents.for_host(host).converge_networks(
+                self._networks.host_input(host, active | set(also)))
 
-    def _converge_quietly(self) -> None:
+    def _converge_quietly(self, host: str) -> None:
         # After a VM stopped: its taps go. A failure here must not undo the stop; the next
         # converge (any start, stop or restart of the platform) removes them.
         try:
-            self.converge_networks()
+            self.converge_networks(host)
         except Exception:
-            log.exception("network converge after a VM stopped failed")
+            log.exception("network converge of host %s after a VM stopped failed", host)
 
     # -- guest ----------------------------------------------------------------------------
 
@@ -576,34 +540,46 @@ class VMService:
 
     def local_agent(self) -> Agent:
         """This host's agent (backup directories named on it are read through it)."""
-        return self._agent
+        return self._agents.for_host(self.local_host)
 
     def agent_of(self, vm: VMInfo) -> Agent:
         """The agent of the VM's host; raises NoAgentAttached when none is."""
         return self._agent_of(vm)
 
+    def _ensure_image(self, agent: Agent, host: str, image: str) -> None:
+        """The host has the image, fetched from the pool's image store if it lacked it
+        (streamed; the agent checks every file's SHA-256 against the manifest, and keeps it)."""
+        try:
+            agent.get_image(image)
+            return
+        except NotFound:
+            pass
+        log.info("host %s lacks image %s; sending it", host, image)
+        agent.receive_image(self._images.get(image), self._images.files(image))
+
     def _agent_of(self, vm: VMInfo) -> Agent:
-        """The agent of the VM's host: only this host's, until remote agents exist."""
-        if vm.host != self.local_host:
-            raise NoAgentAttached(
-                f"VM '{vm.name}' is placed on host '{vm.host}', which has no agent attached",
-                hint="only this host runs VMs until agents on other hosts can join; delete the "
-                     "VM, or create it with --require-label matching this host")
-        return self._agent
+        """The agent of the VM's host; NoAgentAttached when that host has none."""
+        return self._agents.for_host(vm.host)
 
-    # -- QEMU exits and restarts ----------------------------------------------------------
+    def _agent_or_none(self, host: str) -> Agent | None:
+        try:
+            return self._agents.for_host(host)
+        except NoAgentAttached:
+            return None
 
-    def _on_exit(self, vm_id: str, guest_initiated: bool) -> None:
-        # STARTING and STOPPING belong to the worker that set them; it sees the exit itself.
-        if guest_initiated:
-            changed = self._transition(vm_id, [S.RUNNING, S.PAUSED], S.STOPPED, stopped_by="guest")
-        else:
-            changed = self._transition(
-                vm_id, [S.RUNNING, S.PAUSED], S.CRASHED,
-                error="QEMU exited without being asked to (killed, or it crashed)",
-            )
-        if changed:
-            self._converge_quietly()
+    def _host_facts(self, host: str) -> HostInfo:
+        """A host's figures, from its agent when it has one, else from its inventory row."""
+        agent = self._agent_or_none(host)
+        if agent is not None:
+            return agent.host_info()
+        with self._sessions() as session:
+            row = session.get(HostRow, host)
+        if row is None:
+            raise NotFound(f"host '{host}' is not in the inventory")
+        return HostInfo(hostname=row.name, cpus=row.cpus, memory_mib=row.memory_mib,
+                        disk_total_mib=row.disk_mib, disk_free_mib=row.disk_mib - row.used_disk_mib,
+                        accel=row.accel, accel_reason="inventory", qemu_version="unknown",  # type: ignore[arg-type]
+                        data_dir="")
 
     # -- hosts that go away and come back --------------------------------------------------
 
@@ -632,53 +608,68 @@ class VMService:
 
     def host_back(self, host: str) -> None:
         """Converge the VMs of a host that is back: what the pool wants against what runs."""
+        agent = self._agent_or_none(host)
+        if agent is None:
+            return
         for vm in self.restore_known(host):
-            if vm.host == self.local_host:
-                self._reconcile_one(vm)
+            self._reconcile_one(agent, vm)
 
-    def reconcile(self) -> None:
-        """Bring records and host into agreement after a (re)start of the control plane."""
+    # -- what hosts report, and restarts ----------------------------------------------------
+
+    def on_agent_event(self, host: str, event: AgentEvent) -> None:
+        """Apply one agent event of ``host`` (at least once: applying it twice is harmless)."""
+        if event.kind == "vm.io_error" and self._events is not None:
+            name, project_id = self._name_of(event.vm_id)
+            self._events.record("vm.io_error", f"VM '{name}' had an I/O error on host '{host}': "
+                                f"{event.data}", vm=name, data=event.data, project_id=project_id)
+            return
+        if event.kind != "vm.exited":
+            return
         with self._sessions() as session:
-            rows = [_info(r) for r in session.scalars(select(VMRow).where(VMRow.host == self.local_host))]
+            row = session.get(VMRow, event.vm_id)
+            recorded = S(row.state) if row is not None and row.host == host else None
+            name = row.name if row is not None else event.vm_id
+        if recorded is None:
+            return
+        agent = self._agents.for_host(host)
+        step = reconcile.on_event(recorded, event, agent.adopt_vm(event.vm_id, name) is not None)
+        if step.do == Do.MARK and step.state is not None:
+            if self._transition(event.vm_id, [recorded], step.state, error=step.error,
+                                stopped_by=step.stopped_by):
+                self._converge_quietly(host)
+
+    def reconcile(self, host: str | None = None) -> None:
+        """Bring the records of ``host`` (default: this one) and the host into agreement, after
+        a (re)start of either side. Idempotent."""
+        host = host or self.local_host
+        agent = self._agents.for_host(host)
+        with self._sessions() as session:
+            rows = [_info(r) for r in session.scalars(select(VMRow).where(VMRow.host == host))]
         known = {vm.id for vm in rows}
         # The devices of VMs that still run first (an agent restart keeps their traffic
         # flowing); those of VMs found gone are removed by the converges their ends cause.
-        self._converge_quietly()
+        self._converge_quietly(host)
         for vm in rows:
-            self._reconcile_one(vm)
-        for orphan in self._agent.vm_ids() - known:
-            log.warning("removing VM directory %s that no record claims", orphan)
-            self._agent.destroy_vm(orphan)
+            self._reconcile_one(agent, vm)
+        for orphan in agent.vm_ids() - known:
+            log.warning("removing VM directory %s on host %s that no record claims", orphan, host)
+            agent.destroy_vm(orphan)
 
-    def _reconcile_one(self, vm: VMInfo) -> None:
-        if vm.state in (S.CREATING, S.DELETING):
-            self._agent.destroy_vm(vm.id)
+    def _reconcile_one(self, agent: Agent, vm: VMInfo) -> None:
+        status = None if vm.state in (S.CREATING, S.DELETING) else agent.adopt_vm(vm.id, vm.name)
+        step = reconcile.plan(vm.state, status)
+        if step.do == Do.REMOVE:
+            agent.destroy_vm(vm.id)
             self._remove_row(vm.id)
-            return
-        status = self._agent.adopt_vm(vm.id, vm.name)
-        if vm.state in (S.RUNNING, S.PAUSED):
-            if status is None:
-                self._transition(
-                    vm.id, [vm.state], S.CRASHED,
-                    error="QEMU was gone when virtpool restarted",
-                )
-            elif status != vm.state.value:
-                self._transition(vm.id, [vm.state], S(status))
-        elif vm.state == S.STARTING:
-            if status is None:
-                self._transition(vm.id, [S.STARTING], S.ERROR, error="virtpool restarted during boot")
-            else:
-                self._pool.submit(self._boot, vm, spawn=False)
-        elif vm.state == S.STOPPING:
+        elif step.do == Do.MARK and step.state is not None:
+            self._transition(vm.id, [vm.state], step.state, error=step.error)
+        elif step.do == Do.FINISH_BOOT:
+            self._pool.submit(self._boot, vm, spawn=False)
+        elif step.do == Do.FINISH_STOP:
             self._pool.submit(self._shutdown, vm, DEFAULT_STOP_TIMEOUT_S)
-        elif status is not None:
+        elif step.do == Do.KILL:
             log.warning("VM %s is %s but its QEMU runs; stopping it", vm.name, vm.state.value)
-            self._agent.kill_vm(vm.id)
-
-
-def _held(row: VMRow) -> Resources:
-    """What a VM's row claims on its host: vCPUs, the memory it boots with, its disk."""
-    return Resources(row.cpus, row.max_memory_mib, row.disk_mib)
+            agent.kill_vm(vm.id)
 
 
 # States in which the VM has no uptime; in the others (paused, stopping) it keeps its start time.
@@ -692,37 +683,3 @@ def _started_at(new: VMState) -> object:
     if new in NOT_RUNNING:
         return None
     return VMRow.started_at
-
-
-def _info(row: VMRow) -> VMInfo:
-    return VMInfo(
-        id=row.id, name=row.name, project=row.project_id, image=row.image, cpus=row.cpus, memory_mib=row.memory_mib,
-        disk_mib=row.disk_mib,
-        ports=[PortForward(host=p.host_port, guest=p.guest_port) for p in row.ports],
-        kernel_args=row.kernel_args, accel=row.accel, max_memory_mib=row.max_memory_mib,
-        cpu_cap_pct=row.cpu_cap_pct, cpu_weight=row.cpu_weight, disk_iops=row.disk_iops,
-        disk_bps=row.disk_bps, cpu_affinity=row.cpu_affinity, state=S(row.state), error=row.error,
-        nics=[NicView(network=n.network.name, mac=n.mac, address=n.address) for n in row.nics],
-        host=row.host, created_at=row.created_at, updated_at=row.updated_at,
-        started_at=row.started_at,
-        address=row.nics[0].address if row.nics else (
-            f"127.0.0.1:{row.ports[0].host_port}" if row.ports else None),
-        boot_timeout_s=row.boot_timeout_s, stopped_by=row.stopped_by,  # type: ignore[arg-type]
-    )
-
-
-def _usage_after(vm: VMInfo, columns: dict[str, object]) -> Usage:
-    """What ``vm`` counts against its quota once ``columns`` are written."""
-    merged = {k: columns.get(k, getattr(vm, k)) for k in ("cpus", "max_memory_mib", "disk_mib")}
-    return quotas.vm_usage(**merged)  # type: ignore[arg-type]
-
-
-def _spec(vm: VMInfo) -> VMSpec:
-    return VMSpec(
-        name=vm.name, image=vm.image, cpus=vm.cpus, memory_mib=vm.memory_mib,
-        disk_mib=vm.disk_mib, ports=vm.ports, kernel_args=vm.kernel_args, accel=vm.accel,
-        max_memory_mib=vm.max_memory_mib, cpu_cap_pct=vm.cpu_cap_pct, cpu_weight=vm.cpu_weight,
-        disk_iops=vm.disk_iops, disk_bps=vm.disk_bps, cpu_affinity=vm.cpu_affinity,
-        networks=[NicRequest(network=n.network, ip=n.address) for n in vm.nics],
-        boot_timeout_s=vm.boot_timeout_s,
-    )

@@ -1,0 +1,401 @@
+"""One VM on this host: its paths, its QEMU process, its one QMP session, its watcher, its state.
+
+A ``VM`` lives on the agent's event loop; every coroutine here runs there. Its ``runstate``
+says what the agent knows of the VM's QEMU, and every call checks it first (``StateError``
+names the state it found and the one it needs), in the style of ``qemu.qmp``'s own Runstate::
+
+    IDLE ──spawn──▶ STARTING ──monitor answers──▶ RUNNING ──quit/kill──▶ STOPPING
+      ▲   ◀─────── QEMU refused ─────┘               │                      │
+      └──────────────── the watcher saw QEMU exit ◀──┴──────────────────────┘
+    IDLE ──attach (a QEMU found by its pidfile)──▶ RUNNING
+
+The session is opened once per QEMU process and kept: commands and events share it, and its
+end is how the watcher learns that QEMU exited. What the VM does without being asked goes to
+``notify`` (the agent's event feed); the VM never decides anything about the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, TypeVar
+
+import psutil
+
+from virtpool.model.errors import BootTimeout, Conflict, OperationFailed
+from virtpool.model.spec import ExecResult
+from virtpool.node import safe_files, serial
+from virtpool.node.qemu import process
+from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError, GuestAgentGone
+from virtpool.node.qemu.qmp import Session
+from virtpool.node.vmdir import VMPaths
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+READY_POLL_S = 0.05  # between guest-agent pings while a guest boots
+MONITOR_TIMEOUT_S = 30.0  # from spawn until QEMU's monitor answers (devices set up)
+ATTACH_TIMEOUT_S = 10.0  # to reach the monitor of a QEMU found running
+HARD_STOP_GRACE_S = 3.0  # after QMP 'quit', before SIGKILL
+BALLOON_EVENT_EVERY_S = 1.0  # a balloon move fires BALLOON_CHANGE many times: one event a second
+
+# (kind, data) of something the VM did on its own: see model/agent.AgentEvent.
+Notify = Callable[[str, dict[str, Any]], None]
+# Called on the loop once QEMU is gone, before IDLE: releases what the host gave it (cgroup).
+OnGone = Callable[["VM"], None]
+# Called on the loop after the guest rebooted itself (QEMU runs with -no-reboot, so a reset is
+# an exit): starts the VM again in a new QEMU; True when it did.
+Reboot = Callable[["VM"], Awaitable[bool]]
+
+
+class Runstate(enum.Enum):
+    IDLE = "idle"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+class StateError(Conflict):
+    """A call needs the VM's QEMU in another state than the one it is in."""
+
+    title = "wrong run state"
+
+    def __init__(self, vm: str, actual: Runstate, required: Collection[Runstate]) -> None:
+        wanted = " or ".join(sorted(s.value for s in required))
+        super().__init__(f"VM '{vm}' has QEMU {actual.value}; this needs it {wanted}",
+                         hint="check the VM's state (virtpool vm show) and try again")
+        self.actual = actual
+        self.required = frozenset(required)
+
+
+class VM:
+    """The agent's handle on one VM."""
+
+    def __init__(self, vm_id: str, paths: VMPaths, name: str, notify: Notify, on_gone: OnGone,
+                 reboot: Reboot | None = None) -> None:
+        self.id = vm_id
+        self.paths = paths
+        self.name = name
+        self.runstate = Runstate.IDLE
+        self._notify = notify
+        self._on_gone = on_gone
+        self._reboot = reboot
+        # A guest reset is a reboot to carry out when the guest had booted (a reset before that
+        # is a boot that failed, e.g. a kernel panic) and nobody is stopping the VM.
+        self.ready = False
+        self.stopping = False
+        self._reset = False
+        self._proc: psutil.Process | None = None
+        self._popen: subprocess.Popen[bytes] | None = None  # when this agent started it
+        self._session: Session | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._gone = asyncio.Event()
+        self._qga_lock = asyncio.Lock()  # QGA serves one client at a time
+        self._guest_initiated = False
+        self._last_balloon_event = 0.0
+        self.ended = "exited"  # how its last QEMU ended, for messages
+
+    @property
+    def qga_lock(self) -> asyncio.Lock:
+        """Held by whoever talks to the guest agent (QGA serves one client at a time)."""
+        return self._qga_lock
+
+    def _require(self, *states: Runstate) -> None:
+        if self.runstate not in states:
+            raise StateError(self.name, self.runstate, states)
+
+    @property
+    def process(self) -> psutil.Process | None:
+        """The VM's QEMU while it runs."""
+        return self._proc if self._proc is not None and process.alive(self._proc) else None
+
+    # -- starting and finding -------------------------------------------------------------
+
+    def clear_stale_files(self) -> None:
+        """Before a start: sockets, pidfile and log a previous QEMU left behind."""
+        self._require(Runstate.IDLE)
+        process.remove_stale_files([*self.paths.sockets(), self.paths.passt_sock, self.paths.pidfile,
+                                    self.paths.qemu_log])
+
+    async def spawn(self, argv: list[str], popen_kwargs: dict[str, Any],
+                    on_spawned: Callable[[int], None]) -> int:
+        """Start QEMU; return its pid once its monitor answers. On failure nothing runs."""
+        self._require(Runstate.IDLE)
+        if process.find(self.paths.pidfile) is not None:
+            raise Conflict(f"VM '{self.name}' already has a QEMU process",
+                           hint="stop it first (virtpool vm stop)")
+        self.runstate = Runstate.STARTING
+        self.ready = self.stopping = False
+        try:
+            self._popen = process.spawn(argv, self.paths.qemu_log, vm=self.name, **popen_kwargs)
+            self._proc = psutil.Process(self._popen.pid)
+            on_spawned(self._popen.pid)
+            self._session = await self._open_monitor(self._popen)
+        except BaseException:
+            await self._kill_and_reap()
+            self._on_gone(self)
+            self.runstate = Runstate.IDLE
+            raise
+        self._start_watching()
+        return self._popen.pid
+
+    async def _open_monitor(self, popen: subprocess.Popen[bytes]) -> Session:
+        """The session, once QEMU has set up; or OperationFailed with what QEMU said."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MONITOR_TIMEOUT_S
+        while True:
+            if popen.poll() is not None:
+                said = serial.tail(self.paths.qemu_log)
+                if popen.returncode < 0:  # not a refusal: something killed it
+                    raise OperationFailed(f"QEMU of VM '{self.name}' {how_it_ended(popen)} while it "
+                                          "started" + (f"; it said: {said}" if said else ""))
+                raise OperationFailed(f"QEMU refused to start VM '{self.name}': {said or how_it_ended(popen)}")
+            try:
+                return await Session.open(self.paths.qmp_sock, vm=self.name, timeout=0.5)
+            except OperationFailed:
+                if loop.time() > deadline:
+                    raise OperationFailed(f"QEMU of VM '{self.name}' did not set up in "
+                                          f"{MONITOR_TIMEOUT_S:g}s") from None
+
+    async def attach(self) -> bool:
+        """Find a QEMU of this VM started earlier (by its pidfile) and take it over."""
+        if self.runstate in (Runstate.RUNNING, Runstate.STARTING):
+            return True
+        if self.runstate == Runstate.STOPPING:
+            return False
+        proc = process.find(self.paths.pidfile)
+        if proc is None:
+            # A QEMU whose pidfile its user removed or replaced must still be found.
+            proc = process.scan(self.paths.pidfile)
+        if proc is None:
+            return False
+        tampered = [f"{p.name} is {safe_files.describe(os.lstat(p).st_mode)}"
+                    for p in self.paths.sockets() if os.path.lexists(p) and not _is_socket(p)]
+        if tampered:
+            # Its sockets were replaced (by its QEMU's user): a QEMU that cannot be controlled
+            # is stopped, not left running unwatched.
+            log.warning("stopping VM %s: its QEMU cannot be re-adopted: %s", self.name, "; ".join(tampered))
+            await asyncio.to_thread(process.kill, proc)
+            return False
+        self._proc, self._popen = proc, None
+        self.ready = True  # it ran before this agent started: it had booted
+        self.stopping = False
+        self.runstate = Runstate.STARTING
+        try:
+            self._session = await Session.open(self.paths.qmp_sock, vm=self.name, timeout=ATTACH_TIMEOUT_S)
+        except OperationFailed as err:
+            log.warning("stopping VM %s: its QEMU cannot be re-adopted: %s", self.name, err.message)
+            await asyncio.to_thread(process.kill, proc)
+            self.runstate = Runstate.IDLE
+            return False
+        self._start_watching()
+        return True
+
+    def _start_watching(self) -> None:
+        self._gone.clear()
+        self._guest_initiated = self._reset = False
+        self.runstate = Runstate.RUNNING
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name=f"watch-{self.id}")
+
+    # -- QMP ------------------------------------------------------------------------------
+
+    async def command(self, cmd: str, arguments: dict[str, Any] | None = None) -> Any:
+        """One QMP command on the VM's session."""
+        self._require(Runstate.RUNNING)
+        if self._session is None:
+            raise StateError(self.name, self.runstate, (Runstate.RUNNING,))
+        return await self._session.execute(cmd, arguments)
+
+    async def with_client(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``work`` with the session's raw ``qemu.qmp`` client (for what needs more than
+        commands, e.g. passing a file descriptor); the session stays the VM's."""
+        self._require(Runstate.RUNNING)
+        if self._session is None:
+            raise StateError(self.name, self.runstate, (Runstate.RUNNING,))
+        return await work(self._session.client)
+
+    async def status(self) -> str:
+        """QEMU's run status: "running", "paused", …"""
+        return str((await self.command("query-status")).get("status"))
+
+    # -- the guest agent ------------------------------------------------------------------
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Until the guest agent answers; BootTimeout or OperationFailed with the console's tail."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self.runstate not in (Runstate.RUNNING, Runstate.STARTING):
+                raise OperationFailed(
+                    f"QEMU of VM '{self.name}' {self.ended} while the guest booted; the console "
+                    f"said:\n{serial.tail(self.paths.serial_log) or '(empty)'}",
+                    hint="check the image and the kernel arguments")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise BootTimeout(
+                    f"VM '{self.name}' did not answer its guest agent within {timeout:g}s; "
+                    f"the console said:\n{serial.tail(self.paths.serial_log)}",
+                    hint="the image must run qemu-guest-agent; see `virtpool vm logs`")
+            try:
+                async with self._qga_lock:
+                    agent = await GuestAgent.open(self.paths.qga_sock, vm=self.name,
+                                                  sync_timeout=min(1.0, remaining))
+                    await agent.close()
+                self.ready = True
+                return
+            except GuestAgentError:
+                await asyncio.sleep(READY_POLL_S)
+
+    async def exec(self, argv: list[str], timeout: float, stdin: bytes | None) -> ExecResult:
+        self._require(Runstate.RUNNING)
+        try:
+            async with self._qga_lock:
+                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
+                    return await agent.exec(argv, timeout=timeout, stdin=stdin)
+        except GuestAgentGone as err:
+            # The channel broke: when QEMU went away meanwhile, that is the VM stopping, not
+            # a fault of the command (the watcher records the exit itself).
+            if await self.wait_gone(2.0):
+                raise Conflict(f"VM '{self.name}' stopped while the command ran: its QEMU exited",
+                               hint=f"start it again (virtpool vm start {self.name}) and retry") from err
+            raise
+
+    async def ask_agent_to_stop(self) -> None:
+        """Ask the guest's agent to power off; raises GuestAgentError when there is no agent or
+        it refused."""
+        self.stopping = True  # a guest reset on the way down is no reboot to carry out
+        if await self.status() == "paused":
+            await self.command("cont")
+        async with self._qga_lock:
+            async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
+                await agent.shutdown()
+
+    async def press_power_button(self) -> None:
+        """ACPI power button, which a guest may or may not heed."""
+        self.stopping = True
+        try:
+            await self.command("system_powerdown")
+        except (OperationFailed, StateError):
+            pass  # QEMU went away meanwhile: the caller's wait says so
+
+    # -- ending ---------------------------------------------------------------------------
+
+    async def wait_gone(self, timeout: float) -> bool:
+        """Until the watcher has seen QEMU exit (True), or ``timeout`` passes (False)."""
+        if self.runstate == Runstate.IDLE:
+            return True
+        try:
+            await asyncio.wait_for(self._gone.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def kill(self) -> None:
+        """QMP 'quit', then SIGKILL after a grace period; returns once QEMU is gone."""
+        if self.runstate == Runstate.IDLE:
+            return
+        self.stopping = True
+        self.runstate = Runstate.STOPPING
+        if self._session is not None and self._session.connected:
+            try:
+                await self._session.execute("quit")
+            except OperationFailed:
+                pass
+        if not await self.wait_gone(HARD_STOP_GRACE_S):
+            proc = self._proc
+            if proc is not None:
+                await asyncio.to_thread(process.kill, proc)
+            await self.wait_gone(HARD_STOP_GRACE_S + 5)
+
+    async def detach(self) -> None:
+        """Stop watching (the agent is closing); QEMU keeps running."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        self._session = None
+        self.runstate = Runstate.IDLE
+
+    async def _watch(self) -> None:
+        session, proc = self._session, self._proc
+        if session is None or proc is None:
+            return
+        try:
+            async for name, data in session.events():
+                self._on_event(name, data)
+        except OperationFailed:
+            pass
+        # The session ended: QEMU exited (or is exiting; see process.wait_gone for why not the
+        # pidfile). A session lost while QEMU lives on would be a bug of ours: kill, not guess.
+        if not await asyncio.to_thread(process.wait_gone, proc, 5.0):
+            log.error("QMP session of VM %s ended while its QEMU runs; killing it", self.name)
+            await asyncio.to_thread(process.kill, proc)
+        await self._kill_and_reap()
+        await session.close()
+        self._session = None
+        self._on_gone(self)
+        self.runstate = Runstate.IDLE
+        if self._reset and self.ready and not self.stopping and self._reboot is not None:
+            try:
+                if await self._reboot(self):
+                    return  # the VM lives on in a new QEMU: nothing to tell the control plane
+            except Exception:  # a failed restart is reported as the exit it then is
+                log.exception("VM %s rebooted but could not be started again", self.name)
+        self._notify("vm.exited", {"guest_initiated": self._guest_initiated})
+        self._gone.set()
+
+    def _on_event(self, name: str, data: dict[str, Any]) -> None:
+        if name == "SHUTDOWN" and data.get("guest"):
+            # -no-reboot turns the guest's reboot into an exit with this reason.
+            if data.get("reason") == "guest-reset":
+                self._reset = True
+            else:
+                self._guest_initiated = True
+                self._notify("vm.powered_off", {"reason": data.get("reason")})
+        elif name == "BALLOON_CHANGE":
+            now = time.monotonic()
+            if now - self._last_balloon_event >= BALLOON_EVENT_EVERY_S:
+                self._last_balloon_event = now
+                self._notify("vm.balloon", {"actual_mib": round(int(data.get("actual", 0)) / (1 << 20), 1)})
+        elif name == "BLOCK_IO_ERROR":
+            self._notify("vm.io_error", {k: data.get(k) for k in ("device", "node-name", "operation",
+                                                                   "action", "reason", "nospace")})
+
+    async def _kill_and_reap(self) -> None:
+        proc, popen = self._proc, self._popen
+        if proc is not None and process.alive(proc):
+            await asyncio.to_thread(process.kill, proc)
+        if popen is not None:
+            await asyncio.to_thread(popen.wait)
+            self.ended = how_it_ended(popen)
+        self._popen = None
+
+
+def how_it_ended(popen: subprocess.Popen[bytes] | None) -> str:
+    """'was killed by signal 9 (SIGKILL)', 'exited with code 1', or 'exited' (not our child)."""
+    code = popen.poll() if popen is not None else None
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"was killed by signal {-code} ({name})"
+    return f"exited with code {code}"
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
