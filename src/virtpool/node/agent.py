@@ -283,6 +283,7 @@ class LocalAgent:
         self._run(forget())
         self._release_cgroup(vm_id)
         shutil.rmtree(self._paths(vm_id).root, ignore_errors=True)
+        self._launches.pop(vm_id, None)
 
     def read_log(self, vm_id: str, offset: int = 0, limit: int = 1 << 20) -> tuple[bytes, int]:
         return serial.read_from(self._paths(vm_id).serial_log, offset, limit)

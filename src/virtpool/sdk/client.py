@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
 from virtpool.model.token import TokenCreated, TokenInfo
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
-from virtpool.sdk.errors import APIError, InvalidRequest, OperationFailed, error_class
+from virtpool.sdk.errors import APIError, InvalidRequest, OperationFailed, Unreachable, error_class
 from virtpool.sdk.errors import raise_for_problem as _raise_for_problem
 from virtpool.sdk.transport import Response, StdlibTransport, StreamRefused, TransportError
 
@@ -39,6 +40,8 @@ SETTLED = frozenset({VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.E
 
 
 LONG_POLL_S = 60.0
+# A create whose connection failed is sent again (same Idempotency-Key) after each of these.
+CREATE_RETRY_PAUSES_S = (0.5, 1.0, 2.0)
 
 
 # A long poll that comes back unchanged well before its time means the server had no
@@ -277,7 +280,7 @@ class Client:
                   disk_mib: int = ..., ports: Iterable[PortForward | str] = ..., kernel_args: str = ...,
                   accel: str = ..., start: Literal[False] = ..., group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
-                  networks: Iterable[str] = ...,
+                  networks: Iterable[str] = ..., idempotency_key: str | None = ...,
                   **limits: int | list[int] | None) -> VMInfo: ...
 
     @overload
@@ -285,7 +288,7 @@ class Client:
                   disk_mib: int = ..., ports: Iterable[PortForward | str] = ..., kernel_args: str = ...,
                   accel: str = ..., start: Literal[True], group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
-                  networks: Iterable[str] = ...,
+                  networks: Iterable[str] = ..., idempotency_key: str | None = ...,
                   **limits: int | list[int] | None) -> Operation: ...
 
     def create_vm(self, name: str, *, image: str = "default", cpus: int = 1, memory_mib: int = 256,
@@ -293,12 +296,18 @@ class Client:
                   kernel_args: str = "", accel: str = "auto", start: bool = False,
                   group: str | None = None, required_labels: dict[str, str] | None = None,
                   weigher: str | None = None, networks: Iterable[str] = (),
+                  idempotency_key: str | None = None,
                   **limits: int | list[int] | None) -> VMInfo | Operation:
         """Create a VM and return it; with ``start``, create and boot it and return the
         operation to follow. ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight,
         disk_iops, disk_bps and cpu_affinity (a list of host CPUs). ``group``,
         ``required_labels`` and ``weigher`` say where it may run and how hosts are ranked for it.
-        ``networks``: a NIC on each, written as for the CLI: "lan" or "lan,ip=10.20.0.5"."""
+        ``networks``: a NIC on each, written as for the CLI: "lan" or "lan,ip=10.20.0.5".
+
+        The request carries an Idempotency-Key (``idempotency_key``, or a fresh UUID), and is
+        sent again with it when the connection fails: the server answers a retry with what the
+        first request made, so a create cut off in flight never makes two VMs. Pass your own key
+        to retry a create yourself later (within 24 h)."""
         placement = {"group": group, "required_labels": required_labels or {}, "weigher": weigher}
         body = {**limits, **placement,
             "name": name, "image": image, "cpus": cpus, "memory_mib": memory_mib,
@@ -306,7 +315,15 @@ class Client:
             "ports": [(PortForward.parse(p) if isinstance(p, str) else p).model_dump() for p in ports],
             "networks": [NicRequest.fields(n) for n in networks],
         }
-        response = self._call("POST", "/vms", json=body)
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        for pause in (*CREATE_RETRY_PAUSES_S, None):
+            try:
+                response = self._call("POST", "/vms", json=body, headers=headers)
+                break
+            except Unreachable:
+                if pause is None:
+                    raise
+                time.sleep(pause)
         if start:
             return Operation.model_validate(response.json())
         return VMInfo.model_validate(response.json())

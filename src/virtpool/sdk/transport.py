@@ -186,9 +186,10 @@ class StdlibTransport:
             conn.close()
 
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                json: Any = None, timeout: float | None = ..., **_: Any) -> Response:  # type: ignore[assignment]
+                json: Any = None, timeout: float | None = ..., headers: Mapping[str, str] | None = None,
+                **_: Any) -> Response:  # type: ignore[assignment]
         body = None if json is None else jsonlib.dumps(json).encode()
-        headers = dict(self._headers)
+        headers = {**self._headers, **(headers or {})}
         if body is not None:
             headers["Content-Type"] = "application/json"
         target = self.url(path, params)

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import (
     APIRouter,
+    Header,
     Query,
     Request,
     Response,
@@ -36,6 +37,7 @@ from virtpool.api.long_poll import waiting
 from virtpool.api.paging import MAX_ID, page_headers
 from virtpool.api.problems import problem
 from virtpool.api.routes.operations import ACCEPTED, accepted
+from virtpool.control.idempotency import Made
 from virtpool.control.pool import Pool
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
 from virtpool.model.errors import Conflict, InvalidRequest, VirtpoolError
@@ -97,13 +99,31 @@ def list_vms(
 
 
 @router.post("", response_model=VMInfo, status_code=status.HTTP_201_CREATED, responses=ACCEPTED,
-             summary="Create a VM (201); with start, create and boot it as an operation (202)")
-def create_vm(body: VMCreate, request: Request, pool: PoolDep, scope: Operator) -> VMInfo | JSONResponse:
+             summary="Create a VM (201); with start, create and boot it as an operation (202). "
+             "With an Idempotency-Key, a retry answers with what the first request made")
+def create_vm(
+    body: VMCreate, request: Request, pool: PoolDep, scope: Operator,
+    idempotency_key: Annotated[str | None, Header(
+        max_length=255, description="any unique string (a UUID): the same key sent again within "
+        "24 h answers with the first request's VM or operation instead of creating another")] = None,
+) -> VMInfo | JSONResponse:
     request.state.audit_target = body.name
     spec = VMSpec.model_validate(body.model_dump(exclude={"start"}))
-    if body.start:
-        return accepted(pool.vm_operations.create(spec, actor=scope.caller.name, project_id=scope.project))
-    return pool.vms.create(spec, project_id=scope.project)
+
+    def create() -> Made:
+        if body.start:
+            op = pool.vm_operations.create(spec, actor=scope.caller.name, project_id=scope.project)
+            return Made(pool.vms.get(op.target or spec.name, scope.project), op)
+        return Made(pool.vms.create(spec, project_id=scope.project))
+
+    if idempotency_key is None:
+        made = create()
+    else:
+        made = pool.idempotency.run(idempotency_key, scope.project, body.model_dump(mode="json"),
+                                    spec.name, body.start, create)
+    if made.operation is not None:
+        return accepted(made.operation)
+    return made.vm
 
 
 @router.get("/{name}", response_model=VMInfo,
