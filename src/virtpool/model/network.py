@@ -15,8 +15,9 @@ from virtpool.model.names import NAME_RULE, valid_name
 
 DEFAULT_SUBNET_POOL = ipaddress.IPv4Network("10.20.0.0/16")  # /24s handed out when none is given
 MIN_PREFIX, MAX_PREFIX = 16, 29  # a gateway, a DHCP range and room for VMs; no bigger than /16
-VXLAN_OVERHEAD = 50  # outer IPv4 + UDP + VXLAN headers + inner Ethernet
-DEFAULT_MTU = 1450  # what a guest sends through VXLAN on a 1500-byte underlay
+# What a guest sends through VXLAN on a 1500-byte underlay: 50 bytes go to the outer IPv4, UDP
+# and VXLAN headers and the inner Ethernet header.
+DEFAULT_MTU = 1450
 VNI_FIRST = 4096  # VNIs below are left to the operator's own VXLANs
 # The default network's range inside guests (node/net/passt.py): a virtpool network there would
 # make a VM with both unable to tell them apart.

@@ -42,7 +42,6 @@ from virtpool.control.vms.reconcile import Do
 from virtpool.model.agent import Agent, AgentEvent
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound, StateError, VirtpoolError
 from virtpool.model.image import ImageInfo
-from virtpool.control.networks import NetworkService
 from virtpool.model.project import Usage
 from virtpool.model.resize import plan_resize
 from virtpool.model.resources import Resources
