@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import string
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,8 +31,11 @@ def prefix_of(server: Server) -> str:
 
 @pytest.fixture(scope="module")
 def net_server(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
+    prefix = next_prefix()
     srv = make_server(tmp_path_factory, image_cache, "netpool", boot_timeout=150.0,
-                      extra_args=("--net-prefix", next_prefix()))
+                      extra_args=("--net-prefix", prefix))
     yield srv
     srv.cleanup()
     assert qemu_pids(srv.data_dir) == [], "QEMU processes outlived their server's cleanup"
+    # The host guard stays while VMs may run; once this server's VMs are gone, so does its table.
+    subprocess.run(["nft", "delete", "table", "inet", f"{prefix}guard"], check=True)

@@ -111,7 +111,8 @@ def test_imported_files_belong_to_the_platform_and_no_other_host_user_reads_them
     api = server.api()
     api.create_vm("from-private", image="private", start=True)
     try:
-        assert api.wait_vm("from-private").state == "running"
+        booted = api.wait_vm("from-private")
+        assert booted.state == "running", booted.error
     finally:
         api.delete_vm("from-private", force=True)
     assert server.cli("image", "delete", "private").returncode == 0

@@ -115,6 +115,7 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
         token_note = "created on this first start" if created else "created on first start"
         announce(f"admin token ({token_note}): {pool.config.token_file}")
         config = uvicorn.Config(create_app(pool), log_level="warning", access_log=False)
+        logging.getLogger("uvicorn.error").addFilter(_denials_are_complete)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         if listener is not None:
@@ -122,3 +123,14 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
         for published in (pool.config.url_file, pool.config.data_dir / JOIN_URL_FILE):
             published.unlink(missing_ok=True)
         pool.close()
+
+
+def _denials_are_complete(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's false alarm after a websocket handshake refused with an HTTP answer.
+
+    uvicorn's websockets-sansio protocol sends the denial response (status and problem+json)
+    but never marks the handshake complete, so it logs "ASGI callable returned without
+    completing handshake" for every refused console, though the client got its answer (and no
+    500 follows: uvicorn sends none once a response went out).
+    """
+    return record.getMessage() != "ASGI callable returned without completing handshake."

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from virtpool.control.store import room
 from virtpool.model.errors import VirtpoolError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -34,6 +35,8 @@ def open_database(url: str) -> Engine:
     try:
         engine = make_engine(normalize_url(url))
         migrate(engine)
+        if engine.dialect.name == "sqlite":
+            room.keep_room(engine)  # so that a full data disk cannot stop its writes
     except ArgumentError as err:
         raise DatabaseUnavailable(f"cannot read database URL: {err}",
                                   hint="e.g. postgresql://user@host:5432/dbname") from err
