@@ -104,12 +104,18 @@ def test_unknown_operation_is_404(api_server: Server) -> None:
         api_server.api().operation("0" * 32, wait=1)
 
 
-def test_operation_cut_off_by_a_restart_is_failed_with_a_clear_error(api_server: Server) -> None:
+def test_operation_cut_off_by_a_restart_ends_clearly(api_server: Server) -> None:
     api = api_server.api()
     op = api.create_vm("cutoff", start=True)
     api_server.stop(signal.SIGKILL)  # dies while the guest boots: nobody can finish the operation
     api_server.start()
-    after = api_server.api().operation(op.id)
-    assert after.status == "failed"
-    assert "virtpool restarted while this operation ran" in (after.error or "")
-    api_server.api().delete_vm("cutoff", force=True)
+    api = api_server.api()
+    if any(vm.name == "cutoff" for vm in api.vms()):
+        # Its QEMU was spawned before the kill: it boots on, and its operation follows it to the end.
+        assert api.wait_operation(op.id).status == "succeeded"
+        assert api.vm("cutoff").state == "running"
+        api.delete_vm("cutoff", force=True)
+    else:  # killed before its QEMU ran: the VM is removed, and the operation says so
+        after = api.operation(op.id)
+        assert after.status == "failed"
+        assert "first ran, so the VM was removed and nothing of it is left" in (after.error or "")

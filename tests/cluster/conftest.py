@@ -12,15 +12,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import GATEWAY, HOST_NAMES, NETWORK, Lab, NetnsHost, wait_until
-from tests.conftest import link_image, passable
+from tests.cluster.harness import GATEWAY, HOST_NAMES, NETWORK, Lab, NetnsHost
+from tests.conftest import link_image, passable, wait_for
 from tests.postgres import create_database, postgres_server
 from virtpool.sdk import Client
 
@@ -50,7 +49,7 @@ class Node:
         (self.data_dir / "api.url").unlink(missing_ok=True)
         self.proc = self.lab.start(self.argv, self.log, self.host,
                                    env={**os.environ, "VIRTPOOL_DATA_DIR": str(self.data_dir)})
-        if not wait_until(lambda: (self.data_dir / "api.url").exists() or self.proc.poll() is not None,
+        if not wait_for(lambda: (self.data_dir / "api.url").exists() or self.proc.poll() is not None,
                           timeout=60, interval=0.1) or self.proc.poll() is not None:
             raise RuntimeError(f"{self.argv[1]} did not start: {self.log.read_text()[-3000:]}")
         return self
@@ -78,6 +77,15 @@ class Cluster:
     db_url: str  # as the hosts reach it: over the bridge
     hosts: list[Node]
     control: Node  # `virtpool server` in the root namespace
+
+    def logs(self, lines: int = 15) -> str:
+        """The last lines of every node's log: for a failing assertion's message (the lab's
+        files are gone once it is torn down)."""
+        tails = []
+        for node in (*self.hosts, self.control):
+            text = node.log.read_text(errors="replace") if node.log.exists() else ""
+            tails.append(f"--- {node.log.name}\n" + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(tails)
 
     def node(self, name: str) -> Node:
         return next(n for n in self.hosts if n.host is not None and n.host.name == name)

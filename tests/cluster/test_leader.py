@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.cluster.conftest import Node, server_node
-from tests.cluster.harness import Lab, wait_until
+from tests.cluster.harness import Lab
+from tests.conftest import wait_for
 from tests.postgres import create_database
 from virtpool.control.audit import AuditLog
 from virtpool.control.events import EventLog
@@ -74,7 +75,7 @@ def test_the_leader_is_killed_and_the_other_server_takes_over_its_loops(
         with node.api() as api:
             assert isinstance(api.hosts(), list)
     pids = {node.proc.pid: node for node in servers if node.proc is not None}
-    first = wait_until(lambda: leader_pid(sessions), WAIT_S)
+    first = wait_for(lambda: leader_pid(sessions), WAIT_S)
     assert first in pids, f"no server leads (holder pid {first}, servers {list(pids)})"
 
     # A host whose agent dies: its lease lapses and the leader's monitor says so.
@@ -83,23 +84,27 @@ def test_the_leader_is_killed_and_the_other_server_takes_over_its_loops(
     leases = LeaseService(sessions, EventLog(sessions), AuditLog(sessions),
                           on_lost=lambda host: None, on_back=lambda host: None)
     grant = leases.acquire("ghost", agent_version="test")
-    assert wait_until(lambda: unreachable_events(sessions, "ghost"), WAIT_S)
+    assert wait_for(lambda: unreachable_events(sessions, "ghost"), WAIT_S)
     assert unreachable_events(sessions, "ghost")[0].actor == "lease-monitor"
     leases.renew("ghost", grant.epoch)  # it is back
 
     killed_at = time.monotonic()
     pids[first].kill(signal.SIGKILL)
-    second = wait_until(lambda: (pid := leader_pid(sessions)) not in (None, first) and pid, WAIT_S)
+    second = wait_for(lambda: (pid := leader_pid(sessions)) not in (None, first) and pid, WAIT_S)
     took = time.monotonic() - killed_at
     survivor = next(node for pid, node in pids.items() if pid != first)
     assert second == survivor.proc.pid, f"the leader after {first} is {second}"
     print(f"failover after kill -9 of the leader: {took:.1f} s (lease period {LEADER_TTL_S:g} s)")
-    with sessions() as session:
-        elected = [r.data["holder"] for r in session.scalars(
-            select(EventRow).where(EventRow.kind == "leader.elected"))]
-    assert any(h.split("/")[1] == str(second) for h in elected)
+
+    def elected() -> bool:  # recorded just after the row is taken
+        with sessions() as session:
+            holders = [r.data["holder"] for r in session.scalars(
+                select(EventRow).where(EventRow.kind == "leader.elected"))]
+        return any(h.split("/")[1] == str(second) for h in holders)
+
+    assert wait_for(elected, 30)
 
     # The new leader runs the lease monitor: the host lapses again and it is seen.
-    assert wait_until(lambda: len(unreachable_events(sessions, "ghost")) == 2, WAIT_S)
+    assert wait_for(lambda: len(unreachable_events(sessions, "ghost")) == 2, WAIT_S)
     with survivor.api() as api:
         assert api.inventory_host("ghost").state == "unreachable"

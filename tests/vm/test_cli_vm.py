@@ -4,12 +4,14 @@ real server with a real guest."""
 from __future__ import annotations
 
 import json
+import select
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 from websockets.sync.client import connect
 
-from tests.conftest import Server, wait_for
+from tests.conftest import VIRTPOOL, Server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,28 @@ def test_a_command_that_times_out_is_killed_in_the_guest_and_exits_5(server: Ser
     assert "still running after 2s" in ran.stderr
     left = server.cli("vm", "exec", web, "--", "ps")
     assert left.returncode == 0 and "sleep 57" not in left.stdout, left.stdout
+    # Listed through the captured (not streamed) exec, which makes no output files of its own.
+    files = server.api().exec(web, ["ls", "-a", "/tmp"]).stdout.split()
+    assert [f for f in files if f.startswith(".virtpool-exec")] == []  # the killed command's are gone
+
+
+def test_output_streams_back_while_the_command_runs(server: Server, web: str) -> None:
+    # Without streaming both lines would come together at the end; streamed, the second is
+    # still 10 s away when the first has been read. (One exec at a time per VM: qemu-ga serves
+    # one client, so the test cannot signal the guest through a second exec.)
+    proc = subprocess.Popen(
+        [VIRTPOOL, "vm", "exec", web, "--timeout", "120", "--", "sh", "-c",
+         "echo first; echo to-stderr >&2; sleep 10; echo second; exit 4"],
+        env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"first\n"
+        waiting, _, _ = select.select([proc.stdout], [], [], 0)
+        assert waiting == [] and proc.poll() is None  # nothing more yet: the command still runs
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (out, err, proc.returncode) == (b"second\n", b"to-stderr\n", 4)
 
 
 def test_the_url_up_prints_for_the_api_works_too(server: Server, web: str) -> None:

@@ -16,7 +16,7 @@ from virtpool.cli.common import ColumnsOption, JsonFlag, VMName, client
 from virtpool.cli.operation import follow
 from virtpool.model.errors import VirtpoolError
 from virtpool.model.operation import Operation
-from virtpool.model.spec import PortForward
+from virtpool.model.spec import ExecOutput, PortForward
 from virtpool.model.states import VMState
 from virtpool.model.units import format_mib, parse_bytes, parse_cpu_list, parse_size_mib
 from virtpool.model.vm import STOPPED_BY, VMInfo, VMStats
@@ -365,8 +365,8 @@ def exec_(
     """Run a command in the guest; print its output and exit with its exit code.
 
     Everything before -- is for virtpool, everything after it is the command. Input piped
-    into virtpool goes to the command's stdin. A command still running after --timeout is
-    killed in the guest and virtpool exits 5.
+    into virtpool goes to the command's stdin; its output is printed as it is written. A
+    command still running after --timeout is killed in the guest and virtpool exits 5.
 
     Examples:
 
@@ -381,15 +381,18 @@ def exec_(
     # A terminal is not input: only a pipe or a file is sent (as `docker exec -i` would).
     data = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     with output.errors():
-        result = client().exec(name, command, timeout=timeout, stdin=data)
-    if json:
-        output.emit_json(result)
-    else:
-        sys.stdout.write(result.stdout)
-        sys.stdout.flush()
-        sys.stderr.write(result.stderr)
-        sys.stderr.flush()
-    raise typer.Exit(result.exit_code)
+        if json:  # one document: the whole output with the exit code
+            result = client().exec(name, command, timeout=timeout, stdin=data)
+            output.emit_json(result)
+            raise typer.Exit(result.exit_code)
+        for item in client().exec_stream(name, command, timeout=timeout, stdin=data):
+            if isinstance(item, ExecOutput):
+                stream = sys.stdout if item.stream == "stdout" else sys.stderr
+                stream.buffer.write(item.data)
+                stream.flush()
+            else:
+                raise typer.Exit(item.exit_code)
+    output.fail("the server ended the command's output without its exit code", output.EXIT_SERVER)
 
 
 @app.command("logs")

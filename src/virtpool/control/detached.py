@@ -29,7 +29,7 @@ class NoAgent:
 
     host_info = list_images = get_image = build_image = import_image = delete_image = _refuse
     image_file = receive_image = check_port_free = create_disk = start_vm = wait_ready = stop_vm = _refuse
-    kill_vm = pause_vm = resume_vm = exec_vm = apply_live = resize_disk_offline = _refuse
+    kill_vm = pause_vm = resume_vm = exec_vm = exec_stream = apply_live = resize_disk_offline = _refuse
     vm_stats = read_log = _refuse
     list_snapshots = create_snapshot = restore_snapshot = delete_snapshot = _refuse
     backup_vm = read_backup = restore_backup = clone_disk = _refuse

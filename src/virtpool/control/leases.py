@@ -346,7 +346,7 @@ class Loop:
                 continue
             try:
                 self._work()
-            except (VirtpoolError, SQLAlchemyError):  # the next round tries again
+            except Exception:  # one bad round must not end the loop: the next one tries again
                 log.exception("%s round failed", self.name)
 
     def stop(self) -> None:

@@ -8,6 +8,7 @@ made by another process sharing the database is seen at the next bounded recheck
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import select, update
@@ -59,12 +60,13 @@ class OperationService:
                 .values(**values))
         self._changes.notify()
 
-    def fail_interrupted(self) -> int:
-        """At start: operations left unfinished by a process that died can never finish."""
+    def fail_interrupted(self, keep: Collection[str] = ()) -> int:
+        """At start: operations left unfinished by a process that died can never finish (but
+        those in ``keep``, which this process carries on)."""
         with self._sessions.begin() as session:
             result = session.execute(
                 update(OperationRow)
-                .where(OperationRow.status.in_(["pending", "running"]))
+                .where(OperationRow.status.in_(["pending", "running"]), OperationRow.id.not_in(list(keep)))
                 .values(status="failed", error=INTERRUPTED, message="interrupted", updated_at=utcnow()))
         return result.rowcount
 

@@ -27,7 +27,9 @@ from virtpool.control.enrolment import Enrolment
 from virtpool.control.events import EventLog
 from virtpool.control.groups import GroupService
 from virtpool.control.hosts import HostService
+from virtpool.control.idempotency import IdempotentCreates
 from virtpool.control.images import ImageService
+from virtpool.control.interrupted_creates import cut_off_creates, settle_cut_off
 from virtpool.control.networks import NetworkService
 from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
 from virtpool.control.metrics import ControlPlaneMetrics, PoolCollector, Scrape
@@ -50,7 +52,6 @@ from virtpool.model.certs import CONTROL_PLANE_CN
 from virtpool.model.errors import VirtpoolError
 from virtpool.model.layout import TOKEN_FILE, URL_FILE
 from virtpool.model.lease import MONITOR_PERIOD_S
-
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,9 @@ class Pool:
         self.clones = CloneService(self.vms, self.events)
         self.agent_events = EventPump(sessions, self.agents, self.vms.on_agent_event)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
+        self.idempotency = IdempotentCreates(
+            sessions, self.vms.get, self.operations.get,
+            lambda vm_id: self.vm_operations.follow_create(vm_id, actor="idempotent-retry"))
         self.balancer = MemoryBalancer(self.vms, self.agent, self.events, self.audit, config.memory)
         self.usage = UsageRecorder(self.vms, self.agent)
         self.summary = Summary(sessions)
@@ -157,11 +161,18 @@ class Pool:
         then). A control-plane-only server has no host: it does none of that but the token."""
         if not self.config.control_only:
             self.hosts.register_local(self.agent.host_info())
-            self.operations.fail_interrupted()
+            cut_off = cut_off_creates(self.operations)
             # VMs another server marked unknown while this host was away get their state back
             # first, so that the reconcile below converges them with the rest.
             self.vms.restore_known(self.hosts.local)
             self.vms.reconcile()
+            carried: set[str] = set()
+            try:
+                carried = settle_cut_off(cut_off, self.idempotency.settle(), self.vms,
+                                         self.operations, self.vm_operations, self.idempotency)
+            except Exception:  # tidying after a crash must never keep the platform from starting
+                log.exception("could not settle the creates a crash cut off; they are failed as interrupted")
+            self.operations.fail_interrupted(keep=carried)
             self.agent_events.follow(self.hosts.local)
             self.hosts.reconcile_usage()
             self.balancer.start()

@@ -63,6 +63,19 @@ class VMOperations:
         vm = self._vms.create(spec, start=True, project_id=project_id)
         return self._follow("vm.create", vm.id, vm.name, actor)
 
+    def carry_on(self, op_id: str, vm_id: str) -> None:
+        """Follow an existing create operation again (a restart found its VM booting on)."""
+        with self._lock:
+            self._watching[vm_id] = (op_id, PLANS["vm.create"])
+        self._advance(vm_id, self._state_of(vm_id), None)
+
+    def follow_create(self, vm_id: str, *, actor: str) -> Operation:
+        """An operation that follows a VM whose create-and-boot lost its own (a crash came
+        between the two): it moves on with the VM's state from where that is now."""
+        with self._sessions() as session:
+            name = session.scalar(select(VMRow.name).where(VMRow.id == vm_id))
+        return self._follow("vm.create", vm_id, name or vm_id, actor)
+
     def start(self, ref: str, *, actor: str) -> Operation:
         vm = self._vms.start(ref)
         return self._follow("vm.start", vm.id, vm.name, actor)

@@ -27,7 +27,7 @@ from virtpool.model.errors import OperationFailed
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.network import HostNetworkInput
 from virtpool.model.snapshot import SnapshotInfo
-from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
+from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
 
 # (step, fraction done)
@@ -256,6 +256,14 @@ class Agent(Protocol):
     def exec_vm(self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None = None) -> ExecResult:
         """Run a command in the guest through its agent. Not idempotent (the command runs
         again). Raises Conflict (no QEMU), OperationFailed (guest agent), BootTimeout."""
+        ...
+
+    def exec_stream(
+        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None = None
+    ) -> Iterator[ExecOutput | ExecResult]:
+        """Run ``argv`` in the guest: its output while it runs, then its result (the result's
+        stdout and stderr are empty: all of it came before). A command still running at
+        ``timeout`` is killed and CommandTimeout raised."""
         ...
 
     def apply_live(self, vm_id: str, changes: LiveChanges) -> None:

@@ -190,6 +190,13 @@ class LiveChanges(BaseModel):
     disk_mib: int | None = None
 
 
+class ExecOutput(BaseModel):
+    """Output of a command in the guest as it runs (``vm exec`` streams these, then the result)."""
+
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+
+
 class ExecResult(BaseModel):
     """The outcome of a command run in the guest."""
 

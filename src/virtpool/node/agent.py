@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import queue
 import shutil
 import socket
 import subprocess
@@ -35,7 +36,7 @@ from virtpool.model.backup import BackupInfo
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.network import HostNetworkInput
 from virtpool.model.snapshot import SnapshotInfo
-from virtpool.model.spec import Accel, ExecResult, HostInfo, LiveChanges, VMSpec
+from virtpool.model.spec import Accel, ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
 from virtpool.node import backups, disks, launch, safe_files, serial, snapshots
 from virtpool.node.events import EventFeed
@@ -282,6 +283,7 @@ class LocalAgent:
         self._run(forget())
         self._release_cgroup(vm_id)
         shutil.rmtree(self._paths(vm_id).root, ignore_errors=True)
+        self._launches.pop(vm_id, None)
 
     def read_log(self, vm_id: str, offset: int = 0, limit: int = 1 << 20) -> tuple[bytes, int]:
         return serial.read_from(self._paths(vm_id).serial_log, offset, limit)
@@ -594,6 +596,22 @@ class LocalAgent:
             return await self._vm(vm_id).exec(argv, timeout, stdin)
 
         return self._run(run(), timeout=None)
+
+    def exec_stream(
+        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None = None
+    ) -> Iterator[ExecOutput | ExecResult]:
+        # The guest agent runs on this agent's loop; its output crosses to the caller's thread
+        # through a queue, the result (or the error) last.
+        found: queue.Queue[ExecOutput | ExecResult | BaseException] = queue.Queue()
+        done = self._submit(self._vm(vm_id).exec(argv, timeout, stdin, emit=found.put))
+        done.add_done_callback(lambda f: found.put(f.exception() or f.result()))
+        while True:
+            item = found.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, ExecResult):
+                return
 
     def adopt_vm(self, vm_id: str, name: str) -> RunStatus | None:
         async def adopt() -> RunStatus | None:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import psutil
 
 from virtpool.model.errors import BootTimeout, Conflict, OperationFailed
-from virtpool.model.spec import ExecResult
+from virtpool.model.spec import ExecOutput, ExecResult
 from virtpool.node import safe_files, serial
 from virtpool.node.qemu import process
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError, GuestAgentGone
@@ -254,11 +254,15 @@ class VM:
             except GuestAgentError:
                 await asyncio.sleep(READY_POLL_S)
 
-    async def exec(self, argv: list[str], timeout: float, stdin: bytes | None) -> ExecResult:
+    async def exec(self, argv: list[str], timeout: float, stdin: bytes | None,
+                   emit: Callable[[ExecOutput], None] | None = None) -> ExecResult:
+        """Run a command in the guest; with ``emit``, its output goes there as it is written."""
         self._require(Runstate.RUNNING)
         try:
             async with self._qga_lock:
                 async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
+                    if emit is not None:
+                        return await agent.exec_stream(argv, timeout=timeout, stdin=stdin, emit=emit)
                     return await agent.exec(argv, timeout=timeout, stdin=stdin)
         except GuestAgentGone as err:
             # The channel broke: when QEMU went away meanwhile, that is the VM stopping, not

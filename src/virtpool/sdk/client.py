@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import errno
+import json
 import os
 import stat
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +25,13 @@ from virtpool.model.inventory import GroupView, HostView, PoolSettings, Rebalanc
 from virtpool.model.operation import Operation
 from virtpool.model.project import ProjectInfo, QuotaResult
 from virtpool.model.snapshot import SnapshotInfo
-from virtpool.model.spec import ExecResult, HostInfo, PortForward
+from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
 from virtpool.model.token import TokenCreated, TokenInfo
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
-from virtpool.sdk.errors import APIError, InvalidRequest, OperationFailed, error_class
+from virtpool.sdk.errors import APIError, InvalidRequest, OperationFailed, Unreachable, error_class
 from virtpool.sdk.errors import raise_for_problem as _raise_for_problem
-from virtpool.sdk.transport import Response, StdlibTransport, TransportError
+from virtpool.sdk.transport import Response, StdlibTransport, StreamRefused, TransportError
 
 if TYPE_CHECKING:
     import httpx
@@ -38,6 +40,8 @@ SETTLED = frozenset({VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.E
 
 
 LONG_POLL_S = 60.0
+# A create whose connection failed is sent again (same Idempotency-Key) after each of these.
+CREATE_RETRY_PAUSES_S = (0.5, 1.0, 2.0)
 
 
 # A long poll that comes back unchanged well before its time means the server had no
@@ -276,7 +280,7 @@ class Client:
                   disk_mib: int = ..., ports: Iterable[PortForward | str] = ..., kernel_args: str = ...,
                   accel: str = ..., start: Literal[False] = ..., group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
-                  networks: Iterable[str] = ...,
+                  networks: Iterable[str] = ..., idempotency_key: str | None = ...,
                   **limits: int | list[int] | None) -> VMInfo: ...
 
     @overload
@@ -284,7 +288,7 @@ class Client:
                   disk_mib: int = ..., ports: Iterable[PortForward | str] = ..., kernel_args: str = ...,
                   accel: str = ..., start: Literal[True], group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
-                  networks: Iterable[str] = ...,
+                  networks: Iterable[str] = ..., idempotency_key: str | None = ...,
                   **limits: int | list[int] | None) -> Operation: ...
 
     def create_vm(self, name: str, *, image: str = "default", cpus: int = 1, memory_mib: int = 256,
@@ -292,12 +296,18 @@ class Client:
                   kernel_args: str = "", accel: str = "auto", start: bool = False,
                   group: str | None = None, required_labels: dict[str, str] | None = None,
                   weigher: str | None = None, networks: Iterable[str] = (),
+                  idempotency_key: str | None = None,
                   **limits: int | list[int] | None) -> VMInfo | Operation:
         """Create a VM and return it; with ``start``, create and boot it and return the
         operation to follow. ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight,
         disk_iops, disk_bps and cpu_affinity (a list of host CPUs). ``group``,
         ``required_labels`` and ``weigher`` say where it may run and how hosts are ranked for it.
-        ``networks``: a NIC on each, written as for the CLI: "lan" or "lan,ip=10.20.0.5"."""
+        ``networks``: a NIC on each, written as for the CLI: "lan" or "lan,ip=10.20.0.5".
+
+        The request carries an Idempotency-Key (``idempotency_key``, or a fresh UUID), and is
+        sent again with it when the connection fails: the server answers a retry with what the
+        first request made, so a create cut off in flight never makes two VMs. Pass your own key
+        to retry a create yourself later (within 24 h)."""
         placement = {"group": group, "required_labels": required_labels or {}, "weigher": weigher}
         body = {**limits, **placement,
             "name": name, "image": image, "cpus": cpus, "memory_mib": memory_mib,
@@ -305,7 +315,15 @@ class Client:
             "ports": [(PortForward.parse(p) if isinstance(p, str) else p).model_dump() for p in ports],
             "networks": [NicRequest.fields(n) for n in networks],
         }
-        response = self._call("POST", "/vms", json=body)
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        for pause in (*CREATE_RETRY_PAUSES_S, None):
+            try:
+                response = self._call("POST", "/vms", json=body, headers=headers)
+                break
+            except Unreachable:
+                if pause is None:
+                    raise
+                time.sleep(pause)
         if start:
             return Operation.model_validate(response.json())
         return VMInfo.model_validate(response.json())
@@ -391,6 +409,31 @@ class Client:
             body["stdin"] = base64.b64encode(stdin).decode()
         response = self._call("POST", f"/vms/{name}/exec", json=body, timeout=timeout + 30)
         return ExecResult.model_validate(response.json())
+
+    def exec_stream(self, name: str, argv: list[str], *, timeout: float = 60.0,
+                    stdin: bytes | None = None) -> Iterator[ExecOutput | ExecResult]:
+        """Run a command in the guest: its output as it is written (``ExecOutput``: stream and
+        bytes), then its ``ExecResult`` (exit code; stdout and stderr empty, they came before).
+        A command still running at ``timeout`` is killed: ``ServerError`` with status 504."""
+        body: dict[str, Any] = {"argv": argv, "timeout": timeout, "stream": True}
+        if stdin is not None:
+            body["stdin"] = base64.b64encode(stdin).decode()
+        params = f"?project={self.project}" if self.project else ""
+        if self._plain is not None:
+            try:
+                lines: Iterable[bytes] = self._plain.stream_lines("POST", f"/vms/{name}/exec{params}", json=body,
+                                                                  timeout=timeout + 30)
+                for line in lines:
+                    yield from _exec_item(line)
+            except StreamRefused as refused:
+                _raise_for_problem(refused.response)
+            except TransportError as err:
+                raise _unreachable(self.url, err) from err
+            return
+        with self._http.stream("POST", f"/vms/{name}/exec", json=body, timeout=timeout + 30) as response:
+            _raise_for_problem(response)
+            for text in response.iter_lines():
+                yield from _exec_item(text.encode())
 
     def logs(self, name: str, offset: int = 0) -> tuple[bytes, int]:
         response = self._call("GET", f"/vms/{name}/logs", params={"offset": offset})
@@ -571,6 +614,24 @@ class VMPage:
     items: list[VMInfo]
     total: int
     next: str | None  # the cursor of the next page, if there may be one
+
+
+def _exec_item(line: bytes) -> Iterator[ExecOutput | ExecResult]:
+    """The item one NDJSON line of a streamed exec carries (a problem line raises)."""
+    if not line.strip():
+        return
+    item = json.loads(line)
+    if "problem" in item:
+        problem = item["problem"]
+        status = int(problem.get("status") or 500)
+        raise error_class(status, problem)(status, problem.get("title", "error"), problem.get("detail", ""),
+                                           problem.get("hint"), problem)
+    if "exit_code" in item:
+        yield ExecResult(exit_code=int(item["exit_code"]), stdout="", stderr="")
+        return
+    for stream in ("stdout", "stderr"):
+        if stream in item:
+            yield ExecOutput(stream=stream, data=base64.b64decode(item[stream]))
 
 
 def _unreachable(url: str, err: Exception) -> APIError:

@@ -16,13 +16,21 @@ import json as jsonlib
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 
 class TransportError(Exception):
     """The server could not be reached, or the connection broke before an answer came."""
+
+
+class StreamRefused(Exception):
+    """A streamed call was answered with an error; ``response`` holds it."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
 
 
 def _parse_links(header: str) -> dict[str, dict[str, str]]:
@@ -148,10 +156,40 @@ class StdlibTransport:
             target += ("&" if "?" in target else "?") + query
         return target
 
+    def stream_lines(self, method: str, path: str, *, json: Any = None,
+                     timeout: float | None = None) -> Iterator[bytes]:
+        """The lines of one streamed answer, as they come, on a connection of its own; an error
+        answer is read whole and returned as the first and only item's Response (raised by the
+        caller). Lines end with b"\\n"."""
+        conn = (http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
+                                            context=ssl.create_default_context())
+                if self._https else http.client.HTTPConnection(self._host, self._port, timeout=timeout))
+        headers = {**self._headers, "Content-Type": "application/json", "Accept": "application/x-ndjson"}
+        try:
+            try:
+                conn.request(method, self.url(path), body=jsonlib.dumps(json).encode(), headers=headers)
+                answer = conn.getresponse()
+            except (OSError, http.client.HTTPException) as err:
+                raise TransportError(str(err) or type(err).__name__) from err
+            if answer.status >= 400:
+                raise StreamRefused(Response(answer.status, answer.reason,
+                                             Headers((k.lower(), v) for k, v in answer.getheaders()), answer.read()))
+            while True:
+                try:
+                    line = answer.readline()
+                except (OSError, http.client.HTTPException) as err:
+                    raise TransportError(str(err) or type(err).__name__) from err
+                if not line:
+                    return
+                yield line
+        finally:
+            conn.close()
+
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                json: Any = None, timeout: float | None = ..., **_: Any) -> Response:  # type: ignore[assignment]
+                json: Any = None, timeout: float | None = ..., headers: Mapping[str, str] | None = None,
+                **_: Any) -> Response:  # type: ignore[assignment]
         body = None if json is None else jsonlib.dumps(json).encode()
-        headers = dict(self._headers)
+        headers = {**self._headers, **(headers or {})}
         if body is not None:
             headers["Content-Type"] = "application/json"
         target = self.url(path, params)

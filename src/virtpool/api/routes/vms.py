@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import (
     APIRouter,
+    Header,
     Query,
     Request,
     Response,
@@ -15,7 +18,7 @@ from fastapi import (
     WebSocketDisconnect,
     status,
 )
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from virtpool.api.access_guard import POLICY_VIOLATION, AccessGuard
@@ -34,11 +37,12 @@ from virtpool.api.long_poll import waiting
 from virtpool.api.paging import MAX_ID, page_headers
 from virtpool.api.problems import problem
 from virtpool.api.routes.operations import ACCEPTED, accepted
+from virtpool.control.idempotency import Made
 from virtpool.control.pool import Pool
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
 from virtpool.model.errors import Conflict, InvalidRequest, VirtpoolError
 from virtpool.model.roles import Access, check_access
-from virtpool.model.spec import ExecResult, Resize, VMSpec
+from virtpool.model.spec import ExecOutput, ExecResult, Resize, VMSpec
 from virtpool.model.states import VMState
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 
@@ -62,6 +66,7 @@ class ExecRequest(BaseModel):
     argv: list[Annotated[str, Field(max_length=65536)]] = Field(min_length=1, max_length=MAX_EXEC_ARGS)
     timeout: float = Field(default=60.0, gt=0, le=MAX_EXEC_TIMEOUT_S)
     stdin: str | None = Field(default=None, description="base64", max_length=MAX_STDIN_BYTES * 4 // 3 + 4)
+    stream: bool = Field(default=False, description="answer NDJSON lines as the command writes")
 
 
 def _vm_id(pool: Pool, scope: Scope, name: str) -> str:
@@ -94,13 +99,31 @@ def list_vms(
 
 
 @router.post("", response_model=VMInfo, status_code=status.HTTP_201_CREATED, responses=ACCEPTED,
-             summary="Create a VM (201); with start, create and boot it as an operation (202)")
-def create_vm(body: VMCreate, request: Request, pool: PoolDep, scope: Operator) -> VMInfo | JSONResponse:
+             summary="Create a VM (201); with start, create and boot it as an operation (202). "
+             "With an Idempotency-Key, a retry answers with what the first request made")
+def create_vm(
+    body: VMCreate, request: Request, pool: PoolDep, scope: Operator,
+    idempotency_key: Annotated[str | None, Header(
+        max_length=255, description="any unique string (a UUID): the same key sent again within "
+        "24 h answers with the first request's VM or operation instead of creating another")] = None,
+) -> VMInfo | JSONResponse:
     request.state.audit_target = body.name
     spec = VMSpec.model_validate(body.model_dump(exclude={"start"}))
-    if body.start:
-        return accepted(pool.vm_operations.create(spec, actor=scope.caller.name, project_id=scope.project))
-    return pool.vms.create(spec, project_id=scope.project)
+
+    def create() -> Made:
+        if body.start:
+            op = pool.vm_operations.create(spec, actor=scope.caller.name, project_id=scope.project)
+            return Made(pool.vms.get(op.target or spec.name, scope.project), op)
+        return Made(pool.vms.create(spec, project_id=scope.project))
+
+    if idempotency_key is None:
+        made = create()
+    else:
+        made = pool.idempotency.run(idempotency_key, scope.project, body.model_dump(mode="json"),
+                                    spec.name, body.start, create)
+    if made.operation is not None:
+        return accepted(made.operation)
+    return made.vm
 
 
 @router.get("/{name}", response_model=VMInfo,
@@ -172,15 +195,35 @@ def vm_stats(name: str, pool: PoolDep, scope: Reader) -> VMStats:
 
 
 @router.post("/{name}/exec", response_model=ExecResult,
-             summary="Run a command in the guest; returns its exit code, stdout and stderr")
-def exec_vm(name: str, body: ExecRequest, pool: PoolDep, scope: Operator) -> ExecResult:
+             responses={200: {"content": {"application/x-ndjson": {}},
+                              "description": "with stream: one JSON object per line: {\"stdout\": B64} or "
+                                             "{\"stderr\": B64} as the command writes, then {\"exit_code\": N} "
+                                             "or {\"problem\": {...}}"}},
+             summary="Run a command in the guest; its exit code, stdout and stderr (with stream: as they come)")
+def exec_vm(name: str, body: ExecRequest, pool: PoolDep, scope: Operator) -> ExecResult | StreamingResponse:
     stdin = None
     if body.stdin is not None:
         try:
             stdin = base64.b64decode(body.stdin, validate=True)
         except ValueError as err:  # binascii.Error, or characters that are not base64 at all
             raise InvalidRequest("stdin is not valid base64") from err
-    return pool.vms.exec(_vm_id(pool, scope, name), body.argv, timeout=body.timeout, stdin=stdin)
+    if not body.stream:
+        return pool.vms.exec(_vm_id(pool, scope, name), body.argv, timeout=body.timeout, stdin=stdin)
+    items = pool.vms.exec_stream(_vm_id(pool, scope, name), body.argv, timeout=body.timeout, stdin=stdin)
+    return StreamingResponse(_exec_lines(items), media_type="application/x-ndjson")
+
+
+def _exec_lines(items: Iterator[ExecOutput | ExecResult]) -> Iterator[str]:
+    """NDJSON lines of a streamed exec; a refusal after the answer began is its last line."""
+    try:
+        for item in items:
+            if isinstance(item, ExecOutput):
+                yield json.dumps({item.stream: base64.b64encode(item.data).decode()}) + "\n"
+            else:
+                yield json.dumps({"exit_code": item.exit_code}) + "\n"
+    except VirtpoolError as err:
+        yield json.dumps({"problem": {"status": err.status, "title": err.title, "detail": err.message,
+                                      "hint": err.hint, "error": type(err).__name__}}) + "\n"
 
 
 @router.get("/{name}/logs", response_class=Response,

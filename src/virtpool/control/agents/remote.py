@@ -28,7 +28,7 @@ from virtpool.model.backup import BackupInfo
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.network import HostNetworkInput
 from virtpool.model.snapshot import SnapshotInfo
-from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
+from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
 from virtpool.mtls import client_context
 
@@ -205,6 +205,15 @@ class RemoteAgent:
                 "stdin": base64.b64encode(stdin).decode() if stdin is not None else None}
         return ExecResult.model_validate(self._json("POST", f"/v1/vms/{vm_id}/exec", json=body,
                                                     timeout=timeout + SLACK_S))
+
+    def exec_stream(self, vm_id: str, argv: list[str], timeout: float,
+                    stdin: bytes | None = None) -> Iterator[ExecOutput | ExecResult]:
+        """The output once the command ended: the agent service has no streaming exec yet."""
+        result = self.exec_vm(vm_id, argv, timeout, stdin)
+        for stream, text in (("stdout", result.stdout), ("stderr", result.stderr)):
+            if text:
+                yield ExecOutput(stream=stream, data=text.encode())  # type: ignore[arg-type]
+        yield result.model_copy(update={"stdout": "", "stderr": ""})
 
     def apply_live(self, vm_id: str, changes: LiveChanges) -> None:
         self._call("POST", f"/v1/vms/{vm_id}/live", json=changes.model_dump(mode="json", exclude_unset=True))

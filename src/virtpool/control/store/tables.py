@@ -367,3 +367,21 @@ class NicRow(Base):
     address: Mapped[str] = mapped_column(String(15))
 
     network: Mapped[NetworkRow] = relationship(lazy="selectin")
+
+
+
+class IdempotencyKeyRow(Base):
+    """A create's idempotency key within its project: the request it was first sent with (as a
+    SHA-256 of the body) and what that made. ``vm_id`` is None while the first request runs."""
+
+    __tablename__ = "idempotency_keys"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    vm_name: Mapped[str] = mapped_column(String(63))
+    start: Mapped[bool] = mapped_column(Boolean)
+    vm_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    operation_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

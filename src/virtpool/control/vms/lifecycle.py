@@ -45,7 +45,7 @@ from virtpool.model.image import ImageInfo
 from virtpool.model.project import Usage
 from virtpool.model.resize import plan_resize
 from virtpool.model.resources import Resources
-from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, Resize, VMSpec
+from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, LiveChanges, Resize, VMSpec
 from virtpool.model.states import ACTIVE, VMState, check_action, check_transition
 from virtpool.model.vm import STOPPED_BY, ResizeResult, StopMethod, VMInfo, VMStats, VMUsage
 
@@ -525,13 +525,24 @@ class VMService:
     def exec(
         self, ref: str, argv: list[str], *, timeout: float = 60.0, stdin: bytes | None = None
     ) -> ExecResult:
+        vm = self._exec_target(ref, argv, timeout)
+        return self._agent_of(vm).exec_vm(vm.id, argv, timeout, stdin)
+
+    def exec_stream(
+        self, ref: str, argv: list[str], *, timeout: float = 60.0, stdin: bytes | None = None
+    ) -> Iterator[ExecOutput | ExecResult]:
+        """As exec, with the output as it comes (the checks happen before the first item)."""
+        vm = self._exec_target(ref, argv, timeout)
+        return self._agent_of(vm).exec_stream(vm.id, argv, timeout, stdin)
+
+    def _exec_target(self, ref: str, argv: list[str], timeout: float) -> VMInfo:
         if not argv or not argv[0]:
             raise InvalidRequest("no command given", hint="e.g. virtpool vm exec NAME -- uname -a")
         if not 0 < timeout <= MAX_EXEC_TIMEOUT_S:
             raise InvalidRequest(f"timeout must be between 0 and {MAX_EXEC_TIMEOUT_S:g} seconds")
         vm = self.get(ref)
         check_action(vm.name, vm.state, "exec")
-        return self._agent_of(vm).exec_vm(vm.id, argv, timeout, stdin)
+        return vm
 
     def read_log(self, ref: str, offset: int = 0, limit: int = 1 << 20) -> tuple[bytes, int]:
         vm = self.get(ref)

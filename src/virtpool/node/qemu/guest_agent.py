@@ -12,16 +12,19 @@ import asyncio
 import base64
 import json
 import random
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from virtpool.model.errors import CommandTimeout, OperationFailed
-from virtpool.model.spec import ExecResult
+from virtpool.model.spec import ExecOutput, ExecResult
 from virtpool.node.qemu import peer
 
 SYNC_DELIMITER = b"\xff"
 COMMAND_NOT_FOUND = 127
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # QGA caps captured output at 16 MiB itself
+READ_CHUNK = 48 * 1024  # per guest-file-read: qemu-ga's replies stay well inside its 64 KiB lines
 
 
 class GuestAgentError(OperationFailed):
@@ -162,6 +165,85 @@ class GuestAgent:
             stderr=_decode(status.get("err-data")),
             truncated=bool(status.get("out-truncated") or status.get("err-truncated")),
         )
+
+    async def exec_stream(
+        self, argv: list[str], *, timeout: float, emit: Callable[[ExecOutput], None],
+        stdin: bytes | None = None, poll: float = 0.05,
+    ) -> ExecResult:
+        """Run ``argv`` in the guest, handing its output to ``emit`` while it runs.
+
+        qemu-ga's own capture (guest-exec's capture-output) gives the output only once the
+        command has ended. So the command runs under ``sh`` with stdout and stderr sent to two
+        files of random names in the guest's /tmp (argv stays a list: the script is fixed, the
+        command comes as its positional arguments), which are read from where the last read
+        ended with guest-file-seek/-read while guest-exec-status is polled, then removed.
+        """
+        tag = secrets.token_hex(8)
+        paths = {"stdout": f"/tmp/.virtpool-exec-{tag}.out", "stderr": f"/tmp/.virtpool-exec-{tag}.err"}
+        args: dict[str, Any] = {"path": "/bin/sh", "arg": [
+            "-c", 'o=$1; e=$2; shift 2; exec "$@" >"$o" 2>"$e"', "sh", paths["stdout"], paths["stderr"], *argv]}
+        if stdin is not None:
+            args["input-data"] = base64.b64encode(stdin).decode()
+        pid = (await self.call("guest-exec", args))["pid"]
+        handles: dict[str, int] = {}
+        offsets = dict.fromkeys(paths, 0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                status = await self.call("guest-exec-status", {"pid": pid})
+                await self._drain(paths, handles, offsets, emit)
+                if status.get("exited"):
+                    await self._drain(paths, handles, offsets, emit)  # what came before the exit
+                    break
+                if loop.time() >= deadline:
+                    await self._kill(pid)
+                    raise CommandTimeout(
+                        f"command {argv[0]!r} in VM '{self._vm}' still running after {timeout:g}s: killed",
+                        hint="raise --timeout, or run long jobs in the background in the guest")
+                await asyncio.sleep(poll)
+                poll = min(poll * 1.5, 0.25)
+        finally:
+            await self._remove(paths, handles)
+        if "signal" in status and status.get("exitcode") is None:
+            return ExecResult(exit_code=128 + int(status["signal"]), stdout="", stderr="")
+        return ExecResult(exit_code=int(status.get("exitcode", 0)), stdout="", stderr="")
+
+    async def _drain(self, paths: dict[str, str], handles: dict[str, int], offsets: dict[str, int],
+                     emit: Callable[[ExecOutput], None]) -> None:
+        """Hand on what the output files gained since the last read."""
+        for stream, path in paths.items():
+            if stream not in handles:
+                try:
+                    handles[stream] = await self.call("guest-file-open", {"path": path, "mode": "r"})
+                except GuestAgentError:
+                    continue  # the shell has not made it yet
+            while True:
+                # A seek first: a read at the end of a file that grows would stay at EOF.
+                await self.call("guest-file-seek", {"handle": handles[stream], "offset": offsets[stream],
+                                                    "whence": "set"})
+                chunk = await self.call("guest-file-read", {"handle": handles[stream], "count": READ_CHUNK})
+                data = base64.b64decode(chunk.get("buf-b64", ""))
+                if data:
+                    offsets[stream] += len(data)
+                    emit(ExecOutput(stream=stream, data=data))  # type: ignore[arg-type]
+                if len(data) < READ_CHUNK:
+                    break
+
+    async def _remove(self, paths: dict[str, str], handles: dict[str, int]) -> None:
+        for handle in handles.values():
+            try:
+                await self.call("guest-file-close", {"handle": handle})
+            except GuestAgentError:
+                pass
+        try:
+            remover = await self.call("guest-exec", {"path": "rm", "arg": ["-f", *paths.values()]})
+            for _ in range(50):
+                if (await self.call("guest-exec-status", {"pid": remover["pid"]})).get("exited"):
+                    break
+                await asyncio.sleep(0.05)
+        except GuestAgentError:
+            pass  # the guest's /tmp is cleaned at its next boot
 
     async def _kill(self, pid: int) -> None:
         """Kill a guest command that outlived its timeout (qemu-ga has no kill of its own: the

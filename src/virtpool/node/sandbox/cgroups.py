@@ -527,8 +527,25 @@ def group_names(*, root: Path = CGROUP_ROOT, parent: str = PARENT) -> set[str]:
     return names
 
 
+# A group this young may be another agent's start in progress on this machine (made, its QEMU
+# not yet in it): several agents share the hierarchy (e.g. the cluster tests' three).
+ORPHAN_MIN_AGE_S = 60.0
+
+
+def _young(group: VMCgroup, min_age_s: float) -> bool:
+    now = time.time()
+    for directory in group.group_dirs():
+        try:
+            if now - directory.stat().st_mtime < min_age_s:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def cleanup_orphans(
-    known_vm_ids: Iterable[str], *, root: Path = CGROUP_ROOT, parent: str = PARENT
+    known_vm_ids: Iterable[str], *, root: Path = CGROUP_ROOT, parent: str = PARENT,
+    min_age_s: float = ORPHAN_MIN_AGE_S,
 ) -> list[str]:
     """Remove the groups under ``parent`` that no VM claims and that hold no process.
 
@@ -540,7 +557,7 @@ def cleanup_orphans(
     removed = []
     for name in sorted(group_names(root=root, parent=parent) - known):
         group = vm_cgroup(name, root=root, parent=parent)
-        if group.pids():
+        if group.pids() or _young(group, min_age_s):
             continue
         try:
             group.remove(timeout=0)

@@ -1,0 +1,138 @@
+"""The agent contract (model/agent.py), one set of cases run against both implementations: the
+in-process ``LocalAgent`` and ``RemoteAgent`` talking real HTTPS (mutual TLS, the pool CA) to a
+real `virtpool agent` process joined to a real `virtpool server` on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VIRTPOOL, link_image, make_server, passable, qemu_pids
+from virtpool.control.agents.remote import RemoteAgent
+from virtpool.model.agent import Agent
+from virtpool.model.errors import NotFound
+from virtpool.model.spec import HostInfo, VMSpec
+from virtpool.model.vm import VMUsage
+from virtpool.node.agent import LocalAgent
+
+BOOT_S = 240.0  # a loaded shared machine under TCG
+
+
+@pytest.fixture(scope="module", params=["local", "remote"])
+def agent(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          image_cache: Path) -> Iterator[tuple[Agent, Path]]:
+    data = tmp_path_factory.mktemp(f"contract-{request.param}")
+    passable(data)
+    (data / "images").mkdir()
+    link_image(image_cache, data)
+    if request.param == "local":
+        local = LocalAgent(data, net_prefix="pc")
+        yield local, data
+        local.close()
+        return
+    server = make_server(tmp_path_factory, None, "contract-cp", command="server")
+    token = server.api().join_token(600)["token"]
+    join = (server.data_dir / "join.url").read_text().strip()
+    log = (data.parent / "agent.log").open("wb")
+    proc = subprocess.Popen([VIRTPOOL, "agent", "--server", join, "--join", token, "--data-dir", str(data),
+                             "--listen", "127.0.0.1:0", "--name", "pcc1", "--net-prefix", "pc"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        address = None
+        deadline = time.monotonic() + 60
+        while address is None and time.monotonic() < deadline:
+            assert proc.poll() is None, (data.parent / "agent.log").read_text()
+            view = next((h for h in server.api().hosts() if h.name == "pcc1"), None)
+            address = view.address if view is not None and view.state == "up" else None
+            time.sleep(0.2)
+        assert address, (data.parent / "agent.log").read_text()
+        time.sleep(1)  # the control plane's reconcile of the new host is done
+        pki = server.data_dir / "pki"
+        remote = RemoteAgent("pcc1", address, ca=pki / "ca.crt", cert=pki / "control.crt",
+                             key=pki / "control.key", revoked=frozenset)
+        yield remote, data
+        remote.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        server.stop()
+
+
+def test_host_info_is_typed(agent: tuple[Agent, Path]) -> None:
+    info = agent[0].host_info()
+    assert isinstance(info, HostInfo) and info.cpus >= 1 and info.memory_mib > 0
+
+
+def test_images(agent: tuple[Agent, Path]) -> None:
+    impl = agent[0]
+    assert "default" in [i.name for i in impl.list_images()]
+    with pytest.raises(NotFound):
+        impl.get_image("pc-no-such-image")
+    assert sum(len(chunk) for chunk in impl.image_file("default", "kernel")) == \
+        impl.get_image("default").kernel.size  # type: ignore[union-attr]
+
+
+def test_disks_and_destroy_are_idempotent(agent: tuple[Agent, Path]) -> None:
+    impl, data = agent
+    vm_id = uuid.uuid4().hex
+    impl.create_disk(vm_id, "default", 512)
+    assert vm_id in impl.vm_ids()
+    impl.destroy_vm(vm_id)
+    impl.destroy_vm(vm_id)  # again: nothing there, no error
+    assert vm_id not in impl.vm_ids() and not (data / "vms" / vm_id).exists()
+
+
+def test_a_vm_boots_answers_and_its_exit_is_in_the_event_feed(agent: tuple[Agent, Path]) -> None:
+    impl, data = agent
+    vm_id = uuid.uuid4().hex
+    cursor = max((e.seq for e in impl.events(0)), default=0)
+    impl.create_disk(vm_id, "default", 1024)
+    try:
+        assert impl.start_vm(vm_id, VMSpec(name="pcc"), 0) > 0
+        impl.wait_ready(vm_id, BOOT_S)
+        assert impl.exec_vm(vm_id, ["uname", "-n"], 60).stdout.strip() == "pcc"
+        usage = impl.vm_stats(vm_id)
+        assert isinstance(usage, VMUsage) and (usage.qemu_rss_mib or 0) > 0
+        assert impl.adopt_vm(vm_id, "pcc") == "running"
+        assert asyncio.run(_console_echo(impl, vm_id))
+        data_log, _ = impl.read_log(vm_id)
+        assert data_log  # the serial console logged the boot
+        impl.kill_vm(vm_id)
+        deadline = time.monotonic() + 60
+        exits = []
+        while not exits and time.monotonic() < deadline:
+            exits = [e for e in impl.events(cursor, 5.0) if e.vm_id == vm_id and e.kind == "vm.exited"]
+        assert exits and exits[0].data["guest_initiated"] is False
+        assert impl.adopt_vm(vm_id, "pcc") is None
+    finally:
+        impl.destroy_vm(vm_id)
+    assert not [p for p in qemu_pids(data) if vm_id in " ".join(_cmdline(p))]
+
+
+async def _console_echo(impl: Agent, vm_id: str) -> bool:
+    console = await impl.open_console(vm_id)
+    try:
+        await console.write(b"echo pc-console-$((6*7))\n")
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"pc-console-42" not in seen and time.monotonic() < deadline:
+            seen += await asyncio.wait_for(console.read(), 60)
+        return b"pc-console-42" in seen
+    finally:
+        await console.close()
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    except OSError:
+        return []
