@@ -102,6 +102,20 @@ MATRIX: dict[tuple[str, str], tuple[Cell, Cell, Cell, Cell]] = {
     ("GET", "/pool/vm-counts"):            ((200, 200), (200, 404), (200, 404), (200, 404)),
     ("GET", "/pool/latest-event"):         ((200, 200), (200, 404), (200, 404), (200, 404)),
     ("GET", "/whoami"):                    (200, 200, 200, 200),
+    ("GET", "/networks"):                  ((200, 200), (200, 404), (200, 404), (200, 404)),
+    ("POST", "/networks"):                 ((201, 201), (201, 404), (201, 404), (403, 404)),
+    ("GET", "/networks/{name}"):           ((200, 200), (200, 404), (200, 404), (200, 404)),
+    ("DELETE", "/networks/{name}"):        ((204, 204), (204, 404), (204, 404), (403, 404)),
+    # The matrix's VMs are on a host with no agent: a snapshot or clone of a disk needs one.
+    ("GET", "/vms/{name}/snapshots"):      ((503, 503), (503, 404), (503, 404), (503, 404)),
+    ("POST", "/vms/{name}/snapshots"):     ((503, 503), (503, 404), (503, 404), (403, 404)),
+    ("POST", "/vms/{name}/snapshots/{snapshot}/restore"): ((503, 503), (503, 404), (503, 404), (403, 404)),
+    ("DELETE", "/vms/{name}/snapshots/{snapshot}"): ((503, 503), (503, 404), (503, 404), (403, 404)),
+    ("POST", "/vms/{name}/clone"):         ((503, 503), (503, 404), (503, 404), (403, 404)),
+    # Backups name host directories: pool admins only; the matrix's VMs are stopped.
+    ("POST", "/vms/{name}/backups"):       ((409, 409), (403, 404), (403, 404), (403, 404)),
+    ("GET", "/backups"):                   (404, 403, 403, 403),
+    ("POST", "/backups/restore"):          ((404, 404), (403, 404), (403, 404), (403, 404)),
 }
 # Where the matrix's VMs are placed: room for all of them (the local host is a small machine).
 BIG_HOST = "matrix-big"
@@ -115,6 +129,7 @@ class Target:
     vm: str
     token: str
     group: str
+    network: str = "none"
 
 
 _counter = itertools.count()
@@ -136,6 +151,8 @@ def path_name(path: str, target: Target) -> str:
         return target.group
     if path.startswith("/hosts/"):
         return BIG_HOST
+    if path.startswith("/networks/"):
+        return target.network
     return target.vm
 
 
@@ -157,6 +174,16 @@ BODIES: dict[tuple[str, str], Callable[[Target], dict[str, Any]]] = {
     ("PUT", "/hosts/{name}/state"): lambda t: {"state": "up"},
     ("PUT", "/pool/settings"): lambda t: {"weigher": "spread"},
     ("POST", "/pool/rebalance"): lambda t: {"threshold_pp": 100},
+    ("POST", "/networks"): lambda t: {"name": fresh("net")},
+    ("POST", "/vms/{name}/snapshots"): lambda t: {"name": "snap"},
+    ("POST", "/vms/{name}/clone"): lambda t: {"name": fresh("clone")},
+    ("POST", "/vms/{name}/backups"): lambda t: {"target": f"/nonexistent/virtpool-matrix/{fresh('bk')}"},
+    ("POST", "/backups/restore"): lambda t: {"source": "/nonexistent/virtpool-matrix",
+                                             "name": fresh("restored")},
+}
+# Query parameters; endpoints not named here get only the project.
+QUERIES: dict[tuple[str, str], dict[str, str]] = {
+    ("GET", "/backups"): {"source": "/nonexistent/virtpool-matrix"},
 }
 # The build endpoint is asked for an invalid name, so that no pool admin call starts a build.
 NAME_OVERRIDE = {("POST", "/images/{name}/build"): "Not_A_Name"}
@@ -174,7 +201,9 @@ class Pool:
         headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         return httpx.Client(base_url=self.url + API, headers=headers, timeout=60)
 
-    def target(self, project: str) -> Target:
+    def target(self, project: str, with_network: bool = False) -> Target:
+        """Fresh resources in ``project``; a network only where the cell needs one (a project
+        has room for 256 default subnets, fewer than the matrix has cells)."""
         with self.http("pool") as http:
             name = fresh("vm")
             response = http.post("/vms", params={"project": project},
@@ -187,7 +216,12 @@ class Pool:
             response = http.post("/groups", params={"project": project},
                                  json={"name": group, "policy": "affinity", "hard": False})
             assert response.status_code == 201, response.text
-        return Target(project=project, vm=name, token=token, group=group)
+            network = "none"
+            if with_network:
+                network = fresh("net")
+                response = http.post("/networks", params={"project": project}, json={"name": network})
+                assert response.status_code == 201, response.text
+        return Target(project=project, vm=name, token=token, group=group, network=network)
 
 
 @pytest.fixture(scope="module")
@@ -217,9 +251,10 @@ def pool(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterato
 def request(pool: Pool, caller: str, method: str, path: str, target: Target, scoped: bool) -> httpx.Response:
     key = (method, path)
     url = path.replace("{name}", NAME_OVERRIDE.get(key) or path_name(path, target)).replace(
-        "{op_id}", pool.build_op)
+        "{op_id}", pool.build_op).replace("{snapshot}", "snap")
     body = BODIES.get(key)
-    kwargs: dict[str, Any] = {"params": {"project": target.project} if scoped else {}}
+    kwargs: dict[str, Any] = {"params": {**({"project": target.project} if scoped else {}),
+                                         **QUERIES.get(key, {})}}
     if body is not None:
         kwargs["json"] = body(target)
     with pool.http(caller) as http:
@@ -243,7 +278,7 @@ def cells() -> Iterator[Any]:
 
 @pytest.mark.parametrize(("method", "path", "caller", "side", "expected"), list(cells()))
 def test_cell(pool: Pool, method: str, path: str, caller: str, side: str, expected: int) -> None:
-    target = pool.target("b" if side == "other" else "a")
+    target = pool.target("b" if side == "other" else "a", with_network=path.startswith("/networks/"))
     response = request(pool, caller, method, path, target, scoped=side != "pool-wide")
     assert response.status_code == expected, f"{method} {path} as {caller} ({side}): {response.text}"
     if expected >= 400:
