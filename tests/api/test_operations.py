@@ -67,7 +67,8 @@ def test_a_boot_that_fails_fails_its_operation_with_the_reason(api_server: Serve
     with pytest.raises(OperationFailed) as failed:
         api.wait_operation(op, timeout=180)
     assert failed.value.operation.status == "failed"
-    assert "exited while the guest booted" in (failed.value.operation.error or "")
+    error = failed.value.operation.error or ""
+    assert "exited with code" in error and "while the guest booted" in error, error
     assert api.operation(op.id).error == failed.value.operation.error
     api.delete_vm("panics")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VIRTPOOL, Server, make_server
+from tests.conftest import VIRTPOOL, Server, make_server, link_image
 from tests.postgres import create_database
 from virtpool.sdk import ServerError
 
@@ -30,6 +30,8 @@ def test_up_and_server_share_one_postgresql_pool(postgres: str, image_cache: Pat
     # The pool's admin token was made by the first server; the operator hands it to the second.
     data_dir = tmp_path_factory.mktemp("pg-server")
     shutil.copy2(up.data_dir / "admin.token", data_dir / "admin.token")
+    # Images live in each control plane's own store: the operator gives this one the image too.
+    link_image(image_cache, data_dir)
     control = Server(data_dir, command="server", extra_args=("--db", url)).start()
     try:
         api = control.api()
@@ -42,9 +44,12 @@ def test_up_and_server_share_one_postgresql_pool(postgres: str, image_cache: Pat
         # The VM's host (this machine, where `up` ran) has no agent now that only a server runs.
         assert f"host '{socket.gethostname()}' has no agent attached" in refused.value.detail
         assert refused.value.title == "no agent attached"
-        with pytest.raises(ServerError):
-            api.create_vm("another")
-        assert [v.name for v in api.vms()] == ["kept"]
+        # A create is a record (claim included) that starts once its host has an agent.
+        api.create_vm("another")
+        with pytest.raises(ServerError) as again:
+            api.start_vm("another")
+        assert again.value.status == 503 and again.value.title == "no agent attached"
+        assert sorted(v.name for v in api.vms()) == ["another", "kept"]
         assert "control plane only" in control.log.read_text()
     finally:
         control.stop()

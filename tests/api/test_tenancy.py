@@ -203,7 +203,7 @@ def test_project_and_token_names_are_checked(server: Server) -> None:
     refused = server.cli("token", "create", "--project", "red", "--role", "viewer", "--name", "../etc")
     assert refused.returncode == 1 and "not a valid token name" in refused.stderr
     refused = server.cli("token", "create", "--project", "red", "--role", "member", "--pool-wide")
-    assert refused.returncode == 1 and "only admin tokens can be pool-wide" in refused.stderr
+    assert refused.returncode == 1 and "only admin and metrics tokens can be pool-wide" in refused.stderr
     refused = server.cli("token", "create", "--project", "red", "--role", "viewer", "--expires", "soon")
     assert refused.returncode == 1 and "30d" in refused.stderr
 

@@ -27,7 +27,9 @@ BOOT_TIMEOUT_S = 600
 ARTIFACTS = Path(os.environ.get("VIRTPOOL_ARTIFACTS", REPO / ".cache" / "artifacts")) / "browser"
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps an event loop running in the main
+# thread while it is open, and every later test that calls asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: run scripts/install-system-packages.sh --test")

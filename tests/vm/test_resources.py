@@ -104,7 +104,7 @@ def test_cpus_change_at_the_next_boot_and_the_output_says_so(server: Server) -> 
     assert api.wait_vm("cpus").state == "running"
     result = server.cli("vm", "resize", "cpus", "--cpus", "2")
     assert result.returncode == 0
-    assert "takes effect at the next boot" in " ".join(result.stdout.split())
+    assert "takes effect at the next boot" in " ".join(result.stderr.split())
     assert api.exec("cpus", ["nproc"]).stdout.strip() == "1"
     assert server.cli("vm", "restart", "cpus").returncode == 0
     assert api.exec("cpus", ["nproc"]).stdout.strip() == "2"
