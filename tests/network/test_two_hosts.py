@@ -83,6 +83,8 @@ def two_hosts(tmp_path: Path, image_cache: Path) -> Iterator[tuple[list[str], li
     prefix = next_prefix()
     namespaces = [f"{prefix}-ha", f"{prefix}-hb"]
     for ns in namespaces:
+        # A run killed before its teardown leaves its namespaces: the names are this test's own.
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         ip("netns", "add", ns)
     ip("link", "add", f"{prefix}ua", "type", "veth", "peer", "name", f"{prefix}ub")
     appliers, qemus, socks = [], [], []
@@ -122,16 +124,19 @@ def two_hosts(tmp_path: Path, image_cache: Path) -> Iterator[tuple[list[str], li
             asyncio.run(wait_ready(sock, qemu))
         yield namespaces, socks, prefix
     finally:
-        for qemu in qemus:
-            qemu.kill()
-            qemu.wait()
-        for applier in appliers:
-            applier.converge(host_plan(HostNetworkInput(), prefix))
-            assert applier.devices() == {}
-            assert not [p for p in psutil.process_iter(["cmdline"])
-                        if any(str(applier.state_dir) in a for a in p.info["cmdline"] or [])]
-        for ns in namespaces:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        try:
+            for qemu in qemus:
+                qemu.kill()
+                qemu.wait()
+            for applier in appliers:
+                applier.converge(host_plan(HostNetworkInput(), prefix))
+                assert applier.devices() == {}
+                assert not [p for p in psutil.process_iter(["cmdline"])
+                            if any(str(applier.state_dir) in a for a in p.info["cmdline"] or [])]
+        finally:
+            # Even when a check above fails, the namespaces go: a later run needs their names.
+            for ns in namespaces:
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def test_vms_on_two_hosts_reach_each_other_over_vxlan(two_hosts: tuple[list[str], list[Path], str]) -> None:
