@@ -18,6 +18,7 @@ PACKAGES=(
   util-linux        # setpriv: QEMU starts as its VM user with an empty capability bounding set
   passt             # the default network: user-mode NAT that does not expose the host
   nftables          # the guard that keeps guests off the host, NAT, security groups
+  procps            # sysctl: bridged traffic through the inet hooks, for security groups
   dnsmasq-base      # DHCP (static leases only) on virtpool networks
   python3-venv      # the project's virtualenv
 )

@@ -106,6 +106,14 @@ MATRIX: dict[tuple[str, str], tuple[Cell, Cell, Cell, Cell]] = {
     ("POST", "/networks"):                 ((201, 201), (201, 404), (201, 404), (403, 404)),
     ("GET", "/networks/{name}"):           ((200, 200), (200, 404), (200, 404), (200, 404)),
     ("DELETE", "/networks/{name}"):        ((204, 204), (204, 404), (204, 404), (403, 404)),
+    ("GET", "/secgroups"):                 ((200, 200), (200, 404), (200, 404), (200, 404)),
+    ("POST", "/secgroups"):                ((201, 201), (201, 404), (201, 404), (403, 404)),
+    ("GET", "/secgroups/{name}"):          ((200, 200), (200, 404), (200, 404), (200, 404)),
+    ("DELETE", "/secgroups/{name}"):       ((204, 204), (204, 404), (204, 404), (403, 404)),
+    ("POST", "/secgroups/{name}/rules"):   ((201, 201), (201, 404), (201, 404), (403, 404)),
+    ("DELETE", "/secgroups/{name}/rules/{rule_id}"): ((204, 204), (204, 404), (204, 404), (403, 404)),
+    # The matrix's VMs have no NIC on a network: taking them out of every group is allowed.
+    ("PUT", "/vms/{name}/secgroups"):      ((200, 200), (200, 404), (200, 404), (403, 404)),
     # The matrix's VMs are on a host with no agent: a snapshot or clone of a disk needs one.
     ("GET", "/vms/{name}/snapshots"):      ((503, 503), (503, 404), (503, 404), (503, 404)),
     ("POST", "/vms/{name}/snapshots"):     ((503, 503), (503, 404), (503, 404), (403, 404)),
@@ -130,6 +138,8 @@ class Target:
     token: str
     group: str
     network: str = "none"
+    secgroup: str = "none"
+    rule: str = "none"
 
 
 _counter = itertools.count()
@@ -153,6 +163,8 @@ def path_name(path: str, target: Target) -> str:
         return BIG_HOST
     if path.startswith("/networks/"):
         return target.network
+    if path.startswith("/secgroups/"):
+        return target.secgroup
     return target.vm
 
 
@@ -175,6 +187,9 @@ BODIES: dict[tuple[str, str], Callable[[Target], dict[str, Any]]] = {
     ("PUT", "/pool/settings"): lambda t: {"weigher": "spread"},
     ("POST", "/pool/rebalance"): lambda t: {"threshold_pp": 100},
     ("POST", "/networks"): lambda t: {"name": fresh("net")},
+    ("POST", "/secgroups"): lambda t: {"name": fresh("sg")},
+    ("POST", "/secgroups/{name}/rules"): lambda t: {"direction": "ingress", "proto": "icmp"},
+    ("PUT", "/vms/{name}/secgroups"): lambda t: {"secgroups": []},
     ("POST", "/vms/{name}/snapshots"): lambda t: {"name": "snap"},
     ("POST", "/vms/{name}/clone"): lambda t: {"name": fresh("clone")},
     ("POST", "/vms/{name}/backups"): lambda t: {"target": f"/nonexistent/virtpool-matrix/{fresh('bk')}"},
@@ -201,7 +216,7 @@ class Pool:
         headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         return httpx.Client(base_url=self.url + API, headers=headers, timeout=60)
 
-    def target(self, project: str, with_network: bool = False) -> Target:
+    def target(self, project: str, with_network: bool = False, with_secgroup: bool = False) -> Target:
         """Fresh resources in ``project``; a network only where the cell needs one (a project
         has room for 256 default subnets, fewer than the matrix has cells)."""
         with self.http("pool") as http:
@@ -221,7 +236,17 @@ class Pool:
                 network = fresh("net")
                 response = http.post("/networks", params={"project": project}, json={"name": network})
                 assert response.status_code == 201, response.text
-        return Target(project=project, vm=name, token=token, group=group, network=network)
+            secgroup = rule = "none"
+            if with_secgroup:
+                secgroup = fresh("sg")
+                response = http.post("/secgroups", params={"project": project}, json={"name": secgroup})
+                assert response.status_code == 201, response.text
+                response = http.post(f"/secgroups/{secgroup}/rules", params={"project": project},
+                                     json={"direction": "ingress", "proto": "tcp", "port_min": 22})
+                assert response.status_code == 201, response.text
+                rule = response.json()["id"]
+        return Target(project=project, vm=name, token=token, group=group, network=network,
+                      secgroup=secgroup, rule=rule)
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +276,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterato
 def request(pool: Pool, caller: str, method: str, path: str, target: Target, scoped: bool) -> httpx.Response:
     key = (method, path)
     url = path.replace("{name}", NAME_OVERRIDE.get(key) or path_name(path, target)).replace(
-        "{op_id}", pool.build_op).replace("{snapshot}", "snap")
+        "{op_id}", pool.build_op).replace("{snapshot}", "snap").replace("{rule_id}", target.rule)
     body = BODIES.get(key)
     kwargs: dict[str, Any] = {"params": {**({"project": target.project} if scoped else {}),
                                          **QUERIES.get(key, {})}}
@@ -278,7 +303,8 @@ def cells() -> Iterator[Any]:
 
 @pytest.mark.parametrize(("method", "path", "caller", "side", "expected"), list(cells()))
 def test_cell(pool: Pool, method: str, path: str, caller: str, side: str, expected: int) -> None:
-    target = pool.target("b" if side == "other" else "a", with_network=path.startswith("/networks/"))
+    target = pool.target("b" if side == "other" else "a", with_network=path.startswith("/networks/"),
+                         with_secgroup=path.startswith("/secgroups/"))
     response = request(pool, caller, method, path, target, scoped=side != "pool-wide")
     assert response.status_code == expected, f"{method} {path} as {caller} ({side}): {response.text}"
     if expected >= 400:

@@ -18,10 +18,11 @@ from tests.conftest import Server, make_server, qemu_pids
 _servers = itertools.count()
 
 
-def next_prefix() -> str:
+def next_prefix(base: str = "nw") -> str:
+    """``base`` (the tests' own two letters) + one letter per xdist worker + one per server."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     letters = string.ascii_lowercase
-    return f"nw{letters[int(worker or 0) % 26]}{letters[next(_servers) % 26]}"
+    return f"{base}{letters[int(worker or 0) % 26]}{letters[next(_servers) % 26]}"
 
 
 def prefix_of(server: Server) -> str:

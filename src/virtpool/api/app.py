@@ -22,6 +22,7 @@ from virtpool.api.routes import (
     networks,
     operations,
     projects,
+    secgroups,
     snapshots,
     tokens,
     usage,
@@ -48,7 +49,7 @@ def create_app(pool: Pool) -> FastAPI:
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestTimer, observe=pool.metrics.request_seconds.observe)
     for module in (host, images, usage, vms, snapshots, backups, operations, events, audit_routes, projects, tokens, hosts,
-                   groups, networks, pool_routes, whoami):
+                   groups, networks, secgroups, pool_routes, whoami):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(metrics.router)
     web.install(app)

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "audit": ("virtpool.cli.audit", "app", "Who changed what, and how it ended."),
     "group": ("virtpool.cli.group", "app", "Placement groups: VMs that run apart or together."),
     "network": ("virtpool.cli.network", "app", "Project networks: bridges, VXLAN, addresses."),
+    "secgroup": ("virtpool.cli.secgroup", "app", "Security groups: allow rules for VMs' NICs."),
     "pool": ("virtpool.cli.pool", "app", "The pool as a whole: default weigher, rebalancing."),
     "events": ("virtpool.cli.events", "events", "What the pool did and why."),
     "up": ("virtpool.cli.serve", "up", "Run the platform on this host in the foreground."),

@@ -37,7 +37,7 @@ VM_FLAGS = {"name": "NAME", "image": "--image", "cpus": "--cpus", "memory_mib": 
             "max_memory_mib": "--max-memory", "cpu_cap_pct": "--cpu-cap", "cpu_weight": "--cpu-weight",
             "disk_iops": "--disk-iops", "disk_bps": "--disk-bps", "cpu_affinity": "--cpu-affinity",
             "group": "--group", "required_labels": "--require-label", "weigher": "--weigher",
-            "ports": "--port"}
+            "ports": "--port", "secgroups": "--secgroup"}
 # Beyond a VM's boot timeout, what --wait allows for the rest of a start (spawn, state writes).
 WAIT_MARGIN_S = 30.0
 
@@ -92,6 +92,8 @@ def create(
         help="rank hosts by spread, pack or balanced (default: the pool's)")] = None,
     network: Annotated[list[str] | None, typer.Option(
         help="a NIC on this network: NAME or NAME,ip=ADDRESS; repeat for several")] = None,
+    secgroup: Annotated[list[str] | None, typer.Option(
+        help="a security group filtering its NICs; repeat for several")] = None,
     boot_timeout: Annotated[float | None, typer.Option(
         help="seconds its boots may take to answer the guest agent (default: the image's)")] = None,
     start: Annotated[bool, typer.Option("--start", help="boot it at once")] = False,
@@ -127,7 +129,8 @@ def create(
         vm = api.create_vm(name, image=image, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib,
                            ports=forwards, kernel_args=kernel_args, accel=accel, start=start,
                            group=group, required_labels=parse_labels(require_label or []),
-                           weigher=weigher, networks=network or [], **limits)
+                           weigher=weigher, networks=network or [], secgroups=secgroup or [],
+                           **limits)
         if start:
             _follow(api, vm, VMState.RUNNING, wait, wait_timeout, json)
             return
@@ -182,8 +185,33 @@ def show(name: VMName, json: JsonFlag = False) -> None:
         ("created", vm.created_at), ("error", vm.error or "-"),
     ])
     if vm.nics:
+        output.fields([("security groups", ", ".join(vm.secgroups) or "- (the network's default)")])
         output.table(["NIC", "NETWORK", "MAC", "ADDRESS"],
                      [(f"net{i}", n.network, n.mac, n.address) for i, n in enumerate(vm.nics)])
+
+
+@app.command("set")
+def set_(
+    name: VMName,
+    secgroup: Annotated[list[str] | None, typer.Option(
+        help="its security groups become these (repeat for several); applied live")] = None,
+    no_secgroup: Annotated[bool, typer.Option(
+        "--no-secgroup", help="take it out of every security group")] = False,
+    json: JsonFlag = False,
+) -> None:
+    """Change a VM's settings while it runs: its security groups.
+
+    Example:
+
+        virtpool vm set web --secgroup web --secgroup ssh
+    """
+    if no_secgroup == bool(secgroup):
+        output.fail("give --secgroup NAME (repeatable) or --no-secgroup", code=output.EXIT_USAGE)
+    with output.errors(VM_FLAGS):
+        vm = client().set_vm_secgroups(name, secgroup or [])
+    if json:
+        return output.emit_json(vm)
+    output.print_line(f"VM '{vm.name}' security groups: {', '.join(vm.secgroups) or 'none'}")
 
 
 def _action(name: str, action: str, wanted: VMState, wait: bool, wait_timeout: float,

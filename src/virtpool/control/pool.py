@@ -31,6 +31,7 @@ from virtpool.control.idempotency import IdempotentCreates
 from virtpool.control.images import ImageService
 from virtpool.control.interrupted_creates import cut_off_creates, settle_cut_off
 from virtpool.control.networks import NetworkService
+from virtpool.control.secgroups import SecGroupService
 from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
 from virtpool.control.metrics import ControlPlaneMetrics, PoolCollector, Scrape
 from virtpool.control.operations import OperationService
@@ -93,6 +94,7 @@ class Pool:
         self.hosts = HostService(sessions, self.placer, socket.gethostname(), self.events)
         self.groups = GroupService(sessions)
         self.networks = NetworkService(sessions)
+        self.secgroups = SecGroupService(sessions)
         self.rebalancer = Rebalancer(sessions)
         # The pool CA (made on the first start) and the control plane's client certificate.
         self.ca = CertificateAuthority.load_or_create(config.data_dir / "pki")
@@ -105,7 +107,8 @@ class Pool:
         self.images = ImageService(sessions, images or self.agent, self.operations)
         self.vms = VMService(sessions, self.agents, images=self.images,
                              boot_timeout=config.boot_timeout, events=self.events, placer=self.placer,
-                             networks=self.networks)
+                             networks=self.networks, secgroups=self.secgroups)
+        self.secgroups.on_change = self.vms.converge_all_networks
         self.snapshots = SnapshotService(self.vms, self.events)
         self.backups = BackupService(self.vms, self.events)
         self.clones = CloneService(self.vms, self.events)

@@ -12,6 +12,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from virtpool.model.names import NAME_RULE, valid_name
+from virtpool.model.secgroup import NicFirewall
 
 DEFAULT_SUBNET_POOL = ipaddress.IPv4Network("10.20.0.0/16")  # /24s handed out when none is given
 MIN_PREFIX, MAX_PREFIX = 16, 29  # a gateway, a DHCP range and room for VMs; no bigger than /16
@@ -165,6 +166,8 @@ class HostNic(BaseModel):
     address: str
     slot: int = Field(ge=0, description="the VM's number on its host: its QEMU user, the only "
                       "one who may open the tap, follows from it")
+    firewall: NicFirewall | None = Field(default=None, description="the rules of its VM's "
+                                         "security groups; None: the network's default")
 
     @field_validator("mac")
     @classmethod

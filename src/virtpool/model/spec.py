@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from virtpool.model.names import NAME_PATTERN, NAME_RULE, valid_name
 from virtpool.model.network import NicRequest
+from virtpool.model.secgroup import MAX_GROUPS_PER_VM, check_group_names
 
 __all__ = ["NAME_PATTERN", "NAME_RULE", "valid_name"]  # where the rest of virtpool finds them
 
@@ -91,6 +92,10 @@ class VMSpec(BaseModel):
         default_factory=list, max_length=8,
         description="a NIC on each of these networks of the project (default: one NIC on the "
                     "host's user-mode network, which --port forwards to)")
+    secgroups: list[str] = Field(
+        default_factory=list, max_length=MAX_GROUPS_PER_VM,
+        description="security groups of the project filtering its NICs (default: none, the "
+                    "network's default: ingress from the same network only)")
 
     @field_validator("name", "image")
     @classmethod
@@ -98,6 +103,18 @@ class VMSpec(BaseModel):
         if not valid_name(value):
             raise ValueError(f"'{value}' is not a valid name: {NAME_RULE}")
         return value
+
+    @field_validator("secgroups")
+    @classmethod
+    def _check_secgroups(cls, value: list[str]) -> list[str]:
+        return check_group_names(value)
+
+    @model_validator(mode="after")
+    def _check_secgroups_need_networks(self) -> VMSpec:
+        if self.secgroups and not self.networks:
+            raise ValueError("security groups filter NICs on virtual networks; give a --network "
+                             "too, or leave the security groups out")
+        return self
 
     @field_validator("kernel_args")
     @classmethod

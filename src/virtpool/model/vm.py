@@ -43,6 +43,7 @@ class VMInfo(BaseModel):
     disk_bps: int | None
     cpu_affinity: list[int] | None = None
     nics: list[NicView] = []
+    secgroups: list[str] = Field(default_factory=list, description="its security groups")
     state: VMState
     error: str | None
     host: str

@@ -24,6 +24,7 @@ from virtpool.model.network import NetworkView, NicRequest
 from virtpool.model.inventory import GroupView, HostView, PoolSettings, RebalanceView
 from virtpool.model.operation import Operation
 from virtpool.model.project import ProjectInfo, QuotaResult
+from virtpool.model.secgroup import RuleView, SecGroupView, parse_ports
 from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
@@ -280,7 +281,8 @@ class Client:
                   disk_mib: int = ..., ports: Iterable[PortForward | str] = ..., kernel_args: str = ...,
                   accel: str = ..., start: Literal[False] = ..., group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
-                  networks: Iterable[str] = ..., idempotency_key: str | None = ...,
+                  networks: Iterable[str] = ..., secgroups: Iterable[str] = ...,
+                  idempotency_key: str | None = ...,
                   **limits: int | list[int] | None) -> VMInfo: ...
 
     @overload
@@ -288,7 +290,8 @@ class Client:
                   disk_mib: int = ..., ports: Iterable[PortForward | str] = ..., kernel_args: str = ...,
                   accel: str = ..., start: Literal[True], group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
-                  networks: Iterable[str] = ..., idempotency_key: str | None = ...,
+                  networks: Iterable[str] = ..., secgroups: Iterable[str] = ...,
+                  idempotency_key: str | None = ...,
                   **limits: int | list[int] | None) -> Operation: ...
 
     def create_vm(self, name: str, *, image: str = "default", cpus: int = 1, memory_mib: int = 256,
@@ -296,13 +299,14 @@ class Client:
                   kernel_args: str = "", accel: str = "auto", start: bool = False,
                   group: str | None = None, required_labels: dict[str, str] | None = None,
                   weigher: str | None = None, networks: Iterable[str] = (),
-                  idempotency_key: str | None = None,
+                  secgroups: Iterable[str] = (), idempotency_key: str | None = None,
                   **limits: int | list[int] | None) -> VMInfo | Operation:
         """Create a VM and return it; with ``start``, create and boot it and return the
         operation to follow. ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight,
         disk_iops, disk_bps and cpu_affinity (a list of host CPUs). ``group``,
         ``required_labels`` and ``weigher`` say where it may run and how hosts are ranked for it.
         ``networks``: a NIC on each, written as for the CLI: "lan" or "lan,ip=10.20.0.5".
+        ``secgroups``: security groups of the project filtering those NICs.
 
         The request carries an Idempotency-Key (``idempotency_key``, or a fresh UUID), and is
         sent again with it when the connection fails: the server answers a retry with what the
@@ -314,6 +318,7 @@ class Client:
             "disk_mib": disk_mib, "kernel_args": kernel_args, "accel": accel, "start": start,
             "ports": [(PortForward.parse(p) if isinstance(p, str) else p).model_dump() for p in ports],
             "networks": [NicRequest.fields(n) for n in networks],
+            "secgroups": list(secgroups),
         }
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         for pause in (*CREATE_RETRY_PAUSES_S, None):
@@ -521,6 +526,45 @@ class Client:
 
     def delete_network(self, name: str) -> None:
         self._call("DELETE", f"/networks/{name}")
+
+    # -- security groups ----------------------------------------------------------------
+
+    def secgroups(self) -> list[SecGroupView]:
+        return [SecGroupView.model_validate(g) for g in self._call("GET", "/secgroups").json()]
+
+    def secgroup(self, name: str) -> SecGroupView:
+        return SecGroupView.model_validate(self._call("GET", f"/secgroups/{name}").json())
+
+    def create_secgroup(self, name: str) -> SecGroupView:
+        return SecGroupView.model_validate(self._call("POST", "/secgroups",
+                                                      json={"name": name}).json())
+
+    def delete_secgroup(self, name: str) -> None:
+        self._call("DELETE", f"/secgroups/{name}")
+
+    def add_secgroup_rule(self, name: str, direction: str, proto: str, *,
+                          ports: str | None = None, remote_cidr: str | None = None,
+                          remote_group: str | None = None) -> RuleView:
+        """Add an allow rule: ``direction`` ingress or egress, ``proto`` tcp, udp or icmp,
+        ``ports`` "22" or "8000-8100", the other side a CIDR or a group (neither: anywhere)."""
+        body: dict[str, Any] = {"direction": direction, "proto": proto,
+                                "remote_cidr": remote_cidr, "remote_group": remote_group}
+        if ports is not None:
+            try:
+                body["port_min"], body["port_max"] = parse_ports(ports)
+            except ValueError as err:
+                raise InvalidRequest(422, "invalid request", str(err),
+                                     hint="e.g. 22 or 8000-8100") from None
+        return RuleView.model_validate(self._call("POST", f"/secgroups/{name}/rules",
+                                                  json=body).json())
+
+    def remove_secgroup_rule(self, name: str, rule_id: str) -> None:
+        self._call("DELETE", f"/secgroups/{name}/rules/{rule_id}")
+
+    def set_vm_secgroups(self, vm: str, secgroups: Iterable[str]) -> VMInfo:
+        """Put ``vm`` in exactly these groups (none: the network's default), applied live."""
+        return VMInfo.model_validate(self._call("PUT", f"/vms/{vm}/secgroups",
+                                                json={"secgroups": list(secgroups)}).json())
 
     def pool_settings(self) -> PoolSettings:
         return PoolSettings.model_validate(self._call("GET", "/pool/settings").json())

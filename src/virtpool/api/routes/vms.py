@@ -42,6 +42,7 @@ from virtpool.control.pool import Pool
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
 from virtpool.model.errors import Conflict, InvalidRequest, VirtpoolError
 from virtpool.model.roles import Access, check_access
+from virtpool.model.secgroup import VMSecGroups
 from virtpool.model.spec import ExecOutput, ExecResult, Resize, VMSpec
 from virtpool.model.states import VMState
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
@@ -187,6 +188,16 @@ def resume_vm(name: str, pool: PoolDep, scope: Operator) -> VMInfo:
              "vCPUs at the next boot")
 def resize_vm(name: str, body: Resize, pool: PoolDep, scope: Operator) -> ResizeResult:
     return pool.vms.resize(_vm_id(pool, scope, name), body)
+
+
+@router.put("/{name}/secgroups", response_model=VMInfo,
+            summary="Set a VM's security groups (the whole list; empty: none), applied live")
+def set_vm_secgroups(name: str, body: VMSecGroups, request: Request, pool: PoolDep,
+                     scope: Operator) -> VMInfo:
+    request.state.audit_target = name
+    vm_id = _vm_id(pool, scope, name)
+    pool.secgroups.set_vm(scope.project, vm_id, body.secgroups)
+    return pool.vms.get(vm_id)
 
 
 @router.get("/{name}/stats", response_model=VMStats)

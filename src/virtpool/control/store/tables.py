@@ -207,6 +207,10 @@ class VMRow(Base):
     nics: Mapped[list[NicRow]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="NicRow.position"
     )
+    # Its security groups by name, in the order they were given (never written through).
+    secgroups: Mapped[list[SecGroupRow]] = relationship(
+        "SecGroupRow", secondary="vm_secgroups", order_by="VMSecGroupRow.position",
+        lazy="selectin", viewonly=True)
 
 
 class PortRow(Base):
@@ -367,6 +371,56 @@ class NicRow(Base):
     address: Mapped[str] = mapped_column(String(15))
 
     network: Mapped[NetworkRow] = relationship(lazy="selectin")
+
+
+class SecGroupRow(Base):
+    """A security group of one project: allow rules for the NICs of its VMs."""
+
+    __tablename__ = "secgroups"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_secgroups_project_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    rules: Mapped[list[SecGroupRuleRow]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="SecGroupRuleRow.created_at",
+        foreign_keys="SecGroupRuleRow.secgroup_id")
+
+
+class SecGroupRuleRow(Base):
+    """One allow rule. Its other side is a CIDR, another group of the project, or neither
+    (anywhere). A group named by a rule cannot go (NO ACTION rather than RESTRICT: a project's
+    deletion removes both in one statement)."""
+
+    __tablename__ = "secgroup_rules"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secgroup_id: Mapped[str] = mapped_column(ForeignKey("secgroups.id", ondelete="CASCADE"),
+                                             index=True)
+    direction: Mapped[str] = mapped_column(String(7))
+    proto: Mapped[str] = mapped_column(String(4))
+    port_min: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    port_max: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    remote_cidr: Mapped[str | None] = mapped_column(String(18), nullable=True)
+    remote_group_id: Mapped[str | None] = mapped_column(
+        ForeignKey("secgroups.id"), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    remote_group: Mapped[SecGroupRow | None] = relationship(
+        lazy="selectin", foreign_keys=[remote_group_id])
+
+
+class VMSecGroupRow(Base):
+    """A VM in a security group (its every NIC is filtered by the group's rules)."""
+
+    __tablename__ = "vm_secgroups"
+
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), primary_key=True)
+    secgroup_id: Mapped[str] = mapped_column(ForeignKey("secgroups.id"),
+                                             primary_key=True, index=True)
+    position: Mapped[int] = mapped_column(Integer)
 
 
 

@@ -31,8 +31,9 @@ from virtpool.control.agents.registry import AgentRegistry
 from virtpool.control.detached import NoAgentAttached
 from virtpool.control.events import EventLog
 from virtpool.control.networks import NetworkService
+from virtpool.control.secgroups import SecGroupService
 from virtpool.control.placement import Placed, Placer, claim_delta
-from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, PortRow, VMRow, utcnow
+from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, NicRow, PortRow, VMRow, utcnow
 from virtpool.control.vms import admission, reconcile
 from virtpool.control.vms.records import held as _held
 from virtpool.control.vms.records import info as _info
@@ -80,12 +81,14 @@ class VMService:
         events: EventLog | None = None,
         placer: Placer | None = None,
         networks: NetworkService | None = None,
+        secgroups: SecGroupService | None = None,
     ) -> None:
         self._sessions = sessions
         self._agents = agents
         self._images = images
         self.local_host = agents.local_name
         self._networks = networks or NetworkService(sessions)
+        self._secgroups = secgroups or SecGroupService(sessions)
         self._net_lock = threading.Lock()
         self._placer = placer or Placer()
         self.boot_timeout = boot_timeout
@@ -222,6 +225,8 @@ class VMService:
         admission.check_ports_recorded(self._sessions, spec.ports, vm_id=None, project_id=project_id)
         vm_id = uuid.uuid4().hex
         host = self._insert(vm_id, spec, project_id)
+        if spec.secgroups:
+            self.converge_all_networks()  # a new member: rules naming its groups take it in
         agent = self._agent_or_none(host)
         if agent is not None:
             try:
@@ -270,6 +275,8 @@ class VMService:
                     if spec.networks:
                         session.flush()  # the NICs' foreign key needs the VM's row
                         self._networks.add_nics(session, project_id, vm_id, spec.networks)
+                    if spec.secgroups:
+                        self._secgroups.attach(session, project_id, vm_id, spec.secgroups)
                 return placed.host
             except IntegrityError as err:
                 with self._sessions() as session:
@@ -496,7 +503,10 @@ class VMService:
                 self._record_failure(vm, f"delete failed: {err}; it is finished when the host is back")
                 raise
         self._remove_row(vm.id)
-        if vm.nics:
+        if vm.secgroups:
+            # A member gone: rules naming its groups let it go, and its own host drops its taps.
+            self.converge_all_networks(also={vm.host})
+        elif vm.nics:
             self._converge_quietly(vm.host)
 
     # -- networks -------------------------------------------------------------------------
@@ -509,16 +519,28 @@ class VMService:
                 active = set(session.scalars(select(VMRow.id).where(
                     VMRow.host == host,
                     VMRow.state.in_([s.value for s in ACTIVE]))))
-            self._agents.for_host(host).converge_networks(
-                self._networks.host_input(host, active | set(also)))
+            desired = self._networks.host_input(host, active | set(also))
+            self._agents.for_host(host).converge_networks(self._secgroups.with_firewalls(desired))
+
+    def converge_all_networks(self, also: set[str] | frozenset[str] = frozenset()) -> None:
+        """Converge every host with running VMs on networks (and the hosts ``also``): security
+        groups changed, and any NIC anywhere may filter by them. A host out of reach gets them
+        at its reconcile."""
+        with self._sessions() as session:
+            hosts = set(session.scalars(
+                select(VMRow.host).join(NicRow, NicRow.vm_id == VMRow.id)
+                .where(VMRow.state.in_([s.value for s in ACTIVE]))))
+        for host in sorted(hosts | set(also)):
+            self._converge_quietly(host)
 
     def _converge_quietly(self, host: str) -> None:
-        # After a VM stopped: its taps go. A failure here must not undo the stop; the next
-        # converge (any start, stop or restart of the platform) removes them.
+        # After a VM stopped (its taps go) or security groups changed. A failure here must not
+        # undo what was recorded; the next converge (any start, stop or restart of the
+        # platform, the host's reconcile) gets there.
         try:
             self.converge_networks(host)
         except Exception:
-            log.exception("network converge of host %s after a VM stopped failed", host)
+            log.exception("network converge of host %s failed; its next converge retries", host)
 
     # -- guest ----------------------------------------------------------------------------
 

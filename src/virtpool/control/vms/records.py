@@ -26,6 +26,7 @@ def info(row: VMRow) -> VMInfo:
         cpu_cap_pct=row.cpu_cap_pct, cpu_weight=row.cpu_weight, disk_iops=row.disk_iops,
         disk_bps=row.disk_bps, cpu_affinity=row.cpu_affinity, state=VMState(row.state), error=row.error,
         nics=[NicView(network=n.network.name, mac=n.mac, address=n.address) for n in row.nics],
+        secgroups=[g.name for g in row.secgroups],
         host=row.host, created_at=row.created_at, updated_at=row.updated_at,
         started_at=row.started_at,
         address=row.nics[0].address if row.nics else (
@@ -48,5 +49,6 @@ def spec(vm: VMInfo) -> VMSpec:
         max_memory_mib=vm.max_memory_mib, cpu_cap_pct=vm.cpu_cap_pct, cpu_weight=vm.cpu_weight,
         disk_iops=vm.disk_iops, disk_bps=vm.disk_bps, cpu_affinity=vm.cpu_affinity,
         networks=[NicRequest(network=n.network, ip=n.address) for n in vm.nics],
+        secgroups=vm.secgroups,
         boot_timeout_s=vm.boot_timeout_s,
     )

@@ -9,6 +9,7 @@ applies inside a network namespace (a second "host" on one machine in the tests)
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 from virtpool.model.errors import OperationFailed
 from virtpool.node.net import dhcp, nft
 from virtpool.node.net.plan import VXLAN_PORT, BridgePlan, HostPlan, TapPlan, nft_commands
+from virtpool.node.net.secgroups import secgroup_commands
 
 ZERO_MAC = "00:00:00:00:00:00"
+BRIDGE_NF_SYSCTL = "net.bridge.bridge-nf-call-iptables"
 
 
 class NetworkApplier:
@@ -50,7 +53,10 @@ class NetworkApplier:
             raise OperationFailed(f"the kernel refused a network device change: {err}",
                                   hint="virtual networks need root and the bridge, vxlan and "
                                        "tun kernel modules") from err
-        nft.apply(nft_commands(plan), netns=self.netns)
+        if any(b.taps for b in plan.bridges):
+            bridged_traffic_is_filtered(self.netns)
+        # One transaction: a NIC is never without its security groups, not even for a moment.
+        nft.apply(nft_commands(plan) + secgroup_commands(plan), netns=self.netns)
         dhcp.stop_all_except({b.name for b in plan.bridges}, self.state_dir)
         for bridge in plan.bridges:
             dhcp.converge(bridge, self.state_dir, self.netns)
@@ -114,6 +120,19 @@ class NetworkApplier:
             options.update(uid=tap.uid, gid=tap.uid)
         index = _ensure(ipr, tap.name, kind="tuntap", **options)
         ipr.link("set", index=index, mtu=mtu, master=master, state="up")
+
+
+def bridged_traffic_is_filtered(netns: str | None) -> None:
+    """Make bridged IPv4 pass the inet hooks (br_netfilter), where security groups filter it
+    statefully (secgroups.py says why there); refuse when the host cannot."""
+    argv = ["sysctl", "-q", "-w", f"{BRIDGE_NF_SYSCTL}=1"]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise OperationFailed(f"cannot filter bridged traffic: {done.stderr.strip()}",
+                              hint="security groups need br_netfilter: `modprobe br_netfilter` "
+                                   "as root, then try again")
 
 
 def _ensure(ipr: Any, name: str, **options: Any) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from virtpool.model.network import HostNetworkInput, gateway_of
+from virtpool.model.secgroup import NicFirewall
 
 IFNAMSIZ = 15
 VXLAN_PORT = 4789
@@ -27,6 +28,7 @@ class TapPlan:
     mac: str
     address: str
     uid: int | None  # None: any user may attach (an agent not running as root)
+    firewall: NicFirewall | None = None  # its VM's security groups; None: the network's default
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ def host_plan(desired: HostNetworkInput, prefix: str,
         subnet = ipaddress.IPv4Network(network.subnet)
         nics = [n for n in desired.nics if n.vni == network.vni]
         taps = tuple(TapPlan(name=tap_name(prefix, n.nic_id), vm_id=n.vm_id, position=n.position,
-                             mac=n.mac, address=n.address, uid=uid_of_slot(n.slot))
+                             mac=n.mac, address=n.address, uid=uid_of_slot(n.slot),
+                             firewall=n.firewall)
                      for n in nics)
         bridges.append(BridgePlan(
             name=bridge_name(prefix, network.vni), vni=network.vni,
