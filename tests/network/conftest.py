@@ -32,8 +32,15 @@ def prefix_of(server: Server) -> str:
 
 @pytest.fixture(scope="module")
 def net_server(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
-    prefix = next_prefix()
-    srv = make_server(tmp_path_factory, image_cache, "netpool", boot_timeout=150.0,
+    yield from server_with_prefix(tmp_path_factory, image_cache, "nw", "netpool")
+
+
+def server_with_prefix(tmp_path_factory: pytest.TempPathFactory, image_cache: Path, base: str,
+                       name: str) -> Iterator[Server]:
+    """A `virtpool up` whose devices and tables are named ``base`` + two letters, removed
+    (with its guard table) when the generator is closed."""
+    prefix = next_prefix(base)
+    srv = make_server(tmp_path_factory, image_cache, name, boot_timeout=150.0,
                       extra_args=("--net-prefix", prefix))
     yield srv
     srv.cleanup()

@@ -1,9 +1,9 @@
 """Security groups with two real VMs on one real network (bridge, taps, nftables), reused by
-every case in order: without groups the network gets in and the host does not; a rule opens
-and then closes a TCP port on a running VM; a CIDR rule lets in exactly that address;
---from-group follows its members; egress rules restrict egress; the rules survive a restart
-of the platform (agent included), which also heals them when they were removed by hand;
-deleting groups, and VMs while in one, leaves no rule, table or device.
+every case (each starts with no group at all): without groups the network gets in and the host
+does not; a rule opens and then closes a TCP port on a running VM; a CIDR rule lets in exactly
+that address; --from-group follows its members; egress rules restrict egress; the rules survive
+a restart of the platform (agent included), which also heals them when they were removed by
+hand; deleting groups, and VMs while in one, leaves no rule, table or device.
 
 Whether a probe was let through is read in the guest: a TCP probe must get the listener's
 answer, and a dropped one must time out (a refusal would mean no listener, not a drop). ICMP
@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server, make_server, qemu_pids, wait_for
-from tests.network.conftest import next_prefix, prefix_of
+from tests.conftest import Server, wait_for
+from tests.network.conftest import prefix_of, server_with_prefix
 from tests.network.test_vm_networks import our_devices, sh
 from virtpool.sdk import Client
 
@@ -32,13 +32,8 @@ PORTS = (7000, 7001)
 
 @pytest.fixture(scope="module")
 def sg_server(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
-    prefix = next_prefix("sg")
-    srv = make_server(tmp_path_factory, image_cache, "sgpool", boot_timeout=150.0,
-                      extra_args=("--net-prefix", prefix))
-    yield srv
-    srv.cleanup()
-    assert qemu_pids(srv.data_dir) == [], "QEMU processes outlived their server's cleanup"
-    subprocess.run(["nft", "delete", "table", "inet", f"{prefix}guard"], check=True)
+    # Its own prefix: other network tests may run on this machine at the same time.
+    yield from server_with_prefix(tmp_path_factory, image_cache, "sg", "sgpool")
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +52,29 @@ def pair(sg_server: Server) -> dict[str, str]:
             sh(api, vm, f"( while true; do echo ok-{vm}-{port} | nc -l -p {port}; done ) "
                         "</dev/null >/dev/null 2>&1 &")
     return addresses
+
+
+@pytest.fixture(autouse=True)
+def no_groups(pair: dict[str, str], sg_server: Server) -> None:
+    """Each case starts with no group at all (cases may run apart, on other xdist workers)."""
+    api = sg_server.api()
+    for vm in ("a", "b"):
+        if api.vm(vm).secgroups:
+            api.set_vm_secgroups(vm, [])
+    groups = api.secgroups()
+    for group in groups:
+        for rule in group.rules:
+            api.remove_secgroup_rule(group.name, rule.id)
+    for group in groups:
+        api.delete_secgroup(group.name)
+
+
+def web_group(api: Client, *rules: dict[str, Any]) -> None:
+    """Group 'web' with ``rules``, and b in it."""
+    api.create_secgroup("web")
+    for rule in rules:
+        api.add_secgroup_rule("web", **rule)
+    api.set_vm_secgroups("b", ["web"])
 
 
 def connects(api: Client, client: str, address: str, port: int) -> bool:
@@ -139,6 +157,7 @@ def test_a_rule_opens_then_closes_a_port_on_a_running_vm(sg_server: Server, pair
 
 def test_a_cidr_rule_lets_in_that_address_only(sg_server: Server, pair: dict[str, str]) -> None:
     api = sg_server.api()
+    web_group(api)
     rule = api.add_secgroup_rule("web", "ingress", "icmp", remote_cidr=f"{GATEWAY}/32")
     assert host_pings_reach(api, "b", pair["b"])  # the host's address is in the rule
     assert sh(api, "a", f"ping -c 2 -W 2 {pair['b']}")[0] != 0  # a's is not
@@ -148,6 +167,7 @@ def test_a_cidr_rule_lets_in_that_address_only(sg_server: Server, pair: dict[str
 
 def test_from_group_follows_the_groups_members(sg_server: Server, pair: dict[str, str]) -> None:
     api = sg_server.api()
+    web_group(api)
     api.create_secgroup("clients")
     api.add_secgroup_rule("web", "ingress", "tcp", ports="7000", remote_group="clients")
     assert dropped(api, "a", pair["b"], 7000)  # clients has no members yet
@@ -163,6 +183,8 @@ def test_from_group_follows_the_groups_members(sg_server: Server, pair: dict[str
 
 def test_egress_rules_restrict_egress(sg_server: Server, pair: dict[str, str]) -> None:
     api = sg_server.api()
+    web_group(api)
+    assert connects(api, "b", pair["a"], 7000)  # egress is open while no rule restricts it
     rule = api.add_secgroup_rule("web", "egress", "tcp", ports="7001",
                                  remote_cidr=f"{pair['a']}/32")
     assert connects(api, "b", pair["a"], 7001)
@@ -173,7 +195,7 @@ def test_egress_rules_restrict_egress(sg_server: Server, pair: dict[str, str]) -
 
 def test_rules_survive_a_restart_which_heals_them(sg_server: Server, pair: dict[str, str]) -> None:
     api = sg_server.api()
-    api.add_secgroup_rule("web", "ingress", "tcp", ports="7000")
+    web_group(api, {"direction": "ingress", "proto": "tcp", "ports": "7000"})
     assert connects(api, "a", pair["b"], 7000) and dropped(api, "a", pair["b"], 7001)
     before = {family: ruleset(sg_server, family) for family in ("inet", "bridge")}
     assert before["inet"] is not None and before["bridge"] is not None
@@ -191,10 +213,13 @@ def test_rules_survive_a_restart_which_heals_them(sg_server: Server, pair: dict[
 
 def test_deleting_leaves_no_rule_and_no_table(sg_server: Server, pair: dict[str, str]) -> None:
     api = sg_server.api()
+    web_group(api, {"direction": "ingress", "proto": "tcp", "ports": "7000"},
+              {"direction": "egress", "proto": "icmp"})
+    assert "out_" in subprocess.run(["nft", "list", "table", "inet", f"{prefix_of(sg_server)}sg"],
+                                    capture_output=True, text=True, check=True).stdout
     assert sg_server.cli("vm", "set", "b", "--no-secgroup").returncode == 0
-    for group in ("web", "clients"):
-        deleted = sg_server.cli("secgroup", "delete", group)
-        assert deleted.returncode == 0, deleted.stderr
+    deleted = sg_server.cli("secgroup", "delete", "web")
+    assert deleted.returncode == 0, deleted.stderr
     text = subprocess.run(["nft", "list", "table", "inet", f"{prefix_of(sg_server)}sg"],
                           capture_output=True, text=True, check=True).stdout
     # No rule of the groups is left: b has the network's default again, as a has.
