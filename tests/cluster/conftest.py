@@ -21,6 +21,7 @@ import pytest
 from tests.cluster.harness import GATEWAY, HOST_NAMES, NETWORK, Lab, NetnsHost
 from tests.conftest import link_image, passable, wait_for
 from tests.postgres import create_database, postgres_server
+from virtpool.model.layout import API_CA_FILE
 from virtpool.sdk import Client
 
 VIRTPOOL = str(Path(sys.executable).parent / "virtpool")
@@ -60,13 +61,19 @@ class Node:
         if sig in (signal.SIGKILL, signal.SIGTERM):
             self.proc.wait(timeout=30)
 
+    @property
+    def ca(self) -> Path | None:
+        """The CA of the API's certificate: a host's API listens beyond loopback, so HTTPS."""
+        ca = self.data_dir / API_CA_FILE
+        return ca if self.url.startswith("https://") else None
+
     def api(self, timeout: float = 30) -> Client:
         assert self.token is not None
-        return Client(self.url, self.token, timeout=timeout)
+        return Client(self.url, self.token, timeout=timeout, ca=self.ca)
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "VIRTPOOL_URL": self.url, "VIRTPOOL_TOKEN": self.token or "",
-               "COLUMNS": "300"}
+               "COLUMNS": "300", **({"VIRTPOOL_CA": str(self.ca)} if self.ca else {})}
         return subprocess.run([VIRTPOOL, *args], env=env, capture_output=True, text=True,
                               timeout=timeout)
 

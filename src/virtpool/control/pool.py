@@ -134,6 +134,10 @@ class Pool:
         names = sorted({host, "127.0.0.1", "localhost", socket.gethostname()} - {"0.0.0.0", "::", ""})
         return self.ca.issue("listener", f"{CONTROL_PLANE_CN}-listener", names, client=False, server=True)
 
+    def api_cert(self, names: list[str]) -> Files:
+        """The API's server certificate (HTTPS beyond loopback), for the names it answers to."""
+        return self.ca.issue("api", "virtpool-api", names, client=False, server=True)
+
     def agent_joined(self, host: str) -> None:
         """An agent (re)started on ``host``: drive it afresh, follow its events, reconcile."""
         self.agents.forget(host)
