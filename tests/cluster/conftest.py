@@ -114,20 +114,26 @@ def cluster_db(lab: Lab) -> Iterator[str]:
         yield url
 
 
-def up_node(lab: Lab, host: NetnsHost, db_url: str, image_cache: Path | None) -> Node:
+def _passphrase(first: Node | None) -> list[str]:
+    """The pool CA's passphrase, made by the pool's first server: every further one needs it."""
+    return [] if first is None else ["--ca-passphrase-file", str(first.data_dir / "pki" / "ca.passphrase")]
+
+
+def up_node(lab: Lab, host: NetnsHost, db_url: str, image_cache: Path | None,
+            first: Node | None = None) -> Node:
     (host.data_dir / "images").mkdir(exist_ok=True)
     if image_cache is not None and not (host.data_dir / "images" / "default").exists():
         link_image(image_cache, host.data_dir)
     return Node(lab, host.data_dir, [
         VIRTPOOL, "up", "--data-dir", str(host.data_dir), "--listen", f"{host.address}:0",
-        "--db", db_url, "--no-build", "--boot-timeout", "120"], host)
+        "--db", db_url, "--no-build", "--boot-timeout", "120", *_passphrase(first)], host)
 
 
-def server_node(lab: Lab, name: str, db_url: str) -> Node:
+def server_node(lab: Lab, name: str, db_url: str, first: Node | None = None) -> Node:
     data_dir = lab.root / name
     data_dir.mkdir(mode=0o700, exist_ok=True)
     return Node(lab, data_dir, [VIRTPOOL, "server", "--data-dir", str(data_dir),
-                                "--listen", "127.0.0.1:0", "--db", db_url])
+                                "--listen", "127.0.0.1:0", "--db", db_url, *_passphrase(first)])
 
 
 @pytest.fixture(scope="session")
@@ -135,10 +141,12 @@ def cluster(lab: Lab, cluster_db: str, image_cache: Path) -> Iterator[Cluster]:
     passable(lab.root)
     db = create_database(cluster_db, "pool")
     on_bridge = db.replace("@127.0.0.1:", f"@{GATEWAY}:")
-    # One at a time: the first migrates the schema and makes the admin token.
-    hosts = [up_node(lab, h, on_bridge, image_cache).start() for h in lab.hosts]
+    # One at a time: the first migrates the schema and makes the admin token and the pool CA.
+    hosts: list[Node] = []
+    for h in lab.hosts:
+        hosts.append(up_node(lab, h, on_bridge, image_cache, hosts[0] if hosts else None).start())
     token = (hosts[0].data_dir / "admin.token").read_text().strip()
-    control = server_node(lab, "control", db).start()
+    control = server_node(lab, "control", db, hosts[0]).start()
     for node in (*hosts, control):
         node.token = token
     cluster = Cluster(lab, on_bridge, hosts, control)

@@ -58,6 +58,7 @@ class ServeOptions:
     # beyond loopback (where it serves HTTPS only), plain HTTP on loopback.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    ca_passphrase_file: Path | None = None  # the pool CA's (control/ca_store.py)
 
     def agent_address(self) -> tuple[str, int]:
         if self.agent_listen is not None:
@@ -128,7 +129,8 @@ def open_pool(options: ServeOptions) -> Pool:
         net_prefix=options.net_prefix)
     config = PoolConfig(data_dir=options.data_dir, db_url=options.db_url,
                         boot_timeout=options.boot_timeout, memory=options.memory,
-                        control_only=options.control_only)
+                        control_only=options.control_only,
+                        ca_passphrase_file=options.ca_passphrase_file)
     # Without an agent here, the pool's images live in the control plane's own store.
     images = ImageCatalog(options.data_dir / "images") if agent is None else None
     return Pool(config, agent, images)

@@ -51,12 +51,10 @@ def add(
                              "then add again with --accept-certificate")
         if not typer.confirm("Is this the server's certificate (compare with what it printed at start)?"):
             output.fail("not pinned: the certificate was not accepted")
-    with output.errors():
-        try:
-            remotes.add(remotes.Remote(name=name, url=base, fingerprint=fingerprint, token=token),
-                        tls.pem(der))
-        except remotes.RemoteError as err:
-            output.fail(str(err))
+    try:
+        remotes.add(remotes.Remote(name=name, url=base, fingerprint=fingerprint, token=token), tls.pem(der))
+    except remotes.RemoteError as err:
+        output.fail(str(err))
     if json:
         return output.emit_json({"name": name, "url": base, "fingerprint": fingerprint})
     output.print_line(f"remote '{name}' added; use it with `virtpool remote switch {name}` or "

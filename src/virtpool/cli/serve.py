@@ -18,6 +18,9 @@ AgentListen = Annotated[str | None, typer.Option(
 TLSCert = Annotated[Path | None, typer.Option(
     "--tls-cert", help="the API's certificate (PEM); default beyond loopback: one of the pool CA")]
 TLSKey = Annotated[Path | None, typer.Option("--tls-key", help="the key of --tls-cert (PEM)")]
+CAPassphrase = Annotated[Path | None, typer.Option(
+    "--ca-passphrase-file", help="the pool CA's passphrase (a copy of pki/ca.passphrase of the "
+                                 "pool's first server; needed by every further server on its database)")]
 
 
 def server(
@@ -28,6 +31,7 @@ def server(
     agent_listen: AgentListen = None,
     tls_cert: TLSCert = None,
     tls_key: TLSKey = None,
+    ca_passphrase_file: CAPassphrase = None,
 ) -> None:
     """Run the control plane only (API, records, the pool's images), without an agent here.
 
@@ -41,6 +45,7 @@ def server(
         host_, port = parse_listen(listen)
         serve(ServeOptions(data_dir=data_dir or common.data_dir(), host=host_, port=port, db_url=db,
                            control_only=True, tls_cert=tls_cert, tls_key=tls_key,
+                           ca_passphrase_file=ca_passphrase_file,
                            agent_listen=parse_listen(agent_listen) if agent_listen else None),
               announce=lambda line: output.print_line(line, wrapped=False))
     except VirtpoolError as err:
@@ -66,6 +71,7 @@ def up(
     agent_listen: AgentListen = None,
     tls_cert: TLSCert = None,
     tls_key: TLSKey = None,
+    ca_passphrase_file: CAPassphrase = None,
 ) -> None:
     """Run the platform on this host in the foreground: control plane, agent, API. Agents on
     other hosts join it at the URL it prints."""
@@ -92,7 +98,7 @@ def up(
                                accel=accel, db_url=db, build_default_image=build,
                                boot_timeout=boot_timeout, log_cap_bytes=log_cap_bytes,
                                memory=memory, net_prefix=net_prefix,  # type: ignore[arg-type]
-                               tls_cert=tls_cert, tls_key=tls_key,
+                               tls_cert=tls_cert, tls_key=tls_key, ca_passphrase_file=ca_passphrase_file,
                                agent_listen=parse_listen(agent_listen) if agent_listen else None)
         serve(options, announce=lambda line: output.print_line(line, wrapped=False))
     except VirtpoolError as err:

@@ -34,7 +34,8 @@ from virtpool.control.networks import NetworkService
 from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
 from virtpool.control.metrics import ControlPlaneMetrics, PoolCollector, Scrape
 from virtpool.control.operations import OperationService
-from virtpool.control.pki import CertificateAuthority, Files
+from virtpool.control import ca_store
+from virtpool.control.pki import Files
 from virtpool.control.placement import Placer
 from virtpool.control.projects import ProjectService
 from virtpool.control.rebalancing import Rebalancer
@@ -64,6 +65,9 @@ class PoolConfig:
     memory: MemoryPolicy = field(default_factory=MemoryPolicy)
     # `virtpool server`: no agent on this host, so nothing to reconcile, balance or resume.
     control_only: bool = False
+    # The pool CA's passphrase (control/ca_store.py); None: the data dir's pki/ca.passphrase,
+    # made on the pool's first start.
+    ca_passphrase_file: Path | None = None
 
     @property
     def token_file(self) -> Path:
@@ -95,7 +99,7 @@ class Pool:
         self.networks = NetworkService(sessions)
         self.rebalancer = Rebalancer(sessions)
         # The pool CA (made on the first start) and the control plane's client certificate.
-        self.ca = CertificateAuthority.load_or_create(config.data_dir / "pki")
+        self.ca = ca_store.load_or_create(sessions, config.data_dir / "pki", config.ca_passphrase_file)
         self._client_cert = self.ca.issue("control", CONTROL_PLANE_CN, [], client=True, server=False)
         self.enrolment = Enrolment(sessions, self.ca, self.hosts.local)
         self.agents = AgentRegistry(sessions, self.hosts.local, agent, remote=self._remote_agent)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import json
 import os
 import ssl
 import stat
@@ -17,6 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
 from urllib.parse import parse_qs, urlsplit
 
+from virtpool.model import exec_lines
 from virtpool.model.audit import AuditEntry
 from virtpool.model.backup import BackupInfo
 from virtpool.model.event import Event
@@ -643,20 +643,13 @@ class VMPage:
 
 def _exec_item(line: bytes) -> Iterator[ExecOutput | ExecResult]:
     """The item one NDJSON line of a streamed exec carries (a problem line raises)."""
-    if not line.strip():
-        return
-    item = json.loads(line)
-    if "problem" in item:
-        problem = item["problem"]
-        status = int(problem.get("status") or 500)
-        raise error_class(status, problem)(status, problem.get("title", "error"), problem.get("detail", ""),
-                                           problem.get("hint"), problem)
-    if "exit_code" in item:
-        yield ExecResult(exit_code=int(item["exit_code"]), stdout="", stderr="")
-        return
-    for stream in ("stdout", "stderr"):
-        if stream in item:
-            yield ExecOutput(stream=stream, data=base64.b64decode(item[stream]))
+    item = exec_lines.decode(line)
+    if isinstance(item, dict):
+        status = int(item.get("status") or 500)
+        raise error_class(status, item)(status, item.get("title", "error"), item.get("detail", ""),
+                                        item.get("hint"), item)
+    if item is not None:
+        yield item
 
 
 def _ssl_cause(err: BaseException) -> ssl.SSLCertVerificationError | None:
