@@ -23,9 +23,9 @@ from virtpool.control.auth import write_private_file
 from virtpool.control.balancer import MemoryPolicy
 from virtpool.control.pool import Pool, PoolConfig
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S
-from virtpool.model.errors import InvalidRequest
 from virtpool.control.pki import Files
 from virtpool.model.certs import fingerprint
+from virtpool.model.errors import InvalidRequest
 from virtpool.model.layout import API_CA_FILE, JOIN_URL_FILE, TOKEN_FILE, URL_FILE
 from virtpool.model.spec import Accel
 from virtpool.node.agent import LocalAgent
@@ -154,12 +154,12 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
                              socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((options.host, options.port))
+        tls = api_tls(pool, options)
+        _publish_api_ca(pool, tls)
         agent_host, agent_port = options.agent_address()
         _, listener, pool.join_url = start_listener(pool, agent_host, agent_port, announce)
         write_private_file(pool.config.data_dir / JOIN_URL_FILE, pool.join_url + "\n")
         # Listening before the URL file appears: a client that reads it can connect at once.
-        tls = api_tls(pool, options)
-        _publish_api_ca(pool, tls)
         sock.listen(2048)
         port = sock.getsockname()[1]
         url = f"{'https' if tls else 'http'}://{_shown_host(options.host)}:{port}"

@@ -25,7 +25,7 @@ CAPassphrase = Annotated[Path | None, typer.Option(
 
 def server(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="admin token and URL file")] = None,
-    listen: Annotated[str, typer.Option(help="HOST:PORT for the API (port 0: any free port)")] = "127.0.0.1:8470",
+    listen: Annotated[str, typer.Option(help="HOST:PORT for the API (port 0: any free port); beyond loopback it serves HTTPS only")] = "127.0.0.1:8470",
     db: Annotated[str | None, typer.Option(help="database URL, e.g. postgresql://user@host/db "
                                                 "(default: SQLite in the data dir)")] = None,
     agent_listen: AgentListen = None,
@@ -56,7 +56,7 @@ def server(
 
 def up(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="state, images and VMs")] = None,
-    listen: Annotated[str, typer.Option(help="HOST:PORT for the API (port 0: any free port)")] = "127.0.0.1:8470",
+    listen: Annotated[str, typer.Option(help="HOST:PORT for the API (port 0: any free port); beyond loopback it serves HTTPS only")] = "127.0.0.1:8470",
     accel: Annotated[str, typer.Option(help="auto, kvm or tcg")] = "auto",
     db: Annotated[str | None, typer.Option(help="database URL, e.g. postgresql://user@host/db "
                                                 "(default: SQLite in the data dir)")] = None,

@@ -16,6 +16,7 @@ from pathlib import Path
 from prometheus_client.registry import CollectorRegistry
 
 from virtpool import __version__
+from virtpool.control import ca_store
 from virtpool.control.agents.feed import EventPump
 from virtpool.control.agents.registry import AgentRegistry
 from virtpool.control.agents.remote import RemoteAgent
@@ -34,7 +35,6 @@ from virtpool.control.networks import NetworkService
 from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
 from virtpool.control.metrics import ControlPlaneMetrics, PoolCollector, Scrape
 from virtpool.control.operations import OperationService
-from virtpool.control import ca_store
 from virtpool.control.pki import Files
 from virtpool.control.placement import Placer
 from virtpool.control.projects import ProjectService
