@@ -119,7 +119,7 @@ def _passphrase(first: Node | None) -> list[str]:
     return [] if first is None else ["--ca-passphrase-file", str(first.data_dir / "pki" / "ca.passphrase")]
 
 
-def up_node(lab: Lab, host: NetnsHost, db_url: str, image_cache: Path | None,
+def up_node(lab: Lab, host: NetnsHost, db_url: str, image_cache: Path | None, *,
             first: Node | None = None) -> Node:
     (host.data_dir / "images").mkdir(exist_ok=True)
     if image_cache is not None and not (host.data_dir / "images" / "default").exists():
@@ -129,7 +129,7 @@ def up_node(lab: Lab, host: NetnsHost, db_url: str, image_cache: Path | None,
         "--db", db_url, "--no-build", "--boot-timeout", "120", *_passphrase(first)], host)
 
 
-def server_node(lab: Lab, name: str, db_url: str, first: Node | None = None) -> Node:
+def server_node(lab: Lab, name: str, db_url: str, *, first: Node | None = None) -> Node:
     data_dir = lab.root / name
     data_dir.mkdir(mode=0o700, exist_ok=True)
     return Node(lab, data_dir, [VIRTPOOL, "server", "--data-dir", str(data_dir),
@@ -144,9 +144,9 @@ def cluster(lab: Lab, cluster_db: str, image_cache: Path) -> Iterator[Cluster]:
     # One at a time: the first migrates the schema and makes the admin token and the pool CA.
     hosts: list[Node] = []
     for h in lab.hosts:
-        hosts.append(up_node(lab, h, on_bridge, image_cache, hosts[0] if hosts else None).start())
+        hosts.append(up_node(lab, h, on_bridge, image_cache, first=hosts[0] if hosts else None).start())
     token = (hosts[0].data_dir / "admin.token").read_text().strip()
-    control = server_node(lab, "control", db, hosts[0]).start()
+    control = server_node(lab, "control", db, first=hosts[0]).start()
     for node in (*hosts, control):
         node.token = token
     cluster = Cluster(lab, on_bridge, hosts, control)
