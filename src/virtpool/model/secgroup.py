@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from virtpool.model.names import NAME_RULE, valid_name
+from virtpool.model.names import NAME_RULE, Name, SecGroupName
 
 Direction = Literal["ingress", "egress"]
 Proto = Literal["tcp", "udp", "icmp"]
@@ -57,14 +57,7 @@ class SecGroupSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description=NAME_RULE)
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        if not valid_name(value):
-            raise ValueError(f"'{value}' is not a valid name: {NAME_RULE}")
-        return value
+    name: Name = Field(description=NAME_RULE)
 
 
 class RuleSpec(BaseModel):
@@ -78,7 +71,7 @@ class RuleSpec(BaseModel):
     port_min: int | None = Field(default=None, description="first port (tcp/udp only)")
     port_max: int | None = Field(default=None, description="last port (default: port_min)")
     remote_cidr: str | None = Field(default=None, description="IPv4 CIDR of the other side")
-    remote_group: str | None = Field(default=None, description="a security group of the same "
+    remote_group: SecGroupName | None = Field(default=None, description="a security group of the same "
                                      "project: the addresses of its VMs' NICs")
 
     @field_validator("port_min", "port_max")
@@ -92,13 +85,6 @@ class RuleSpec(BaseModel):
     @classmethod
     def _check_cidr(cls, value: str | None) -> str | None:
         return None if value is None else parse_cidr(value)
-
-    @field_validator("remote_group")
-    @classmethod
-    def _check_group(cls, value: str | None) -> str | None:
-        if value is not None and not valid_name(value):
-            raise ValueError(f"'{value}' is not a valid security group name: {NAME_RULE}")
-        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -146,19 +132,16 @@ class VMSecGroups(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    secgroups: list[str] = Field(max_length=MAX_GROUPS_PER_VM)
+    secgroups: list[SecGroupName] = Field(max_length=MAX_GROUPS_PER_VM)
 
     @field_validator("secgroups")
     @classmethod
     def _check_names(cls, value: list[str]) -> list[str]:
-        return check_group_names(value)
+        return each_once(value)
 
 
-def check_group_names(names: list[str]) -> list[str]:
-    """Valid names, each once."""
-    for name in names:
-        if not valid_name(name):
-            raise ValueError(f"'{name}' is not a valid security group name: {NAME_RULE}")
+def each_once(names: list[str]) -> list[str]:
+    """``names``, refused when one is given twice."""
     if len(set(names)) != len(names):
         raise ValueError("a security group is named twice")
     return names

@@ -1,15 +1,15 @@
 """Security groups of projects, their rules, and the VMs in them (issue 11, item 5).
 
-Revision ID: 0014_secgroups
-Revises: 0013_idempotency
+Revision ID: 0015_secgroups
+Revises: 0014_pool_ca
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014_secgroups"
-down_revision = "0013_idempotency"
+revision = "0015_secgroups"
+down_revision = "0014_pool_ca"
 branch_labels = None
 depends_on = None
 
