@@ -193,6 +193,7 @@ class LocalAgent:
             accel_reason=self._accel_reason,
             qemu_version=_qemu_version(self._qemu),
             data_dir=str(self.data_dir),
+            unprivileged_port_start=_unprivileged_port_start(),
         )
 
     def check_port_free(self, port: int) -> bool:
@@ -750,6 +751,14 @@ async def _qmp_stats(vm: VM) -> dict[str, Any]:
             figures.update(disk_read_bytes=block["rd_bytes"], disk_written_bytes=block["wr_bytes"],
                            disk_read_ops=block["rd_operations"], disk_write_ops=block["wr_operations"])
     return figures
+
+
+def _unprivileged_port_start() -> int:
+    """The lowest port an unprivileged process may bind in this network namespace."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024  # Linux's default, from before the setting existed (4.11)
 
 
 _qemu_versions: dict[str, str] = {}
