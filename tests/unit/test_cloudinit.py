@@ -30,6 +30,8 @@ def test_bad_parts_are_refused_saying_what_is_wrong() -> None:
     assert "must be a YAML mapping" in refusal(user_data="#cloud-config\n- a list\n")
     assert "this is a private key" in refusal(ssh_keys=["-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n"])
     assert "not an OpenSSH public key" in refusal(ssh_keys=["hello world"])
+    assert "not an OpenSSH public key" in refusal(ssh_keys=["#cloud-config\nruncmd: []\n"])
+    assert "one key per --ssh-key" in refusal(ssh_keys=[f"{KEY}\n{KEY}\n"])
     assert "is not a ssh-rsa key" in refusal(ssh_keys=[KEY.replace("ssh-ed25519", "ssh-rsa")])
     assert "base64 part is damaged" in refusal(ssh_keys=["ssh-ed25519 AAA*"])
     assert "RFC 4716" in refusal(ssh_keys=["---- BEGIN SSH2 PUBLIC KEY ----"])

@@ -246,11 +246,25 @@ def show(name: VMName, json: JsonFlag = False) -> None:
         ("machine", image.machine + (f" ({image.firmware})" if image.firmware else "")),
         ("boot timeout", f"{vm.boot_timeout_s:g}s" if vm.boot_timeout_s else "-"),
         ("last stop", STOPPED_BY[vm.stopped_by] if vm.stopped_by else "-"),
+        ("cloud-init", _seed_summary(vm)),
         ("created", vm.created_at), ("error", vm.error or "-"),
     ])
     if vm.nics:
         output.table(["NIC", "NETWORK", "MAC", "ADDRESS"],
                      [(f"net{i}", n.network, n.mac, n.address) for i, n in enumerate(vm.nics)])
+
+
+def _seed_summary(vm: VMInfo) -> str:
+    """What the VM's seed carries beyond its instance-id (its id), in one line."""
+    seed = vm.cloud_init
+    if seed is None:
+        return "-"
+    parts = [f"hostname {seed.hostname or vm.name}", f"{len(seed.ssh_keys)} SSH key(s)"]
+    if seed.user_data:
+        parts.append(f"user-data {len(seed.user_data.encode())} bytes")
+    if seed.network_config:
+        parts.append("own network config")
+    return ", ".join(parts)
 
 
 def _action(name: str, action: str, wanted: VMState, wait: bool, wait_timeout: float,

@@ -31,13 +31,13 @@ def check_ssh_public_key(text: str) -> str:
     line = text.strip()
     if "PRIVATE KEY" in line:
         raise ValueError("this is a private key; pass the public one (the .pub file next to it)")
-    if "\n" in line:
-        raise ValueError("an SSH public key is one line; pass one key per --ssh-key")
     if line.startswith("---- BEGIN SSH2 PUBLIC KEY"):
         raise ValueError("this is an RFC 4716 (PuTTY) key; convert it: ssh-keygen -i -f FILE")
     parts = line.split(None, 2)
     if len(parts) < 2 or parts[0] not in SSH_KEY_TYPES:
         raise ValueError("not an OpenSSH public key (expected 'ssh-ed25519 AAAA... comment')")
+    if "\n" in line:
+        raise ValueError("an SSH public key is one line; pass one key per --ssh-key")
     try:
         blob = base64.b64decode(parts[1], validate=True)
     except (binascii.Error, ValueError):

@@ -33,12 +33,12 @@ import psutil
 from virtpool.model.agent import ByteStream, Console, Progress, RunStatus
 from virtpool.model.errors import Conflict, InsufficientResources, InvalidRequest, NotFound, OperationFailed
 from virtpool.model.backup import BackupInfo
+from virtpool.model.cloudinit import CloudInit
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.network import HostNetworkInput
 from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import Accel, ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
-from virtpool.model.cloudinit import CloudInit
 from virtpool.node import backups, cloudinit, disks, launch, safe_files, serial, snapshots
 from virtpool.node.events import EventFeed
 from virtpool.node.images.catalog import ImageCatalog
