@@ -1,15 +1,15 @@
 """A VM's cloud-init seed configuration (user-data, SSH keys, hostname, network config).
 
-Revision ID: 0014_cloud_init
-Revises: 0013_idempotency
+Revision ID: 0015_cloud_init
+Revises: 0014_pool_ca
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014_cloud_init"
-down_revision = "0013_idempotency"
+revision = "0015_cloud_init"
+down_revision = "0014_pool_ca"
 branch_labels = None
 depends_on = None
 
