@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from virtpool.model.names import NAME_RULE, Name, SecGroupName
+from virtpool.model.requests import FROZEN_REQUEST, REQUEST
 
 Direction = Literal["ingress", "egress"]
 Proto = Literal["tcp", "udp", "icmp"]
@@ -55,7 +56,7 @@ def parse_cidr(text: str) -> str:
 class SecGroupSpec(BaseModel):
     """A security group to create (with no rules: its VMs' NICs take ingress from nowhere)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     name: Name = Field(description=NAME_RULE)
 
@@ -64,7 +65,7 @@ class RuleSpec(BaseModel):
     """One allow rule. ``remote_cidr`` / ``remote_group``: where ingress comes from or egress
     goes to (neither: anywhere)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = FROZEN_REQUEST
 
     direction: Direction
     proto: Proto
@@ -130,7 +131,7 @@ class SecGroupView(BaseModel):
 class VMSecGroups(BaseModel):
     """``vm set NAME --secgroup ...``: the whole list of the VM's groups (empty: none)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     secgroups: list[SecGroupName] = Field(max_length=MAX_GROUPS_PER_VM)
 

@@ -1,15 +1,15 @@
 """Security groups of projects, their rules, and the VMs in them (issue 11, item 5).
 
-Revision ID: 0015_secgroups
-Revises: 0014_pool_ca
+Revision ID: 0016_secgroups
+Revises: 0015_cloud_init
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015_secgroups"
-down_revision = "0014_pool_ca"
+revision = "0016_secgroups"
+down_revision = "0015_cloud_init"
 branch_labels = None
 depends_on = None
 
