@@ -25,8 +25,6 @@ from tests.network.conftest import prefix_of, server_with_prefix
 from tests.network.test_vm_networks import our_devices, sh
 from virtpool.sdk import Client
 
-SUBNET = "10.62.0.0/24"
-GATEWAY = "10.62.0.1"  # the host's address on the bridge
 PORTS = (7000, 7001)
 
 
@@ -38,19 +36,25 @@ def sg_server(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> It
 
 @pytest.fixture(scope="module")
 def pair(sg_server: Server) -> dict[str, str]:
-    """VMs a and b on network 'sgnet', running, each with TCP listeners on PORTS."""
+    """VMs a and b on network 'sgnet', running, each with TCP listeners on PORTS; 'gateway' is
+    the host's address on it. The subnet is the server's own: the host routes its own packets
+    by address, and servers of parallel workers would otherwise share one."""
     api = sg_server.api()
-    assert sg_server.cli("network", "create", "sgnet", "--subnet", SUBNET).returncode == 0
+    letters = prefix_of(sg_server)[2:]
+    subnet = f"10.62.{(ord(letters[0]) - 97) * 26 + ord(letters[1]) - 97}.0/24"
+    assert sg_server.cli("network", "create", "sgnet", "--subnet", subnet).returncode == 0
     for vm in ("a", "b"):
         api.create_vm(vm, networks=["sgnet"], memory_mib=128, start=True)
     addresses = {}
     for vm in ("a", "b"):
-        assert api.wait_vm(vm, timeout=300).state == "running"
+        booted = api.wait_vm(vm, timeout=300)
+        assert booted.state == "running", booted.error
         addresses[vm] = api.vm(vm).nics[0].address
         for port in PORTS:
             # One answer per connection, for as long as the VM runs.
             sh(api, vm, f"( while true; do echo ok-{vm}-{port} | nc -l -p {port}; done ) "
                         "</dev/null >/dev/null 2>&1 &")
+    addresses["gateway"] = api.network("sgnet").gateway
     return addresses
 
 
@@ -158,7 +162,7 @@ def test_a_rule_opens_then_closes_a_port_on_a_running_vm(sg_server: Server, pair
 def test_a_cidr_rule_lets_in_that_address_only(sg_server: Server, pair: dict[str, str]) -> None:
     api = sg_server.api()
     web_group(api)
-    rule = api.add_secgroup_rule("web", "ingress", "icmp", remote_cidr=f"{GATEWAY}/32")
+    rule = api.add_secgroup_rule("web", "ingress", "icmp", remote_cidr=f"{pair['gateway']}/32")
     assert host_pings_reach(api, "b", pair["b"])  # the host's address is in the rule
     assert sh(api, "a", f"ping -c 2 -W 2 {pair['b']}")[0] != 0  # a's is not
     api.remove_secgroup_rule("web", rule.id)
