@@ -45,6 +45,7 @@ from virtpool.node.images.store import kernel_kind
 from virtpool.node.net import guard, passt
 from virtpool.node.net.apply import NetworkApplier
 from virtpool.node.net.plan import HostPlan, host_plan
+from virtpool.node.net.counters import NicCounters, guest_counters, tap_counters
 from virtpool.node.net.tap import open_tap
 from virtpool.node.qemu import accel as accel_mod
 from virtpool.node.qemu import peer
@@ -70,6 +71,12 @@ T = TypeVar("T")
 # Log trimming and CPU sampling; a guest flooding its console at full speed writes ~1 MB/s
 # under TCG, so a second is what the log may overshoot its cap by.
 HOUSEKEEPING_INTERVAL_S = 1.0
+# The default network's counters come from the guest agent: asked in the background this often
+# (under the control plane's 5 s sampling), and given this long, as a TCG guest on a busy host
+# answers slowly; a stats call reads the last answer instead of waiting for the guest.
+GUEST_NET_REFRESH_S = 4.0
+GUEST_NET_ANSWER_S = 5.0
+FIRST_GUEST_NET_ANSWER_S = 2.0
 # Charged to a VM's memory cgroup beyond its guest RAM: TCG's translation cache (capped at
 # 64 MiB), QEMU's heap and the pages of the kernel it loads; measured ~80 MiB anonymous and
 # ~74 MiB reclaimable file pages for a 256 MiB guest.
@@ -129,6 +136,10 @@ class LocalAgent:
         # from inside a guest.
         self._launches: dict[str, tuple[VMSpec, int, float]] = {}
         self._cpu_samples: dict[str, deque[tuple[float, float]]] = {}
+        # The last network counters each guest agent gave, when, and the asks in flight.
+        self._guest_net: dict[str, NicCounters] = {}
+        self._guest_net_at: dict[str, float] = {}
+        self._guest_net_asks: dict[str, asyncio.Task[None]] = {}
         self._unsafe_logs: set[str] = set()  # VMs whose serial.log was replaced (warned once)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agent-loop", daemon=True)
@@ -166,6 +177,10 @@ class LocalAgent:
 
         async def detach_all() -> None:
             self._housekeeper.cancel()
+            asks = list(self._guest_net_asks.values())
+            for task in asks:
+                task.cancel()
+            await asyncio.gather(*asks, return_exceptions=True)
             for vm in list(self._vms.values()):
                 await vm.detach()
 
@@ -518,6 +533,8 @@ class LocalAgent:
         """A QEMU of the VM has exited: its passt (it exits with its QEMU, --one-off; this is
         for a QEMU that never connected) and its cgroup."""
         self._cpu_samples.pop(vm.id, None)
+        self._guest_net.pop(vm.id, None)
+        self._guest_net_at.pop(vm.id, None)
         passt.stop(vm.paths.passt_pidfile)
         self._release_cgroup(vm.id)
 
@@ -677,18 +694,51 @@ class LocalAgent:
         except psutil.NoSuchProcess:
             return VMUsage(**figures)
         figures.update(self._run(_qmp_stats(vm)))
+        figures.update(self._net_counters(vm))
         return VMUsage(**figures)
+
+    def _net_counters(self, vm: VM) -> dict[str, int]:
+        """Its taps' host counters, else (the default network) what its guest agent counts."""
+        taps = self._net_plan.taps_of(vm.id) if self._net_plan else []
+        if taps:
+            counters = tap_counters(t.name for t in taps)
+        else:
+            if vm.id not in self._guest_net:  # none yet: ask now, briefly
+                self._run(self._ask_guest_net(vm, FIRST_GUEST_NET_ANSWER_S))
+            counters = self._guest_net.get(vm.id)
+        return counters.as_usage() if counters is not None else {}
+
+    async def _ask_guest_net(self, vm: VM, answer_within: float) -> None:
+        try:
+            counters = guest_counters(await vm.guest_interfaces(answer_within))
+            if counters is not None and self._vms.get(vm.id) is vm:
+                self._guest_net[vm.id] = counters
+        finally:
+            self._guest_net_at[vm.id] = time.monotonic()
+
+    def _refresh_guest_nets(self, running: list[VM]) -> None:
+        """Ask the guest agents of default-network VMs for their counters, in the background."""
+        now = time.monotonic()
+        for vm in running:
+            if (vm.id in self._guest_net_asks or now - self._guest_net_at.get(vm.id, 0.0) < GUEST_NET_REFRESH_S
+                    or (self._net_plan and self._net_plan.taps_of(vm.id))):
+                continue
+            task = asyncio.get_running_loop().create_task(self._ask_guest_net(vm, GUEST_NET_ANSWER_S))
+            self._guest_net_asks[vm.id] = task
+            task.add_done_callback(lambda _, vm_id=vm.id: self._guest_net_asks.pop(vm_id, None))
 
     # -- housekeeping ---------------------------------------------------------------------
 
     async def _housekeeping_forever(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
-            for vm in [v for v in self._vms.values() if v.runstate == Runstate.RUNNING]:
+            running = [v for v in self._vms.values() if v.runstate == Runstate.RUNNING]
+            for vm in running:
                 try:
                     await asyncio.to_thread(self._housekeep, vm)
                 except Exception:  # one VM going away mid-pass must not stop the others' care
                     log.exception("housekeeping of VM %s failed", vm.id)
+            self._refresh_guest_nets(running)
 
     def _housekeep(self, vm: VM) -> None:
         try:

@@ -272,6 +272,20 @@ class VM:
                                hint=f"start it again (virtpool vm start {self.name}) and retry") from err
             raise
 
+    async def guest_interfaces(self, answer_within: float = 1.0) -> Any:
+        """The guest agent's ``guest-network-get-interfaces`` reply, or None when the agent is
+        busy with another client (an exec, a freeze: QGA serves one at a time), not up yet, or
+        does not answer within ``answer_within`` seconds. Never waits for the channel."""
+        if not self.ready or self._qga_lock.locked() or self.runstate != Runstate.RUNNING:
+            return None
+        async with self._qga_lock:
+            try:
+                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name,
+                                                 sync_timeout=answer_within) as agent:
+                    return await asyncio.wait_for(agent.call("guest-network-get-interfaces"), answer_within)
+            except (GuestAgentError, TimeoutError, OSError, ValueError):
+                return None
+
     async def ask_agent_to_stop(self) -> None:
         """Ask the guest's agent to power off; raises GuestAgentError when there is no agent or
         it refused."""
