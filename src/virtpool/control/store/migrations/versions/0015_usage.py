@@ -1,16 +1,16 @@
 """The usage history in the database, so that it survives a restart and is the same on every
 server sharing the pool: VM samples (kept for the retention) and each host's last disk use.
 
-Revision ID: 0014_usage
-Revises: 0013_idempotency
+Revision ID: 0015_usage
+Revises: 0014_pool_ca
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014_usage"
-down_revision = "0013_idempotency"
+revision = "0015_usage"
+down_revision = "0014_pool_ca"
 branch_labels = None
 depends_on = None
 
