@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 READY_POLL_S = 0.05  # between guest-agent pings while a guest boots
+EXEC_SYNC_S = 5.0  # for a booted guest's agent to answer a command's first sync
 MONITOR_TIMEOUT_S = 30.0  # from spawn until QEMU's monitor answers (devices set up)
 ATTACH_TIMEOUT_S = 10.0  # to reach the monitor of a QEMU found running
 HARD_STOP_GRACE_S = 3.0  # after QMP 'quit', before SIGKILL
@@ -260,7 +261,8 @@ class VM:
         self._require(Runstate.RUNNING)
         try:
             async with self._qga_lock:
-                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
+                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name,
+                                                 sync_timeout=EXEC_SYNC_S) as agent:
                     if emit is not None:
                         return await agent.exec_stream(argv, timeout=timeout, stdin=stdin, emit=emit)
                     return await agent.exec(argv, timeout=timeout, stdin=stdin)
