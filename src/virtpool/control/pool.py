@@ -33,7 +33,7 @@ from virtpool.control.interrupted_creates import cut_off_creates, settle_cut_off
 from virtpool.control.networks import NetworkService
 from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
 from virtpool.control.metrics import ControlPlaneMetrics, PoolCollector, Scrape
-from virtpool.control.operations import OperationService
+from virtpool.control.operations import OperationService, instance_id
 from virtpool.control.pki import CertificateAuthority, Files
 from virtpool.control.placement import Placer
 from virtpool.control.projects import ProjectService
@@ -100,7 +100,7 @@ class Pool:
         self.enrolment = Enrolment(sessions, self.ca, self.hosts.local)
         self.agents = AgentRegistry(sessions, self.hosts.local, agent, remote=self._remote_agent)
         self.join_url: str | None = None  # where agents join, once the listener serves
-        self.operations = OperationService(sessions)
+        self.operations = OperationService(sessions, instance_id(config.data_dir))
         # The pool's image store: this host's agent's (`up`), or the control plane's own.
         self.images = ImageService(sessions, images or self.agent, self.operations)
         self.vms = VMService(sessions, self.agents, images=self.images,
@@ -157,8 +157,10 @@ class Pool:
 
     def start(self) -> bool:
         """Register this host, reconcile VMs and its usage counters with it, fail the
-        operations a previous run left unfinished; create the admin token on first start (True
-        then). A control-plane-only server has no host: it does none of that but the token."""
+        operations its previous run left unfinished (only its own: others sharing the database
+        carry on theirs); create the admin token on first start (True then). A
+        control-plane-only server has no host: it fails its own unfinished operations and
+        makes the token, nothing else."""
         if not self.config.control_only:
             self.hosts.register_local(self.agent.host_info())
             cut_off = cut_off_creates(self.operations)
@@ -180,6 +182,8 @@ class Pool:
             self.heartbeat = LocalHeartbeat(self.leases, self.hosts.local,
                                             agent_version=__version__)
             self.heartbeat.start()
+        else:
+            self.operations.fail_interrupted()
         self.leader.start()
         self.lease_monitor.start()
         return self.tokens.bootstrap(self.config.token_file)
