@@ -158,7 +158,7 @@ def test_stop_start_and_delete_on_every_host_leave_nothing_behind(cluster: Clust
             assert api.exec(name, ["true"]).exit_code == 0
         assert {vm.name: vm.host for vm in api.vms()} == hosts  # each started where it was
         for name in NAMES:
-            api.delete_vm(name)
+            api.delete_vm(name, force=True)
         assert not [vm.name for vm in api.vms() if vm.name in NAMES]
         # No claim is left on any host either.
         for name in HOST_NAMES:

@@ -139,13 +139,17 @@ class VMOperations:
             if watched is None:
                 return
             op_id, plan = watched
-            finished = state is None or state == plan.goal or state in FAILED_STATES
+            finished = state is None or state == plan.goal or state in FAILED_STATES or state == S.UNKNOWN
             if finished:
                 del self._watching[vm_id]
         if state is None:
             self._operations.fail(op_id, "the VM was deleted")
         elif state == plan.goal:
             self._operations.succeed(op_id, f"VM is {state.value}", {"vm": vm_id, "state": state.value})
+        elif state == S.UNKNOWN:
+            # Its host went out of reach mid-way: nobody can tell how far it got.
+            self._operations.fail(op_id, f"{error or 'its host is unreachable'}: this operation cannot "
+                                         "finish; the VM is reconciled when its host is back")
         elif state in FAILED_STATES:
             self._operations.fail(op_id, error or f"the VM {FAILED_STATES[state]}")
         elif state in plan.steps:

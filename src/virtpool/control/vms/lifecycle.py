@@ -626,12 +626,16 @@ class VMService:
         return back
 
     def host_back(self, host: str) -> None:
-        """Converge the VMs of a host that is back: what the pool wants against what runs."""
-        agent = self._agent_or_none(host)
-        if agent is None:
+        """Converge the VMs of a host that is back: what the pool wants against what runs.
+
+        Every VM of the host, not only those that were UNKNOWN: an operation the lost host cut
+        short left its VM in a state of its own (a boot that gave up is ERROR though its QEMU
+        may run there, a stop or delete stays STOPPING or DELETING), and a create that gave up
+        may have left files that no record claims."""
+        if self._agent_or_none(host) is None:
             return
-        for vm in self.restore_known(host):
-            self._reconcile_one(agent, vm)
+        self.restore_known(host)
+        self.reconcile(host)
 
     # -- what hosts report, and restarts ----------------------------------------------------
 
