@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pty
-import select
 import subprocess
 import threading
 import time
@@ -22,7 +21,7 @@ import pytest
 
 from tests.cluster.conftest import VIRTPOOL, Cluster
 from tests.cluster.harness import HOST_NAMES
-from tests.conftest import qemu_pids, wait_for
+from tests.conftest import qemu_pids, read_until, wait_for
 from virtpool.sdk.errors import APIError
 
 H1, H2, H3 = HOST_NAMES
@@ -190,16 +189,3 @@ def console_echo(cluster: Cluster, name: str) -> bool:
         if proc.poll() is None:
             proc.kill()
         os.close(main)
-
-
-def read_until(fd: int, needle: bytes, timeout: float) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while needle not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                seen += os.read(fd, 4096)
-            except OSError:
-                break
-    return seen

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,7 @@ from virtpool.model.layout import TOKEN_FILE, URL_FILE
 from virtpool.model.lease import MONITOR_PERIOD_S
 
 log = logging.getLogger(__name__)
+BACK_ATTEMPTS, BACK_RETRY_S = 5, 5.0  # converging a host that came back
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class Pool:
         self.usage = UsageRecorder(self.vms, self.agent)
         self.summary = Summary(sessions)
         self.leases = LeaseService(sessions, self.events, self.audit, on_lost=self.vms.host_lost,
-                                   on_back=self.vms.host_back, on_state=self.placer.invalidate)
+                                   on_back=self._host_back, on_state=self.placer.invalidate)
         self.hosts.leases = self.leases
         # The pool's background loops run on one server of those sharing the database.
         self.leader = Leadership(sessions, events=self.events)
@@ -140,6 +142,22 @@ class Pool:
         self.agent_events.follow(host)
         threading.Thread(target=self._reconcile_quietly, args=(host,), name=f"reconcile-{host}",
                          daemon=True).start()
+
+    def _host_back(self, host: str) -> None:
+        """A host renewed its lapsed lease: converge its VMs beside the heartbeat that said so
+        (which must not wait for the host's agent, nor fail when converging does)."""
+        threading.Thread(target=self._converge_back, args=(host,), name=f"back-{host}",
+                         daemon=True).start()
+
+    def _converge_back(self, host: str) -> None:
+        for attempt in range(BACK_ATTEMPTS):
+            try:
+                self.vms.host_back(host)
+                return
+            except VirtpoolError as err:  # a link that is only half healed: try again shortly
+                log.warning("converging host %s after it came back failed (attempt %d): %s",
+                            host, attempt + 1, err)
+                time.sleep(BACK_RETRY_S)
 
     def _reconcile_quietly(self, host: str) -> None:
         try:
