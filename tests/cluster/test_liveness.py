@@ -21,6 +21,7 @@ from tests.cluster.conftest import Cluster, Node
 from tests.cluster.harness import HOST_NAMES
 from tests.conftest import wait_for
 from virtpool import __version__
+from virtpool.sdk.errors import APIError
 from virtpool.model.lease import detection_bound
 
 H1, H2, H3 = HOST_NAMES
@@ -123,8 +124,11 @@ def test_kill_9_of_an_agent_leaves_its_vm_running_and_the_restarted_agent_adopts
     h2.start()  # a new process, on a new port: the control plane follows its new address
     assert wait_for(lambda: host_view(cluster, H2)["lease_epoch"] > epoch, 60), cluster.logs()
     with cluster.api() as api:
-        assert api.wait_vm("on-h2", timeout=60).state == "running"
-        ran = api.exec("on-h2", ["cat", "/proc/uptime"])
+        assert api.wait_vm("on-h2", timeout=60).state == "running", cluster.logs()
+        try:
+            ran = api.exec("on-h2", ["cat", "/proc/uptime"])
+        except APIError as err:
+            raise AssertionError(f"{err}; VM {api.vm('on-h2')}\n{cluster.logs()}") from err
     assert ran.exit_code == 0, ran
     assert qemu_pid(h2, vm_on_h2) == pid  # adopted, not restarted
 

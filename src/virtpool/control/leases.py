@@ -133,6 +133,7 @@ class LeaseService:
                                                  renewed_at=now, lapsed=False))
                     else:
                         lease.epoch, lease.expires_at, lease.renewed_at = epoch, expires, now
+                        lease.lapsed = False  # back now, not at its first renewal
             except IntegrityError:
                 continue
             if was_lapsed:
