@@ -28,9 +28,10 @@ def test_a_restarted_server_fails_only_the_operations_it_owned(
     url = create_database(postgres, "op_owner")
     a = make_server(tmp_path_factory, None, "owner-a", db_url=url, command="server")
     b_dir = tmp_path_factory.mktemp("owner-b")
-    # The pool's admin token is made once, by the first server: the second uses it too.
+    # The pool's admin token and CA are made once, by the first server: the second uses them.
     shutil.copy2(a.data_dir / "admin.token", b_dir / "admin.token")
-    b = Server(b_dir, command="server", extra_args=("--db", url)).start()
+    b = Server(b_dir, command="server", extra_args=(
+        "--db", url, "--ca-passphrase-file", str(a.data_dir / "pki" / "ca.passphrase"))).start()
     engine = db.open_database(url)
     sessions = db.session_factory(engine)
     try:

@@ -23,6 +23,7 @@ import pytest
 from tests.cluster.harness import GATEWAY, HOST_NAMES, Lab, NetnsHost
 from tests.conftest import link_image, passable, wait_for
 from tests.postgres import create_database, postgres_server
+from virtpool.model.layout import API_CA_FILE
 from virtpool.sdk import Client
 
 VIRTPOOL = str(Path(sys.executable).parent / "virtpool")
@@ -73,13 +74,19 @@ class Node:
         if sig in (signal.SIGKILL, signal.SIGTERM):
             self.proc.wait(timeout=30)
 
+    @property
+    def ca(self) -> Path | None:
+        """The CA of the API's certificate: a host's API listens beyond loopback, so HTTPS."""
+        ca = self.data_dir / API_CA_FILE
+        return ca if self.url.startswith("https://") else None
+
     def api(self, timeout: float = 30) -> Client:
         assert self.token is not None
-        return Client(self.url, self.token, timeout=timeout)
+        return Client(self.url, self.token, timeout=timeout, ca=self.ca)
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "VIRTPOOL_URL": self.url, "VIRTPOOL_TOKEN": self.token or "",
-               "COLUMNS": "300"}
+               "COLUMNS": "300", **({"VIRTPOOL_CA": str(self.ca)} if self.ca else {})}
         return subprocess.run([VIRTPOOL, *args], env=env, capture_output=True, text=True,
                               timeout=timeout)
 
@@ -133,12 +140,18 @@ def free_port(address: str) -> int:
         return int(probe.getsockname()[1])
 
 
-def server_node(lab: Lab, name: str, db_url: str, agent_listen: str | None = None) -> Node:
+def _passphrase(first: Node | None) -> list[str]:
+    """The pool CA's passphrase, made by the pool's first server: every further one needs it."""
+    return [] if first is None else ["--ca-passphrase-file", str(first.data_dir / "pki" / "ca.passphrase")]
+
+
+def server_node(lab: Lab, name: str, db_url: str, agent_listen: str | None = None, *,
+                first: Node | None = None) -> Node:
     data_dir = lab.root / name
     data_dir.mkdir(mode=0o711, exist_ok=True)
     extra = ["--agent-listen", agent_listen] if agent_listen else []
     return Node(lab, data_dir, [VIRTPOOL, "server", "--data-dir", str(data_dir),
-                                "--listen", "127.0.0.1:0", "--db", db_url, *extra])
+                                "--listen", "127.0.0.1:0", "--db", db_url, *extra, *_passphrase(first)])
 
 
 def agent_node(lab: Lab, host: NetnsHost, control: Node) -> Node:
