@@ -2,16 +2,16 @@
 that a restart fails only the unfinished operations it owned, never those of the other servers
 or hosts sharing the database.
 
-Revision ID: 0015_operation_owner
-Revises: 0014_pool_ca
+Revision ID: 0016_operation_owner
+Revises: 0015_cloud_init
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015_operation_owner"
-down_revision = "0014_pool_ca"
+revision = "0016_operation_owner"
+down_revision = "0015_cloud_init"
 branch_labels = None
 depends_on = None
 

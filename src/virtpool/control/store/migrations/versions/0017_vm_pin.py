@@ -1,16 +1,16 @@
 """A VM created with `vm create --host NAME` remembers its pin, so that nothing that plans
 moves (the rebalancer) takes it elsewhere.
 
-Revision ID: 0016_vm_pin
-Revises: 0015_operation_owner
+Revision ID: 0017_vm_pin
+Revises: 0016_operation_owner
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0016_vm_pin"
-down_revision = "0015_operation_owner"
+revision = "0017_vm_pin"
+down_revision = "0016_operation_owner"
 branch_labels = None
 depends_on = None
 
