@@ -45,13 +45,9 @@ VM_FLAGS = {"name": "NAME", "image": "--image", "cpus": "--cpus", "memory_mib": 
             "max_memory_mib": "--max-memory", "cpu_cap_pct": "--cpu-cap", "cpu_weight": "--cpu-weight",
             "disk_iops": "--disk-iops", "disk_bps": "--disk-bps", "cpu_affinity": "--cpu-affinity",
             "group": "--group", "required_labels": "--require-label", "weigher": "--weigher",
-<<<<<<< HEAD
-            "ports": "--port", "host": "--host"}
-=======
-            "ports": "--port", "cloud_init.user_data": "--cloud-init",
+            "ports": "--port", "host": "--host", "cloud_init.user_data": "--cloud-init",
             "cloud_init.network_config": "--network-config", "cloud_init.hostname": "--hostname",
             **{f"cloud_init.ssh_keys.{i}": "--ssh-key" for i in range(32)}, "cloud_init.ssh_keys": "--ssh-key"}
->>>>>>> main
 # Beyond a VM's boot timeout, what --wait allows for the rest of a start (spawn, state writes).
 WAIT_MARGIN_S = 30.0
 
@@ -154,11 +150,8 @@ def create(
         vm = api.create_vm(name, image=image, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib,
                            ports=forwards, kernel_args=kernel_args, accel=accel, start=start,
                            group=group, required_labels=parse_labels(require_label or []),
-<<<<<<< HEAD
-                           weigher=weigher, networks=network or [], host=host, **limits)
-=======
-                           weigher=weigher, networks=network or [], cloud_init=seed, **limits)
->>>>>>> main
+                           weigher=weigher, networks=network or [], host=host, cloud_init=seed,
+                           **limits)
         if start:
             _follow(api, vm, VMState.RUNNING, wait, wait_timeout, json)
             return

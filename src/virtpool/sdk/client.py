@@ -301,12 +301,8 @@ class Client:
                   accel: str = ..., start: Literal[False] = ..., group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
                   networks: Iterable[str] = ..., idempotency_key: str | None = ...,
-<<<<<<< HEAD
-                  host: str | None = ..., **limits: int | list[int] | None) -> VMInfo: ...
-=======
-                  cloud_init: CloudInit | None = ...,
+                  cloud_init: CloudInit | None = ..., host: str | None = ...,
                   **limits: int | list[int] | None) -> VMInfo: ...
->>>>>>> main
 
     @overload
     def create_vm(self, name: str, *, image: str = ..., cpus: int = ..., memory_mib: int = ...,
@@ -314,23 +310,16 @@ class Client:
                   accel: str = ..., start: Literal[True], group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
                   networks: Iterable[str] = ..., idempotency_key: str | None = ...,
-<<<<<<< HEAD
-                  host: str | None = ..., **limits: int | list[int] | None) -> Operation: ...
-=======
-                  cloud_init: CloudInit | None = ...,
+                  cloud_init: CloudInit | None = ..., host: str | None = ...,
                   **limits: int | list[int] | None) -> Operation: ...
->>>>>>> main
 
     def create_vm(self, name: str, *, image: str = "default", cpus: int = 1, memory_mib: int = 256,
                   disk_mib: int = 1024, ports: Iterable[PortForward | str] = (),
                   kernel_args: str = "", accel: str = "auto", start: bool = False,
                   group: str | None = None, required_labels: dict[str, str] | None = None,
                   weigher: str | None = None, networks: Iterable[str] = (),
-<<<<<<< HEAD
-                  idempotency_key: str | None = None, host: str | None = None,
-=======
                   idempotency_key: str | None = None, cloud_init: CloudInit | None = None,
->>>>>>> main
+                  host: str | None = None,
                   **limits: int | list[int] | None) -> VMInfo | Operation:
         """Create a VM and return it; with ``start``, create and boot it and return the
         operation to follow. ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight,
