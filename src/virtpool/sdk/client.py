@@ -389,13 +389,15 @@ class Client:
         return BackupInfo.model_validate(self._call("POST", f"/vms/{name}/backups", json=body,
                                                     timeout=None).json())
 
-    def backup_chain(self, source: str) -> BackupInfo:
-        """The backup chain in the host directory ``source``."""
-        return BackupInfo.model_validate(self._call("GET", "/backups", params={"source": source}).json())
+    def backup_chain(self, source: str, *, host: str | None = None) -> BackupInfo:
+        """The backup chain in the directory ``source`` of ``host`` (default: the server's own)."""
+        params = {"source": source, **({"host": host} if host else {})}
+        return BackupInfo.model_validate(self._call("GET", "/backups", params=params).json())
 
-    def restore_backup(self, source: str, name: str) -> VMInfo:
-        """A new stopped VM ``name`` whose disk is the newest state of the chain in ``source``."""
-        body = {"source": source, "name": name}
+    def restore_backup(self, source: str, name: str, *, host: str | None = None) -> VMInfo:
+        """A new stopped VM ``name`` whose disk is the newest state of the chain in ``source``
+        (a directory of ``host``, where the VM is made; default: the server's own host)."""
+        body = {"source": source, "name": name, **({"host": host} if host else {})}
         return VMInfo.model_validate(self._call("POST", "/backups/restore", json=body, timeout=None).json())
 
     def start_vm(self, name: str) -> Operation:

@@ -557,6 +557,10 @@ class VMService:
         """This host's agent (backup directories named on it are read through it)."""
         return self._agents.for_host(self.local_host)
 
+    def agent_on(self, host: str) -> Agent:
+        """The agent of ``host``; raises NoAgentAttached when it has none."""
+        return self._agents.for_host(host)
+
     def agent_of(self, vm: VMInfo) -> Agent:
         """The agent of the VM's host; raises NoAgentAttached when none is."""
         return self._agent_of(vm)
