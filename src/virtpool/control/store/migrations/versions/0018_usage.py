@@ -1,16 +1,16 @@
 """The usage history in the database, so that it survives a restart and is the same on every
 server sharing the pool: VM samples (kept for the retention) and each host's last disk use.
 
-Revision ID: 0016_usage
-Revises: 0015_cloud_init
+Revision ID: 0018_usage
+Revises: 0017_vm_pin
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0016_usage"
-down_revision = "0015_cloud_init"
+revision = "0018_usage"
+down_revision = "0017_vm_pin"
 branch_labels = None
 depends_on = None
 
