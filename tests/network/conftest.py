@@ -18,10 +18,13 @@ from tests.conftest import Server, make_server, qemu_pids
 _servers = itertools.count()
 
 
-def next_prefix(base: str = "nw") -> str:
+def next_prefix(base: str | None = None) -> str:
     """``base`` (the tests' own two letters) + one letter per xdist worker + one per server."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     letters = string.ascii_lowercase
+    # Two letters of its own per test run on a shared machine (VIRTPOOL_TEST_NET_PREFIX), unless
+    # the tests name their own.
+    base = base or os.environ.get("VIRTPOOL_TEST_NET_PREFIX", "nw")[:2]
     return f"{base}{letters[int(worker or 0) % 26]}{letters[next(_servers) % 26]}"
 
 
@@ -32,12 +35,12 @@ def prefix_of(server: Server) -> str:
 
 @pytest.fixture(scope="module")
 def net_server(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
-    yield from server_with_prefix(tmp_path_factory, image_cache, "nw", "netpool")
+    yield from server_with_prefix(tmp_path_factory, image_cache, None, "netpool")
 
 
-def server_with_prefix(tmp_path_factory: pytest.TempPathFactory, image_cache: Path, base: str,
-                       name: str) -> Iterator[Server]:
-    """A `virtpool up` whose devices and tables are named ``base`` + two letters, removed
+def server_with_prefix(tmp_path_factory: pytest.TempPathFactory, image_cache: Path,
+                       base: str | None, name: str) -> Iterator[Server]:
+    """A `virtpool up` whose devices and tables are named ``base`` (None: the run's) + two letters, removed
     (with its guard table) when the generator is closed."""
     prefix = next_prefix(base)
     srv = make_server(tmp_path_factory, image_cache, name, boot_timeout=150.0,

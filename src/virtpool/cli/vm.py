@@ -45,7 +45,7 @@ VM_FLAGS = {"name": "NAME", "image": "--image", "cpus": "--cpus", "memory_mib": 
             "max_memory_mib": "--max-memory", "cpu_cap_pct": "--cpu-cap", "cpu_weight": "--cpu-weight",
             "disk_iops": "--disk-iops", "disk_bps": "--disk-bps", "cpu_affinity": "--cpu-affinity",
             "group": "--group", "required_labels": "--require-label", "weigher": "--weigher",
-            "ports": "--port", "secgroups": "--secgroup", "cloud_init.user_data": "--cloud-init",
+            "ports": "--port", "host": "--host", "secgroups": "--secgroup", "cloud_init.user_data": "--cloud-init",
             "cloud_init.network_config": "--network-config", "cloud_init.hostname": "--hostname",
             **{f"cloud_init.ssh_keys.{i}": "--ssh-key" for i in range(32)}, "cloud_init.ssh_keys": "--ssh-key"}
 # Beyond a VM's boot timeout, what --wait allows for the rest of a start (spawn, state writes).
@@ -96,6 +96,8 @@ def create(
     disk_bps: Annotated[str | None, typer.Option(help="disk bytes per second limit, e.g. 50M")] = None,
     cpu_affinity: Annotated[str | None, typer.Option(help="host CPUs to run on, e.g. 0,2-3")] = None,
     group: Annotated[str | None, typer.Option(help="placement group (`virtpool group list`)")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="run it on this host (`virtpool host list`); refused, with the reason, if it does not fit")] = None,
     require_label: Annotated[list[str] | None, typer.Option(
         "--require-label", help="only hosts with this key=value label; repeat")] = None,
     weigher: Annotated[str | None, typer.Option(
@@ -151,7 +153,7 @@ def create(
                            ports=forwards, kernel_args=kernel_args, accel=accel, start=start,
                            group=group, required_labels=parse_labels(require_label or []),
                            weigher=weigher, networks=network or [], secgroups=secgroup or [],
-                           cloud_init=seed, **limits)
+                           host=host, cloud_init=seed, **limits)
         if start:
             _follow(api, vm, VMState.RUNNING, wait, wait_timeout, json)
             return
@@ -234,7 +236,14 @@ def list_(all_projects: Annotated[bool, typer.Option(
 
 @app.command("show")
 def show(name: VMName, json: JsonFlag = False) -> None:
-    """One VM."""
+    """One VM.
+
+    Examples:
+
+        virtpool vm show web
+
+        virtpool vm show web --json
+    """
     with output.errors():
         api = client()
         vm = api.vm(name)
@@ -309,7 +318,14 @@ StopTimeout = Annotated[float, typer.Option("--timeout", help="seconds for a gra
 
 @app.command("start")
 def start(name: VMName, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
-    """Boot a VM; waits until its guest agent answers."""
+    """Boot a VM; waits until its guest agent answers.
+
+    Examples:
+
+        virtpool vm start web
+
+        virtpool vm start web --no-wait --json
+    """
     _action(name, "start", VMState.RUNNING, wait, wait_timeout, json)
 
 
@@ -331,13 +347,25 @@ def stop(name: VMName, timeout: StopTimeout = 30.0,
 @app.command("restart")
 def restart(name: VMName, timeout: StopTimeout = 30.0, wait: NoWait = True,
             wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
-    """Stop and boot again."""
+    """Stop and boot again.
+
+    Examples:
+
+        virtpool vm restart web
+
+        virtpool vm restart web --timeout 60 --wait-timeout 300
+    """
     _action(name, "restart", VMState.RUNNING, wait, wait_timeout, json, timeout=timeout)
 
 
 @app.command("pause")
 def pause(name: VMName, json: JsonFlag = False) -> None:
-    """Freeze a VM's vCPUs (memory is kept)."""
+    """Freeze a VM's vCPUs (memory is kept).
+
+    Examples:
+
+        virtpool vm pause web
+    """
     with output.errors():
         vm = client().pause_vm(name)
     _report(vm, VMState.PAUSED, False, json)
@@ -345,7 +373,12 @@ def pause(name: VMName, json: JsonFlag = False) -> None:
 
 @app.command("resume")
 def resume(name: VMName, json: JsonFlag = False) -> None:
-    """Continue a paused VM."""
+    """Continue a paused VM.
+
+    Examples:
+
+        virtpool vm resume web
+    """
     with output.errors():
         vm = client().resume_vm(name)
     _report(vm, VMState.RUNNING, False, json)
@@ -354,7 +387,14 @@ def resume(name: VMName, json: JsonFlag = False) -> None:
 @app.command("delete")
 def delete(name: VMName, force: Annotated[bool, typer.Option("--force", help="stop it hard first if it runs")] = False,
            json: JsonFlag = False) -> None:
-    """Delete a VM and its disk."""
+    """Delete a VM and its disk.
+
+    Examples:
+
+        virtpool vm delete web
+
+        virtpool vm delete web --force
+    """
     with output.errors():
         client().delete_vm(name, force=force)
     if json:
@@ -426,7 +466,14 @@ STATS_COLUMNS = ["NAME", "STATE", "CPU", "MEMORY", "GUEST FREE", "QEMU RSS", "DI
 @app.command("stats")
 def stats(name: VMName, watch: Annotated[bool, typer.Option("--watch", help="refresh every second")] = False,
           json: JsonFlag = False) -> None:
-    """CPU, memory, disk use of a VM (network: not counted by user-mode networking)."""
+    """CPU, memory, disk use of a VM (network: not counted by user-mode networking).
+
+    Examples:
+
+        virtpool vm stats web
+
+        virtpool vm stats web --watch
+    """
     with output.errors():
         api = client()
         if json and watch:  # a stream: JSON Lines, one object a second
@@ -507,7 +554,14 @@ def exec_(
 @app.command("logs")
 def logs(name: VMName, follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new output")] = False,
          json: JsonFlag = False) -> None:
-    """The VM's serial console output."""
+    """The VM's serial console output.
+
+    Examples:
+
+        virtpool vm logs web
+
+        virtpool vm logs web --follow
+    """
     with output.errors():
         api = client()
         data, offset = api.logs(name)
@@ -527,7 +581,12 @@ def logs(name: VMName, follow: Annotated[bool, typer.Option("--follow", "-f", he
 
 @app.command("console")
 def console(name: VMName) -> None:
-    """Attach to the serial console. Ctrl-] detaches."""
+    """Attach to the serial console. Ctrl-] detaches.
+
+    Examples:
+
+        virtpool vm console web
+    """
     from virtpool.cli.console import attach
 
     with output.errors():

@@ -1,15 +1,15 @@
 """Security groups of projects, their rules, and the VMs in them (issue 11, item 5).
 
-Revision ID: 0016_secgroups
-Revises: 0015_cloud_init
+Revision ID: 0019_secgroups
+Revises: 0018_usage
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0016_secgroups"
-down_revision = "0015_cloud_init"
+revision = "0019_secgroups"
+down_revision = "0018_usage"
 branch_labels = None
 depends_on = None
 
