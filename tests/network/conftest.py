@@ -40,8 +40,8 @@ def net_server(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> I
 
 def server_with_prefix(tmp_path_factory: pytest.TempPathFactory, image_cache: Path,
                        base: str | None, name: str) -> Iterator[Server]:
-    """A `virtpool up` whose devices and tables are named ``base`` (None: the run's) + two letters, removed
-    (with its guard table) when the generator is closed."""
+    """A `virtpool up` whose devices and tables are named ``base`` (None: the run's) + two
+    letters, removed (with its guard table) when the generator is closed."""
     prefix = next_prefix(base)
     srv = make_server(tmp_path_factory, image_cache, name, boot_timeout=150.0,
                       extra_args=("--net-prefix", prefix))

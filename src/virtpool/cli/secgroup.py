@@ -32,7 +32,14 @@ FromGroup = Annotated[str | None, typer.Option(
 
 @app.command("create")
 def create(name: str, project: ProjectOption = None, json: JsonFlag = False) -> None:
-    """Create a group; add rules with `secgroup rule add`, VMs with `vm create/set --secgroup`."""
+    """Create a group; add rules with `secgroup rule add`, VMs with `vm create/set --secgroup`.
+
+    Examples:
+
+        virtpool secgroup create web
+
+        virtpool secgroup create db --project team-a
+    """
     with output.errors():
         group = _client(project).create_secgroup(name)
     if json:
@@ -43,7 +50,14 @@ def create(name: str, project: ProjectOption = None, json: JsonFlag = False) -> 
 
 @app.command("list")
 def list_(project: ProjectOption = None, json: JsonFlag = False) -> None:
-    """Every security group of the project."""
+    """Every security group of the project.
+
+    Examples:
+
+        virtpool secgroup list
+
+        virtpool secgroup list --json
+    """
     with output.errors():
         groups = _client(project).secgroups()
     if json:
@@ -54,7 +68,14 @@ def list_(project: ProjectOption = None, json: JsonFlag = False) -> None:
 
 @app.command("show")
 def show(name: str, project: ProjectOption = None, json: JsonFlag = False) -> None:
-    """One group: its rules and its VMs."""
+    """One group: its rules and its VMs.
+
+    Examples:
+
+        virtpool secgroup show web
+
+        virtpool secgroup show web --json
+    """
     with output.errors():
         group = _client(project).secgroup(name)
     if json:
@@ -67,7 +88,14 @@ def show(name: str, project: ProjectOption = None, json: JsonFlag = False) -> No
 
 @app.command("delete")
 def delete(name: str, project: ProjectOption = None, json: JsonFlag = False) -> None:
-    """Delete a group. Refused while VMs are in it or other groups' rules name it."""
+    """Delete a group. Refused while VMs are in it or other groups' rules name it.
+
+    Examples:
+
+        virtpool secgroup delete web
+
+        virtpool secgroup delete db --project team-a
+    """
     with output.errors():
         _client(project).delete_secgroup(name)
     if json:
@@ -118,7 +146,14 @@ def remove(
     from_: FromCidr = None, from_group: FromGroup = None,
     project: ProjectOption = None, json: JsonFlag = False,
 ) -> None:
-    """Remove a rule, by its id or as it was added; running VMs lose it at once."""
+    """Remove a rule, by its id or as it was added; running VMs lose it at once.
+
+    Examples:
+
+        virtpool secgroup rule remove web 1a2b3c4d
+
+        virtpool secgroup rule remove web --ingress --proto tcp --port 80
+    """
     api = _client(project)
     with output.errors(RULE_FLAGS):
         if rule_id is None:

@@ -278,9 +278,11 @@ def set_(
 ) -> None:
     """Change a VM's settings while it runs: its security groups.
 
-    Example:
+    Examples:
 
         virtpool vm set web --secgroup web --secgroup ssh
+
+        virtpool vm set web --no-secgroup
     """
     if no_secgroup == bool(secgroup):
         output.fail("give --secgroup NAME (repeatable) or --no-secgroup", code=output.EXIT_USAGE)
