@@ -58,12 +58,14 @@ def link_image(cache: Path, data_dir: Path, name: str = "default") -> None:
     shutil.copytree(cache / name, data_dir / "images" / name, copy_function=os.link)
 
 
-def qemu_pids(data_dir: Path) -> list[int]:
-    """QEMU processes whose command line points into ``data_dir``."""
+def qemu_pids(data_dir: Path, programs: tuple[str, ...] = ("qemu-system",)) -> list[int]:
+    """QEMU processes (or other ``programs`` the agent runs) whose command line points into
+    ``data_dir``."""
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if cmdline and "qemu-system" in cmdline[0] and any(str(data_dir) in a for a in cmdline):
+        if (cmdline and any(p in cmdline[0] for p in programs)
+                and any(str(data_dir) in a for a in cmdline)):
             found.append(proc.info["pid"])
     return found
 
@@ -134,13 +136,14 @@ class Server:
         return self.client
 
     def cleanup(self) -> None:
-        """Force-delete every VM, stop the server, and insist that no QEMU survived."""
+        """Force-delete every VM, stop the server, and kill any QEMU or passt that survived (a
+        server that died cannot stop them, and they would outlive the run)."""
         if self.client is not None and self.proc is not None:
             for vm in self.client.vms(all_projects=True):
                 with Client(self.client.url, self.client.token, project=vm.project) as in_project:
                     in_project.delete_vm(vm.id, force=True)
         self.stop()
-        for pid in qemu_pids(self.data_dir):
+        for pid in qemu_pids(self.data_dir, ("qemu-system", "passt")):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -175,6 +178,40 @@ def make_server(tmp_path_factory: pytest.TempPathFactory, cache: Path | None, na
         api = server.api()
         api.set_host_ratios(api.host().hostname, cpu=MAX_RATIO)
     return server
+
+
+class JoinedAgent:
+    """A real `virtpool agent` process joined to ``server`` (its own data dir, HTTPS on
+    loopback, mutual TLS with the pool CA); ``stop()`` ends it and its process group."""
+
+    def __init__(self, server: Server, data: Path, name: str, net_prefix: str) -> None:
+        token = server.api().join_token(600)["token"]
+        join = (server.data_dir / "join.url").read_text().strip()
+        self.log_path = data.parent / f"{name}-agent.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [VIRTPOOL, "agent", "--server", join, "--join", token, "--data-dir", str(data),
+             "--listen", "127.0.0.1:0", "--name", name, "--net-prefix", net_prefix],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.address = None
+        deadline = time.monotonic() + 60
+        while self.address is None and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"virtpool agent exited: {self.log_path.read_text()}")
+            view = next((h for h in server.api().hosts() if h.name == name), None)
+            # Joined once it is up with its capacity (a create placed before that finds none).
+            joined = view is not None and view.state == "up" and view.memory_mib.physical > 0
+            self.address = view.address if joined else None
+            time.sleep(0.2)
+        if self.address is None:
+            self.stop()
+            raise RuntimeError(f"virtpool agent did not join: {self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=90)  # it detaches its VMs first; slow on a loaded machine
+        self._log.close()
 
 
 @pytest.fixture(scope="session")
