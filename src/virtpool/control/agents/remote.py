@@ -27,7 +27,7 @@ from virtpool.model.errors import Unauthorized, VirtpoolError
 from virtpool.model.backup import BackupInfo
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.network import HostNetworkInput
-from virtpool.model.snapshot import SnapshotInfo
+from virtpool.model.snapshot import CloneKind, SnapshotInfo
 from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
 from virtpool.mtls import client_context
@@ -227,7 +227,8 @@ class RemoteAgent:
     def converge_networks(self, desired: HostNetworkInput) -> None:
         self._call("PUT", "/v1/networks", json=desired.model_dump(mode="json"), timeout=CALL_TIMEOUT_S + SLACK_S)
 
-    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None) -> None:
+    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None,
+                   kind: CloneKind = "full", keep_ready: int = 0) -> None:
         raise _not_served("clones")
 
     # Snapshots and backups arrived on main after the agent API was written: refused clearly
