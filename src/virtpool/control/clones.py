@@ -7,10 +7,11 @@ copy; and ``memory`` (``vm create --from-snapshot SRC:SNAP``), a copy that keeps
 snapshot, which the clone's first start resumes instead of booting.
 
 The clone is a VM of its own: a new id, its own name (its guest's hostname), its own uid,
-cgroup and network identity; host port forwards are not copied (they would collide). The
-source must be stopped unless a snapshot is named (a snapshot does not change under a
-running guest), and for ``memory`` always (its QEMU rewrites the qcow2's tables while it
-runs, and that copy is a byte copy). A clone that fails leaves no VM and no disk behind.
+cgroup and network identity (a new MAC; through cloud-init a new instance-id and machine-id);
+host port forwards are not copied (they would collide). The source must be stopped unless a
+snapshot is named (a snapshot does not change under a running guest), and for ``memory``
+always (its QEMU rewrites the qcow2's tables while it runs, and that copy is a byte copy). A
+clone that fails leaves no VM and no disk behind.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ class CloneService:
                       disk_mib=source.disk_mib, kernel_args=source.kernel_args, accel=source.accel,  # type: ignore[arg-type]
                       max_memory_mib=source.max_memory_mib, cpu_cap_pct=source.cpu_cap_pct,
                       cpu_weight=source.cpu_weight, disk_iops=source.disk_iops, disk_bps=source.disk_bps,
-                      cpu_affinity=source.cpu_affinity, boot_timeout_s=source.boot_timeout_s)
+                      cpu_affinity=source.cpu_affinity, boot_timeout_s=source.boot_timeout_s,
+                      # The same configuration, but a host name of its own; its instance-id
+                      # (its new id) makes cloud-init treat the copied disk as a new instance.
+                      cloud_init=source.cloud_init.for_clone() if source.cloud_init else None)
         vm = self._vms.create(spec, project_id=project_id)
         try:
             agent.clone_disk(source.id, vm.id, image=source.image, snapshot=snapshot, kind=kind,
