@@ -47,6 +47,7 @@ class VMInfo(BaseModel):
     state: VMState
     error: str | None
     host: str
+    pinned: bool = Field(default=False, description="created with --host: it stays on its host")
     boot_timeout_s: float | None = None  # what its boots wait for (None: the server's default)
     stopped_by: StopMethod | None = None  # how its last stop ended
     cloud_init: CloudInit | None = None  # its seed's user part (the instance-id is its id)
@@ -78,8 +79,11 @@ class VMUsage(BaseModel):
     disk_written_bytes: int | None = None
     disk_read_ops: int | None = None
     disk_write_ops: int | None = None
-    net_rx_bytes: int | None = None  # user-mode networking keeps no counters
+    # As the guest sees them: a tap's host counters, or the default network's guest agent's.
+    net_rx_bytes: int | None = None
     net_tx_bytes: int | None = None
+    net_rx_packets: int | None = None
+    net_tx_packets: int | None = None
 
 
 class VMStats(VMUsage):
