@@ -121,7 +121,7 @@ class Pool:
             sessions, self.vms.get, self.operations.get,
             lambda vm_id: self.vm_operations.follow_create(vm_id, actor="idempotent-retry"))
         self.balancer = MemoryBalancer(self.vms, self.agent, self.events, self.audit, config.memory)
-        self.usage = UsageRecorder(self.vms, self.agent)
+        self.usage = UsageRecorder(sessions, self.vms, self.agents)
         self.summary = Summary(sessions)
         self.leases = LeaseService(sessions, self.events, self.audit, on_lost=self.vms.host_lost,
                                    on_back=self._host_back, on_state=self.placer.invalidate)
@@ -129,6 +129,7 @@ class Pool:
         # The pool's background loops run on one server of those sharing the database.
         self.leader = Leadership(sessions, events=self.events)
         self.lease_monitor = Loop("lease-monitor", self.leases.expire, MONITOR_PERIOD_S, self.leader)
+        self.usage_sampler = Loop("usage-sampler", self.usage.sample, self.usage.interval_s, self.leader)
         self.heartbeat: LocalHeartbeat | None = None
 
     def _remote_agent(self, name: str, url: str) -> Agent:
@@ -204,7 +205,6 @@ class Pool:
             self.agent_events.follow(self.hosts.local)
             self.hosts.reconcile_usage()
             self.balancer.start()
-            self.usage.start()
             self.heartbeat = LocalHeartbeat(self.leases, self.hosts.local,
                                             agent_version=__version__)
             self.heartbeat.start()
@@ -212,6 +212,7 @@ class Pool:
             self.operations.fail_interrupted()
         self.leader.start()
         self.lease_monitor.start()
+        self.usage_sampler.start()
         return self.tokens.bootstrap(self.config.token_file)
 
     def scrape(self, project: str | None) -> Scrape:
@@ -229,7 +230,8 @@ class Pool:
             self.heartbeat.stop()
         self.balancer.stop()
         self.agent_events.close()
-        self.usage.stop()
+        self.usage_sampler.stop()
+        self.usage.close()
         self.vms.close()
         self.agents.close()
         self.engine.dispose()

@@ -79,8 +79,11 @@ class VMUsage(BaseModel):
     disk_written_bytes: int | None = None
     disk_read_ops: int | None = None
     disk_write_ops: int | None = None
-    net_rx_bytes: int | None = None  # user-mode networking keeps no counters
+    # As the guest sees them: a tap's host counters, or the default network's guest agent's.
+    net_rx_bytes: int | None = None
     net_tx_bytes: int | None = None
+    net_rx_packets: int | None = None
+    net_tx_packets: int | None = None
 
 
 class VMStats(VMUsage):
