@@ -15,7 +15,14 @@ app = typer.Typer(help="The pool as a whole: default weigher, rebalancing.", no_
 
 @app.command("show")
 def show(json: JsonFlag = False) -> None:
-    """Pool-wide settings."""
+    """Pool-wide settings.
+
+    Examples:
+
+        virtpool pool show
+
+        virtpool pool show --json
+    """
     with output.errors():
         settings = client().pool_settings()
     if json:
@@ -28,15 +35,26 @@ def set_(
     weigher: Annotated[str | None, typer.Option(
         help="how hosts are ranked when a VM create names none: " + " | ".join(WEIGHER_NAMES))
     ] = None,
+    warm_copies: Annotated[int | None, typer.Option(
+        "--warm-copies", help="disks each host keeps ready per memory snapshot VMs are created from "
+        "(vm create --from-snapshot), so that a create only renames one (0-16; 0: copy each time)")] = None,
     json: JsonFlag = False,
 ) -> None:
-    """Change pool-wide settings (admin)."""
-    if weigher is None:
+    """Change pool-wide settings (admin).
+
+    Examples:
+
+        virtpool pool set --weigher pack
+
+        virtpool pool set --warm-copies 2
+    """
+    if weigher is None and warm_copies is None:
         output.fail("nothing to set", hint="e.g. `virtpool pool set --weigher pack`")
-    if weigher not in WEIGHER_NAMES:
+    if weigher is not None and weigher not in WEIGHER_NAMES:
         output.fail(f"unknown weigher '{weigher}'", hint=f"one of: {', '.join(WEIGHER_NAMES)}")
+    changes = {k: v for k, v in (("weigher", weigher), ("warm_copies", warm_copies)) if v is not None}
     with output.errors():
-        settings = client().set_pool_settings(weigher=weigher)
+        settings = client().set_pool_settings(**changes)
     if json:
         return output.emit_json(settings)
     output.fields(list(settings.model_dump().items()))
@@ -52,7 +70,14 @@ def rebalance(
     json: JsonFlag = False,
 ) -> None:
     """Plan live migrations that even out (or, with --consolidate, pack) the hosts; without
-    --dry-run apply them — which needs live migration, not available yet."""
+    --dry-run apply them — which needs live migration, not available yet.
+
+    Examples:
+
+        virtpool pool rebalance --dry-run
+
+        virtpool pool rebalance --consolidate --threshold 0.2
+    """
     with output.errors():
         plan = client().rebalance(threshold_pp=threshold, consolidate=consolidate,
                                   dry_run=dry_run)

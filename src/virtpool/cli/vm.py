@@ -106,6 +106,9 @@ def create(
         help="a NIC on this network: NAME or NAME,ip=ADDRESS; repeat for several")] = None,
     boot_timeout: Annotated[float | None, typer.Option(
         help="seconds its boots may take to answer the guest agent (default: the image's)")] = None,
+    from_snapshot: Annotated[str | None, typer.Option(
+        "--from-snapshot", help="SOURCE:SNAPSHOT, a memory snapshot of a stopped VM: the new VM "
+        "(its shape, its disk) starts from it instead of booting")] = None,
     cloud_init: Annotated[Path | None, typer.Option(
         "--cloud-init", help="cloud-init user-data file ('#cloud-config' YAML or a script)")] = None,
     ssh_key: Annotated[list[Path] | None, typer.Option(
@@ -126,11 +129,26 @@ def create(
 
         virtpool vm create db --memory 1G --max-memory 2G --cpu-cap 150 --group web
 
+        virtpool vm create web2 --from-snapshot web:warm --start --wait
+
         virtpool vm create deb --image debian-12 --memory 1G --cloud-init user-data.yaml
         --ssh-key ~/.ssh/id_ed25519.pub --start --wait
     """
     from virtpool.cli.host import parse_labels
 
+    if from_snapshot is not None:
+        shaped = {"--image": image != "default", "--cpus": cpus != 1, "--memory": memory != "256M",
+                  "--disk": disk != "1G", "--port": bool(port), "--network": bool(network),
+                  "--kernel-args": bool(kernel_args), "--max-memory": max_memory is not None,
+                  "--cloud-init": cloud_init is not None, "--ssh-key": bool(ssh_key),
+                  "--hostname": hostname is not None, "--network-config": network_config is not None}
+        given = [flag for flag, set_ in shaped.items() if set_]
+        if given:
+            output.fail(f"{', '.join(given)} cannot be given with --from-snapshot: the VM resumes the "
+                        "snapshot's guest, with its source's image, shape and disk",
+                        hint="leave them out (resize the VM after its start)")
+        _create_from_snapshot(name, from_snapshot, start=start, wait=wait, wait_timeout=wait_timeout, json=json)
+        return
     with output.errors(VM_FLAGS):
         try:
             memory_mib = parse_size_mib(memory, what="memory")
@@ -160,6 +178,23 @@ def create(
     output.print_line(f"VM '{vm.name}' created on host '{vm.host}' ({output.state(vm.state.value)})")
 
 
+def _create_from_snapshot(name: str, ref: str, *, start: bool, wait: bool, wait_timeout: float,
+                          json: bool) -> None:
+    """The VM takes the source's shape and the snapshot's disk; its first start resumes the
+    snapshot's guest (a fraction of a boot), with its own name as hostname."""
+    source, sep, snapshot = ref.partition(":")
+    if not sep or not source or not snapshot:
+        output.fail(f"cannot read --from-snapshot '{ref}'", hint="write SOURCE:SNAPSHOT, e.g. web:warm")
+    with output.errors():
+        api = client()
+        vm = api.clone_vm(source, name, snapshot=snapshot, memory=True)
+        if start:
+            _follow(api, api.start_vm(vm.name), VMState.RUNNING, wait, wait_timeout, json)
+            return
+    if json:
+        return output.emit_json(vm)
+    output.print_line(f"VM '{vm.name}' created from snapshot '{snapshot}' of VM '{source}' on host "
+                      f"'{vm.host}' ({output.state(vm.state.value)}); its first start resumes the snapshot")
 def _read_text(path: Path, flag: str, limit: int) -> str:
     try:
         with path.open("rb") as handle:
@@ -234,7 +269,14 @@ def list_(all_projects: Annotated[bool, typer.Option(
 
 @app.command("show")
 def show(name: VMName, json: JsonFlag = False) -> None:
-    """One VM."""
+    """One VM.
+
+    Examples:
+
+        virtpool vm show web
+
+        virtpool vm show web --json
+    """
     with output.errors():
         api = client()
         vm = api.vm(name)
@@ -284,7 +326,14 @@ StopTimeout = Annotated[float, typer.Option("--timeout", help="seconds for a gra
 
 @app.command("start")
 def start(name: VMName, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
-    """Boot a VM; waits until its guest agent answers."""
+    """Boot a VM; waits until its guest agent answers.
+
+    Examples:
+
+        virtpool vm start web
+
+        virtpool vm start web --no-wait --json
+    """
     _action(name, "start", VMState.RUNNING, wait, wait_timeout, json)
 
 
@@ -306,13 +355,25 @@ def stop(name: VMName, timeout: StopTimeout = 30.0,
 @app.command("restart")
 def restart(name: VMName, timeout: StopTimeout = 30.0, wait: NoWait = True,
             wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
-    """Stop and boot again."""
+    """Stop and boot again.
+
+    Examples:
+
+        virtpool vm restart web
+
+        virtpool vm restart web --timeout 60 --wait-timeout 300
+    """
     _action(name, "restart", VMState.RUNNING, wait, wait_timeout, json, timeout=timeout)
 
 
 @app.command("pause")
 def pause(name: VMName, json: JsonFlag = False) -> None:
-    """Freeze a VM's vCPUs (memory is kept)."""
+    """Freeze a VM's vCPUs (memory is kept).
+
+    Examples:
+
+        virtpool vm pause web
+    """
     with output.errors():
         vm = client().pause_vm(name)
     _report(vm, VMState.PAUSED, False, json)
@@ -320,7 +381,12 @@ def pause(name: VMName, json: JsonFlag = False) -> None:
 
 @app.command("resume")
 def resume(name: VMName, json: JsonFlag = False) -> None:
-    """Continue a paused VM."""
+    """Continue a paused VM.
+
+    Examples:
+
+        virtpool vm resume web
+    """
     with output.errors():
         vm = client().resume_vm(name)
     _report(vm, VMState.RUNNING, False, json)
@@ -329,7 +395,14 @@ def resume(name: VMName, json: JsonFlag = False) -> None:
 @app.command("delete")
 def delete(name: VMName, force: Annotated[bool, typer.Option("--force", help="stop it hard first if it runs")] = False,
            json: JsonFlag = False) -> None:
-    """Delete a VM and its disk."""
+    """Delete a VM and its disk.
+
+    Examples:
+
+        virtpool vm delete web
+
+        virtpool vm delete web --force
+    """
     with output.errors():
         client().delete_vm(name, force=force)
     if json:
@@ -401,7 +474,14 @@ STATS_COLUMNS = ["NAME", "STATE", "CPU", "MEMORY", "GUEST FREE", "QEMU RSS", "DI
 @app.command("stats")
 def stats(name: VMName, watch: Annotated[bool, typer.Option("--watch", help="refresh every second")] = False,
           json: JsonFlag = False) -> None:
-    """CPU, memory, disk use of a VM (network: not counted by user-mode networking)."""
+    """CPU, memory, disk use of a VM (network: not counted by user-mode networking).
+
+    Examples:
+
+        virtpool vm stats web
+
+        virtpool vm stats web --watch
+    """
     with output.errors():
         api = client()
         if json and watch:  # a stream: JSON Lines, one object a second
@@ -482,7 +562,14 @@ def exec_(
 @app.command("logs")
 def logs(name: VMName, follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new output")] = False,
          json: JsonFlag = False) -> None:
-    """The VM's serial console output."""
+    """The VM's serial console output.
+
+    Examples:
+
+        virtpool vm logs web
+
+        virtpool vm logs web --follow
+    """
     with output.errors():
         api = client()
         data, offset = api.logs(name)
@@ -502,7 +589,12 @@ def logs(name: VMName, follow: Annotated[bool, typer.Option("--follow", "-f", he
 
 @app.command("console")
 def console(name: VMName) -> None:
-    """Attach to the serial console. Ctrl-] detaches."""
+    """Attach to the serial console. Ctrl-] detaches.
+
+    Examples:
+
+        virtpool vm console web
+    """
     from virtpool.cli.console import attach
 
     with output.errors():
