@@ -117,7 +117,7 @@ class Pool:
         self.secgroups.on_change = self.vms.converge_all_networks
         self.snapshots = SnapshotService(self.vms, self.events)
         self.backups = BackupService(self.vms, self.events)
-        self.clones = CloneService(self.vms, self.events)
+        self.clones = CloneService(self.vms, self.events, warm_copies=lambda: self.settings.get().warm_copies)
         self.agent_events = EventPump(sessions, self.agents, self.vms.on_agent_event)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
         self.idempotency = IdempotentCreates(
