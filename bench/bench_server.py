@@ -57,9 +57,10 @@ class Server:
     """A real `virtpool up` on its own data dir (made and given its image by the caller) and a
     free port, and a client for it."""
 
-    def __init__(self, data_dir: Path, boot_timeout: float) -> None:
+    def __init__(self, data_dir: Path, boot_timeout: float, extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.boot_timeout = boot_timeout
+        self.extra_args = extra_args
         self.log = data_dir.parent / "server.log"
         self.env = {**os.environ, "VIRTPOOL_DATA_DIR": str(data_dir)}
         for var in ("VIRTPOOL_URL", "VIRTPOOL_TOKEN"):  # they would point the CLI elsewhere
@@ -72,7 +73,7 @@ class Server:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [VIRTPOOL, "up", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
-                 "--no-build", "--boot-timeout", str(self.boot_timeout)],
+                 "--no-build", "--boot-timeout", str(self.boot_timeout), *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )
         deadline = time.monotonic() + 60

@@ -54,6 +54,7 @@ from virtpool.model.layout import TOKEN_FILE, URL_FILE
 from virtpool.model.lease import MONITOR_PERIOD_S
 
 log = logging.getLogger(__name__)
+NETWORK_ROUND_S = 30.0  # how soon a host's networks heal after a converge it missed
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,9 @@ class Pool:
         # The pool's background loops run on one server of those sharing the database.
         self.leader = Leadership(sessions, events=self.events)
         self.lease_monitor = Loop("lease-monitor", self.leases.expire, MONITOR_PERIOD_S, self.leader)
+        # Every host's networks again now and then: a converge an agent missed heals.
+        self.network_rounds = Loop("network-converge", self.vms.converge_all_networks,
+                                   NETWORK_ROUND_S, self.leader)
         self.heartbeat: LocalHeartbeat | None = None
 
     def _remote_agent(self, name: str, url: str) -> Agent:
@@ -182,6 +186,7 @@ class Pool:
             self.heartbeat.start()
         self.leader.start()
         self.lease_monitor.start()
+        self.network_rounds.start()
         return self.tokens.bootstrap(self.config.token_file)
 
     def scrape(self, project: str | None) -> Scrape:
@@ -193,6 +198,7 @@ class Pool:
         return Scrape(*collectors)
 
     def close(self) -> None:
+        self.network_rounds.stop()
         self.lease_monitor.stop()
         self.leader.stop()
         if self.heartbeat is not None:

@@ -76,8 +76,12 @@ class VMUsage(BaseModel):
     disk_written_bytes: int | None = None
     disk_read_ops: int | None = None
     disk_write_ops: int | None = None
-    net_rx_bytes: int | None = None  # user-mode networking keeps no counters
+    # What the guest received and sent on its NICs on virtpool networks (its taps' counters,
+    # all NICs together); the default network (passt) keeps none.
+    net_rx_bytes: int | None = None
     net_tx_bytes: int | None = None
+    net_rx_packets: int | None = None
+    net_tx_packets: int | None = None
 
 
 class VMStats(VMUsage):

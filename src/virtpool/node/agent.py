@@ -677,7 +677,24 @@ class LocalAgent:
         except psutil.NoSuchProcess:
             return VMUsage(**figures)
         figures.update(self._run(_qmp_stats(vm)))
+        figures.update(self._nic_counters(vm_id))
         return VMUsage(**figures)
+
+    def _nic_counters(self, vm_id: str) -> dict[str, int]:
+        """The VM's taps' counters, from the guest's side: what a tap receives, the guest sent."""
+        taps = self._net_plan.taps_of(vm_id) if self._net_plan else []
+        if not taps:
+            return {}
+        totals = dict.fromkeys(("net_rx_bytes", "net_tx_bytes", "net_rx_packets", "net_tx_packets"), 0)
+        sides = {"net_rx_bytes": "tx_bytes", "net_tx_bytes": "rx_bytes",
+                 "net_rx_packets": "tx_packets", "net_tx_packets": "rx_packets"}
+        for tap in taps:
+            for figure, counter in sides.items():
+                try:
+                    totals[figure] += int(Path(f"/sys/class/net/{tap.name}/statistics/{counter}").read_text())
+                except (OSError, ValueError):
+                    return {}  # a tap gone (the VM stopping): no figure rather than a short one
+        return totals
 
     # -- housekeeping ---------------------------------------------------------------------
 
