@@ -53,33 +53,47 @@ def test_stop_says_whether_the_guest_agent_or_a_kill_ended_it(server: Server) ->
     api.delete_vm("polite")
 
 
-def test_a_reboot_inside_the_guest_reboots_the_vm(server: Server) -> None:
+def test_a_reboot_inside_the_guest_reboots_the_vm_also_after_an_agent_restart(server: Server) -> None:
     api = server.api()
     api.create_vm("again", start=True)
     assert api.wait_vm("again").state == "running"
     vm_dir = server.data_dir / "vms" / api.vm("again").id
-    first_pid = int((vm_dir / "qemu.pid").read_text())
-    wrote = api.exec("again", ["sh", "-c", "echo kept > /root/kept; echo gone > /tmp/gone; sync"])
-    assert wrote.exit_code == 0, wrote.stderr
 
-    api.exec("again", ["sh", "-c", "(sleep 1; reboot -f) >/dev/null 2>&1 &"])
+    def reboot_and_check(round_: int) -> None:
+        first_pid = int((vm_dir / "qemu.pid").read_text())
+        wrote = api.exec("again", ["sh", "-c", f"echo kept{round_} > /root/kept; echo gone > /tmp/gone; sync"])
+        assert wrote.exit_code == 0, wrote.stderr
 
-    def rebooted() -> bool:
-        try:
-            return int((vm_dir / "qemu.pid").read_text()) != first_pid
-        except (OSError, ValueError):
-            return False
+        api.exec("again", ["sh", "-c", "(sleep 1; reboot -f) >/dev/null 2>&1 &"])
 
-    assert wait_for(rebooted, timeout=60)
-    # The VM stays running through its reboot and its guest comes back: RAM is new, disk kept.
-    for _ in range(120):
-        try:
-            if api.exec("again", ["true"]).exit_code == 0:
-                break
-        except Exception:  # the agent is not up yet
-            time.sleep(0.5)
-    after = api.exec("again", ["sh", "-c", "cat /root/kept; cat /tmp/gone 2>/dev/null || echo fresh"])
-    assert after.stdout.split() == ["kept", "fresh"]
+        def rebooted() -> bool:
+            try:
+                return int((vm_dir / "qemu.pid").read_text()) != first_pid
+            except (OSError, ValueError):
+                return False
+
+        assert wait_for(rebooted, timeout=60)
+        # The VM stays running through its reboot and its guest comes back: RAM is new, disk kept.
+        for _ in range(120):
+            try:
+                if api.exec("again", ["true"]).exit_code == 0:
+                    break
+            except Exception:  # the agent is not up yet
+                time.sleep(0.5)
+        after = api.exec("again", ["sh", "-c", "cat /root/kept; cat /tmp/gone 2>/dev/null || echo fresh"])
+        assert after.stdout.split() == [f"kept{round_}", "fresh"]
+        assert api.vm("again").state == "running"
+        assert len(qemu_pids(vm_dir)) == 1
+
+    reboot_and_check(1)
+    # The agent restarts (its QEMUs outlive it and are adopted): the next reboot is still a
+    # reboot, not a crash.
+    server.stop()
+    server.start()
+    api = server.api()
     assert api.vm("again").state == "running"
-    assert len(qemu_pids(vm_dir)) == 1
+    reboot_and_check(2)
+    messages = [e.message for e in api.events(vm="again")]
+    assert not any("crash" in m or "exited" in m for m in messages), messages
     api.delete_vm("again", force=True)
+    assert not (server.data_dir / "launches" / f"{vm_dir.name}.json").exists()

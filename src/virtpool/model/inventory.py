@@ -19,7 +19,7 @@ from virtpool.model.resources import (
     HostState,
     WeigherName,
 )
-from virtpool.model.spec import NAME_RULE, valid_name
+from virtpool.model.names import NAME_RULE, Name
 
 
 class Usage(BaseModel):
@@ -122,16 +122,9 @@ class GroupSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description=NAME_RULE)
+    name: Name = Field(description=NAME_RULE)
     policy: GroupPolicy
     hard: bool = Field(default=True, description="False: a preference, not a rule (--soft)")
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        if not valid_name(value):
-            raise ValueError(f"'{value}' is not a valid name: {NAME_RULE}")
-        return value
 
 
 class GroupView(BaseModel):

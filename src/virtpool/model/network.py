@@ -11,7 +11,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from virtpool.model.names import NAME_RULE, valid_name
+from virtpool.model.names import NAME_RULE, Name, NetworkName
 
 DEFAULT_SUBNET_POOL = ipaddress.IPv4Network("10.20.0.0/16")  # /24s handed out when none is given
 MIN_PREFIX, MAX_PREFIX = 16, 29  # a gateway, a DHCP range and room for VMs; no bigger than /16
@@ -52,17 +52,10 @@ class NetworkSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description=NAME_RULE)
+    name: Name = Field(description=NAME_RULE)
     subnet: str | None = Field(default=None, description="IPv4 CIDR, e.g. 10.20.0.0/24 "
                                "(default: a free /24 of 10.20.0.0/16)")
     nat: bool = Field(default=False, description="masquerade egress through the host")
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        if not valid_name(value):
-            raise ValueError(f"'{value}' is not a valid name: {NAME_RULE}")
-        return value
 
     @field_validator("subnet")
     @classmethod
@@ -95,15 +88,8 @@ class NicRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    network: str
+    network: NetworkName
     ip: str | None = None
-
-    @field_validator("network")
-    @classmethod
-    def _check_network(cls, value: str) -> str:
-        if not valid_name(value):
-            raise ValueError(f"'{value}' is not a valid network name: {NAME_RULE}")
-        return value
 
     @field_validator("ip")
     @classmethod

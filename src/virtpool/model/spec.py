@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from virtpool.model.names import NAME_PATTERN, NAME_RULE, valid_name
+from virtpool.model.names import NAME_PATTERN, NAME_RULE, Name, valid_name
 from virtpool.model.network import NicRequest
 
 __all__ = ["NAME_PATTERN", "NAME_RULE", "valid_name"]  # where the rest of virtpool finds them
@@ -55,8 +55,8 @@ class VMSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description=NAME_RULE, examples=["web1"])
-    image: str = Field(default="default", description="name of an image (`virtpool image list`)")
+    name: Name = Field(description=NAME_RULE, examples=["web1"])
+    image: Name = Field(default="default", description="name of an image (`virtpool image list`)")
     cpus: int = Field(default=1, ge=1, le=MAX_CPUS)
     memory_mib: int = Field(default=256, ge=MIN_MEMORY_MIB, le=16 * 1024 * 1024)
     disk_mib: int = Field(default=1024, ge=1, le=64 * 1024 * 1024)
@@ -92,13 +92,6 @@ class VMSpec(BaseModel):
         default_factory=list, max_length=8,
         description="a NIC on each of these networks of the project (default: one NIC on the "
                     "host's user-mode network, which --port forwards to)")
-
-    @field_validator("name", "image")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        if not valid_name(value):
-            raise ValueError(f"'{value}' is not a valid name: {NAME_RULE}")
-        return value
 
     @field_validator("kernel_args")
     @classmethod

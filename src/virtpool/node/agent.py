@@ -42,6 +42,7 @@ from virtpool.node import backups, disks, launch, safe_files, serial, snapshots
 from virtpool.node.events import EventFeed
 from virtpool.node.images.catalog import ImageCatalog
 from virtpool.node.images.store import kernel_kind
+from virtpool.node.launches import Launch, LaunchRecords
 from virtpool.node.net import guard, passt
 from virtpool.node.net.apply import NetworkApplier
 from virtpool.node.net.plan import HostPlan, host_plan
@@ -125,9 +126,9 @@ class LocalAgent:
         if self._cgroups:
             cgroups.cleanup_orphans(self.vm_ids())
         self._vms: dict[str, VM] = {}
-        # How each VM was last started (spec, slot, how long its boot may take), for reboots
-        # from inside a guest.
-        self._launches: dict[str, tuple[VMSpec, int, float]] = {}
+        # How each VM was last started, for reboots from inside a guest (on disk: they must
+        # survive a restart of this agent).
+        self._launches = LaunchRecords(data_dir / "launches")
         self._cpu_samples: dict[str, deque[tuple[float, float]]] = {}
         self._unsafe_logs: set[str] = set()  # VMs whose serial.log was replaced (warned once)
         self._loop = asyncio.new_event_loop()
@@ -283,7 +284,7 @@ class LocalAgent:
         self._run(forget())
         self._release_cgroup(vm_id)
         shutil.rmtree(self._paths(vm_id).root, ignore_errors=True)
-        self._launches.pop(vm_id, None)
+        self._launches.drop(vm_id)
 
     def read_log(self, vm_id: str, offset: int = 0, limit: int = 1 << 20) -> tuple[bytes, int]:
         return serial.read_from(self._paths(vm_id).serial_log, offset, limit)
@@ -427,7 +428,7 @@ class LocalAgent:
         if not paths.disk.exists():
             raise NotFound(f"VM '{spec.name}' has no disk on this host ({paths.disk})")
         vm = self._run(self._on_loop(vm_id, spec.name))
-        self._launches[vm_id] = (spec, slot, DEFAULT_REBOOT_WAIT_S)
+        self._launches.put(vm_id, Launch(spec, slot, DEFAULT_REBOOT_WAIT_S))
         return self._run(self._start(vm, spec, slot), timeout=None)
 
     async def _start(self, vm: VM, spec: VMSpec, slot: int) -> int:
@@ -474,10 +475,10 @@ class LocalAgent:
 
     async def _reboot(self, vm: VM) -> bool:
         """Start the VM again after its guest rebooted, as its hardware would have."""
-        launched = self._launches.get(vm.id)
+        launched = await asyncio.to_thread(self._launches.get, vm.id)
         if launched is None:
             return False
-        spec, slot, timeout = launched
+        spec, slot, timeout = launched.spec, launched.slot, launched.boot_timeout_s
         log.info("VM %s rebooted itself; starting it again", spec.name)
         await self._start(vm, spec, slot)
 
@@ -541,7 +542,7 @@ class LocalAgent:
             await self._vm(vm_id).wait_ready(timeout)
             launched = self._launches.get(vm_id)
             if launched is not None:  # a reboot waits as long as this boot was allowed
-                self._launches[vm_id] = (launched[0], launched[1], timeout)
+                self._launches.put(vm_id, Launch(launched.spec, launched.slot, timeout))
 
         self._run(wait(), timeout=None)
 
