@@ -7,7 +7,8 @@ Five setups, each with two VMs of the default image (1 vCPU, 256 MiB, microvm, t
 
 * **virtpool, one host** — `virtpool up`, a network, two VMs on it (bridge, taps opened by the
   agent and passed by fd, nftables anti-spoofing and host rules, MTU 1450).
-* **bare, one host** — a bridge and two taps made with ``ip``, QEMU (as root) opening its tap
+* **bare, one host** — a bridge and two taps made with ``ip``, QEMU (as root, in a cgroup beside
+  virtpool's VMs', with their CPU weight and memory limit) opening its tap
   by name; no nftables, MTU 1500 (what one gets by hand).
 * **virtpool, two hosts** — a `virtpool server` and two `virtpool agent`s in network
   namespaces (tests/cluster/harness.py's lab), one VM on each, VXLAN between them pushed by
@@ -69,16 +70,19 @@ sys.path.insert(0, str(REPO))  # the cluster tests' lab of network namespaces
 from tests.cluster.harness import Lab  # noqa: E402
 
 from virtpool.node import disks  # noqa: E402
+from virtpool.node.agent import MIB, QEMU_OVERHEAD_MIB  # noqa: E402
 from virtpool.node.images.build import build_default_image, parse_ldd  # noqa: E402
 from virtpool.node.qemu.accel import host_tsc_khz  # noqa: E402
 from virtpool.node.qemu.argv import LaunchPlan, NicPlan, build_argv  # noqa: E402
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError  # noqa: E402
+from virtpool.node.sandbox import cgroups  # noqa: E402
+from virtpool.node.sandbox.cgroups import CPU_WEIGHT_DEFAULT  # noqa: E402
 from virtpool.node.vmdir import VMPaths  # noqa: E402
 from virtpool.sdk import Client  # noqa: E402
 
 BOOT_TIMEOUT_S = 300.0
 MEMORY_MIB = 256
-PREFIX = "npb"  # every bridge, tap, namespace and nft table of this benchmark
+PREFIX = "npz"  # every bridge, tap, namespace and nft table of this benchmark
 IPERF_DIR = "/opt/iperf"
 IPERF = f"LD_LIBRARY_PATH={IPERF_DIR}/lib {IPERF_DIR}/iperf3"
 IPERF_PORT = 5201
@@ -175,12 +179,18 @@ def measure(server: Sh, client: Sh, target: str, port: int, ping_target: str | N
 
 
 class Bare:
-    """Bare QEMUs on the default image, with virtpool's argv builder, run as root."""
+    """Bare QEMUs on the default image, with virtpool's argv builder, run as root.
+
+    Each goes into a control group beside virtpool's VMs' (``virtpool/<name>``, the same CPU
+    weight and memory limit): on a busy host, CPU is shared between groups first, so a QEMU
+    left in the root group would get more of it than virtpool's, and the benchmark would
+    measure the scheduler instead of the network path."""
 
     def __init__(self, root: Path, images: Path) -> None:
         self.root = root
         self.image = images / IMAGE
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.groups: list[cgroups.VMCgroup] = []
 
     def start(self, name: str, nic: NicPlan | None = None, extra: tuple[str, ...] = (),
               netns: str | None = None) -> Sh:
@@ -193,8 +203,13 @@ class Bare:
             tsc_khz=host_tsc_khz(), nics=(nic,) if nic else (), extra=extra))
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
+        group = cgroups.create(f"{PREFIX}-{name}")
+        group.set_cpu_weight(CPU_WEIGHT_DEFAULT)
+        group.set_memory_limit((MEMORY_MIB + QEMU_OVERHEAD_MIB) * MIB)
+        self.groups.append(group)
         self.procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                            stderr=subprocess.DEVNULL, start_new_session=True))
+        group.attach(self.procs[-1].pid)
         asyncio.run(self._ready(paths.qga_sock, self.procs[-1], name))
         return bare_sh(paths.qga_sock)
 
@@ -220,6 +235,9 @@ class Bare:
                 pass
             proc.wait()
         self.procs.clear()
+        for group in self.groups:
+            group.remove()
+        self.groups.clear()
 
 
 def address(sh: Sh, ip: str, mtu: int | None = None) -> None:

@@ -30,6 +30,7 @@ from virtpool.control.changes import Changes
 from virtpool.control.agents.registry import AgentRegistry
 from virtpool.control.detached import NoAgentAttached
 from virtpool.control.events import EventLog
+from virtpool.control.leases import UNREACHABLE
 from virtpool.control.networks import NetworkService
 from virtpool.control.placement import Placed, Placer, claim_delta
 from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, PortRow, VMRow, utcnow
@@ -516,7 +517,8 @@ class VMService:
             self._agents.for_host(host).converge_networks(self._networks.host_input(host, active))
             sharing = self._networks.hosts_sharing(host, active)
             self._net_peers[host] = sharing
-            for other in sorted(sharing | before):
+            # Hosts out of reach are left to their return (a request to one could hang).
+            for other in sorted(self._reachable(sharing | before)):
                 try:
                     self._agents.for_host(other).converge_networks(
                         self._networks.host_input(other, active))
@@ -526,7 +528,7 @@ class VMService:
 
     def converge_all_networks(self) -> None:
         """One round over every host with an agent: what a missed message left behind heals."""
-        for host in self._agents.attached():
+        for host in self._reachable(set(self._agents.attached())):
             try:
                 with self._net_lock:
                     self._agents.for_host(host).converge_networks(
@@ -535,6 +537,11 @@ class VMService:
                 continue  # another `virtpool up`'s in-process agent: that server converges it
             except Exception as err:  # noqa: BLE001 - the next round tries again
                 log.warning("network converge of host %s failed for now: %s", host, err)
+
+    def _reachable(self, hosts: set[str]) -> set[str]:
+        with self._sessions() as session:
+            return set(session.scalars(select(HostRow.name).where(
+                HostRow.name.in_(hosts), HostRow.state != UNREACHABLE)))
 
     def _active_vm_ids(self) -> set[str]:
         with self._sessions() as session:
