@@ -383,10 +383,14 @@ def pool_two_hosts(root: Path, images: Path) -> Iterator[tuple[Sh, Sh, str]]:
             lab.start([VIRTPOOL, "agent", "--server", join, "--join", token, "--data-dir",
                        str(host.data_dir), "--listen", f"{host.address}:0", "--name", host.name,
                        "--net-prefix", f"{PREFIX}a"], host.data_dir.parent / f"{host.name}.log", host)
-        deadline = time.monotonic() + 90
-        while {h.name for h in client.hosts() if h.state == "up"} < {h.name for h in lab.hosts}:
+        deadline = time.monotonic() + 120
+
+        def ready() -> set[str]:  # joined, and their inventory in (the room for a VM)
+            return {h.name for h in client.hosts() if h.state == "up"  # type: ignore[union-attr]
+                    and h.memory_mib.capacity - h.memory_mib.allocated >= MEMORY_MIB}
+        while ready() < {h.name for h in lab.hosts}:
             if time.monotonic() > deadline:
-                raise BenchError("the agents did not join")
+                raise BenchError(f"the agents did not join: {client.hosts()}")
             time.sleep(0.5)
         client.create_network("bench", subnet=f"{SUBNET_TWO}.0/24")
         for name, host in zip(("a", "b"), lab.hosts):
