@@ -57,10 +57,12 @@ class Server:
     """A real `virtpool up` on its own data dir (made and given its image by the caller) and a
     free port, and a client for it."""
 
-    def __init__(self, data_dir: Path, boot_timeout: float, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, data_dir: Path, boot_timeout: float, extra_args: tuple[str, ...] = (),
+                 ca: Path | None = None) -> None:
         self.data_dir = data_dir
-        self.boot_timeout = boot_timeout
         self.extra_args = extra_args
+        self.ca = ca  # what the server's certificate is checked with, when it serves HTTPS
+        self.boot_timeout = boot_timeout
         self.log = data_dir.parent / "server.log"
         self.env = {**os.environ, "VIRTPOOL_DATA_DIR": str(data_dir)}
         for var in ("VIRTPOOL_URL", "VIRTPOOL_TOKEN"):  # they would point the CLI elsewhere
@@ -82,7 +84,7 @@ class Server:
                 raise BenchError(f"virtpool up did not start:\n{self.log.read_text()}")
             time.sleep(0.05)
         token = (self.data_dir / "admin.token").read_text().strip()
-        self.client = Client(url_file.read_text().strip(), token, timeout=self.boot_timeout)
+        self.client = Client(url_file.read_text().strip(), token, timeout=self.boot_timeout, ca=self.ca)
         # api.url is written just before the server listens: wait until it answers.
         while True:
             try:

@@ -5,7 +5,11 @@ Prints the median of 20 cold starts of each, the ratio to curl, and the top impo
 `virtpool vm list` and of `virtpool vm show` (a command that goes through Typer and the SDK)
 from ``python -X importtime``. Last line: JSON ``{"name": "cli", "cold_start_s": …}``.
 
-Usage: .venv/bin/python bench/cli.py [--runs 20]
+With ``--https`` the server serves HTTPS on loopback with a certificate of a CA made for the
+run, which the CLI checks through VIRTPOOL_CA (and curl through --cacert): what a client of a
+server beyond loopback pays for TLS.
+
+Usage: .venv/bin/python bench/cli.py [--runs 20] [--https]
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def import_costs(argv: list[str], env: dict[str, str], top: int = 8) -> list[tup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--https", action="store_true", help="serve and call over HTTPS")
     parser.add_argument("--images", type=Path, default=Path(os.environ.get(
         "VIRTPOOL_TEST_IMAGES", REPO / ".cache" / "images")), help="image cache (the default image)")
     args = parser.parse_args()
@@ -65,14 +70,22 @@ def main() -> None:
     data_dir = root / "data"
     data_dir.mkdir(parents=True)
     link_image(args.images, data_dir)
-    server = Server(data_dir, boot_timeout=60)
+    extra: tuple[str, ...] = ()
+    ca_file: Path | None = None
+    if args.https:
+        from virtpool.control.pki import CertificateAuthority
+
+        ca = CertificateAuthority.load_or_create(root / "bench-ca")
+        files = ca.issue("api", "bench", ["127.0.0.1"], client=False, server=True)
+        extra, ca_file = ("--tls-cert", str(files.cert), "--tls-key", str(files.key)), ca.cert_file
+    server = Server(data_dir, boot_timeout=60, extra_args=extra, ca=ca_file)
     try:
         api = server.start()
         # Records, never started: many small VMs on a small machine need the highest CPU ratio.
         api.set_host_ratios(api.host().hostname, cpu=MAX_RATIO)
         for i in range(VMS):
             api.create_vm(f"bench-{i}", memory_mib=64)
-        env = server.env
+        env = {**server.env, **({"VIRTPOOL_CA": str(ca_file)} if ca_file else {})}
         token = (data_dir / "admin.token").read_text().strip()
         url = (data_dir / "api.url").read_text().strip()
         timed([VIRTPOOL, "vm", "list"], env, 2)  # the page cache, not a start, is warm after this
@@ -81,8 +94,9 @@ def main() -> None:
         version = timed([VIRTPOOL, "--version"], env, args.runs)
         python = timed([sys.executable, "-c", "pass"], env, args.runs)
         curl_path = shutil.which("curl")
-        curl = timed([curl_path, "-sf", "-H", f"Authorization: Bearer {token}", f"{url}/api/v1/vms?limit=1000"],
-                     env, args.runs) if curl_path else []
+        cacert = ["--cacert", str(ca_file)] if ca_file else []
+        curl = timed([curl_path, "-sf", *cacert, "-H", f"Authorization: Bearer {token}",
+                      f"{url}/api/v1/vms?limit=1000"], env, args.runs) if curl_path else []
         med = {k: statistics.median(v) for k, v in
                (("vm list", cli), ("vm show (Typer + SDK)", show), ("--version", version),
                 ("python -c pass", python), ("curl, same request", curl)) if v}
@@ -95,7 +109,7 @@ def main() -> None:
             print(f"top import costs of `virtpool {label}` (cumulative ms):")
             for name, ms in import_costs(argv, env):
                 print(f"  {name:<40} {ms:7.1f}")
-        result = {"name": "cli", "cold_start_s": round(med["vm list"], 4),
+        result = {"name": "cli", "https": args.https, "cold_start_s": round(med["vm list"], 4),
                   "vm_show_s": round(med["vm show (Typer + SDK)"], 4), "version_s": round(med["--version"], 4),
                   "python_s": round(med["python -c pass"], 4)}
         if curl:

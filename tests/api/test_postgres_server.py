@@ -27,9 +27,12 @@ def test_up_and_server_share_one_postgresql_pool(postgres: str, image_cache: Pat
     finally:
         up.stop()
 
-    # The pool's admin token was made by the first server; the operator hands it to the second.
+    # The pool's admin token and CA passphrase were made by the first server; the operator hands
+    # them to the second.
     data_dir = tmp_path_factory.mktemp("pg-server")
     shutil.copy2(up.data_dir / "admin.token", data_dir / "admin.token")
+    (data_dir / "pki").mkdir(mode=0o700)
+    shutil.copy2(up.data_dir / "pki" / "ca.passphrase", data_dir / "pki" / "ca.passphrase")
     # Images live in each control plane's own store: the operator gives this one the image too.
     link_image(image_cache, data_dir)
     control = Server(data_dir, command="server", extra_args=("--db", url)).start()

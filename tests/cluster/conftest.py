@@ -21,6 +21,7 @@ import pytest
 from tests.cluster.harness import GATEWAY, HOST_NAMES, NETWORK, Lab, NetnsHost
 from tests.conftest import link_image, passable, wait_for
 from tests.postgres import create_database, postgres_server
+from virtpool.model.layout import API_CA_FILE
 from virtpool.sdk import Client
 
 VIRTPOOL = str(Path(sys.executable).parent / "virtpool")
@@ -60,13 +61,19 @@ class Node:
         if sig in (signal.SIGKILL, signal.SIGTERM):
             self.proc.wait(timeout=30)
 
+    @property
+    def ca(self) -> Path | None:
+        """The CA of the API's certificate: a host's API listens beyond loopback, so HTTPS."""
+        ca = self.data_dir / API_CA_FILE
+        return ca if self.url.startswith("https://") else None
+
     def api(self, timeout: float = 30) -> Client:
         assert self.token is not None
-        return Client(self.url, self.token, timeout=timeout)
+        return Client(self.url, self.token, timeout=timeout, ca=self.ca)
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "VIRTPOOL_URL": self.url, "VIRTPOOL_TOKEN": self.token or "",
-               "COLUMNS": "300"}
+               "COLUMNS": "300", **({"VIRTPOOL_CA": str(self.ca)} if self.ca else {})}
         return subprocess.run([VIRTPOOL, *args], env=env, capture_output=True, text=True,
                               timeout=timeout)
 
@@ -107,20 +114,26 @@ def cluster_db(lab: Lab) -> Iterator[str]:
         yield url
 
 
-def up_node(lab: Lab, host: NetnsHost, db_url: str, image_cache: Path | None) -> Node:
+def _passphrase(first: Node | None) -> list[str]:
+    """The pool CA's passphrase, made by the pool's first server: every further one needs it."""
+    return [] if first is None else ["--ca-passphrase-file", str(first.data_dir / "pki" / "ca.passphrase")]
+
+
+def up_node(lab: Lab, host: NetnsHost, db_url: str, image_cache: Path | None, *,
+            first: Node | None = None) -> Node:
     (host.data_dir / "images").mkdir(exist_ok=True)
     if image_cache is not None and not (host.data_dir / "images" / "default").exists():
         link_image(image_cache, host.data_dir)
     return Node(lab, host.data_dir, [
         VIRTPOOL, "up", "--data-dir", str(host.data_dir), "--listen", f"{host.address}:0",
-        "--db", db_url, "--no-build", "--boot-timeout", "120"], host)
+        "--db", db_url, "--no-build", "--boot-timeout", "120", *_passphrase(first)], host)
 
 
-def server_node(lab: Lab, name: str, db_url: str) -> Node:
+def server_node(lab: Lab, name: str, db_url: str, *, first: Node | None = None) -> Node:
     data_dir = lab.root / name
     data_dir.mkdir(mode=0o700, exist_ok=True)
     return Node(lab, data_dir, [VIRTPOOL, "server", "--data-dir", str(data_dir),
-                                "--listen", "127.0.0.1:0", "--db", db_url])
+                                "--listen", "127.0.0.1:0", "--db", db_url, *_passphrase(first)])
 
 
 @pytest.fixture(scope="session")
@@ -128,10 +141,12 @@ def cluster(lab: Lab, cluster_db: str, image_cache: Path) -> Iterator[Cluster]:
     passable(lab.root)
     db = create_database(cluster_db, "pool")
     on_bridge = db.replace("@127.0.0.1:", f"@{GATEWAY}:")
-    # One at a time: the first migrates the schema and makes the admin token.
-    hosts = [up_node(lab, h, on_bridge, image_cache).start() for h in lab.hosts]
+    # One at a time: the first migrates the schema and makes the admin token and the pool CA.
+    hosts: list[Node] = []
+    for h in lab.hosts:
+        hosts.append(up_node(lab, h, on_bridge, image_cache, first=hosts[0] if hosts else None).start())
     token = (hosts[0].data_dir / "admin.token").read_text().strip()
-    control = server_node(lab, "control", db).start()
+    control = server_node(lab, "control", db, first=hosts[0]).start()
     for node in (*hosts, control):
         node.token = token
     cluster = Cluster(lab, on_bridge, hosts, control)

@@ -38,7 +38,7 @@ def leaders_db(cluster_db: str) -> str:
 def servers(lab: Lab, leaders_db: str) -> Iterator[list[Node]]:
     nodes = [server_node(lab, "cp-a", leaders_db).start()]
     token = (nodes[0].data_dir / "admin.token").read_text().strip()
-    nodes.append(server_node(lab, "cp-b", leaders_db).start())
+    nodes.append(server_node(lab, "cp-b", leaders_db, first=nodes[0]).start())
     for node in nodes:
         node.token = token
     yield nodes

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,8 +21,8 @@ import pytest
 from tests.conftest import VIRTPOOL, link_image, make_server, passable, qemu_pids
 from virtpool.control.agents.remote import RemoteAgent
 from virtpool.model.agent import Agent
-from virtpool.model.errors import NotFound
-from virtpool.model.spec import HostInfo, VMSpec
+from virtpool.model.errors import CommandTimeout, Conflict, NotFound, VirtpoolError
+from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, VMSpec
 from virtpool.model.vm import VMUsage
 from virtpool.node.agent import LocalAgent
 
@@ -91,7 +93,11 @@ def test_disks_and_destroy_are_idempotent(agent: tuple[Agent, Path]) -> None:
     assert vm_id not in impl.vm_ids() and not (data / "vms" / vm_id).exists()
 
 
-def test_a_vm_boots_answers_and_its_exit_is_in_the_event_feed(agent: tuple[Agent, Path]) -> None:
+def test_a_vm_boots_answers_and_its_exit_is_in_the_event_feed(
+        agent: tuple[Agent, Path], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One VM's life through the contract (one boot per implementation, for CI's time): it
+    answers, its exec output streams, it is snapshotted, cloned and backed up while it runs, its
+    kill is in the event feed, and its stopped disk is cloned, snapshotted and restored."""
     impl, data = agent
     vm_id = uuid.uuid4().hex
     cursor = max((e.seq for e in impl.events(0)), default=0)
@@ -106,6 +112,8 @@ def test_a_vm_boots_answers_and_its_exit_is_in_the_event_feed(agent: tuple[Agent
         assert asyncio.run(_console_echo(impl, vm_id))
         data_log, _ = impl.read_log(vm_id)
         assert data_log  # the serial console logged the boot
+        _exec_streams(impl, vm_id)
+        of_snapshot, backup = _while_it_runs(impl, data, vm_id, tmp_path_factory.mktemp("pc-backup"))
         impl.kill_vm(vm_id)
         deadline = time.monotonic() + 60
         exits = []
@@ -113,9 +121,110 @@ def test_a_vm_boots_answers_and_its_exit_is_in_the_event_feed(agent: tuple[Agent
             exits = [e for e in impl.events(cursor, 5.0) if e.vm_id == vm_id and e.kind == "vm.exited"]
         assert exits and exits[0].data["guest_initiated"] is False
         assert impl.adopt_vm(vm_id, "pcc") is None
+        _once_stopped(impl, data, vm_id, of_snapshot, backup)
     finally:
-        impl.destroy_vm(vm_id)
+        for each in [vm_id, *(v for v in impl.vm_ids() if v.startswith("pc"))]:
+            impl.destroy_vm(each)
     assert not [p for p in qemu_pids(data) if vm_id in " ".join(_cmdline(p))]
+
+
+def _exec_streams(impl: Agent, vm_id: str) -> None:
+    """Exec output arrives while the command runs. Without streaming both lines come at the
+    end; streamed, "second" is still 8 s away when "first" has arrived. (qemu-ga serves one
+    exec at a time: the test cannot signal the guest through a second one.)"""
+    items: queue.Queue[object] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for item in impl.exec_stream(vm_id, ["sh", "-c", "echo first; sleep 8; echo second >&2; exit 3"], 120):
+                items.put(item)
+        except Exception as err:  # handed to the test's thread
+            items.put(err)
+        items.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    first = items.get(timeout=120)
+    assert first == ExecOutput(stream="stdout", data=b"first\n"), first
+    assert items.empty() and reader.is_alive()  # nothing more yet: the command still runs
+    rest = []
+    while (item := items.get(timeout=120)) is not None:
+        rest.append(item)
+    assert rest == [ExecOutput(stream="stderr", data=b"second\n"),
+                    ExecResult(exit_code=3, stdout="", stderr="")], rest
+    with pytest.raises(CommandTimeout):
+        list(impl.exec_stream(vm_id, ["sleep", "30"], 2))
+    impl.wait_ready(vm_id, BOOT_S)  # the guest agent answers again once the kill is done
+
+
+def _while_it_runs(impl: Agent, data: Path, vm_id: str, backups: Path) -> tuple[str, Path]:
+    """A live snapshot, a clone of it, a live delete, a full backup: the clone's VM and the
+    chain's directory (on the agent's host)."""
+    assert impl.exec_vm(vm_id, ["sh", "-c", "echo before > /root/pc-mark; sync"], 60).exit_code == 0
+    taken = impl.create_snapshot(vm_id, "pc-snap", memory=False)
+    assert taken.name == "pc-snap" and [s.name for s in impl.list_snapshots(vm_id)] == ["pc-snap"]
+    of_snapshot = f"pc{uuid.uuid4().hex[:20]}"  # a snapshot does not change: cloned as it runs
+    impl.create_disk(of_snapshot, "default", 1024)
+    impl.clone_disk(vm_id, of_snapshot, image="default", snapshot="pc-snap")
+    impl.delete_snapshot(vm_id, "pc-snap")
+    assert impl.list_snapshots(vm_id) == []
+    impl.wait_ready(vm_id, BOOT_S)  # a busy machine: the thawed guest may take a while to answer
+    assert impl.exec_vm(vm_id, ["sh", "-c", "echo after > /root/pc-mark; sync"], 60).exit_code == 0
+
+    target = backups / "chain"
+    impl.pause_vm(vm_id)  # a fixed state to compare the backup with
+    try:
+        chain = impl.backup_vm(vm_id, str(target), incremental=False, vm="pcc", image="default")
+        assert [f.kind for f in chain.files] == ["full"] and chain.vm == "pcc"
+        assert _same_disk(_disk(data, vm_id), target / chain.files[0].file)
+    finally:
+        impl.resume_vm(vm_id)
+    assert impl.read_backup(str(target)) == chain
+    with pytest.raises(Conflict):  # a full backup goes into an empty directory only
+        impl.backup_vm(vm_id, str(target), incremental=False, vm="pcc", image="default")
+    return of_snapshot, target
+
+
+def _once_stopped(impl: Agent, data: Path, vm_id: str, of_snapshot: str, backup: Path) -> None:
+    """A clone of the stopped disk; snapshots of a stopped disk; the backup restored."""
+    clone = f"pc{uuid.uuid4().hex[:20]}"
+    impl.create_disk(clone, "default", 1024)
+    impl.clone_disk(vm_id, clone, image="default", snapshot=None)
+    assert _same_disk(_disk(data, vm_id), _disk(data, clone))
+    assert not _same_disk(_disk(data, vm_id), _disk(data, of_snapshot))  # the mark differs
+
+    impl.create_snapshot(clone, "pc-off", memory=False)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 1M", str(_disk(data, clone))],
+                   check=True, capture_output=True, timeout=120)
+    assert not _same_disk(_disk(data, vm_id), _disk(data, clone))
+    impl.restore_snapshot(clone, "pc-off")
+    assert _same_disk(_disk(data, vm_id), _disk(data, clone))
+    impl.delete_snapshot(clone, "pc-off")
+    assert impl.list_snapshots(clone) == []
+    with pytest.raises(VirtpoolError):
+        impl.delete_snapshot(clone, "pc-off")
+
+    restored = f"pc{uuid.uuid4().hex[:20]}"
+    impl.create_disk(restored, "default", 1024)
+    impl.restore_backup(restored, str(backup))
+    assert _same_disk(_disk(data, restored), backup / "0000-full.qcow2")
+    with pytest.raises(NotFound):
+        impl.read_backup(str(backup.parent / "pc-no-chain"))
+    for each in (clone, of_snapshot, restored):
+        impl.destroy_vm(each)
+        assert each not in impl.vm_ids()
+
+
+def _disk(data: Path, vm_id: str) -> Path:
+    return data / "vms" / vm_id / "disk.qcow2"
+
+
+def _same_disk(a: Path, b: Path) -> bool:
+    """Whether two qcow2 disks hold the same guest-visible bytes (-U: one may be open in QEMU)."""
+    compared = subprocess.run(["qemu-img", "compare", "-U", "-f", "qcow2", "-F", "qcow2", str(a), str(b)],
+                              capture_output=True, text=True, timeout=300)
+    assert compared.returncode in (0, 1), compared.stderr
+    return compared.returncode == 0
 
 
 async def _console_echo(impl: Agent, vm_id: str) -> bool:
@@ -123,9 +232,9 @@ async def _console_echo(impl: Agent, vm_id: str) -> bool:
     try:
         await console.write(b"echo pc-console-$((6*7))\n")
         seen = b""
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while b"pc-console-42" not in seen and time.monotonic() < deadline:
-            seen += await asyncio.wait_for(console.read(), 60)
+            seen += await asyncio.wait_for(console.read(), 180)
         return b"pc-console-42" in seen
     finally:
         await console.close()

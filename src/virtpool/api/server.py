@@ -8,11 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import uvicorn
+from cryptography import x509
 
 from virtpool.api.agent_api import start_listener
 from virtpool.api.app import create_app
@@ -20,14 +23,19 @@ from virtpool.control.auth import write_private_file
 from virtpool.control.balancer import MemoryPolicy
 from virtpool.control.pool import Pool, PoolConfig
 from virtpool.control.vms import DEFAULT_BOOT_TIMEOUT_S
+from virtpool.control.pki import Files
+from virtpool.model.certs import fingerprint
 from virtpool.model.errors import InvalidRequest
-from virtpool.model.layout import JOIN_URL_FILE, TOKEN_FILE, URL_FILE
+from virtpool.model.layout import API_CA_FILE, JOIN_URL_FILE, TOKEN_FILE, URL_FILE
 from virtpool.model.spec import Accel
 from virtpool.node.agent import LocalAgent
 from virtpool.node.images.catalog import ImageCatalog
 from virtpool.node.serial import DEFAULT_CAP_BYTES
+from virtpool.sdk.tls import is_loopback
 
 log = logging.getLogger(__name__)
+
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,11 @@ class ServeOptions:
     # Where agents join (HTTPS, the pool CA's certificate); None: the API's host, and the API's
     # port + 1 (or any free port when the API's is 0).
     agent_listen: tuple[str, int] | None = None
+    # The API's own certificate and key (PEM); None: one of the pool CA when the API listens
+    # beyond loopback (where it serves HTTPS only), plain HTTP on loopback.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    ca_passphrase_file: Path | None = None  # the pool CA's (control/ca_store.py)
 
     def agent_address(self) -> tuple[str, int]:
         if self.agent_listen is not None:
@@ -58,6 +71,45 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise InvalidRequest(f"cannot read listen address '{text}'", hint="write HOST:PORT, e.g. 127.0.0.1:8470")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def api_tls(pool: Pool, options: ServeOptions) -> Files | None:
+    """The certificate the API serves with, or None for plain HTTP (loopback only).
+
+    Beyond loopback a bearer token must never cross the network in clear text, so there is no
+    plain-HTTP listener there at all: the operator's certificate, else one of the pool CA for
+    the addresses the API answers on. A client checks the latter with the pool CA's file
+    (``VIRTPOOL_CA``, or ``api-ca.crt`` in this data dir) or pins it (`virtpool remote add`).
+    """
+    if (options.tls_cert is None) != (options.tls_key is None):
+        raise InvalidRequest("--tls-cert and --tls-key go together",
+                             hint="give both (the certificate and its key, PEM), or neither")
+    if options.tls_cert is not None and options.tls_key is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(options.tls_cert, options.tls_key)
+        except (OSError, ssl.SSLError) as err:
+            raise InvalidRequest(f"cannot serve with {options.tls_cert} and {options.tls_key}: {err}",
+                                 hint="give a PEM certificate and the PEM key that belongs to it") from err
+        return Files(options.tls_cert, options.tls_key)
+    if is_loopback(options.host):
+        return None
+    return pool.api_cert(api_names(options.host))
+
+
+def api_names(host: str) -> list[str]:
+    """The names a client may reach the API by: the address it listens on (every address of
+    this machine for a wildcard), this machine's name, and loopback."""
+    names = {host, socket.gethostname(), "localhost", "127.0.0.1"}
+    if host in WILDCARDS:
+        names |= {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
+                  if a.family in (socket.AF_INET, socket.AF_INET6)}
+    return sorted(names - WILDCARDS)
+
+
+def _shown_host(host: str) -> str:
+    # A wildcard is reached on this machine at loopback (and the certificate names it).
+    host = "127.0.0.1" if host in WILDCARDS else host
+    return f"[{host}]" if ":" in host else host
 
 
 def open_pool(options: ServeOptions) -> Pool:
@@ -77,7 +129,8 @@ def open_pool(options: ServeOptions) -> Pool:
         net_prefix=options.net_prefix)
     config = PoolConfig(data_dir=options.data_dir, db_url=options.db_url,
                         boot_timeout=options.boot_timeout, memory=options.memory,
-                        control_only=options.control_only)
+                        control_only=options.control_only,
+                        ca_passphrase_file=options.ca_passphrase_file)
     # Without an agent here, the pool's images live in the control plane's own store.
     images = ImageCatalog(options.data_dir / "images") if agent is None else None
     return Pool(config, agent, images)
@@ -101,28 +154,48 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
                              socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((options.host, options.port))
+        tls = api_tls(pool, options)
+        _publish_api_ca(pool, tls)
         agent_host, agent_port = options.agent_address()
         _, listener, pool.join_url = start_listener(pool, agent_host, agent_port, announce)
         write_private_file(pool.config.data_dir / JOIN_URL_FILE, pool.join_url + "\n")
         # Listening before the URL file appears: a client that reads it can connect at once.
         sock.listen(2048)
         port = sock.getsockname()[1]
-        shown_host = f"[{options.host}]" if ":" in options.host else options.host
-        url = f"http://{shown_host}:{port}"
+        url = f"{'https' if tls else 'http'}://{_shown_host(options.host)}:{port}"
         write_private_file(pool.config.url_file, url + "\n")
         role = "control plane only, no agent on this host" if options.control_only else "with this host's agent"
         announce(f"virtpool is up at {url}  (API {url}/api/v1, docs {url}/docs; {role})")
         token_note = "created on this first start" if created else "created on first start"
         announce(f"admin token ({token_note}): {pool.config.token_file}")
-        config = uvicorn.Config(create_app(pool), log_level="warning", access_log=False)
+        if tls is not None:
+            announce(f"HTTPS only; the API's certificate has SHA-256 {cert_fingerprint(tls.cert)} "
+                     "(`virtpool remote add NAME URL` shows the same)")
+        https = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)} if tls else {}
+        config = uvicorn.Config(create_app(pool), log_level="warning", access_log=False, **https)
         logging.getLogger("uvicorn.error").addFilter(_denials_are_complete)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         if listener is not None:
             listener.should_exit = True
-        for published in (pool.config.url_file, pool.config.data_dir / JOIN_URL_FILE):
+        for published in (pool.config.url_file, pool.config.data_dir / JOIN_URL_FILE,
+                          pool.config.data_dir / API_CA_FILE):
             published.unlink(missing_ok=True)
         pool.close()
+
+
+def _publish_api_ca(pool: Pool, tls: Files | None) -> None:
+    """``api-ca.crt`` in the data dir when the API's certificate is the pool CA's: what this
+    machine's clients check it with. Not for an operator's certificate (its CA is theirs)."""
+    target = pool.config.data_dir / API_CA_FILE
+    if tls is not None and tls.cert.parent == pool.ca.directory:
+        write_private_file(target, pool.ca.cert_file.read_text())
+    else:
+        target.unlink(missing_ok=True)
+
+
+def cert_fingerprint(path: Path) -> str:
+    return fingerprint(x509.load_pem_x509_certificate(path.read_bytes()))
 
 
 def _denials_are_complete(record: logging.LogRecord) -> bool:

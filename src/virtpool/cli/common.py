@@ -37,8 +37,8 @@ def data_dir() -> Path:
 
 
 def client() -> Client:
-    directory = data_dir()
-    return Client(config.api_url(directory), config.api_token(directory), project=project())
+    found = config.target(_state["data_dir"])
+    return Client(found.url, found.token, project=project(), trust=found.trust)
 
 
 def _complete(path: str, key: str = "name") -> Callable[[str], list[str]]:

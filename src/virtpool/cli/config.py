@@ -1,7 +1,11 @@
-"""Where the CLI finds the platform: data dir, API URL and token.
+"""Where the CLI finds the platform: data dir, API URL, token, and how to trust its certificate.
 
-Order: the environment (``VIRTPOOL_URL``, ``VIRTPOOL_TOKEN``, ``VIRTPOOL_DATA_DIR``), then the
-files `virtpool up` writes in the data dir (``api.url``, ``admin.token``).
+Order: the environment (``VIRTPOOL_URL``, ``VIRTPOOL_TOKEN``, ``VIRTPOOL_DATA_DIR``), then a
+remote (``VIRTPOOL_REMOTE``, or the default one `virtpool remote switch` chose; not when a data
+dir is given by ``--data-dir`` or ``VIRTPOOL_DATA_DIR``), then the files `virtpool up` writes in the data dir (``api.url``,
+``admin.token``). Over HTTPS the server is checked against ``VIRTPOOL_CA`` when set, else the
+remote's pinned certificate, else the pool CA its data dir holds (``api-ca.crt``), else the
+system's CAs (see sdk/tls.py).
 """
 
 from __future__ import annotations
@@ -9,7 +13,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from virtpool.model.layout import TOKEN_FILE, URL_FILE
+from dataclasses import dataclass
+
+from virtpool.cli import remotes
+from virtpool.model.layout import API_CA_FILE, TOKEN_FILE, URL_FILE
+from virtpool.sdk.tls import CA_ENV, Trust
 
 
 class ConfigError(Exception):
@@ -51,3 +59,46 @@ def api_token(data_dir: Path) -> str:
         raise ConfigError(f"no API token: set VIRTPOOL_TOKEN, or run `virtpool up` once to create {path}") from None
     except PermissionError:
         raise ConfigError(f"cannot read {path}: it is private to its owner; set VIRTPOOL_TOKEN") from None
+
+
+@dataclass(frozen=True)
+class Target:
+    """The server a command talks to: its URL, the token to show it, what to trust."""
+
+    url: str
+    token: str
+    trust: Trust
+
+
+def _pinned(remote: remotes.Remote) -> Trust:
+    return Trust(pinned_cert=remotes.cert_file(remote.name), remote=remote.name)
+
+
+def target(data_dir: Path | None = None) -> Target:
+    """Where commands go (see the module's docstring); ``data_dir`` when one was given on the
+    command line, which (as VIRTPOOL_DATA_DIR) means this machine's server."""
+    directory = data_dir or default_data_dir()
+    local = data_dir is not None or bool(os.environ.get("VIRTPOOL_DATA_DIR"))
+    try:
+        ca_env = os.environ.get(CA_ENV)
+        named = os.environ.get("VIRTPOOL_REMOTE") or (None if local else remotes.default())
+        if not os.environ.get("VIRTPOOL_URL") and named and named != remotes.LOCAL:
+            remote = remotes.get(named)
+            token = os.environ.get("VIRTPOOL_TOKEN") or remote.token
+            if not token:
+                raise ConfigError(f"no API token for remote '{remote.name}': set VIRTPOOL_TOKEN, or add the "
+                                  "remote again with --token")
+            trust = Trust(ca_file=Path(ca_env)) if ca_env else _pinned(remote)
+            return Target(remote.url, token, trust)
+        url = api_url(directory)
+        if ca_env:
+            trust = Trust(ca_file=Path(ca_env))
+        elif (remote := remotes.for_url(url)) is not None:
+            trust = _pinned(remote)
+        elif os.access(directory / API_CA_FILE, os.R_OK):
+            trust = Trust(ca_file=directory / API_CA_FILE)
+        else:
+            trust = Trust()
+    except remotes.RemoteError as err:
+        raise ConfigError(str(err)) from err
+    return Target(url, api_token(directory), trust)

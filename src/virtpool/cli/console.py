@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 import termios
 import threading
@@ -30,12 +31,16 @@ def _problem(err: InvalidHandshake) -> dict[str, object] | None:
     return problem if isinstance(problem, dict) else None
 
 
-def attach(url: str, token: str, name: str, project: str | None = None) -> None:
+def attach(url: str, token: str, name: str, project: str | None = None,
+           tls: ssl.SSLContext | None = None) -> None:
+    """Relay the terminal to the VM's console; ``tls`` checks an https server's certificate
+    (the SDK client's, `Client.tls()`)."""
     ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     query = f"?project={project}" if project else ""
     try:
         conn = connect(f"{ws_url}/api/v1/vms/{name}/console{query}",
-                       additional_headers={"Authorization": f"Bearer {token}"})
+                       additional_headers={"Authorization": f"Bearer {token}"},
+                       **({"ssl": tls} if tls is not None else {}))
     except InvalidHandshake as err:
         problem = _problem(err)
         if problem is not None:  # the server refused, and said why (stopped, not found, …)

@@ -49,23 +49,31 @@ class Call:
 
     def __init__(self, data_dir: Path | None, project: str | None) -> None:
         from virtpool.cli import config
+        from virtpool.sdk.tls import context, refuse_clear_text
         from virtpool.sdk.transport import StdlibTransport
 
-        directory = data_dir or config.default_data_dir()
-        self.url = config.api_url(directory).rstrip("/")
+        found = config.target(data_dir)
+        self.url = found.url.rstrip("/")
+        refuse_clear_text(self.url)
         self.project = project
-        self._transport = StdlibTransport(self.url + "/api/v1",
-                                          {"Authorization": f"Bearer {config.api_token(directory)}"}, 60.0)
+        self.trust = found.trust
+        self._transport = StdlibTransport(
+            self.url + "/api/v1", {"Authorization": f"Bearer {found.token}"}, 60.0,
+            tls=context(found.trust) if self.url.startswith("https://") else None)
 
     def get(self, path: str, params: dict[str, Any]) -> Any:
         """The answer's JSON and headers; a refusal raises the SDK's error for it."""
-        from virtpool.sdk.errors import error_class, raise_for_problem
-        from virtpool.sdk.transport import TransportError
+        from virtpool.sdk.errors import UntrustedServer, error_class, raise_for_problem
+        from virtpool.sdk.tls import explain_refusal
+        from virtpool.sdk.transport import CertificateRefused, TransportError
 
         if self.project:
             params = {**params, "project": self.project}
         try:
             response = self._transport.request("GET", path, params=params)
+        except CertificateRefused as err:
+            message, hint = explain_refusal(self.url, self.trust, err.ssl_error)
+            raise UntrustedServer(0, "untrusted server", message, hint) from err
         except TransportError as err:
             raise error_class(0, {})(0, "unreachable", f"cannot reach virtpool at {self.url}: {err}",
                                      "is `virtpool up` running? check VIRTPOOL_URL") from err

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "network": ("virtpool.cli.network", "app", "Project networks: bridges, VXLAN, addresses."),
     "pool": ("virtpool.cli.pool", "app", "The pool as a whole: default weigher, rebalancing."),
     "events": ("virtpool.cli.events", "events", "What the pool did and why."),
+    "remote": ("virtpool.cli.remote", "app", "Servers on other machines, trusted by a pinned certificate."),
     "up": ("virtpool.cli.serve", "up", "Run the platform on this host in the foreground."),
     "server": ("virtpool.cli.serve", "server", "Run the control plane only."),
     "agent": ("virtpool.cli.serve", "agent", "Run this host's agent: join a pool, serve its control plane."),

@@ -15,14 +15,23 @@ from virtpool.cli import common, output
 
 AgentListen = Annotated[str | None, typer.Option(
     help="HOST:PORT where agents join, HTTPS (default: the API's host, its port + 1)")]
+TLSCert = Annotated[Path | None, typer.Option(
+    "--tls-cert", help="the API's certificate (PEM); default beyond loopback: one of the pool CA")]
+TLSKey = Annotated[Path | None, typer.Option("--tls-key", help="the key of --tls-cert (PEM)")]
+CAPassphrase = Annotated[Path | None, typer.Option(
+    "--ca-passphrase-file", help="the pool CA's passphrase (a copy of pki/ca.passphrase of the "
+                                 "pool's first server; needed by every further server on its database)")]
 
 
 def server(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="admin token and URL file")] = None,
-    listen: Annotated[str, typer.Option(help="HOST:PORT for the API (port 0: any free port)")] = "127.0.0.1:8470",
+    listen: Annotated[str, typer.Option(help="HOST:PORT for the API (port 0: any free port); beyond loopback it serves HTTPS only")] = "127.0.0.1:8470",
     db: Annotated[str | None, typer.Option(help="database URL, e.g. postgresql://user@host/db "
                                                 "(default: SQLite in the data dir)")] = None,
     agent_listen: AgentListen = None,
+    tls_cert: TLSCert = None,
+    tls_key: TLSKey = None,
+    ca_passphrase_file: CAPassphrase = None,
 ) -> None:
     """Run the control plane only (API, records, the pool's images), without an agent here.
 
@@ -35,7 +44,8 @@ def server(
     try:
         host_, port = parse_listen(listen)
         serve(ServeOptions(data_dir=data_dir or common.data_dir(), host=host_, port=port, db_url=db,
-                           control_only=True,
+                           control_only=True, tls_cert=tls_cert, tls_key=tls_key,
+                           ca_passphrase_file=ca_passphrase_file,
                            agent_listen=parse_listen(agent_listen) if agent_listen else None),
               announce=lambda line: output.print_line(line, wrapped=False))
     except VirtpoolError as err:
@@ -46,7 +56,7 @@ def server(
 
 def up(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="state, images and VMs")] = None,
-    listen: Annotated[str, typer.Option(help="HOST:PORT for the API (port 0: any free port)")] = "127.0.0.1:8470",
+    listen: Annotated[str, typer.Option(help="HOST:PORT for the API (port 0: any free port); beyond loopback it serves HTTPS only")] = "127.0.0.1:8470",
     accel: Annotated[str, typer.Option(help="auto, kvm or tcg")] = "auto",
     db: Annotated[str | None, typer.Option(help="database URL, e.g. postgresql://user@host/db "
                                                 "(default: SQLite in the data dir)")] = None,
@@ -59,6 +69,9 @@ def up(
     net_prefix: Annotated[str, typer.Option(help="name prefix of this host's bridges, taps and "
                                                  "nftables tables (1-4 lowercase letters)")] = "vp",
     agent_listen: AgentListen = None,
+    tls_cert: TLSCert = None,
+    tls_key: TLSKey = None,
+    ca_passphrase_file: CAPassphrase = None,
 ) -> None:
     """Run the platform on this host in the foreground: control plane, agent, API. Agents on
     other hosts join it at the URL it prints."""
@@ -85,6 +98,7 @@ def up(
                                accel=accel, db_url=db, build_default_image=build,
                                boot_timeout=boot_timeout, log_cap_bytes=log_cap_bytes,
                                memory=memory, net_prefix=net_prefix,  # type: ignore[arg-type]
+                               tls_cert=tls_cert, tls_key=tls_key, ca_passphrase_file=ca_passphrase_file,
                                agent_listen=parse_listen(agent_listen) if agent_listen else None)
         serve(options, announce=lambda line: output.print_line(line, wrapped=False))
     except VirtpoolError as err:

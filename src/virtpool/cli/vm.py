@@ -424,4 +424,4 @@ def console(name: VMName) -> None:
     with output.errors():
         api = client()
         vm = api.vm(name)
-    attach(api.url, api.token, vm.name, api.project)
+    attach(api.url, api.token, vm.name, api.project, tls=api.tls())

@@ -16,6 +16,7 @@ from pathlib import Path
 from prometheus_client.registry import CollectorRegistry
 
 from virtpool import __version__
+from virtpool.control import ca_store
 from virtpool.control.agents.feed import EventPump
 from virtpool.control.agents.registry import AgentRegistry
 from virtpool.control.agents.remote import RemoteAgent
@@ -34,7 +35,7 @@ from virtpool.control.networks import NetworkService
 from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
 from virtpool.control.metrics import ControlPlaneMetrics, PoolCollector, Scrape
 from virtpool.control.operations import OperationService
-from virtpool.control.pki import CertificateAuthority, Files
+from virtpool.control.pki import Files
 from virtpool.control.placement import Placer
 from virtpool.control.projects import ProjectService
 from virtpool.control.rebalancing import Rebalancer
@@ -65,6 +66,9 @@ class PoolConfig:
     memory: MemoryPolicy = field(default_factory=MemoryPolicy)
     # `virtpool server`: no agent on this host, so nothing to reconcile, balance or resume.
     control_only: bool = False
+    # The pool CA's passphrase (control/ca_store.py); None: the data dir's pki/ca.passphrase,
+    # made on the pool's first start.
+    ca_passphrase_file: Path | None = None
 
     @property
     def token_file(self) -> Path:
@@ -96,7 +100,7 @@ class Pool:
         self.networks = NetworkService(sessions)
         self.rebalancer = Rebalancer(sessions)
         # The pool CA (made on the first start) and the control plane's client certificate.
-        self.ca = CertificateAuthority.load_or_create(config.data_dir / "pki")
+        self.ca = ca_store.load_or_create(sessions, config.data_dir / "pki", config.ca_passphrase_file)
         self._client_cert = self.ca.issue("control", CONTROL_PLANE_CN, [], client=True, server=False)
         self.enrolment = Enrolment(sessions, self.ca, self.hosts.local)
         self.agents = AgentRegistry(sessions, self.hosts.local, agent, remote=self._remote_agent)
@@ -137,6 +141,10 @@ class Pool:
         """The agent listener's server certificate, for the address it listens on."""
         names = sorted({host, "127.0.0.1", "localhost", socket.gethostname()} - {"0.0.0.0", "::", ""})
         return self.ca.issue("listener", f"{CONTROL_PLANE_CN}-listener", names, client=False, server=True)
+
+    def api_cert(self, names: list[str]) -> Files:
+        """The API's server certificate (HTTPS beyond loopback), for the names it answers to."""
+        return self.ca.issue("api", "virtpool-api", names, client=False, server=True)
 
     def agent_joined(self, host: str) -> None:
         """An agent (re)started on ``host``: drive it afresh, follow its events, reconcile."""

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
         BadRequest,
         Conflict,
         Forbidden,
+        InsecureURL,
         InvalidRequest,
         NotFound,
         OperationFailed,
@@ -20,11 +21,13 @@ if TYPE_CHECKING:
         ServerError,
         Unauthorized,
         Unreachable,
+        UntrustedServer,
     )
+    from virtpool.sdk.tls import Trust
 
-__all__ = ["APIError", "BadRequest", "Client", "Conflict", "Forbidden", "InvalidRequest", "NotFound",
-           "OperationFailed", "PayloadTooLarge", "QuotaExceeded", "RateLimited", "ServerError", "Unauthorized",
-           "Unreachable", "VMPage"]
+__all__ = ["APIError", "BadRequest", "Client", "Conflict", "Forbidden", "InsecureURL", "InvalidRequest",
+           "NotFound", "OperationFailed", "PayloadTooLarge", "QuotaExceeded", "RateLimited", "ServerError",
+           "Trust", "Unauthorized", "Unreachable", "UntrustedServer", "VMPage"]
 
 
 def __getattr__(name: str) -> Any:
@@ -32,6 +35,10 @@ def __getattr__(name: str) -> Any:
         from virtpool.sdk import client
 
         return getattr(client, name)
+    if name == "Trust":
+        from virtpool.sdk import tls
+
+        return tls.Trust
     if name in __all__:
         from virtpool.sdk import errors
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import errno
-import json
 import os
+import ssl
 import stat
 import time
 import uuid
@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
 from urllib.parse import parse_qs, urlsplit
 
+from virtpool.model import exec_lines
 from virtpool.model.audit import AuditEntry
 from virtpool.model.backup import BackupInfo
 from virtpool.model.event import Event
@@ -29,9 +30,11 @@ from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, PortForward
 from virtpool.model.states import VMState
 from virtpool.model.token import TokenCreated, TokenInfo
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
-from virtpool.sdk.errors import APIError, InvalidRequest, OperationFailed, Unreachable, error_class
+from virtpool.sdk.errors import (APIError, InvalidRequest, OperationFailed, Unreachable,
+                                 UntrustedServer, error_class)
 from virtpool.sdk.errors import raise_for_problem as _raise_for_problem
-from virtpool.sdk.transport import Response, StdlibTransport, StreamRefused, TransportError
+from virtpool.sdk.tls import Trust, context, explain_refusal, refuse_clear_text
+from virtpool.sdk.transport import CertificateRefused, Response, StdlibTransport, StreamRefused, TransportError
 
 if TYPE_CHECKING:
     import httpx
@@ -86,18 +89,32 @@ class Client:
     standard library (see sdk/transport.py: a CLI command cannot afford to import httpx);
     event streams and uploads over httpx. ``transport`` (an httpx transport) sends every call
     through httpx instead, e.g. to an app in-process in tests.
+
+    Over HTTPS the server's certificate is checked against ``ca`` (a CA file, e.g. the pool
+    CA), or ``trust`` (sdk/tls.py: a CA or a pinned certificate), else ``VIRTPOOL_CA``, else
+    the system's CAs. A plain ``http://`` URL beyond loopback is refused (InsecureURL): the
+    token would cross the network in clear text.
     """
 
     def __init__(self, url: str, token: str, *, project: str | None = None, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, ca: str | Path | None = None,
+                 trust: Trust | None = None) -> None:
         # The URL `virtpool up` prints for the API (…/api/v1) names the same server.
         self.url = url.rstrip("/").removesuffix("/api/v1")
+        if transport is None:
+            refuse_clear_text(self.url)
         self.token = token
         self.project = project
         self.timeout = timeout
+        self.trust = trust if trust is not None else Trust(ca_file=Path(ca)) if ca is not None else Trust.from_env()
         self._transport = transport
         self._plain = None if transport is not None else StdlibTransport(
-            self.url + "/api/v1", {"Authorization": f"Bearer {token}"}, timeout)
+            self.url + "/api/v1", {"Authorization": f"Bearer {token}"}, timeout, tls=self.tls())
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The SSL context this client checks the server with (None for plain HTTP): for a
+        websocket or anything else that reaches the same server."""
+        return context(self.trust) if self.url.startswith("https://") else None
 
     @cached_property
     def _http(self) -> httpx.Client:
@@ -109,7 +126,7 @@ class Client:
         return httpx.Client(
             base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {self.token}"},
             params={"project": self.project} if self.project else None, timeout=self.timeout,
-            transport=self._transport, verify=self.url.startswith("https://"),
+            transport=self._transport, verify=self.tls() or False,
         )
 
     def close(self) -> None:
@@ -132,14 +149,14 @@ class Client:
             try:
                 response: Response | httpx.Response = self._plain.request(method, path, params=params, **kwargs)
             except TransportError as err:
-                raise _unreachable(self.url, err) from err
+                raise self._unreachable(err) from err
         else:
             import httpx
 
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as err:
-                raise _unreachable(self.url, err) from err
+                raise self._unreachable(err) from err
         _raise_for_problem(response)
         return response
 
@@ -428,7 +445,7 @@ class Client:
             except StreamRefused as refused:
                 _raise_for_problem(refused.response)
             except TransportError as err:
-                raise _unreachable(self.url, err) from err
+                raise self._unreachable(err) from err
             return
         with self._http.stream("POST", f"/vms/{name}/exec", json=body, timeout=timeout + 30) as response:
             _raise_for_problem(response)
@@ -605,8 +622,16 @@ class Client:
                     if message.data:
                         yield Event.model_validate_json(message.data)
         except httpx.TransportError as err:
-            raise _unreachable(self.url, err) from err
+            raise self._unreachable(err) from err
         raise _unreachable(self.url, ConnectionError("the server closed the event stream"))
+
+    def _unreachable(self, err: Exception) -> APIError:
+        """The error for a call that got no answer; a refused certificate says which and why."""
+        refused = err.ssl_error if isinstance(err, CertificateRefused) else _ssl_cause(err)
+        if refused is not None:
+            message, hint = explain_refusal(self.url, self.trust, refused)
+            return UntrustedServer(0, "untrusted server", message, hint)
+        return _unreachable(self.url, err)
 
 
 @dataclass(frozen=True)
@@ -618,20 +643,23 @@ class VMPage:
 
 def _exec_item(line: bytes) -> Iterator[ExecOutput | ExecResult]:
     """The item one NDJSON line of a streamed exec carries (a problem line raises)."""
-    if not line.strip():
-        return
-    item = json.loads(line)
-    if "problem" in item:
-        problem = item["problem"]
-        status = int(problem.get("status") or 500)
-        raise error_class(status, problem)(status, problem.get("title", "error"), problem.get("detail", ""),
-                                           problem.get("hint"), problem)
-    if "exit_code" in item:
-        yield ExecResult(exit_code=int(item["exit_code"]), stdout="", stderr="")
-        return
-    for stream in ("stdout", "stderr"):
-        if stream in item:
-            yield ExecOutput(stream=stream, data=base64.b64decode(item[stream]))
+    item = exec_lines.decode(line)
+    if isinstance(item, dict):
+        status = int(item.get("status") or 500)
+        raise error_class(status, item)(status, item.get("title", "error"), item.get("detail", ""),
+                                        item.get("hint"), item)
+    if item is not None:
+        yield item
+
+
+def _ssl_cause(err: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate refusal behind an httpx error, if that is what it was."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _unreachable(url: str, err: Exception) -> APIError:

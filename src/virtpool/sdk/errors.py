@@ -35,6 +35,16 @@ class Unreachable(APIError):
     """No answer from the server (status 0)."""
 
 
+class UntrustedServer(Unreachable):
+    """The server's certificate is not the one trusted (another CA, or not the pinned one):
+    nothing was sent to it (status 0)."""
+
+
+class InsecureURL(APIError):
+    """A plain http:// URL beyond loopback: the token would cross a network in clear text, so
+    the client sends nothing (status 0)."""
+
+
 class BadRequest(APIError):
     """400: the request could not be read."""
 

@@ -25,6 +25,20 @@ class TransportError(Exception):
     """The server could not be reached, or the connection broke before an answer came."""
 
 
+class CertificateRefused(TransportError):
+    """The server's certificate is not the one this client trusts (the request was not sent)."""
+
+    def __init__(self, err: ssl.SSLError) -> None:
+        super().__init__(str(err))
+        self.ssl_error = err
+
+
+def _transport_error(err: BaseException) -> TransportError:
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return CertificateRefused(err)
+    return TransportError(str(err) or type(err).__name__)
+
+
 class StreamRefused(Exception):
     """A streamed call was answered with an error; ``response`` holds it."""
 
@@ -115,9 +129,13 @@ IDLE_REUSE_S = 2.0
 class StdlibTransport:
     """JSON calls to one server over one kept-alive ``http.client`` connection."""
 
-    def __init__(self, base_url: str, headers: Mapping[str, str], timeout: float) -> None:
+    def __init__(self, base_url: str, headers: Mapping[str, str], timeout: float,
+                 tls: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(base_url)
         self._https = parts.scheme == "https"
+        # What the server's certificate is checked against (sdk/tls.py); the system's CAs when
+        # none is given.
+        self._tls = tls if tls is not None or not self._https else ssl.create_default_context()
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path.rstrip("/")
@@ -130,7 +148,7 @@ class StdlibTransport:
         if self._conn is None:
             if self._https:
                 self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
-                                                         context=ssl.create_default_context())
+                                                         context=self._tls)
             else:
                 self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         else:
@@ -161,8 +179,7 @@ class StdlibTransport:
         """The lines of one streamed answer, as they come, on a connection of its own; an error
         answer is read whole and returned as the first and only item's Response (raised by the
         caller). Lines end with b"\\n"."""
-        conn = (http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
-                                            context=ssl.create_default_context())
+        conn = (http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._tls)
                 if self._https else http.client.HTTPConnection(self._host, self._port, timeout=timeout))
         headers = {**self._headers, "Content-Type": "application/json", "Accept": "application/x-ndjson"}
         try:
@@ -170,7 +187,7 @@ class StdlibTransport:
                 conn.request(method, self.url(path), body=jsonlib.dumps(json).encode(), headers=headers)
                 answer = conn.getresponse()
             except (OSError, http.client.HTTPException) as err:
-                raise TransportError(str(err) or type(err).__name__) from err
+                raise _transport_error(err) from err
             if answer.status >= 400:
                 raise StreamRefused(Response(answer.status, answer.reason,
                                              Headers((k.lower(), v) for k, v in answer.getheaders()), answer.read()))
@@ -211,7 +228,7 @@ class StdlibTransport:
                 continue
             except (OSError, http.client.HTTPException, socket.timeout) as err:
                 self.close()
-                raise TransportError(str(err) or type(err).__name__) from err
+                raise _transport_error(err) from err
             self._last_used = time.monotonic()
             if answer.will_close:
                 self.close()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import (
@@ -40,9 +38,10 @@ from virtpool.api.routes.operations import ACCEPTED, accepted
 from virtpool.control.idempotency import Made
 from virtpool.control.pool import Pool
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
+from virtpool.model import exec_lines
 from virtpool.model.errors import Conflict, InvalidRequest, VirtpoolError
 from virtpool.model.roles import Access, check_access
-from virtpool.model.spec import ExecOutput, ExecResult, Resize, VMSpec
+from virtpool.model.spec import ExecResult, Resize, VMSpec
 from virtpool.model.states import VMState
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 
@@ -210,20 +209,7 @@ def exec_vm(name: str, body: ExecRequest, pool: PoolDep, scope: Operator) -> Exe
     if not body.stream:
         return pool.vms.exec(_vm_id(pool, scope, name), body.argv, timeout=body.timeout, stdin=stdin)
     items = pool.vms.exec_stream(_vm_id(pool, scope, name), body.argv, timeout=body.timeout, stdin=stdin)
-    return StreamingResponse(_exec_lines(items), media_type="application/x-ndjson")
-
-
-def _exec_lines(items: Iterator[ExecOutput | ExecResult]) -> Iterator[str]:
-    """NDJSON lines of a streamed exec; a refusal after the answer began is its last line."""
-    try:
-        for item in items:
-            if isinstance(item, ExecOutput):
-                yield json.dumps({item.stream: base64.b64encode(item.data).decode()}) + "\n"
-            else:
-                yield json.dumps({"exit_code": item.exit_code}) + "\n"
-    except VirtpoolError as err:
-        yield json.dumps({"problem": {"status": err.status, "title": err.title, "detail": err.message,
-                                      "hint": err.hint, "error": type(err).__name__}}) + "\n"
+    return StreamingResponse(exec_lines.encode(items), media_type="application/x-ndjson")
 
 
 @router.get("/{name}/logs", response_class=Response,

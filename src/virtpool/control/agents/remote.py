@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from urllib.parse import quote
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import websockets
 from cryptography import x509
 from websockets.asyncio.client import ClientConnection
 
-from virtpool.model import errors
+from virtpool.model import errors, exec_lines
 from virtpool.model.agent import AgentEvent, AgentUnreachable, ByteStream, Console, Progress, RunStatus
 from virtpool.model.certs import serial_of
 from virtpool.model.errors import Unauthorized, VirtpoolError
@@ -84,13 +85,21 @@ class RemoteAgent:
             problem = reply.json()
         except ValueError:
             problem = {}
+        if not isinstance(problem, dict):
+            problem = {}
+        problem.setdefault("detail", reply.text or reply.reason_phrase)
+        return self._problem(problem, reply.status_code)
+
+    @staticmethod
+    def _problem(problem: dict[str, Any], status: int) -> VirtpoolError:
+        """The error class the agent named in a problem+json, with its words and status."""
         cls = _ERRORS.get(str(problem.get("error")), errors.OperationFailed)
-        detail = str(problem.get("detail") or reply.text or reply.reason_phrase)
+        detail = str(problem.get("detail") or "the agent refused")
         try:
             err = cls(detail, hint=problem.get("hint"))
         except TypeError:  # an error class with its own signature (StateError): keep the words
             err = errors.Conflict(detail, hint=problem.get("hint"))
-        err.status = reply.status_code
+        err.status = status
         return err
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -208,12 +217,29 @@ class RemoteAgent:
 
     def exec_stream(self, vm_id: str, argv: list[str], timeout: float,
                     stdin: bytes | None = None) -> Iterator[ExecOutput | ExecResult]:
-        """The output once the command ended: the agent service has no streaming exec yet."""
-        result = self.exec_vm(vm_id, argv, timeout, stdin)
-        for stream, text in (("stdout", result.stdout), ("stderr", result.stderr)):
-            if text:
-                yield ExecOutput(stream=stream, data=text.encode())  # type: ignore[arg-type]
-        yield result.model_copy(update={"stdout": "", "stderr": ""})
+        """The command's output as the agent reads it from the guest, while it runs."""
+        body = {"argv": argv, "timeout": timeout,
+                "stdin": base64.b64encode(stdin).decode() if stdin is not None else None}
+        wait = httpx.Timeout(CALL_TIMEOUT_S, read=timeout + SLACK_S)
+        try:
+            with self._http.stream("POST", f"/v1/vms/{vm_id}/exec/stream", json=body, timeout=wait) as reply:
+                self._check_peer(reply)
+                if reply.status_code >= 400:
+                    reply.read()
+                    raise self._error(reply)
+                for line in reply.iter_lines():
+                    item = exec_lines.decode(line)
+                    if isinstance(item, dict):
+                        raise self._problem(item, int(item.get("status") or 500))
+                    if item is not None:
+                        yield item
+                        if isinstance(item, ExecResult):
+                            return
+        except httpx.HTTPError as err:
+            raise AgentUnreachable(f"host '{self.name}' did not answer ({type(err).__name__}: {err})",
+                                   hint="check that its `virtpool agent` runs and is reachable") from err
+        raise AgentUnreachable(f"host '{self.name}' ended the command's output before its result",
+                               hint="the command may still run in the guest; check, then run it again")
 
     def apply_live(self, vm_id: str, changes: LiveChanges) -> None:
         self._call("POST", f"/v1/vms/{vm_id}/live", json=changes.model_dump(mode="json", exclude_unset=True))
@@ -228,31 +254,33 @@ class RemoteAgent:
         self._call("PUT", "/v1/networks", json=desired.model_dump(mode="json"), timeout=CALL_TIMEOUT_S + SLACK_S)
 
     def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None) -> None:
-        raise _not_served("clones")
-
-    # Snapshots and backups arrived on main after the agent API was written: refused clearly
-    # until they have routes of their own (node/service/app.py).
+        self._call("POST", f"/v1/vms/{vm_id}/clone", json={"source": source_vm_id, "image": image,
+                                                          "snapshot": snapshot}, timeout=BUILD_TIMEOUT_S)
 
     def list_snapshots(self, vm_id: str) -> list[SnapshotInfo]:
-        raise _not_served("snapshots")
+        return [SnapshotInfo.model_validate(s) for s in self._json("GET", f"/v1/vms/{vm_id}/snapshots")]
 
     def create_snapshot(self, vm_id: str, name: str, *, memory: bool) -> SnapshotInfo:
-        raise _not_served("snapshots")
+        return SnapshotInfo.model_validate(self._json(
+            "POST", f"/v1/vms/{vm_id}/snapshots", json={"name": name, "memory": memory},
+            timeout=BUILD_TIMEOUT_S))
 
     def restore_snapshot(self, vm_id: str, name: str) -> None:
-        raise _not_served("snapshots")
+        self._call("POST", f"/v1/vms/{vm_id}/snapshots/{quote(name, safe='')}/restore", timeout=BUILD_TIMEOUT_S)
 
     def delete_snapshot(self, vm_id: str, name: str) -> None:
-        raise _not_served("snapshots")
+        self._call("DELETE", f"/v1/vms/{vm_id}/snapshots/{quote(name, safe='')}", timeout=BUILD_TIMEOUT_S)
 
     def backup_vm(self, vm_id: str, target: str, *, incremental: bool, vm: str, image: str) -> BackupInfo:
-        raise _not_served("backups")
+        body = {"target": target, "incremental": incremental, "vm": vm, "image": image}
+        return BackupInfo.model_validate(self._json("POST", f"/v1/vms/{vm_id}/backups", json=body,
+                                                    timeout=BUILD_TIMEOUT_S))
 
     def read_backup(self, source: str) -> BackupInfo:
-        raise _not_served("backups")
+        return BackupInfo.model_validate(self._json("GET", "/v1/backups", params={"source": source}))
 
     def restore_backup(self, vm_id: str, source: str) -> None:
-        raise _not_served("backups")
+        self._call("POST", f"/v1/vms/{vm_id}/backups/restore", json={"source": source}, timeout=BUILD_TIMEOUT_S)
 
     async def open_console(self, vm_id: str) -> Console:
         url = "wss://" + self.url.removeprefix("https://") + f"/v1/vms/{vm_id}/console"
@@ -261,19 +289,6 @@ class RemoteAgent:
         except (OSError, websockets.WebSocketException, TimeoutError) as err:
             raise AgentUnreachable(f"console of host '{self.name}' unreachable: {err}") from err
         return WebSocketConsole(connection)
-
-
-class NotServedRemotely(VirtpoolError):
-    """A call the agent API does not carry yet."""
-
-    status = 501
-    title = "not available on remote hosts yet"
-
-
-def _not_served(what: str) -> NotServedRemotely:
-    return NotServedRemotely(f"{what} of VMs on hosts other than the control plane's are not "
-                             "served over the agent API yet",
-                             hint="run the VM on the control plane's own host (`virtpool up`) for now")
 
 
 class WebSocketConsole:

@@ -245,6 +245,18 @@ class RevokedCertRow(Base):
     revoked_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class PoolCARow(Base):
+    """The pool CA, shared by every server of the pool: its certificate and its key, sealed
+    with the pool's CA passphrase (control/ca_store.py). One row, id 1."""
+
+    __tablename__ = "pool_ca"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    cert_pem: Mapped[str] = mapped_column(Text)
+    sealed_key: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class TokenRow(Base):
     """An API token. Only the SHA-256 of the secret is kept."""
 

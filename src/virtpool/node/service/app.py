@@ -24,11 +24,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from virtpool import __version__
+from virtpool.model import exec_lines
 from virtpool.model.agent import CONTRACT_VERSION, AgentEvent
+from virtpool.model.backup import BackupInfo
 from virtpool.model.certs import CONTROL_PLANE_CN
 from virtpool.model.errors import InvalidRequest, Unauthorized, VirtpoolError
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.network import HostNetworkInput
+from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import VMUsage
 from virtpool.mtls import peer_of
@@ -85,6 +88,28 @@ class ExecBody(BaseModel):
     argv: list[str] = Field(min_length=1)
     timeout: float = Field(gt=0)
     stdin: str | None = None
+
+
+class SnapshotBody(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    memory: bool = False
+
+
+class CloneBody(BaseModel):
+    source: str
+    image: str
+    snapshot: str | None = None
+
+
+class BackupBody(BaseModel):
+    target: str = Field(min_length=1, max_length=4096)
+    incremental: bool = False
+    vm: str
+    image: str
+
+
+class RestoreBackupBody(BaseModel):
+    source: str = Field(min_length=1, max_length=4096)
 
 
 class ImportBody(BaseModel):
@@ -242,6 +267,51 @@ def create_app(agent: LocalAgent, revoked: Revocations, uploads: Path) -> FastAP
     def exec_vm(vm_id: str, body: ExecBody, _: Caller) -> ExecResult:
         stdin = base64.b64decode(body.stdin) if body.stdin is not None else None
         return agent.exec_vm(_vm(vm_id), body.argv, body.timeout, stdin)
+
+    @app.post("/v1/vms/{vm_id}/exec/stream")
+    def exec_stream(vm_id: str, body: ExecBody, _: Caller) -> StreamingResponse:
+        # The output as the command writes it (one NDJSON line each, model/exec_lines.py), so
+        # that the control plane can relay it while the command still runs.
+        stdin = base64.b64decode(body.stdin) if body.stdin is not None else None
+        items = agent.exec_stream(_vm(vm_id), body.argv, body.timeout, stdin)
+        return StreamingResponse(exec_lines.encode(items), media_type="application/x-ndjson")
+
+    @app.get("/v1/vms/{vm_id}/snapshots", response_model=list[SnapshotInfo])
+    def snapshots(vm_id: str, _: Caller) -> list[SnapshotInfo]:
+        return agent.list_snapshots(_vm(vm_id))
+
+    @app.post("/v1/vms/{vm_id}/snapshots", response_model=SnapshotInfo)
+    def create_snapshot(vm_id: str, body: SnapshotBody, _: Caller) -> SnapshotInfo:
+        return agent.create_snapshot(_vm(vm_id), body.name, memory=body.memory)
+
+    @app.post("/v1/vms/{vm_id}/snapshots/{name}/restore", status_code=204)
+    def restore_snapshot(vm_id: str, name: str, _: Caller) -> Response:
+        agent.restore_snapshot(_vm(vm_id), name)
+        return Response(status_code=204)
+
+    @app.delete("/v1/vms/{vm_id}/snapshots/{name}", status_code=204)
+    def delete_snapshot(vm_id: str, name: str, _: Caller) -> Response:
+        agent.delete_snapshot(_vm(vm_id), name)
+        return Response(status_code=204)
+
+    @app.post("/v1/vms/{vm_id}/clone", status_code=204)
+    def clone(vm_id: str, body: CloneBody, _: Caller) -> Response:
+        agent.clone_disk(_vm(body.source), _vm(vm_id), image=body.image, snapshot=body.snapshot)
+        return Response(status_code=204)
+
+    @app.post("/v1/vms/{vm_id}/backups", response_model=BackupInfo)
+    def backup(vm_id: str, body: BackupBody, _: Caller) -> BackupInfo:
+        return agent.backup_vm(_vm(vm_id), body.target, incremental=body.incremental, vm=body.vm,
+                               image=body.image)
+
+    @app.get("/v1/backups", response_model=BackupInfo)
+    def read_backup(source: Annotated[str, Query(min_length=1, max_length=4096)], _: Caller) -> BackupInfo:
+        return agent.read_backup(source)
+
+    @app.post("/v1/vms/{vm_id}/backups/restore", status_code=204)
+    def restore_backup(vm_id: str, body: RestoreBackupBody, _: Caller) -> Response:
+        agent.restore_backup(_vm(vm_id), body.source)
+        return Response(status_code=204)
 
     @app.post("/v1/vms/{vm_id}/live", status_code=204)
     def live(vm_id: str, changes: LiveChanges, _: Caller) -> Response:

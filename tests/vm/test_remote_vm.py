@@ -1,0 +1,102 @@
+"""A VM on a remote host, as its user drives it: a real `virtpool server` with no agent of its own
+and a real `virtpool agent` joined to it over mutual TLS; the CLI talks to the server only. Exec
+output streams back while the command runs, and snapshots, backups and clones work there (they
+answered 501 before they crossed the agent API)."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VIRTPOOL, Server, link_image, make_server, passable, qemu_pids, wait_for
+
+HOST = "rmh1"
+
+
+@dataclass
+class RemotePool:
+    server: Server
+    agent: subprocess.Popen[bytes]
+    agent_dir: Path
+    agent_log: Path
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[RemotePool]:
+    server = make_server(tmp_path_factory, None, "rm-control", command="server")
+    link_image(image_cache, server.data_dir)  # the pool's store; the agent fetches it from there
+    agent_dir = tmp_path_factory.mktemp("rm-agent")
+    passable(agent_dir)
+    log = agent_dir.parent / "rm-agent.log"
+    token = server.api().join_token(600)["token"]
+    join = (server.data_dir / "join.url").read_text().strip()
+    with log.open("wb") as out:
+        agent = subprocess.Popen([VIRTPOOL, "agent", "--server", join, "--join", token, "--data-dir",
+                                  str(agent_dir), "--listen", "127.0.0.1:0", "--name", HOST,
+                                  "--net-prefix", "rm"], stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        assert wait_for(lambda: any(h.name == HOST and h.lease_epoch for h in server.api().hosts()),
+                        timeout=90), log.read_text()
+        yield RemotePool(server, agent, agent_dir, log)
+        for vm in server.api().vms():
+            server.api().delete_vm(vm.id, force=True)
+    finally:
+        os.killpg(agent.pid, signal.SIGTERM)
+        agent.wait(timeout=60)
+        server.stop()
+    assert qemu_pids(agent_dir) == []
+
+
+def test_a_vm_on_a_remote_host_streams_exec_and_is_snapshotted_backed_up_and_cloned(
+        pool: RemotePool, tmp_path: Path) -> None:
+    server = pool.server
+    made = server.cli("vm", "create", "rmweb", "--start", "--wait", "--json", timeout=600)
+    assert made.returncode == 0, made.stderr + pool.agent_log.read_text()[-2000:]
+    assert json.loads(made.stdout)["host"] == HOST
+    assert (pool.agent_dir / "vms").is_dir() and not (server.data_dir / "vms").exists()
+
+    # The second line is 8 s away when the first has been read: it came while the command ran.
+    proc = subprocess.Popen(
+        [VIRTPOOL, "vm", "exec", "rmweb", "--timeout", "120", "--", "sh", "-c",
+         "echo first; sleep 8; echo second; exit 4"],
+        env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"first\n"
+        waiting, _, _ = select.select([proc.stdout], [], [], 0)
+        assert waiting == [] and proc.poll() is None  # nothing more yet: the command still runs
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (out, proc.returncode) == (b"second\n", 4), err
+
+    snap = server.cli("vm", "snapshot", "create", "rmweb", "s1", "--json")
+    assert snap.returncode == 0, snap.stderr
+    listed = server.cli("vm", "snapshot", "list", "rmweb", "--json")
+    assert [s["name"] for s in json.loads(listed.stdout)] == ["s1"], listed.stderr
+
+    target = tmp_path / "chain"  # a directory on the agent's host (this machine)
+    backed = server.cli("vm", "backup", "create", "rmweb", "--to", str(target), "--json")
+    assert backed.returncode == 0, backed.stderr
+    assert [f["kind"] for f in json.loads(backed.stdout)["files"]] == ["full"]
+    assert (target / "0000-full.qcow2").is_file()
+
+    cloned = server.cli("vm", "clone", "rmweb", "rmcopy", "--snapshot", "s1", "--json")
+    assert cloned.returncode == 0, cloned.stderr
+    copy = json.loads(cloned.stdout)
+    assert copy["host"] == HOST and copy["state"] == "stopped"
+    assert (pool.agent_dir / "vms" / copy["id"] / "disk.qcow2").is_file()
+
+    assert server.cli("vm", "snapshot", "delete", "rmweb", "s1").returncode == 0
+    for name in ("rmcopy", "rmweb"):
+        assert server.cli("vm", "delete", name, "--force").returncode == 0
+    assert wait_for(lambda: not list((pool.agent_dir / "vms").iterdir()), timeout=60)
