@@ -22,6 +22,11 @@ Five setups, each with two VMs of the default image (1 vCPU, 256 MiB, microvm, t
 iperf3 is not in the default image: the host's ``/usr/bin/iperf3`` (Debian's ``iperf3``, a
 ``--test`` system package) and its libraries are copied into each guest before measuring.
 
+The setups compared with each other (virtpool and bare, one host; the same on two hosts) are up
+at the same time and measured in turns, round after round with the order rotating, so that the
+shared machine's drifting load falls on both alike. Throughput: the median of the rounds' iperf3
+runs; latency: the median of all pings.
+
 Usage: ``.venv/bin/python bench/network.py [--seconds S] [--runs N] [--pings P]``. Prints a table
 on stderr; the last line of stdout is one JSON object::
 
@@ -150,29 +155,54 @@ def install_iperf(sh: Sh, bundle: bytes) -> None:
         raise BenchError(f"iperf3 does not run in the guest: {out}")
 
 
-def measure(server: Sh, client: Sh, target: str, port: int, ping_target: str | None,
-            args: argparse.Namespace) -> dict[str, float | None]:
-    """iperf3 from ``client`` to ``server`` (median of runs), ping RTT (median per ping)."""
-    code, out = server(f"{IPERF} -s -D -p {IPERF_PORT}", 30, None)
-    if code != 0:
-        raise BenchError(f"iperf3 server did not start: {out}")
-    rates = []
-    for _ in range(args.runs):
-        code, out = client(f"{IPERF} -c {target} -p {port} -t {args.seconds} -J",
-                           args.seconds + 90, None)
+class Pair:
+    """Two VMs of one setup, iperf3 installed in both and its server running in ``server``."""
+
+    def __init__(self, made: tuple, bundle: bytes) -> None:  # type: ignore[type-arg]
+        self.server, self.client, self.target = made[0], made[1], made[2]
+        self.port = made[3] if len(made) > 3 else IPERF_PORT
+        # User-mode guests cannot ping each other: slirp's gateway stands in.
+        self.ping_target = "10.0.2.2" if len(made) > 3 else self.target
+        for sh in (self.server, self.client):
+            install_iperf(sh, bundle)
+        code, out = self.server(f"{IPERF} -s -D -p {IPERF_PORT}", 30, None)
+        if code != 0:
+            raise BenchError(f"iperf3 server did not start: {out}")
+        self.rates: list[float] = []
+        self.rtts: list[float] = []
+
+    def iperf(self, seconds: int) -> float:
+        code, out = self.client(f"{IPERF} -c {self.target} -p {self.port} -t {seconds} -J",
+                                seconds + 90, None)
         try:
-            rates.append(json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6)
+            rate = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
         except (ValueError, KeyError) as err:
-            raise BenchError(f"iperf3 to {target}:{port} failed: {out[-800:]}") from err
-    latency = None
-    if ping_target is not None:
-        code, out = client(f"ping -c {args.pings} -i 0.2 {ping_target}", args.pings + 60, None)
+            raise BenchError(f"iperf3 to {self.target}:{self.port} failed: {out[-800:]}") from err
+        self.rates.append(rate)
+        return float(rate)
+
+    def ping(self, count: int) -> None:
+        code, out = self.client(f"ping -c {count} -i 0.2 {self.ping_target}", count + 60, None)
         times = [float(t) for t in re.findall(r"time=([0-9.]+) ms", out)]
         if code != 0 or not times:
-            raise BenchError(f"ping {ping_target} failed: {out[-800:]}")
-        latency = statistics.median(times)
-    server("killall iperf3", 30, None)
-    return {"mbit_s": statistics.median(rates), "mbit_s_runs": rates, "rtt_ms": latency}
+            raise BenchError(f"ping {self.ping_target} failed: {out[-800:]}")
+        self.rtts += times
+
+    def figures(self) -> dict[str, float | list[float]]:
+        return {"mbit_s": statistics.median(self.rates), "mbit_s_runs": [round(r, 1) for r in self.rates],
+                "rtt_ms": round(statistics.median(self.rtts), 3)}
+
+
+def interleaved(pairs: dict[str, Pair], args: argparse.Namespace) -> None:
+    """Round after round, each setup in turn (the order rotating): a busy machine's load drifts
+    over minutes, and this spreads it over all setups alike."""
+    names = list(pairs)
+    for round_ in range(args.runs):
+        order = names[round_ % len(names):] + names[:round_ % len(names)]
+        for name in order:
+            rate = pairs[name].iperf(args.seconds)
+            pairs[name].ping(max(1, args.pings // args.runs))
+            note(f"  round {round_ + 1}/{args.runs} {name}: {rate:.0f} Mbit/s")
 
 
 # -- bare QEMU ----------------------------------------------------------------------------------
@@ -433,30 +463,27 @@ def main() -> int:
     root.chmod(0o711)
     bare = Bare(root / "bare", args.images)
     (root / "bare").mkdir()
-    results: dict[str, dict[str, float | None]] = {}
+    results: dict[str, dict[str, float | list[float]]] = {}
     began = time.monotonic()
-    setups: list[tuple[str, Callable[[], object]]] = [
-        ("virtpool_one_host", lambda: pool_one_host(root, args.images)),
-        ("bare_one_host", lambda: bare_one_host(bare)),
-        ("virtpool_two_hosts", lambda: pool_two_hosts(root, args.images)),
-        ("bare_two_hosts", lambda: bare_two_hosts(bare)),
-        ("user_mode", lambda: user_mode(bare)),
+    # Setups compared with each other are up together and measured in turns.
+    groups: list[list[tuple[str, Callable[[], object]]]] = [
+        [("virtpool_one_host", lambda: pool_one_host(root, args.images)),
+         ("bare_one_host", lambda: bare_one_host(bare))],
+        [("virtpool_two_hosts", lambda: pool_two_hosts(root, args.images)),
+         ("bare_two_hosts", lambda: bare_two_hosts(bare))],
+        [("user_mode", lambda: user_mode(bare))],
     ]
     try:
-        for name, setup in setups:
-            note(f"{name}: booting two VMs")
+        for group in groups:
             with ExitStack() as stack:
-                made = stack.enter_context(setup())  # type: ignore[arg-type]
-                if name == "user_mode":
-                    server, client, target, port = made
-                    ping_target = "10.0.2.2"
-                else:
-                    server, client, target = made
-                    port, ping_target = IPERF_PORT, target
-                install_iperf(server, bundle)
-                install_iperf(client, bundle)
-                results[name] = measure(server, client, target, port, ping_target, args)
-            note(f"{name}: {results[name]['mbit_s']:.0f} Mbit/s, RTT {results[name]['rtt_ms']} ms")
+                pairs = {}
+                for name, setup in group:
+                    note(f"{name}: booting two VMs")
+                    pairs[name] = Pair(stack.enter_context(setup()), bundle)  # type: ignore[arg-type]
+                interleaved(pairs, args)
+                for name, pair in pairs.items():
+                    results[name] = pair.figures()
+                    note(f"{name}: {results[name]}")
     except BenchError as err:
         note(f"benchmark failed: {err}")
         return 1
@@ -471,8 +498,7 @@ def main() -> int:
 
     note(f"{'setup':<20} {'Mbit/s':>10} {'RTT ms':>8}")
     for name, figures in results.items():
-        rtt = figures["rtt_ms"]
-        note(f"{name:<20} {figures['mbit_s']:>10.0f} {rtt if rtt is not None else '-':>8}")
+        note(f"{name:<20} {figures['mbit_s']:>10.0f} {figures['rtt_ms']:>8}")
     summary = {
         "name": "network",
         "throughput_ratio": ratio("mbit_s", "virtpool_one_host", "bare_one_host"),
@@ -481,6 +507,7 @@ def main() -> int:
         "latency_ratio_two_hosts": ratio("rtt_ms", "virtpool_two_hosts", "bare_two_hosts"),
         **{f"{name}_mbit_s": round(float(f["mbit_s"]), 1) for name, f in results.items()},  # type: ignore[arg-type]
         **{f"{name}_rtt_ms": f["rtt_ms"] for name, f in results.items()},
+        "mbit_s_runs": {name: f["mbit_s_runs"] for name, f in results.items()},
         "user_mode_rtt_is": "ping of slirp's gateway 10.0.2.2",
         "iperf_seconds": args.seconds, "iperf_runs": args.runs, "pings": args.pings,
         "accel": "tcg",
