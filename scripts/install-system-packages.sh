@@ -11,6 +11,9 @@ PACKAGES=(
   qemu-utils        # qemu-img: disk creation and inspection
   qemu-guest-agent  # its shared libraries are resolved with ldd when the image is built
   e2fsprogs         # likewise for mke2fs and resize2fs, which the guest formats its root disk with
+                    # (and mke2fs -d writes the debian-12 image's root filesystem)
+  mmdebstrap        # installs the debian-12 image's root filesystem from this host's apt mirror
+  grub-pc-bin       # GRUB's BIOS boot sector and core image for the debian-12 disk
   busybox-static    # the guest's userland
   cpio              # packs the initramfs
   lz4               # unpacks the kernel's LZ4 payload into an ELF vmlinux
@@ -33,6 +36,7 @@ if [ "${1:-}" = "--test" ]; then
   PACKAGES+=(syslinux syslinux-efi syslinux-common mtools dosfstools)
   PACKAGES+=(chromium prometheus)
   PACKAGES+=(iputils-ping)  # tests/cluster
+  PACKAGES+=(openssh-client)  # ssh-keygen: the key a cloud-init test puts into a guest
   # npm rebuilds the dashboard's bundle in a test (it must match the committed one); a Node.js
   # installed some other way (nodesource, nvm) is used as it is.
   command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)

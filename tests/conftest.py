@@ -39,6 +39,20 @@ def image_cache() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def debian_image() -> Path:
+    """The built-in debian-12 image, built once per machine (and again only when its recipe
+    changes) by the real builder, into the same cache as the default image. The builder's own
+    lock makes xdist workers that ask at once wait for one build."""
+    from virtpool.node.images.debian import build_debian_image
+
+    root = Path(os.environ.get("VIRTPOOL_TEST_IMAGES", REPO / ".cache" / "images"))
+    root.mkdir(parents=True, exist_ok=True)
+    build_debian_image(root)
+    passable(root)
+    return root
+
+
 def link_image(cache: Path, data_dir: Path, name: str = "default") -> None:
     shutil.copytree(cache / name, data_dir / "images" / name, copy_function=os.link)
 
@@ -140,14 +154,16 @@ def passable(directory: Path) -> None:
 
 def make_server(tmp_path_factory: pytest.TempPathFactory, cache: Path | None, name: str,
                 boot_timeout: float = 60.0, extra_args: tuple[str, ...] = (),
-                db_url: str | None = None, command: str = "up") -> Server:
-    """Start a server on a fresh data dir: with the default image linked in (unless ``cache``
-    is None) and on the database ``db_url`` (default: SQLite in the data dir)."""
+                db_url: str | None = None, command: str = "up",
+                images: tuple[str, ...] = ("default",)) -> Server:
+    """Start a server on a fresh data dir: with ``images`` of ``cache`` linked in (none when
+    ``cache`` is None) and on the database ``db_url`` (default: SQLite in the data dir)."""
     data_dir = tmp_path_factory.mktemp(name)
     passable(data_dir)
     (data_dir / "images").mkdir()
     if cache is not None:
-        link_image(cache, data_dir)
+        for image in images:
+            link_image(cache, data_dir, image)
     if db_url is not None:
         extra_args = (*extra_args, "--db", db_url)
     server = Server(data_dir, boot_timeout=boot_timeout, extra_args=extra_args, command=command).start()

@@ -294,5 +294,5 @@ class TestBuildDefaultImage:
         missing = "virtpool-no-such-tool"
         assert shutil.which(missing) is None
         with pytest.raises(OperationFailed, match="not installed") as info:
-            build._run([missing], what="do something", hint="install it")
+            build.run_tool([missing], what="do something", hint="install it")
         assert info.value.hint == "install it"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,7 +15,14 @@ from rich.table import Table
 from virtpool.cli import backup, output, snapshot
 from virtpool.cli.common import ColumnsOption, JsonFlag, VMName, client
 from virtpool.cli.operation import follow
-from virtpool.model.errors import VirtpoolError
+from virtpool.model.cloudinit import (
+    MAX_NETWORK_CONFIG,
+    MAX_SSH_KEY,
+    MAX_USER_DATA,
+    CloudInit,
+    check_ssh_public_key,
+)
+from virtpool.model.errors import InvalidRequest, VirtpoolError
 from virtpool.model.operation import Operation
 from virtpool.model.spec import ExecOutput, PortForward
 from virtpool.model.states import VMState
@@ -37,7 +45,9 @@ VM_FLAGS = {"name": "NAME", "image": "--image", "cpus": "--cpus", "memory_mib": 
             "max_memory_mib": "--max-memory", "cpu_cap_pct": "--cpu-cap", "cpu_weight": "--cpu-weight",
             "disk_iops": "--disk-iops", "disk_bps": "--disk-bps", "cpu_affinity": "--cpu-affinity",
             "group": "--group", "required_labels": "--require-label", "weigher": "--weigher",
-            "ports": "--port"}
+            "ports": "--port", "cloud_init.user_data": "--cloud-init",
+            "cloud_init.network_config": "--network-config", "cloud_init.hostname": "--hostname",
+            **{f"cloud_init.ssh_keys.{i}": "--ssh-key" for i in range(32)}, "cloud_init.ssh_keys": "--ssh-key"}
 # Beyond a VM's boot timeout, what --wait allows for the rest of a start (spawn, state writes).
 WAIT_MARGIN_S = 30.0
 
@@ -94,6 +104,13 @@ def create(
         help="a NIC on this network: NAME or NAME,ip=ADDRESS; repeat for several")] = None,
     boot_timeout: Annotated[float | None, typer.Option(
         help="seconds its boots may take to answer the guest agent (default: the image's)")] = None,
+    cloud_init: Annotated[Path | None, typer.Option(
+        "--cloud-init", help="cloud-init user-data file ('#cloud-config' YAML or a script)")] = None,
+    ssh_key: Annotated[list[Path] | None, typer.Option(
+        "--ssh-key", help="an SSH public key file for the image's default user; repeat")] = None,
+    hostname: Annotated[str | None, typer.Option(help="the guest's hostname (default: NAME)")] = None,
+    network_config: Annotated[Path | None, typer.Option(
+        "--network-config", help="cloud-init network config v1/v2 file (default: DHCP)")] = None,
     start: Annotated[bool, typer.Option("--start", help="boot it at once")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="with --start: wait until the guest answers")] = False,
     wait_timeout: WaitTimeout = 180.0,
@@ -106,6 +123,9 @@ def create(
         virtpool vm create web --memory 512M --disk 2G --port 8080:80 --start --wait
 
         virtpool vm create db --memory 1G --max-memory 2G --cpu-cap 150 --group web
+
+        virtpool vm create deb --image debian-12 --memory 1G --cloud-init user-data.yaml
+        --ssh-key ~/.ssh/id_ed25519.pub --start --wait
     """
     from virtpool.cli.host import parse_labels
 
@@ -121,19 +141,66 @@ def create(
                 "cpu_affinity": parse_cpu_list(cpu_affinity) if cpu_affinity else None,
                 "boot_timeout_s": boot_timeout,
             }
+            seed = _cloud_init(cloud_init, ssh_key or [], hostname, network_config)
         except VirtpoolError as err:
             output.fail(err.message, hint=err.hint)
         api = client()
         vm = api.create_vm(name, image=image, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib,
                            ports=forwards, kernel_args=kernel_args, accel=accel, start=start,
                            group=group, required_labels=parse_labels(require_label or []),
-                           weigher=weigher, networks=network or [], **limits)
+                           weigher=weigher, networks=network or [], cloud_init=seed, **limits)
         if start:
             _follow(api, vm, VMState.RUNNING, wait, wait_timeout, json)
             return
     if json:
         return output.emit_json(vm)
     output.print_line(f"VM '{vm.name}' created on host '{vm.host}' ({output.state(vm.state.value)})")
+
+
+def _read_text(path: Path, flag: str, limit: int) -> str:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as err:
+        raise InvalidRequest(f"{flag} {path}: {err.strerror}") from None
+    if len(data) > limit:
+        raise InvalidRequest(f"{flag} {path} is over {limit // 1024} KiB",
+                             hint="a cloud-init seed carries configuration, not files")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{flag} {path} is not UTF-8 text") from None
+
+
+def _cloud_init(user_data: Path | None, keys: list[Path], hostname: str | None,
+                network_config: Path | None) -> CloudInit | None:
+    """The seed's user part from the files named, checked here (so that a bad file is said
+    with its flag and nothing is sent); None when no cloud-init flag was given."""
+    from pydantic import ValidationError
+
+    if user_data is None and not keys and hostname is None and network_config is None:
+        return None
+    fields = {
+        "user_data": _read_text(user_data, "--cloud-init", MAX_USER_DATA) if user_data else None,
+        "network_config": (_read_text(network_config, "--network-config", MAX_NETWORK_CONFIG)
+                           if network_config else None),
+        "ssh_keys": [],
+        "hostname": hostname,
+    }
+    for key in keys:
+        try:
+            fields["ssh_keys"].append(check_ssh_public_key(_read_text(key, "--ssh-key", MAX_SSH_KEY)))
+        except ValueError as err:
+            raise InvalidRequest(f"--ssh-key {key}: {err}") from None
+    try:
+        return CloudInit(**fields)
+    except ValidationError as err:
+        flags = {"user_data": f"--cloud-init {user_data}", "network_config": f"--network-config {network_config}",
+                 "ssh_keys": "--ssh-key", "hostname": "--hostname"}
+        first = err.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InvalidRequest(f"{flags.get(field, field)}: {message}") from None
 
 
 @app.command("list")
@@ -179,11 +246,25 @@ def show(name: VMName, json: JsonFlag = False) -> None:
         ("machine", image.machine + (f" ({image.firmware})" if image.firmware else "")),
         ("boot timeout", f"{vm.boot_timeout_s:g}s" if vm.boot_timeout_s else "-"),
         ("last stop", STOPPED_BY[vm.stopped_by] if vm.stopped_by else "-"),
+        ("cloud-init", _seed_summary(vm)),
         ("created", vm.created_at), ("error", vm.error or "-"),
     ])
     if vm.nics:
         output.table(["NIC", "NETWORK", "MAC", "ADDRESS"],
                      [(f"net{i}", n.network, n.mac, n.address) for i, n in enumerate(vm.nics)])
+
+
+def _seed_summary(vm: VMInfo) -> str:
+    """What the VM's seed carries beyond its instance-id (its id), in one line."""
+    seed = vm.cloud_init
+    if seed is None:
+        return "-"
+    parts = [f"hostname {seed.hostname or vm.name}", f"{len(seed.ssh_keys)} SSH key(s)"]
+    if seed.user_data:
+        parts.append(f"user-data {len(seed.user_data.encode())} bytes")
+    if seed.network_config:
+        parts.append("own network config")
+    return ", ".join(parts)
 
 
 def _action(name: str, action: str, wanted: VMState, wait: bool, wait_timeout: float,

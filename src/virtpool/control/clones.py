@@ -1,8 +1,8 @@
 """Clones: a new VM whose disk is a full copy of another's, or of one of its snapshots.
 
 The clone is a VM of its own: a new id, its own name (its guest's hostname), its own uid,
-cgroup and network identity; host port forwards are not copied (they would collide). The
-source must be stopped unless a snapshot is named (a snapshot does not change under a
+cgroup and network identity (a new MAC; through cloud-init a new instance-id and machine-id);
+host port forwards are not copied (they would collide). The source must be stopped unless a snapshot is named (a snapshot does not change under a
 running guest). A clone that fails leaves no VM and no disk behind.
 """
 
@@ -34,7 +34,10 @@ class CloneService:
                       disk_mib=source.disk_mib, kernel_args=source.kernel_args, accel=source.accel,  # type: ignore[arg-type]
                       max_memory_mib=source.max_memory_mib, cpu_cap_pct=source.cpu_cap_pct,
                       cpu_weight=source.cpu_weight, disk_iops=source.disk_iops, disk_bps=source.disk_bps,
-                      cpu_affinity=source.cpu_affinity, boot_timeout_s=source.boot_timeout_s)
+                      cpu_affinity=source.cpu_affinity, boot_timeout_s=source.boot_timeout_s,
+                      # The same configuration, but a host name of its own; its instance-id
+                      # (its new id) makes cloud-init treat the copied disk as a new instance.
+                      cloud_init=source.cloud_init.for_clone() if source.cloud_init else None)
         vm = self._vms.create(spec, project_id=project_id)
         try:
             agent.clone_disk(source.id, vm.id, image=source.image, snapshot=snapshot)

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from virtpool.model.cloudinit import CloudInit
 from virtpool.model.names import NAME_PATTERN, NAME_RULE, Name, valid_name
 from virtpool.model.network import NicRequest
 
@@ -92,6 +93,9 @@ class VMSpec(BaseModel):
         default_factory=list, max_length=8,
         description="a NIC on each of these networks of the project (default: one NIC on the "
                     "host's user-mode network, which --port forwards to)")
+    cloud_init: CloudInit | None = Field(
+        default=None, description="a NoCloud seed (user-data, SSH keys, hostname, network "
+        "config) for images with cloud-init; such an image gets one with its defaults anyway")
 
     @field_validator("kernel_args")
     @classmethod

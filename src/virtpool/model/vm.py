@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from virtpool.model.cloudinit import CloudInit
 from virtpool.model.network import NicView
 from virtpool.model.spec import PortForward
 from virtpool.model.states import VMState
@@ -48,6 +49,7 @@ class VMInfo(BaseModel):
     host: str
     boot_timeout_s: float | None = None  # what its boots wait for (None: the server's default)
     stopped_by: StopMethod | None = None  # how its last stop ended
+    cloud_init: CloudInit | None = None  # its seed's user part (the instance-id is its id)
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = Field(default=None, description="when it last began running "

@@ -33,12 +33,13 @@ import psutil
 from virtpool.model.agent import ByteStream, Console, Progress, RunStatus
 from virtpool.model.errors import Conflict, InsufficientResources, InvalidRequest, NotFound, OperationFailed
 from virtpool.model.backup import BackupInfo
+from virtpool.model.cloudinit import CloudInit
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.network import HostNetworkInput
 from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import Accel, ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
-from virtpool.node import backups, disks, launch, safe_files, serial, snapshots
+from virtpool.node import backups, cloudinit, disks, launch, safe_files, serial, snapshots
 from virtpool.node.events import EventFeed
 from virtpool.node.images.catalog import ImageCatalog
 from virtpool.node.images.store import kernel_kind
@@ -391,7 +392,7 @@ class LocalAgent:
         if taps:
             fds: list[int | None] = list(tap_fds) if tap_fds else [None] * len(taps)
             return tuple(NicPlan(tap=t.name, mac=t.mac, fd=fd) for t, fd in zip(taps, fds))
-        return (NicPlan(socket=self._paths(vm_id).passt_sock),)
+        return (NicPlan(socket=self._paths(vm_id).passt_sock, mac=launch.default_mac(vm_id)),)
 
     def _open_taps(self, vm_id: str) -> list[int]:
         """As root: descriptors on the VM's taps, for its QEMU to inherit (tap.py says why)."""
@@ -433,6 +434,7 @@ class LocalAgent:
 
     async def _start(self, vm: VM, spec: VMSpec, slot: int) -> int:
         """On the loop: passt, then QEMU in its cgroup, then the balloon; nothing left on failure."""
+        await asyncio.to_thread(self._write_seed, vm.id, spec)
         user = await asyncio.to_thread(self._confine_files, vm.id, slot)
         tap_fds = await asyncio.to_thread(self._open_taps, vm.id)
         try:
@@ -490,6 +492,20 @@ class LocalAgent:
 
         asyncio.get_running_loop().create_task(until_ready())
         return True
+
+    def _write_seed(self, vm_id: str, spec: VMSpec) -> None:
+        """The VM's cloud-init seed, made anew (its NICs or configuration may have changed);
+        created without following anything the VM's user planted under its name."""
+        seed = self._paths(vm_id).seed
+        if not launch.wants_seed(spec, self.images.get(spec.image)):
+            seed.unlink(missing_ok=True)
+            return
+        macs = [nic.mac for nic in self._nics(vm_id) if nic.mac]
+        files = cloudinit.seed_files(spec.cloud_init or CloudInit(), instance_id=vm_id,
+                                     default_hostname=spec.name, macs=macs)
+        fd = safe_files.create_new(seed, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(cloudinit.seed_iso(files))
 
     def _confine_files(self, vm_id: str, slot: int) -> users.VMUser | None:
         """As root: give the VM's run dir and disk to its own user, the user QEMU runs as."""

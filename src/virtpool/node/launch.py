@@ -8,6 +8,7 @@ and ``bench/boot.py`` build exactly the argv virtpool runs, without a running ag
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,6 +37,19 @@ class ImageFacts:
     kernel_is_elf: bool
 
 
+def wants_seed(spec: VMSpec, manifest: Manifest) -> bool:
+    """A VM gets a cloud-init seed when its user gave one, or its image reads one (the
+    built-in debian-12: without a seed its cloud-init would find no datasource)."""
+    return spec.cloud_init is not None or manifest.source.get("cloud_init") == "nocloud"
+
+
+def default_mac(vm_id: str) -> str:
+    """The MAC of a VM's NIC on the default network: its own (derived from its id, so stable
+    across starts, and new for a clone), in QEMU's 52:54:00 range."""
+    digest = hashlib.sha256(vm_id.encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
 def resolve(spec: VMSpec, image: ImageFacts, paths: VMPaths, host: HostFacts, *,
             nics: tuple[NicPlan, ...] = ()) -> LaunchPlan:
     """The launch plan of ``spec`` on this host, with the NICs the host gives it."""
@@ -57,5 +71,6 @@ def resolve(spec: VMSpec, image: ImageFacts, paths: VMPaths, host: HostFacts, *,
         tsc_khz=host.tsc_khz,
         disk_iops=spec.disk_iops,
         disk_bps=spec.disk_bps,
+        seed=paths.seed if wants_seed(spec, manifest) else None,
         qemu_binary=host.qemu_binary,
     )

@@ -27,6 +27,11 @@ class VMPaths:
         return self.root / "efivars.fd"
 
     @property
+    def seed(self) -> Path:
+        """The cloud-init NoCloud seed (an ISO labelled cidata), made anew at each start."""
+        return self.root / "seed.iso"
+
+    @property
     def serial_log(self) -> Path:
         return self.root / "serial.log"
 

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 from virtpool.model import exec_lines
 from virtpool.model.audit import AuditEntry
 from virtpool.model.backup import BackupInfo
+from virtpool.model.cloudinit import CloudInit
 from virtpool.model.event import Event
 from virtpool.model.image import BuildStatus, ImageInfo
 from virtpool.model.network import NetworkView, NicRequest
@@ -298,6 +299,7 @@ class Client:
                   accel: str = ..., start: Literal[False] = ..., group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
                   networks: Iterable[str] = ..., idempotency_key: str | None = ...,
+                  cloud_init: CloudInit | None = ...,
                   **limits: int | list[int] | None) -> VMInfo: ...
 
     @overload
@@ -306,6 +308,7 @@ class Client:
                   accel: str = ..., start: Literal[True], group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
                   networks: Iterable[str] = ..., idempotency_key: str | None = ...,
+                  cloud_init: CloudInit | None = ...,
                   **limits: int | list[int] | None) -> Operation: ...
 
     def create_vm(self, name: str, *, image: str = "default", cpus: int = 1, memory_mib: int = 256,
@@ -313,13 +316,15 @@ class Client:
                   kernel_args: str = "", accel: str = "auto", start: bool = False,
                   group: str | None = None, required_labels: dict[str, str] | None = None,
                   weigher: str | None = None, networks: Iterable[str] = (),
-                  idempotency_key: str | None = None,
+                  idempotency_key: str | None = None, cloud_init: CloudInit | None = None,
                   **limits: int | list[int] | None) -> VMInfo | Operation:
         """Create a VM and return it; with ``start``, create and boot it and return the
         operation to follow. ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight,
         disk_iops, disk_bps and cpu_affinity (a list of host CPUs). ``group``,
         ``required_labels`` and ``weigher`` say where it may run and how hosts are ranked for it.
         ``networks``: a NIC on each, written as for the CLI: "lan" or "lan,ip=10.20.0.5".
+        ``cloud_init``: the user part of its NoCloud seed (user-data, SSH keys, hostname,
+        network config).
 
         The request carries an Idempotency-Key (``idempotency_key``, or a fresh UUID), and is
         sent again with it when the connection fails: the server answers a retry with what the
@@ -332,6 +337,8 @@ class Client:
             "ports": [(PortForward.parse(p) if isinstance(p, str) else p).model_dump() for p in ports],
             "networks": [NicRequest.fields(n) for n in networks],
         }
+        if cloud_init is not None:
+            body["cloud_init"] = cloud_init.model_dump()
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         for pause in (*CREATE_RETRY_PAUSES_S, None):
             try:

@@ -189,6 +189,7 @@ class VMRow(Base):
     # Resolved at create (the VM's own, else its image's); None: the server's default.
     boot_timeout_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     stopped_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    cloud_init: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
     host: Mapped[str] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(

@@ -310,6 +310,7 @@ class VMService:
             max_memory_mib=spec.boot_memory_mib, cpu_cap_pct=spec.cpu_cap_pct,
             cpu_weight=spec.cpu_weight, disk_iops=spec.disk_iops, disk_bps=spec.disk_bps,
             cpu_affinity=spec.cpu_affinity, slot=slot, boot_timeout_s=spec.boot_timeout_s,
+            cloud_init=spec.cloud_init.model_dump() if spec.cloud_init else None,
             ports=[PortRow(host_port=p.host, guest_port=p.guest) for p in spec.ports],
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from virtpool.control import quotas
 from virtpool.control.store.tables import VMRow
+from virtpool.model.cloudinit import CloudInit
 from virtpool.model.network import NicRequest, NicView
 from virtpool.model.project import Usage
 from virtpool.model.resources import Resources
@@ -31,6 +32,7 @@ def info(row: VMRow) -> VMInfo:
         address=row.nics[0].address if row.nics else (
             f"127.0.0.1:{row.ports[0].host_port}" if row.ports else None),
         boot_timeout_s=row.boot_timeout_s, stopped_by=row.stopped_by,  # type: ignore[arg-type]
+        cloud_init=CloudInit.model_validate(row.cloud_init) if row.cloud_init else None,
     )
 
 
@@ -48,5 +50,5 @@ def spec(vm: VMInfo) -> VMSpec:
         max_memory_mib=vm.max_memory_mib, cpu_cap_pct=vm.cpu_cap_pct, cpu_weight=vm.cpu_weight,
         disk_iops=vm.disk_iops, disk_bps=vm.disk_bps, cpu_affinity=vm.cpu_affinity,
         networks=[NicRequest(network=n.network, ip=n.address) for n in vm.nics],
-        boot_timeout_s=vm.boot_timeout_s,
+        boot_timeout_s=vm.boot_timeout_s, cloud_init=vm.cloud_init,
     )

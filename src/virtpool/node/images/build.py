@@ -253,6 +253,30 @@ def build_default_image(
     Raises ``OperationFailed`` with a hint when a tool, apt's package lists or the mirror is
     missing; no partial image is left behind.
     """
+    images_dir = Path(images_dir)
+    cache = Path(cache_dir) if cache_dir is not None else images_dir / ".debs"
+
+    def populate(build_dir: Path, report: Progress) -> Manifest:
+        cache.mkdir(parents=True, exist_ok=True)
+        return _populate(build_dir, name, cache, report)
+
+    return build_cached(images_dir, name, populate, current=_valid_manifest, progress=progress)
+
+
+def build_cached(
+    images_dir: Path,
+    name: str,
+    populate: Callable[[Path, Progress], Manifest],
+    *,
+    current: Callable[[Path], Manifest | None],
+    progress: Progress | None = None,
+) -> tuple[Manifest, bool]:
+    """Build image ``images_dir/name`` with ``populate`` unless ``current`` finds it up to date.
+
+    ``populate`` fills a hidden build directory (files and manifest); it is renamed into place
+    only when it returns, so a failed or interrupted build never leaves half an image. Returns
+    the manifest and whether anything was built.
+    """
     report: Progress = progress or (lambda _step, _fraction: None)
     if not name or "/" in name or name.startswith("."):
         raise OperationFailed(
@@ -261,11 +285,10 @@ def build_default_image(
         )
     images_dir = Path(images_dir)
     images_dir.mkdir(parents=True, exist_ok=True)
-    cache = Path(cache_dir) if cache_dir is not None else images_dir / ".debs"
     final = images_dir / name
 
     report("checking for an existing image", 0.0)
-    existing = _valid_manifest(final)
+    existing = current(final)
     if existing is not None:
         report("image is up to date", 1.0)
         return existing, False
@@ -273,7 +296,7 @@ def build_default_image(
     # Two builders of the same image would download and pack twice, and the second rename
     # would race the first; serialise them and let the loser find the finished image.
     with _build_lock(images_dir, name):
-        existing = _valid_manifest(final)
+        existing = current(final)
         if existing is not None:
             report("image is up to date", 1.0)
             return existing, False
@@ -284,10 +307,9 @@ def build_default_image(
             if stale.is_dir() and leftover.fullmatch(stale.name):
                 shutil.rmtree(stale, ignore_errors=True)
 
-        cache.mkdir(parents=True, exist_ok=True)
         build_dir = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=images_dir))
         try:
-            manifest = _populate(build_dir, name, cache, report)
+            manifest = populate(build_dir, report)
             _install(build_dir, final)
         except BaseException:
             shutil.rmtree(build_dir, ignore_errors=True)
@@ -302,6 +324,20 @@ def build_default_image(
 
 
 def _valid_manifest(image_dir: Path) -> Manifest | None:
+    """The image's manifest if every file it names is present and unchanged, and it was
+    built from the current init script."""
+    manifest = intact_manifest(image_dir)
+    if manifest is None:
+        return None
+    # An image built from an older init script is stale: a virtpool upgrade that changed how
+    # guests boot must reach the default image, not only new ones.
+    current = _sha256_bytes(_init_script())
+    if manifest.source.get("init_sha256", current) != current:
+        return None
+    return manifest
+
+
+def intact_manifest(image_dir: Path) -> Manifest | None:
     """The image's manifest if every file it names is present and unchanged."""
     try:
         manifest = read_manifest(image_dir)
@@ -316,11 +352,6 @@ def _valid_manifest(image_dir: Path) -> Manifest | None:
                 return None
         except OSError:
             return None
-    # An image built from an older init script is stale: a virtpool upgrade that changed how
-    # guests boot must reach the default image, not only new ones.
-    current = _sha256_bytes(_init_script())
-    if manifest.source.get("init_sha256", current) != current:
-        return None
     return manifest
 
 
@@ -410,7 +441,7 @@ def _populate(build_dir: Path, name: str, cache: Path, report: Progress) -> Mani
 
 
 def _check_architecture() -> None:
-    arch = _run(["dpkg", "--print-architecture"], what="ask dpkg for the host architecture")
+    arch = run_tool(["dpkg", "--print-architecture"], what="ask dpkg for the host architecture")
     if arch.stdout.strip() != "amd64":
         raise OperationFailed(
             f"the default image can only be built on amd64 hosts (this one is "
@@ -420,7 +451,7 @@ def _check_architecture() -> None:
 
 
 def _resolve_kernel_package() -> str:
-    result = _run(
+    result = run_tool(
         ["apt-cache", "depends", KERNEL_META_PACKAGE],
         what=f"look up {KERNEL_META_PACKAGE}",
         hint=_APT_HINT,
@@ -442,7 +473,7 @@ def _resolve_kernel_package() -> str:
 
 def _candidates(packages: list[str]) -> dict[str, dict[str, str]]:
     """apt's candidate stanza for each package (one apt-cache call: each takes ~1 s)."""
-    shown = _run(
+    shown = run_tool(
         ["apt-cache", "show", "--no-all-versions", *packages],
         what="look up " + ", ".join(packages),
         check=False,
@@ -474,7 +505,7 @@ def _fetch_deb(package: str, fields: dict[str, str], cache: Path) -> Path:
 
     found = cached()
     if found is None:
-        _run(
+        run_tool(
             ["apt-get", "download", f"{package}={version}"],
             cwd=cache,
             what=f"download {package} {version}",
@@ -491,14 +522,14 @@ def _fetch_deb(package: str, fields: dict[str, str], cache: Path) -> Path:
 
 
 def _deb_version(deb: Path) -> str:
-    return _run(
+    return run_tool(
         ["dpkg-deb", "--field", str(deb), "Version"], what=f"read the version of {deb}"
     ).stdout.strip()
 
 
 def _extract(deb: Path, target: Path) -> Path:
     target.mkdir(parents=True)
-    _run(["dpkg", "-x", str(deb), str(target)], what=f"unpack {deb.name}")
+    run_tool(["dpkg", "-x", str(deb), str(target)], what=f"unpack {deb.name}")
     return target
 
 
@@ -525,7 +556,7 @@ def _decompress_kernel(kernel_root: Path, vmlinux: Path, work: Path) -> str:
     del bzimage
 
     with vmlinux.open("wb") as out:
-        result = _run(
+        result = run_tool(
             ["lz4", "-dc", str(compressed)],
             what="decompress the kernel",
             hint=_TOOLS_HINT,
@@ -588,7 +619,7 @@ def _add_busybox(busybox_root: Path, root: Path) -> None:
     (root / "var" / "run").symlink_to("/run")
     shutil.copy2(binary, root / "bin" / "busybox")
     # Linking the applets now saves a `busybox --install` at every (emulated, slow) boot.
-    applets = _run([str(binary), "--list-full"], what="list busybox applets").stdout
+    applets = run_tool([str(binary), "--list-full"], what="list busybox applets").stdout
     for relative in parse_busybox_list(applets):
         link = root / relative
         if link.exists() or link.is_symlink():
@@ -631,7 +662,7 @@ def _add_program(package_root: Path, relative: str, package: str, root: Path) ->
     # through it would overwrite the *host's* busybox. Replace the link, never write through.
     destination.unlink(missing_ok=True)
     shutil.copy2(binary, destination)
-    ldd = _run(
+    ldd = run_tool(
         ["ldd", str(binary)],
         what=f"list the libraries {binary.name} needs",
         hint="install libc-bin (it provides ldd)",
@@ -665,7 +696,7 @@ def _pack_initramfs(root: Path, output: Path) -> None:
     archive = output.with_suffix(".cpio")
     with archive.open("wb") as out:
         # -R 0:0 so that files are root's inside the guest whoever builds the image.
-        _run(
+        run_tool(
             ["cpio", "--quiet", "-o", "-H", "newc", "--null", "-R", "0:0"],
             cwd=root,
             what="pack the initramfs",
@@ -689,7 +720,7 @@ def _pack_initramfs(root: Path, output: Path) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _run(
+def run_tool(
     argv: list[str],
     *,
     what: str,

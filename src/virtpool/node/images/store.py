@@ -81,8 +81,8 @@ class ImageStore:
         manifest = read_manifest(self.path(name))
         if manifest is None:
             hint = (
-                "build it: virtpool image build"
-                if name == "default"
+                f"build it: virtpool image build {name}"
+                if name in ("default", "debian-12")
                 else "see `virtpool image list`, or import one with `virtpool image import`"
             )
             raise NotFound(f"no image named '{name}'", hint=hint)
@@ -107,11 +107,14 @@ class ImageStore:
         shutil.rmtree(doomed, ignore_errors=True)
 
     def build(self, name: str = "default", progress: Progress | None = None) -> tuple[Manifest, bool]:
-        """Build the default recipe under ``name``; a no-op when it is already built."""
+        """Build a built-in image: ``debian-12`` from its own recipe, any other name from the
+        default recipe; a no-op when it is already built from the current recipe."""
         from virtpool.node.images.build import build_default_image
+        from virtpool.node.images.debian import IMAGE_NAME, build_debian_image
 
         _check_name(name)
-        manifest, built = build_default_image(self.root, name, progress=progress)
+        builder = build_debian_image if name == IMAGE_NAME else build_default_image
+        manifest, built = builder(self.root, name, progress=progress)
         if built:
             users.share_image(self.path(name))  # every VM's user reads its image, nobody else
         return manifest, built

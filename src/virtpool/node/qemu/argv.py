@@ -20,6 +20,7 @@ GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
 # (block_set_io_throttle) and the balloon (its statistics live under /machine/peripheral/<id>).
 DRIVE_ID = "disk0"
 DISK_DEVICE_ID = "vda"
+SEED_DRIVE_ID = "seed0"
 BALLOON_ID = "balloon0"
 
 
@@ -63,6 +64,7 @@ class LaunchPlan:
     tsc_khz: int | None = None
     disk_iops: int | None = None
     disk_bps: int | None = None
+    seed: Path | None = None  # a cloud-init seed, attached read-only after the root disk
     qemu_binary: str = "qemu-system-x86_64"
     sandbox: bool = True
     extra: tuple[str, ...] = field(default=())
@@ -180,6 +182,14 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         # bootindex: SeaBIOS and OVMF boot this disk first (microvm has no firmware to tell).
         "-device", f"{_device(plan, 'blk')},drive={DRIVE_ID},id={DISK_DEVICE_ID}"
         + (",bootindex=0" if plan.machine == "q35" else ""),
+    ]
+    if plan.seed is not None:
+        # After the root disk: that one stays the guest's first (vda, and the firmware's hd0).
+        argv += [
+            "-drive", f"file={opt_value(plan.seed)},format=raw,if=none,id={SEED_DRIVE_ID},readonly=on",
+            "-device", f"{_device(plan, 'blk')},drive={SEED_DRIVE_ID}",
+        ]
+    argv += [
         "-qmp", f"unix:{opt_value(paths.qmp_sock)},server=on,wait=off",
         "-pidfile", str(paths.pidfile),
     ]
