@@ -74,6 +74,7 @@ sys.path.insert(0, str(REPO))  # the cluster tests' lab of network namespaces
 
 from tests.cluster.harness import Lab  # noqa: E402
 
+from virtpool.model.errors import OperationFailed  # noqa: E402
 from virtpool.node import disks  # noqa: E402
 from virtpool.node.agent import MIB, QEMU_OVERHEAD_MIB  # noqa: E402
 from virtpool.node.images.build import build_default_image, parse_ldd  # noqa: E402
@@ -252,7 +253,9 @@ class Bare:
                 agent = await GuestAgent.open(sock, vm=name, sync_timeout=1.0)
                 await agent.close()
                 return
-            except GuestAgentError:
+            # OperationFailed: node/qemu/peer.py reads no peer (uid -1) when a busy QEMU's
+            # listener backlog was full and the non-blocking connect did not complete.
+            except (GuestAgentError, OperationFailed):
                 if time.monotonic() > deadline:
                     raise BenchError(f"bare QEMU {name}: no guest agent") from None
                 await asyncio.sleep(0.2)
