@@ -202,8 +202,11 @@ def test_project_and_token_names_are_checked(server: Server) -> None:
         assert "project name" in refused.stderr or "name:" in refused.stderr, refused.stderr
     refused = server.cli("token", "create", "--project", "red", "--role", "viewer", "--name", "../etc")
     assert refused.returncode == 1 and "not a valid token name" in refused.stderr
-    refused = server.cli("token", "create", "--project", "red", "--role", "member", "--pool-wide")
+    refused = server.cli("token", "create", "--role", "member", "--pool-wide")
     assert refused.returncode == 1 and "only admin and metrics tokens can be pool-wide" in refused.stderr
+    # A pool-wide token names no project (tests/security/test_refused_at_create.py has the rest).
+    refused = server.cli("token", "create", "--project", "red", "--role", "member", "--pool-wide")
+    assert refused.returncode == 1 and "pool-wide token acts in no project" in refused.stderr
     refused = server.cli("token", "create", "--project", "red", "--role", "viewer", "--expires", "soon")
     assert refused.returncode == 1 and "30d" in refused.stderr
 

@@ -36,8 +36,11 @@ def test_exec_into_a_vm_whose_qemu_dies_is_a_409_that_says_it_stopped(server: Se
     assert "stopped while the command ran" in ran.stderr
     assert "Traceback" not in ran.stderr and "Traceback" not in server.log.read_text()
     assert wait_for(lambda: api.vm("dies-mid-exec").state == "crashed", timeout=30)
+    vm_id = api.vm("dies-mid-exec").id
     api.delete_vm("dies-mid-exec")
-    assert vm_qemu(server, "dies-mid-exec") is None
+    assert vm_qemu(server, vm_id) is None
+    assert not (server.data_dir / "vms" / vm_id).exists()
+    assert "dies-mid-exec" not in [v.name for v in api.vms()]
 
 
 def test_a_qemu_killed_during_boot_is_reported_as_killed_by_sigkill(server: Server) -> None:

@@ -7,7 +7,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.conftest import Server
+from tests.conftest import Server, qemu_pids
 
 NOISE = ("Traceback", "ASGI callable returned without completing handshake", "Task exception was never retrieved")
 
@@ -20,6 +20,7 @@ def test_refused_and_closed_consoles_log_no_traceback(server: Server) -> None:
     api = server.api()
     api.create_vm("quiet-console", start=True)
     assert api.wait_vm("quiet-console").state == "running"
+    vm_id = api.vm("quiet-console").id
     before = server.log.read_text()
     for headers, name in (({"Authorization": "Bearer wrong"}, "quiet-console"),
                           ({"Authorization": f"Bearer {api.token}"}, "no-such-vm"),
@@ -39,3 +40,7 @@ def test_refused_and_closed_consoles_log_no_traceback(server: Server) -> None:
     logged = server.log.read_text()[len(before):]
     for noise in NOISE:
         assert noise not in logged, logged[-3000:]
+    # Left behind: nothing of the VM (the consoles held no QEMU, file or row).
+    assert "quiet-console" not in [v.name for v in api.vms()]
+    assert not (server.data_dir / "vms" / vm_id).exists()
+    assert qemu_pids(server.data_dir / "vms" / vm_id) == []

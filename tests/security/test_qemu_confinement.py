@@ -39,3 +39,4 @@ def test_qemu_has_an_empty_bounding_set_and_private_sockets(server: Server) -> N
     finally:
         api.delete_vm("capless", force=True)
     assert not (server.data_dir / "vms" / vm_id).exists()
+    assert qemu_pids(server.data_dir / "vms" / vm_id) == []

@@ -56,6 +56,29 @@ def test_the_exit_of_an_older_qemu_is_no_news_once_a_newer_one_runs() -> None:
     assert on_event(S.RUNNING, event("vm.exited"), qemu_runs_now=True).do == Do.NOTHING
 
 
-@pytest.mark.parametrize("kind", ["vm.powered_off", "vm.balloon", "vm.io_error"])
+@pytest.mark.parametrize("kind", ["vm.powered_off", "vm.balloon", "vm.io_error", "vm.resumed"])
 def test_other_events_change_no_record(kind: str) -> None:
     assert on_event(S.RUNNING, event(kind), qemu_runs_now=False).do == Do.NOTHING
+
+
+def test_a_guest_paused_by_a_full_disk_is_paused_with_the_reason() -> None:
+    step = on_event(S.RUNNING, event("vm.io_error", action="stop", nospace=True, device="",
+                                     operation="write"), qemu_runs_now=False)
+    assert (step.do, step.state) == (Do.MARK, S.PAUSED)
+    assert step.error and step.error.startswith("io-error: ") and "full" in step.error
+
+
+def test_an_io_error_qemu_only_reported_changes_no_record() -> None:
+    assert on_event(S.RUNNING, event("vm.io_error", action="report"), qemu_runs_now=False).do == Do.NOTHING
+
+
+def test_a_resume_after_a_disk_error_runs_the_vm_again() -> None:
+    step = on_event(S.PAUSED, event("vm.resumed", after="io_error"), qemu_runs_now=False,
+                    recorded_error="io-error: its disk's filesystem on the host is full")
+    assert (step.do, step.state) == (Do.MARK, S.RUNNING)
+
+
+def test_a_late_resume_does_not_undo_a_pause_the_user_asked_for() -> None:
+    step = on_event(S.PAUSED, event("vm.resumed", after="io_error"), qemu_runs_now=False,
+                    recorded_error=None)
+    assert step.do == Do.NOTHING

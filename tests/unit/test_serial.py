@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from virtpool.node.serial import read_from, tail, trim
+import pytest
+
+from virtpool.node.safe_files import UnsafeFile
+from virtpool.node.serial import BoundedLog, read_from, tail
 
 
 def lines(count: int, width: int = 10) -> bytes:
@@ -13,75 +16,84 @@ def lines(count: int, width: int = 10) -> bytes:
     return b"".join(f"{i:0{width - 1}d}\n".encode() for i in range(count))
 
 
-class TestTrim:
-    def test_no_op_under_cap(self, tmp_path: Path) -> None:
-        log = tmp_path / "serial.log"
-        content = lines(10)
-        log.write_bytes(content)
-        assert trim(log, cap=len(content)) is False
-        assert log.read_bytes() == content
-        assert trim(log, cap=len(content) + 1000) is False
-        assert log.read_bytes() == content
+class TestBoundedLog:
+    def bounded(self, path: Path, cap: int) -> BoundedLog:
+        log = BoundedLog(path, cap)
+        log.open()
+        return log
 
-    def test_missing_file(self, tmp_path: Path) -> None:
-        assert trim(tmp_path / "nope.log", cap=10) is False
-        assert not (tmp_path / "nope.log").exists()
-
-    def test_keeps_newest_half_from_a_line_start(self, tmp_path: Path) -> None:
-        log = tmp_path / "serial.log"
-        content = b"".join(f"line {i}\n".encode() for i in range(1000))
-        log.write_bytes(content)
-        cap = 1001  # odd, so the cut lands mid-line
-        assert trim(log, cap=cap) is True
-        kept = log.read_bytes()
-        assert 0 < len(kept) <= cap // 2
+    def test_never_passes_the_cap_not_even_between_writes(self, tmp_path: Path) -> None:
+        path = tmp_path / "serial.log"
+        log = self.bounded(path, 8192)
+        content = b"".join(f"line {i}\n".encode() for i in range(20_000))
+        for start in range(0, len(content), 777):  # chunks that cut lines anywhere
+            log.write(content[start:start + 777])
+            assert path.stat().st_size == log.size <= 8192
+        kept = path.read_bytes()
         assert content.endswith(kept)  # the newest bytes, unchanged
-        # it starts at the beginning of a line
-        start = len(content) - len(kept)
-        assert content[start - 1 : start] == b"\n"
-        assert kept.startswith(b"line ")
-        assert kept.endswith(b"line 999\n")
-        # and drops at most one partial line
-        assert len(kept) > cap // 2 - len(b"line 999\n")
+        assert len(kept) > 4096 - 777
 
-    def test_exact_numbers(self, tmp_path: Path) -> None:
-        log = tmp_path / "serial.log"
-        log.write_bytes(lines(100))  # 1000 bytes of 10-byte lines
-        assert (
-            trim(log, cap=205) is True
-        )  # keep = 102 bytes: 2 bytes of line 89, lines 90-99
-        assert log.read_bytes() == lines(100)[-100:]
+    def test_a_cut_keeps_the_newest_half_from_a_line_start(self, tmp_path: Path) -> None:
+        path = tmp_path / "serial.log"
+        log = self.bounded(path, 4096)
+        content = lines(409)  # 4090 bytes of 10-byte lines
+        log.write(content)
+        log.write(b"000000409\n")  # passes the cap: cut first, then appended
+        kept = path.read_bytes()
+        assert kept.endswith(b"000000409\n") and 2048 - 10 < len(kept) <= 2048
+        assert (content + b"000000409\n").endswith(kept)
+        assert len(kept) % 10 == 0  # whole lines only
 
-    def test_after_trim_under_cap(self, tmp_path: Path) -> None:
-        log = tmp_path / "serial.log"
-        log.write_bytes(lines(5000))
-        assert trim(log, cap=4096) is True
-        assert log.stat().st_size <= 2048
-        assert trim(log, cap=4096) is False
+    def test_same_file_no_hole_after_a_cut(self, tmp_path: Path) -> None:
+        path = tmp_path / "serial.log"
+        log = self.bounded(path, 4096)
+        inode = path.stat().st_ino
+        log.write(lines(500))
+        log.write(b"after-cut\n")
+        assert path.stat().st_ino == inode
+        data = path.read_bytes()
+        assert data.endswith(b"after-cut\n") and b"\0" not in data
 
-    def test_no_newline_keeps_raw_tail(self, tmp_path: Path) -> None:
-        log = tmp_path / "serial.log"
-        content = bytes(range(65, 91)) * 100  # no newline at all
-        log.write_bytes(content)
-        assert trim(log, cap=1000) is True
-        assert log.read_bytes() == content[-500:]
+    def test_a_chunk_bigger_than_the_cap_keeps_its_newest_half(self, tmp_path: Path) -> None:
+        path = tmp_path / "serial.log"
+        log = self.bounded(path, 4096)
+        content = bytes(range(65, 91)) * 1000  # no newline at all
+        log.write(content)
+        assert path.read_bytes() == content[-2048:]
 
-    def test_same_file_and_appends_land_at_end(self, tmp_path: Path) -> None:
-        """QEMU keeps its O_APPEND descriptor: after a trim its writes go to the new end."""
-        log = tmp_path / "serial.log"
-        log.write_bytes(lines(500))
-        inode = log.stat().st_ino
-        fd = os.open(log, os.O_WRONLY | os.O_APPEND)
-        try:
-            assert trim(log, cap=1000) is True
-            os.write(fd, b"after-trim\n")
-        finally:
-            os.close(fd)
-        assert log.stat().st_ino == inode
-        data = log.read_bytes()
-        assert data.endswith(b"after-trim\n")
-        assert b"\0" not in data  # no hole where the old end was
-        assert len(data) <= 500 + len(b"after-trim\n")
+    def test_an_oversized_log_left_from_before_is_cut_at_open(self, tmp_path: Path) -> None:
+        path = tmp_path / "serial.log"
+        path.write_bytes(lines(5000))
+        log = self.bounded(path, 4096)
+        assert path.stat().st_size == log.size <= 2048
+        log.write(b"next\n")
+        assert path.read_bytes().endswith(b"000004999\nnext\n")
+
+    def test_appends_to_what_is_there(self, tmp_path: Path) -> None:
+        path = tmp_path / "serial.log"
+        path.write_bytes(b"boot\n")
+        self.bounded(path, 4096).write(b"login:\n")
+        assert path.read_bytes() == b"boot\nlogin:\n"
+
+    def test_a_planted_symlink_or_fifo_is_refused(self, tmp_path: Path) -> None:
+        link = tmp_path / "link.log"
+        link.symlink_to(tmp_path / "elsewhere")
+        with pytest.raises(UnsafeFile):
+            BoundedLog(link, 4096).open()
+        assert not (tmp_path / "elsewhere").exists()
+        fifo = tmp_path / "fifo.log"
+        os.mkfifo(fifo)
+        with pytest.raises(UnsafeFile):
+            BoundedLog(fifo, 4096).open()
+
+    def test_writes_before_open_or_after_close_are_dropped(self, tmp_path: Path) -> None:
+        path = tmp_path / "serial.log"
+        log = BoundedLog(path, 4096)
+        log.write(b"lost")
+        log.open()
+        log.close()
+        log.write(b"lost too")
+        assert path.read_bytes() == b""
 
 
 class TestReadFrom:
@@ -108,10 +120,12 @@ class TestReadFrom:
 
     def test_restarts_at_zero_after_trim(self, tmp_path: Path) -> None:
         log = tmp_path / "serial.log"
-        log.write_bytes(lines(100))
+        log.write_bytes(lines(300))
         _, offset = read_from(log, 0, 10_000)
-        assert offset == 1000
-        assert trim(log, cap=400) is True
+        assert offset == 3000
+        bounded = BoundedLog(log, 4096)
+        bounded.open()
+        bounded.write(lines(200))  # passes the cap: cut to half of it
         kept = log.read_bytes()
         assert len(kept) < offset
         data, new_offset = read_from(log, offset, 10_000)

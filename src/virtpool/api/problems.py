@@ -3,8 +3,11 @@ what went wrong and, where virtpool knows one, a hint that says what to do."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -82,6 +85,18 @@ def error_problem(err: VirtpoolError) -> JSONResponse:
     return problem(err.status, err.title, err.message, err.hint, error=type(err).__name__)
 
 
+def _message(error: Mapping[str, Any]) -> str:
+    """Pydantic's message; for a value of the wrong JSON type, with the value as it was sent
+    ('Input should be a valid integer, not "2"'), so that the caller sees what to change."""
+    message = str(error.get("msg", ""))
+    value = error.get("input")
+    if str(error.get("type", "")).endswith("_type") and isinstance(value, str | int | float | bool):
+        shown = json.dumps(value)
+        if len(shown) <= 40:
+            message += f", not {shown}"
+    return message
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(VirtpoolError)
     async def _virtpool(_: Request, err: VirtpoolError) -> JSONResponse:
@@ -90,7 +105,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg", "")}
+            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": _message(e)}
             for e in err.errors()
         ]
         detail = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors)

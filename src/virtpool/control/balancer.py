@@ -13,7 +13,7 @@ import logging
 import threading
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from virtpool.control.audit import AuditLog
 from virtpool.control.events import EventLog
@@ -22,6 +22,7 @@ from virtpool.control.vms import VMService
 from virtpool.model.agent import Agent
 from virtpool.model.errors import VirtpoolError
 from virtpool.model.memory_policy import GuestMemory, PolicyConfig, plan
+from virtpool.model.requests import REQUEST
 from virtpool.model.states import VMState
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class MemoryPolicy(BaseModel):
 
 
 class PolicyUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     budget_mib: int | None = Field(default=None, ge=64)
     threshold_mib: int | None = Field(default=None, ge=0)

@@ -35,7 +35,7 @@ Progress = Callable[[str, float], None]
 # The bytes of one file, in chunks, in order.
 ByteStream = Iterable[bytes]
 
-EventKind = Literal["vm.exited", "vm.powered_off", "vm.balloon", "vm.io_error"]
+EventKind = Literal["vm.exited", "vm.powered_off", "vm.balloon", "vm.io_error", "vm.resumed"]
 RunStatus = Literal["running", "paused"]
 # The contract's version: an agent and a control plane talk only when their majors match.
 CONTRACT_VERSION = "1.0"
@@ -58,7 +58,11 @@ class AgentEvent(BaseModel):
       guest powered itself off (else it was killed or crashed).
     - ``vm.powered_off``: the guest asked to power off (QEMU's SHUTDOWN from the guest).
     - ``vm.balloon``: the guest's memory after a balloon move, ``data.actual_mib``.
-    - ``vm.io_error``: QEMU reported an I/O error on a disk, ``data`` has QEMU's details.
+    - ``vm.io_error``: QEMU reported an I/O error on a disk, ``data`` has QEMU's details
+      (BLOCK_IO_ERROR's). With ``data.action`` "stop" QEMU paused the guest (its drives stop
+      on ENOSPC; ``data.nospace``): said once per pause; the agent resumes the guest once the
+      disk has room again. Other actions: at most one event a second.
+    - ``vm.resumed``: a guest paused by a disk error runs again (``data.after`` "io_error").
     """
 
     seq: int

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from virtpool.model.requests import REQUEST
 from virtpool.model.spec import NAME_PATTERN, NAME_RULE
 
 
@@ -29,7 +30,7 @@ class BackupInfo(BaseModel):
 
 
 class BackupRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     target: str = Field(min_length=1, max_length=4096,
                         description="a directory on the VM's host: empty (or new) for a full "
@@ -38,7 +39,7 @@ class BackupRequest(BaseModel):
 
 
 class RestoreBackupRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     source: str = Field(min_length=1, max_length=4096, description="a backup directory on the host")
     name: str = Field(pattern=f"^{NAME_PATTERN}$", description=f"the new VM: {NAME_RULE}")

@@ -12,7 +12,9 @@ import binascii
 import re
 import struct
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
+
+from virtpool.model.requests import FROZEN_REQUEST
 
 MAX_USER_DATA = 64 * 1024  # far more than any cloud-config; a seed is not a file transfer
 MAX_NETWORK_CONFIG = 16 * 1024
@@ -102,7 +104,7 @@ class CloudInit(BaseModel):
     """The parts of a VM's NoCloud seed that its user gives. The seed's meta-data adds the
     VM's own instance-id (its id, so that only a clone is a new instance)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = FROZEN_REQUEST
 
     user_data: str | None = Field(default=None, max_length=MAX_USER_DATA,
                                   description="cloud-config ('#cloud-config' first) or a script")

@@ -6,8 +6,9 @@ SDK reads them back.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
+from virtpool.model.requests import REQUEST
 from virtpool.model.resources import (
     DEFAULT_CPU_RATIO,
     DEFAULT_DISK_RATIO,
@@ -65,7 +66,7 @@ class HostView(BaseModel):
 class HostAdd(BaseModel):
     """An inventory row for a host that is not the local one (its agent comes later)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     name: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     cpus: int = Field(ge=1, le=1 << 16)
@@ -87,7 +88,7 @@ class HostAdd(BaseModel):
 class RatiosUpdate(BaseModel):
     """New allocation ratios; those left out stay as they are."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     cpu: float | None = Field(default=None, gt=0, le=MAX_RATIO)
     memory: float | None = Field(default=None, gt=0, le=MAX_RATIO)
@@ -97,7 +98,7 @@ class RatiosUpdate(BaseModel):
 class LabelsUpdate(BaseModel):
     """Labels to set (key → value) and keys to remove."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     set: dict[str, str] = Field(default_factory=dict)
     remove: list[str] = Field(default_factory=list)
@@ -112,7 +113,7 @@ class LabelsUpdate(BaseModel):
 
 
 class StateUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     state: AdminHostState
 
@@ -120,7 +121,7 @@ class StateUpdate(BaseModel):
 class GroupSpec(BaseModel):
     """A placement group to create."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     name: Name = Field(description=NAME_RULE)
     policy: GroupPolicy
@@ -138,7 +139,7 @@ class GroupView(BaseModel):
 class PoolSettings(BaseModel):
     """Pool-wide choices; ``weigher`` ranks hosts when a VM create names none."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     weigher: WeigherName = "spread"
 

@@ -12,6 +12,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from virtpool.model.names import NAME_RULE, Name, NetworkName
+from virtpool.model.requests import REQUEST
 
 DEFAULT_SUBNET_POOL = ipaddress.IPv4Network("10.20.0.0/16")  # /24s handed out when none is given
 MIN_PREFIX, MAX_PREFIX = 16, 29  # a gateway, a DHCP range and room for VMs; no bigger than /16
@@ -50,7 +51,7 @@ def gateway_of(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
 class NetworkSpec(BaseModel):
     """A network to create."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     name: Name = Field(description=NAME_RULE)
     subnet: str | None = Field(default=None, description="IPv4 CIDR, e.g. 10.20.0.0/24 "
@@ -86,7 +87,7 @@ class NetworkView(BaseModel):
 class NicRequest(BaseModel):
     """``vm create --network NAME[,ip=ADDR]``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     network: NetworkName
     ip: str | None = None

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from virtpool.model.requests import REQUEST
 from virtpool.model.spec import NAME_RULE, valid_name
 
 # Limits the database columns hold: MiB quotas are 64-bit columns (capped well below that, at a
@@ -48,7 +49,7 @@ class Usage(BaseModel):
 class Quota(BaseModel):
     """Limits of a project; ``None`` is unlimited."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     cpus: int | None = Field(default=None, ge=0, le=MAX_COUNT_QUOTA)
     memory_mib: int | None = Field(default=None, ge=0, le=MAX_QUOTA)
@@ -57,7 +58,7 @@ class Quota(BaseModel):
 
 
 class ProjectCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     name: str = Field(description=PROJECT_NAME_RULE)
     quota: Quota = Field(default_factory=Quota)

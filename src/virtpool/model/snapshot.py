@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from virtpool.model.requests import REQUEST
 from virtpool.model.spec import NAME_PATTERN, NAME_RULE
 
 
@@ -19,7 +20,7 @@ class SnapshotInfo(BaseModel):
 
 
 class SnapshotRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     name: str = Field(pattern=f"^{NAME_PATTERN}$", description=NAME_RULE, examples=["before-upgrade"])
     memory: bool = Field(default=False, description="also save the running guest's memory "
@@ -27,7 +28,7 @@ class SnapshotRequest(BaseModel):
 
 
 class CloneRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     name: str = Field(pattern=f"^{NAME_PATTERN}$", description=f"the new VM: {NAME_RULE}")
     snapshot: str | None = Field(default=None, pattern=f"^{NAME_PATTERN}$",

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from virtpool.model.cloudinit import CloudInit
 from virtpool.model.names import NAME_PATTERN, NAME_RULE, Name, valid_name
 from virtpool.model.network import NicRequest
+from virtpool.model.requests import FROZEN_REQUEST, REQUEST
 
 __all__ = ["NAME_PATTERN", "NAME_RULE", "valid_name"]  # where the rest of virtpool finds them
 
@@ -24,13 +25,20 @@ DEFAULT_CPU_WEIGHT = 100
 MAX_BOOT_TIMEOUT_S = 3600.0  # an hour: beyond that a guest is not booting, it is stuck
 
 Accel = Literal["auto", "kvm", "tcg"]
+KERNEL_ARGS_RULE = "kernel arguments must be printable text on one line"
+
+
+def kernel_args_ok(value: str) -> bool:
+    """Whether ``value`` may go on a kernel command line: a VM's or an image's (both end up in
+    QEMU's -append, where a newline or another control character splits or ends it)."""
+    return not any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
 
 
 class PortForward(BaseModel):
     """A TCP port of the host forwarded to a port in the guest: on the host's loopback for the
     default network, on every host address (nftables DNAT) for a VM on a NAT network."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = FROZEN_REQUEST
 
     host: int = Field(ge=1, le=65535)
     guest: int = Field(ge=1, le=65535)
@@ -54,7 +62,7 @@ class PortForward(BaseModel):
 class VMSpec(BaseModel):
     """A VM as the user describes it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     name: Name = Field(description=NAME_RULE, examples=["web1"])
     image: Name = Field(default="default", description="name of an image (`virtpool image list`)")
@@ -100,8 +108,8 @@ class VMSpec(BaseModel):
     @field_validator("kernel_args")
     @classmethod
     def _check_kernel_args(cls, value: str) -> str:
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-            raise ValueError("kernel arguments must be printable text on one line")
+        if not kernel_args_ok(value):
+            raise ValueError(KERNEL_ARGS_RULE)
         return value
 
     @property
@@ -145,6 +153,10 @@ class HostInfo(BaseModel):
     accel_reason: str
     qemu_version: str
     data_dir: str
+    # net.ipv4.ip_unprivileged_port_start in the agent's network namespace: the lowest host
+    # port a VM's network (passt, run as the VM's unprivileged user) can forward. An agent
+    # older than this field is taken to have Linux's default.
+    unprivileged_port_start: int = Field(default=1024, ge=0, le=65536)
 
 
 class Resize(BaseModel):
@@ -153,7 +165,7 @@ class Resize(BaseModel):
     ``cpu_cap_pct``, ``disk_iops`` and ``disk_bps`` take 0 to mean "no limit".
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     memory_mib: int | None = Field(default=None, ge=MIN_MEMORY_MIB, le=16 * 1024 * 1024)
     max_memory_mib: int | None = Field(default=None, ge=MIN_MEMORY_MIB, le=16 * 1024 * 1024)

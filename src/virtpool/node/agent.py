@@ -40,6 +40,7 @@ from virtpool.model.snapshot import SnapshotInfo
 from virtpool.model.spec import Accel, ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
 from virtpool.node import backups, cloudinit, disks, launch, safe_files, serial, snapshots
+from virtpool.node.console import CrossLoopConsole
 from virtpool.node.events import EventFeed
 from virtpool.node.images.catalog import ImageCatalog
 from virtpool.node.images.store import kernel_kind
@@ -49,7 +50,6 @@ from virtpool.node.net.apply import NetworkApplier
 from virtpool.node.net.plan import HostPlan, host_plan
 from virtpool.node.net.tap import open_tap
 from virtpool.node.qemu import accel as accel_mod
-from virtpool.node.qemu import peer
 from virtpool.node.qemu.argv import (
     BALLOON_ID,
     DISK_DEVICE_ID,
@@ -61,7 +61,7 @@ from virtpool.node.qemu.argv import (
 )
 from virtpool.node.qemu.guest_agent import GuestAgentError
 from virtpool.node.sandbox import cgroups, uid_ranges, users
-from virtpool.node.vm import READY_POLL_S, VM, Runstate
+from virtpool.node.vm import READY_POLL_S, VM, Runstate, StateError
 from virtpool.node.vmdir import VMPaths
 
 __all__ = ["READY_POLL_S", "LocalAgent"]
@@ -72,6 +72,9 @@ T = TypeVar("T")
 # Log trimming and CPU sampling; a guest flooding its console at full speed writes ~1 MB/s
 # under TCG, so a second is what the log may overshoot its cap by.
 HOUSEKEEPING_INTERVAL_S = 1.0
+# Free space on a VM's disk's filesystem before a guest an ENOSPC paused is resumed: enough
+# that it does not fill it again at once (a guest writing on pauses again, and is resumed again).
+RESUME_FREE_BYTES = 64 * 1024 * 1024
 # Charged to a VM's memory cgroup beyond its guest RAM: TCG's translation cache (capped at
 # 64 MiB), QEMU's heap and the pages of the kernel it loads; measured ~80 MiB anonymous and
 # ~74 MiB reclaimable file pages for a 256 MiB guest.
@@ -131,7 +134,6 @@ class LocalAgent:
         # survive a restart of this agent).
         self._launches = LaunchRecords(data_dir / "launches")
         self._cpu_samples: dict[str, deque[tuple[float, float]]] = {}
-        self._unsafe_logs: set[str] = set()  # VMs whose serial.log was replaced (warned once)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agent-loop", daemon=True)
         self._thread.start()
@@ -154,7 +156,7 @@ class LocalAgent:
         if vm is None:
             vm = VM(vm_id, self._paths(vm_id), name or vm_id,
                     notify=lambda kind, data: self.feed.append(kind, vm_id, data),  # type: ignore[arg-type]
-                    on_gone=self._release, reboot=self._reboot)
+                    on_gone=self._release, reboot=self._reboot, log_cap=self._log_cap)
             self._vms[vm_id] = vm
         elif name is not None:
             vm.name = name
@@ -195,6 +197,7 @@ class LocalAgent:
             accel_reason=self._accel_reason,
             qemu_version=_qemu_version(self._qemu),
             data_dir=str(self.data_dir),
+            unprivileged_port_start=_unprivileged_port_start(),
         )
 
     def check_port_free(self, port: int) -> bool:
@@ -635,7 +638,8 @@ class LocalAgent:
             vm = self._vm(vm_id, name)
             if not await vm.attach():
                 return None
-            return "paused" if await vm.status() == "paused" else "running"
+            # "io-error": paused by QEMU on a disk error (resumed by housekeeping once there is room)
+            return "paused" if await vm.status() in ("paused", "io-error") else "running"
 
         return self._run(adopt())
 
@@ -643,12 +647,9 @@ class LocalAgent:
         vm = self._vms.get(vm_id)
         if vm is None or vm.runstate != Runstate.RUNNING:
             raise Conflict("the VM's QEMU is not running here", hint="start the VM first")
-        try:
-            reader, writer = await asyncio.open_unix_connection(
-                sock=await peer.connect(self._paths(vm_id).console_sock))
-        except OSError as err:
-            raise OperationFailed(f"console of VM '{vm.name}' unreachable: {err}") from err
-        return UnixConsole(reader, writer)
+        # The VM and its console live on this agent's loop; the caller is on its own.
+        console = await asyncio.wrap_future(self._submit(vm.open_console()))
+        return CrossLoopConsole(console, self._loop)
 
     # -- live resources -------------------------------------------------------------------
 
@@ -718,19 +719,30 @@ class LocalAgent:
     async def _housekeeping_forever(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+            for vm in [v for v in self._vms.values() if v.runstate == Runstate.RUNNING and v.io_paused]:
+                await self._resume_if_room(vm)
             for vm in [v for v in self._vms.values() if v.runstate == Runstate.RUNNING]:
                 try:
                     await asyncio.to_thread(self._housekeep, vm)
                 except Exception:  # one VM going away mid-pass must not stop the others' care
                     log.exception("housekeeping of VM %s failed", vm.id)
 
-    def _housekeep(self, vm: VM) -> None:
+    async def _resume_if_room(self, vm: VM) -> None:
+        """Resume a guest that a full disk paused, once its disk's filesystem has room again
+        (as QEMU, not root, sees it: f_bavail). Its RESUME tells the feed."""
         try:
-            serial.trim(vm.paths.serial_log, self._log_cap)
-        except safe_files.UnsafeFile as err:  # planted by the VM's user: said once, then left
-            if vm.id not in self._unsafe_logs:
-                self._unsafe_logs.add(vm.id)
-                log.warning("not trimming the serial log of VM %s: %s", vm.name, err.message)
+            info = os.statvfs(vm.paths.root)
+        except OSError:
+            return  # its directory went away: the VM is going too
+        if info.f_bavail * info.f_frsize < RESUME_FREE_BYTES:
+            return
+        try:
+            await vm.command("cont")
+            log.info("resumed VM %s: its disk has room again", vm.name)
+        except (OperationFailed, StateError) as err:
+            log.warning("could not resume VM %s after its disk error: %s", vm.name, err.message)
+
+    def _housekeep(self, vm: VM) -> None:
         cpu_s = self._cpu_seconds(vm)
         if cpu_s is not None:
             self._cpu_samples.setdefault(vm.id, deque(maxlen=2)).append((time.monotonic(), cpu_s))
@@ -750,24 +762,6 @@ class LocalAgent:
         return times.user + times.system
 
 
-class UnixConsole:
-    """The console of a VM on this host: its QEMU's console socket."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-
-    async def read(self) -> bytes:
-        return await self._reader.read(4096)
-
-    async def write(self, data: bytes) -> None:
-        self._writer.write(data)
-        await self._writer.drain()
-
-    async def close(self) -> None:
-        self._writer.close()
-
-
 async def _qmp_stats(vm: VM) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     balloon = await vm.command("query-balloon")
@@ -784,6 +778,14 @@ async def _qmp_stats(vm: VM) -> dict[str, Any]:
             figures.update(disk_read_bytes=block["rd_bytes"], disk_written_bytes=block["wr_bytes"],
                            disk_read_ops=block["rd_operations"], disk_write_ops=block["wr_operations"])
     return figures
+
+
+def _unprivileged_port_start() -> int:
+    """The lowest port an unprivileged process may bind in this network namespace."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024  # Linux's default, from before the setting existed (4.11)
 
 
 _qemu_versions: dict[str, str] = {}

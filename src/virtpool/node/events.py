@@ -4,11 +4,17 @@ Each event gets the next sequence number and is appended to ``events.jsonl`` in 
 before anyone can read it, so a reader that asks for "after N" gets every event since N even
 across a restart of the agent (the file is read back at start) or of the reader (it keeps N).
 The file keeps the newest ``keep`` events; a reader further behind starts at the oldest kept.
+
+A full disk must not silence the feed: that is when its news matters (a guest paused because
+the disk filled). So the file keeps ``RESERVE_BYTES`` allocated past its end (fallocate with
+FALLOC_FL_KEEP_SIZE), topped up after each event while there is room; an append lands in
+those blocks and needs none from the full filesystem.
 """
 
 from __future__ import annotations
 
-import json
+import ctypes
+import errno
 import logging
 import os
 import threading
@@ -22,6 +28,9 @@ from virtpool.model.agent import AgentEvent, EventKind
 log = logging.getLogger(__name__)
 
 DEFAULT_KEEP = 10_000  # events kept on disk; a day of a busy host's exits and balloon moves
+RESERVE_BYTES = 1 << 20  # ~3,000 events' worth, kept allocated for a full disk
+FALLOC_FL_KEEP_SIZE = 0x01  # linux/falloc.h
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class EventFeed:
@@ -33,6 +42,7 @@ class EventFeed:
         self._changed = threading.Condition()
         self._events: list[AgentEvent] = self._load()
         self._next = self._events[-1].seq + 1 if self._events else 1
+        self._reserve()
 
     def _load(self) -> list[AgentEvent]:
         events: list[AgentEvent] = []
@@ -58,6 +68,7 @@ class EventFeed:
             try:
                 os.write(fd, line.encode())
                 os.fsync(fd)
+                _keep_room(fd)
             finally:
                 os.close(fd)
             self._next += 1
@@ -70,8 +81,25 @@ class EventFeed:
     def _compact(self) -> None:
         self._events = self._events[-self._keep:]
         staging = self._path.with_suffix(".tmp")
-        staging.write_text("".join(e.model_dump_json() + "\n" for e in self._events))
+        try:
+            staging.write_text("".join(e.model_dump_json() + "\n" for e in self._events))
+        except OSError as err:  # a full disk: the long file stays until there is room
+            log.warning("could not compact %s: %s", self._path, err)
+            staging.unlink(missing_ok=True)
+            return
         os.replace(staging, self._path)
+        self._reserve()
+
+    def _reserve(self) -> None:
+        try:
+            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            log.warning("cannot keep room for %s: %s", self._path, err)
+            return
+        try:
+            _keep_room(fd)
+        finally:
+            os.close(fd)
 
     def read(self, after: int, wait: float = 0.0) -> list[AgentEvent]:
         """Events with seq > ``after``; waits up to ``wait`` s for one when there are none."""
@@ -87,3 +115,16 @@ class EventFeed:
     @property
     def last_seq(self) -> int:
         return self._next - 1
+
+
+def _keep_room(fd: int) -> None:
+    """Keep ``RESERVE_BYTES`` allocated past the file's end (from half of it, top it up);
+    without room now, or on a filesystem without fallocate, appends simply allocate as usual."""
+    info = os.fstat(fd)
+    if info.st_blocks * 512 - info.st_size >= RESERVE_BYTES // 2:
+        return
+    if _libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, ctypes.c_int64(info.st_size),
+                       ctypes.c_int64(RESERVE_BYTES)) != 0:
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSPC, errno.EOPNOTSUPP, errno.ENOSYS):
+            log.warning("cannot keep room for the event feed: %s", os.strerror(code))

@@ -1,45 +1,93 @@
-"""The serial console log: read from an offset, and keep it under a size cap.
+"""The serial console log: written under a hard size cap, read from an offset.
 
-QEMU appends to the log (``logappend=on``) and holds it open. Trimming therefore rewrites the
-file in place (keep the newest half, truncate, append it back) rather than replacing it: QEMU's
-descriptor keeps pointing at the same file, and with O_APPEND its next write lands at the new
-end. Bytes QEMU writes during the few microseconds of a trim may be lost; the log is a
-diagnostic, not a record.
+The agent writes the log itself (QEMU hands the console's bytes to the agent: see
+node/console.py), so it is the file's only writer and the cap is exact: before a write that
+would pass the cap, the file is cut in place to its newest half (from a line start) and the
+write then lands at the new end. A guest that floods its console therefore never makes the
+file bigger than the cap, not even for an instant. Readers (`vm logs`) that were further on
+than the cut start again at 0.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from pathlib import Path
 
 from virtpool.node.safe_files import UnsafeFile, open_regular
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CAP_BYTES = 2 * 1024 * 1024
+MIN_CAP_BYTES = 4096
 
 
-def trim(path: Path, cap: int = DEFAULT_CAP_BYTES) -> bool:
-    """Keep the newest ``cap // 2`` bytes when the log is over ``cap``; True if trimmed."""
-    try:
-        fd = open_regular(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    size = os.fstat(fd).st_size
-    if size <= cap:
-        os.close(fd)
-        return False
-    keep = cap // 2
-    try:
-        os.lseek(fd, size - keep, os.SEEK_SET)
-        tail = os.read(fd, keep)
-        newline = tail.find(b"\n")
-        if 0 <= newline < len(tail) - 1:
-            tail = tail[newline + 1 :]  # start at a whole line
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, tail)
-    finally:
-        os.close(fd)
-    return True
+class BoundedLog:
+    """A VM's serial log as the agent writes it: never more than ``cap`` bytes."""
+
+    def __init__(self, path: Path, cap: int = DEFAULT_CAP_BYTES, *, vm: str = "") -> None:
+        self._path = path
+        self._cap = max(cap, MIN_CAP_BYTES)
+        self._vm = vm or path.parent.name
+        self._fd: int | None = None
+        self._size = 0
+        self._failed = False  # a write failed (a full disk): said once, until one works again
+
+    def open(self) -> None:
+        """Open (or create) the log to append to. Raises UnsafeFile when the VM's user put
+        something else than a plain file there; the caller then logs nothing."""
+        self.close()
+        fd = open_regular(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        self._fd, self._size = fd, os.fstat(fd).st_size
+        if self._size > self._cap:  # left by an older virtpool, or a larger cap before
+            self._size = _keep_tail(fd, self._size, self._cap // 2)
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``, first cutting the file when it would pass the cap. A write that
+        fails (ENOSPC) drops the bytes: the log is a diagnostic, the guest must not wait."""
+        if self._fd is None or not data:
+            return
+        try:
+            if self._size + len(data) > self._cap:
+                # A cut leaves the newest half of the cap: the old tail, then this chunk (or
+                # the newest half of the cap of a chunk bigger than that, alone).
+                keep = self._cap // 2
+                data = data[-keep:]
+                self._size = _keep_tail(self._fd, self._size, keep - len(data))
+            written = os.write(self._fd, data)
+            self._size += written
+            self._failed = False
+        except OSError as err:
+            # Whatever part made it: the size is read back, so the cap still holds.
+            self._size = os.fstat(self._fd).st_size
+            if not self._failed:
+                self._failed = True
+                level = logging.INFO if err.errno == errno.ENOSPC else logging.WARNING
+                log.log(level, "serial output of VM %s is not logged for now: %s", self._vm, err.strerror)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _keep_tail(fd: int, size: int, keep: int) -> int:
+    """Cut the file to its newest ``keep`` bytes, from a line start when there is one; in
+    place (ftruncate, then the tail written back), so the descriptor stays the file's.
+    Returns the new size."""
+    os.lseek(fd, max(0, size - keep), os.SEEK_SET)
+    tail = os.read(fd, keep)
+    newline = tail.find(b"\n")
+    if 0 <= newline < len(tail) - 1:
+        tail = tail[newline + 1 :]  # start at a whole line
+    os.ftruncate(fd, 0)
+    os.write(fd, tail)  # O_APPEND: at the (new) end, which is 0
+    return len(tail)
 
 
 def read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:

@@ -33,6 +33,7 @@ import psutil
 from virtpool.model.errors import BootTimeout, Conflict, OperationFailed
 from virtpool.model.spec import ExecOutput, ExecResult
 from virtpool.node import safe_files, serial
+from virtpool.node.console import ConsolePump, SharedConsole
 from virtpool.node.qemu import process
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError, GuestAgentGone
 from virtpool.node.qemu.qmp import Session
@@ -46,6 +47,8 @@ MONITOR_TIMEOUT_S = 30.0  # from spawn until QEMU's monitor answers (devices set
 ATTACH_TIMEOUT_S = 10.0  # to reach the monitor of a QEMU found running
 HARD_STOP_GRACE_S = 3.0  # after QMP 'quit', before SIGKILL
 BALLOON_EVENT_EVERY_S = 1.0  # a balloon move fires BALLOON_CHANGE many times: one event a second
+IO_ERROR_EVENT_EVERY_S = 1.0  # each failed request repeats BLOCK_IO_ERROR: one event a second
+CONSOLE_DRAIN_S = 2.0  # after QEMU exited, for the console's last bytes to reach the log
 
 # (kind, data) of something the VM did on its own: see model/agent.AgentEvent.
 Notify = Callable[[str, dict[str, Any]], None]
@@ -80,7 +83,7 @@ class VM:
     """The agent's handle on one VM."""
 
     def __init__(self, vm_id: str, paths: VMPaths, name: str, notify: Notify, on_gone: OnGone,
-                 reboot: Reboot | None = None) -> None:
+                 reboot: Reboot | None = None, log_cap: int = serial.DEFAULT_CAP_BYTES) -> None:
         self.id = vm_id
         self.paths = paths
         self.name = name
@@ -97,10 +100,17 @@ class VM:
         self._popen: subprocess.Popen[bytes] | None = None  # when this agent started it
         self._session: Session | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._log_cap = log_cap
+        self._pump: ConsolePump | None = None  # the console's one reader, while QEMU runs
+        self._pump_task: asyncio.Task[None] | None = None
         self._gone = asyncio.Event()
         self._qga_lock = asyncio.Lock()  # QGA serves one client at a time
         self._guest_initiated = False
         self._last_balloon_event = 0.0
+        self._last_io_error_event = 0.0
+        # QEMU paused the guest on a disk error (its drives stop on ENOSPC): the agent resumes
+        # it once the disk has room again (see LocalAgent's housekeeping).
+        self.io_paused = False
         self.ended = "exited"  # how its last QEMU ended, for messages
 
     @property
@@ -138,9 +148,11 @@ class VM:
             self._popen = process.spawn(argv, self.paths.qemu_log, vm=self.name, **popen_kwargs)
             self._proc = psutil.Process(self._popen.pid)
             on_spawned(self._popen.pid)
+            self._start_console()  # at once: the guest's first words are logged too
             self._session = await self._open_monitor(self._popen)
         except BaseException:
             await self._kill_and_reap()
+            await self._stop_console(drain=False)
             self._on_gone(self)
             self.runstate = Runstate.IDLE
             raise
@@ -196,14 +208,45 @@ class VM:
             await asyncio.to_thread(process.kill, proc)
             self.runstate = Runstate.IDLE
             return False
+        self._start_console()
         self._start_watching()
+        try:
+            # Paused on a disk error while no agent watched: resumed like one seen now.
+            self.io_paused = await self.status() == "io-error"
+        except OperationFailed:
+            pass  # the watcher sees the QEMU go
         return True
 
     def _start_watching(self) -> None:
         self._gone.clear()
-        self._guest_initiated = self._reset = False
+        self._guest_initiated = self._reset = self.io_paused = False
         self.runstate = Runstate.RUNNING
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name=f"watch-{self.id}")
+
+    # -- the serial console ---------------------------------------------------------------
+
+    def _start_console(self) -> None:
+        log_file = serial.BoundedLog(self.paths.serial_log, self._log_cap, vm=self.name)
+        self._pump = ConsolePump(self.name, self.paths.console_sock, log_file)
+        self._pump_task = asyncio.get_running_loop().create_task(self._pump.run(), name=f"console-{self.id}")
+
+    async def _stop_console(self, *, drain: bool) -> None:
+        """End the console's reader: with ``drain``, QEMU has exited and its last bytes are
+        read to the end first (a panic's last lines are what a failed boot reports)."""
+        task, self._pump, self._pump_task = self._pump_task, None, None
+        if task is None:
+            return
+        if drain:
+            await asyncio.wait([task], timeout=CONSOLE_DRAIN_S)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def open_console(self) -> SharedConsole:
+        """The guest's serial line, shared with the log and any other open console."""
+        self._require(Runstate.RUNNING)
+        if self._pump is None:
+            raise StateError(self.name, self.runstate, (Runstate.RUNNING,))
+        return await self._pump.open()
 
     # -- QMP ------------------------------------------------------------------------------
 
@@ -324,6 +367,7 @@ class VM:
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
+        await self._stop_console(drain=False)
         if self._session is not None:
             await self._session.close()
         self._session = None
@@ -335,7 +379,10 @@ class VM:
             return
         try:
             async for name, data in session.events():
-                self._on_event(name, data)
+                try:
+                    self._on_event(name, data)
+                except Exception:  # e.g. the feed's disk refused it: the watch goes on
+                    log.exception("event %s of VM %s was not recorded", name, self.name)
         except OperationFailed:
             pass
         # The session ended: QEMU exited (or is exiting; see process.wait_gone for why not the
@@ -344,6 +391,7 @@ class VM:
             log.error("QMP session of VM %s ended while its QEMU runs; killing it", self.name)
             await asyncio.to_thread(process.kill, proc)
         await self._kill_and_reap()
+        await self._stop_console(drain=True)
         await session.close()
         self._session = None
         self._on_gone(self)
@@ -371,8 +419,21 @@ class VM:
                 self._last_balloon_event = now
                 self._notify("vm.balloon", {"actual_mib": round(int(data.get("actual", 0)) / (1 << 20), 1)})
         elif name == "BLOCK_IO_ERROR":
-            self._notify("vm.io_error", {k: data.get(k) for k in ("device", "node-name", "operation",
-                                                                   "action", "reason", "nospace")})
+            details = {k: data.get(k) for k in ("device", "node-name", "operation", "action", "reason",
+                                                 "nospace")}
+            if data.get("action") == "stop":
+                # QEMU paused the guest rather than fail its write: said once per pause.
+                if not self.io_paused:
+                    self.io_paused = True
+                    self._notify("vm.io_error", details)
+                return
+            now = time.monotonic()
+            if now - self._last_io_error_event >= IO_ERROR_EVENT_EVERY_S:
+                self._last_io_error_event = now
+                self._notify("vm.io_error", details)
+        elif name == "RESUME" and self.io_paused:
+            self.io_paused = False
+            self._notify("vm.resumed", {"after": "io_error"})
 
     async def _kill_and_reap(self) -> None:
         proc, popen = self._proc, self._popen

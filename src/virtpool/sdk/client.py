@@ -213,8 +213,10 @@ class Client:
     def create_token(self, name: str, role: str, *, project: str | None = None, pool_wide: bool = False,
                      expires_in_s: int | None = None) -> TokenCreated:
         """A new token; ``.token`` holds its secret, which the API never shows again."""
-        body = {"name": name, "role": role, "project": project or self.project, "pool_wide": pool_wide,
-                "expires_in_s": expires_in_s}
+        # A pool-wide token has no project: the client's own is not sent with one (the API
+        # refuses both together); one named explicitly still is, so that the API says so.
+        body = {"name": name, "role": role, "project": project or (None if pool_wide else self.project),
+                "pool_wide": pool_wide, "expires_in_s": expires_in_s}
         return TokenCreated.model_validate(self._call("POST", "/tokens", json=body).json())
 
     def revoke_token(self, ref: str) -> TokenInfo:

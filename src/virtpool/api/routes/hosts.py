@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from fastapi import APIRouter, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from virtpool.api.deps import Admin, Caller, PoolDep
 from virtpool.control.auth import Principal
@@ -19,6 +19,7 @@ from virtpool.model.inventory import (
     RatiosUpdate,
     StateUpdate,
 )
+from virtpool.model.requests import REQUEST
 
 router = APIRouter(prefix="/hosts", tags=["hosts"])
 
@@ -40,7 +41,7 @@ def _viewing_project(caller: Principal) -> str | None:
 
 
 class JoinTokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     expires_s: float = Field(default=3600.0, gt=0, le=MAX_TOKEN_S,
                              description="seconds until the token expires (at most a week)")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from virtpool.api.deps import Admin, Caller, PoolDep
 from virtpool.control.rebalancing import MAX_THRESHOLD_PP
 from virtpool.control.scheduler import DEFAULT_THRESHOLD_PP
 from virtpool.model.inventory import PoolSettings, RebalanceView
+from virtpool.model.requests import REQUEST
 
 router = APIRouter(prefix="/pool", tags=["pool"])
 
@@ -18,7 +19,7 @@ Threshold = Annotated[float, Field(ge=0, le=MAX_THRESHOLD_PP)]
 
 
 class RebalanceRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     threshold_pp: Threshold = DEFAULT_THRESHOLD_PP
     consolidate: bool = False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from virtpool.api.deps import Admin, Caller, PoolDep, resolve_project
 from virtpool.control.auth import Principal
@@ -15,6 +15,7 @@ from virtpool.model.project import (
     ProjectInfo,
     QuotaResult,
 )
+from virtpool.model.requests import REQUEST
 from virtpool.model.roles import Access, check_access, check_pool_admin
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -25,7 +26,7 @@ Limit = int | None
 class QuotaUpdate(BaseModel):
     """The quotas to change; a field left out stays as it is, ``null`` makes it unlimited."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     cpus: Limit = Field(default=None, ge=0, le=MAX_COUNT_QUOTA)
     memory_mib: Limit = Field(default=None, ge=0, le=MAX_QUOTA)

@@ -17,7 +17,7 @@ from fastapi import (
     status,
 )
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 from virtpool.api.access_guard import POLICY_VIOLATION, AccessGuard
 from virtpool.api.auth_limit import client_address
@@ -40,6 +40,7 @@ from virtpool.control.pool import Pool
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
 from virtpool.model import exec_lines
 from virtpool.model.errors import Conflict, InvalidRequest, VirtpoolError
+from virtpool.model.requests import REQUEST
 from virtpool.model.roles import Access, check_access
 from virtpool.model.spec import ExecResult, Resize, VMSpec
 from virtpool.model.states import VMState
@@ -60,7 +61,7 @@ class VMCreate(VMSpec):
 
 
 class ExecRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     argv: list[Annotated[str, Field(max_length=65536)]] = Field(min_length=1, max_length=MAX_EXEC_ARGS)
     timeout: float = Field(default=60.0, gt=0, le=MAX_EXEC_TIMEOUT_S)

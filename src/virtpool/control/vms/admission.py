@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from virtpool.control.store.tables import PortRow, VMRow
 from virtpool.model.agent import Agent
-from virtpool.model.errors import Conflict
-from virtpool.model.spec import PortForward
+from virtpool.model.errors import Conflict, InvalidRequest
+from virtpool.model.spec import HostInfo, PortForward
 
 
 def check_ports_recorded(sessions: sessionmaker[Session], ports: Iterable[PortForward], *,
@@ -38,10 +38,28 @@ def check_ports_recorded(sessions: sessionmaker[Session], ports: Iterable[PortFo
 
 
 def check_ports_free(agent: Agent, ports: Iterable[PortForward]) -> None:
-    """No other program holds one of ``ports`` on the VM's host; raises Conflict."""
+    """Every one of ``ports`` can be bound on the VM's host (InvalidRequest: never, below the
+    host's unprivileged port start) and no other program holds one (Conflict)."""
+    ports = list(ports)
+    if not ports:
+        return
+    check_ports_bindable(agent.host_info(), ports)
     for forward in ports:
         if not agent.check_port_free(forward.host):
             raise Conflict(
                 f"host port {forward.host} is in use by another program on this host",
                 hint="pick another port",
             )
+
+
+def check_ports_bindable(host: HostInfo, ports: Iterable[PortForward]) -> None:
+    """No port of ``ports`` lies below the lowest one an unprivileged process may bind on
+    ``host``: the VM's network runs unprivileged, so such a VM could never start there."""
+    low = sorted(p.host for p in ports if p.host < host.unprivileged_port_start)
+    if low:
+        listed = ", ".join(str(p) for p in low)
+        raise InvalidRequest(
+            f"host port{'s' if len(low) > 1 else ''} {listed} below {host.unprivileged_port_start} "
+            f"cannot be forwarded on host '{host.hostname}': its VMs' networks run unprivileged, and "
+            f"net.ipv4.ip_unprivileged_port_start is {host.unprivileged_port_start} there",
+            hint=f"pick host ports from {host.unprivileged_port_start} up (e.g. 8080:80)")

@@ -667,22 +667,25 @@ class VMService:
         """Apply one agent event of ``host`` (at least once: applying it twice is harmless)."""
         if event.kind == "vm.io_error" and self._events is not None:
             name, project_id = self._name_of(event.vm_id)
-            self._events.record("vm.io_error", f"VM '{name}' had an I/O error on host '{host}': "
-                                f"{event.data}", vm=name, data=event.data, project_id=project_id)
-            return
-        if event.kind != "vm.exited":
+            paused = event.data.get("action") == "stop"
+            self._events.record("vm.io_error", f"VM '{name}' {'was paused by' if paused else 'had'} "
+                                f"a disk error on host '{host}': {reconcile.io_error_reason(event.data)}",
+                                vm=name, data=event.data, project_id=project_id)
+        if event.kind not in ("vm.exited", "vm.io_error", "vm.resumed"):
             return
         with self._sessions() as session:
             row = session.get(VMRow, event.vm_id)
             recorded = S(row.state) if row is not None and row.host == host else None
             name = row.name if row is not None else event.vm_id
+            error = row.error if row is not None else None
         if recorded is None:
             return
-        agent = self._agents.for_host(host)
-        step = reconcile.on_event(recorded, event, agent.adopt_vm(event.vm_id, name) is not None)
+        runs_now = (event.kind == "vm.exited"
+                    and self._agents.for_host(host).adopt_vm(event.vm_id, name) is not None)
+        step = reconcile.on_event(recorded, event, runs_now, recorded_error=error)
         if step.do == Do.MARK and step.state is not None:
             if self._transition(event.vm_id, [recorded], step.state, error=step.error,
-                                stopped_by=step.stopped_by):
+                                stopped_by=step.stopped_by) and event.kind == "vm.exited":
                 self._converge_quietly(host)
 
     def reconcile(self, host: str | None = None) -> None:

@@ -59,13 +59,38 @@ def plan(recorded: VMState, status: RunStatus | None) -> Step:
     return Step(Do.NOTHING)
 
 
-def on_event(recorded: VMState, event: AgentEvent, qemu_runs_now: bool) -> Step:
-    """What an agent event means for a VM recorded as ``recorded``.
+IO_ERROR = "io-error"  # how the error of a VM that a disk error paused starts
 
-    Only ``vm.exited`` changes a record, and only for a VM the record says runs: STARTING and
-    STOPPING belong to the worker that set them (it sees the exit itself). An exit of an older
-    QEMU, reported after a newer one started (``qemu_runs_now``), is no news about the VM.
+
+def io_error_reason(data: dict[str, object]) -> str:
+    """What a ``vm.io_error`` event's QEMU details mean, for the VM's record and its event."""
+    if data.get("nospace"):
+        return (f"{IO_ERROR}: its disk's filesystem on the host is full, so QEMU paused it; it "
+                "resumes by itself once there is room again")
+    what = data.get("reason") or "the disk failed"
+    return f"{IO_ERROR}: {what} ({data.get('operation') or 'I/O'} on {data.get('device') or 'its disk'})"
+
+
+def on_event(recorded: VMState, event: AgentEvent, qemu_runs_now: bool,
+             recorded_error: str | None = None) -> Step:
+    """What an agent event means for a VM recorded as ``recorded`` (with ``recorded_error``).
+
+    ``vm.exited`` changes a record only for a VM the record says runs: STARTING and STOPPING
+    belong to the worker that set them (it sees the exit itself). An exit of an older QEMU,
+    reported after a newer one started (``qemu_runs_now``), is no news about the VM.
+
+    ``vm.io_error`` with action "stop" (QEMU paused the guest) makes a RUNNING VM PAUSED with
+    the reason; ``vm.resumed`` makes it RUNNING again, but only a VM a disk error paused (a
+    late resume must not undo a pause the user asked for since).
     """
+    if event.kind == "vm.io_error":
+        if recorded == S.RUNNING and event.data.get("action") == "stop":
+            return Step(Do.MARK, S.PAUSED, io_error_reason(event.data))
+        return Step(Do.NOTHING)
+    if event.kind == "vm.resumed":
+        if recorded == S.PAUSED and (recorded_error or "").startswith(IO_ERROR):
+            return Step(Do.MARK, S.RUNNING)
+        return Step(Do.NOTHING)
     if event.kind != "vm.exited" or recorded not in (S.RUNNING, S.PAUSED) or qemu_runs_now:
         return Step(Do.NOTHING)
     if event.data.get("guest_initiated"):

@@ -14,6 +14,7 @@ from typing import Any
 from virtpool.model.agent import ByteStream, Progress
 from virtpool.model.errors import InvalidRequest, NotFound
 from virtpool.model.image import Firmware, ImageFile, ImageInfo
+from virtpool.model.spec import KERNEL_ARGS_RULE, kernel_args_ok
 from virtpool.node.images.manifest import FileEntry, Manifest
 from virtpool.node.images.store import ImageStore, no_room
 
@@ -38,6 +39,9 @@ class ImageCatalog:
 
     def import_image(self, name: str, files: Mapping[str, ByteStream], *, kernel_args: str,
                      firmware: Firmware | None = None) -> ImageInfo:
+        if not kernel_args_ok(kernel_args):
+            raise InvalidRequest(f"kernel_args: {KERNEL_ARGS_RULE}, and these are not",
+                                 hint="remove newlines and other control characters, as for vm create")
         unknown = set(files) - set(IMAGE_FILES)
         if unknown:
             raise InvalidRequest(f"an image is a kernel, an initrd and a disk, not {sorted(unknown)}",

@@ -163,10 +163,11 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         "-display", "none",
         "-no-reboot",
         *_boot_args(plan),
-        # The serial console is a socket for `vm console`, logged to a file for `vm logs`.
+        # The serial console is a socket that the agent alone reads (node/console.py): it
+        # writes the log for `vm logs` under a hard cap, and shares the line with `vm console`.
+        # No logfile= here: QEMU would write it as fast as the guest floods it.
         "-chardev",
-        f"socket,id=console0,path={opt_value(paths.console_sock)},server=on,wait=off,"
-        f"logfile={opt_value(paths.serial_log)},logappend=on",
+        f"socket,id=console0,path={opt_value(paths.console_sock)},server=on,wait=off",
         "-serial", "chardev:console0",
         "-device", _device(plan, "serial"),
         "-chardev", f"socket,id=qga0,path={opt_value(paths.qga_sock)},server=on,wait=off",
