@@ -8,6 +8,7 @@ gets hard links to it, so no test can damage the shared copy's directory entries
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -192,6 +193,20 @@ def server(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Itera
     yield srv
     srv.cleanup()
     assert qemu_pids(srv.data_dir) == [], "QEMU processes outlived their server's cleanup"
+
+
+def read_until(fd: int, needle: bytes, timeout: float) -> bytes:
+    """Read a terminal (``fd``, a pty's main side) until ``needle`` shows or ``timeout`` passes."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    return seen
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]

@@ -1,15 +1,17 @@
-"""A pool of three hosts in network namespaces, on one PostgreSQL, for the whole session.
+"""A pool of three hosts in network namespaces, driven by one control plane on PostgreSQL.
 
-Each host runs `virtpool up` in its own namespace (its agent in-process, its lease renewed by
-it), listening on its own address; a `virtpool server` (the control plane alone) runs in the
-root namespace on the same database. PostgreSQL listens on the bridge's address, so that a host
-whose link is cut loses the database, as a real one would.
+The control plane is a `virtpool server` in the root namespace (no agent of its own, the pool's
+images in its store); each host runs a standalone `virtpool agent` in its own namespace, joined
+with a one-time token and reached over mutual TLS across the bridge. The agents' link to the
+control plane is the bridge: a host whose link is cut loses the control plane, as a real one
+would. Only h1 has the default image beforehand; h2 and h3 fetch it from the control plane.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import GATEWAY, HOST_NAMES, NETWORK, Lab, NetnsHost
+from tests.cluster.harness import GATEWAY, HOST_NAMES, Lab, NetnsHost
 from tests.conftest import link_image, passable, wait_for
 from tests.postgres import create_database, postgres_server
 from virtpool.model.layout import API_CA_FILE
@@ -29,7 +31,7 @@ VIRTPOOL = str(Path(sys.executable).parent / "virtpool")
 
 @dataclass
 class Node:
-    """One `virtpool up` or `virtpool server` process of the lab and its API."""
+    """One `virtpool server` or `virtpool agent` process of the lab (and a server's API)."""
 
     lab: Lab
     data_dir: Path
@@ -46,11 +48,22 @@ class Node:
     def url(self) -> str:
         return (self.data_dir / "api.url").read_text().strip()
 
+    @property
+    def is_agent(self) -> bool:
+        return self.argv[1] == "agent"
+
     def start(self) -> Node:
         (self.data_dir / "api.url").unlink(missing_ok=True)
+        served = self.log.read_text().count(" serving https://") if self.log.exists() else 0
+
+        def started() -> bool:
+            if self.is_agent:
+                return self.log.read_text().count(" serving https://") > served
+            return (self.data_dir / "api.url").exists()
+
         self.proc = self.lab.start(self.argv, self.log, self.host,
                                    env={**os.environ, "VIRTPOOL_DATA_DIR": str(self.data_dir)})
-        if not wait_for(lambda: (self.data_dir / "api.url").exists() or self.proc.poll() is not None,
+        if not wait_for(lambda: started() or self.proc.poll() is not None,
                           timeout=60, interval=0.1) or self.proc.poll() is not None:
             raise RuntimeError(f"{self.argv[1]} did not start: {self.log.read_text()[-3000:]}")
         return self
@@ -81,8 +94,8 @@ class Node:
 @dataclass
 class Cluster:
     lab: Lab
-    db_url: str  # as the hosts reach it: over the bridge
-    hosts: list[Node]
+    db_url: str
+    hosts: list[Node]  # `virtpool agent`, one per namespace
     control: Node  # `virtpool server` in the root namespace
 
     def logs(self, lines: int = 15) -> str:
@@ -97,6 +110,12 @@ class Cluster:
     def node(self, name: str) -> Node:
         return next(n for n in self.hosts if n.host is not None and n.host.name == name)
 
+    def api(self, timeout: float = 30) -> Client:
+        return self.control.api(timeout)
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self.control.cli(*args, timeout=timeout)
+
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
@@ -110,8 +129,15 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture(scope="session")
 def cluster_db(lab: Lab) -> Iterator[str]:
-    with postgres_server(also_listen=GATEWAY, trust_network=NETWORK) as url:
+    with postgres_server() as url:
         yield url
+
+
+def free_port(address: str) -> int:
+    """A port the kernel says is free on ``address`` now (kept for the process's restarts)."""
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        return int(probe.getsockname()[1])
 
 
 def _passphrase(first: Node | None) -> list[str]:
@@ -119,44 +145,53 @@ def _passphrase(first: Node | None) -> list[str]:
     return [] if first is None else ["--ca-passphrase-file", str(first.data_dir / "pki" / "ca.passphrase")]
 
 
-def up_node(lab: Lab, host: NetnsHost, db_url: str, image_cache: Path | None, *,
-            first: Node | None = None) -> Node:
-    (host.data_dir / "images").mkdir(exist_ok=True)
-    if image_cache is not None and not (host.data_dir / "images" / "default").exists():
-        link_image(image_cache, host.data_dir)
-    return Node(lab, host.data_dir, [
-        VIRTPOOL, "up", "--data-dir", str(host.data_dir), "--listen", f"{host.address}:0",
-        "--db", db_url, "--no-build", "--boot-timeout", "120", *_passphrase(first)], host)
-
-
-def server_node(lab: Lab, name: str, db_url: str, *, first: Node | None = None) -> Node:
+def server_node(lab: Lab, name: str, db_url: str, agent_listen: str | None = None, *,
+                first: Node | None = None) -> Node:
     data_dir = lab.root / name
-    data_dir.mkdir(mode=0o700, exist_ok=True)
+    data_dir.mkdir(mode=0o711, exist_ok=True)
+    extra = ["--agent-listen", agent_listen] if agent_listen else []
     return Node(lab, data_dir, [VIRTPOOL, "server", "--data-dir", str(data_dir),
-                                "--listen", "127.0.0.1:0", "--db", db_url, *_passphrase(first)])
+                                "--listen", "127.0.0.1:0", "--db", db_url, *extra, *_passphrase(first)])
+
+
+def agent_node(lab: Lab, host: NetnsHost, control: Node) -> Node:
+    """A `virtpool agent` for ``host``, joining ``control`` with a fresh one-time token (its
+    later starts reuse the certificate and ignore the token)."""
+    with control.api() as api:
+        token = api.join_token(600)["token"]
+    join = (control.data_dir / "join.url").read_text().strip()
+    return Node(lab, host.data_dir, [
+        VIRTPOOL, "agent", "--server", join, "--join", token, "--data-dir", str(host.data_dir),
+        "--listen", f"{host.address}:0", "--name", host.name, "--net-prefix", "cl"], host)
 
 
 @pytest.fixture(scope="session")
 def cluster(lab: Lab, cluster_db: str, image_cache: Path) -> Iterator[Cluster]:
     passable(lab.root)
     db = create_database(cluster_db, "pool")
-    on_bridge = db.replace("@127.0.0.1:", f"@{GATEWAY}:")
-    # One at a time: the first migrates the schema and makes the admin token and the pool CA.
-    hosts: list[Node] = []
-    for h in lab.hosts:
-        hosts.append(up_node(lab, h, on_bridge, image_cache, first=hosts[0] if hosts else None).start())
-    token = (hosts[0].data_dir / "admin.token").read_text().strip()
-    control = server_node(lab, "control", db, first=hosts[0]).start()
-    for node in (*hosts, control):
-        node.token = token
-    cluster = Cluster(lab, on_bridge, hosts, control)
+    # The control plane's agent listener is on the bridge; its port stays the same across the
+    # control plane's restarts, since the agents keep the join URL.
+    control = server_node(lab, "control", db, f"{GATEWAY}:{free_port(GATEWAY)}")
+    (control.data_dir / "images").mkdir(exist_ok=True)
+    link_image(image_cache, control.data_dir)
+    control.start()
+    control.token = (control.data_dir / "admin.token").read_text().strip()
+    (lab.hosts[0].data_dir / "images").mkdir(exist_ok=True)
+    link_image(image_cache, lab.hosts[0].data_dir)
+    hosts = [agent_node(lab, h, control).start() for h in lab.hosts]
+    cluster = Cluster(lab, db, hosts, control)
+    assert wait_for(lambda: {h.name: h.state for h in control.api().hosts()
+                             if h.name in HOST_NAMES} == dict.fromkeys(HOST_NAMES, "up"), 60), \
+        cluster.logs()
+    with control.api() as api:
+        # Each host labelled with its name, so that a test can pin a VM by label too.
+        for name in HOST_NAMES:
+            api.label_host(name, set={"node": name})
     yield cluster
-    with control.api() as api:  # VMs deleted through the pool, before the lab kills the rest
-        for vm in api.vms(all_projects=True):
-            owner = cluster.node(vm.host) if vm.host in HOST_NAMES else None
-            if owner is not None and owner.proc is not None and owner.proc.poll() is None:
-                with owner.api() as at_host:
-                    try:
-                        at_host.delete_vm(vm.id, force=True)
-                    except Exception:  # the lab kills what is left and counts it
-                        pass
+    if control.proc is not None and control.proc.poll() is None:
+        with control.api() as api:  # VMs deleted through the pool, before the lab kills the rest
+            for vm in api.vms(all_projects=True):
+                try:
+                    api.delete_vm(vm.id, force=True)
+                except Exception:  # the lab kills what is left and counts it
+                    pass

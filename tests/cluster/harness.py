@@ -2,13 +2,13 @@
 in the root namespace, each host's processes in its own namespace (and UTS namespace, so that
 its hostname is its own) with its own data dir and address.
 
-    root ns:  plbr0 10.233.71.1/24 ── plv1 ═ plp1 (ns pl-h1, 10.233.71.11)
-                                   ── plv2 ═ plp2 (ns pl-h2, 10.233.71.12)
-                                   ── plv3 ═ plp3 (ns pl-h3, 10.233.71.13)
+    root ns:  clXXbr0 10.235.N.1/24 ── clXXv1 ═ clXXp1 (ns clXX-h1, 10.235.N.11)
+                                    ── clXXv2 ═ clXXp2 (ns clXX-h2, 10.235.N.12)
+                                    ── clXXv3 ═ clXXp3 (ns clXX-h3, 10.235.N.13)
 
-Everything is named with the ``pl`` prefix, so that tests of other branches running on the same
-machine never collide with it; under pytest-xdist, worker N > 0 gets ``plN`` and a subnet of its
-own, so that two workers' labs do not collide either. ``Lab.teardown`` kills every process it started (and anything
+Everything is named with a prefix of the run's own (``cl`` and two characters, claimed in
+/run/virtpool-cluster-labs) on a /24 no interface uses, so that other runs on the same machine
+(another engineer's, CI, another pytest-xdist worker) never collide with it. ``Lab.teardown`` kills every process it started (and anything
 still running from its root dir), deletes the namespaces, veths and bridge, removes its files,
 and ``Lab.leftovers`` counts what would be left: the tests assert it is all zero.
 """
@@ -27,15 +27,53 @@ import psutil
 
 
 
-def _worker() -> int:
-    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
+LABS = Path("/run/virtpool-cluster-labs")  # <prefix> -> the pid of the run that owns it
 
 
-WORKER = _worker()
-PREFIX = "pl" if WORKER == 0 else f"pl{WORKER}"
-SUBNET = f"10.233.{71 + 2 * WORKER}"  # /24s no interface of this machine uses
-PROBE_PREFIX, PROBE_SUBNET = f"{PREFIX}t", f"10.233.{72 + 2 * WORKER}"  # a second, smaller lab
+def _claim_prefix_and_subnets() -> tuple[str, str, str]:
+    """A name prefix and two /24s of this run's own: ``cl`` and two characters from the pid, and
+    subnets of 10.235.0.0/16 that no interface of this machine uses. Every run (two CI runs, an
+    engineer's run beside the lead's, pytest-xdist workers) gets its own lab; a lab whose run
+    was killed is removed by the next run's ``setup`` (``sweep_dead_labs``)."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    pid = os.getpid()
+    LABS.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for attempt in range(len(alphabet) ** 2):
+        n = (pid + attempt) % len(alphabet) ** 2
+        prefix = f"cl{alphabet[n // len(alphabet)]}{alphabet[n % len(alphabet)]}"
+        try:
+            fd = os.open(LABS / prefix, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as out:
+            out.write(f"{pid}\n")
+        break
+    else:
+        raise RuntimeError(f"every lab prefix is taken; see {LABS}")
+    used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
+                          check=True).stdout
+    free = [f"10.235.{k}" for k in range(1, 255) if f" 10.235.{k}." not in used]
+    first = (pid * 2) % (len(free) - 1)
+    return prefix, free[first], free[first + 1]
+
+
+def sweep_dead_labs() -> None:
+    """Remove the networks of labs whose run is gone (killed before its teardown)."""
+    if not LABS.is_dir():
+        return
+    for claim in LABS.iterdir():
+        try:
+            pid = int(claim.read_text().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if pid and not psutil.pid_exists(pid):
+            remove_network(claim.name)
+            remove_network(f"{claim.name}t")
+            claim.unlink(missing_ok=True)
+
+
+PREFIX, SUBNET, PROBE_SUBNET = _claim_prefix_and_subnets()
+PROBE_PREFIX = f"{PREFIX}t"  # a second, smaller lab beside the first
 HOST_NAMES = [f"{PREFIX}-h{i}" for i in (1, 2, 3)]
 BRIDGE = f"{PREFIX}br0"
 GATEWAY = f"{SUBNET}.1"
@@ -89,6 +127,14 @@ class NetnsHost:
     def heal(self) -> None:
         ip("link", "set", self.veth, "up")
 
+    def throttle(self, rate: str) -> None:
+        """Make the link towards the host a slow one (``rate``, e.g. "80mbit"), as a WAN is."""
+        subprocess.run(["tc", "qdisc", "replace", "dev", self.veth, "root", "tbf", "rate", rate,
+                        "burst", "256kb", "latency", "400ms"], check=True, capture_output=True)
+
+    def unthrottle(self) -> None:
+        subprocess.run(["tc", "qdisc", "del", "dev", self.veth, "root"], capture_output=True)
+
 
 @dataclass
 class Lab:
@@ -114,7 +160,7 @@ class Lab:
     # -- building ---------------------------------------------------------------------------
 
     def setup(self) -> Lab:
-        remove_network(self.prefix)  # what a run killed before its teardown may have left
+        sweep_dead_labs()  # what runs killed before their teardown left
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
@@ -158,6 +204,8 @@ class Lab:
         remove_network(self.prefix)
         self._forget_uid_claims()
         shutil.rmtree(self.root, ignore_errors=True)
+        if self.prefix == PREFIX:
+            (LABS / PREFIX).unlink(missing_ok=True)
 
     def _forget_uid_claims(self) -> None:
         """Our data dirs' uid-range claims: records of dirs that are about to be gone."""

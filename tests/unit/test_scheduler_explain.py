@@ -110,3 +110,22 @@ def test_refusal_hints_differ_by_cause() -> None:
 def test_refusal_of_a_placed_decision_is_a_bug() -> None:
     with pytest.raises(ValueError):
         refusal(place(HostArrays.build([host("a")], []), req()))
+
+
+def test_a_pinned_vm_goes_to_its_host_only_and_a_refusal_says_what_that_host_lacks() -> None:
+    hosts = [host("a"), host("b", memory_mib=1024), host("c")]
+    arrays = HostArrays.build(hosts, [Claim("web0", "a", 1, 256, 0, group="web")])
+    # Spread would pick c or b: the pin wins.
+    assert place(arrays, req("x", host="a")).host == "a"
+    assert place(arrays, req("x", memory_mib=2048, host="c")).host == "c"
+    too_big = place(arrays, req("big", memory_mib=2048, host="b"))
+    assert not too_big.placed and too_big.removed["pinned"] == 2 and too_big.removed["memory"] == 1
+    assert explain(too_big) == ("host 'b' cannot take 'big': it lacks memory (needs 2048 MiB, "
+                                "largest free 1024 MiB)")
+    apart = place(arrays, req("web1", host="a", group=Group("web", "anti-affinity")))
+    assert explain(apart) == "host 'a' cannot take 'web1': it is excluded by anti-affinity group 'web'"
+    error = refusal(apart)
+    assert isinstance(error, InsufficientResources) and "drop --host" in (error.hint or "")
+    # A host that left the pool between the check and the placement: said plainly.
+    gone = place(arrays, req("x", host="zz"))
+    assert explain(gone) == "host 'zz' cannot take 'x': it is not in the pool"

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import os
 import pty
-import select
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import VIRTPOOL, Server, make_server
+from tests.conftest import VIRTPOOL, Server, make_server, read_until
 
 
 @pytest.fixture(scope="module")
@@ -23,19 +21,6 @@ def capped(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Itera
     assert srv.api().wait_vm("chatty").state == "running"
     yield srv
     srv.cleanup()
-
-
-def read_until(fd: int, needle: bytes, timeout: float) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while needle not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                seen += os.read(fd, 4096)
-            except OSError:
-                break
-    return seen
 
 
 def test_console_command_on_a_terminal_runs_commands_and_detaches_with_ctrl_bracket(capped: Server) -> None:

@@ -1,7 +1,8 @@
 """A VM on a remote host, as its user drives it: a real `virtpool server` with no agent of its own
 and a real `virtpool agent` joined to it over mutual TLS; the CLI talks to the server only. Exec
-output streams back while the command runs, and snapshots, backups and clones work there (they
-answered 501 before they crossed the agent API)."""
+output streams back while the command runs, and snapshots, backups (read and restored on the
+host whose directory holds them) and clones work there (they answered 501 before they crossed
+the agent API)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,16 @@ def test_a_vm_on_a_remote_host_streams_exec_and_is_snapshotted_backed_up_and_clo
     assert backed.returncode == 0, backed.stderr
     assert [f["kind"] for f in json.loads(backed.stdout)["files"]] == ["full"]
     assert (target / "0000-full.qcow2").is_file()
+    # The chain is a directory of the agent's host: read and restored there, by name.
+    unnamed = server.cli("vm", "backup", "list", str(target))
+    assert unnamed.returncode != 0 and "--host NAME" in unnamed.stderr, unnamed.stderr
+    chain = server.cli("vm", "backup", "list", str(target), "--host", HOST, "--json")
+    assert chain.returncode == 0 and json.loads(chain.stdout)["vm"] == "rmweb", chain.stderr
+    restored = server.cli("vm", "restore-backup", str(target), "rmback", "--host", HOST, "--json")
+    assert restored.returncode == 0, restored.stderr
+    back = json.loads(restored.stdout)
+    assert back["host"] == HOST and back["state"] == "stopped"
+    assert (pool.agent_dir / "vms" / back["id"] / "disk.qcow2").is_file()
 
     cloned = server.cli("vm", "clone", "rmweb", "rmcopy", "--snapshot", "s1", "--json")
     assert cloned.returncode == 0, cloned.stderr
@@ -97,6 +108,6 @@ def test_a_vm_on_a_remote_host_streams_exec_and_is_snapshotted_backed_up_and_clo
     assert (pool.agent_dir / "vms" / copy["id"] / "disk.qcow2").is_file()
 
     assert server.cli("vm", "snapshot", "delete", "rmweb", "s1").returncode == 0
-    for name in ("rmcopy", "rmweb"):
+    for name in ("rmback", "rmcopy", "rmweb"):
         assert server.cli("vm", "delete", name, "--force").returncode == 0
     assert wait_for(lambda: not list((pool.agent_dir / "vms").iterdir()), timeout=60)

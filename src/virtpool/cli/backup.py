@@ -15,6 +15,12 @@ app = typer.Typer(help="Backups of running VMs into a directory (full, then incr
                   no_args_is_help=True)
 
 
+def _on_host(source: Path, host: str | None) -> str:
+    """A directory of this machine is made absolute here; one of another host (--host) is
+    passed as written: it names a path there."""
+    return str(source) if host is not None else str(source.resolve())
+
+
 def _show(chain: BackupInfo) -> None:
     output.table(["FILE", "KIND", "SIZE", "CREATED"],
                  [(f.file, f.kind, f"{f.bytes / 2**20:.1f}M", f.created_at) for f in chain.files])
@@ -36,21 +42,25 @@ def create(name: str,
                      f"{newest.bytes / 2**20:.1f} MiB)", highlight=False)
 
 
+OnHost = Annotated[str | None, typer.Option(
+    "--host", help="the host whose directory it is (default: the server's own host)")]
+
+
 @app.command("list")
-def list_(source: Path, json: JsonFlag = False) -> None:
+def list_(source: Path, host: OnHost = None, json: JsonFlag = False) -> None:
     """The backup chain in a directory."""
     with output.errors():
-        chain = client().backup_chain(str(source.resolve()))
+        chain = client().backup_chain(_on_host(source, host), host=host)
     if json:
         return output.emit_json(chain)
     output.out.print(f"backups of VM '{chain.vm}' (image {chain.image}):", highlight=False)
     _show(chain)
 
 
-def restore(source: Path, name: str, json: JsonFlag = False) -> None:
-    """Make a new stopped VM from the newest state of a backup chain."""
+def restore(source: Path, name: str, host: OnHost = None, json: JsonFlag = False) -> None:
+    """Make a new stopped VM from the newest state of a backup chain (on --host: made there)."""
     with output.errors():
-        vm = client().restore_backup(str(source.resolve()), name)
+        vm = client().restore_backup(_on_host(source, host), name, host=host)
     if json:
         return output.emit_json(vm)
     output.out.print(f"VM '{vm.name}' restored from {source} ({output.state(vm.state.value)})")

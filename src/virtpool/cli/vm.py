@@ -45,7 +45,7 @@ VM_FLAGS = {"name": "NAME", "image": "--image", "cpus": "--cpus", "memory_mib": 
             "max_memory_mib": "--max-memory", "cpu_cap_pct": "--cpu-cap", "cpu_weight": "--cpu-weight",
             "disk_iops": "--disk-iops", "disk_bps": "--disk-bps", "cpu_affinity": "--cpu-affinity",
             "group": "--group", "required_labels": "--require-label", "weigher": "--weigher",
-            "ports": "--port", "cloud_init.user_data": "--cloud-init",
+            "ports": "--port", "host": "--host", "cloud_init.user_data": "--cloud-init",
             "cloud_init.network_config": "--network-config", "cloud_init.hostname": "--hostname",
             **{f"cloud_init.ssh_keys.{i}": "--ssh-key" for i in range(32)}, "cloud_init.ssh_keys": "--ssh-key"}
 # Beyond a VM's boot timeout, what --wait allows for the rest of a start (spawn, state writes).
@@ -96,6 +96,8 @@ def create(
     disk_bps: Annotated[str | None, typer.Option(help="disk bytes per second limit, e.g. 50M")] = None,
     cpu_affinity: Annotated[str | None, typer.Option(help="host CPUs to run on, e.g. 0,2-3")] = None,
     group: Annotated[str | None, typer.Option(help="placement group (`virtpool group list`)")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="run it on this host (`virtpool host list`); refused, with the reason, if it does not fit")] = None,
     require_label: Annotated[list[str] | None, typer.Option(
         "--require-label", help="only hosts with this key=value label; repeat")] = None,
     weigher: Annotated[str | None, typer.Option(
@@ -148,7 +150,8 @@ def create(
         vm = api.create_vm(name, image=image, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib,
                            ports=forwards, kernel_args=kernel_args, accel=accel, start=start,
                            group=group, required_labels=parse_labels(require_label or []),
-                           weigher=weigher, networks=network or [], cloud_init=seed, **limits)
+                           weigher=weigher, networks=network or [], host=host, cloud_init=seed,
+                           **limits)
         if start:
             _follow(api, vm, VMState.RUNNING, wait, wait_timeout, json)
             return

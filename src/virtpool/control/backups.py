@@ -11,7 +11,8 @@ from __future__ import annotations
 from virtpool.control.events import EventLog
 from virtpool.control.vms import VMService
 from virtpool.model.backup import BackupInfo
-from virtpool.model.errors import Conflict
+from virtpool.control.detached import NoAgentAttached
+from virtpool.model.errors import Conflict, InvalidRequest
 from virtpool.model.spec import VMSpec
 from virtpool.model.states import VMState
 from virtpool.model.vm import VMInfo
@@ -37,14 +38,29 @@ class BackupService:
                      f"{newest.bytes / MIB:.1f} MiB) into {target}")
         return chain
 
-    def read(self, source: str) -> BackupInfo:
-        return self._vms.local_agent().read_backup(source)
+    def read(self, source: str, *, host: str | None = None) -> BackupInfo:
+        """The chain in ``source`` on ``host`` (default: the control plane's own host)."""
+        try:
+            agent = self._vms.agent_on(host or self._vms.local_host)
+        except NoAgentAttached as err:
+            if host is not None:
+                raise
+            raise InvalidRequest(f"{source} is a directory on a host, and this control plane has no "
+                                 "host of its own", hint="name the host whose directory it is: --host NAME") from err
+        return agent.read_backup(source)
 
-    def restore(self, source: str, name: str, *, project_id: str) -> VMInfo:
-        chain = self.read(source)
+    def restore(self, source: str, name: str, *, host: str | None = None, project_id: str) -> VMInfo:
+        """A new stopped VM from the chain in ``source`` on ``host``, made on that host."""
+        chain = self.read(source, host=host)
         disk_mib = -(-chain.disk_bytes // MIB)
         vm = self._vms.create(VMSpec(name=name, image=chain.image, disk_mib=disk_mib), project_id=project_id)
         try:
+            if host is not None and vm.host != host:
+                # Placement chose another host; the chain can only be read where it is.
+                raise Conflict(f"the new VM was placed on host '{vm.host}', but the chain is on "
+                               f"host '{host}'; nothing was restored",
+                               hint=f"make room on '{host}', or copy the chain to '{vm.host}' and "
+                                    "restore it from there")
             self._vms.agent_of(vm).restore_backup(vm.id, source)
         except BaseException:
             self._vms.delete(vm.id, force=True)

@@ -33,9 +33,10 @@ NOT_MADE = ("virtpool stopped while VM '{name}' was being created; it was not cr
 
 
 def cut_off_creates(operations: OperationService) -> list[Operation]:
-    """The create-and-boot operations a previous run left unfinished (read before those are
-    failed as interrupted, and before the VMs are reconciled)."""
-    return operations.list(status="running", kind="vm.create", limit=MAX_CUT_OFF)
+    """The create-and-boot operations this process's previous run left unfinished (read before
+    those are failed as interrupted, and before the VMs are reconciled)."""
+    return operations.list(status="running", kind="vm.create", owner=operations.owner,
+                           limit=MAX_CUT_OFF)
 
 
 def settle_cut_off(cut_off: list[Operation], asked_to_boot: list[str], vms: VMService,

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import Engine, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -57,6 +57,10 @@ HostCallback = Callable[[str], None]
 Clock = Callable[[], datetime]
 
 
+_LEASES = HostLeaseRow.__table__
+_USAGE = HostUsageRow.__table__
+
+
 class StaleLease(Conflict):
     """A renewal with an epoch that is not the host's current one."""
 
@@ -73,6 +77,7 @@ class LeaseService:
                  on_state: Callable[[str], None] | None = None, clock: Clock = utcnow,
                  max_heartbeats_per_s: float = MAX_HEARTBEATS_PER_S) -> None:
         self._sessions = sessions
+        self._engine: Engine = sessions.kw["bind"]
         self._events = events
         self._audit = audit
         self._on_lost = on_lost
@@ -128,6 +133,7 @@ class LeaseService:
                                                  renewed_at=now, lapsed=False))
                     else:
                         lease.epoch, lease.expires_at, lease.renewed_at = epoch, expires, now
+                        lease.lapsed = False  # back now, not at its first renewal
             except IntegrityError:
                 continue
             if was_lapsed:
@@ -145,6 +151,19 @@ class LeaseService:
         """
         now = self._clock()
         grant, expires = self._grant(host, epoch, now)
+        # The usual case, as cheap as it can be (400 a second at 10,000 hosts): one UPDATE on
+        # the narrow lease row (and one on the usage row) on a plain connection, no ORM session.
+        with self._engine.begin() as conn:
+            renewed = conn.execute(
+                update(_LEASES)
+                .where(_LEASES.c.host == host, _LEASES.c.epoch == epoch, _LEASES.c.lapsed.is_(False))
+                .values(expires_at=expires, renewed_at=now)).rowcount == 1
+            reported = usage is None or (renewed and conn.execute(
+                update(_USAGE).where(_USAGE.c.host == host)
+                .values(reported_at=now, **usage.model_dump())).rowcount == 1)
+        if renewed and reported:
+            return grant
+        # A first usage report, a stale epoch, or a host coming back: the full path.
         back = False
         with self._sessions.begin() as session:
             done = session.execute(

@@ -1,17 +1,25 @@
 """Operations: the record of long actions, so that a client can follow one to its end.
 
 An operation is written before the work it describes starts and is finished (succeeded or
-failed) by whoever does that work. Waiters in this process are woken on every change; a change
-made by another process sharing the database is seen at the next bounded recheck.
+failed) by whoever does that work: the process whose instance id it records as its owner.
+Waiters in this process are woken on every change; a change made by another process sharing
+the database is seen at the next bounded recheck.
+
+Several control-plane processes (`virtpool up` on several hosts, several `virtpool server`s)
+may share one database. Each has an instance id kept in its data dir, the same across its
+restarts and different from every other's, so that a restart fails only what it left
+unfinished itself.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from virtpool.control.changes import Changes
@@ -23,16 +31,40 @@ INTERRUPTED = ("virtpool restarted while this operation ran, so its outcome was 
                "look at its target to see where it got to, and ask again if needed")
 
 
+INSTANCE_FILE = "instance.id"
+
+
+def instance_id(data_dir: Path) -> str:
+    """This control-plane process's owner id: made on its data dir's first start, then kept."""
+    path = data_dir / INSTANCE_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as existing:
+            value = existing.read(64).strip()
+        if value:
+            return value
+        path.unlink()  # an empty file: a crash between create and write; make it again
+        return instance_id(data_dir)
+    value = uuid.uuid4().hex
+    with os.fdopen(fd, "w") as made:
+        made.write(value + "\n")
+    return value
+
+
 class OperationService:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], owner: str | None = None) -> None:
         self._sessions = sessions
         self._changes = Changes()
+        self.owner = owner or uuid.uuid4().hex  # tests without a data dir: a one-off owner
 
     def begin(self, kind: str, target: str | None, *, actor: str, project_id: str | None = None,
               message: str | None = None) -> Operation:
-        """Record a new running operation."""
+        """Record a new running operation, owned by this process."""
         row = OperationRow(id=uuid.uuid4().hex, kind=kind, target=target, project_id=project_id,
-                           actor=actor, status="running", progress=0, message=message)
+                           actor=actor, status="running", progress=0, message=message,
+                           owner=self.owner)
         with self._sessions.begin() as session:
             session.add(row)
         self._changes.notify()
@@ -61,12 +93,14 @@ class OperationService:
         self._changes.notify()
 
     def fail_interrupted(self, keep: Collection[str] = ()) -> int:
-        """At start: operations left unfinished by a process that died can never finish (but
-        those in ``keep``, which this process carries on)."""
+        """At start: the operations this process's previous run left unfinished can never
+        finish (but those in ``keep``, which it carries on). Other processes' operations are
+        theirs to finish; those recorded before operations had owners are failed too."""
         with self._sessions.begin() as session:
             result = session.execute(
                 update(OperationRow)
-                .where(OperationRow.status.in_(["pending", "running"]), OperationRow.id.not_in(list(keep)))
+                .where(OperationRow.status.in_(["pending", "running"]), OperationRow.id.not_in(list(keep)),
+                       or_(OperationRow.owner == self.owner, OperationRow.owner.is_(None)))
                 .values(status="failed", error=INTERRUPTED, message="interrupted", updated_at=utcnow()))
         return result.rowcount
 
@@ -79,11 +113,13 @@ class OperationService:
             return _operation(row)
 
     def list(self, *, project_id: str | None = None, status: str | None = None,
-             kind: str | None = None, target: str | None = None, limit: int = 50) -> list[Operation]:
-        """The most recent operations first."""
+             kind: str | None = None, target: str | None = None, owner: str | None = None,
+             limit: int = 50) -> list[Operation]:
+        """The most recent operations first (``owner``: only those of that process)."""
         query = select(OperationRow).order_by(OperationRow.created_at.desc(), OperationRow.id).limit(limit)
         for column, value in ((OperationRow.project_id, project_id), (OperationRow.status, status),
-                              (OperationRow.kind, kind), (OperationRow.target, target)):
+                              (OperationRow.kind, kind), (OperationRow.target, target),
+                              (OperationRow.owner, owner)):
             if value is not None:
                 query = query.where(column == value)
         with self._sessions() as session:

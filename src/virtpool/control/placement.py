@@ -211,6 +211,9 @@ class Placer:
                  weigher: str | None = None) -> Placed:
         """Choose a host for a new VM and claim it in ``session``'s transaction."""
         group_row = group_by_name(session, project_id, spec.group) if spec.group else None
+        if spec.host is not None and session.get(HostRow, spec.host) is None:
+            raise NotFound(f"no host named '{spec.host}' to pin VM '{spec.name}' to",
+                           hint="see `virtpool host list` for the pool's hosts")
         request = PlacementRequest(
             vm=spec.name, cpus=spec.cpus, memory_mib=spec.boot_memory_mib,
             disk_mib=spec.disk_mib, project=project_id,
@@ -218,7 +221,7 @@ class Placer:
             group=(Group(group_row.name, group_row.policy, group_row.hard)  # type: ignore[arg-type]
                    if group_row else None),
             accel="kvm" if spec.accel == "kvm" else None, weigher=spec.weigher,
-            host_cpus=host_cpus_needed(spec),
+            host_cpus=host_cpus_needed(spec), host=spec.host,
         )
         started = time.perf_counter()
         try:

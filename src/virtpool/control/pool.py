@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from virtpool.control.interrupted_creates import cut_off_creates, settle_cut_off
 from virtpool.control.networks import NetworkService
 from virtpool.control.leases import Leadership, LeaseService, LocalHeartbeat, Loop
 from virtpool.control.metrics import ControlPlaneMetrics, PoolCollector, Scrape
-from virtpool.control.operations import OperationService
+from virtpool.control.operations import OperationService, instance_id
 from virtpool.control.pki import Files
 from virtpool.control.placement import Placer
 from virtpool.control.projects import ProjectService
@@ -56,6 +57,7 @@ from virtpool.model.lease import MONITOR_PERIOD_S
 
 log = logging.getLogger(__name__)
 NETWORK_ROUND_S = 30.0  # how soon a host's networks heal after a converge it missed
+BACK_ATTEMPTS, BACK_RETRY_S = 5, 5.0  # converging a host that came back
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class Pool:
         self.enrolment = Enrolment(sessions, self.ca, self.hosts.local)
         self.agents = AgentRegistry(sessions, self.hosts.local, agent, remote=self._remote_agent)
         self.join_url: str | None = None  # where agents join, once the listener serves
-        self.operations = OperationService(sessions)
+        self.operations = OperationService(sessions, instance_id(config.data_dir))
         # The pool's image store: this host's agent's (`up`), or the control plane's own.
         self.images = ImageService(sessions, images or self.agent, self.operations)
         self.vms = VMService(sessions, self.agents, images=self.images,
@@ -123,7 +125,7 @@ class Pool:
         self.usage = UsageRecorder(self.vms, self.agent)
         self.summary = Summary(sessions)
         self.leases = LeaseService(sessions, self.events, self.audit, on_lost=self.vms.host_lost,
-                                   on_back=self.vms.host_back, on_state=self.placer.invalidate)
+                                   on_back=self._host_back, on_state=self.placer.invalidate)
         self.hosts.leases = self.leases
         # The pool's background loops run on one server of those sharing the database.
         self.leader = Leadership(sessions, events=self.events)
@@ -153,6 +155,22 @@ class Pool:
         threading.Thread(target=self._reconcile_quietly, args=(host,), name=f"reconcile-{host}",
                          daemon=True).start()
 
+    def _host_back(self, host: str) -> None:
+        """A host renewed its lapsed lease: converge its VMs beside the heartbeat that said so
+        (which must not wait for the host's agent, nor fail when converging does)."""
+        threading.Thread(target=self._converge_back, args=(host,), name=f"back-{host}",
+                         daemon=True).start()
+
+    def _converge_back(self, host: str) -> None:
+        for attempt in range(BACK_ATTEMPTS):
+            try:
+                self.vms.host_back(host)
+                return
+            except VirtpoolError as err:  # a link that is only half healed: try again shortly
+                log.warning("converging host %s after it came back failed (attempt %d): %s",
+                            host, attempt + 1, err)
+                time.sleep(BACK_RETRY_S)
+
     def _reconcile_quietly(self, host: str) -> None:
         try:
             self.vms.reconcile(host)
@@ -169,8 +187,10 @@ class Pool:
 
     def start(self) -> bool:
         """Register this host, reconcile VMs and its usage counters with it, fail the
-        operations a previous run left unfinished; create the admin token on first start (True
-        then). A control-plane-only server has no host: it does none of that but the token."""
+        operations its previous run left unfinished (only its own: others sharing the database
+        carry on theirs); create the admin token on first start (True then). A
+        control-plane-only server has no host: it fails its own unfinished operations and
+        makes the token, nothing else."""
         if not self.config.control_only:
             self.hosts.register_local(self.agent.host_info())
             cut_off = cut_off_creates(self.operations)
@@ -192,6 +212,8 @@ class Pool:
             self.heartbeat = LocalHeartbeat(self.leases, self.hosts.local,
                                             agent_version=__version__)
             self.heartbeat.start()
+        else:
+            self.operations.fail_interrupted()
         self.leader.start()
         self.lease_monitor.start()
         self.network_rounds.start()

@@ -85,13 +85,13 @@ class Rebalancer:
                 claims.append(Claim(vm=key, host=vm.host, cpus=vm.cpus,
                                     memory_mib=vm.max_memory_mib, disk_mib=vm.disk_mib,
                                     project=vm.project_id, group=vm.group_id))
-                if vm.required_labels or vm.accel == "kvm":
+                if vm.required_labels or vm.accel == "kvm" or vm.pinned_host:
                     constraints[key] = PlacementRequest(
                         vm=key, cpus=max(vm.cpus, 1), memory_mib=max(vm.max_memory_mib, 1),
                         disk_mib=vm.disk_mib, project=vm.project_id,
                         required_labels=dict(vm.required_labels or {}),
                         group=groups.get(vm.group_id) if vm.group_id else None,
-                        accel="kvm" if vm.accel == "kvm" else None)
+                        accel="kvm" if vm.accel == "kvm" else None, host=vm.pinned_host)
         planner = plan_consolidation if consolidate else plan_rebalance
         return planner(hosts, claims, groups=groups, constraints=constraints,
                        threshold_pp=threshold_pp)

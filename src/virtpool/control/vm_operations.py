@@ -59,9 +59,27 @@ class VMOperations:
         events.listen(self._on_event)
 
     def create(self, spec: VMSpec, *, actor: str, project_id: str) -> Operation:
-        """Create and boot a VM in ``project_id``."""
-        vm = self._vms.create(spec, start=True, project_id=project_id)
-        return self._follow("vm.create", vm.id, vm.name, actor)
+        """Create and boot a VM in ``project_id``.
+
+        When its host must first fetch the image, the operation is written as the fetch begins
+        (so that it shows the fetch's progress) and fails with the create's error if the create
+        then fails; a create refused before that leaves no operation, as any refusal."""
+        fetching: Operation | None = None
+
+        def progress(percent: int, message: str) -> None:
+            nonlocal fetching
+            if fetching is None:
+                fetching = self._operations.begin("vm.create", spec.name, actor=actor,
+                                                  project_id=project_id, message=message)
+            self._operations.progress(fetching.id, percent, message)
+
+        try:
+            vm = self._vms.create(spec, start=True, project_id=project_id, progress=progress)
+        except Exception as err:
+            if fetching is not None:
+                self._operations.fail(fetching.id, str(err))
+            raise
+        return self._follow("vm.create", vm.id, vm.name, actor, fetching)
 
     def carry_on(self, op_id: str, vm_id: str) -> None:
         """Follow an existing create operation again (a restart found its VM booting on)."""
@@ -89,10 +107,13 @@ class VMOperations:
         vm = self._vms.restart(ref, timeout=timeout)
         return self._follow("vm.restart", vm.id, vm.name, actor)
 
-    def _follow(self, kind: str, vm_id: str, name: str, actor: str) -> Operation:
-        with self._sessions() as session:
-            project_id = session.scalar(select(VMRow.project_id).where(VMRow.id == vm_id))
-        op = self._operations.begin(kind, name, actor=actor, project_id=project_id)
+    def _follow(self, kind: str, vm_id: str, name: str, actor: str,
+                op: Operation | None = None) -> Operation:
+        """Follow the VM with ``op`` (or a new operation of ``kind``) from its state now."""
+        if op is None:
+            with self._sessions() as session:
+                project_id = session.scalar(select(VMRow.project_id).where(VMRow.id == vm_id))
+            op = self._operations.begin(kind, name, actor=actor, project_id=project_id)
         plan = PLANS[kind]
         with self._lock:
             previous = self._watching.get(vm_id)
@@ -118,13 +139,17 @@ class VMOperations:
             if watched is None:
                 return
             op_id, plan = watched
-            finished = state is None or state == plan.goal or state in FAILED_STATES
+            finished = state is None or state == plan.goal or state in FAILED_STATES or state == S.UNKNOWN
             if finished:
                 del self._watching[vm_id]
         if state is None:
             self._operations.fail(op_id, "the VM was deleted")
         elif state == plan.goal:
             self._operations.succeed(op_id, f"VM is {state.value}", {"vm": vm_id, "state": state.value})
+        elif state == S.UNKNOWN:
+            # Its host went out of reach mid-way: nobody can tell how far it got.
+            self._operations.fail(op_id, f"{error or 'its host is unreachable'}: this operation cannot "
+                                         "finish; the VM is reconciled when its host is back")
         elif state in FAILED_STATES:
             self._operations.fail(op_id, error or f"the VM {FAILED_STATES[state]}")
         elif state in plan.steps:

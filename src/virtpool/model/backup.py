@@ -42,4 +42,7 @@ class RestoreBackupRequest(BaseModel):
     model_config = REQUEST
 
     source: str = Field(min_length=1, max_length=4096, description="a backup directory on the host")
+    host: str | None = Field(default=None, min_length=1, max_length=255,
+                             description="the host whose directory holds the chain, where the new VM "
+                             "is made (default: the control plane's own host)")
     name: str = Field(pattern=f"^{NAME_PATTERN}$", description=f"the new VM: {NAME_RULE}")

@@ -261,6 +261,7 @@ class PlacementRequest:
     accel: HostAccel | None = None
     weigher: WeigherName | None = None
     host_cpus: int = 0  # the fewest host CPUs the VM's affinity and CPU cap need
+    host: str | None = None  # pinned: this host or none (`vm create --host`)
 
     def __post_init__(self) -> None:
         owner = f"VM '{self.vm}'"

@@ -92,6 +92,9 @@ class VMSpec(BaseModel):
         "else the server's)")
     # Where it may run (see control/placement.py); none of these reach QEMU.
     group: str | None = Field(default=None, description="placement group (`virtpool group list`)")
+    host: str | None = Field(default=None, min_length=1, max_length=255,
+                             description="pin to this host (`virtpool host list`); refused with "
+                                         "the scheduler's reason when it does not fit there")
     required_labels: dict[Annotated[str, Field(min_length=1, max_length=63)],
                           Annotated[str, Field(max_length=255)]] = Field(
         default_factory=dict, max_length=32, description="only hosts with every key=value label")

@@ -47,6 +47,7 @@ class VMInfo(BaseModel):
     state: VMState
     error: str | None
     host: str
+    pinned: bool = Field(default=False, description="created with --host: it stays on its host")
     boot_timeout_s: float | None = None  # what its boots wait for (None: the server's default)
     stopped_by: StopMethod | None = None  # how its last stop ended
     cloud_init: CloudInit | None = None  # its seed's user part (the instance-id is its id)

@@ -633,6 +633,17 @@ class LocalAgent:
             if isinstance(item, ExecResult):
                 return
 
+    def adopt_running(self) -> list[str]:
+        """At a standalone agent's start: take over the QEMUs of this host's VMs that outlived
+        the previous agent, so that they answer (exec, console, stats) from the first request
+        on, before the control plane's reconcile gets to them. Returns the VMs adopted."""
+        adopted = []
+        for vm_id in sorted(self.vm_ids()):
+            launch = self._launches.get(vm_id)
+            if self.adopt_vm(vm_id, launch.spec.name if launch is not None else vm_id) is not None:
+                adopted.append(vm_id)
+        return adopted
+
     def adopt_vm(self, vm_id: str, name: str) -> RunStatus | None:
         async def adopt() -> RunStatus | None:
             vm = self._vm(vm_id, name)

@@ -44,7 +44,10 @@ T = TypeVar("T")
 
 READY_POLL_S = 0.05  # between guest-agent pings while a guest boots
 MONITOR_TIMEOUT_S = 30.0  # from spawn until QEMU's monitor answers (devices set up)
-ATTACH_TIMEOUT_S = 10.0  # to reach the monitor of a QEMU found running
+# To reach the monitor of a QEMU found running. Generous: a QEMU that misses it is killed, and a
+# CPU-starved QEMU under TCG can take long to accept the monitor again after the previous
+# agent's connection died with it (kill -9).
+ATTACH_TIMEOUT_S = 30.0
 HARD_STOP_GRACE_S = 3.0  # after QMP 'quit', before SIGKILL
 BALLOON_EVENT_EVERY_S = 1.0  # a balloon move fires BALLOON_CHANGE many times: one event a second
 IO_ERROR_EVENT_EVERY_S = 1.0  # each failed request repeats BLOCK_IO_ERROR: one event a second

@@ -301,7 +301,7 @@ class Client:
                   accel: str = ..., start: Literal[False] = ..., group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
                   networks: Iterable[str] = ..., idempotency_key: str | None = ...,
-                  cloud_init: CloudInit | None = ...,
+                  cloud_init: CloudInit | None = ..., host: str | None = ...,
                   **limits: int | list[int] | None) -> VMInfo: ...
 
     @overload
@@ -310,7 +310,7 @@ class Client:
                   accel: str = ..., start: Literal[True], group: str | None = ...,
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
                   networks: Iterable[str] = ..., idempotency_key: str | None = ...,
-                  cloud_init: CloudInit | None = ...,
+                  cloud_init: CloudInit | None = ..., host: str | None = ...,
                   **limits: int | list[int] | None) -> Operation: ...
 
     def create_vm(self, name: str, *, image: str = "default", cpus: int = 1, memory_mib: int = 256,
@@ -319,11 +319,13 @@ class Client:
                   group: str | None = None, required_labels: dict[str, str] | None = None,
                   weigher: str | None = None, networks: Iterable[str] = (),
                   idempotency_key: str | None = None, cloud_init: CloudInit | None = None,
+                  host: str | None = None,
                   **limits: int | list[int] | None) -> VMInfo | Operation:
         """Create a VM and return it; with ``start``, create and boot it and return the
         operation to follow. ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight,
         disk_iops, disk_bps and cpu_affinity (a list of host CPUs). ``group``,
-        ``required_labels`` and ``weigher`` say where it may run and how hosts are ranked for it.
+        ``required_labels`` and ``weigher`` say where it may run and how hosts are ranked for it;
+        ``host`` pins it to one host (refused with the scheduler's reason when it does not fit).
         ``networks``: a NIC on each, written as for the CLI: "lan" or "lan,ip=10.20.0.5".
         ``cloud_init``: the user part of its NoCloud seed (user-data, SSH keys, hostname,
         network config).
@@ -332,7 +334,8 @@ class Client:
         sent again with it when the connection fails: the server answers a retry with what the
         first request made, so a create cut off in flight never makes two VMs. Pass your own key
         to retry a create yourself later (within 24 h)."""
-        placement = {"group": group, "required_labels": required_labels or {}, "weigher": weigher}
+        placement = {"group": group, "required_labels": required_labels or {}, "weigher": weigher,
+                     **({"host": host} if host is not None else {})}  # older servers lack it
         body = {**limits, **placement,
             "name": name, "image": image, "cpus": cpus, "memory_mib": memory_mib,
             "disk_mib": disk_mib, "kernel_args": kernel_args, "accel": accel, "start": start,
@@ -386,13 +389,15 @@ class Client:
         return BackupInfo.model_validate(self._call("POST", f"/vms/{name}/backups", json=body,
                                                     timeout=None).json())
 
-    def backup_chain(self, source: str) -> BackupInfo:
-        """The backup chain in the host directory ``source``."""
-        return BackupInfo.model_validate(self._call("GET", "/backups", params={"source": source}).json())
+    def backup_chain(self, source: str, *, host: str | None = None) -> BackupInfo:
+        """The backup chain in the directory ``source`` of ``host`` (default: the server's own)."""
+        params = {"source": source, **({"host": host} if host else {})}
+        return BackupInfo.model_validate(self._call("GET", "/backups", params=params).json())
 
-    def restore_backup(self, source: str, name: str) -> VMInfo:
-        """A new stopped VM ``name`` whose disk is the newest state of the chain in ``source``."""
-        body = {"source": source, "name": name}
+    def restore_backup(self, source: str, name: str, *, host: str | None = None) -> VMInfo:
+        """A new stopped VM ``name`` whose disk is the newest state of the chain in ``source``
+        (a directory of ``host``, where the VM is made; default: the server's own host)."""
+        body = {"source": source, "name": name, **({"host": host} if host else {})}
         return VMInfo.model_validate(self._call("POST", "/backups/restore", json=body, timeout=None).json())
 
     def start_vm(self, name: str) -> Operation:

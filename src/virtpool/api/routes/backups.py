@@ -29,8 +29,11 @@ def backup_vm(name: str, body: BackupRequest, pool: PoolDep, scope: Operator) ->
 
 @router.get("/backups", response_model=BackupInfo, summary="The backup chain in a host directory")
 def read_backup(pool: PoolDep, _: Admin,
-                source: Annotated[str, Query(min_length=1, max_length=4096)]) -> BackupInfo:
-    return pool.backups.read(source)
+                source: Annotated[str, Query(min_length=1, max_length=4096)],
+                host: Annotated[str | None, Query(min_length=1, max_length=255,
+                                                  description="the host whose directory it is")] = None,
+                ) -> BackupInfo:
+    return pool.backups.read(source, host=host)
 
 
 @router.post("/backups/restore", response_model=VMInfo, status_code=status.HTTP_201_CREATED,
@@ -38,4 +41,4 @@ def read_backup(pool: PoolDep, _: Admin,
 def restore_backup(body: RestoreBackupRequest, pool: PoolDep, scope: Operator) -> VMInfo:
     if not scope.caller.pool_admin:
         raise Forbidden(ADMIN_ONLY, hint="ask a pool admin to restore it")
-    return pool.backups.restore(body.source, body.name, project_id=scope.project)
+    return pool.backups.restore(body.source, body.name, host=body.host, project_id=scope.project)

@@ -152,7 +152,10 @@ class RemoteAgent:
     def _upload(self, files: Mapping[str, ByteStream]) -> str:
         upload = uuid.uuid4().hex
         for field, stream in files.items():
-            self._call("PUT", f"/v1/uploads/{upload}/{field}", content=iter(stream), timeout=BUILD_TIMEOUT_S)
+            # The ordinary call timeout, per write and for the answer: a host that takes no
+            # bytes for that long is out of reach (a lost link must not stall a create for the
+            # length of a build).
+            self._call("PUT", f"/v1/uploads/{upload}/{field}", content=iter(stream))
         return upload
 
     def image_file(self, name: str, file: str) -> Iterator[bytes]:

@@ -45,6 +45,8 @@ def _phrase(name: str, count: int, decision: Decision) -> str:
     be = _verb(count, "is", "are")
     if name == f.EXCLUDED:
         return f"{_verb(count, 'was', 'were')} already tried for this placement"
+    if name == f.PINNED.name:
+        return f"{be} not host '{request.host}', which the VM is pinned to"
     if name == f.HOST_STATE.name:
         states = ", ".join(f"{k} {_STATE_WORDS.get(state, state)}"
                            for state, k in decision.not_up.items())
@@ -97,6 +99,12 @@ def explain(decision: Decision) -> str:
                 f"({decision.weigher}; {of} hosts could take it)")
     if decision.hosts_total == 0:
         return f"no host can take '{vm}': the pool has no hosts"
+    pin = decision.request.host
+    if pin is not None:
+        # Pinned: only that host counts; say what keeps it from taking the VM.
+        why = [f"it {_phrase(name, 1, decision)}" for name in FILTER_NAMES
+               if name != f.PINNED.name and decision.removed.get(name)]
+        return f"host '{pin}' cannot take '{vm}': " + ", ".join(why or ["it is not in the pool"])
     return f"no host can take '{vm}': " + ", ".join(reasons(decision))
 
 
@@ -113,4 +121,6 @@ def refusal(decision: Decision) -> InsufficientResources:
         hint = "bring a host back up (`virtpool host list` shows their states)"
     else:
         hint = "relax the VM's constraints (labels, group, accelerator) or add a matching host"
+    if decision.request.host is not None:
+        hint += "; or pin it to another host (`virtpool host list`), or drop --host"
     return InsufficientResources(explain(decision), hint=hint)

@@ -37,6 +37,18 @@ class Filter:
     static: bool
 
 
+def pinned(arrays: HostArrays, request: PlacementRequest) -> np.ndarray | None:
+    """A VM pinned to a host (`vm create --host`) may go there only; every other filter still
+    applies to that host, so a refusal says why it cannot take the VM."""
+    if request.host is None:
+        return None
+    mask = np.zeros(len(arrays), dtype=bool)
+    index = arrays.index.get(request.host)
+    if index is not None:
+        mask[index] = True
+    return mask
+
+
 def host_state(arrays: HostArrays, request: PlacementRequest) -> np.ndarray:
     """Only hosts that are up take new VMs; draining, maintenance and down hosts never do."""
     return arrays.up_mask()
@@ -110,6 +122,7 @@ def disk(arrays: HostArrays, request: PlacementRequest) -> np.ndarray:
     return arrays.free[DISK] >= request.disk_mib
 
 
+PINNED = Filter("pinned", "not the pinned host", pinned, static=True)
 HOST_STATE = Filter("state", "host not up", host_state, static=True)
 ACCELERATOR = Filter("accel", "accelerator missing", accelerator, static=True)
 PROJECT = Filter("project", "host closed to the project", project, static=True)

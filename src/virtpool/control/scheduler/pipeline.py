@@ -28,6 +28,7 @@ from virtpool.model.resources import HOST_STATES, Claim, PlacementRequest
 # that a refusal names the most fundamental reason first (a host that is down "lacks memory"
 # too, but saying so would mislead).
 FILTERS: tuple[f.Filter, ...] = (
+    f.PINNED,  # one host or none; skipped unless the VM is pinned (`vm create --host`)
     f.HOST_STATE,  # cached; drain/maintenance/down hosts never take new VMs
     f.ACCELERATOR,  # cached per level; skipped unless the VM insists on KVM
     f.PROJECT,  # cached per project; skipped when no host is reserved for projects

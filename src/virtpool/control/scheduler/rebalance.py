@@ -182,7 +182,8 @@ class _Pool:
 
     def static_mask(self, request: PlacementRequest) -> np.ndarray:
         """Hosts that pass every filter that depends only on host attributes (cached)."""
-        key = (request.accel, request.project, tuple(sorted(request.required_labels.items())))
+        key = (request.accel, request.project, tuple(sorted(request.required_labels.items())),
+               request.host)
         mask = self._static.get(key)
         if mask is None:
             mask = self.eligible.copy()

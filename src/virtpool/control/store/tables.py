@@ -134,6 +134,7 @@ class OperationRow(Base):
     """A long action (create and start, stop, image build) that a client can follow."""
 
     __tablename__ = "operations"
+    __table_args__ = (Index("ix_operations_owner_status", "owner", "status"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
@@ -145,6 +146,8 @@ class OperationRow(Base):
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # The instance id of the control-plane process running it (control/operations.py).
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), default=utcnow, onupdate=utcnow
@@ -166,6 +169,7 @@ class VMRow(Base):
         ForeignKey("groups.id", name="fk_vms_group", ondelete="SET NULL"), nullable=True
     )
     required_labels: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    pinned_host: Mapped[str | None] = mapped_column(String(255), nullable=True)  # `--host`
     image: Mapped[str] = mapped_column(String(63))
     cpus: Mapped[int] = mapped_column(Integer)
     memory_mib: Mapped[int] = mapped_column(Integer)

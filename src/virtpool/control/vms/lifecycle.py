@@ -35,6 +35,7 @@ from virtpool.control.networks import NetworkService
 from virtpool.control.placement import Placed, Placer, claim_delta
 from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, PortRow, VMRow, utcnow
 from virtpool.control.vms import admission, reconcile
+from virtpool.control.vms.fetch import FetchProgress, Report
 from virtpool.control.vms.records import held as _held
 from virtpool.control.vms.records import info as _info
 from virtpool.control.vms.records import spec as _spec
@@ -214,9 +215,11 @@ class VMService:
 
     # -- create ---------------------------------------------------------------------------
 
-    def create(self, spec: VMSpec, *, start: bool = False, project_id: str = DEFAULT_PROJECT) -> VMInfo:
+    def create(self, spec: VMSpec, *, start: bool = False, project_id: str = DEFAULT_PROJECT,
+               progress: Report | None = None) -> VMInfo:
         """Validate, place, record (within the project's quota), make the disk; on any failure
-        nothing is left behind."""
+        nothing is left behind. ``progress`` hears how far the image has been sent when the
+        host must fetch it first."""
         image = self._images.get(spec.image)
         self._check_name_free(spec.name, project_id)
         # The VM keeps the timeout it was created with: its own, else its image's, else the
@@ -230,7 +233,7 @@ class VMService:
         if agent is not None:
             try:
                 admission.check_ports_free(agent, spec.ports)
-                self._ensure_image(agent, host, spec.image)
+                self._ensure_image(agent, host, spec.image, progress)
                 agent.create_disk(vm_id, spec.image, spec.disk_mib)
             except BaseException:
                 try:
@@ -307,6 +310,7 @@ class VMService:
             memory_mib=spec.memory_mib, disk_mib=spec.disk_mib, kernel_args=spec.kernel_args,
             accel=spec.accel, state=S.CREATING.value, host=placed.host,
             group_id=placed.group_id, required_labels=spec.required_labels or None,
+            pinned_host=spec.host,
             max_memory_mib=spec.boot_memory_mib, cpu_cap_pct=spec.cpu_cap_pct,
             cpu_weight=spec.cpu_weight, disk_iops=spec.disk_iops, disk_bps=spec.disk_bps,
             cpu_affinity=spec.cpu_affinity, slot=slot, boot_timeout_s=spec.boot_timeout_s,
@@ -589,20 +593,29 @@ class VMService:
         """This host's agent (backup directories named on it are read through it)."""
         return self._agents.for_host(self.local_host)
 
+    def agent_on(self, host: str) -> Agent:
+        """The agent of ``host``; raises NoAgentAttached when it has none."""
+        return self._agents.for_host(host)
+
     def agent_of(self, vm: VMInfo) -> Agent:
         """The agent of the VM's host; raises NoAgentAttached when none is."""
         return self._agent_of(vm)
 
-    def _ensure_image(self, agent: Agent, host: str, image: str) -> None:
+    def _ensure_image(self, agent: Agent, host: str, image: str, progress: Report | None = None) -> None:
         """The host has the image, fetched from the pool's image store if it lacked it
-        (streamed; the agent checks every file's SHA-256 against the manifest, and keeps it)."""
+        (streamed; the agent checks every file's SHA-256 against the manifest, and keeps it).
+        ``progress`` hears how far the bytes got."""
         try:
             agent.get_image(image)
             return
         except NotFound:
             pass
         log.info("host %s lacks image %s; sending it", host, image)
-        agent.receive_image(self._images.get(image), self._images.files(image))
+        info = self._images.get(image)
+        files = self._images.files(image)
+        if progress is not None:
+            files = FetchProgress(info, host, progress).wrap(files)
+        agent.receive_image(info, files)
 
     def _agent_of(self, vm: VMInfo) -> Agent:
         """The agent of the VM's host; NoAgentAttached when that host has none."""
@@ -654,12 +667,16 @@ class VMService:
         return back
 
     def host_back(self, host: str) -> None:
-        """Converge the VMs of a host that is back: what the pool wants against what runs."""
-        agent = self._agent_or_none(host)
-        if agent is None:
+        """Converge the VMs of a host that is back: what the pool wants against what runs.
+
+        Every VM of the host, not only those that were UNKNOWN: an operation the lost host cut
+        short left its VM in a state of its own (a boot that gave up is ERROR though its QEMU
+        may run there, a stop or delete stays STOPPING or DELETING), and a create that gave up
+        may have left files that no record claims."""
+        if self._agent_or_none(host) is None:
             return
-        for vm in self.restore_known(host):
-            self._reconcile_one(agent, vm)
+        self.restore_known(host)
+        self.reconcile(host)
 
     # -- what hosts report, and restarts ----------------------------------------------------
 

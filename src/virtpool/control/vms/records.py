@@ -27,7 +27,7 @@ def info(row: VMRow) -> VMInfo:
         cpu_cap_pct=row.cpu_cap_pct, cpu_weight=row.cpu_weight, disk_iops=row.disk_iops,
         disk_bps=row.disk_bps, cpu_affinity=row.cpu_affinity, state=VMState(row.state), error=row.error,
         nics=[NicView(network=n.network.name, mac=n.mac, address=n.address) for n in row.nics],
-        host=row.host, created_at=row.created_at, updated_at=row.updated_at,
+        host=row.host, pinned=row.pinned_host is not None, created_at=row.created_at, updated_at=row.updated_at,
         started_at=row.started_at,
         address=row.nics[0].address if row.nics else (
             f"127.0.0.1:{row.ports[0].host_port}" if row.ports else None),

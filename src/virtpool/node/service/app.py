@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,6 +42,7 @@ CHUNK = 1 << 20
 MAX_WAIT_S = 30.0
 MAX_LOG_CHUNK = 4 << 20
 UPLOAD_FIELDS = ("kernel", "initrd", "disk")
+UPLOAD_TTL_S = 3600.0  # an upload not imported within this is abandoned
 
 
 class Revocations:
@@ -131,9 +133,22 @@ def _caller(request: Request) -> None:
 Caller = Annotated[None, Depends(_caller)]
 
 
+def _sweep_uploads(uploads: Path, older_than_s: float = UPLOAD_TTL_S) -> None:
+    """Remove uploads that were never imported (the control plane stopped between sending the
+    files and asking for the import)."""
+    cutoff = time.time() - older_than_s
+    for entry in uploads.iterdir():
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+
+
 def create_app(agent: LocalAgent, revoked: Revocations, uploads: Path) -> FastAPI:
     app = FastAPI(title="virtpool agent", version=__version__, docs_url=None, redoc_url=None)
     uploads.mkdir(mode=0o700, exist_ok=True)
+    _sweep_uploads(uploads, older_than_s=0)  # at start no upload can be under way
 
     @app.exception_handler(VirtpoolError)
     async def virtpool_error(_: Request, err: VirtpoolError) -> JSONResponse:
@@ -179,10 +194,16 @@ def create_app(agent: LocalAgent, revoked: Revocations, uploads: Path) -> FastAP
         if field not in UPLOAD_FIELDS or len(upload) != 32 or not all(c in "0123456789abcdef" for c in upload):
             raise InvalidRequest(f"no upload field '{field}'", hint=f"one of {', '.join(UPLOAD_FIELDS)}")
         directory = uploads / upload
+        await asyncio.to_thread(_sweep_uploads, uploads)
         directory.mkdir(mode=0o700, exist_ok=True)
-        with (directory / field).open("wb") as out:
-            async for chunk in request.stream():
-                await asyncio.to_thread(out.write, chunk)
+        try:
+            with (directory / field).open("wb") as out:
+                async for chunk in request.stream():
+                    await asyncio.to_thread(out.write, chunk)
+        except BaseException:
+            # The sender went away mid-stream (its link was cut, it gave up): nothing of it is kept.
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         return Response(status_code=204)
 
     @app.post("/v1/images/{name}", response_model=ImageInfo)

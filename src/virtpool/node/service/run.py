@@ -59,6 +59,9 @@ def serve(options: AgentOptions, announce: Callable[[str], None] = print) -> Non
                              hint="drop --name, or use another --data-dir")
     ids.check_key(identity)
     agent = LocalAgent(options.data_dir, net_prefix=options.net_prefix)
+    adopted = agent.adopt_running()
+    if adopted:
+        log.info("adopted %d running VM(s) of the previous agent", len(adopted))
     revoked = Revocations(options.data_dir / "revoked.json")
 
     def refused(why: str) -> None:
