@@ -177,6 +177,40 @@ def make_server(tmp_path_factory: pytest.TempPathFactory, cache: Path | None, na
     return server
 
 
+class JoinedAgent:
+    """A real `virtpool agent` process joined to ``server`` (its own data dir, HTTPS on
+    loopback, mutual TLS with the pool CA); ``stop()`` ends it and its process group."""
+
+    def __init__(self, server: Server, data: Path, name: str, net_prefix: str) -> None:
+        token = server.api().join_token(600)["token"]
+        join = (server.data_dir / "join.url").read_text().strip()
+        self.log_path = data.parent / f"{name}-agent.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [VIRTPOOL, "agent", "--server", join, "--join", token, "--data-dir", str(data),
+             "--listen", "127.0.0.1:0", "--name", name, "--net-prefix", net_prefix],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.address = None
+        deadline = time.monotonic() + 60
+        while self.address is None and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"virtpool agent exited: {self.log_path.read_text()}")
+            view = next((h for h in server.api().hosts() if h.name == name), None)
+            # Joined once it is up with its capacity (a create placed before that finds none).
+            joined = view is not None and view.state == "up" and view.memory_mib.physical > 0
+            self.address = view.address if joined else None
+            time.sleep(0.2)
+        if self.address is None:
+            self.stop()
+            raise RuntimeError(f"virtpool agent did not join: {self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=90)  # it detaches its VMs first; slow on a loaded machine
+        self._log.close()
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[str]:
     """One throwaway PostgreSQL server for the session; tests make their own databases in it."""

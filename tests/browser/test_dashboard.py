@@ -8,11 +8,13 @@ import re
 import time
 from collections.abc import Callable
 
+import httpx
 import pytest
 from playwright.sync_api import expect
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.browser.conftest import BOOT_TIMEOUT_S, Dashboard
-from tests.conftest import Server, qemu_pids
+from tests.conftest import Server, qemu_pids, wait_for
 
 pytestmark = [pytest.mark.vm, pytest.mark.browser]
 
@@ -20,6 +22,16 @@ pytestmark = [pytest.mark.vm, pytest.mark.browser]
 
 def admin_token(srv: Server) -> str:
     return (srv.data_dir / "admin.token").read_text().strip()
+
+
+def transmitted(srv: Server, vm: str) -> float | None:
+    """The VM's network transmit counter in /metrics (None: no such series)."""
+    text = httpx.get(f"{srv.api().url}/metrics", headers={"Authorization": f"Bearer {admin_token(srv)}"}).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "virtpool_vm_network_transmit_bytes_total" and sample.labels.get("vm") == vm:
+                return sample.value
+    return None
 
 
 def test_sign_in_create_console_stop_delete(pool: Server, dashboard: Callable[[str], Dashboard]) -> None:
@@ -63,6 +75,37 @@ def test_sign_in_create_console_stop_delete(pool: Server, dashboard: Callable[[s
     # Live graphs fill from the usage history (a sample every 5 s).
     expect(page.locator("#graph-note")).to_contain_text(re.compile(r"[2-9]\d* samples|\d{2,} samples"), timeout=60_000)
     assert page.locator(".uplot").count() == 4
+
+    # Traffic from the guest: its transmit counter rises in /metrics, and the network graph
+    # draws points (the default network's counters come from the guest agent).
+    # (The guest agent is asked in the background: on a busy host its first answer may take a while.)
+    before = wait_for(lambda: transmitted(pool, "dbweb"), timeout=60, interval=1)
+    assert before is not None, "no network counter for dbweb in /metrics"
+    pool.api().exec("dbweb", ["ping", "-c", "20", "-i", "0.05", "-W", "1", "-s", "1000", "10.0.2.2"], timeout=60)
+    assert wait_for(lambda: (transmitted(pool, "dbweb") or 0) >= before + 20_000, timeout=60, interval=1)
+    expect(page.locator('[data-chart="net"]')).to_have_attribute("data-points", re.compile(r"^([2-9]|\d{2,})$"),
+                                                                timeout=60_000)
+    expect(page.locator("h4", has_text="Network")).to_have_text("Network")
+
+    # The history is the database's: after a restart of the platform (the VM runs on), the VM
+    # page still shows the samples taken before it.
+    kept = pool.api().vm("dbweb")
+    seen = int(page.locator('[data-chart="cpu"]').get_attribute("data-points") or 0)
+    assert tab.errors == [], tab.errors
+    page.close()  # its server goes away: what it would log then is no dashboard fault
+    restarted_at = time.time()
+    pool.stop()
+    pool.start()  # on a new port: a new tab
+    assert pool.api().vm("dbweb").started_at == kept.started_at  # the same QEMU, not a new boot
+    tab = dashboard(pool.api().url).sign_in(admin_token(pool))
+    page = tab.page
+    tab.open("vm/default/dbweb")
+    expect(page.locator('[data-chart="cpu"]')).to_have_attribute("data-points", re.compile(r"^\d+$"))
+    assert int(page.locator('[data-chart="cpu"]').get_attribute("data-points") or 0) >= seen
+    history = httpx.get(f"{pool.api().url}/api/v1/vms/dbweb/history",
+                        headers={"Authorization": f"Bearer {admin_token(pool)}"}).json()
+    assert history["points"][0]["t"] < restarted_at - 10, history["points"][:2]
+    expect(page.locator("#console-state")).to_have_text("connected", timeout=30_000)
     expect(page.locator("#vm-events")).to_contain_text("VM 'dbweb' is running")
     expect(page.locator("#vm-ops")).to_contain_text("vm.create")
     tab.shot("03-vm-running")

@@ -101,6 +101,19 @@ def test_prometheus_scrapes_a_running_vms_cpu_counter(pool: Server, prometheus: 
     assert float(allocated[0]["value"][1]) >= 256 * 1024 * 1024
     assert query(prometheus, "virtpool_api_request_duration_seconds_count") != []
     assert query(prometheus, "virtpool_placement_duration_seconds_count > 0") != []
+
+    # Network counters: traffic the guest sends (20 pings of 1000 bytes) raises its transmit
+    # counter as Prometheus scraped it, labelled by vm, project and host only.
+    sent = 'virtpool_vm_network_transmit_bytes_total{vm="dbprom"}'
+    first = wait_for(lambda: query(prometheus, sent), timeout=60, interval=1)
+    assert len(first) == 1, first
+    assert set(first[0]["metric"]) == {"__name__", "vm", "project", "host", "job", "instance"}
+    before = float(first[0]["value"][1])
+    api.exec("dbprom", ["ping", "-c", "20", "-i", "0.05", "-W", "1", "-s", "1000", "10.0.2.2"], timeout=60)
+    risen = wait_for(lambda: query(prometheus, f"{sent} >= {before + 20_000}"), timeout=60, interval=1)
+    assert risen, query(prometheus, sent)
+    for name in ("receive_bytes", "receive_packets", "transmit_packets"):
+        assert query(prometheus, f'virtpool_vm_network_{name}_total{{vm="dbprom"}}') != [], name
     api.delete_vm("dbprom", force=True)
 
 

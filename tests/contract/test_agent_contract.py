@@ -6,9 +6,7 @@ real `virtpool agent` process joined to a real `virtpool server` on loopback.
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
-import signal
 import subprocess
 import threading
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VIRTPOOL, link_image, make_server, passable, qemu_pids
+from tests.conftest import JoinedAgent, link_image, make_server, passable, qemu_pids, wait_for
 from virtpool.control.agents.remote import RemoteAgent
 from virtpool.model.agent import Agent
 from virtpool.model.errors import CommandTimeout, Conflict, NotFound, VirtpoolError
@@ -42,30 +40,20 @@ def agent(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         local.close()
         return
     server = make_server(tmp_path_factory, None, "contract-cp", command="server")
-    token = server.api().join_token(600)["token"]
-    join = (server.data_dir / "join.url").read_text().strip()
-    log = (data.parent / "agent.log").open("wb")
-    proc = subprocess.Popen([VIRTPOOL, "agent", "--server", join, "--join", token, "--data-dir", str(data),
-                             "--listen", "127.0.0.1:0", "--name", "pcc1", "--net-prefix", "pc"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        address = None
-        deadline = time.monotonic() + 60
-        while address is None and time.monotonic() < deadline:
-            assert proc.poll() is None, (data.parent / "agent.log").read_text()
-            view = next((h for h in server.api().hosts() if h.name == "pcc1"), None)
-            address = view.address if view is not None and view.state == "up" else None
-            time.sleep(0.2)
-        assert address, (data.parent / "agent.log").read_text()
+        joined = JoinedAgent(server, data, "pcc1", "pc")
+    except RuntimeError:
+        server.stop()
+        raise
+    try:
         time.sleep(1)  # the control plane's reconcile of the new host is done
         pki = server.data_dir / "pki"
-        remote = RemoteAgent("pcc1", address, ca=pki / "ca.crt", cert=pki / "control.crt",
+        remote = RemoteAgent("pcc1", joined.address, ca=pki / "ca.crt", cert=pki / "control.crt",
                              key=pki / "control.key", revoked=frozenset)
         yield remote, data
         remote.close()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        joined.stop()
         server.stop()
 
 
@@ -108,6 +96,21 @@ def test_a_vm_boots_answers_and_its_exit_is_in_the_event_feed(
         assert impl.exec_vm(vm_id, ["uname", "-n"], 60).stdout.strip() == "pcc"
         usage = impl.vm_stats(vm_id)
         assert isinstance(usage, VMUsage) and (usage.qemu_rss_mib or 0) > 0
+        # Network counters of the default network (its guest agent's), rising with traffic the
+        # guest sends: 20 pings of 1000 bytes are at least 20 kB out of its NIC.
+        # (Asked of the guest agent in the background: a guest on a busy host answers late.)
+        usage = wait_for(lambda: (u := impl.vm_stats(vm_id)).net_tx_bytes is not None and u, timeout=30,
+                         interval=1) or impl.vm_stats(vm_id)
+        assert usage.net_tx_bytes is not None and usage.net_tx_packets is not None, usage
+        impl.exec_vm(vm_id, ["ping", "-c", "20", "-i", "0.05", "-W", "1", "-s", "1000", "10.0.2.2"], 60)
+        # The guest agent is asked every few seconds in the background: the rise shows within that.
+        def risen() -> VMUsage | None:
+            now = impl.vm_stats(vm_id)
+            return now if (now.net_tx_bytes or 0) >= (usage.net_tx_bytes or 0) + 20_000 else None
+        after = wait_for(risen, timeout=30, interval=1) or impl.vm_stats(vm_id)
+        assert after.net_tx_bytes is not None and after.net_tx_bytes >= usage.net_tx_bytes + 20_000, (usage, after)
+        assert (after.net_tx_packets or 0) >= usage.net_tx_packets + 20
+        assert after.net_rx_bytes is not None and after.net_rx_bytes >= (usage.net_rx_bytes or 0)
         assert impl.adopt_vm(vm_id, "pcc") == "running"
         assert asyncio.run(_console_echo(impl, vm_id))
         data_log, _ = impl.read_log(vm_id)

@@ -21,7 +21,9 @@ _servers = itertools.count()
 def next_prefix() -> str:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     letters = string.ascii_lowercase
-    return f"nw{letters[int(worker or 0) % 26]}{letters[next(_servers) % 26]}"
+    # Two letters of its own per test run on a shared machine (VIRTPOOL_TEST_NET_PREFIX).
+    base = os.environ.get("VIRTPOOL_TEST_NET_PREFIX", "nw")[:2]
+    return f"{base}{letters[int(worker or 0) % 26]}{letters[next(_servers) % 26]}"
 
 
 def prefix_of(server: Server) -> str:

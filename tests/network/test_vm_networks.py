@@ -110,6 +110,25 @@ def test_two_vms_ping_and_exchange_tcp_both_ways(net_server: Server, lan: dict[s
     assert "from-a" in client_got and "from-b" in server_got
 
 
+def test_tap_counters_are_what_the_guests_sent_and_received(net_server: Server, lan: dict[str, str]) -> None:
+    # The host's counters of each tap, swapped to the guest's side: 20 pings of 1000 bytes from
+    # a to b are at least 20 kB out of a and into b (and as much back).
+    api = net_server.api()
+    before = {vm: api.vm_stats(vm) for vm in ("a", "b")}
+    assert all(s.net_rx_bytes is not None and s.net_tx_packets is not None for s in before.values()), before
+    code, out = sh(api, "a", f"ping -c 20 -i 0.05 -W 2 -s 1000 {lan['b']}")
+    assert code == 0, out
+    after = {vm: api.vm_stats(vm) for vm in ("a", "b")}
+    assert after["a"].net_tx_bytes >= before["a"].net_tx_bytes + 20_000  # type: ignore[operator]
+    assert after["b"].net_rx_bytes >= before["b"].net_rx_bytes + 20_000  # type: ignore[operator]
+    assert after["b"].net_tx_bytes >= before["b"].net_tx_bytes + 20_000  # type: ignore[operator]
+    assert after["a"].net_rx_packets >= before["a"].net_rx_packets + 20  # type: ignore[operator]
+    # The guest's own count agrees with its tap's (what the host put in is what it got).
+    _, guest_rx = sh(api, "b", "cat /sys/class/net/eth0/statistics/rx_bytes")
+    host_rx = api.vm_stats("b").net_rx_bytes or 0
+    assert abs(int(guest_rx.strip()) - host_rx) <= 0.05 * host_rx + 2000, (guest_rx, host_rx)
+
+
 def test_the_host_is_not_reachable_through_the_bridge(net_server: Server, lan: dict[str, str]) -> None:
     api = net_server.api()
     with socket.socket() as listener:

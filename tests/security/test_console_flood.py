@@ -29,11 +29,13 @@ FLOOD = "while :; do echo flood-flood-flood-flood-flood-flood-flood-flood; done"
 @pytest.fixture(scope="module")
 def flooded(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
     srv = make_server(tmp_path_factory, image_cache, "flood", boot_timeout=240.0, extra_args=("--log-cap", "1M"))
-    srv.api().create_vm("chatty", start=True)
-    vm = srv.api().wait_vm("chatty")
-    assert vm.state == "running", vm.error
-    yield srv
-    srv.cleanup()
+    try:  # a boot that fails must not leave the server running
+        srv.api().create_vm("chatty", start=True)
+        vm = srv.api().wait_vm("chatty")
+        assert vm.state == "running", vm.error
+        yield srv
+    finally:
+        srv.cleanup()
     assert qemu_pids(srv.data_dir) == [], "QEMU outlived its server's cleanup"
 
 

@@ -32,7 +32,14 @@ def create(name: str,
            incremental: Annotated[bool, typer.Option("--incremental", help="only what changed since the last "
                                                      "backup into --to")] = False,
            json: JsonFlag = False) -> None:
-    """Back a running VM's disk up while its guest keeps running."""
+    """Back a running VM's disk up while its guest keeps running.
+
+    Examples:
+
+        virtpool vm backup create web --to /srv/backups/web
+
+        virtpool vm backup create web --to /srv/backups/web --incremental
+    """
     with output.errors():
         chain = client().backup_vm(name, str(to.resolve()), incremental=incremental)
     if json:
@@ -48,7 +55,12 @@ OnHost = Annotated[str | None, typer.Option(
 
 @app.command("list")
 def list_(source: Path, host: OnHost = None, json: JsonFlag = False) -> None:
-    """The backup chain in a directory."""
+    """The backup chain in a directory.
+
+    Examples:
+
+        virtpool vm backup list /srv/backups/web
+    """
     with output.errors():
         chain = client().backup_chain(_on_host(source, host), host=host)
     if json:
@@ -58,7 +70,12 @@ def list_(source: Path, host: OnHost = None, json: JsonFlag = False) -> None:
 
 
 def restore(source: Path, name: str, host: OnHost = None, json: JsonFlag = False) -> None:
-    """Make a new stopped VM from the newest state of a backup chain (on --host: made there)."""
+    """Make a new stopped VM from the newest state of a backup chain (on --host: made there).
+
+    Examples:
+
+        virtpool vm restore-backup /srv/backups/web web-restored
+    """
     with output.errors():
         vm = client().restore_backup(_on_host(source, host), name, host=host)
     if json:

@@ -27,7 +27,14 @@ def create(
                                                       "when it must, not a rule")] = False,
     json: JsonFlag = False,
 ) -> None:
-    """Create a group; put VMs in it with `virtpool vm create NAME --group GROUP`."""
+    """Create a group; put VMs in it with `virtpool vm create NAME --group GROUP`.
+
+    Examples:
+
+        virtpool group create web-spread --policy anti-affinity
+
+        virtpool group create cache-near --policy affinity --soft
+    """
     if policy not in GROUP_POLICIES:
         output.fail(f"unknown policy '{policy}'", hint=f"one of: {', '.join(GROUP_POLICIES)}")
     with output.errors():
@@ -39,7 +46,14 @@ def create(
 
 @app.command("list")
 def list_(json: JsonFlag = False) -> None:
-    """Every group of the project, with its rule and how many VMs it has."""
+    """Every group of the project, with its rule and how many VMs it has.
+
+    Examples:
+
+        virtpool group list
+
+        virtpool group list --json
+    """
     with output.errors():
         groups = client().groups()
     if json:
@@ -49,7 +63,12 @@ def list_(json: JsonFlag = False) -> None:
 
 @app.command("show")
 def show(name: str, json: JsonFlag = False) -> None:
-    """One group and where its VMs run."""
+    """One group and where its VMs run.
+
+    Examples:
+
+        virtpool group show web-spread
+    """
     with output.errors():
         group = client().group(name)
     if json:
@@ -60,7 +79,12 @@ def show(name: str, json: JsonFlag = False) -> None:
 
 @app.command("delete")
 def delete(name: str, json: JsonFlag = False) -> None:
-    """Delete a group. Refused while it has VMs: delete them first."""
+    """Delete a group. Refused while it has VMs: delete them first.
+
+    Examples:
+
+        virtpool group delete web-spread
+    """
     with output.errors():
         client().delete_group(name)
     if json:

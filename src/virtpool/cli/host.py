@@ -24,7 +24,14 @@ def show(
     json: JsonFlag = False,
 ) -> None:
     """A host of the pool: state, lease, agent, allocation; without NAME, the CPUs, memory,
-    disk and accelerator of the host this server runs on."""
+    disk and accelerator of the host this server runs on.
+
+    Examples:
+
+        virtpool host show node1
+
+        virtpool host show node1 --json
+    """
     if name is not None:
         with output.errors():
             host = client().inventory_host(name)
@@ -73,7 +80,14 @@ def host_fields(h: HostView) -> list[tuple[str, object]]:
 @app.command("top")
 def top(once: Annotated[bool, typer.Option("--once", help="print once and exit")] = False,
         json: JsonFlag = False) -> None:
-    """Every VM on this host with its CPU, memory and disk use, refreshed live."""
+    """Every VM on this host with its CPU, memory and disk use, refreshed live.
+
+    Examples:
+
+        virtpool host top
+
+        virtpool host top --once --json
+    """
     from virtpool.cli.vm import live_table
 
     with output.errors():
@@ -89,7 +103,14 @@ def memory_policy(
     threshold: Annotated[str | None, typer.Option(help="reclaim guest memory when available falls below")] = None,
     json: JsonFlag = False,
 ) -> None:
-    """Show, or change, how the host's memory is shared between VMs."""
+    """Show, or change, how the host's memory is shared between VMs.
+
+    Examples:
+
+        virtpool host memory-policy
+
+        virtpool host memory-policy --budget 16G --threshold 1G
+    """
     with output.errors():
         api = client()
         if budget is None and threshold is None:
@@ -180,7 +201,14 @@ def set_ratio(
     json: JsonFlag = False,
 ) -> None:
     """Change a host's allocation ratios. A ratio that would leave its VMs holding more than
-    the host may promise is refused: move or delete VMs first."""
+    the host may promise is refused: move or delete VMs first.
+
+    Examples:
+
+        virtpool host set-ratio node1 --cpu 4 --memory 1.2
+
+        virtpool host set-ratio node1 --disk 2
+    """
     with output.errors():
         host = client().set_host_ratios(name, cpu=cpu, memory=memory, disk=disk)
     _show(host, json)
@@ -193,7 +221,14 @@ def label(
     remove: Annotated[list[str] | None, typer.Option("--remove", help="a key to remove; repeat")] = None,
     json: JsonFlag = False,
 ) -> None:
-    """Set (k=v) and remove (--remove k) labels; `vm create --require-label k=v` matches them."""
+    """Set (k=v) and remove (--remove k) labels; `vm create --require-label k=v` matches them.
+
+    Examples:
+
+        virtpool host label node1 rack=r1 ssd=yes
+
+        virtpool host label node1 --remove ssd
+    """
     pairs = parse_labels(labels or [])
     with output.errors():
         host = client().label_host(name, set=pairs, remove=remove or [])
@@ -213,7 +248,12 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 
 @app.command("drain")
 def drain(name: HostName, json: JsonFlag = False) -> None:
-    """Take no new VMs on a host (its VMs stay); `host state NAME up` undoes it."""
+    """Take no new VMs on a host (its VMs stay); `host state NAME up` undoes it.
+
+    Examples:
+
+        virtpool host drain node1
+    """
     with output.errors():
         host = client().set_host_state(name, "draining")
     _show(host, json)
@@ -225,7 +265,14 @@ def state(
     new: Annotated[str, typer.Argument(metavar="STATE", help=" | ".join(ADMIN_HOST_STATES))],
     json: JsonFlag = False,
 ) -> None:
-    """Set a host's state: up takes new VMs; draining, maintenance and down take none."""
+    """Set a host's state: up takes new VMs; draining, maintenance and down take none.
+
+    Examples:
+
+        virtpool host state node1 maintenance
+
+        virtpool host state node1 up
+    """
     if new not in ADMIN_HOST_STATES:
         output.fail(f"unknown host state '{new}'", hint=f"one of: {', '.join(ADMIN_HOST_STATES)}")
     with output.errors():
@@ -238,7 +285,14 @@ def join_token(
     expires: Annotated[str, typer.Option(help="how long it stays valid, e.g. 30m, 1h, 2d")] = "1h",
     json: JsonFlag = False,
 ) -> None:
-    """A one-time, expiring token for `virtpool agent --server URL --join TOKEN` (admin)."""
+    """A one-time, expiring token for `virtpool agent --server URL --join TOKEN` (admin).
+
+    Examples:
+
+        virtpool host join-token
+
+        virtpool host join-token --expires 30m --json
+    """
     seconds = parse_duration_s(expires)
     with output.errors():
         issued = client().join_token(seconds)
@@ -273,7 +327,14 @@ def add(
     accel: Annotated[str, typer.Option(help="kvm or tcg")] = "kvm",
     json: JsonFlag = False,
 ) -> None:
-    """Add an inventory row for a host whose agent is not connected yet (admin)."""
+    """Add an inventory row for a host whose agent is not connected yet (admin).
+
+    Examples:
+
+        virtpool host add node2 --cpus 16 --memory 64G --disk 1T
+
+        virtpool host add node3 --cpus 8 --memory 32G --disk 500G --label rack=r2
+    """
     try:
         memory_mib = parse_size_mib(memory, what="memory")
         disk_mib = parse_size_mib(disk, what="disk")
@@ -287,7 +348,12 @@ def add(
 
 @app.command("remove")
 def remove(name: HostName, json: JsonFlag = False) -> None:
-    """Remove an inventory row that holds no VM (admin)."""
+    """Remove an inventory row that holds no VM (admin).
+
+    Examples:
+
+        virtpool host remove node2
+    """
     with output.errors():
         client().remove_host(name)
     if json:

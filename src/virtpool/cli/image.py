@@ -26,6 +26,12 @@ def build(
     default: a kernel and initramfs (busybox, qemu-guest-agent) that boot in seconds.
     debian-12: a Debian 12 disk with GRUB, systemd, cloud-init, qemu-guest-agent and openssh
     (a few minutes to build; boots with BIOS on q35).
+
+    Examples:
+
+        virtpool image build default
+
+        virtpool image build default --wait-timeout 900
     """
     with output.errors():
         api = client()
@@ -41,7 +47,14 @@ def build(
 
 @app.command("list")
 def list_(json: JsonFlag = False) -> None:
-    """The images on this host."""
+    """The images on this host.
+
+    Examples:
+
+        virtpool image list
+
+        virtpool image list --json
+    """
     with output.errors():
         images = client().images()
     if json:
@@ -55,7 +68,12 @@ def list_(json: JsonFlag = False) -> None:
 
 @app.command("show")
 def show(name: ImageName, json: JsonFlag = False) -> None:
-    """One image: its files and their checksums."""
+    """One image: its files and their checksums.
+
+    Examples:
+
+        virtpool image show default
+    """
     with output.errors():
         image = client().image(name)
     if json:
@@ -73,7 +91,12 @@ def show(name: ImageName, json: JsonFlag = False) -> None:
 
 @app.command("delete")
 def delete(name: ImageName, json: JsonFlag = False) -> None:
-    """Delete an image no VM uses."""
+    """Delete an image no VM uses.
+
+    Examples:
+
+        virtpool image delete old-kernel
+    """
     with output.errors():
         client().delete_image(name)
     if json:
@@ -94,7 +117,14 @@ def import_(
         help="without --kernel: boot the disk's own bootloader with bios (SeaBIOS) or uefi (OVMF)")] = None,
     json: JsonFlag = False,
 ) -> None:
-    """Import your own kernel, initramfs and root disk, or a bootable disk alone (copied in)."""
+    """Import your own kernel, initramfs and root disk, or a bootable disk alone (copied in).
+
+    Examples:
+
+        virtpool image import tiny --kernel ./vmlinuz --initrd ./initrd.img --kernel-args 'console=ttyS0'
+
+        virtpool image import debian --disk ./debian.qcow2 --firmware uefi
+    """
     with output.errors():
         image = client().import_image(name, kernel=kernel, initrd=initrd, disk=disk,
                                       kernel_args=kernel_args, firmware=firmware)

@@ -32,7 +32,14 @@ def create(
     project: ProjectOption = None,
     json: JsonFlag = False,
 ) -> None:
-    """Create a network; put VMs on it with `virtpool vm create NAME --network NETWORK`."""
+    """Create a network; put VMs on it with `virtpool vm create NAME --network NETWORK`.
+
+    Examples:
+
+        virtpool network create lan --subnet 10.20.0.0/24
+
+        virtpool network create edge --subnet 10.30.0.0/24 --nat
+    """
     with output.errors():
         network = _client(project).create_network(name, subnet=subnet, nat=nat)
     if json:
@@ -43,7 +50,14 @@ def create(
 
 @app.command("list")
 def list_(project: ProjectOption = None, json: JsonFlag = False) -> None:
-    """Every network of the project."""
+    """Every network of the project.
+
+    Examples:
+
+        virtpool network list
+
+        virtpool network list --project team-a --json
+    """
     with output.errors():
         networks = _client(project).networks()
     if json:
@@ -54,7 +68,12 @@ def list_(project: ProjectOption = None, json: JsonFlag = False) -> None:
 
 @app.command("show")
 def show(name: str, project: ProjectOption = None, json: JsonFlag = False) -> None:
-    """One network and the NICs on it."""
+    """One network and the NICs on it.
+
+    Examples:
+
+        virtpool network show lan
+    """
     with output.errors():
         network = _client(project).network(name)
     if json:
@@ -68,7 +87,12 @@ def show(name: str, project: ProjectOption = None, json: JsonFlag = False) -> No
 
 @app.command("delete")
 def delete(name: str, project: ProjectOption = None, json: JsonFlag = False) -> None:
-    """Delete a network. Refused while VMs are on it: delete them first."""
+    """Delete a network. Refused while VMs are on it: delete them first.
+
+    Examples:
+
+        virtpool network delete lan
+    """
     with output.errors():
         _client(project).delete_network(name)
     if json:

@@ -85,7 +85,14 @@ def show(
     wait_timeout: Annotated[float, typer.Option("--wait-timeout", help="seconds to follow it")] = 600.0,
     json: JsonFlag = False,
 ) -> None:
-    """One operation; with --wait, follow it to its end (exit 1 if it failed)."""
+    """One operation; with --wait, follow it to its end (exit 1 if it failed).
+
+    Examples:
+
+        virtpool operation show 3f2a9c1e
+
+        virtpool operation show 3f2a9c1e --wait --wait-timeout 600
+    """
     with output.errors():
         api = client()
         op = api.operation(op_id)

@@ -15,7 +15,14 @@ app = typer.Typer(help="The pool as a whole: default weigher, rebalancing.", no_
 
 @app.command("show")
 def show(json: JsonFlag = False) -> None:
-    """Pool-wide settings."""
+    """Pool-wide settings.
+
+    Examples:
+
+        virtpool pool show
+
+        virtpool pool show --json
+    """
     with output.errors():
         settings = client().pool_settings()
     if json:
@@ -30,7 +37,14 @@ def set_(
     ] = None,
     json: JsonFlag = False,
 ) -> None:
-    """Change pool-wide settings (admin)."""
+    """Change pool-wide settings (admin).
+
+    Examples:
+
+        virtpool pool set --weigher pack
+
+        virtpool pool set --weigher spread
+    """
     if weigher is None:
         output.fail("nothing to set", hint="e.g. `virtpool pool set --weigher pack`")
     if weigher not in WEIGHER_NAMES:
@@ -52,7 +66,14 @@ def rebalance(
     json: JsonFlag = False,
 ) -> None:
     """Plan live migrations that even out (or, with --consolidate, pack) the hosts; without
-    --dry-run apply them — which needs live migration, not available yet."""
+    --dry-run apply them — which needs live migration, not available yet.
+
+    Examples:
+
+        virtpool pool rebalance --dry-run
+
+        virtpool pool rebalance --consolidate --threshold 0.2
+    """
     with output.errors():
         plan = client().rebalance(threshold_pp=threshold, consolidate=consolidate,
                                   dry_run=dry_run)

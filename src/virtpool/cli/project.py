@@ -59,7 +59,14 @@ def _show(project: ProjectInfo) -> None:
 
 @app.command("list")
 def list_(json: JsonFlag = False) -> None:
-    """Projects with their usage next to their quotas."""
+    """Projects with their usage next to their quotas.
+
+    Examples:
+
+        virtpool project list
+
+        virtpool project list --json
+    """
     with output.errors():
         projects = client().projects()
     if json:
@@ -70,7 +77,12 @@ def list_(json: JsonFlag = False) -> None:
 
 @app.command("show")
 def show(name: ProjectName, json: JsonFlag = False) -> None:
-    """One project: usage next to quota."""
+    """One project: usage next to quota.
+
+    Examples:
+
+        virtpool project show team-a
+    """
     with output.errors():
         project = client().project_info(name)
     if json:
@@ -81,7 +93,14 @@ def show(name: ProjectName, json: JsonFlag = False) -> None:
 @app.command("create")
 def create(name: str, cpus: Count = None, memory: Size = None, disk: Size = None, vms: Count = None,
            json: JsonFlag = False) -> None:
-    """Create a project, optionally with quotas (pool admins)."""
+    """Create a project, optionally with quotas (pool admins).
+
+    Examples:
+
+        virtpool project create team-a
+
+        virtpool project create team-a --cpus 16 --memory 32G --disk 200G --vms 20
+    """
     quota = quota_changes(cpus, memory, disk, vms)
     with output.errors():
         project = client().create_project(name, **quota)
@@ -93,7 +112,12 @@ def create(name: str, cpus: Count = None, memory: Size = None, disk: Size = None
 
 @app.command("delete")
 def delete(name: ProjectName, json: JsonFlag = False) -> None:
-    """Delete an empty project and its tokens (refused while it has VMs)."""
+    """Delete an empty project and its tokens (refused while it has VMs).
+
+    Examples:
+
+        virtpool project delete team-a
+    """
     with output.errors():
         client().delete_project(name)
     if json:
@@ -104,7 +128,12 @@ def delete(name: ProjectName, json: JsonFlag = False) -> None:
 @quota_app.command("set")
 def quota_set(name: ProjectName, cpus: Count = None, memory: Size = None, disk: Size = None, vms: Count = None,
               json: JsonFlag = False) -> None:
-    """Change quotas; the others stay. Below current usage is allowed: it blocks new growth only."""
+    """Change quotas; the others stay. Below current usage is allowed: it blocks new growth only.
+
+    Examples:
+
+        virtpool project quota set team-a --cpus 32 --vms 40
+    """
     changes = quota_changes(cpus, memory, disk, vms)
     if not changes:
         output.fail("no quota given", hint="give at least one of --cpus, --memory, --disk, --vms")

@@ -28,7 +28,14 @@ def add(
 ) -> None:
     """Add a server: show the SHA-256 of the certificate it presents, and pin it once accepted
     (compare it with what the server printed at start). Later commands trust that certificate
-    only."""
+    only.
+
+    Examples:
+
+        virtpool remote add prod https://pool.example.com:8470
+
+        virtpool remote add lab https://10.0.0.5:8470 --accept-certificate
+    """
     from virtpool.sdk import tls
 
     parts = urlsplit(url.rstrip("/").removesuffix("/api/v1"))
@@ -63,7 +70,14 @@ def add(
 
 @app.command("list")
 def list_(json: JsonFlag = False) -> None:
-    """The remotes, the default marked (never their tokens)."""
+    """The remotes, the default marked (never their tokens).
+
+    Examples:
+
+        virtpool remote list
+
+        virtpool remote list --json
+    """
     try:
         found, chosen = remotes.all_remotes(), remotes.default()
     except remotes.RemoteError as err:
@@ -81,7 +95,12 @@ def list_(json: JsonFlag = False) -> None:
 
 @app.command("remove")
 def remove(name: Annotated[str, typer.Argument(help="the remote's name")]) -> None:
-    """Forget a remote: its URL, pinned certificate and token."""
+    """Forget a remote: its URL, pinned certificate and token.
+
+    Examples:
+
+        virtpool remote remove lab
+    """
     try:
         remotes.remove(name)
     except remotes.RemoteError as err:
@@ -91,7 +110,12 @@ def remove(name: Annotated[str, typer.Argument(help="the remote's name")]) -> No
 
 @app.command("switch")
 def switch(name: Annotated[str, typer.Argument(help=f"a remote's name, or '{remotes.LOCAL}'")]) -> None:
-    """Make a remote the one commands talk to ('local': the server of this machine's data dir)."""
+    """Make a remote the one commands talk to ('local': the server of this machine's data dir).
+
+    Examples:
+
+        virtpool remote switch prod
+    """
     try:
         remotes.switch(name)
     except remotes.RemoteError as err:

@@ -37,6 +37,10 @@ def server(
 
     VMs run on the hosts whose agents joined (`virtpool host join-token`, then
     `virtpool agent --server JOIN_URL --join TOKEN` on each); the join URL is printed at start.
+
+    Examples:
+
+        virtpool server --db postgresql://virtpool@db.example.com/virtpool --agent-listen 0.0.0.0:8471
     """
     from virtpool.api.server import ServeOptions, parse_listen, serve
     from virtpool.model.errors import VirtpoolError
@@ -74,7 +78,16 @@ def up(
     ca_passphrase_file: CAPassphrase = None,
 ) -> None:
     """Run the platform on this host in the foreground: control plane, agent, API. Agents on
-    other hosts join it at the URL it prints."""
+    other hosts join it at the URL it prints.
+
+    Examples:
+
+        virtpool up
+
+        virtpool up --listen 127.0.0.1:8470 --data-dir /var/lib/virtpool
+
+        virtpool up --db postgresql://virtpool@db.example.com/virtpool
+    """
     from pydantic import ValidationError
 
     from virtpool.api.server import ServeOptions, parse_listen, serve
@@ -119,7 +132,14 @@ def agent(
                                                  "nftables tables (1-4 lowercase letters)")] = "vp",
 ) -> None:
     """Run this host's agent: join the pool (first start, with --join), then serve the control
-    plane over mutual TLS and heartbeat to it. VMs keep running when it stops."""
+    plane over mutual TLS and heartbeat to it. VMs keep running when it stops.
+
+    Examples:
+
+        virtpool agent --server https://cp.example.com:8471 --join vpj1.TOKEN --name node2
+
+        virtpool agent --server https://cp.example.com:8471
+    """
     from virtpool.api.server import parse_listen
     from virtpool.model.errors import VirtpoolError
     from virtpool.node.service.run import AgentOptions

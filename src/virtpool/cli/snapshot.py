@@ -16,7 +16,14 @@ app = typer.Typer(help="Snapshots of a VM's disk, and of its memory.", no_args_i
 def create(vm: str, name: str,
            memory: Annotated[bool, typer.Option("--memory", help="also save the running guest's memory")] = False,
            json: JsonFlag = False) -> None:
-    """Snapshot a running or stopped VM (a running guest's filesystems are frozen for it)."""
+    """Snapshot a running or stopped VM (a running guest's filesystems are frozen for it).
+
+    Examples:
+
+        virtpool vm snapshot create web before-upgrade
+
+        virtpool vm snapshot create web with-ram --memory
+    """
     with output.errors():
         taken = client().create_snapshot(vm, name, memory=memory)
     if json:
@@ -27,7 +34,14 @@ def create(vm: str, name: str,
 
 @app.command("list")
 def list_(vm: str, json: JsonFlag = False) -> None:
-    """The VM's snapshots."""
+    """The VM's snapshots.
+
+    Examples:
+
+        virtpool vm snapshot list web
+
+        virtpool vm snapshot list web --json
+    """
     with output.errors():
         taken = client().snapshots(vm)
     if json:
@@ -38,7 +52,12 @@ def list_(vm: str, json: JsonFlag = False) -> None:
 
 @app.command("restore")
 def restore(vm: str, name: str, json: JsonFlag = False) -> None:
-    """Put the VM back to a snapshot: stopped, or running for a memory snapshot."""
+    """Put the VM back to a snapshot: stopped, or running for a memory snapshot.
+
+    Examples:
+
+        virtpool vm snapshot restore web before-upgrade
+    """
     with output.errors():
         restored = client().restore_snapshot(vm, name)
     if json:
@@ -48,7 +67,12 @@ def restore(vm: str, name: str, json: JsonFlag = False) -> None:
 
 @app.command("delete")
 def delete(vm: str, name: str, json: JsonFlag = False) -> None:
-    """Delete a snapshot."""
+    """Delete a snapshot.
+
+    Examples:
+
+        virtpool vm snapshot delete web before-upgrade
+    """
     with output.errors():
         client().delete_snapshot(vm, name)
     if json:
@@ -60,7 +84,14 @@ def clone(source: str, name: str,
           snapshot: Annotated[str | None, typer.Option("--snapshot", help="copy this snapshot "
                                                        "(the source may run)")] = None,
           json: JsonFlag = False) -> None:
-    """Make a new stopped VM with a full copy of a stopped VM's disk, or of one of its snapshots."""
+    """Make a new stopped VM with a full copy of a stopped VM's disk, or of one of its snapshots.
+
+    Examples:
+
+        virtpool vm clone web web-copy
+
+        virtpool vm clone web web-at-v1 --snapshot v1
+    """
     with output.errors():
         vm = client().clone_vm(source, name, snapshot=snapshot)
     if json:

@@ -36,7 +36,14 @@ def create(
     expires: Annotated[str | None, typer.Option(help="lifetime, e.g. 30d or 12h (default: none)")] = None,
     json: JsonFlag = False,
 ) -> None:
-    """Create a token. Its secret is printed once (with --json, in the field `token`)."""
+    """Create a token. Its secret is printed once (with --json, in the field `token`).
+
+    Examples:
+
+        virtpool token create --role member --name ci --project team-a --expires 30d
+
+        virtpool token create --role metrics --pool-wide --name prometheus --json
+    """
     expires_in_s = parse_duration_s(expires) if expires else None
     name = name or f"{role.value}-{secrets.token_hex(3)}"
     with output.errors():
@@ -52,7 +59,14 @@ def create(
 @app.command("list")
 def list_(project: Annotated[str | None, typer.Option(help="only this project's tokens")] = None,
           json: JsonFlag = False) -> None:
-    """Tokens with their roles and lifetimes (never their secrets)."""
+    """Tokens with their roles and lifetimes (never their secrets).
+
+    Examples:
+
+        virtpool token list
+
+        virtpool token list --project team-a --json
+    """
     with output.errors():
         tokens = client().tokens(project=project)
     if json:
@@ -64,7 +78,12 @@ def list_(project: Annotated[str | None, typer.Option(help="only this project's 
 
 @app.command("revoke")
 def revoke(token: Annotated[str, typer.Argument(help="the token's name or id")], json: JsonFlag = False) -> None:
-    """Revoke a token: every request with it is refused from now on."""
+    """Revoke a token: every request with it is refused from now on.
+
+    Examples:
+
+        virtpool token revoke ci
+    """
     with output.errors():
         revoked = client().revoke_token(token)
     if json:

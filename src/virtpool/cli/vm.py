@@ -234,7 +234,14 @@ def list_(all_projects: Annotated[bool, typer.Option(
 
 @app.command("show")
 def show(name: VMName, json: JsonFlag = False) -> None:
-    """One VM."""
+    """One VM.
+
+    Examples:
+
+        virtpool vm show web
+
+        virtpool vm show web --json
+    """
     with output.errors():
         api = client()
         vm = api.vm(name)
@@ -284,7 +291,14 @@ StopTimeout = Annotated[float, typer.Option("--timeout", help="seconds for a gra
 
 @app.command("start")
 def start(name: VMName, wait: NoWait = True, wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
-    """Boot a VM; waits until its guest agent answers."""
+    """Boot a VM; waits until its guest agent answers.
+
+    Examples:
+
+        virtpool vm start web
+
+        virtpool vm start web --no-wait --json
+    """
     _action(name, "start", VMState.RUNNING, wait, wait_timeout, json)
 
 
@@ -306,13 +320,25 @@ def stop(name: VMName, timeout: StopTimeout = 30.0,
 @app.command("restart")
 def restart(name: VMName, timeout: StopTimeout = 30.0, wait: NoWait = True,
             wait_timeout: WaitTimeout = 180.0, json: JsonFlag = False) -> None:
-    """Stop and boot again."""
+    """Stop and boot again.
+
+    Examples:
+
+        virtpool vm restart web
+
+        virtpool vm restart web --timeout 60 --wait-timeout 300
+    """
     _action(name, "restart", VMState.RUNNING, wait, wait_timeout, json, timeout=timeout)
 
 
 @app.command("pause")
 def pause(name: VMName, json: JsonFlag = False) -> None:
-    """Freeze a VM's vCPUs (memory is kept)."""
+    """Freeze a VM's vCPUs (memory is kept).
+
+    Examples:
+
+        virtpool vm pause web
+    """
     with output.errors():
         vm = client().pause_vm(name)
     _report(vm, VMState.PAUSED, False, json)
@@ -320,7 +346,12 @@ def pause(name: VMName, json: JsonFlag = False) -> None:
 
 @app.command("resume")
 def resume(name: VMName, json: JsonFlag = False) -> None:
-    """Continue a paused VM."""
+    """Continue a paused VM.
+
+    Examples:
+
+        virtpool vm resume web
+    """
     with output.errors():
         vm = client().resume_vm(name)
     _report(vm, VMState.RUNNING, False, json)
@@ -329,7 +360,14 @@ def resume(name: VMName, json: JsonFlag = False) -> None:
 @app.command("delete")
 def delete(name: VMName, force: Annotated[bool, typer.Option("--force", help="stop it hard first if it runs")] = False,
            json: JsonFlag = False) -> None:
-    """Delete a VM and its disk."""
+    """Delete a VM and its disk.
+
+    Examples:
+
+        virtpool vm delete web
+
+        virtpool vm delete web --force
+    """
     with output.errors():
         client().delete_vm(name, force=force)
     if json:
@@ -401,7 +439,14 @@ STATS_COLUMNS = ["NAME", "STATE", "CPU", "MEMORY", "GUEST FREE", "QEMU RSS", "DI
 @app.command("stats")
 def stats(name: VMName, watch: Annotated[bool, typer.Option("--watch", help="refresh every second")] = False,
           json: JsonFlag = False) -> None:
-    """CPU, memory, disk use of a VM (network: not counted by user-mode networking)."""
+    """CPU, memory, disk use of a VM (network: not counted by user-mode networking).
+
+    Examples:
+
+        virtpool vm stats web
+
+        virtpool vm stats web --watch
+    """
     with output.errors():
         api = client()
         if json and watch:  # a stream: JSON Lines, one object a second
@@ -482,7 +527,14 @@ def exec_(
 @app.command("logs")
 def logs(name: VMName, follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new output")] = False,
          json: JsonFlag = False) -> None:
-    """The VM's serial console output."""
+    """The VM's serial console output.
+
+    Examples:
+
+        virtpool vm logs web
+
+        virtpool vm logs web --follow
+    """
     with output.errors():
         api = client()
         data, offset = api.logs(name)
@@ -502,7 +554,12 @@ def logs(name: VMName, follow: Annotated[bool, typer.Option("--follow", "-f", he
 
 @app.command("console")
 def console(name: VMName) -> None:
-    """Attach to the serial console. Ctrl-] detaches."""
+    """Attach to the serial console. Ctrl-] detaches.
+
+    Examples:
+
+        virtpool vm console web
+    """
     from virtpool.cli.console import attach
 
     with output.errors():

@@ -2,8 +2,9 @@
 
 The clone is a VM of its own: a new id, its own name (its guest's hostname), its own uid,
 cgroup and network identity (a new MAC; through cloud-init a new instance-id and machine-id);
-host port forwards are not copied (they would collide). The source must be stopped unless a snapshot is named (a snapshot does not change under a
-running guest). A clone that fails leaves no VM and no disk behind.
+host port forwards are not copied (they would collide). The source must be stopped unless a
+snapshot is named (a snapshot does not change under a running guest). A clone that fails
+leaves no VM and no disk behind.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Names follow Prometheus's rules (base units: bytes and seconds; ``_total`` for counters) and the
 only labels are vm, host, project, state and resource, so that the number of series grows with
 VMs and hosts, never with requests. Figures are read at scrape time: hosts and VM counts from
-the database (the same for every server sharing it), VM counters from the usage recorder's last
-samples of this server's agent.
+the database (the same for every server sharing it), VM counters from the usage history's last
+samples (also in the database, sampled by the leader from every host's agent).
 
 A scrape is one ``Scrape`` made for its caller: a project's token sees its own project's VMs
 only, and the control plane's own histograms only go to pool-wide tokens.
@@ -115,18 +115,23 @@ class PoolCollector:
                                       labels=labels),
             "tx": CounterMetricFamily("virtpool_vm_network_transmit_bytes", "Bytes the guest sent",
                                       labels=labels),
+            "rxp": CounterMetricFamily("virtpool_vm_network_receive_packets", "Packets the guest received",
+                                       labels=labels),
+            "txp": CounterMetricFamily("virtpool_vm_network_transmit_packets", "Packets the guest sent",
+                                       labels=labels),
         }
         for entry in self._usage.latest(self._project):
-            vm, stats = entry.vm, entry.stats
+            stats = entry.stats
             values = {"cpu": stats.cpu_time_s,
                       "memory": None if stats.balloon_mib is None else stats.balloon_mib * MIB,
                       "rss": None if stats.qemu_rss_mib is None else stats.qemu_rss_mib * MIB,
                       "rd": stats.disk_read_bytes, "wr": stats.disk_written_bytes,
                       "rdo": stats.disk_read_ops, "wro": stats.disk_write_ops,
-                      "rx": stats.net_rx_bytes, "tx": stats.net_tx_bytes}
+                      "rx": stats.net_rx_bytes, "tx": stats.net_tx_bytes,
+                      "rxp": stats.net_rx_packets, "txp": stats.net_tx_packets}
             for key, value in values.items():
                 if value is not None:  # unknown is absent, never a made-up zero
-                    families[key].add_metric([vm.name, vm.project, vm.host], value)
+                    families[key].add_metric([entry.name, entry.project, entry.host], value)
         yield from families.values()
 
 

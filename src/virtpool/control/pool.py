@@ -122,7 +122,7 @@ class Pool:
             sessions, self.vms.get, self.operations.get,
             lambda vm_id: self.vm_operations.follow_create(vm_id, actor="idempotent-retry"))
         self.balancer = MemoryBalancer(self.vms, self.agent, self.events, self.audit, config.memory)
-        self.usage = UsageRecorder(self.vms, self.agent)
+        self.usage = UsageRecorder(sessions, self.vms, self.agents)
         self.summary = Summary(sessions)
         self.leases = LeaseService(sessions, self.events, self.audit, on_lost=self.vms.host_lost,
                                    on_back=self._host_back, on_state=self.placer.invalidate)
@@ -133,6 +133,7 @@ class Pool:
         # Every host's networks again now and then: a converge an agent missed heals.
         self.network_rounds = Loop("network-converge", self.vms.converge_all_networks,
                                    NETWORK_ROUND_S, self.leader)
+        self.usage_sampler = Loop("usage-sampler", self.usage.sample, self.usage.interval_s, self.leader)
         self.heartbeat: LocalHeartbeat | None = None
 
     def _remote_agent(self, name: str, url: str) -> Agent:
@@ -208,7 +209,6 @@ class Pool:
             self.agent_events.follow(self.hosts.local)
             self.hosts.reconcile_usage()
             self.balancer.start()
-            self.usage.start()
             self.heartbeat = LocalHeartbeat(self.leases, self.hosts.local,
                                             agent_version=__version__)
             self.heartbeat.start()
@@ -217,6 +217,7 @@ class Pool:
         self.leader.start()
         self.lease_monitor.start()
         self.network_rounds.start()
+        self.usage_sampler.start()
         return self.tokens.bootstrap(self.config.token_file)
 
     def scrape(self, project: str | None) -> Scrape:
@@ -235,7 +236,8 @@ class Pool:
             self.heartbeat.stop()
         self.balancer.stop()
         self.agent_events.close()
-        self.usage.stop()
+        self.usage_sampler.stop()
+        self.usage.close()
         self.vms.close()
         self.agents.close()
         self.engine.dispose()

@@ -1,6 +1,6 @@
 """What VMs and hosts used over time, as the control plane samples it: pure data and arithmetic.
 
-A sample holds the agent's cumulative counters (``VMStats``); a point of the history is the
+A sample holds the agent's cumulative counters (``VMUsage``); a point of the history is the
 difference of two consecutive samples turned into rates, so that the dashboard and the API never
 have to know which figures are counters.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from virtpool.model.vm import VMStats
+from virtpool.model.vm import VMUsage
 
 
 class UsagePoint(BaseModel):
@@ -26,6 +26,8 @@ class UsagePoint(BaseModel):
     disk_write_iops: float | None = None
     net_rx_bps: float | None = None
     net_tx_bps: float | None = None
+    net_rx_pps: float | None = None
+    net_tx_pps: float | None = None
 
 
 class UsageHistory(BaseModel):
@@ -55,13 +57,13 @@ def _rate(now: int | float | None, then: int | float | None, seconds: float) -> 
     return round((now - then) / seconds, 3)
 
 
-def guest_memory_mib(stats: VMStats) -> float | None:
+def guest_memory_mib(stats: VMUsage) -> float | None:
     if stats.guest_total_mib is not None and stats.guest_free_mib is not None:
         return round(stats.guest_total_mib - stats.guest_free_mib, 1)
     return stats.balloon_mib
 
 
-def point_between(before: VMStats | None, before_t: float, now: VMStats, now_t: float) -> UsagePoint:
+def point_between(before: VMUsage | None, before_t: float, now: VMUsage, now_t: float) -> UsagePoint:
     """The point for the interval (``before_t``, ``now_t``]; rates need a previous sample."""
     seconds = now_t - before_t
     point = UsagePoint(t=now_t, cpu_percent=now.cpu_percent, memory_mib=guest_memory_mib(now),
@@ -79,4 +81,6 @@ def point_between(before: VMStats | None, before_t: float, now: VMStats, now_t: 
     point.disk_write_iops = _rate(now.disk_write_ops, before.disk_write_ops, seconds)
     point.net_rx_bps = _rate(now.net_rx_bytes, before.net_rx_bytes, seconds)
     point.net_tx_bps = _rate(now.net_tx_bytes, before.net_tx_bytes, seconds)
+    point.net_rx_pps = _rate(now.net_rx_packets, before.net_rx_packets, seconds)
+    point.net_tx_pps = _rate(now.net_tx_packets, before.net_tx_packets, seconds)
     return point

@@ -79,8 +79,7 @@ class VMUsage(BaseModel):
     disk_written_bytes: int | None = None
     disk_read_ops: int | None = None
     disk_write_ops: int | None = None
-    # What the guest received and sent on its NICs on virtpool networks (its taps' counters,
-    # all NICs together); the default network (passt) keeps none.
+    # As the guest sees them: a tap's host counters, or the default network's guest agent's.
     net_rx_bytes: int | None = None
     net_tx_bytes: int | None = None
     net_rx_packets: int | None = None

@@ -48,6 +48,7 @@ from virtpool.node.launches import Launch, LaunchRecords
 from virtpool.node.net import guard, passt
 from virtpool.node.net.apply import NetworkApplier
 from virtpool.node.net.plan import HostPlan, host_plan
+from virtpool.node.net.counters import NicCounters, guest_counters, tap_counters
 from virtpool.node.net.tap import open_tap
 from virtpool.node.qemu import accel as accel_mod
 from virtpool.node.qemu.argv import (
@@ -72,6 +73,12 @@ T = TypeVar("T")
 # Log trimming and CPU sampling; a guest flooding its console at full speed writes ~1 MB/s
 # under TCG, so a second is what the log may overshoot its cap by.
 HOUSEKEEPING_INTERVAL_S = 1.0
+# The default network's counters come from the guest agent: asked in the background this often
+# (under the control plane's 5 s sampling), and given this long, as a TCG guest on a busy host
+# answers slowly; a stats call reads the last answer instead of waiting for the guest.
+GUEST_NET_REFRESH_S = 4.0
+GUEST_NET_ANSWER_S = 5.0
+FIRST_GUEST_NET_ANSWER_S = 2.0
 # Free space on a VM's disk's filesystem before a guest an ENOSPC paused is resumed: enough
 # that it does not fill it again at once (a guest writing on pauses again, and is resumed again).
 RESUME_FREE_BYTES = 64 * 1024 * 1024
@@ -134,6 +141,10 @@ class LocalAgent:
         # survive a restart of this agent).
         self._launches = LaunchRecords(data_dir / "launches")
         self._cpu_samples: dict[str, deque[tuple[float, float]]] = {}
+        # The last network counters each guest agent gave, when, and the asks in flight.
+        self._guest_net: dict[str, NicCounters] = {}
+        self._guest_net_at: dict[str, float] = {}
+        self._guest_net_asks: dict[str, asyncio.Task[None]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agent-loop", daemon=True)
         self._thread.start()
@@ -170,6 +181,10 @@ class LocalAgent:
 
         async def detach_all() -> None:
             self._housekeeper.cancel()
+            asks = list(self._guest_net_asks.values())
+            for task in asks:
+                task.cancel()
+            await asyncio.gather(*asks, return_exceptions=True)
             for vm in list(self._vms.values()):
                 await vm.detach()
 
@@ -538,6 +553,8 @@ class LocalAgent:
         """A QEMU of the VM has exited: its passt (it exits with its QEMU, --one-off; this is
         for a QEMU that never connected) and its cgroup."""
         self._cpu_samples.pop(vm.id, None)
+        self._guest_net.pop(vm.id, None)
+        self._guest_net_at.pop(vm.id, None)
         passt.stop(vm.paths.passt_pidfile)
         self._release_cgroup(vm.id)
 
@@ -706,24 +723,38 @@ class LocalAgent:
         except psutil.NoSuchProcess:
             return VMUsage(**figures)
         figures.update(self._run(_qmp_stats(vm)))
-        figures.update(self._nic_counters(vm_id))
+        figures.update(self._net_counters(vm))
         return VMUsage(**figures)
 
-    def _nic_counters(self, vm_id: str) -> dict[str, int]:
-        """The VM's taps' counters, from the guest's side: what a tap receives, the guest sent."""
-        taps = self._net_plan.taps_of(vm_id) if self._net_plan else []
-        if not taps:
-            return {}
-        totals = dict.fromkeys(("net_rx_bytes", "net_tx_bytes", "net_rx_packets", "net_tx_packets"), 0)
-        sides = {"net_rx_bytes": "tx_bytes", "net_tx_bytes": "rx_bytes",
-                 "net_rx_packets": "tx_packets", "net_tx_packets": "rx_packets"}
-        for tap in taps:
-            for figure, counter in sides.items():
-                try:
-                    totals[figure] += int(Path(f"/sys/class/net/{tap.name}/statistics/{counter}").read_text())
-                except (OSError, ValueError):
-                    return {}  # a tap gone (the VM stopping): no figure rather than a short one
-        return totals
+    def _net_counters(self, vm: VM) -> dict[str, int]:
+        """Its taps' host counters, else (the default network) what its guest agent counts."""
+        taps = self._net_plan.taps_of(vm.id) if self._net_plan else []
+        if taps:
+            counters = tap_counters(t.name for t in taps)
+        else:
+            if vm.id not in self._guest_net:  # none yet: ask now, briefly
+                self._run(self._ask_guest_net(vm, FIRST_GUEST_NET_ANSWER_S))
+            counters = self._guest_net.get(vm.id)
+        return counters.as_usage() if counters is not None else {}
+
+    async def _ask_guest_net(self, vm: VM, answer_within: float) -> None:
+        try:
+            counters = guest_counters(await vm.guest_interfaces(answer_within))
+            if counters is not None and self._vms.get(vm.id) is vm:
+                self._guest_net[vm.id] = counters
+        finally:
+            self._guest_net_at[vm.id] = time.monotonic()
+
+    def _refresh_guest_nets(self, running: list[VM]) -> None:
+        """Ask the guest agents of default-network VMs for their counters, in the background."""
+        now = time.monotonic()
+        for vm in running:
+            if (vm.id in self._guest_net_asks or now - self._guest_net_at.get(vm.id, 0.0) < GUEST_NET_REFRESH_S
+                    or (self._net_plan and self._net_plan.taps_of(vm.id))):
+                continue
+            task = asyncio.get_running_loop().create_task(self._ask_guest_net(vm, GUEST_NET_ANSWER_S))
+            self._guest_net_asks[vm.id] = task
+            task.add_done_callback(lambda _, vm_id=vm.id: self._guest_net_asks.pop(vm_id, None))
 
     # -- housekeeping ---------------------------------------------------------------------
 
@@ -732,11 +763,13 @@ class LocalAgent:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             for vm in [v for v in self._vms.values() if v.runstate == Runstate.RUNNING and v.io_paused]:
                 await self._resume_if_room(vm)
-            for vm in [v for v in self._vms.values() if v.runstate == Runstate.RUNNING]:
+            running = [v for v in self._vms.values() if v.runstate == Runstate.RUNNING]
+            for vm in running:
                 try:
                     await asyncio.to_thread(self._housekeep, vm)
                 except Exception:  # one VM going away mid-pass must not stop the others' care
                     log.exception("housekeeping of VM %s failed", vm.id)
+            self._refresh_guest_nets(running)
 
     async def _resume_if_room(self, vm: VM) -> None:
         """Resume a guest that a full disk paused, once its disk's filesystem has room again

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 READY_POLL_S = 0.05  # between guest-agent pings while a guest boots
+EXEC_SYNC_S = 5.0  # for a booted guest's agent to answer a command's first sync
 MONITOR_TIMEOUT_S = 30.0  # from spawn until QEMU's monitor answers (devices set up)
 # To reach the monitor of a QEMU found running. Generous: a QEMU that misses it is killed, and a
 # CPU-starved QEMU under TCG can take long to accept the monitor again after the previous
@@ -306,7 +307,8 @@ class VM:
         self._require(Runstate.RUNNING)
         try:
             async with self._qga_lock:
-                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
+                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name,
+                                                 sync_timeout=EXEC_SYNC_S) as agent:
                     if emit is not None:
                         return await agent.exec_stream(argv, timeout=timeout, stdin=stdin, emit=emit)
                     return await agent.exec(argv, timeout=timeout, stdin=stdin)
@@ -317,6 +319,20 @@ class VM:
                 raise Conflict(f"VM '{self.name}' stopped while the command ran: its QEMU exited",
                                hint=f"start it again (virtpool vm start {self.name}) and retry") from err
             raise
+
+    async def guest_interfaces(self, answer_within: float = 1.0) -> Any:
+        """The guest agent's ``guest-network-get-interfaces`` reply, or None when the agent is
+        busy with another client (an exec, a freeze: QGA serves one at a time), not up yet, or
+        does not answer within ``answer_within`` seconds. Never waits for the channel."""
+        if not self.ready or self._qga_lock.locked() or self.runstate != Runstate.RUNNING:
+            return None
+        async with self._qga_lock:
+            try:
+                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name,
+                                                 sync_timeout=answer_within) as agent:
+                    return await asyncio.wait_for(agent.call("guest-network-get-interfaces"), answer_within)
+            except (GuestAgentError, TimeoutError, OSError, ValueError):
+                return None
 
     async def ask_agent_to_stop(self) -> None:
         """Ask the guest's agent to power off; raises GuestAgentError when there is no agent or

@@ -83,7 +83,12 @@ export async function render(main, params, [project, name]) {
     const cutoff = Date.now() / 1000 - HOUR_S;
     while (points.length && points[0].t < cutoff) points.shift();
     const xs = points.map((p) => p.t);
-    for (const { spec, plot } of plots) plot.setData([xs, ...spec.series.map(([field]) => points.map((p) => p[field]))]);
+    for (const { spec, plot } of plots) {
+      const ys = spec.series.map(([field]) => points.map((p) => p[field]));
+      plot.setData([xs, ...ys]);
+      // How many points the graph draws (a value in any series), for a reader or a test to see.
+      plot.root.parentElement.dataset.points = xs.filter((_, i) => ys.some((y) => y[i] !== null && y[i] !== undefined)).length;
+    }
     $("#graph-note").textContent = points.length ? `${points.length} samples, every ${POLL_MS / 1000} s` : "no samples yet (the VM is not running)";
     const net = $('[data-chart="net"]').previousElementSibling;
     const counted = points.some((p) => p.net_rx_bps !== null && p.net_rx_bps !== undefined);

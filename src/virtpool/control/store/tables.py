@@ -402,3 +402,28 @@ class IdempotencyKeyRow(Base):
     operation_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class UsageSampleRow(Base):
+    """One sample of a VM's usage (control/usage_history.py): the agent's cumulative counters,
+    and the point (rates over the interval before it) the dashboard draws. Kept for the
+    retention only; no foreign key, so that a sample racing its VM's delete is no error (the
+    sweep removes a deleted VM's rows)."""
+
+    __tablename__ = "usage_samples"
+
+    vm_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    t: Mapped[float] = mapped_column(Float, primary_key=True, index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    counters: Mapped[dict[str, float]] = mapped_column(JSON)
+    point: Mapped[dict[str, float]] = mapped_column(JSON)
+
+
+class HostSampleRow(Base):
+    """A host's last sampled disk use, next to its VMs' samples."""
+
+    __tablename__ = "host_samples"
+
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    t: Mapped[float] = mapped_column(Float)
+    disk_used_mib: Mapped[float | None] = mapped_column(Float, nullable=True)
