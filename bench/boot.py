@@ -19,12 +19,20 @@ Three kinds of run, interleaved (the order rotates every round to cancel drift):
   from an already-constructed client. It leaves out the CLI's own start-up,
   so the gap between it and the baseline is what the server itself adds (disk creation, DB
   writes, spawn, readiness polling, state propagation). Reported alongside, not in the ratio.
+* **restore (SDK)** — instant start: a VM made from a memory snapshot (``Client.clone_vm(...,
+  memory=True)``, what ``vm create --from-snapshot TEMPLATE:warm`` does) of a template VM that
+  was booted once, snapshotted with ``--memory`` and stopped before the rounds. Timed from
+  ``start_vm`` until ``wait_vm`` says running (QEMU resumes the snapshot's RAM, the guest agent
+  answers, the guest is given its own hostname and clock): ``restore_s``. The disk copy made
+  at create is timed apart (``restore_create_s`` = create + start + ready).
+  ``restore_ratio`` = restore_s / the SDK's cold boot (same path, same server; target <= 0.2).
 
 Usage: ``.venv/bin/python bench/boot.py [--runs N] [--images DIR]`` (``./bench/boot.py`` works
 too: it re-executes itself with the repo's ``.venv``). The medians, mins and per-run times are
 printed as a table; the last line of stdout is one JSON object::
 
-    {"name": "boot", "virtpool_s": ..., "virtpool_sdk_s": ..., "baseline_s": ..., "ratio": ...}
+    {"name": "boot", "virtpool_s": ..., "virtpool_sdk_s": ..., "baseline_s": ..., "ratio": ...,
+     "restore_s": ..., "restore_ratio": ..., ...}
 
 Exit status 0 whether or not the target (ratio <= 1.10) is met; non-zero only when something
 fails to boot or the set-up fails.
@@ -79,6 +87,9 @@ from virtpool.sdk.client import SETTLED
 REPO = Path(__file__).resolve().parent.parent
 BOOT_TIMEOUT_S = 120.0
 TARGET_RATIO = 1.10
+TARGET_RESTORE_S = 0.5
+TARGET_RESTORE_RATIO = 0.2
+TEMPLATE = "benchtmpl"
 
 
 # -- the three kinds of run ----------------------------------------------------------------
@@ -192,6 +203,31 @@ def run_sdk(client: Client, name: str) -> tuple[float, str]:
     return elapsed, vm.id
 
 
+def make_template(client: Client) -> None:
+    """A VM booted once, its running state saved in a memory snapshot, then stopped."""
+    client.create_vm(TEMPLATE, start=True)
+    vm = client.wait_vm(TEMPLATE, until=SETTLED, timeout=BOOT_TIMEOUT_S)
+    if vm.state != VMState.RUNNING:
+        raise BenchError(f"template VM is {vm.state.value}: {vm.error}")
+    client.create_snapshot(TEMPLATE, "warm", memory=True)
+    client.stop_vm(TEMPLATE)
+    if client.wait_vm(TEMPLATE, until=SETTLED, timeout=120).state != VMState.STOPPED:
+        raise BenchError("the template VM did not stop")
+
+
+def run_restore(client: Client, name: str) -> tuple[float, float]:
+    """(start to ready, create + start to ready) of a VM made from the template's snapshot."""
+    made = time.perf_counter()
+    client.clone_vm(TEMPLATE, name, snapshot="warm", memory=True)
+    start = time.perf_counter()
+    client.start_vm(name)
+    vm = client.wait_vm(name, until=SETTLED, timeout=BOOT_TIMEOUT_S)
+    done = time.perf_counter()
+    if vm.state != VMState.RUNNING:
+        raise BenchError(f"VM {name} restored from a snapshot is {vm.state.value}: {vm.error}")
+    return done - start, done - made
+
+
 def check_same_argv(server_dir: Path, vm_id: str, baseline_argv: list[str], baseline_dir: Path) -> None:
     """The QEMU virtpool runs must have the baseline's argv, paths aside."""
     pid = _pid_from(server_dir / "vms" / vm_id / "qemu.pid")
@@ -210,8 +246,9 @@ def check_same_argv(server_dir: Path, vm_id: str, baseline_argv: list[str], base
 # -- reporting -----------------------------------------------------------------------------
 
 
-def report(results: dict[str, list[float]], runs: int, cli_noop: list[float]) -> dict[str, object]:
-    labels = {"baseline": "bare QEMU", "cli": "virtpool CLI", "sdk": "virtpool SDK"}
+def report(results: dict[str, list[float]], runs: int, cli_noop: list[float],
+           restore_create: list[float]) -> dict[str, object]:
+    labels = {"baseline": "bare QEMU", "cli": "virtpool CLI", "sdk": "virtpool SDK", "restore": "restore SDK"}
     header = f"{'run':>12} " + " ".join(f"{labels[k]:>13}" for k in labels)
     print(header)
     for i in range(runs):
@@ -226,8 +263,19 @@ def report(results: dict[str, list[float]], runs: int, cli_noop: list[float]) ->
     verdict = "meets" if ratio <= TARGET_RATIO else "misses"
     print(f"ratio (CLI median / bare median) = {ratio:.3f}  ({verdict} the target <= {TARGET_RATIO}); "
           f"SDK / bare = {sdk_ratio:.3f}")
+    restore_ratio = med["restore"] / med["sdk"]
+    print(f"restore (start from a memory snapshot) median {med['restore']:.3f}s "
+          f"({'meets' if med['restore'] <= TARGET_RESTORE_S else 'misses'} the target <= {TARGET_RESTORE_S}s); "
+          f"restore / SDK cold boot = {restore_ratio:.3f} "
+          f"({'meets' if restore_ratio <= TARGET_RESTORE_RATIO else 'misses'} the target <= {TARGET_RESTORE_RATIO}); "
+          f"restore / bare cold boot = {med['restore'] / med['baseline']:.3f}; "
+          f"with the create's disk copy: median {statistics.median(restore_create):.3f}s")
     return {
         "name": "boot",
+        "restore_s": round(med["restore"], 4),
+        "restore_ratio": round(restore_ratio, 4),
+        "restore_vs_bare_ratio": round(med["restore"] / med["baseline"], 4),
+        "restore_create_s": round(statistics.median(restore_create), 4),
         "virtpool_s": round(med["cli"], 4),
         "virtpool_sdk_s": round(med["sdk"], 4),
         "baseline_s": round(med["baseline"], 4),
@@ -256,8 +304,9 @@ def main() -> int:
     root.chmod(0o711)  # VMs run as their own users and must pass through to their run dirs
     server = Server(root / "data", BOOT_TIMEOUT_S)
     baseline = Baseline(root / "scratch")
-    results: dict[str, list[float]] = {"baseline": [], "cli": [], "sdk": []}
+    results: dict[str, list[float]] = {"baseline": [], "cli": [], "sdk": [], "restore": []}
     cli_noop: list[float] = []
+    restore_create: list[float] = []
     began = time.monotonic()
     try:
         for d in (server.data_dir, baseline.data_dir):
@@ -267,23 +316,28 @@ def main() -> int:
         names = [f"bench{i:03d}" for i in range(args.runs)]
         prepared = baseline.prepare(names)
         client = server.start()
-        note(f"virtpool up at {client.url}; {args.runs} rounds of baseline / CLI / SDK")
+        note(f"virtpool up at {client.url}; {args.runs} rounds of baseline / CLI / SDK / restore")
+        make_template(client)
 
-        order = ["baseline", "cli", "sdk"]
+        order = ["baseline", "cli", "sdk", "restore"]
         for i, name in enumerate(names):
             argv, vm_dir = prepared[name]
-            round_order = order[i % 3:] + order[:i % 3]  # rotate who goes first
+            round_order = order[i % 4:] + order[:i % 4]  # rotate who goes first
             for kind in round_order:
                 if kind == "baseline":
                     elapsed = baseline.run(name, argv, vm_dir)
                 elif kind == "cli":
                     elapsed = run_cli(server, name)
                     client.delete_vm(name, force=True)
-                else:
+                elif kind == "sdk":
                     elapsed, vm_id = run_sdk(client, name)
                     if i == 0:
                         check_same_argv(server.data_dir, vm_id, argv, vm_dir)
                     client.delete_vm(name, force=True)
+                elif kind == "restore":
+                    elapsed, with_create = run_restore(client, f"{name}r")
+                    restore_create.append(with_create)
+                    client.delete_vm(f"{name}r", force=True)
                 results[kind].append(elapsed)
                 note(f"round {i + 1}/{args.runs} {kind:>8}: {elapsed:.3f}s")
             cli_noop.append(run_cli_noop(server))  # no VM booting: not timed against anything
@@ -297,7 +351,7 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
         note(f"wall time {time.monotonic() - began:.1f}s")
 
-    summary = report(results, args.runs, cli_noop)
+    summary = report(results, args.runs, cli_noop, restore_create)
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -58,12 +58,14 @@ def link_image(cache: Path, data_dir: Path, name: str = "default") -> None:
     shutil.copytree(cache / name, data_dir / "images" / name, copy_function=os.link)
 
 
-def qemu_pids(data_dir: Path) -> list[int]:
-    """QEMU processes whose command line points into ``data_dir``."""
+def qemu_pids(data_dir: Path, programs: tuple[str, ...] = ("qemu-system",)) -> list[int]:
+    """QEMU processes (or other ``programs`` the agent runs) whose command line points into
+    ``data_dir``."""
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if cmdline and "qemu-system" in cmdline[0] and any(str(data_dir) in a for a in cmdline):
+        if (cmdline and any(p in cmdline[0] for p in programs)
+                and any(str(data_dir) in a for a in cmdline)):
             found.append(proc.info["pid"])
     return found
 
@@ -134,13 +136,14 @@ class Server:
         return self.client
 
     def cleanup(self) -> None:
-        """Force-delete every VM, stop the server, and insist that no QEMU survived."""
+        """Force-delete every VM, stop the server, and kill any QEMU or passt that survived (a
+        server that died cannot stop them, and they would outlive the run)."""
         if self.client is not None and self.proc is not None:
             for vm in self.client.vms(all_projects=True):
                 with Client(self.client.url, self.client.token, project=vm.project) as in_project:
                     in_project.delete_vm(vm.id, force=True)
         self.stop()
-        for pid in qemu_pids(self.data_dir):
+        for pid in qemu_pids(self.data_dir, ("qemu-system", "passt")):
             os.kill(pid, signal.SIGKILL)
 
 

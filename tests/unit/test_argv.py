@@ -336,3 +336,11 @@ class TestFirmwareBoot:
             build_argv(make_plan(kernel=None))
         with pytest.raises(ValueError, match="direct kernel boot runs on microvm"):
             build_argv(make_plan(machine="q35", firmware="bios"))
+
+
+def test_a_start_from_a_memory_snapshot_loads_it_before_the_vcpus_run() -> None:
+    plain = build_argv(make_plan())
+    restored = build_argv(make_plan(loadvm="warm"))
+    assert "-loadvm" not in plain
+    assert restored[restored.index("-loadvm") + 1] == "warm"
+    assert [a for a in restored if a not in ("-loadvm", "warm")] == plain

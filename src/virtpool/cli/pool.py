@@ -35,6 +35,9 @@ def set_(
     weigher: Annotated[str | None, typer.Option(
         help="how hosts are ranked when a VM create names none: " + " | ".join(WEIGHER_NAMES))
     ] = None,
+    warm_copies: Annotated[int | None, typer.Option(
+        "--warm-copies", help="disks each host keeps ready per memory snapshot VMs are created from "
+        "(vm create --from-snapshot), so that a create only renames one (0-16; 0: copy each time)")] = None,
     json: JsonFlag = False,
 ) -> None:
     """Change pool-wide settings (admin).
@@ -43,14 +46,15 @@ def set_(
 
         virtpool pool set --weigher pack
 
-        virtpool pool set --weigher spread
+        virtpool pool set --warm-copies 2
     """
-    if weigher is None:
+    if weigher is None and warm_copies is None:
         output.fail("nothing to set", hint="e.g. `virtpool pool set --weigher pack`")
-    if weigher not in WEIGHER_NAMES:
+    if weigher is not None and weigher not in WEIGHER_NAMES:
         output.fail(f"unknown weigher '{weigher}'", hint=f"one of: {', '.join(WEIGHER_NAMES)}")
+    changes = {k: v for k, v in (("weigher", weigher), ("warm_copies", warm_copies)) if v is not None}
     with output.errors():
-        settings = client().set_pool_settings(weigher=weigher)
+        settings = client().set_pool_settings(**changes)
     if json:
         return output.emit_json(settings)
     output.fields(list(settings.model_dump().items()))

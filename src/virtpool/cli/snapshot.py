@@ -81,20 +81,28 @@ def delete(vm: str, name: str, json: JsonFlag = False) -> None:
 
 
 def clone(source: str, name: str,
-          snapshot: Annotated[str | None, typer.Option("--snapshot", help="copy this snapshot "
+          snapshot: Annotated[str | None, typer.Option("--snapshot", help="clone this snapshot "
                                                        "(the source may run)")] = None,
+          full: Annotated[bool, typer.Option("--full", help="an independent full copy (default: "
+                                             "linked, copy-on-write over a shared base)")] = False,
           json: JsonFlag = False) -> None:
-    """Make a new stopped VM with a full copy of a stopped VM's disk, or of one of its snapshots.
+    """Make a new stopped VM from a stopped VM's disk, or from one of its snapshots.
+
+    Linked by default: the clone's disk holds only what it writes, over a read-only base of the
+    source's data that stays while any clone uses it (the source can be deleted). --full copies
+    everything into a disk of the clone's own.
 
     Examples:
 
         virtpool vm clone web web-copy
 
         virtpool vm clone web web-at-v1 --snapshot v1
+
+        virtpool vm clone web web-own --full
     """
     with output.errors():
-        vm = client().clone_vm(source, name, snapshot=snapshot)
+        vm = client().clone_vm(source, name, snapshot=snapshot, full=full)
     if json:
         return output.emit_json(vm)
-    output.out.print(f"VM '{vm.name}' cloned from '{source}'" + (f" (snapshot '{snapshot}')" if snapshot else ""),
-                     highlight=False)
+    output.out.print(f"VM '{vm.name}' cloned from '{source}'" + (f" (snapshot '{snapshot}')" if snapshot else "")
+                     + (", full copy" if full else ", linked"), highlight=False)

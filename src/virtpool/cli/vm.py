@@ -106,6 +106,9 @@ def create(
         help="a NIC on this network: NAME or NAME,ip=ADDRESS; repeat for several")] = None,
     boot_timeout: Annotated[float | None, typer.Option(
         help="seconds its boots may take to answer the guest agent (default: the image's)")] = None,
+    from_snapshot: Annotated[str | None, typer.Option(
+        "--from-snapshot", help="SOURCE:SNAPSHOT, a memory snapshot of a stopped VM: the new VM "
+        "(its shape, its disk) starts from it instead of booting")] = None,
     cloud_init: Annotated[Path | None, typer.Option(
         "--cloud-init", help="cloud-init user-data file ('#cloud-config' YAML or a script)")] = None,
     ssh_key: Annotated[list[Path] | None, typer.Option(
@@ -126,11 +129,26 @@ def create(
 
         virtpool vm create db --memory 1G --max-memory 2G --cpu-cap 150 --group web
 
+        virtpool vm create web2 --from-snapshot web:warm --start --wait
+
         virtpool vm create deb --image debian-12 --memory 1G --cloud-init user-data.yaml
         --ssh-key ~/.ssh/id_ed25519.pub --start --wait
     """
     from virtpool.cli.host import parse_labels
 
+    if from_snapshot is not None:
+        shaped = {"--image": image != "default", "--cpus": cpus != 1, "--memory": memory != "256M",
+                  "--disk": disk != "1G", "--port": bool(port), "--network": bool(network),
+                  "--kernel-args": bool(kernel_args), "--max-memory": max_memory is not None,
+                  "--cloud-init": cloud_init is not None, "--ssh-key": bool(ssh_key),
+                  "--hostname": hostname is not None, "--network-config": network_config is not None}
+        given = [flag for flag, set_ in shaped.items() if set_]
+        if given:
+            output.fail(f"{', '.join(given)} cannot be given with --from-snapshot: the VM resumes the "
+                        "snapshot's guest, with its source's image, shape and disk",
+                        hint="leave them out (resize the VM after its start)")
+        _create_from_snapshot(name, from_snapshot, start=start, wait=wait, wait_timeout=wait_timeout, json=json)
+        return
     with output.errors(VM_FLAGS):
         try:
             memory_mib = parse_size_mib(memory, what="memory")
@@ -160,6 +178,23 @@ def create(
     output.print_line(f"VM '{vm.name}' created on host '{vm.host}' ({output.state(vm.state.value)})")
 
 
+def _create_from_snapshot(name: str, ref: str, *, start: bool, wait: bool, wait_timeout: float,
+                          json: bool) -> None:
+    """The VM takes the source's shape and the snapshot's disk; its first start resumes the
+    snapshot's guest (a fraction of a boot), with its own name as hostname."""
+    source, sep, snapshot = ref.partition(":")
+    if not sep or not source or not snapshot:
+        output.fail(f"cannot read --from-snapshot '{ref}'", hint="write SOURCE:SNAPSHOT, e.g. web:warm")
+    with output.errors():
+        api = client()
+        vm = api.clone_vm(source, name, snapshot=snapshot, memory=True)
+        if start:
+            _follow(api, api.start_vm(vm.name), VMState.RUNNING, wait, wait_timeout, json)
+            return
+    if json:
+        return output.emit_json(vm)
+    output.print_line(f"VM '{vm.name}' created from snapshot '{snapshot}' of VM '{source}' on host "
+                      f"'{vm.host}' ({output.state(vm.state.value)}); its first start resumes the snapshot")
 def _read_text(path: Path, flag: str, limit: int) -> str:
     try:
         with path.open("rb") as handle:

@@ -115,7 +115,7 @@ class Pool:
                              networks=self.networks)
         self.snapshots = SnapshotService(self.vms, self.events)
         self.backups = BackupService(self.vms, self.events)
-        self.clones = CloneService(self.vms, self.events)
+        self.clones = CloneService(self.vms, self.events, warm_copies=lambda: self.settings.get().warm_copies)
         self.agent_events = EventPump(sessions, self.agents, self.vms.on_agent_event)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
         self.idempotency = IdempotentCreates(

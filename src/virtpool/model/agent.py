@@ -26,7 +26,7 @@ from virtpool.model.backup import BackupInfo
 from virtpool.model.errors import OperationFailed
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.network import HostNetworkInput
-from virtpool.model.snapshot import SnapshotInfo
+from virtpool.model.snapshot import CloneKind, SnapshotInfo
 from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
 
@@ -228,9 +228,15 @@ class Agent(Protocol):
         """Remove a snapshot. Raises NotFound (no such snapshot), OperationFailed."""
         ...
 
-    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None) -> None:
-        """Replace ``vm_id``'s new disk by a full copy of the source VM's (stopped) disk, or of
-        its snapshot ``snapshot`` (the source may then run)."""
+    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None,
+                   kind: CloneKind = "full", keep_ready: int = 0) -> None:
+        """Replace ``vm_id``'s new disk by a copy of the source VM's (stopped) disk, or of its
+        snapshot ``snapshot`` (the source may then run, except for ``kind`` "memory"): "full",
+        a flat copy; "linked", an overlay on a base of the source's data that the host keeps
+        until its last clone is destroyed; "memory", a copy keeping the memory snapshot
+        ``snapshot``, which ``vm_id``'s next start resumes; with ``keep_ready`` N the host keeps
+        N such copies made ahead (taken by the next clones, refilled in the background). Not idempotent (a new base or copy
+        each time). Raises OperationFailed when the source disk names a file it may not."""
         ...
 
     def backup_vm(self, vm_id: str, target: str, *, incremental: bool, vm: str, image: str) -> BackupInfo:

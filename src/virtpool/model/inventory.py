@@ -142,6 +142,10 @@ class PoolSettings(BaseModel):
     model_config = REQUEST
 
     weigher: WeigherName = "spread"
+    warm_copies: int = Field(default=0, ge=0, le=16, description=(
+        "disks each host keeps ready per memory snapshot that VMs are created from "
+        "(vm create --from-snapshot): a create takes one instead of copying, and the host makes "
+        "the next in the background (0: copy at each create)"))
 
 
 class MoveView(BaseModel):

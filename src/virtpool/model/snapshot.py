@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from virtpool.model.requests import REQUEST
 from virtpool.model.spec import NAME_PATTERN, NAME_RULE
+
+
+# How a clone's disk is made: "linked", a small qcow2 over a shared read-only base of the
+# source's data; "full", an independent flat copy; "memory", a copy that keeps one memory
+# snapshot, which the clone's first start resumes (vm create --from-snapshot).
+CloneKind = Literal["linked", "full", "memory"]
 
 
 class SnapshotInfo(BaseModel):
@@ -33,3 +40,7 @@ class CloneRequest(BaseModel):
     name: str = Field(pattern=f"^{NAME_PATTERN}$", description=f"the new VM: {NAME_RULE}")
     snapshot: str | None = Field(default=None, pattern=f"^{NAME_PATTERN}$",
                                  description="copy this snapshot of the VM (else its stopped disk)")
+    full: bool = Field(default=False, description="an independent full copy (default: a linked "
+                       "clone, copy-on-write over a shared base of the source's data)")
+    memory: bool = Field(default=False, description="start from the memory snapshot `snapshot`: "
+                         "the clone's first start resumes the guest as it ran (instant start)")

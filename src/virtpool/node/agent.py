@@ -13,6 +13,7 @@ Async work runs on one event loop in a thread of the agent's own, so that blocki
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -31,20 +32,30 @@ from typing import Any, TypeVar
 import psutil
 
 from virtpool.model.agent import ByteStream, Console, Progress, RunStatus
-from virtpool.model.errors import Conflict, InsufficientResources, InvalidRequest, NotFound, OperationFailed
+from virtpool.model.errors import (
+    FREE_SPACE_HINT,
+    Conflict,
+    InsufficientResources,
+    InsufficientStorage,
+    InvalidRequest,
+    NotFound,
+    OperationFailed,
+)
 from virtpool.model.backup import BackupInfo
 from virtpool.model.cloudinit import CloudInit
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.network import HostNetworkInput
-from virtpool.model.snapshot import SnapshotInfo
+from virtpool.model.snapshot import CloneKind, SnapshotInfo
 from virtpool.model.spec import Accel, ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
 from virtpool.node import backups, cloudinit, disks, launch, safe_files, serial, snapshots
 from virtpool.node.console import CrossLoopConsole
 from virtpool.node.events import EventFeed
 from virtpool.node.images.catalog import ImageCatalog
-from virtpool.node.images.store import kernel_kind
+from virtpool.node.images.store import kernel_kind, no_room
+from virtpool.node.bases import BaseStore
 from virtpool.node.launches import Launch, LaunchRecords
+from virtpool.node.warm import WarmCopies
 from virtpool.node.net import guard, passt
 from virtpool.node.net.apply import NetworkApplier
 from virtpool.node.net.plan import HostPlan, host_plan
@@ -93,6 +104,9 @@ CALL_TIMEOUT_S = 30.0  # a QMP round trip on the agent's loop, with room for a b
 # After the guest agent took a shutdown, the share of the stop timeout the guest gets before
 # the ACPI power button is pressed as well (a guest whose agent said yes usually is on its way).
 ACPI_SHARE_AFTER_AGENT = 0.7
+# Room a memory snapshot leaves in the data dir beyond the guest's RAM (device state, and the
+# running guests' own writes, which would pause them on ENOSPC).
+MEMORY_SNAPSHOT_MARGIN_MIB = 64
 DEFAULT_REBOOT_WAIT_S = 60.0  # for the guest agent after a reboot, unless its boot said more
 
 
@@ -140,6 +154,12 @@ class LocalAgent:
         # How each VM was last started, for reboots from inside a guest (on disk: they must
         # survive a restart of this agent).
         self._launches = LaunchRecords(data_dir / "launches")
+        self._bases = BaseStore(data_dir / "bases")
+        # VMs started from another VM's memory snapshot, whose guest still has that VM's
+        # identity until it is ready and told its own (name by id).
+        self._restored: dict[str, str] = {}
+        self._bases.sweep(self.vm_ids())
+        self._warm = WarmCopies(data_dir / "warm")
         self._cpu_samples: dict[str, deque[tuple[float, float]]] = {}
         # The last network counters each guest agent gave, when, and the asks in flight.
         self._guest_net: dict[str, NicCounters] = {}
@@ -304,6 +324,8 @@ class LocalAgent:
         self._release_cgroup(vm_id)
         shutil.rmtree(self._paths(vm_id).root, ignore_errors=True)
         self._launches.drop(vm_id)
+        self._bases.release(vm_id)
+        self._warm.forget(vm_id)
 
     def read_log(self, vm_id: str, offset: int = 0, limit: int = 1 << 20) -> tuple[bytes, int]:
         return serial.read_from(self._paths(vm_id).serial_log, offset, limit)
@@ -322,25 +344,79 @@ class LocalAgent:
 
     # -- clones ---------------------------------------------------------------------------
 
-    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None) -> None:
+    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None,
+                   kind: CloneKind = "full", keep_ready: int = 0) -> None:
         source, disk = self._paths(source_vm_id).disk, self._paths(vm_id).disk
         manifest = self.images.get(image)
         base = self.images.path(image) / manifest.disk.path if manifest.disk else None
         owner = self._as_disk_owner(source_vm_id)
-        # The source's header is its VM's to rewrite: it may name only the image's own disk.
+        # The source's header is its VM's to rewrite: it may name only the image's own disk,
+        # or the base of a linked clone in this agent's store.
         info = json.loads(disks.run_qemu_img(["info", "-U", "--output=json", "-f", "qcow2", str(source)],
                                              what="inspect the source disk", **owner))
-        backing = info.get("full-backing-filename") or info.get("backing-filename")
+        backing = self._checked_backing(info, base)
+        copy = disk.with_name(".clone.qcow2")
+        read_snapshot = ["-U", "-l", f"snapshot.name={snapshot}"] if snapshot is not None else []
+        if kind == "full":
+            disks.run_qemu_img(["convert", "-q", "-f", "qcow2", "-O", "qcow2", *read_snapshot, str(source),
+                                str(copy)], what="copy the source disk")
+        elif kind == "linked":
+            taken = next((s for s in info.get("snapshots") or [] if s["name"] == snapshot), None)
+            # One base per snapshot (shared by its clones); a stopped disk changes later: its own.
+            key = (f"{source_vm_id}/{snapshot}/{taken['date-sec']}.{taken['date-nsec']}" if taken
+                   else f"{source_vm_id}/disk/{vm_id}")
+            onto = ["-B", str(base), "-F", manifest.disk_format or "raw"] if base else []
+
+            def write_base(path: Path) -> None:
+                # Only the source's own data: what it reads through to the image stays there.
+                disks.run_qemu_img(["convert", "-q", "-f", "qcow2", "-O", "qcow2", *read_snapshot, *onto,
+                                    str(source), str(path)], what="make the base of a linked clone")
+
+            base_id = self._bases.ensure(key, write_base)
+            self._bases.attach(base_id, vm_id)
+            disks.create_overlay(copy, self._bases.path(base_id), "qcow2", -(-int(info["virtual-size"]) // MIB))
+        else:  # "memory": the snapshot's RAM must be inside the disk QEMU loads it from
+            taken = next(s for s in info.get("snapshots") or [] if s["name"] == snapshot)
+            key = f"{snapshot}@{taken['date-sec']}.{taken['date-nsec']}"
+
+            def make_copy(path: Path) -> None:
+                self._memory_copy(source, path, str(snapshot))
+
+            if not self._warm.take(source_vm_id, key, copy):
+                with self._warm.source_lock(source_vm_id):
+                    make_copy(copy)
+            # What was copied is checked again: the source's user could have swapped it meanwhile.
+            copied = json.loads(disks.run_qemu_img(["info", "--output=json", "-f", "qcow2", str(copy)],
+                                                   what="inspect the copied disk"))
+            backing = self._checked_backing(copied, base)
+            if backing is not None and self._bases.holds(backing):
+                self._bases.attach(Path(backing).stem, vm_id)
+            if keep_ready:
+                self._warm.refill(source_vm_id, key, keep_ready, make_copy,
+                                  source_idle=lambda: self._running(source_vm_id) is None)
+        os.replace(copy, disk)
+        if kind == "memory" and snapshot is not None:
+            self._launches.restore_at_next_start(vm_id, snapshot)
+
+    def _memory_copy(self, source: Path, target: Path, snapshot: str) -> None:
+        """A byte copy of a stopped VM's disk that keeps only its snapshot ``snapshot``."""
+        _copy_regular(source, target)
+        info = json.loads(disks.run_qemu_img(["info", "--output=json", "-f", "qcow2", str(target)],
+                                             what="inspect the copied disk"))
+        for other in info.get("snapshots") or []:
+            if other["name"] != snapshot:
+                snapshots.delete_offline(target, other["name"])
+
+    def _checked_backing(self, info: dict[str, Any], image_disk: Path | None) -> str | None:
+        """The backing file ``qemu-img info`` found, if it is one a VM's disk may have: its
+        image's disk, or a base of this store; else OperationFailed."""
+        backing = info.get("full-backing-filename") or info.get("backing-filename") or None
         data_file = (info.get("format-specific") or {}).get("data", {}).get("data-file")
-        if data_file or (backing or None) != (str(base) if base else None):
+        if data_file or not (backing is None or backing == (str(image_disk) if image_disk else None)
+                             or self._bases.holds(backing)):
             raise OperationFailed(f"the disk of the source VM names {backing or data_file!r}, not its "
                                   "image's disk; refusing to copy it")
-        copy = disk.with_name(".clone.qcow2")
-        args = ["convert", "-q", "-f", "qcow2", "-O", "qcow2"]
-        if snapshot is not None:
-            args += ["-U", "-l", f"snapshot.name={snapshot}"]  # a snapshot does not change
-        disks.run_qemu_img([*args, str(source), str(copy)], what="copy the source disk")
-        os.replace(copy, disk)
+        return backing
 
     # -- backups --------------------------------------------------------------------------
 
@@ -369,12 +445,36 @@ class LocalAgent:
 
     def create_snapshot(self, vm_id: str, name: str, *, memory: bool) -> SnapshotInfo:
         vm = self._running(vm_id)
-        if vm is None:
-            snapshots.create_offline(self._paths(vm_id).disk, name, **self._as_disk_owner(vm_id))
-        else:
-            self._run(snapshots.create_live(vm, vm.paths.qga_sock, name, memory=memory, vm=vm.name,
-                                            qga_lock=vm.qga_lock), timeout=None)
+        try:
+            if vm is None:
+                snapshots.create_offline(self._paths(vm_id).disk, name, **self._as_disk_owner(vm_id))
+            else:
+                if memory:
+                    self._check_room_for_memory(vm)
+                self._run(snapshots.create_live(vm, vm.paths.qga_sock, name, memory=memory, vm=vm.name,
+                                                qga_lock=vm.qga_lock), timeout=None)
+        except OperationFailed as err:
+            if "No space left on device" not in err.message:
+                raise
+            # Whatever QEMU got written of it is no snapshot: it must not be listed as one.
+            if any(s.name == name for s in self.list_snapshots(vm_id)):
+                self.delete_snapshot(vm_id, name)
+            raise no_room(self.vms_dir, f"taking snapshot '{name}'; nothing of it was kept, the VM "
+                          "runs on") from err
         return next(s for s in self.list_snapshots(vm_id) if s.name == name)
+
+    def _check_room_for_memory(self, vm: VM) -> None:
+        """A memory snapshot writes up to the guest's RAM into its disk: refuse before it starts
+        when the data dir has not that much room (plus a margin for the guests' own writes),
+        rather than fill the disk every VM writes to."""
+        ram = int(self._run(vm.command("query-memory-size-summary"))["base-memory"])
+        need_mib = ram // MIB + MEMORY_SNAPSHOT_MARGIN_MIB
+        free_mib = shutil.disk_usage(self.vms_dir).free // MIB
+        if free_mib < need_mib:
+            raise InsufficientStorage(
+                f"a memory snapshot of VM '{vm.name}' needs up to {need_mib} MiB in the host's data "
+                f"dir (its {ram // MIB} MiB of RAM and a margin); {free_mib} MiB are free. Nothing "
+                "was written, the VM runs on", hint=FREE_SPACE_HINT)
 
     def restore_snapshot(self, vm_id: str, name: str) -> None:
         vm = self._running(vm_id)
@@ -384,6 +484,7 @@ class LocalAgent:
             self._run(snapshots.restore_live(vm, name, vm=vm.name), timeout=None)
 
     def delete_snapshot(self, vm_id: str, name: str) -> None:
+        self._warm.forget(vm_id, name)
         vm = self._running(vm_id)
         if vm is None:
             snapshots.delete_offline(self._paths(vm_id).disk, name, **self._as_disk_owner(vm_id))
@@ -448,22 +549,30 @@ class LocalAgent:
             raise NotFound(f"VM '{spec.name}' has no disk on this host ({paths.disk})")
         vm = self._run(self._on_loop(vm_id, spec.name))
         self._launches.put(vm_id, Launch(spec, slot, DEFAULT_REBOOT_WAIT_S))
-        return self._run(self._start(vm, spec, slot), timeout=None)
+        restore = self._launches.pending_restore(vm_id)
+        with self._warm.source_lock(vm_id):  # not while a copy of its disk is being made
+            pid = self._run(self._start(vm, spec, slot, restore=restore), timeout=None)
+        if restore is not None:
+            self._launches.restored(vm_id)
+            self._restored[vm_id] = spec.name
+        return pid
 
-    async def _start(self, vm: VM, spec: VMSpec, slot: int) -> int:
+    async def _start(self, vm: VM, spec: VMSpec, slot: int, *, restore: str | None = None) -> int:
         """On the loop: passt, then QEMU in its cgroup, then the balloon; nothing left on failure."""
         await asyncio.to_thread(self._write_seed, vm.id, spec)
         user = await asyncio.to_thread(self._confine_files, vm.id, slot)
         tap_fds = await asyncio.to_thread(self._open_taps, vm.id)
         try:
-            return await self._spawn(vm, spec, user, tap_fds)
+            return await self._spawn(vm, spec, user, tap_fds, restore)
         finally:
             for fd in tap_fds:
                 os.close(fd)  # QEMU holds its own copies
 
-    async def _spawn(self, vm: VM, spec: VMSpec, user: users.VMUser | None, tap_fds: list[int]) -> int:
+    async def _spawn(self, vm: VM, spec: VMSpec, user: users.VMUser | None, tap_fds: list[int],
+                     restore: str | None = None) -> int:
         paths = vm.paths
-        argv = build_argv(await asyncio.to_thread(self.launch_plan, vm.id, spec, tap_fds))
+        plan = await asyncio.to_thread(self.launch_plan, vm.id, spec, tap_fds)
+        argv = build_argv(dataclasses.replace(plan, loadvm=restore) if restore else plan)
         network = passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log, tuple(spec.ports))
         popen_kwargs: dict[str, Any] = {}
         if user is not None:  # QEMU and its passt both run as the VM's user, without capabilities
@@ -534,6 +643,7 @@ class LocalAgent:
         paths = self._paths(vm_id)
         users.own_run_dir(paths.root, user)
         users.own_disk(paths.disk, user)
+        self._bases.grant(vm_id, user.uid)  # a linked clone reads its base, no other VM does
         if paths.efi_vars.exists():
             users.own_disk(paths.efi_vars, user)  # OVMF writes its boot entries there
         users.check_reachable(paths.disk, user)
@@ -575,7 +685,11 @@ class LocalAgent:
 
     def wait_ready(self, vm_id: str, timeout: float) -> None:
         async def wait() -> None:
-            await self._vm(vm_id).wait_ready(timeout)
+            vm = self._vm(vm_id)
+            await vm.wait_ready(timeout)
+            name = self._restored.pop(vm_id, None)
+            if name is not None:
+                await vm.take_identity(name)
             launched = self._launches.get(vm_id)
             if launched is not None:  # a reboot waits as long as this boot was allowed
                 self._launches.put(vm_id, Launch(launched.spec, launched.slot, timeout))
@@ -804,6 +918,24 @@ class LocalAgent:
         except psutil.NoSuchProcess:
             return None
         return times.user + times.system
+
+
+def _copy_regular(source: Path, target: Path) -> None:
+    """Copy a file of a VM's dir (never through a link its user planted) to a new root file."""
+    src = safe_files.open_regular(source)
+    try:
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            size = os.fstat(src).st_size
+            while size > 0:
+                copied = os.copy_file_range(src, dst, min(size, 1 << 30))
+                if copied == 0:
+                    break
+                size -= copied
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
 
 
 async def _qmp_stats(vm: VM) -> dict[str, Any]:

@@ -210,7 +210,7 @@ async def _copy(client: Any, node: str, target: Path, bitmap: str, since: str | 
                                             "another directory, and try again")
             raise OperationFailed(message, hint="see the agent's log; try again")
     except ExecuteError as err:
-        raise OperationFailed(f"QEMU refused the backup: {err.error.desc}") from err
+        raise OperationFailed(f"QEMU refused the backup: {err.error.error.desc}") from err
     finally:
         if added_node:
             await _quietly(client, "blockdev-del", {"node-name": TARGET_NODE})

@@ -75,3 +75,25 @@ class LaunchRecords:
     def drop(self, vm_id: str) -> None:
         self._known.pop(vm_id, None)
         self._path(vm_id).unlink(missing_ok=True)
+        self._restore_path(vm_id).unlink(missing_ok=True)
+
+    # A VM made from a memory snapshot starts from it once (its first start); later starts
+    # boot cold, as any VM's.
+
+    def _restore_path(self, vm_id: str) -> Path:
+        return self._dir / f"{vm_id}.restore"
+
+    def restore_at_next_start(self, vm_id: str, snapshot: str) -> None:
+        fd = os.open(self._restore_path(vm_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(snapshot)
+
+    def pending_restore(self, vm_id: str) -> str | None:
+        try:
+            return self._restore_path(vm_id).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def restored(self, vm_id: str) -> None:
+        """The restore was carried out: the next start boots."""
+        self._restore_path(vm_id).unlink(missing_ok=True)

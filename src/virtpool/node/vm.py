@@ -320,6 +320,24 @@ class VM:
                                hint=f"start it again (virtpool vm start {self.name}) and retry") from err
             raise
 
+    async def take_identity(self, name: str) -> None:
+        """After a start from a memory snapshot of another VM: its guest still believes it is
+        that VM, at that VM's time. Set its clock and its hostname through its agent. (Its NIC's
+        MAC is in the device state QEMU restored and stays the snapshot's; see the README.)"""
+        try:
+            async with self._qga_lock:
+                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
+                    try:
+                        await agent.call("guest-set-time", {"time": time.time_ns()})
+                    except GuestAgentError as err:  # e.g. no hwclock in the guest: the time is set
+                        log.info("VM %s: %s", self.name, err.message)
+                    done = await agent.exec(["sh", "-c", 'hostname "$1" && echo "$1" >/etc/hostname', "sh", name],
+                                            timeout=30)
+            if done.exit_code != 0:
+                log.warning("VM %s kept the hostname of its snapshot: %s", name, done.stderr.strip())
+        except GuestAgentError as err:
+            log.warning("VM %s kept the identity of its snapshot: %s", name, err.message)
+
     async def guest_interfaces(self, answer_within: float = 1.0) -> Any:
         """The guest agent's ``guest-network-get-interfaces`` reply, or None when the agent is
         busy with another client (an exec, a freeze: QGA serves one at a time), not up yet, or

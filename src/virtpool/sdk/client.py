@@ -378,9 +378,12 @@ class Client:
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         self._call("DELETE", f"/vms/{name}/snapshots/{snapshot}")
 
-    def clone_vm(self, name: str, new: str, *, snapshot: str | None = None) -> VMInfo:
-        """A new stopped VM ``new`` with a copy of ``name``'s disk (or of its ``snapshot``)."""
-        body = {"name": new, "snapshot": snapshot}
+    def clone_vm(self, name: str, new: str, *, snapshot: str | None = None, full: bool = False,
+                 memory: bool = False) -> VMInfo:
+        """A new stopped VM ``new`` made from ``name``'s disk (or its ``snapshot``): a linked
+        clone, a ``full`` copy, or with ``memory`` one whose first start resumes the memory
+        snapshot ``snapshot`` (``vm create --from-snapshot``)."""
+        body = {"name": new, "snapshot": snapshot, "full": full, "memory": memory}
         return VMInfo.model_validate(self._call("POST", f"/vms/{name}/clone", json=body, timeout=None).json())
 
     def backup_vm(self, name: str, target: str, *, incremental: bool = False) -> BackupInfo:

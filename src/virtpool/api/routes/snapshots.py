@@ -33,9 +33,11 @@ def restore_snapshot(name: str, snapshot: SnapshotName, pool: PoolDep, scope: Op
 
 
 @router.post("/{name}/clone", response_model=VMInfo, status_code=status.HTTP_201_CREATED,
-             summary="A new stopped VM whose disk is a copy of this one's (stopped) or of a snapshot")
+             summary="A new stopped VM made from this one's (stopped) disk or a snapshot: linked, "
+                     "full, or started from a memory snapshot")
 def clone_vm(name: str, body: CloneRequest, pool: PoolDep, scope: Operator) -> VMInfo:
-    return pool.clones.clone(name, body.name, snapshot=body.snapshot, project_id=scope.project)
+    return pool.clones.clone(name, body.name, snapshot=body.snapshot, full=body.full, memory=body.memory,
+                             project_id=scope.project)
 
 
 @router.delete("/{name}/snapshots/{snapshot}", status_code=status.HTTP_204_NO_CONTENT)

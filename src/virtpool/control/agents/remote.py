@@ -28,7 +28,7 @@ from virtpool.model.errors import Unauthorized, VirtpoolError
 from virtpool.model.backup import BackupInfo
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.network import HostNetworkInput
-from virtpool.model.snapshot import SnapshotInfo
+from virtpool.model.snapshot import CloneKind, SnapshotInfo
 from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
 from virtpool.mtls import client_context
@@ -256,9 +256,11 @@ class RemoteAgent:
     def converge_networks(self, desired: HostNetworkInput) -> None:
         self._call("PUT", "/v1/networks", json=desired.model_dump(mode="json"), timeout=CALL_TIMEOUT_S + SLACK_S)
 
-    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None) -> None:
+    def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None,
+                   kind: CloneKind = "full", keep_ready: int = 0) -> None:
         self._call("POST", f"/v1/vms/{vm_id}/clone", json={"source": source_vm_id, "image": image,
-                                                          "snapshot": snapshot}, timeout=BUILD_TIMEOUT_S)
+                                                          "snapshot": snapshot, "kind": kind,
+                                                          "keep_ready": keep_ready}, timeout=BUILD_TIMEOUT_S)
 
     def list_snapshots(self, vm_id: str) -> list[SnapshotInfo]:
         return [SnapshotInfo.model_validate(s) for s in self._json("GET", f"/v1/vms/{vm_id}/snapshots")]

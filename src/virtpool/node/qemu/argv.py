@@ -67,6 +67,9 @@ class LaunchPlan:
     seed: Path | None = None  # a cloud-init seed, attached read-only after the root disk
     qemu_binary: str = "qemu-system-x86_64"
     sandbox: bool = True
+    # A memory snapshot inside the disk to start from (QEMU loads its RAM and devices before
+    # the vCPUs run): a VM made with --from-snapshot, on its first start.
+    loadvm: str | None = None
     extra: tuple[str, ...] = field(default=())
 
 
@@ -194,6 +197,8 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         "-qmp", f"unix:{opt_value(paths.qmp_sock)},server=on,wait=off",
         "-pidfile", str(paths.pidfile),
     ]
+    if plan.loadvm is not None:
+        argv += ["-loadvm", plan.loadvm]
     if plan.sandbox:
         argv += sandbox_argv()
     argv += list(plan.extra)

@@ -65,7 +65,7 @@ class Session:
         try:
             return await asyncio.wait_for(self._client.execute(cmd, arguments), COMMAND_TIMEOUT_S)
         except ExecuteError as err:
-            raise OperationFailed(f"QEMU refused '{cmd}' for VM '{self._vm}': {err.error.desc}") from err
+            raise OperationFailed(f"QEMU refused '{cmd}' for VM '{self._vm}': {err.error.error.desc}") from err
         except (TimeoutError, QMPError, OSError, EOFError) as err:
             raise OperationFailed(f"QMP command '{cmd}' for VM '{self._vm}' failed: {err!r}") from err
 

@@ -32,7 +32,7 @@ from virtpool.model.certs import CONTROL_PLANE_CN
 from virtpool.model.errors import InvalidRequest, Unauthorized, VirtpoolError
 from virtpool.model.image import Firmware, ImageInfo
 from virtpool.model.network import HostNetworkInput
-from virtpool.model.snapshot import SnapshotInfo
+from virtpool.model.snapshot import CloneKind, SnapshotInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import VMUsage
 from virtpool.mtls import peer_of
@@ -101,6 +101,8 @@ class CloneBody(BaseModel):
     source: str
     image: str
     snapshot: str | None = None
+    kind: CloneKind = "full"
+    keep_ready: int = Field(default=0, ge=0, le=16)
 
 
 class BackupBody(BaseModel):
@@ -317,7 +319,8 @@ def create_app(agent: LocalAgent, revoked: Revocations, uploads: Path) -> FastAP
 
     @app.post("/v1/vms/{vm_id}/clone", status_code=204)
     def clone(vm_id: str, body: CloneBody, _: Caller) -> Response:
-        agent.clone_disk(_vm(body.source), _vm(vm_id), image=body.image, snapshot=body.snapshot)
+        agent.clone_disk(_vm(body.source), _vm(vm_id), image=body.image, snapshot=body.snapshot,
+                         kind=body.kind, keep_ready=body.keep_ready)
         return Response(status_code=204)
 
     @app.post("/v1/vms/{vm_id}/backups", response_model=BackupInfo)
