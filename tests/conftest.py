@@ -100,10 +100,14 @@ class Server:
                  *up_only, *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )
-        deadline = time.monotonic() + 30
+        # Generous: a loaded shared machine has taken over 30 s to migrate and start.
+        deadline = time.monotonic() + 90
         while not url_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"virtpool up did not start: {self.log.read_text()}")
+                # A server that is merely slow would start later and outlive the test run.
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+                raise RuntimeError(f"virtpool {self.command} did not start: {self.log.read_text()}")
             time.sleep(0.05)
         token = (self.data_dir / "admin.token").read_text().strip()
         self.client = Client(url_file.read_text().strip(), token, timeout=120)

@@ -98,13 +98,13 @@ def test_a_vm_on_a_remote_host_streams_exec_and_is_snapshotted_backed_up_and_clo
     restored = server.cli("vm", "restore-backup", str(target), "rmback", "--host", HOST, "--json")
     assert restored.returncode == 0, restored.stderr
     back = json.loads(restored.stdout)
-    assert back["host"] == HOST and back["state"] == "stopped"
+    assert back["host"] == HOST and back["state"] == "stopped" and back["pinned"]
     assert (pool.agent_dir / "vms" / back["id"] / "disk.qcow2").is_file()
 
     cloned = server.cli("vm", "clone", "rmweb", "rmcopy", "--snapshot", "s1", "--json")
     assert cloned.returncode == 0, cloned.stderr
     copy = json.loads(cloned.stdout)
-    assert copy["host"] == HOST and copy["state"] == "stopped"
+    assert copy["host"] == HOST and copy["state"] == "stopped" and copy["pinned"]  # with its disk
     assert (pool.agent_dir / "vms" / copy["id"] / "disk.qcow2").is_file()
 
     assert server.cli("vm", "snapshot", "delete", "rmweb", "s1").returncode == 0

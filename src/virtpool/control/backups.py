@@ -53,14 +53,10 @@ class BackupService:
         """A new stopped VM from the chain in ``source`` on ``host``, made on that host."""
         chain = self.read(source, host=host)
         disk_mib = -(-chain.disk_bytes // MIB)
-        vm = self._vms.create(VMSpec(name=name, image=chain.image, disk_mib=disk_mib), project_id=project_id)
+        # Made on the chain's host (pinned there): the chain can only be read where it is.
+        vm = self._vms.create(VMSpec(name=name, image=chain.image, disk_mib=disk_mib, host=host),
+                              project_id=project_id)
         try:
-            if host is not None and vm.host != host:
-                # Placement chose another host; the chain can only be read where it is.
-                raise Conflict(f"the new VM was placed on host '{vm.host}', but the chain is on "
-                               f"host '{host}'; nothing was restored",
-                               hint=f"make room on '{host}', or copy the chain to '{vm.host}' and "
-                                    "restore it from there")
             self._vms.agent_of(vm).restore_backup(vm.id, source)
         except BaseException:
             self._vms.delete(vm.id, force=True)

@@ -65,7 +65,9 @@ class CloneService:
                       cpu_affinity=source.cpu_affinity, boot_timeout_s=source.boot_timeout_s,
                       # The same configuration, but a host name of its own; its instance-id
                       # (its new id) makes cloud-init treat the copied disk as a new instance.
-                      cloud_init=source.cloud_init.for_clone() if source.cloud_init else None)
+                      cloud_init=source.cloud_init.for_clone() if source.cloud_init else None,
+                      # Made on the source's host, where the disk it copies is.
+                      host=source.host)
         vm = self._vms.create(spec, project_id=project_id)
         try:
             agent.clone_disk(source.id, vm.id, image=source.image, snapshot=snapshot, kind=kind,
