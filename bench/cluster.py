@@ -17,7 +17,7 @@ microseconds, not a different path). Each round, in an order that rotates:
   (``bench/boot.py``'s ``Baseline``), timed from spawn until its guest agent answers.
 
 The remote host fetches the image once, in a warm-up round that is not timed. The first timed
-round checks that the remote QEMU runs the baseline's argv, paths aside.
+round checks that the remote QEMU runs the baseline's argv, paths and MAC aside.
 
 Usage: ``.venv/bin/python bench/cluster.py [--runs N] [--images DIR]``. The last line of stdout
 is one JSON object::
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -43,7 +44,9 @@ import time
 from pathlib import Path
 
 from bench_server import IMAGE, VIRTPOOL, BenchError, Server, kill_qemus_under, link_image, note
-from boot import BOOT_TIMEOUT_S, Baseline, check_same_argv
+from boot import BOOT_TIMEOUT_S, Baseline
+
+import psutil
 
 from virtpool.model.states import VMState
 from virtpool.node.images.build import build_default_image
@@ -73,7 +76,9 @@ class RemoteAgent:
                  "--listen", "127.0.0.1:0", "--name", REMOTE, "--net-prefix", "vb"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
-        while not any(h.name == REMOTE and h.state == "up" for h in client.hosts()):
+        # Up, with the capacity its agent reported (the host's row is made at enrolment).
+        while not any(h.name == REMOTE and h.state == "up" and h.memory_mib.capacity > 0
+                      for h in client.hosts()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"virtpool agent did not join:\n{self.log.read_text()}")
             time.sleep(0.2)
@@ -86,6 +91,22 @@ class RemoteAgent:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+def check_same_argv(data_dir: Path, vm_id: str, baseline_argv: list[str], baseline_dir: Path) -> None:
+    """The remote QEMU runs the baseline's argv, but for paths and the MAC (made from the VM's
+    id, which differs)."""
+    pid = int((data_dir / "vms" / vm_id / "qemu.pid").read_text().strip())
+
+    def masked(argv: list[str], vm_dir: Path, images: Path) -> list[str]:
+        return [re.sub(r"mac=[0-9a-f:]+", "mac=<MAC>", a.replace(str(vm_dir), "<VM>")
+                       .replace(str(images), "<IMAGES>")) for a in argv]
+
+    theirs = masked(psutil.Process(pid).cmdline(), data_dir / "vms" / vm_id, data_dir / "images")
+    ours = masked(baseline_argv, baseline_dir, baseline_dir.parent.parent / "images")
+    if theirs != ours:
+        diff = [(a, b) for a, b in zip(theirs, ours) if a != b] or [(len(theirs), len(ours))]
+        raise BenchError(f"the remote QEMU's argv differs from the baseline's: {diff}")
 
 
 def run_pinned(client: Client, name: str, host: str) -> tuple[float, str]:
@@ -152,10 +173,11 @@ def main() -> int:
                 if kind == "baseline":
                     elapsed = baseline.run(name, argv, vm_dir)
                 else:
-                    elapsed, vm_id = run_pinned(client, f"{name}-{kind}", local if kind == "local" else REMOTE)
+                    # The baseline's name: the argv (guest name, hostname, MAC) is the same.
+                    elapsed, vm_id = run_pinned(client, name, local if kind == "local" else REMOTE)
                     if i == 0 and kind == "remote":
                         check_same_argv(agent.data_dir, vm_id, argv, vm_dir)
-                    client.delete_vm(f"{name}-{kind}", force=True)
+                    client.delete_vm(name, force=True)
                 results[kind].append(elapsed)
                 note(f"round {i + 1}/{args.runs} {kind:>8}: {elapsed:.3f}s")
     except BenchError as err:
