@@ -74,3 +74,57 @@ def test_nic_request_parse() -> None:
     assert NicRequest.parse("lan,ip=10.20.0.5").ip == "10.20.0.5"
     with pytest.raises(Exception):
         NicRequest.parse("lan,mac=x")
+
+
+def test_port_forwards_become_dnat_only_on_nat_networks() -> None:
+    from virtpool.model.network import HostForward
+
+    desired = DESIRED.model_copy(update={"forwards": (
+        HostForward(vni=4096, host_port=8080, guest_port=80, address="10.20.0.3"),
+        HostForward(vni=4097, host_port=8081, guest_port=80, address="10.30.0.2"))})
+    plan = host_plan(desired, "nw")
+    assert [(f.host_port, f.address) for f in plan.bridges[0].forwards] == [(8080, "10.20.0.3")]
+    assert plan.bridges[1].forwards == ()  # not a NAT network: no DNAT
+    text = str(nft_commands(plan))
+    assert "'dnat': {'family': 'ip', 'addr': '10.20.0.3', 'port': 80}" in text
+    assert "8081" not in text
+    assert "'hook': 'prerouting'" in text and "'hook': 'output'" in text
+
+
+def test_held_uplinks_forward_only_nat_replies_and_dnat() -> None:
+    plan = host_plan(DESIRED, "nw")
+    commands = nft_commands(plan, ("eth0",))
+    restrict = [c for c in commands if "rule" in c.get("add", {})
+                and "'eth0'" in str(c) and "'!'" in str(c)]
+    assert len(restrict) == 1 and "['snat', 'dnat']" in str(restrict[0]) and "drop" in str(restrict[0])
+    # Without NAT networks no uplink is held, and nothing of it appears.
+    flat = host_plan(HostNetworkInput(networks=(DESIRED.networks[1],), nics=(NICS[1],)), "nw")
+    assert "eth0" not in str(nft_commands(flat, ("eth0",)))
+    assert plan.device_kinds() == {"bridge", "vxlan", "tuntap"} and flat.device_kinds() == {"bridge", "tuntap"}
+
+
+def test_uplinks_leave_out_loopback_bridges_their_ports_and_our_devices() -> None:
+    import re
+
+    from virtpool.node.net.forwarding import uplinks
+
+    class Link:
+        def __init__(self, name: str, kind: str | None = None, master: int | None = None,
+                     state: str = "UP") -> None:
+            self.attrs = {"IFLA_IFNAME": name, "IFLA_MASTER": master, "IFLA_OPERSTATE": state,
+                          "IFLA_LINKINFO": Info(kind) if kind else None}
+
+        def get_attr(self, key: str) -> object:
+            return self.attrs.get(key)
+
+    class Info:
+        def __init__(self, kind: str) -> None:
+            self.kind = kind
+
+        def get_attr(self, key: str) -> str:
+            return self.kind
+
+    links = [Link("lo"), Link("eth0"), Link("docker0", "bridge"), Link("veth1", "veth", master=5),
+             Link("nwbr4096", "bridge"), Link("nwt12345678", "tun"), Link("wan", "veth"),
+             Link("eth9", state="DOWN")]
+    assert uplinks(links, re.compile(r"^nw(br|vx|t)[0-9a-f]+$")) == ("eth0", "wan")

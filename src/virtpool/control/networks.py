@@ -11,17 +11,19 @@ import ipaddress
 import secrets
 import uuid
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from virtpool.control.store.tables import NetworkRow, NicRow, ProjectRow, VMRow
+from virtpool.control.store.tables import HostRow, NetworkRow, NicRow, PortRow, ProjectRow, VMRow
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound
 from virtpool.model.network import (
     DEFAULT_MTU,
     DEFAULT_SUBNET_POOL,
     VNI_FIRST,
+    HostForward,
     HostNetwork,
     HostNetworkInput,
     HostNic,
@@ -31,6 +33,7 @@ from virtpool.model.network import (
     NicView,
     gateway_of,
 )
+from virtpool.model.spec import PortForward
 
 MAX_NICS = 8
 
@@ -84,12 +87,15 @@ class NetworkService:
     # -- IPAM -----------------------------------------------------------------------------
 
     def add_nics(self, session: Session, project_id: str, vm_id: str,
-                 requests: Sequence[NicRequest]) -> None:
-        """In the VM's own create transaction: a MAC and an address for each NIC asked for."""
+                 requests: Sequence[NicRequest], ports: Sequence[PortForward] = ()) -> None:
+        """In the VM's own create transaction: a MAC and an address for each NIC asked for.
+        ``--port`` forwards become DNAT to the first NIC on a NAT network: refused without one."""
         if len(requests) > MAX_NICS:
             raise InvalidRequest(f"{len(requests)} NICs asked for; at most {MAX_NICS}")
+        nat = False
         for position, request in enumerate(requests):
             network = network_by_name(session, project_id, request.network)
+            nat = nat or network.nat
             subnet = ipaddress.IPv4Network(network.subnet)
             used = set(session.scalars(select(NicRow.address)
                                        .where(NicRow.network_id == network.id)))
@@ -97,9 +103,16 @@ class NetworkService:
             session.add(NicRow(id=uuid.uuid4().hex, vm_id=vm_id, network_id=network.id,
                                position=position, mac=_new_mac(session), address=address))
             session.flush()  # the next NIC on the same network sees this address as taken
+        if ports and not nat:
+            raise InvalidRequest(
+                "--port forwards of a VM on --network need one of its networks to be a NAT "
+                "network (they become DNAT to its address there)",
+                hint="create the network with --nat, or leave out --port")
 
     def host_input(self, host: str, active_vm_ids: set[str]) -> HostNetworkInput:
-        """What ``host`` must have: the networks and taps of its VMs in ``active_vm_ids``."""
+        """What ``host`` must have for the VMs of ``active_vm_ids`` (active on any host): the
+        networks and taps of those on ``host``, the other hosts of each network as VXLAN peers
+        (their agents' addresses), and the ``--port`` forwards of VMs on NAT networks."""
         with self._sessions() as session:
             rows = session.execute(
                 select(NicRow, NetworkRow, VMRow.slot)
@@ -107,12 +120,45 @@ class NetworkService:
                 .join(VMRow, VMRow.id == NicRow.vm_id)
                 .where(VMRow.host == host, NicRow.vm_id.in_(active_vm_ids))
                 .order_by(NicRow.vm_id, NicRow.position)).all()
-        networks = {net.vni: HostNetwork(vni=net.vni, subnet=net.subnet, nat=net.nat, mtu=net.mtu)
+            network_ids = {net.id for _, net, _ in rows}
+            elsewhere = session.execute(
+                select(NicRow.network_id, HostRow.address)
+                .join(VMRow, VMRow.id == NicRow.vm_id).join(HostRow, HostRow.name == VMRow.host)
+                .where(NicRow.network_id.in_(network_ids), VMRow.host != host,
+                       NicRow.vm_id.in_(active_vm_ids))).all()
+            own = session.scalar(select(HostRow.address).where(HostRow.name == host))
+            ports = session.execute(select(PortRow).where(PortRow.vm_id.in_(
+                {nic.vm_id for nic, _, _ in rows}))).scalars().all()
+        peers: dict[str, set[str]] = {}
+        for network_id, address in elsewhere:
+            vtep = vtep_of(address)
+            if vtep is not None:
+                peers.setdefault(network_id, set()).add(vtep)
+        networks = {net.vni: HostNetwork(vni=net.vni, subnet=net.subnet, nat=net.nat, mtu=net.mtu,
+                                         peers=tuple(sorted(peers.get(net.id, ()))))
                     for _, net, _ in rows}
         nics = tuple(HostNic(nic_id=nic.id, vm_id=nic.vm_id, position=nic.position, vni=net.vni,
                              mac=nic.mac, address=nic.address, slot=slot)
                      for nic, net, slot in rows)
-        return HostNetworkInput(networks=tuple(networks[v] for v in sorted(networks)), nics=nics)
+        first_nat: dict[str, tuple[int, str]] = {}
+        for nic, net, _ in rows:  # ordered by position: the VM's first NIC on a NAT network
+            if net.nat:
+                first_nat.setdefault(nic.vm_id, (net.vni, nic.address))
+        forwards = tuple(HostForward(vni=first_nat[p.vm_id][0], address=first_nat[p.vm_id][1],
+                                     host_port=p.host_port, guest_port=p.guest_port)
+                         for p in sorted(ports, key=lambda p: p.host_port) if p.vm_id in first_nat)
+        return HostNetworkInput(networks=tuple(networks[v] for v in sorted(networks)), nics=nics,
+                                forwards=forwards, underlay=vtep_of(own) if peers else None)
+
+    def hosts_sharing(self, host: str, active_vm_ids: set[str]) -> set[str]:
+        """The other hosts with VMs of ``active_vm_ids`` on a network that ``host`` has some on."""
+        with self._sessions() as session:
+            mine = select(NicRow.network_id).join(VMRow, VMRow.id == NicRow.vm_id).where(
+                VMRow.host == host, NicRow.vm_id.in_(active_vm_ids))
+            return set(session.scalars(
+                select(VMRow.host).join(NicRow, NicRow.vm_id == VMRow.id)
+                .where(NicRow.network_id.in_(mine), VMRow.host != host,
+                       VMRow.host.is_not(None), NicRow.vm_id.in_(active_vm_ids)).distinct()))
 
     def _view(self, session: Session, row: NetworkRow) -> NetworkView:
         nics = session.execute(select(NicRow, VMRow.name).join(VMRow, VMRow.id == NicRow.vm_id)
@@ -122,6 +168,17 @@ class NetworkService:
             name=row.name, project=row.project_id, subnet=row.subnet,
             gateway=str(gateway_of(subnet)), nat=row.nat, vni=row.vni, mtu=row.mtu,
             nics=[NicView(network=row.name, mac=n.mac, address=n.address, vm=vm) for n, vm in nics])
+
+
+def vtep_of(agent_url: str | None) -> str | None:
+    """A host's VXLAN address: the one its agent is reached at (None: no agent over the network,
+    e.g. the in-process agent of `virtpool up`, which then has no VXLAN to other hosts)."""
+    if not agent_url:
+        return None
+    try:
+        return str(ipaddress.ip_address(urlsplit(agent_url).hostname or ""))
+    except ValueError:
+        return None  # a name, not an address: VXLAN needs an address
 
 
 def network_by_name(session: Session, project_id: str, name: str) -> NetworkRow:

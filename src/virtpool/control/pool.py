@@ -57,6 +57,7 @@ from virtpool.model.layout import TOKEN_FILE, URL_FILE
 from virtpool.model.lease import MONITOR_PERIOD_S
 
 log = logging.getLogger(__name__)
+NETWORK_ROUND_S = 30.0  # how soon a host's networks heal after a converge it missed
 BACK_ATTEMPTS, BACK_RETRY_S = 5, 5.0  # converging a host that came back
 
 
@@ -132,6 +133,9 @@ class Pool:
         # The pool's background loops run on one server of those sharing the database.
         self.leader = Leadership(sessions, events=self.events)
         self.lease_monitor = Loop("lease-monitor", self.leases.expire, MONITOR_PERIOD_S, self.leader)
+        # Every host's networks again now and then: a converge an agent missed heals.
+        self.network_rounds = Loop("network-converge", self.vms.converge_all_networks,
+                                   NETWORK_ROUND_S, self.leader)
         self.usage_sampler = Loop("usage-sampler", self.usage.sample, self.usage.interval_s, self.leader)
         self.heartbeat: LocalHeartbeat | None = None
 
@@ -215,6 +219,7 @@ class Pool:
             self.operations.fail_interrupted()
         self.leader.start()
         self.lease_monitor.start()
+        self.network_rounds.start()
         self.usage_sampler.start()
         return self.tokens.bootstrap(self.config.token_file)
 
@@ -227,6 +232,7 @@ class Pool:
         return Scrape(*collectors)
 
     def close(self) -> None:
+        self.network_rounds.stop()
         self.lease_monitor.stop()
         self.leader.stop()
         if self.heartbeat is not None:

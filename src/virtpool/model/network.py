@@ -164,6 +164,17 @@ class HostNic(BaseModel):
         return value
 
 
+class HostForward(BaseModel):
+    """A VM's ``--port H:G`` on a NAT network: the host's TCP port H goes to ADDRESS:G (DNAT)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vni: int
+    host_port: int = Field(ge=1, le=65535)
+    guest_port: int = Field(ge=1, le=65535)
+    address: str
+
+
 class HostNetworkInput(BaseModel):
     """Everything the control plane wants of one host's networks (data only: it travels to
     remote agents). The agent converges to exactly this: what is not in it is removed."""
@@ -172,4 +183,5 @@ class HostNetworkInput(BaseModel):
 
     networks: tuple[HostNetwork, ...] = ()
     nics: tuple[HostNic, ...] = ()
+    forwards: tuple[HostForward, ...] = ()
     underlay: str | None = Field(default=None, description="this host's VXLAN source address")

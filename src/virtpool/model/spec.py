@@ -36,7 +36,8 @@ def kernel_args_ok(value: str) -> bool:
 
 
 class PortForward(BaseModel):
-    """A TCP port on the host's loopback forwarded to a port in the guest."""
+    """A TCP port of the host forwarded to a port in the guest: on the host's loopback for the
+    default network, on every host address (nftables DNAT) for a VM on a NAT network."""
 
     model_config = FROZEN_REQUEST
 
@@ -148,13 +149,6 @@ class VMSpec(BaseModel):
             raise ValueError(
                 f"max_memory_mib ({self.max_memory_mib}) is below memory_mib ({self.memory_mib})"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _check_ports_need_default_network(self) -> VMSpec:
-        if self.ports and self.networks:
-            raise ValueError("--port forwards go to the default network, which a VM on "
-                             "--network does not have; leave out one or the other")
         return self
 
     @model_validator(mode="after")

@@ -30,6 +30,7 @@ from virtpool.control.changes import Changes
 from virtpool.control.agents.registry import AgentRegistry
 from virtpool.control.detached import NoAgentAttached
 from virtpool.control.events import EventLog
+from virtpool.control.leases import UNREACHABLE
 from virtpool.control.networks import NetworkService
 from virtpool.control.secgroups import SecGroupService
 from virtpool.control.placement import Placed, Placer, claim_delta
@@ -44,6 +45,7 @@ from virtpool.control.vms.reconcile import Do
 from virtpool.model.agent import Agent, AgentEvent
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound, StateError, VirtpoolError
 from virtpool.model.image import ImageInfo
+from virtpool.model.network import HostNetworkInput
 from virtpool.model.project import Usage
 from virtpool.model.resize import plan_resize
 from virtpool.model.resources import Resources
@@ -91,6 +93,9 @@ class VMService:
         self._networks = networks or NetworkService(sessions)
         self._secgroups = secgroups or SecGroupService(sessions)
         self._net_lock = threading.Lock()
+        # host -> the other hosts it shared a network with at its last converge: when that
+        # changes, they are converged too (their VXLAN peers follow).
+        self._net_peers: dict[str, set[str]] = {}
         self._placer = placer or Placer()
         self.boot_timeout = boot_timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm-op")
@@ -277,7 +282,7 @@ class VMService:
                     session.add(self._new_row(session, vm_id, spec, placed, project_id))
                     if spec.networks:
                         session.flush()  # the NICs' foreign key needs the VM's row
-                        self._networks.add_nics(session, project_id, vm_id, spec.networks)
+                        self._networks.add_nics(session, project_id, vm_id, spec.networks, spec.ports)
                     if spec.secgroups:
                         self._secgroups.attach(session, project_id, vm_id, spec.secgroups)
                 return placed.host
@@ -510,7 +515,7 @@ class VMService:
         self._remove_row(vm.id)
         if vm.secgroups:
             # A member gone: rules naming its groups let it go, and its own host drops its taps.
-            self.converge_all_networks(also={vm.host})
+            self.converge_all_networks()
         elif vm.nics:
             self._converge_quietly(vm.host)
 
@@ -518,25 +523,50 @@ class VMService:
 
     def converge_networks(self, host: str, also: set[str] | frozenset[str] = frozenset()) -> None:
         """Hand ``host``'s agent the networks and taps of its active VMs (and of ``also``,
-        about to start): the agent makes its devices and rules exactly that."""
+        about to start): the agent makes its devices and rules exactly that. Then every other
+        host sharing a network with it, whose VXLAN peers may have changed; one of them out of
+        reach does not fail this: the periodic round (``converge_all_networks``) or its agent's
+        return (the reconcile on rejoining) brings it up to date."""
         with self._net_lock:
-            with self._sessions() as session:
-                active = set(session.scalars(select(VMRow.id).where(
-                    VMRow.host == host,
-                    VMRow.state.in_([s.value for s in ACTIVE]))))
-            desired = self._networks.host_input(host, active | set(also))
-            self._agents.for_host(host).converge_networks(self._secgroups.with_firewalls(desired))
+            active = self._active_vm_ids() | set(also)
+            before = self._net_peers.get(host, set())
+            self._agents.for_host(host).converge_networks(self._host_input(host, active))
+            sharing = self._networks.hosts_sharing(host, active)
+            self._net_peers[host] = sharing
+            # Hosts out of reach are left to their return (a request to one could hang).
+            for other in sorted(self._reachable(sharing | before)):
+                try:
+                    self._agents.for_host(other).converge_networks(
+                        self._host_input(other, active))
+                except Exception as err:  # noqa: BLE001 - any failure: the next round heals it
+                    log.warning("network converge of host %s (a peer of %s) failed for now: %s",
+                                other, host, err)
 
-    def converge_all_networks(self, also: set[str] | frozenset[str] = frozenset()) -> None:
-        """Converge every host with running VMs on networks (and the hosts ``also``): security
-        groups changed, and any NIC anywhere may filter by them. A host out of reach gets them
-        at its reconcile."""
+    def converge_all_networks(self) -> None:
+        """One round over every host with an agent: what a missed message left behind heals."""
+        for host in self._reachable(set(self._agents.attached())):
+            try:
+                with self._net_lock:
+                    self._agents.for_host(host).converge_networks(
+                        self._host_input(host, self._active_vm_ids()))
+            except NoAgentAttached:
+                continue  # another `virtpool up`'s in-process agent: that server converges it
+            except Exception as err:  # noqa: BLE001 - the next round tries again
+                log.warning("network converge of host %s failed for now: %s", host, err)
+
+    def _reachable(self, hosts: set[str]) -> set[str]:
         with self._sessions() as session:
-            hosts = set(session.scalars(
-                select(VMRow.host).join(NicRow, NicRow.vm_id == VMRow.id)
-                .where(VMRow.state.in_([s.value for s in ACTIVE]))))
-        for host in sorted(hosts | set(also)):
-            self._converge_quietly(host)
+            return set(session.scalars(select(HostRow.name).where(
+                HostRow.name.in_(hosts), HostRow.state != UNREACHABLE)))
+
+    def _active_vm_ids(self) -> set[str]:
+        with self._sessions() as session:
+            return set(session.scalars(select(VMRow.id).where(
+                VMRow.state.in_([s.value for s in NET_ACTIVE]))))
+
+    def _host_input(self, host: str, active: set[str]) -> HostNetworkInput:
+        """What ``host`` must have for its networks, each NIC with its security groups' rules."""
+        return self._secgroups.with_firewalls(self._networks.host_input(host, active))
 
     def _converge_quietly(self, host: str) -> None:
         # After a VM stopped (its taps go) or security groups changed. A failure here must not
@@ -725,6 +755,8 @@ class VMService:
             agent.kill_vm(vm.id)
 
 
+# VMs whose devices stay: an unknown one (its host out of reach) may still run there.
+NET_ACTIVE = ACTIVE | {S.UNKNOWN}
 # States in which the VM has no uptime; in the others (paused, stopping) it keeps its start time.
 NOT_RUNNING = frozenset({S.STOPPED, S.CRASHED, S.ERROR, S.CREATING, S.STARTING})
 

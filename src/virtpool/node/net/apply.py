@@ -8,8 +8,10 @@ applies inside a network namespace (a second "host" on one machine in the tests)
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +20,90 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from virtpool.model.errors import OperationFailed
 from virtpool.node.net import dhcp, nft
+from virtpool.node.net.forwarding import Forwarding, uplinks
 from virtpool.node.net.plan import VXLAN_PORT, BridgePlan, HostPlan, TapPlan, nft_commands
 from virtpool.node.net.secgroups import secgroup_commands
 
+log = logging.getLogger(__name__)
 ZERO_MAC = "00:00:00:00:00:00"
 BRIDGE_NF_SYSCTL = "net.bridge.bridge-nf-call-iptables"
+# The kernel's name of each kind of device a plan needs, and the module that provides it.
+DEVICE_KINDS = {"bridge": "bridge", "vxlan": "vxlan", "tuntap": "tuntap"}
+MODULES = {"bridge": "bridge", "vxlan": "vxlan", "tuntap": "tun"}
 
 
 class NetworkApplier:
     """Applies plans for one prefix, keeping dnsmasq's files under ``state_dir``."""
 
-    def __init__(self, prefix: str, state_dir: Path, netns: str | None = None) -> None:
+    def __init__(self, prefix: str, state_dir: Path, netns: str | None = None,
+                 kinds: Mapping[str, str] = DEVICE_KINDS) -> None:
         self.prefix = prefix
         self.state_dir = state_dir
         self.netns = netns
-        self._ours = re.compile(rf"^{re.escape(prefix)}(br|vx|t)[0-9a-f]+$")
+        self.kinds = kinds  # the kernel's device kinds: a test names one the kernel lacks
+        self._ours = re.compile(rf"^{re.escape(prefix)}((br|vx|t)[0-9a-f]+|probe)$")
+        self._forwarding = Forwarding(state_dir, netns)
+        # The last plan applied in full by this process (None: not known since it started, as
+        # after an agent restart, when running VMs' devices must never be rolled back).
+        self._applied: HostPlan | None = None
 
     def _ipr(self) -> Any:
         return NetNS(self.netns) if self.netns else IPRoute()
 
     def converge(self, plan: HostPlan) -> None:
+        """Make the host exactly ``plan``. What the host cannot do (a kernel without a device
+        kind, no nftables) is found before anything changes; a failure half-way puts back the
+        last plan this applier applied in full."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         # dnsmasq re-reads its hosts file as the unprivileged user it drops to.
         self.state_dir.chmod(0o711)
+        held = self._preflight(plan)
+        try:
+            self._converge(plan, held)
+        except Exception:
+            if self._applied is not None and plan != self._applied:
+                try:
+                    self._converge(self._applied, self._preflight(self._applied))
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    log.exception("putting the network plan back after a failed apply failed")
+            raise
+        self._applied = plan
+
+    def _preflight(self, plan: HostPlan) -> tuple[str, ...]:
+        """Ask the kernel for each kind of device the plan needs (a throwaway one) and check the
+        whole ruleset with ``nft --check``: a host lacking either is told so, with nothing
+        changed. Returns the uplinks whose forwarding a NAT network will hold."""
+        try:
+            with self._ipr() as ipr:
+                for kind in sorted(plan.device_kinds()):
+                    self._probe(ipr, kind)
+                found = uplinks(ipr.get_links(), self._ours) if plan.nat else ()
+        except NetlinkError as err:
+            raise OperationFailed(f"the kernel refused a network device change: {err}",
+                                  hint="virtual networks need root") from err
+        held = tuple(n for n in found if self._forwarding.would_hold(n))
+        nft.check(nft_commands(plan, held), netns=self.netns)
+        return held
+
+    def _probe(self, ipr: Any, kind: str) -> None:
+        name = f"{self.prefix}probe"
+        asked = self.kinds[kind]
+        # The options of the kinds pyroute2 knows; a kind it does not know gets none.
+        options: dict[str, Any] = {"tuntap": {"mode": "tap"},
+                                   "vxlan": {"vxlan_id": 1, "vxlan_port": VXLAN_PORT}}.get(asked, {})
+        for index in ipr.link_lookup(ifname=name):
+            ipr.link("del", index=index)
+        try:
+            ipr.link("add", ifname=name, kind=asked, **options)
+        except NetlinkError as err:
+            raise OperationFailed(
+                f"this host's kernel cannot make {kind} devices ({err.args[-1] if err.args else err})",
+                hint=f"load the '{MODULES[kind]}' kernel module (modprobe {MODULES[kind]}) or run "
+                     "VMs on virtual networks on a host that has it") from err
+        for index in ipr.link_lookup(ifname=name):
+            ipr.link("del", index=index)
+
+    def _converge(self, plan: HostPlan, held: tuple[str, ...]) -> None:
         try:
             with self._ipr() as ipr:
                 wanted = plan.device_names()
@@ -53,10 +116,14 @@ class NetworkApplier:
             raise OperationFailed(f"the kernel refused a network device change: {err}",
                                   hint="virtual networks need root and the bridge, vxlan and "
                                        "tun kernel modules") from err
+        for bridge in plan.bridges:
+            self._forwarding.set_bridge(bridge.name, bridge.nat)
         if any(b.taps for b in plan.bridges):
             bridged_traffic_is_filtered(self.netns)
-        # One transaction: a NIC is never without its security groups, not even for a moment.
-        nft.apply(nft_commands(plan) + secgroup_commands(plan), netns=self.netns)
+        # Rules first, then forwarding on: never a moment of forwarding without the rules. One
+        # transaction: a NIC is never without its security groups, not even for a moment.
+        nft.apply(nft_commands(plan, held) + secgroup_commands(plan), netns=self.netns)
+        self._forwarding.hold(held)
         dhcp.stop_all_except({b.name for b in plan.bridges}, self.state_dir)
         for bridge in plan.bridges:
             dhcp.converge(bridge, self.state_dir, self.netns)
@@ -74,7 +141,7 @@ class NetworkApplier:
         return found
 
     def _bridge(self, ipr: Any, bridge: BridgePlan, underlay: str | None) -> None:
-        index = _ensure(ipr, bridge.name, kind="bridge")
+        index = _ensure(ipr, bridge.name, kind=self.kinds["bridge"])
         ipr.link("set", index=index, mtu=bridge.mtu)
         address, prefixlen = bridge.gateway.split("/")
         have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)
@@ -95,7 +162,7 @@ class NetworkApplier:
                                    "vxlan_learning": 1}
         if underlay:
             options["vxlan_local"] = underlay
-        index = _ensure(ipr, name, kind="vxlan", **options)
+        index = _ensure(ipr, name, kind=self.kinds["vxlan"], **options)
         ipr.link("set", index=index, mtu=bridge.mtu, master=master, state="up")
         # Broadcast and unknown traffic goes to every peer (head-end replication): one all-zero
         # FDB entry per peer; entries of peers that left are removed.
@@ -118,7 +185,7 @@ class NetworkApplier:
         if tap.uid is not None:
             # Only the VM's QEMU user may attach to it (TUNSETOWNER/TUNSETGROUP).
             options.update(uid=tap.uid, gid=tap.uid)
-        index = _ensure(ipr, tap.name, kind="tuntap", **options)
+        index = _ensure(ipr, tap.name, kind=self.kinds["tuntap"], **options)
         ipr.link("set", index=index, mtu=mtu, master=master, state="up")
 
 

@@ -29,9 +29,22 @@ def apply(commands: list[dict[str, Any]], *, netns: str | None = None) -> None:
     run({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]}, netns=netns)
 
 
-def run(document: dict[str, Any], *, netns: str | None = None) -> dict[str, Any]:
+def check(commands: list[dict[str, Any]], *, netns: str | None = None) -> None:
+    """``nft --check``: the kernel accepts ``commands`` (every expression, hook and family it
+    needs exists), without applying them."""
+    if commands:
+        run({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]}, netns=netns,
+            check_only=True)
+
+
+def run(document: dict[str, Any], *, netns: str | None = None,
+        check_only: bool = False) -> dict[str, Any]:
     """Send one JSON document to ``nft``; its JSON answer (empty for pure changes)."""
-    argv = ["nft", "-j", "-f", "-"]
+    if not available():  # also inside a namespace: `ip netns exec` would only say "exec failed"
+        raise OperationFailed("nft is not installed on this host: virtual networks need nftables",
+                              hint="run scripts/install-system-packages.sh as root (Debian's "
+                                   "nftables package)")
+    argv = ["nft", *(["-c"] if check_only else []), "-j", "-f", "-"]
     if netns is not None:
         argv = ["ip", "netns", "exec", netns, *argv]
     try:

@@ -32,6 +32,15 @@ class TapPlan:
 
 
 @dataclass(frozen=True)
+class ForwardPlan:
+    """``--port H:G`` of a VM on a NAT network: the host's TCP port H, DNAT to ADDRESS:G."""
+
+    host_port: int
+    address: str
+    guest_port: int
+
+
+@dataclass(frozen=True)
 class BridgePlan:
     name: str
     vni: int
@@ -43,6 +52,7 @@ class BridgePlan:
     peers: tuple[str, ...]
     taps: tuple[TapPlan, ...]
     leases: tuple[tuple[str, str], ...]  # (MAC, address) for dnsmasq's static leases
+    forwards: tuple[ForwardPlan, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,19 @@ class HostPlan:
                 names.add(bridge.vxlan)
             names.update(t.name for t in bridge.taps)
         return names
+
+    @property
+    def nat(self) -> bool:
+        return any(b.nat for b in self.bridges)
+
+    def device_kinds(self) -> set[str]:
+        """The kinds of device (netlink's names) this plan needs the kernel to make."""
+        kinds = {"bridge"} if self.bridges else set()
+        if any(b.vxlan for b in self.bridges):
+            kinds.add("vxlan")
+        if any(b.taps for b in self.bridges):
+            kinds.add("tuntap")
+        return kinds
 
     def taps_of(self, vm_id: str) -> list[TapPlan]:
         found = [t for b in self.bridges for t in b.taps if t.vm_id == vm_id]
@@ -101,7 +124,9 @@ def host_plan(desired: HostNetworkInput, prefix: str,
             mtu=network.mtu, nat=network.nat,
             vxlan=vxlan_name(prefix, network.vni) if network.peers else None,
             peers=tuple(sorted(network.peers)), taps=taps,
-            leases=tuple(sorted((t.mac, t.address) for t in taps))))
+            leases=tuple(sorted((t.mac, t.address) for t in taps)),
+            forwards=tuple(ForwardPlan(f.host_port, f.address, f.guest_port)
+                           for f in desired.forwards if f.vni == network.vni and network.nat)))
     return HostPlan(prefix=prefix, underlay=desired.underlay, bridges=tuple(bridges))
 
 
@@ -120,11 +145,15 @@ def _payload(protocol: str, field_: str) -> dict[str, Any]:
     return {"payload": {"protocol": protocol, "field": field_}}
 
 
-def nft_commands(plan: HostPlan) -> list[dict[str, Any]]:
+def nft_commands(plan: HostPlan, uplinks: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """The whole ruleset of this host's networks, rebuilt in one transaction.
 
     * ``inet <p>host``: guests reach nothing on the host through their bridge but its DHCP
-      server; the host forwards nothing between networks; NAT networks masquerade egress.
+      server; the host forwards nothing between networks; NAT networks masquerade egress, and
+      their VMs' ``--port`` forwards are DNAT to them.
+    * ``uplinks``: the host's interfaces whose forwarding virtpool switched on for NAT (it was
+      off): what arrives on them is forwarded only when it is a reply to a guest's
+      masqueraded connection or a DNAT to a guest, as if forwarding were still off otherwise.
     * ``bridge <p>net``: anti-spoofing per tap: a NIC sends only from its own MAC and address.
     """
     host, net = f"{plan.prefix}host", f"{plan.prefix}net"
@@ -152,9 +181,18 @@ def nft_commands(plan: HostPlan) -> list[dict[str, Any]]:
     commands.append(rule("inet", host, "input", _match(_meta("iifname"), ours),
                          _match(_meta("l4proto"), "udp"),
                          _match(_payload("udp", "dport"), 67), {"accept": None}))
+    # Replies to connections the host itself opened to a guest (a --port forward used from the
+    # host); guests open none of their own to it.
+    commands.append(rule("inet", host, "input", _match(_meta("iifname"), ours),
+                         _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
+                         _match({"ct": {"key": "direction"}}, "reply"), {"accept": None}))
     commands.append(rule("inet", host, "input", _match(_meta("iifname"), ours),
                          {"counter": None}, {"drop": None}))
     commands.append(chain("inet", host, "forward", "forward", -10))
+    if uplinks and plan.nat:
+        commands.append(rule("inet", host, "forward", _match(_meta("iifname"), {"set": list(uplinks)}),
+                             _match({"ct": {"key": "status"}}, ["snat", "dnat"], "!"),
+                             {"counter": None}, {"drop": None}))
     for bridge in plan.bridges:
         # Hosts with br_netfilter (bridge-nf-call-iptables=1) pass bridged frames through this
         # hook too: VMs of one network reach each other (their security groups decide).
@@ -164,8 +202,13 @@ def nft_commands(plan: HostPlan) -> list[dict[str, Any]]:
             commands.append(rule("inet", host, "forward", _match(_meta("iifname"), bridge.name),
                                  _match(_meta("oifname"), ours, "!="), {"accept": None}))
             commands.append(rule("inet", host, "forward", _match(_meta("oifname"), bridge.name),
-                                 _match({"ct": {"key": "state"}}, ["established", "related"]),
+                                 # "in": a bit of the mask ("==" would ask for both at once)
+                                 _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
                                  {"accept": None}))
+            if bridge.forwards:
+                commands.append(rule("inet", host, "forward", _match(_meta("oifname"), bridge.name),
+                                     _match({"ct": {"key": "status"}}, "dnat", "in"),
+                                     {"accept": None}))
     commands.append(rule("inet", host, "forward", _match(_meta("iifname"), ours), {"drop": None}))
     commands.append(rule("inet", host, "forward", _match(_meta("oifname"), ours), {"drop": None}))
     if any(b.nat for b in plan.bridges):
@@ -179,6 +222,19 @@ def nft_commands(plan: HostPlan) -> list[dict[str, Any]]:
                            {"prefix": {"addr": str(network.network_address),
                                        "len": network.prefixlen}}),
                     _match(_meta("oifname"), bridge.name, "!="), {"masquerade": None}))
+    forwards = [f for b in plan.bridges for f in b.forwards]
+    if forwards:
+        # From elsewhere (prerouting) and from the host itself (output; not to 127/8, which
+        # the kernel does not route to another host).
+        commands.append(chain("inet", host, "prerouting", "prerouting", -100, kind="nat"))
+        commands.append(chain("inet", host, "output", "output", -100, kind="nat"))
+        local = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+        not_loopback = _match(_payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}, "!=")
+        for forward in forwards:
+            to_guest = [_match(_payload("tcp", "dport"), forward.host_port),
+                        {"dnat": {"family": "ip", "addr": forward.address, "port": forward.guest_port}}]
+            commands.append(rule("inet", host, "prerouting", local, *to_guest))
+            commands.append(rule("inet", host, "output", not_loopback, local, *to_guest))
 
     commands.append({"add": {"table": {"family": "bridge", "name": net}}})
     commands.append(chain("bridge", net, "prerouting", "prerouting", -200))
