@@ -34,7 +34,7 @@ from virtpool.control.leases import UNREACHABLE
 from virtpool.control.networks import NetworkService
 from virtpool.control.secgroups import SecGroupService
 from virtpool.control.placement import Placed, Placer, claim_delta
-from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, NicRow, PortRow, VMRow, utcnow
+from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, PortRow, VMRow, utcnow
 from virtpool.control.vms import admission, reconcile
 from virtpool.control.vms.fetch import FetchProgress, Report
 from virtpool.control.vms.records import held as _held
