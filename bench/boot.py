@@ -44,6 +44,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -238,6 +239,8 @@ def check_same_argv(server_dir: Path, vm_id: str, baseline_argv: list[str], base
     # The image lives in each data dir's own images/ directory.
     theirs = [a.replace(str(server_dir / "images"), "<IMAGES>") for a in theirs]
     ours = [a.replace(str(baseline_dir.parent.parent / "images"), "<IMAGES>") for a in ours]
+    # Each VM's NIC has a MAC of its own (from its id): the one difference besides paths.
+    theirs, ours = ([re.sub(r"mac=[0-9a-f:]{17}", "mac=<MAC>", a) for a in argv] for argv in (theirs, ours))
     if theirs != ours:
         diff = [(a, b) for a, b in zip(theirs, ours) if a != b] or [(len(theirs), len(ours))]
         raise BenchError(f"virtpool's QEMU argv differs from the baseline's: {diff}")
