@@ -202,13 +202,11 @@ class VMRow(Base):
     # When it last began running (kept across pause and resume); NULL while it does not run.
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
-    # Its NICs on project networks, first one first (its address is the one `vm list` shows);
-    # loaded with the VM in one more query per list, never written through.
-    nics: Mapped[list[NicRow]] = relationship(
-        "NicRow", order_by="NicRow.position", lazy="selectin", viewonly=True)
     ports: Mapped[list[PortRow]] = relationship(
         back_populates="vm", cascade="all, delete-orphan", lazy="selectin", order_by="PortRow.host_port"
     )
+    # Its NICs on project networks, first one first (its address is the one `vm list` shows);
+    # loaded with the VM in one more query per list, and deleted with it.
     nics: Mapped[list[NicRow]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="NicRow.position"
     )
