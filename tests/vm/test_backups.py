@@ -84,6 +84,25 @@ def test_full_then_incremental_backup_restores_byte_for_byte(server: Server, tmp
     source_sum = guest(server, "data", "md5sum /root/big; cat /root/small /root/more")
     assert guest(server, "copy", "md5sum /root/big; cat /root/small /root/more") == source_sum
     api.delete_vm("copy", force=True)
+
+    # A VM that is backed up can still go back to a snapshot, running or stopped. The restore
+    # changes blocks the backups' tracking never saw, so the next incremental asks for a full.
+    taken = server.cli("vm", "snapshot", "create", "data", "live", "--memory")
+    assert taken.returncode == 0, taken.stderr
+    guest(server, "data", "echo after > /root/after; sync")
+    back = server.cli("vm", "snapshot", "restore", "data", "live")
+    assert back.returncode == 0, back.stderr
+    assert guest(server, "data", "test -e /root/after || echo gone; cat /root/more") == "gone\nmore\n"
+    untracked = server.cli("vm", "backup", "create", "data", "--to", str(target), "--incremental")
+    assert untracked.returncode != 0 and "a snapshot restored" in untracked.stderr
+    assert "full backup" in untracked.stderr
+    again = tmp_path / "again"
+    assert server.cli("vm", "backup", "create", "data", "--to", str(again)).returncode == 0
+    stopped = server.cli("vm", "stop", "data", "--json")  # a clean exit keeps the bitmap in the disk
+    assert stopped.returncode == 0 and json.loads(stopped.stdout)["stopped_by"] != "killed", stopped.stdout
+    assert server.cli("vm", "snapshot", "create", "data", "cold").returncode == 0
+    offline = server.cli("vm", "snapshot", "restore", "data", "cold")
+    assert offline.returncode == 0, offline.stderr
     api.delete_vm("data", force=True)
 
 

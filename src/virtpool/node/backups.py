@@ -137,7 +137,7 @@ async def backup(client: Any, directory: Path, *, vm_id: str, vm: str, image: st
         previous = chain.files[-1] if chain.files else None
         if previous is not None and previous.bitmap not in await _bitmaps(client, node):
             raise Conflict(f"VM '{vm}' no longer tracks changes since its last backup "
-                           "(its QEMU was killed, or its disk replaced)",
+                           "(its QEMU was killed, its disk replaced, or a snapshot restored)",
                            hint="take a full backup into a new, empty directory")
         try:
             directory.mkdir(mode=0o700, exist_ok=True)

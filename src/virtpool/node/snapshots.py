@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from virtpool.model.errors import OperationFailed
 from virtpool.model.snapshot import SnapshotInfo
+from virtpool.node.backups import BITMAP_PREFIX
 from virtpool.node.disks import run_qemu_img
 from virtpool.node.qemu.argv import DRIVE_ID
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
@@ -59,6 +60,15 @@ def create_offline(disk: Path, name: str, **run_as: Any) -> None:
 
 
 def restore_offline(disk: Path, name: str, **run_as: Any) -> None:
+    """Put a stopped VM's disk back to snapshot ``name``; it ends the backups' change tracking
+    (see :func:`_forget_changes_live`)."""
+    out = run_qemu_img(["info", "--output=json", "-f", "qcow2", str(disk)], what="read the disk's bitmaps",
+                       **run_as)
+    bitmaps = (json.loads(out).get("format-specific") or {}).get("data", {}).get("bitmaps") or []
+    for bitmap in bitmaps:
+        if bitmap["name"].startswith(BITMAP_PREFIX):
+            run_qemu_img(["bitmap", "--remove", str(disk), bitmap["name"]],
+                         what=f"restore snapshot '{name}'", **run_as)
     run_qemu_img(["snapshot", "-a", name, str(disk)], what=f"restore snapshot '{name}'", **run_as)
 
 
@@ -87,7 +97,19 @@ async def create_live(monitor: Monitor, qga_sock: Path, name: str, *, memory: bo
 async def restore_live(monitor: Monitor, name: str, *, vm: str) -> None:
     """Bring a memory snapshot back into the running VM (its disk and RAM)."""
     node = await _disk_node(monitor, vm)
+    await _forget_changes_live(monitor, node)
     await _job(monitor, "snapshot-load", {"tag": name, "vmstate": node, "devices": [node]}, vm)
+
+
+async def _forget_changes_live(monitor: Monitor, node: str) -> None:
+    """Drop the backups' dirty bitmaps: QEMU refuses to load a snapshot under them ("Device has
+    active dirty bitmaps"), and rightly, since a restore changes blocks they would not mark. The
+    next incremental backup then says a full one is needed (node/backups.py)."""
+    for entry in await monitor.command("query-named-block-nodes", {"flat": True}):
+        if entry.get("node-name") == node:
+            for bitmap in entry.get("dirty-bitmaps") or []:
+                if bitmap["name"].startswith(BITMAP_PREFIX):
+                    await monitor.command("block-dirty-bitmap-remove", {"node": node, "name": bitmap["name"]})
 
 
 async def delete_live(monitor: Monitor, name: str, *, vm: str) -> None:
