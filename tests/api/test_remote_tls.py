@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import WORKER, Lab, NetnsHost
+from tests.cluster.harness import Lab, NetnsHost
 from tests.conftest import VIRTPOOL, wait_for
 from virtpool.control.pki import CertificateAuthority
 from virtpool.sdk import Client, InsecureURL, Trust, UntrustedServer
 
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 PREFIX = f"rm{WORKER}"
 SUBNET = f"10.251.{WORKER}"
 
