@@ -44,7 +44,7 @@ class CloneService:
                                  hint=f"write SOURCE:SNAPSHOT, e.g. {source.name}:warm")
         if snapshot is None and source.state != VMState.STOPPED:
             raise Conflict(f"VM '{source.name}' is {source.state.value}; a clone copies a stopped disk",
-                           hint=f"stop it first, or clone one of its snapshots (--snapshot)")
+                           hint="stop it first, or clone one of its snapshots (--snapshot)")
         if memory and source.state != VMState.STOPPED:
             raise Conflict(f"VM '{source.name}' is {source.state.value}; a VM is started from its memory "
                            "snapshot only while it is stopped (its running QEMU rewrites the disk "

@@ -38,7 +38,7 @@ class SnapshotService:
                            "or stopped VMs", hint="wait until it is running or stopped")
         if memory and vm.state != S.RUNNING:
             raise Conflict(f"VM '{vm.name}' is {vm.state.value}: a memory snapshot needs a running "
-                           "guest", hint=f"start it, or take a disk snapshot (without --memory)")
+                           "guest", hint="start it, or take a disk snapshot (without --memory)")
         agent = self._vms.agent_of(vm)
         if any(s.name == name for s in agent.list_snapshots(vm.id)):
             raise Conflict(f"VM '{vm.name}' already has a snapshot named '{name}'",

@@ -37,7 +37,6 @@ from virtpool.model.errors import (
     Conflict,
     InsufficientResources,
     InsufficientStorage,
-    InvalidRequest,
     NotFound,
     OperationFailed,
 )
