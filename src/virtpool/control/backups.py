@@ -12,7 +12,7 @@ from virtpool.control.events import EventLog
 from virtpool.control.vms import VMService
 from virtpool.model.backup import BackupInfo
 from virtpool.control.detached import NoAgentAttached
-from virtpool.model.errors import Conflict, InvalidRequest
+from virtpool.model.errors import Conflict, InvalidRequest, NotFound
 from virtpool.model.spec import VMSpec
 from virtpool.model.states import VMState
 from virtpool.model.vm import VMInfo
@@ -42,7 +42,7 @@ class BackupService:
         """The chain in ``source`` on ``host`` (default: the control plane's own host)."""
         try:
             agent = self._vms.agent_on(host or self._vms.local_host)
-        except NoAgentAttached as err:
+        except (NoAgentAttached, NotFound) as err:
             if host is not None:
                 raise
             raise InvalidRequest(f"{source} is a directory on a host, and this control plane has no "

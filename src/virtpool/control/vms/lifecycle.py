@@ -610,8 +610,15 @@ class VMService:
         return self._agents.for_host(self.local_host)
 
     def agent_on(self, host: str) -> Agent:
-        """The agent of ``host``; raises NoAgentAttached when it has none."""
-        return self._agents.for_host(host)
+        """The agent of ``host``; raises NotFound when the pool has no such host, and
+        NoAgentAttached when it has no agent."""
+        try:
+            return self._agents.for_host(host)
+        except NoAgentAttached:
+            with self._sessions() as session:
+                if session.get(HostRow, host) is None:
+                    raise NotFound(f"no host named '{host}'", hint="see `virtpool host list`") from None
+            raise
 
     def agent_of(self, vm: VMInfo) -> Agent:
         """The agent of the VM's host; raises NoAgentAttached when none is."""
