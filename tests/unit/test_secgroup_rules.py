@@ -40,7 +40,7 @@ class Packet:
     daddr: str
     proto: str = "tcp"
     dport: int | None = 7000
-    sport: int = 40000
+    sport: int = 20000  # a client port in a pure packet; nothing binds it
     state: str = "new"
     status: tuple[str, ...] = ()
 
