@@ -70,6 +70,20 @@ class ImageSource(Protocol):
     def files(self, name: str) -> dict[str, Iterator[bytes]]: ...
 
 
+class CreateTracker(Protocol):
+    """What follows a create-and-boot that runs on after its request answered."""
+
+    def progress(self, percent: int, message: str) -> None:
+        """The image's fetch got this far (percent of the whole create, 0..FETCH_SHARE)."""
+
+    def failed(self, message: str) -> None:
+        """The create failed: the VM was (or is being) removed, nothing of it is left."""
+
+
+def _said(err: Exception) -> str:
+    return str(err) if isinstance(err, VirtpoolError) else f"internal error: {err!r}"
+
+
 class VMService:
     """Create, boot, stop and delete VMs, each on its host's agent."""
 
@@ -219,35 +233,14 @@ class VMService:
 
     # -- create ---------------------------------------------------------------------------
 
-    def create(self, spec: VMSpec, *, start: bool = False, project_id: str = DEFAULT_PROJECT,
-               progress: Report | None = None) -> VMInfo:
+    def create(self, spec: VMSpec, *, start: bool = False,
+               project_id: str = DEFAULT_PROJECT) -> VMInfo:
         """Validate, place, record (within the project's quota), make the disk; on any failure
-        nothing is left behind. ``progress`` hears how far the image has been sent when the
-        host must fetch it first."""
-        image = self._images.get(spec.image)
-        self._check_name_free(spec.name, project_id)
-        # The VM keeps the timeout it was created with: its own, else its image's, else the
-        # server's; an image rebuilt or a server restarted later changes nothing.
-        spec = spec.model_copy(update={
-            "boot_timeout_s": spec.boot_timeout_s or image.boot_timeout_s or self.boot_timeout})
-        admission.check_ports_recorded(self._sessions, spec.ports, vm_id=None, project_id=project_id)
-        vm_id = uuid.uuid4().hex
-        host = self._insert(vm_id, spec, project_id)
-        if spec.secgroups:
-            self.converge_all_networks()  # a new member: rules naming its groups take it in
+        nothing is left behind. With ``start``, boot it too (a refused start removes it)."""
+        vm_id, host = self._admit(spec, project_id)
         agent = self._agent_or_none(host)
         if agent is not None:
-            try:
-                admission.check_ports_free(agent, spec.ports)
-                self._ensure_image(agent, host, spec.image, progress)
-                agent.create_disk(vm_id, spec.image, spec.disk_mib)
-            except BaseException:
-                try:
-                    agent.destroy_vm(vm_id)
-                except Exception:  # the row goes anyway: the host's reconcile removes orphans
-                    log.exception("could not remove the files of VM %s on host %s", spec.name, host)
-                self._remove_row(vm_id)
-                raise
+            self._make_disk(agent, vm_id, host, spec.image, spec.disk_mib)
         # On a host without an agent the VM is a record with its claim; its disk is made when
         # it first starts there, once the host's agent has joined.
         self._transition(vm_id, [S.CREATING], S.STOPPED)
@@ -260,6 +253,92 @@ class VMService:
                 self.delete(vm_id, force=True)
                 raise
         return self.get(vm_id)
+
+    def create_and_boot(self, spec: VMSpec, *, project_id: str = DEFAULT_PROJECT,
+                        track: Callable[[VMInfo], CreateTracker]) -> VMInfo:
+        """Admit the VM now (a refusal raises and leaves nothing), then make its disk, with
+        the image fetched first when its host lacks it, and boot it, in a worker: the caller
+        answers at once. ``track(vm)`` is called once the VM is admitted, before the work
+        begins; the tracker it returns hears the fetch's progress, and a failure of the disk
+        or of the start (after which nothing of the VM is left, as for a refused create)."""
+        vm_id, host = self._admit(spec, project_id)
+        try:
+            agent = self._agents.for_host(host)  # it could never start: refused now
+        except NoAgentAttached:
+            self._remove_row(vm_id)
+            raise
+        vm = self.get(vm_id)
+        tracker = track(vm)
+        self._pool.submit(self._make_and_boot, agent, vm, tracker)
+        return vm
+
+    def _make_and_boot(self, agent: Agent, vm: VMInfo, tracker: CreateTracker) -> None:
+        try:
+            self._make_disk(agent, vm.id, vm.host, vm.image, vm.disk_mib, tracker.progress)
+        except Exception as err:
+            if not isinstance(err, VirtpoolError):
+                log.exception("create of VM %s failed", vm.name)
+            tracker.failed(_said(err))
+            return
+        if not self._transition(vm.id, [S.CREATING], S.STOPPED):
+            # Deleted (by force, or by a reconcile of its host) while its disk was made: that
+            # delete may have come before the disk.
+            self._destroy_quietly(agent, vm)
+            tracker.failed(f"VM '{vm.name}' was deleted while it was being created")
+            return
+        try:
+            self.start(vm.id)
+        except Exception as err:  # refused before anything ran: no stopped VM is left behind
+            tracker.failed(_said(err))
+            try:
+                self.delete(vm.id, force=True)
+            except Exception:
+                log.exception("could not remove VM %s after its start was refused", vm.name)
+
+    def _admit(self, spec: VMSpec, project_id: str) -> tuple[str, str]:
+        """Check what a create is checked against and record the VM (CREATING) with its claim
+        on a host and its quota; returns (the VM's id, its host). A refusal leaves nothing."""
+        image = self._images.get(spec.image)
+        self._check_name_free(spec.name, project_id)
+        # The VM keeps the timeout it was created with: its own, else its image's, else the
+        # server's; an image rebuilt or a server restarted later changes nothing.
+        spec = spec.model_copy(update={
+            "boot_timeout_s": spec.boot_timeout_s or image.boot_timeout_s or self.boot_timeout})
+        admission.check_ports_recorded(self._sessions, spec.ports, vm_id=None, project_id=project_id)
+        vm_id = uuid.uuid4().hex
+        host = self._insert(vm_id, spec, project_id)
+        if spec.ports:
+            agent = self._agent_or_none(host)
+            try:
+                if agent is not None:
+                    admission.check_ports_free(agent, spec.ports)
+            except BaseException:
+                self._remove_row(vm_id)
+                raise
+        if spec.secgroups:
+            self.converge_all_networks()  # a new member: rules naming its groups take it in
+        return vm_id, host
+
+    def _make_disk(self, agent: Agent, vm_id: str, host: str, image: str, disk_mib: int,
+                   progress: Report | None = None) -> None:
+        """The VM's disk on its host, the image fetched there first if the host lacks it
+        (``progress`` hears how far); on failure the VM's files and record are removed."""
+        try:
+            self._ensure_image(agent, host, image, progress)
+            agent.create_disk(vm_id, image, disk_mib)
+        except BaseException:
+            try:
+                agent.destroy_vm(vm_id)
+            except Exception:  # the row goes anyway: the host's reconcile removes orphans
+                log.exception("could not remove the files of VM %s on host %s", vm_id, host)
+            self._remove_row(vm_id)
+            raise
+
+    def _destroy_quietly(self, agent: Agent, vm: VMInfo) -> None:
+        try:
+            agent.destroy_vm(vm.id)
+        except Exception:  # the host's reconcile removes files no record claims
+            log.exception("could not remove the files of VM %s on host %s", vm.name, vm.host)
 
     def _check_name_free(self, name: str, project_id: str) -> None:
         """A taken name is said first, before placement can say that no host fits (the row's
