@@ -33,7 +33,7 @@ from virtpool.control.events import EventLog
 from virtpool.control.leases import UNREACHABLE
 from virtpool.control.networks import NetworkService
 from virtpool.control.secgroups import SecGroupService
-from virtpool.control.placement import Placed, Placer, claim_delta
+from virtpool.control.placement import Placed, Placer, claim_delta, host_cpus_for
 from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, PortRow, VMRow, utcnow
 from virtpool.control.vms import admission, reconcile
 from virtpool.control.vms.fetch import FetchProgress, Report
@@ -49,7 +49,7 @@ from virtpool.model.network import HostNetworkInput
 from virtpool.model.project import Usage
 from virtpool.model.resize import plan_resize
 from virtpool.model.resources import Resources
-from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, LiveChanges, Resize, VMSpec
+from virtpool.model.spec import ExecOutput, ExecResult, LiveChanges, Resize, VMSpec
 from virtpool.model.states import ACTIVE, VMState, check_action, check_transition
 from virtpool.model.vm import STOPPED_BY, ResizeResult, StopMethod, VMInfo, VMStats, VMUsage
 
@@ -60,6 +60,8 @@ DEFAULT_BOOT_TIMEOUT_S = 60.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
 MAX_EXEC_TIMEOUT_S = 3600.0
 SLOT_ATTEMPTS = 20
+# The columns of a VM that say how many host CPUs it needs (the scheduler's size filter).
+SHAPE = frozenset({"cpus", "cpu_affinity", "cpu_cap_pct"})
 
 
 class ImageSource(Protocol):
@@ -514,7 +516,7 @@ class VMService:
             check_action(vm.name, vm.state, "resize")
             running = vm.state in (S.RUNNING, S.PAUSED)
             agent = self._agent_of(vm) if running or request.disk_mib is not None else None
-            plan = plan_resize(vm, request, self._host_facts(vm.host), running=running)
+            plan = plan_resize(vm, request, running=running)
             # Beyond the project's quota, the resize is refused and changes nothing.
             grown = _usage_after(vm, plan.columns).minus(_usage_after(vm, {}))
             self._write_columns(vm.id, plan.columns, vm.project, grown)
@@ -556,7 +558,13 @@ class VMService:
                 old = _held(row)
                 new = Resources(*(int(columns.get(k, getattr(row, k)))  # type: ignore[call-overload]
                                   for k in ("cpus", "max_memory_mib", "disk_mib")))
-                self._placer.adjust(session, row.host, row.name, claim_delta(old, new), check=check)
+                # The host CPUs the new shape needs, when the resize changes that shape.
+                host_cpus = host_cpus_for(
+                    columns.get("cpu_affinity", row.cpu_affinity),  # type: ignore[arg-type]
+                    columns.get("cpu_cap_pct", row.cpu_cap_pct),  # type: ignore[arg-type]
+                    new.cpus) if SHAPE & columns.keys() else 0
+                self._placer.adjust(session, row.host, row.name, claim_delta(old, new),
+                                    host_cpus=host_cpus, check=check)
                 session.execute(update(VMRow).where(VMRow.id == vm_id).values(**columns, updated_at=utcnow()))
 
     def stats(self, ref: str, *, tolerant: bool = False) -> VMStats:
@@ -728,20 +736,6 @@ class VMService:
             return self._agents.for_host(host)
         except NoAgentAttached:
             return None
-
-    def _host_facts(self, host: str) -> HostInfo:
-        """A host's figures, from its agent when it has one, else from its inventory row."""
-        agent = self._agent_or_none(host)
-        if agent is not None:
-            return agent.host_info()
-        with self._sessions() as session:
-            row = session.get(HostRow, host)
-        if row is None:
-            raise NotFound(f"host '{host}' is not in the inventory")
-        return HostInfo(hostname=row.name, cpus=row.cpus, memory_mib=row.memory_mib,
-                        disk_total_mib=row.disk_mib, disk_free_mib=row.disk_mib - row.used_disk_mib,
-                        accel=row.accel, accel_reason="inventory", qemu_version="unknown",  # type: ignore[arg-type]
-                        data_dir="")
 
     # -- hosts that go away and come back --------------------------------------------------
 
