@@ -277,25 +277,25 @@ class VMService:
     def _make_and_boot(self, agent: Agent, vm: VMInfo, tracker: CreateTracker) -> None:
         try:
             self._make_disk(agent, vm.id, vm.host, vm.image, vm.disk_mib, tracker.progress)
+            # Ports are checked again: the fetch may have taken long enough for a program
+            # to take one.
+            admission.check_ports_recorded(self._sessions, vm.ports, vm_id=vm.id, project_id=vm.project)
+            admission.check_ports_free(agent, vm.ports)
         except Exception as err:
             if not isinstance(err, VirtpoolError):
                 log.exception("create of VM %s failed", vm.name)
+            self._remove_quietly(agent, vm)  # a no-op when the disk's failure removed it
             tracker.failed(_said(err))
             return
-        if not self._transition(vm.id, [S.CREATING], S.STOPPED):
+        # Straight to booting: a create-and-boot never shows its VM stopped on the way (a
+        # client waiting for a settled state would take that for the end).
+        if not self._transition(vm.id, [S.CREATING], S.STARTING):
             # Deleted (by force, or by a reconcile of its host) while its disk was made: that
             # delete may have come before the disk.
             self._destroy_quietly(agent, vm)
             tracker.failed(f"VM '{vm.name}' was deleted while it was being created")
             return
-        try:
-            self.start(vm.id)
-        except Exception as err:  # refused before anything ran: no stopped VM is left behind
-            tracker.failed(_said(err))
-            try:
-                self.delete(vm.id, force=True)
-            except Exception:
-                log.exception("could not remove VM %s after its start was refused", vm.name)
+        self._boot(vm)
 
     def _admit(self, spec: VMSpec, project_id: str) -> tuple[str, str]:
         """Check what a create is checked against and record the VM (CREATING) with its claim
@@ -335,6 +335,11 @@ class VMService:
                 log.exception("could not remove the files of VM %s on host %s", vm_id, host)
             self._remove_row(vm_id)
             raise
+
+    def _remove_quietly(self, agent: Agent, vm: VMInfo) -> None:
+        """Remove the files and the record of a VM whose create failed."""
+        self._destroy_quietly(agent, vm)
+        self._remove_row(vm.id)
 
     def _destroy_quietly(self, agent: Agent, vm: VMInfo) -> None:
         try:
