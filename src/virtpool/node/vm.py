@@ -35,7 +35,7 @@ from virtpool.model.spec import ExecOutput, ExecResult
 from virtpool.node import safe_files, serial
 from virtpool.node.console import ConsolePump, SharedConsole
 from virtpool.node.qemu import process
-from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError, GuestAgentGone
+from virtpool.node.qemu.guest_agent import SYNC_DEADLINE_S, GuestAgent, GuestAgentError, GuestAgentGone
 from virtpool.node.qemu.qmp import Session
 from virtpool.node.vmdir import VMPaths
 
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 READY_POLL_S = 0.05  # between guest-agent pings while a guest boots
-EXEC_SYNC_S = 5.0  # for a booted guest's agent to answer a command's first sync
 MONITOR_TIMEOUT_S = 30.0  # from spawn until QEMU's monitor answers (devices set up)
 # To reach the monitor of a QEMU found running. Generous: a QEMU that misses it is killed, and a
 # CPU-starved QEMU under TCG can take long to accept the monitor again after the previous
@@ -293,8 +292,10 @@ class VM:
                     hint="the image must run qemu-guest-agent; see `virtpool vm logs`")
             try:
                 async with self._qga_lock:
+                    # One connection, its sync sent again each second: the agent's first
+                    # answer ends the wait, whether the guest is still booting or just slow.
                     agent = await GuestAgent.open(self.paths.qga_sock, vm=self.name,
-                                                  sync_timeout=min(1.0, remaining))
+                                                  deadline=min(remaining, SYNC_DEADLINE_S))
                     await agent.close()
                 self.ready = True
                 return
@@ -307,8 +308,7 @@ class VM:
         self._require(Runstate.RUNNING)
         try:
             async with self._qga_lock:
-                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name,
-                                                 sync_timeout=EXEC_SYNC_S) as agent:
+                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
                     if emit is not None:
                         return await agent.exec_stream(argv, timeout=timeout, stdin=stdin, emit=emit)
                     return await agent.exec(argv, timeout=timeout, stdin=stdin)
@@ -347,7 +347,7 @@ class VM:
         async with self._qga_lock:
             try:
                 async with await GuestAgent.open(self.paths.qga_sock, vm=self.name,
-                                                 sync_timeout=answer_within) as agent:
+                                                 sync_timeout=answer_within, deadline=answer_within) as agent:
                     return await asyncio.wait_for(agent.call("guest-network-get-interfaces"), answer_within)
             except (GuestAgentError, TimeoutError, OSError, ValueError):
                 return None
