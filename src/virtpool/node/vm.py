@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import psutil
 
 from virtpool.model.errors import BootTimeout, Conflict, OperationFailed
+from virtpool.model.guest_identity import identity_argv
 from virtpool.model.spec import ExecOutput, ExecResult
 from virtpool.node import safe_files, serial
 from virtpool.node.console import ConsolePump, SharedConsole
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 READY_POLL_S = 0.05  # between guest-agent pings while a guest boots
+IDENTITY_POLL_S = 0.005  # the first wait for a restored guest's identity command (it doubles)
 MONITOR_TIMEOUT_S = 30.0  # from spawn until QEMU's monitor answers (devices set up)
 # To reach the monitor of a QEMU found running. Generous: a QEMU that misses it is killed, and a
 # CPU-starved QEMU under TCG can take long to accept the monitor again after the previous
@@ -322,19 +324,17 @@ class VM:
 
     async def take_identity(self, name: str) -> None:
         """After a start from a memory snapshot of another VM: its guest still believes it is
-        that VM, at that VM's time. Set its clock and its hostname through its agent. (Its NIC's
-        MAC is in the device state QEMU restored and stays the snapshot's; see the README.)"""
+        that VM, at that VM's time. Give it its hostname and the clock of now through its agent
+        (model/guest_identity.py). (Its NIC's MAC is in the device state QEMU restored and stays
+        the snapshot's; see the README.)"""
         try:
             async with self._qga_lock:
                 async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
-                    try:
-                        await agent.call("guest-set-time", {"time": time.time_ns()})
-                    except GuestAgentError as err:  # e.g. no hwclock in the guest: the time is set
-                        log.info("VM %s: %s", self.name, err.message)
-                    done = await agent.exec(["sh", "-c", 'hostname "$1" && echo "$1" >/etc/hostname', "sh", name],
-                                            timeout=30)
+                    # Polled closely: this short command is on the way to "running".
+                    done = await agent.exec(identity_argv(name, time.time()), timeout=30,
+                                            poll=IDENTITY_POLL_S)
             if done.exit_code != 0:
-                log.warning("VM %s kept the hostname of its snapshot: %s", name, done.stderr.strip())
+                log.warning("VM %s kept the identity of its snapshot: %s", name, done.stderr.strip())
         except GuestAgentError as err:
             log.warning("VM %s kept the identity of its snapshot: %s", name, err.message)
 
