@@ -77,6 +77,8 @@ class VMOperations:
             return _Tracker(self._operations, op.id, partial(self._give_up, op.id, vm.id))
 
         vm = self._vms.create_and_boot(spec, project_id=project_id, track=track)
+        if vm.state != S.CREATING:  # a warm VM taken: its state says how far it is
+            self._advance(vm.id, vm.state, None)
         return vm, self._operations.get(begun[0].id)
 
     def carry_on(self, op_id: str, vm_id: str) -> None:

@@ -120,6 +120,9 @@ class VMService:
         self._changes = Changes()
         # Resizes are read-check-write on several columns: one at a time keeps them whole.
         self._resize_lock = threading.Lock()
+        # A VM of the default shape already booted and paused, made this create's (or None:
+        # boot one); set by the pool when it keeps warm VMs (control/warm_vms.py).
+        self.take_warm: Callable[[VMSpec, str], VMInfo | None] | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
@@ -238,7 +241,11 @@ class VMService:
     def create(self, spec: VMSpec, *, start: bool = False,
                project_id: str = DEFAULT_PROJECT) -> VMInfo:
         """Validate, place, record (within the project's quota), make the disk; on any failure
-        nothing is left behind. With ``start``, boot it too (a refused start removes it)."""
+        nothing is left behind. With ``start``, boot it too (a refused start removes it), or
+        take a warm VM of its shape when the pool keeps some."""
+        spec = self._checked(spec, project_id)
+        if start and (taken := self._take_warm(spec, project_id)) is not None:
+            return taken
         vm_id, host = self._admit(spec, project_id)
         agent = self._agent_or_none(host)
         if agent is not None:
@@ -262,7 +269,13 @@ class VMService:
         the image fetched first when its host lacks it, and boot it, in a worker: the caller
         answers at once. ``track(vm)`` is called once the VM is admitted, before the work
         begins; the tracker it returns hears the fetch's progress, and a failure of the disk
-        or of the start (after which nothing of the VM is left, as for a refused create)."""
+        or of the start (after which nothing of the VM is left, as for a refused create).
+        A warm VM of its shape, when the pool keeps some, is taken and returned as it is (its
+        tracker hears nothing: its state tells)."""
+        spec = self._checked(spec, project_id)
+        if (taken := self._take_warm(spec, project_id)) is not None:
+            track(taken)
+            return taken
         vm_id, host = self._admit(spec, project_id)
         try:
             agent = self._agents.for_host(host)  # it could never start: refused now
@@ -297,16 +310,23 @@ class VMService:
             return
         self._boot(vm)
 
-    def _admit(self, spec: VMSpec, project_id: str) -> tuple[str, str]:
-        """Check what a create is checked against and record the VM (CREATING) with its claim
-        on a host and its quota; returns (the VM's id, its host). A refusal leaves nothing."""
+    def _checked(self, spec: VMSpec, project_id: str) -> VMSpec:
+        """The spec of a create, checked before anything is made (image, name, ports taken),
+        with the boot timeout it keeps."""
         image = self._images.get(spec.image)
         self._check_name_free(spec.name, project_id)
+        admission.check_ports_recorded(self._sessions, spec.ports, vm_id=None, project_id=project_id)
         # The VM keeps the timeout it was created with: its own, else its image's, else the
         # server's; an image rebuilt or a server restarted later changes nothing.
-        spec = spec.model_copy(update={
+        return spec.model_copy(update={
             "boot_timeout_s": spec.boot_timeout_s or image.boot_timeout_s or self.boot_timeout})
-        admission.check_ports_recorded(self._sessions, spec.ports, vm_id=None, project_id=project_id)
+
+    def _take_warm(self, spec: VMSpec, project_id: str) -> VMInfo | None:
+        return self.take_warm(spec, project_id) if self.take_warm is not None else None
+
+    def _admit(self, spec: VMSpec, project_id: str) -> tuple[str, str]:
+        """Record the VM of a ``_checked`` spec (CREATING) with its claim on a host and its
+        quota, its ports free there; returns (the VM's id, its host). A refusal leaves nothing."""
         vm_id = uuid.uuid4().hex
         host = self._insert(vm_id, spec, project_id)
         if spec.ports:
