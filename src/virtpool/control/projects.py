@@ -6,6 +6,7 @@ readably without a join.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -26,8 +27,12 @@ from virtpool.model.roles import not_found_project
 
 
 class ProjectService:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    """``on_delete(name)`` is called once a project (and so its tokens) is deleted."""
+
+    def __init__(self, sessions: sessionmaker[Session], *,
+                 on_delete: Callable[[str], None] = lambda name: None) -> None:
         self._sessions = sessions
+        self._on_delete = on_delete
 
     def create(self, name: str, quota: Quota | None = None) -> ProjectInfo:
         problem = project_name_problem(name)
@@ -72,6 +77,7 @@ class ProjectService:
                     hint=f"delete them first (`virtpool --project {name} vm list`)")
             session.execute(delete(TokenRow).where(TokenRow.project_id == name))
             session.execute(delete(ProjectRow).where(ProjectRow.id == name))
+        self._on_delete(name)
 
     def set_quota(self, name: str, changes: dict[str, Any]) -> QuotaResult:
         """Change the quotas named in ``changes`` (None: unlimited); the others stay.
