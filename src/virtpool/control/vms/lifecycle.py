@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from sqlalchemy import case, delete, func, select, tuple_, update
+from sqlalchemy import case, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
@@ -35,7 +35,7 @@ from virtpool.control.networks import NetworkService
 from virtpool.control.secgroups import SecGroupService
 from virtpool.control.placement import Placed, Placer, claim_delta
 from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, PortRow, VMRow, utcnow
-from virtpool.control.vms import admission, reconcile
+from virtpool.control.vms import admission, reads, reconcile
 from virtpool.control.vms.fetch import FetchProgress, Report
 from virtpool.control.vms.records import held as _held
 from virtpool.control.vms.records import info as _info
@@ -123,21 +123,17 @@ class VMService:
     def page(self, *, limit: int, offset: int = 0, project_id: str | None = None,
              after: tuple[str, str] | None = None) -> tuple[list[VMInfo], int]:
         """A page as :meth:`list` reads it, and how many VMs there are in all (one session)."""
-        query = select(VMRow).order_by(VMRow.name, VMRow.id).limit(limit).offset(offset)
-        count = select(func.count()).select_from(VMRow)
-        if project_id is not None:
-            query = query.where(VMRow.project_id == project_id)
-            count = count.where(VMRow.project_id == project_id)
-        if after is not None:
-            query = query.where(tuple_(VMRow.name, VMRow.id) > tuple_(*after))
         with self._sessions() as session:
-            total = session.scalar(count) or 0
-            return [_info(row) for row in session.scalars(query)], total
+            return reads.page(session.connection(), limit=limit, offset=offset,
+                              project_id=project_id, after=after)
 
     def get(self, ref: str, project_id: str | None = None) -> VMInfo:
         """A VM by name or id; within ``project_id`` when given (another project's is not found)."""
         with self._sessions() as session:
-            return _info(self._row(session, ref, project_id))
+            vm = reads.one(session.connection(), ref, project_id)
+        if vm is None:
+            raise NotFound(f"no VM named '{ref}'", hint="see `virtpool vm list`")
+        return vm
 
     def _row(self, session: Session, ref: str, project_id: str | None = None) -> VMRow:
         # One query, ports joined in, rather than a second round trip for them.
