@@ -34,7 +34,7 @@ printed as a table; the last line of stdout is one JSON object::
     {"name": "boot", "virtpool_s": ..., "virtpool_sdk_s": ..., "baseline_s": ..., "ratio": ...,
      "restore_s": ..., "restore_ratio": ..., ...}
 
-Exit status 0 whether or not the target (ratio <= 1.10) is met; non-zero only when something
+Exit status 0 whether or not the target (ratio <= 1.05, CLI and SDK; issue 13) is met; non-zero only when something
 fails to boot or the set-up fails.
 """
 
@@ -87,7 +87,7 @@ from virtpool.sdk.client import SETTLED
 
 REPO = Path(__file__).resolve().parent.parent
 BOOT_TIMEOUT_S = 120.0
-TARGET_RATIO = 1.10
+TARGET_RATIO = 1.05  # issue 13: through the CLI and through the SDK
 TARGET_RESTORE_S = 0.5
 TARGET_RESTORE_RATIO = 0.2
 TEMPLATE = "benchtmpl"
@@ -264,8 +264,9 @@ def report(results: dict[str, list[float]], runs: int, cli_noop: list[float],
     ratio = med["cli"] / med["baseline"]
     sdk_ratio = med["sdk"] / med["baseline"]
     verdict = "meets" if ratio <= TARGET_RATIO else "misses"
+    sdk_verdict = "meets" if sdk_ratio <= TARGET_RATIO else "misses"
     print(f"ratio (CLI median / bare median) = {ratio:.3f}  ({verdict} the target <= {TARGET_RATIO}); "
-          f"SDK / bare = {sdk_ratio:.3f}")
+          f"SDK / bare = {sdk_ratio:.3f}  ({sdk_verdict} it)")
     restore_ratio = med["restore"] / med["sdk"]
     print(f"restore (start from a memory snapshot) median {med['restore']:.3f}s "
           f"({'meets' if med['restore'] <= TARGET_RESTORE_S else 'misses'} the target <= {TARGET_RESTORE_S}s); "

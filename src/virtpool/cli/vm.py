@@ -12,7 +12,9 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from virtpool.cli import backup, output, snapshot
+from virtpool.cli import backup, common, output, snapshot
+from virtpool.cli import create as creating
+from virtpool.cli.create import VM_FLAGS, WAIT_MARGIN_S
 from virtpool.cli.common import ColumnsOption, JsonFlag, VMName, client
 from virtpool.cli.operation import follow
 from virtpool.model.cloudinit import (
@@ -24,7 +26,8 @@ from virtpool.model.cloudinit import (
 )
 from virtpool.model.errors import InvalidRequest, VirtpoolError
 from virtpool.model.operation import Operation
-from virtpool.model.spec import ExecOutput, PortForward
+from virtpool.model.network import NicRequest
+from virtpool.model.spec import ExecOutput
 from virtpool.model.states import VMState
 from virtpool.model.units import format_mib, parse_bytes, parse_cpu_list, parse_size_mib
 from virtpool.model.vm import STOPPED_BY, VMInfo, VMStats
@@ -39,17 +42,6 @@ app.command("clone")(snapshot.clone)
 WaitTimeout = Annotated[float, typer.Option("--wait-timeout", help="seconds to wait for the VM to settle")]
 
 
-# API fields -> the flags of `vm create` and `vm resize`, so that a refusal names what was typed.
-VM_FLAGS = {"name": "NAME", "image": "--image", "cpus": "--cpus", "memory_mib": "--memory",
-            "disk_mib": "--disk", "kernel_args": "--kernel-args", "accel": "--accel",
-            "max_memory_mib": "--max-memory", "cpu_cap_pct": "--cpu-cap", "cpu_weight": "--cpu-weight",
-            "disk_iops": "--disk-iops", "disk_bps": "--disk-bps", "cpu_affinity": "--cpu-affinity",
-            "group": "--group", "required_labels": "--require-label", "weigher": "--weigher",
-            "ports": "--port", "host": "--host", "secgroups": "--secgroup", "cloud_init.user_data": "--cloud-init",
-            "cloud_init.network_config": "--network-config", "cloud_init.hostname": "--hostname",
-            **{f"cloud_init.ssh_keys.{i}": "--ssh-key" for i in range(32)}, "cloud_init.ssh_keys": "--ssh-key"}
-# Beyond a VM's boot timeout, what --wait allows for the rest of a start (spawn, state writes).
-WAIT_MARGIN_S = 30.0
 
 
 def _report(vm: VMInfo, wanted: VMState, waited: bool, json: bool) -> None:
@@ -153,31 +145,25 @@ def create(
         return
     with output.errors(VM_FLAGS):
         try:
-            memory_mib = parse_size_mib(memory, what="memory")
-            disk_mib = parse_size_mib(disk, what="disk size")
-            forwards = [PortForward.parse(p) for p in port or []]
             limits = {
                 "max_memory_mib": parse_size_mib(max_memory, what="max memory") if max_memory else None,
                 "cpu_cap_pct": cpu_cap, "cpu_weight": cpu_weight, "disk_iops": disk_iops,
                 "disk_bps": parse_bytes(disk_bps, what="disk bps") if disk_bps else None,
                 "cpu_affinity": parse_cpu_list(cpu_affinity) if cpu_affinity else None,
-                "boot_timeout_s": boot_timeout,
             }
             seed = _cloud_init(cloud_init, ssh_key or [], hostname, network_config)
+            nics = [NicRequest.fields(n) for n in network or []]
         except VirtpoolError as err:
             output.fail(err.message, hint=err.hint)
-        api = client()
-        vm = api.create_vm(name, image=image, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib,
-                           ports=forwards, kernel_args=kernel_args, accel=accel, start=start,
-                           group=group, required_labels=parse_labels(require_label or []),
-                           weigher=weigher, networks=network or [], secgroups=secgroup or [],
-                           host=host, cloud_init=seed, **limits)
-        if start:
-            _follow(api, vm, VMState.RUNNING, wait, wait_timeout, json)
-            return
-    if json:
-        return output.emit_json(vm)
-    output.print_line(f"VM '{vm.name}' created on host '{vm.host}' ({output.state(vm.state.value)})")
+    # The same request and the same follow as the fast path's (cli/create.py), more flags read.
+    fields = creating.body(name, image=image, cpus=cpus, memory=memory, disk=disk, ports=port or [],
+                           kernel_args=kernel_args, accel=accel, start=start, host=host,
+                           boot_timeout=boot_timeout, **limits, group=group, weigher=weigher,
+                           required_labels=parse_labels(require_label or []), networks=nics,
+                           secgroups=secgroup or [],
+                           **({"cloud_init": seed.model_dump()} if seed is not None else {}))
+    creating.create(fields, wait=wait, wait_timeout=wait_timeout, json=json, data_dir=common.data_dir(),
+                    project=common.project())
 
 
 def _create_from_snapshot(name: str, ref: str, *, start: bool, wait: bool, wait_timeout: float,
