@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from rich.live import Live
@@ -544,8 +545,9 @@ def exec_(
     """Run a command in the guest; print its output and exit with its exit code.
 
     Everything before -- is for virtpool, everything after it is the command. Input piped
-    into virtpool goes to the command's stdin; its output is printed as it is written. A
-    command still running after --timeout is killed in the guest and virtpool exits 5.
+    into virtpool streams to the command's stdin while it runs; its output is printed as it
+    is written. A command still running after --timeout is killed in the guest and virtpool
+    exits 5.
 
     Examples:
 
@@ -558,12 +560,14 @@ def exec_(
     if not command:
         output.usage_error("no command given", hint=f"e.g. `virtpool vm exec {name} -- uname -a`")
     # A terminal is not input: only a pipe or a file is sent (as `docker exec -i` would).
-    data = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    piped = sys.stdin is not None and not sys.stdin.isatty()
     with output.errors():
         if json:  # one document: the whole output with the exit code
-            result = client().exec(name, command, timeout=timeout, stdin=data)
+            result = client().exec(name, command, timeout=timeout, stdin=sys.stdin.buffer.read() if piped else None)
             output.emit_json(result)
             raise typer.Exit(result.exit_code)
+        # Piped input streams to the command while it runs, its output streams back.
+        data = (b"" if _is_dev_null(sys.stdin) else _chunks(sys.stdin)) if piped else None
         for item in client().exec_stream(name, command, timeout=timeout, stdin=data):
             if isinstance(item, ExecOutput):
                 stream = sys.stdout if item.stream == "stdout" else sys.stderr
@@ -572,6 +576,21 @@ def exec_(
             else:
                 raise typer.Exit(item.exit_code)
     output.fail("the server ended the command's output without its exit code", output.EXIT_SERVER)
+
+
+def _is_dev_null(stream: TextIO) -> bool:
+    """/dev/null (a cron job's, a script's `</dev/null`): no input, nothing to stream."""
+    try:
+        return os.path.samestat(os.fstat(stream.fileno()), os.stat(os.devnull))
+    except OSError:
+        return False
+
+
+def _chunks(stream: TextIO) -> Iterator[bytes]:
+    """What a pipe brings, as it is written (a read returns what is there, up to 64 KiB)."""
+    fd = stream.fileno()
+    while chunk := os.read(fd, 64 * 1024):
+        yield chunk
 
 
 @app.command("logs")
