@@ -109,7 +109,10 @@ async def serve(websocket: WebSocket, start: Start) -> None:
     reader: asyncio.Task[None] | None = None
     try:
         try:
-            argv, timeout = read_request(await websocket.receive_text())
+            first = await websocket.receive()
+            if first["type"] == "websocket.disconnect":
+                return
+            argv, timeout = read_request(first.get("text") or "")
             items = await asyncio.to_thread(start, argv, timeout, relay)  # the checks run here
         except VirtpoolError as err:
             await websocket.send_text(exec_lines.problem(err))
@@ -147,17 +150,16 @@ def call(connection: Connection, argv: list[str], timeout: float,
         except ConnectionClosed:
             pass  # the command ended first: the rest of its input goes nowhere, as with a pipe
 
-    try:
-        connection.send(json.dumps({"argv": argv, "timeout": timeout}))
-        threading.Thread(target=send_input, name="exec-input", daemon=True).start()
-        for message in connection:
-            item = exec_lines.decode(message)
-            if item is not None:
-                yield item
-            if isinstance(item, (ExecResult, dict)):
-                return
-    except ConnectionClosed:
-        pass
-    finally:
-        connection.close()
+    with connection:  # closed when done, however it ends
+        try:
+            connection.send(json.dumps({"argv": argv, "timeout": timeout}))
+            threading.Thread(target=send_input, name="exec-input", daemon=True).start()
+            for message in connection:
+                item = exec_lines.decode(message)
+                if item is not None:
+                    yield item
+                if isinstance(item, (ExecResult, dict)):
+                    return
+        except ConnectionClosed:
+            pass  # the caller says what a session that ended without its result means
 

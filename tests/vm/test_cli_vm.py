@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.conftest import VIRTPOOL, Server, wait_for
@@ -66,6 +67,30 @@ def test_a_command_reading_a_pipe_that_never_ends_is_killed_at_its_timeout(serve
     assert left.returncode == 0 and " cat" not in left.stdout, left.stdout
     files = server.api().exec(web, ["ls", "-a", "/tmp"]).stdout.split()
     assert [f for f in files if f.startswith(".virtpool-exec")] == []  # its pipe and output files are gone
+
+
+def test_the_exec_socket_says_what_is_wrong_and_is_audited(server: Server, web: str) -> None:
+    api = server.api()
+    url = api.url.replace("http://", "ws://") + f"/api/v1/vms/{web}/exec"
+    bearer = {"Authorization": f"Bearer {api.token}"}
+    tracebacks = server.log.read_text().count("Traceback")
+    seen = max((e.id for e in api.audit(limit=1000)), default=0)
+    for first, said in (("not json", "the first message must be"), (json.dumps({"argv": []}), "argv"),
+                        (json.dumps({"argv": ["true"], "timeout": 0}), "timeout"),
+                        (json.dumps({"argv": "true"}), "argv must be a list")):
+        with connect(url, additional_headers=bearer) as conn:
+            conn.send(first)
+            problem = json.loads(conn.recv(timeout=60))["problem"]
+        assert problem["status"] == 422 and said in problem["detail"], problem
+    for where, headers, status in ((url, {"Authorization": "Bearer nope"}, 401),
+                                   (url.replace(f"/vms/{web}/", "/vms/nope/"), bearer, 404)):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(where, additional_headers=headers)
+        assert refused.value.response.status_code == status
+        assert json.loads(refused.value.response.body or b"{}")["status"] == status
+    entries = [e for e in api.audit(after=seen, limit=1000) if e.action == "WS /vms/{name}/exec"]
+    assert len(entries) == 4 and {e.target for e in entries} == {web}  # the refused handshakes ran nothing
+    assert server.log.read_text().count("Traceback") == tracebacks
 
 
 def test_the_url_up_prints_for_the_api_works_too(server: Server, web: str) -> None:
