@@ -90,11 +90,16 @@ def server_context(cert: Path, key: Path, ca: Path, *, require_client: bool) -> 
     return context
 
 
+# A stop waits this long for open requests, then closes them: a peer's long poll, event stream
+# or console would otherwise hold SIGTERM off for as long as the peer keeps it open.
+SHUTDOWN_GRACE_S = 5.0
+
+
 def uvicorn_tls(cert: Path, key: Path, ca: Path, *, require_client: bool) -> dict[str, Any]:
     """uvicorn.Config arguments for a pool listener."""
     return {"ssl_certfile": str(cert), "ssl_keyfile": str(key), "ssl_ca_certs": str(ca),
             "ssl_cert_reqs": ssl.CERT_REQUIRED if require_client else ssl.CERT_OPTIONAL,
-            "http": PeerAwareH11Protocol}
+            "http": PeerAwareH11Protocol, "timeout_graceful_shutdown": SHUTDOWN_GRACE_S}
 
 
 def client_context(ca: Path | None, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:

@@ -102,8 +102,8 @@ def create(
     boot_timeout: Annotated[float | None, typer.Option(
         help="seconds its boots may take to answer the guest agent (default: the image's)")] = None,
     from_snapshot: Annotated[str | None, typer.Option(
-        "--from-snapshot", help="SOURCE:SNAPSHOT, a memory snapshot of a stopped VM: the new VM "
-        "(its shape, its disk) starts from it instead of booting")] = None,
+        "--from-snapshot", help="SOURCE:SNAPSHOT, a memory snapshot of a VM, stopped or running "
+        "(paused for the copy of its disk): the new VM (its shape, its disk) starts from it instead of booting")] = None,
     cloud_init: Annotated[Path | None, typer.Option(
         "--cloud-init", help="cloud-init user-data file ('#cloud-config' YAML or a script)")] = None,
     ssh_key: Annotated[list[Path] | None, typer.Option(

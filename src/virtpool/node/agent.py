@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -436,7 +436,14 @@ class LocalAgent:
 
             if not self._warm.take(source_vm_id, key, copy):
                 with self._warm.source_lock(source_vm_id):
-                    make_copy(copy)
+                    running = self._running(source_vm_id)
+                    if running is None:
+                        make_copy(copy)
+                    else:
+                        self._run(self._while_paused(running, lambda: make_copy(copy)), timeout=None)
+                        # Whole, as the pause promised; checked, as the copy is all the new VM has.
+                        disks.run_qemu_img(["check", "-q", "-f", "qcow2", str(copy)],
+                                           what="check the copy of the running VM's disk")
             # What was copied is checked again: the source's user could have swapped it meanwhile.
             copied = json.loads(disks.run_qemu_img(["info", "--output=json", "-f", "qcow2", str(copy)],
                                                    what="inspect the copied disk"))
@@ -451,13 +458,29 @@ class LocalAgent:
             self._launches.restore_at_next_start(vm_id, snapshot)
 
     def _memory_copy(self, source: Path, target: Path, snapshot: str) -> None:
-        """A byte copy of a stopped VM's disk that keeps only its snapshot ``snapshot``."""
+        """A byte copy of a VM's disk (stopped, or paused: ``_while_paused``) that keeps only
+        its snapshot ``snapshot`` and none of the source's backup bitmaps."""
         _copy_regular(source, target)
         info = json.loads(disks.run_qemu_img(["info", "--output=json", "-f", "qcow2", str(target)],
                                              what="inspect the copied disk"))
+        snapshots.drop_backup_bitmaps(target, "clear the copy's backup bitmaps")
         for other in info.get("snapshots") or []:
             if other["name"] != snapshot:
                 snapshots.delete_offline(target, other["name"])
+
+    async def _while_paused(self, vm: VM, work: Callable[[], None]) -> None:
+        """Run ``work`` (a byte copy of the VM's disk) with the guest paused. QEMU's ``stop``
+        drains the disk's requests and flushes its qcow2 tables to the file, and writes nothing
+        more until ``cont``: for that while the file is whole and still, as a stopped VM's is.
+        The guest stands still for the copy (its time is then the copy's)."""
+        was_running = await vm.status() == "running"
+        if was_running:
+            await vm.command("stop")
+        try:
+            await asyncio.to_thread(work)
+        finally:
+            if was_running:
+                await vm.command("cont")
 
     def _checked_backing(self, info: dict[str, Any], image_disk: Path | None) -> str | None:
         """The backing file ``qemu-img info`` found, if it is one a VM's disk may have: its
