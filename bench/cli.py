@@ -29,6 +29,7 @@ from pathlib import Path
 from bench_server import VIRTPOOL, Server, link_image, note
 
 from virtpool.model.resources import MAX_RATIO
+from virtpool.sdk import Client
 
 REPO = Path(__file__).resolve().parent.parent
 VMS = 10
@@ -46,14 +47,14 @@ def timed(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
     return times
 
 
-def timed_creates(argv: list[str], env: dict[str, str], runs: int, api: object, prefix: str) -> list[float]:
+def timed_creates(argv: list[str], env: dict[str, str], runs: int, api: Client, prefix: str) -> list[float]:
     """Wall time of ``runs`` `virtpool vm create NAME …` (records only, never started), each VM
     deleted again outside the timing."""
     times = []
     for i in range(runs):
         name = f"{prefix}-{i}"
         times += timed([VIRTPOOL, "vm", "create", name, *argv], env, 1)
-        api.delete_vm(name)  # type: ignore[attr-defined]
+        api.delete_vm(name)
     return times
 
 

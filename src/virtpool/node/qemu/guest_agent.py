@@ -239,8 +239,8 @@ class GuestAgent:
         deadline = loop.time() + timeout
         feed = None
         try:
-            if callable(stdin):
-                feed = _Input(self, stdin, await self._open_input(fifo, pid))
+            if streamed:
+                feed = _Input(self, stdin, await self._open_input(fifo, pid))  # type: ignore[arg-type]
             while True:
                 status = await self.call("guest-exec-status", {"pid": pid})
                 await self._drain(paths, handles, offsets, emit)
