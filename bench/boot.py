@@ -26,15 +26,21 @@ Three kinds of run, interleaved (the order rotates every round to cancel drift):
   answers, the guest is given its own hostname and clock): ``restore_s``. The disk copy made
   at create is timed apart (``restore_create_s`` = create + start + ready).
   ``restore_ratio`` = restore_s / the SDK's cold boot (same path, same server; target <= 0.2).
+* **warm (SDK)** — a warm VM: with ``pool set --warm-vms 1`` and the pool's one warm VM booted
+  and paused (waited for, untimed), ``create_vm(start=True)`` of the default shape then
+  ``wait_vm``, timed like the SDK's cold boot (the pool's VM is resumed, renamed, given its
+  hostname and clock): ``warm_s``, and ``warm_ratio`` = warm_s / the SDK's cold boot. The
+  setting goes back to 0 after each, so that no other kind takes a warm VM or shares the CPU
+  with a refill.
 
 Usage: ``.venv/bin/python bench/boot.py [--runs N] [--images DIR]`` (``./bench/boot.py`` works
 too: it re-executes itself with the repo's ``.venv``). The medians, mins and per-run times are
 printed as a table; the last line of stdout is one JSON object::
 
     {"name": "boot", "virtpool_s": ..., "virtpool_sdk_s": ..., "baseline_s": ..., "ratio": ...,
-     "restore_s": ..., "restore_ratio": ..., ...}
+     "restore_s": ..., "restore_ratio": ..., "warm_s": ..., "warm_ratio": ..., ...}
 
-Exit status 0 whether or not the target (ratio <= 1.10) is met; non-zero only when something
+Exit status 0 whether or not the target (ratio <= 1.05, CLI and SDK; issue 13) is met; non-zero only when something
 fails to boot or the set-up fails.
 """
 
@@ -73,13 +79,15 @@ from bench_server import (
     note,
 )
 
+from virtpool.control.warm_vms import WARM_PROJECT
 from virtpool.model.spec import VMSpec
 from virtpool.model.states import VMState
+from virtpool.model.vm import VMInfo
 from virtpool.node.agent import READY_POLL_S, LocalAgent
 from virtpool.node.images.build import build_default_image
 from virtpool.node.net import passt
 from virtpool.node.qemu.argv import build_argv
-from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
+from virtpool.node.qemu.guest_agent import SYNC_DEADLINE_S, GuestAgent, GuestAgentError
 from virtpool.node.sandbox import uid_ranges, users
 from virtpool.node.vmdir import VMPaths
 from virtpool.sdk import Client
@@ -87,7 +95,7 @@ from virtpool.sdk.client import SETTLED
 
 REPO = Path(__file__).resolve().parent.parent
 BOOT_TIMEOUT_S = 120.0
-TARGET_RATIO = 1.10
+TARGET_RATIO = 1.05  # issue 13: through the CLI and through the SDK
 TARGET_RESTORE_S = 0.5
 TARGET_RESTORE_RATIO = 0.2
 TEMPLATE = "benchtmpl"
@@ -118,10 +126,12 @@ class Baseline:
             agent.close()
 
     async def _wait_ready(self, sock: Path, name: str, qemu: subprocess.Popen[bytes], deadline: float) -> None:
-        # The same check as LocalAgent._wait_ready: open + guest-sync-delimited, 0.05 s apart.
+        # The same check as VM.wait_ready: one connection whose guest-sync-delimited is sent
+        # again each second until the agent answers; a failed connect is retried 0.05 s later.
         while True:
             try:
-                agent = await GuestAgent.open(sock, vm=name, sync_timeout=1.0)
+                remaining = max(deadline - time.monotonic(), 1.0)
+                agent = await GuestAgent.open(sock, vm=name, deadline=min(remaining, SYNC_DEADLINE_S))
                 await agent.close()
                 return
             except GuestAgentError:
@@ -229,6 +239,39 @@ def run_restore(client: Client, name: str) -> tuple[float, float]:
     return done - start, done - made
 
 
+def warm_vms(client: Client) -> list[VMInfo]:
+    return [vm for vm in client.vms(all_projects=True) if vm.project == WARM_PROJECT]
+
+
+def settle_warm(client: Client, count: int) -> None:
+    """Until the pool keeps ``count`` warm VMs, all paused (booted before anything is timed:
+    a refill boot is load that would fall into another kind's figure)."""
+    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    while True:
+        warm = warm_vms(client)
+        if len(warm) == count and all(vm.state == VMState.PAUSED for vm in warm):
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"the pool did not settle at {count} warm VMs: {[(vm.name, vm.state.value) for vm in warm]}")
+        time.sleep(0.2)
+
+
+def run_warm(client: Client, name: str) -> float:
+    """Create-and-start of the default shape with one warm VM ready, until running (SDK)."""
+    client.set_pool_settings(warm_vms=1)
+    settle_warm(client, 1)
+    start = time.perf_counter()
+    client.create_vm(name, start=True)
+    vm = client.wait_vm(name, until=SETTLED, timeout=BOOT_TIMEOUT_S)
+    elapsed = time.perf_counter() - start
+    if vm.state != VMState.RUNNING:
+        raise BenchError(f"VM {name} taken from the warm pool is {vm.state.value}: {vm.error}")
+    client.set_pool_settings(warm_vms=0)
+    client.delete_vm(name, force=True)
+    settle_warm(client, 0)
+    return elapsed
+
+
 def check_same_argv(server_dir: Path, vm_id: str, baseline_argv: list[str], baseline_dir: Path) -> None:
     """The QEMU virtpool runs must have the baseline's argv, paths aside."""
     pid = _pid_from(server_dir / "vms" / vm_id / "qemu.pid")
@@ -251,7 +294,8 @@ def check_same_argv(server_dir: Path, vm_id: str, baseline_argv: list[str], base
 
 def report(results: dict[str, list[float]], runs: int, cli_noop: list[float],
            restore_create: list[float]) -> dict[str, object]:
-    labels = {"baseline": "bare QEMU", "cli": "virtpool CLI", "sdk": "virtpool SDK", "restore": "restore SDK"}
+    labels = {"baseline": "bare QEMU", "cli": "virtpool CLI", "sdk": "virtpool SDK", "restore": "restore SDK",
+              "warm": "warm VM SDK"}
     header = f"{'run':>12} " + " ".join(f"{labels[k]:>13}" for k in labels)
     print(header)
     for i in range(runs):
@@ -264,8 +308,13 @@ def report(results: dict[str, list[float]], runs: int, cli_noop: list[float],
     ratio = med["cli"] / med["baseline"]
     sdk_ratio = med["sdk"] / med["baseline"]
     verdict = "meets" if ratio <= TARGET_RATIO else "misses"
+    sdk_verdict = "meets" if sdk_ratio <= TARGET_RATIO else "misses"
     print(f"ratio (CLI median / bare median) = {ratio:.3f}  ({verdict} the target <= {TARGET_RATIO}); "
-          f"SDK / bare = {sdk_ratio:.3f}")
+          f"SDK / bare = {sdk_ratio:.3f}  ({sdk_verdict} it)")
+    # The same round's runs share the machine's load of the moment: their ratio cancels drift
+    # that the medians of each kind keep (a loaded 2-core host swings a boot by +-30 %).
+    paired = {k: statistics.median(r / b for r, b in zip(results[k], results["baseline"])) for k in ("cli", "sdk")}
+    print(f"paired (median of each round's ratio): CLI / bare = {paired['cli']:.3f}, SDK / bare = {paired['sdk']:.3f}")
     restore_ratio = med["restore"] / med["sdk"]
     print(f"restore (start from a memory snapshot) median {med['restore']:.3f}s "
           f"({'meets' if med['restore'] <= TARGET_RESTORE_S else 'misses'} the target <= {TARGET_RESTORE_S}s); "
@@ -273,8 +322,13 @@ def report(results: dict[str, list[float]], runs: int, cli_noop: list[float],
           f"({'meets' if restore_ratio <= TARGET_RESTORE_RATIO else 'misses'} the target <= {TARGET_RESTORE_RATIO}); "
           f"restore / bare cold boot = {med['restore'] / med['baseline']:.3f}; "
           f"with the create's disk copy: median {statistics.median(restore_create):.3f}s")
+    warm_ratio = med["warm"] / med["sdk"]
+    print(f"warm VM (create of the default shape with `pool set --warm-vms 1`) median {med['warm']:.3f}s; "
+          f"warm / SDK cold boot = {warm_ratio:.3f}")
     return {
         "name": "boot",
+        "warm_s": round(med["warm"], 4),
+        "warm_ratio": round(warm_ratio, 4),
         "restore_s": round(med["restore"], 4),
         "restore_ratio": round(restore_ratio, 4),
         "restore_vs_bare_ratio": round(med["restore"] / med["baseline"], 4),
@@ -284,6 +338,8 @@ def report(results: dict[str, list[float]], runs: int, cli_noop: list[float],
         "baseline_s": round(med["baseline"], 4),
         "ratio": round(ratio, 4),
         "sdk_ratio": round(sdk_ratio, 4),
+        "ratio_paired": round(paired["cli"], 4),
+        "sdk_ratio_paired": round(paired["sdk"], 4),
         "cli_startup_s": round(statistics.median(cli_noop), 4),
         "runs": runs,
     }
@@ -307,7 +363,7 @@ def main() -> int:
     root.chmod(0o711)  # VMs run as their own users and must pass through to their run dirs
     server = Server(root / "data", BOOT_TIMEOUT_S)
     baseline = Baseline(root / "scratch")
-    results: dict[str, list[float]] = {"baseline": [], "cli": [], "sdk": [], "restore": []}
+    results: dict[str, list[float]] = {"baseline": [], "cli": [], "sdk": [], "restore": [], "warm": []}
     cli_noop: list[float] = []
     restore_create: list[float] = []
     began = time.monotonic()
@@ -319,13 +375,13 @@ def main() -> int:
         names = [f"bench{i:03d}" for i in range(args.runs)]
         prepared = baseline.prepare(names)
         client = server.start()
-        note(f"virtpool up at {client.url}; {args.runs} rounds of baseline / CLI / SDK / restore")
+        note(f"virtpool up at {client.url}; {args.runs} rounds of baseline / CLI / SDK / restore / warm")
         make_template(client)
 
-        order = ["baseline", "cli", "sdk", "restore"]
+        order = ["baseline", "cli", "sdk", "restore", "warm"]
         for i, name in enumerate(names):
             argv, vm_dir = prepared[name]
-            round_order = order[i % 4:] + order[:i % 4]  # rotate who goes first
+            round_order = order[i % len(order):] + order[:i % len(order)]  # rotate who goes first
             for kind in round_order:
                 if kind == "baseline":
                     elapsed = baseline.run(name, argv, vm_dir)
@@ -341,6 +397,8 @@ def main() -> int:
                     elapsed, with_create = run_restore(client, f"{name}r")
                     restore_create.append(with_create)
                     client.delete_vm(f"{name}r", force=True)
+                elif kind == "warm":
+                    elapsed = run_warm(client, f"{name}w")
                 results[kind].append(elapsed)
                 note(f"round {i + 1}/{args.runs} {kind:>8}: {elapsed:.3f}s")
             cli_noop.append(run_cli_noop(server))  # no VM booting: not timed against anything

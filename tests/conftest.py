@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,6 +183,22 @@ def make_server(tmp_path_factory: pytest.TempPathFactory, cache: Path | None, na
         api = server.api()
         api.set_host_ratios(api.host().hostname, cpu=MAX_RATIO)
     return server
+
+
+@contextmanager
+def server_with_running_vm(tmp_path_factory: pytest.TempPathFactory, cache: Path, name: str,
+                           vm: str, extra_args: tuple[str, ...] = ()) -> Iterator[Server]:
+    """A server (as ``make_server``) with one VM ``vm`` booted and running. Its cleanup runs
+    even when the boot fails, and leaves no QEMU of the server behind."""
+    srv = make_server(tmp_path_factory, cache, name, boot_timeout=240.0, extra_args=extra_args)
+    try:
+        srv.api().create_vm(vm, start=True)
+        booted = srv.api().wait_vm(vm)
+        assert booted.state == "running", booted.error
+        yield srv
+    finally:
+        srv.cleanup()
+    assert qemu_pids(srv.data_dir) == [], "QEMU outlived its server's cleanup"
 
 
 class JoinedAgent:

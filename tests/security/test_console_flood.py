@@ -20,7 +20,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.conftest import Server, make_server, qemu_pids, wait_for
+from tests.conftest import Server, server_with_running_vm, wait_for
 
 LOG_CAP = 1024 * 1024
 FLOOD = "while :; do echo flood-flood-flood-flood-flood-flood-flood-flood; done"
@@ -28,15 +28,9 @@ FLOOD = "while :; do echo flood-flood-flood-flood-flood-flood-flood-flood; done"
 
 @pytest.fixture(scope="module")
 def flooded(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
-    srv = make_server(tmp_path_factory, image_cache, "flood", boot_timeout=240.0, extra_args=("--log-cap", "1M"))
-    try:  # a boot that fails must not leave the server running
-        srv.api().create_vm("chatty", start=True)
-        vm = srv.api().wait_vm("chatty")
-        assert vm.state == "running", vm.error
+    with server_with_running_vm(tmp_path_factory, image_cache, "flood", "chatty",
+                                extra_args=("--log-cap", "1M")) as srv:
         yield srv
-    finally:
-        srv.cleanup()
-    assert qemu_pids(srv.data_dir) == [], "QEMU outlived its server's cleanup"
 
 
 class SizeSampler(threading.Thread):

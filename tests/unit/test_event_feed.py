@@ -57,3 +57,17 @@ def test_a_reader_waiting_is_woken_by_a_new_event(tmp_path: Path) -> None:
     events = feed.read(0, wait=30)
     assert [e.vm_id for e in events] == ["late"]
     assert time.monotonic() - began < 29  # woken by the event, not by the wait running out
+
+
+def test_a_stopping_agent_answers_a_waiting_long_poll_at_once(tmp_path: Path) -> None:
+    feed = EventFeed(tmp_path / "events.jsonl")
+    answers: list[list[object]] = []
+    reader = threading.Thread(target=lambda: answers.append(feed.read(0, wait=60)))
+    reader.start()
+    time.sleep(0.2)
+    feed.release_readers()
+    reader.join(timeout=10)
+    assert not reader.is_alive() and answers == [[]]
+    assert feed.read(0, wait=60) == []  # and a later one does not wait either
+    feed.append("vm.exited", "vm-1")
+    assert [e.kind for e in feed.read(0, wait=60)] == ["vm.exited"]

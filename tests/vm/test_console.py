@@ -11,19 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VIRTPOOL, Server, make_server, read_until
+from tests.conftest import VIRTPOOL, Server, read_until, server_with_running_vm
 
 
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
-    srv = make_server(tmp_path_factory, image_cache, "capped", boot_timeout=240.0, extra_args=("--log-cap", "1M"))
-    try:  # a boot that fails must not leave the server running
-        srv.api().create_vm("chatty", start=True)
-        vm = srv.api().wait_vm("chatty")
-        assert vm.state == "running", vm.error
+    with server_with_running_vm(tmp_path_factory, image_cache, "capped", "chatty",
+                                extra_args=("--log-cap", "1M")) as srv:
         yield srv
-    finally:
-        srv.cleanup()
 
 
 def test_console_command_on_a_terminal_runs_commands_and_detaches_with_ctrl_bracket(capped: Server) -> None:

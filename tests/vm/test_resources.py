@@ -129,7 +129,6 @@ def test_stats_show_cpu_memory_and_disk(server: Server) -> None:
     assert stats["disk_read_bytes"] >= 100 * 64 * 1024
     assert 200 <= stats["balloon_mib"] <= 256
     assert stats["qemu_rss_mib"] > 50
-    assert stats["net_rx_bytes"] is None  # user-mode networking keeps no counters: said, not faked
     top = json.loads(server.cli("host", "top", "--json").stdout)
     assert "busy" in {row["name"] for row in top}
     table = server.cli("host", "top", "--once")

@@ -38,6 +38,10 @@ def set_(
     warm_copies: Annotated[int | None, typer.Option(
         "--warm-copies", help="disks each host keeps ready per memory snapshot VMs are created from "
         "(vm create --from-snapshot), so that a create only renames one (0-16; 0: copy each time)")] = None,
+    warm_vms: Annotated[int | None, typer.Option(
+        "--warm-vms", help="VMs of the default image and shape kept booted and paused, outside every "
+        "quota (admins see them: vm list --all-projects, project _warm): `vm create NAME --start` "
+        "of that shape takes one instead of booting (0-16; 0: none)")] = None,
     json: JsonFlag = False,
 ) -> None:
     """Change pool-wide settings (admin).
@@ -47,12 +51,15 @@ def set_(
         virtpool pool set --weigher pack
 
         virtpool pool set --warm-copies 2
+
+        virtpool pool set --warm-vms 2
     """
-    if weigher is None and warm_copies is None:
+    if weigher is None and warm_copies is None and warm_vms is None:
         output.fail("nothing to set", hint="e.g. `virtpool pool set --weigher pack`")
     if weigher is not None and weigher not in WEIGHER_NAMES:
         output.fail(f"unknown weigher '{weigher}'", hint=f"one of: {', '.join(WEIGHER_NAMES)}")
-    changes = {k: v for k, v in (("weigher", weigher), ("warm_copies", warm_copies)) if v is not None}
+    changes = {k: v for k, v in (("weigher", weigher), ("warm_copies", warm_copies),
+                                 ("warm_vms", warm_vms)) if v is not None}
     with output.errors():
         settings = client().set_pool_settings(**changes)
     if json:

@@ -9,9 +9,10 @@ snapshot, which the clone's first start resumes instead of booting.
 The clone is a VM of its own: a new id, its own name (its guest's hostname), its own uid,
 cgroup and network identity (a new MAC; through cloud-init a new instance-id and machine-id);
 host port forwards are not copied (they would collide). The source must be stopped unless a
-snapshot is named (a snapshot does not change under a running guest), and for ``memory``
-always (its QEMU rewrites the qcow2's tables while it runs, and that copy is a byte copy). A
-clone that fails leaves no VM and no disk behind.
+snapshot is named (a snapshot does not change under a running guest). ``memory`` copies the
+whole qcow2 byte for byte (the snapshot's RAM is in it); of a running source, its host pauses
+the guest for the copy (QEMU's stop flushes the file's tables and writes nothing until it
+goes on), which makes the copy as whole as a stopped disk's. A clone that fails leaves no VM and no disk behind.
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ class CloneService:
         if snapshot is None and source.state != VMState.STOPPED:
             raise Conflict(f"VM '{source.name}' is {source.state.value}; a clone copies a stopped disk",
                            hint="stop it first, or clone one of its snapshots (--snapshot)")
-        if memory and source.state != VMState.STOPPED:
+        if memory and source.state not in (VMState.STOPPED, VMState.RUNNING, VMState.PAUSED):
             raise Conflict(f"VM '{source.name}' is {source.state.value}; a VM is started from its memory "
-                           "snapshot only while it is stopped (its running QEMU rewrites the disk "
-                           "the snapshot is in)", hint=f"stop it first: virtpool vm stop {source.name}")
+                           "snapshot while it is stopped or running",
+                           hint=f"wait until it is either: virtpool vm show {source.name}")
         taken = next((s for s in agent.list_snapshots(source.id) if s.name == snapshot), None) if snapshot else None
         if snapshot is not None and taken is None:
             raise NotFound(f"VM '{source.name}' has no snapshot named '{snapshot}'",

@@ -46,6 +46,7 @@ from virtpool.control.store import db
 from virtpool.control.summary import Summary
 from virtpool.control.usage_history import UsageRecorder
 from virtpool.control.vm_operations import VMOperations
+from virtpool.control.warm_vms import REFILL_PERIOD_S, WarmVMs
 from virtpool.control.backups import BackupService
 from virtpool.control.clones import CloneService
 from virtpool.control.snapshots import SnapshotService
@@ -119,6 +120,8 @@ class Pool:
         self.snapshots = SnapshotService(self.vms, self.events)
         self.backups = BackupService(self.vms, self.events)
         self.clones = CloneService(self.vms, self.events, warm_copies=lambda: self.settings.get().warm_copies)
+        self.warm_vms = WarmVMs(sessions, self.vms, self.settings, self.events)
+        self.vms.take_warm = self.warm_vms.take
         self.agent_events = EventPump(sessions, self.agents, self.vms.on_agent_event)
         self.vm_operations = VMOperations(sessions, self.vms, self.operations, self.events)
         self.idempotency = IdempotentCreates(
@@ -137,6 +140,7 @@ class Pool:
         self.network_rounds = Loop("network-converge", self.vms.converge_all_networks,
                                    NETWORK_ROUND_S, self.leader)
         self.usage_sampler = Loop("usage-sampler", self.usage.sample, self.usage.interval_s, self.leader)
+        self.warm_refill = Loop("warm-vms", self.warm_vms.refill, REFILL_PERIOD_S, self.leader)
         self.heartbeat: LocalHeartbeat | None = None
 
     def _remote_agent(self, name: str, url: str) -> Agent:
@@ -221,6 +225,7 @@ class Pool:
         self.lease_monitor.start()
         self.network_rounds.start()
         self.usage_sampler.start()
+        self.warm_refill.start()
         return self.tokens.bootstrap(self.config.token_file)
 
     def scrape(self, project: str | None) -> Scrape:
@@ -232,6 +237,7 @@ class Pool:
         return Scrape(*collectors)
 
     def close(self) -> None:
+        self.warm_refill.stop()
         self.network_rounds.stop()
         self.lease_monitor.stop()
         self.leader.stop()

@@ -146,6 +146,10 @@ class PoolSettings(BaseModel):
         "disks each host keeps ready per memory snapshot that VMs are created from "
         "(vm create --from-snapshot): a create takes one instead of copying, and the host makes "
         "the next in the background (0: copy at each create)"))
+    warm_vms: int = Field(default=0, ge=0, le=16, description=(
+        "VMs of the default image and shape the pool keeps booted and paused (project _warm, "
+        "outside every quota): `vm create NAME --start` of that shape takes one, which runs "
+        "with its own name in a fraction of a boot, and the pool boots the next (0: none)"))
 
 
 class MoveView(BaseModel):

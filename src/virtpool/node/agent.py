@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -107,6 +107,59 @@ ACPI_SHARE_AFTER_AGENT = 0.7
 # running guests' own writes, which would pause them on ENOSPC).
 MEMORY_SNAPSHOT_MARGIN_MIB = 64
 DEFAULT_REBOOT_WAIT_S = 60.0  # for the guest agent after a reboot, unless its boot said more
+
+
+class InputPull:
+    """A command's streamed input, read from its byte stream on a thread of its own and taken
+    without blocking on the agent's loop. A few chunks are held at most: beyond that the
+    reader waits, and so does whoever writes the stream (backpressure to the user's pipe)."""
+
+    DEPTH = 8
+
+    def __init__(self, chunks: ByteStream) -> None:
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self.DEPTH)
+        self._stopped = threading.Event()
+        self._ended = False
+        threading.Thread(target=self._read, args=(chunks,), name="exec-input", daemon=True).start()
+
+    def _read(self, chunks: ByteStream) -> None:
+        try:
+            for chunk in chunks:
+                while chunk and not self._stopped.is_set():
+                    try:
+                        self._queue.put(chunk, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stopped.is_set():
+                    return
+        except Exception:  # the stream broke (the caller went away): that is its end
+            log.info("the input of a command ended with an error", exc_info=True)
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(None, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def take(self) -> bytes | None:
+        """What came since the last take (b"" when nothing yet); None once the input has ended."""
+        if self._ended:
+            return None
+        got = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return b"".join(got)
+            if item is None:
+                self._ended = True
+                return b"".join(got) if got else None
+            got.append(item)
+
+    def stop(self) -> None:
+        """The command ended: the reader stops at its next chunk."""
+        self._stopped.set()
 
 
 class LocalAgent:
@@ -383,7 +436,14 @@ class LocalAgent:
 
             if not self._warm.take(source_vm_id, key, copy):
                 with self._warm.source_lock(source_vm_id):
-                    make_copy(copy)
+                    running = self._running(source_vm_id)
+                    if running is None:
+                        make_copy(copy)
+                    else:
+                        self._run(self._while_paused(running, lambda: make_copy(copy)), timeout=None)
+                        # Whole, as the pause promised; checked, as the copy is all the new VM has.
+                        disks.run_qemu_img(["check", "-q", "-f", "qcow2", str(copy)],
+                                           what="check the copy of the running VM's disk")
             # What was copied is checked again: the source's user could have swapped it meanwhile.
             copied = json.loads(disks.run_qemu_img(["info", "--output=json", "-f", "qcow2", str(copy)],
                                                    what="inspect the copied disk"))
@@ -398,13 +458,29 @@ class LocalAgent:
             self._launches.restore_at_next_start(vm_id, snapshot)
 
     def _memory_copy(self, source: Path, target: Path, snapshot: str) -> None:
-        """A byte copy of a stopped VM's disk that keeps only its snapshot ``snapshot``."""
+        """A byte copy of a VM's disk (stopped, or paused: ``_while_paused``) that keeps only
+        its snapshot ``snapshot`` and none of the source's backup bitmaps."""
         _copy_regular(source, target)
         info = json.loads(disks.run_qemu_img(["info", "--output=json", "-f", "qcow2", str(target)],
                                              what="inspect the copied disk"))
+        snapshots.drop_backup_bitmaps(target, "clear the copy's backup bitmaps")
         for other in info.get("snapshots") or []:
             if other["name"] != snapshot:
                 snapshots.delete_offline(target, other["name"])
+
+    async def _while_paused(self, vm: VM, work: Callable[[], None]) -> None:
+        """Run ``work`` (a byte copy of the VM's disk) with the guest paused. QEMU's ``stop``
+        drains the disk's requests and flushes its qcow2 tables to the file, and writes nothing
+        more until ``cont``: for that while the file is whole and still, as a stopped VM's is.
+        The guest stands still for the copy (its time is then the copy's)."""
+        was_running = await vm.status() == "running"
+        if was_running:
+            await vm.command("stop")
+        try:
+            await asyncio.to_thread(work)
+        finally:
+            if was_running:
+                await vm.command("cont")
 
     def _checked_backing(self, info: dict[str, Any], image_disk: Path | None) -> str | None:
         """The backing file ``qemu-img info`` found, if it is one a VM's disk may have: its
@@ -748,20 +824,27 @@ class LocalAgent:
         return self._run(run(), timeout=None)
 
     def exec_stream(
-        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None = None
+        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | ByteStream | None = None
     ) -> Iterator[ExecOutput | ExecResult]:
         # The guest agent runs on this agent's loop; its output crosses to the caller's thread
-        # through a queue, the result (or the error) last.
+        # through a queue, the result (or the error) last. Streamed input crosses the other way
+        # (InputPull), read on a thread of its own so that the loop never waits for it.
         found: queue.Queue[ExecOutput | ExecResult | BaseException] = queue.Queue()
-        done = self._submit(self._vm(vm_id).exec(argv, timeout, stdin, emit=found.put))
-        done.add_done_callback(lambda f: found.put(f.exception() or f.result()))
-        while True:
-            item = found.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if isinstance(item, ExecResult):
-                return
+        pull = None if stdin is None or isinstance(stdin, bytes) else InputPull(stdin)
+        try:
+            done = self._submit(self._vm(vm_id).exec(argv, timeout, pull.take if pull is not None else stdin,
+                                                     emit=found.put))
+            done.add_done_callback(lambda f: found.put(f.exception() or f.result()))
+            while True:
+                item = found.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, ExecResult):
+                    return
+        finally:
+            if pull is not None:
+                pull.stop()
 
     def adopt_running(self) -> list[str]:
         """At a standalone agent's start: take over the QEMUs of this host's VMs that outlived

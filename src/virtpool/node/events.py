@@ -40,6 +40,7 @@ class EventFeed:
         self._path = path
         self._keep = keep
         self._changed = threading.Condition()
+        self._released = False
         self._events: list[AgentEvent] = self._load()
         self._next = self._events[-1].seq + 1 if self._events else 1
         self._reserve()
@@ -108,9 +109,16 @@ class EventFeed:
             while True:
                 found = [e for e in self._events if e.seq > after] if self._next - 1 > after else []
                 remaining = deadline - time.monotonic()
-                if found or remaining <= 0:
+                if found or remaining <= 0 or self._released:
                     return found
                 self._changed.wait(remaining)
+
+    def release_readers(self) -> None:
+        """Answer every waiting read now, and every later one without waiting: the agent is
+        stopping, and a reader's long poll must not hold its stop off."""
+        with self._changed:
+            self._released = True
+            self._changed.notify_all()
 
     @property
     def last_seq(self) -> int:

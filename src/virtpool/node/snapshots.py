@@ -62,14 +62,19 @@ def create_offline(disk: Path, name: str, **run_as: Any) -> None:
 def restore_offline(disk: Path, name: str, **run_as: Any) -> None:
     """Put a stopped VM's disk back to snapshot ``name``; it ends the backups' change tracking
     (see :func:`_forget_changes_live`)."""
+    drop_backup_bitmaps(disk, f"restore snapshot '{name}'", **run_as)
+    run_qemu_img(["snapshot", "-a", name, str(disk)], what=f"restore snapshot '{name}'", **run_as)
+
+
+def drop_backup_bitmaps(disk: Path, what: str, **run_as: Any) -> None:
+    """Remove the backups' dirty bitmaps from a disk no QEMU has open (QEMU loads no snapshot
+    under them; and a copy of a disk has no backups of its own)."""
     out = run_qemu_img(["info", "--output=json", "-f", "qcow2", str(disk)], what="read the disk's bitmaps",
                        **run_as)
     bitmaps = (json.loads(out).get("format-specific") or {}).get("data", {}).get("bitmaps") or []
     for bitmap in bitmaps:
         if bitmap["name"].startswith(BITMAP_PREFIX):
-            run_qemu_img(["bitmap", "--remove", str(disk), bitmap["name"]],
-                         what=f"restore snapshot '{name}'", **run_as)
-    run_qemu_img(["snapshot", "-a", name, str(disk)], what=f"restore snapshot '{name}'", **run_as)
+            run_qemu_img(["bitmap", "--remove", str(disk), bitmap["name"]], what=what, **run_as)
 
 
 def delete_offline(disk: Path, name: str, **run_as: Any) -> None:

@@ -31,11 +31,12 @@ from typing import Any, TypeVar
 import psutil
 
 from virtpool.model.errors import BootTimeout, Conflict, OperationFailed
+from virtpool.model.guest_identity import identity_argv
 from virtpool.model.spec import ExecOutput, ExecResult
 from virtpool.node import safe_files, serial
 from virtpool.node.console import ConsolePump, SharedConsole
 from virtpool.node.qemu import process
-from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError, GuestAgentGone
+from virtpool.node.qemu.guest_agent import SYNC_DEADLINE_S, GuestAgent, GuestAgentError, GuestAgentGone
 from virtpool.node.qemu.qmp import Session
 from virtpool.node.vmdir import VMPaths
 
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 READY_POLL_S = 0.05  # between guest-agent pings while a guest boots
-EXEC_SYNC_S = 5.0  # for a booted guest's agent to answer a command's first sync
+IDENTITY_POLL_S = 0.005  # the first wait for a restored guest's identity command (it doubles)
 MONITOR_TIMEOUT_S = 30.0  # from spawn until QEMU's monitor answers (devices set up)
 # To reach the monitor of a QEMU found running. Generous: a QEMU that misses it is killed, and a
 # CPU-starved QEMU under TCG can take long to accept the monitor again after the previous
@@ -293,25 +294,27 @@ class VM:
                     hint="the image must run qemu-guest-agent; see `virtpool vm logs`")
             try:
                 async with self._qga_lock:
+                    # One connection, its sync sent again each second: the agent's first
+                    # answer ends the wait, whether the guest is still booting or just slow.
                     agent = await GuestAgent.open(self.paths.qga_sock, vm=self.name,
-                                                  sync_timeout=min(1.0, remaining))
+                                                  deadline=min(remaining, SYNC_DEADLINE_S))
                     await agent.close()
                 self.ready = True
                 return
             except GuestAgentError:
                 await asyncio.sleep(READY_POLL_S)
 
-    async def exec(self, argv: list[str], timeout: float, stdin: bytes | None,
+    async def exec(self, argv: list[str], timeout: float, stdin: bytes | Callable[[], bytes | None] | None,
                    emit: Callable[[ExecOutput], None] | None = None) -> ExecResult:
-        """Run a command in the guest; with ``emit``, its output goes there as it is written."""
+        """Run a command in the guest; with ``emit``, its output goes there as it is written,
+        and ``stdin`` may be taken while it runs (GuestAgent.exec_stream)."""
         self._require(Runstate.RUNNING)
         try:
             async with self._qga_lock:
-                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name,
-                                                 sync_timeout=EXEC_SYNC_S) as agent:
+                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
                     if emit is not None:
                         return await agent.exec_stream(argv, timeout=timeout, stdin=stdin, emit=emit)
-                    return await agent.exec(argv, timeout=timeout, stdin=stdin)
+                    return await agent.exec(argv, timeout=timeout, stdin=stdin if isinstance(stdin, bytes) else None)
         except GuestAgentGone as err:
             # The channel broke: when QEMU went away meanwhile, that is the VM stopping, not
             # a fault of the command (the watcher records the exit itself).
@@ -322,19 +325,17 @@ class VM:
 
     async def take_identity(self, name: str) -> None:
         """After a start from a memory snapshot of another VM: its guest still believes it is
-        that VM, at that VM's time. Set its clock and its hostname through its agent. (Its NIC's
-        MAC is in the device state QEMU restored and stays the snapshot's; see the README.)"""
+        that VM, at that VM's time. Give it its hostname and the clock of now through its agent
+        (model/guest_identity.py). (Its NIC's MAC is in the device state QEMU restored and stays
+        the snapshot's; see the README.)"""
         try:
             async with self._qga_lock:
                 async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
-                    try:
-                        await agent.call("guest-set-time", {"time": time.time_ns()})
-                    except GuestAgentError as err:  # e.g. no hwclock in the guest: the time is set
-                        log.info("VM %s: %s", self.name, err.message)
-                    done = await agent.exec(["sh", "-c", 'hostname "$1" && echo "$1" >/etc/hostname', "sh", name],
-                                            timeout=30)
+                    # Polled closely: this short command is on the way to "running".
+                    done = await agent.exec(identity_argv(name, time.time()), timeout=30,
+                                            poll=IDENTITY_POLL_S)
             if done.exit_code != 0:
-                log.warning("VM %s kept the hostname of its snapshot: %s", name, done.stderr.strip())
+                log.warning("VM %s kept the identity of its snapshot: %s", name, done.stderr.strip())
         except GuestAgentError as err:
             log.warning("VM %s kept the identity of its snapshot: %s", name, err.message)
 
@@ -347,7 +348,7 @@ class VM:
         async with self._qga_lock:
             try:
                 async with await GuestAgent.open(self.paths.qga_sock, vm=self.name,
-                                                 sync_timeout=answer_within) as agent:
+                                                 sync_timeout=answer_within, deadline=answer_within) as agent:
                     return await asyncio.wait_for(agent.call("guest-network-get-interfaces"), answer_within)
             except (GuestAgentError, TimeoutError, OSError, ValueError):
                 return None

@@ -42,7 +42,7 @@ from virtpool.control.vms.records import info as _info
 from virtpool.control.vms.records import spec as _spec
 from virtpool.control.vms.records import usage_after as _usage_after
 from virtpool.control.vms.reconcile import Do
-from virtpool.model.agent import Agent, AgentEvent
+from virtpool.model.agent import Agent, AgentEvent, ByteStream
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound, StateError, VirtpoolError
 from virtpool.model.image import ImageInfo
 from virtpool.model.network import HostNetworkInput
@@ -104,6 +104,9 @@ class VMService:
         self._changes = Changes()
         # Resizes are read-check-write on several columns: one at a time keeps them whole.
         self._resize_lock = threading.Lock()
+        # A VM of the default shape already booted and paused, made this create's (or None:
+        # boot one); set by the pool when it keeps warm VMs (control/warm_vms.py).
+        self.take_warm: Callable[[VMSpec, str], VMInfo | None] | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
@@ -227,6 +230,10 @@ class VMService:
         spec = spec.model_copy(update={
             "boot_timeout_s": spec.boot_timeout_s or image.boot_timeout_s or self.boot_timeout})
         admission.check_ports_recorded(self._sessions, spec.ports, vm_id=None, project_id=project_id)
+        if start and self.take_warm is not None:
+            taken = self.take_warm(spec, project_id)
+            if taken is not None:
+                return taken
         vm_id = uuid.uuid4().hex
         host = self._insert(vm_id, spec, project_id)
         if spec.secgroups:
@@ -582,9 +589,10 @@ class VMService:
         return self._agent_of(vm).exec_vm(vm.id, argv, timeout, stdin)
 
     def exec_stream(
-        self, ref: str, argv: list[str], *, timeout: float = 60.0, stdin: bytes | None = None
+        self, ref: str, argv: list[str], *, timeout: float = 60.0, stdin: bytes | ByteStream | None = None
     ) -> Iterator[ExecOutput | ExecResult]:
-        """As exec, with the output as it comes (the checks happen before the first item)."""
+        """As exec, with the output as it comes (the checks happen before the first item), and
+        the input whole or as a byte stream read while the command runs."""
         vm = self._exec_target(ref, argv, timeout)
         return self._agent_of(vm).exec_stream(vm.id, argv, timeout, stdin)
 

@@ -8,11 +8,12 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
 from virtpool.model.errors import InvalidRequest
-from virtpool.mtls import uvicorn_tls
+from virtpool.mtls import nothing_was_cut, uvicorn_tls
 from virtpool.node.agent import LocalAgent
 from virtpool.node.service import identity as ids
 from virtpool.node.service.app import Revocations, create_app
@@ -72,9 +73,23 @@ def serve(options: AgentOptions, announce: Callable[[str], None] = print) -> Non
         app = create_app(agent, revoked, options.data_dir / "uploads")
         config = uvicorn.Config(app, log_level="warning", access_log=False,
                                 **uvicorn_tls(identity.cert, identity.key, identity.ca, require_client=True))
+        logging.getLogger("uvicorn.error").addFilter(nothing_was_cut)
         heartbeat.start()
         announce(f"agent {identity.name} serving https://{address}")
-        uvicorn.Server(config).run(sockets=[sock])
+        _Server(config, on_exit=agent.feed.release_readers).run(sockets=[sock])
     finally:
         heartbeat.stop()
         agent.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also ends the event feed's long polls as soon as a stop is
+    asked: uvicorn waits for open requests, and the control planes always hold one."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
