@@ -42,7 +42,7 @@ from virtpool.control.vms.records import info as _info
 from virtpool.control.vms.records import spec as _spec
 from virtpool.control.vms.records import usage_after as _usage_after
 from virtpool.control.vms.reconcile import Do
-from virtpool.model.agent import Agent, AgentEvent
+from virtpool.model.agent import Agent, AgentEvent, ByteStream
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound, StateError, VirtpoolError
 from virtpool.model.image import ImageInfo
 from virtpool.model.network import HostNetworkInput
@@ -593,9 +593,10 @@ class VMService:
         return self._agent_of(vm).exec_vm(vm.id, argv, timeout, stdin)
 
     def exec_stream(
-        self, ref: str, argv: list[str], *, timeout: float = 60.0, stdin: bytes | None = None
+        self, ref: str, argv: list[str], *, timeout: float = 60.0, stdin: bytes | ByteStream | None = None
     ) -> Iterator[ExecOutput | ExecResult]:
-        """As exec, with the output as it comes (the checks happen before the first item)."""
+        """As exec, with the output as it comes (the checks happen before the first item), and
+        the input whole or as a byte stream read while the command runs."""
         vm = self._exec_target(ref, argv, timeout)
         return self._agent_of(vm).exec_stream(vm.id, argv, timeout, stdin)
 
