@@ -40,7 +40,7 @@ printed as a table; the last line of stdout is one JSON object::
     {"name": "boot", "virtpool_s": ..., "virtpool_sdk_s": ..., "baseline_s": ..., "ratio": ...,
      "restore_s": ..., "restore_ratio": ..., "warm_s": ..., "warm_ratio": ..., ...}
 
-Exit status 0 whether or not the target (ratio <= 1.10) is met; non-zero only when something
+Exit status 0 whether or not the target (ratio <= 1.05, CLI and SDK; issue 13) is met; non-zero only when something
 fails to boot or the set-up fails.
 """
 
@@ -95,7 +95,7 @@ from virtpool.sdk.client import SETTLED
 
 REPO = Path(__file__).resolve().parent.parent
 BOOT_TIMEOUT_S = 120.0
-TARGET_RATIO = 1.10
+TARGET_RATIO = 1.05  # issue 13: through the CLI and through the SDK
 TARGET_RESTORE_S = 0.5
 TARGET_RESTORE_RATIO = 0.2
 TEMPLATE = "benchtmpl"
@@ -308,8 +308,13 @@ def report(results: dict[str, list[float]], runs: int, cli_noop: list[float],
     ratio = med["cli"] / med["baseline"]
     sdk_ratio = med["sdk"] / med["baseline"]
     verdict = "meets" if ratio <= TARGET_RATIO else "misses"
+    sdk_verdict = "meets" if sdk_ratio <= TARGET_RATIO else "misses"
     print(f"ratio (CLI median / bare median) = {ratio:.3f}  ({verdict} the target <= {TARGET_RATIO}); "
-          f"SDK / bare = {sdk_ratio:.3f}")
+          f"SDK / bare = {sdk_ratio:.3f}  ({sdk_verdict} it)")
+    # The same round's runs share the machine's load of the moment: their ratio cancels drift
+    # that the medians of each kind keep (a loaded 2-core host swings a boot by +-30 %).
+    paired = {k: statistics.median(r / b for r, b in zip(results[k], results["baseline"])) for k in ("cli", "sdk")}
+    print(f"paired (median of each round's ratio): CLI / bare = {paired['cli']:.3f}, SDK / bare = {paired['sdk']:.3f}")
     restore_ratio = med["restore"] / med["sdk"]
     print(f"restore (start from a memory snapshot) median {med['restore']:.3f}s "
           f"({'meets' if med['restore'] <= TARGET_RESTORE_S else 'misses'} the target <= {TARGET_RESTORE_S}s); "
@@ -333,6 +338,8 @@ def report(results: dict[str, list[float]], runs: int, cli_noop: list[float],
         "baseline_s": round(med["baseline"], 4),
         "ratio": round(ratio, 4),
         "sdk_ratio": round(sdk_ratio, 4),
+        "ratio_paired": round(paired["cli"], 4),
+        "sdk_ratio_paired": round(paired["sdk"], 4),
         "cli_startup_s": round(statistics.median(cli_noop), 4),
         "runs": runs,
     }

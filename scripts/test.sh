@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command from a fresh Debian 12 machine to a full test run: set everything up, build the
-# default guest image (cached in .cache/images), run every test. Arguments go to pytest.
+# default guest image (cached in .cache/images), run every test in two workers, a file per
+# worker at a time (a module's server is started once). Arguments go to pytest (`-n 0`: serial).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh --test
@@ -18,4 +19,4 @@ manifest, built = build_debian_image(root)
 print("debian-12 image:", "built" if built else "cached", manifest.disk.path,
       f"{manifest.disk.size / 2**20:.0f} MiB in {time.monotonic() - began:.0f} s")
 '
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"

@@ -60,6 +60,39 @@ def test_vm_list_is_a_fast_read_that_shows_where_vms_are(cli_server: Server) -> 
                for r in rows), rows
 
 
+def test_vm_create_start_wait_is_a_fast_path_and_typer_s_create_is_the_same(cli_server: Server) -> None:
+    # What bench/boot.py times: the CLI's start-up is part of every boot a user waits for.
+    run, modules = imported(["vm", "create", "quick", "--memory", "128M", "--port", "2224:22", "--start",
+                             "--wait"], cli_server.env)
+    try:
+        assert run.returncode == 0, run.stderr
+        heavy = [m for m in modules if m.startswith(HEAVY)]
+        assert heavy == [], f"vm create imported {heavy}"
+        assert run.stdout == "VM 'quick' is running\n"
+        vm = cli_server.api().vm("quick")
+        assert vm.state.value == "running" and vm.memory_mib == 128 and [str(p) for p in vm.ports] == ["2224:22"]
+        # A flag the fast path does not read goes to Typer's create: the same request, the same report.
+        typed, modules = imported(["vm", "create", "slow", "--memory", "128M", "--cpu-weight", "200", "--json"],
+                                  cli_server.env)
+        assert typed.returncode == 0, typed.stderr
+        assert "typer" in modules
+        made = json.loads(typed.stdout)
+        assert (made["name"], made["state"], made["memory_mib"]) == ("slow", "stopped", 128)
+        assert cli_server.api().vm("slow").cpu_weight == 200
+        # Refusals read the same both ways: the flag as typed, exit 1, nothing made.
+        for extra in ([], ["--cpu-weight", "200"]):
+            refused = cli_server.cli("vm", "create", "tiny", "--memory", "0", *extra)
+            assert refused.returncode == 1 and "--memory must be at least 64 MiB" in refused.stderr, refused.stderr
+            bad_port = cli_server.cli("vm", "create", "tiny", "--port", "22", *extra)
+            assert bad_port.returncode == 1 and "cannot read port forward '22'" in bad_port.stderr
+        assert cli_server.cli("vm", "show", "tiny").returncode == 1
+        unreadable = cli_server.cli("vm", "create", "tiny", "--cpus", "two")
+        assert unreadable.returncode == 2 and "--cpus" in unreadable.stderr  # Typer's usage error
+    finally:
+        for name in ("quick", "slow"):
+            cli_server.cli("vm", "delete", name, "--force")
+
+
 def test_tables_fit_80_columns_and_never_cut_ids(cli_server: Server) -> None:
     api = cli_server.api()
     op = api.start_vm("web")

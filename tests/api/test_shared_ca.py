@@ -104,7 +104,7 @@ def test_an_agent_enrolled_through_one_server_is_accepted_by_the_other(
             driven.close()
         agent = _start_agent((second_dir / "join.url").read_text().strip(), None, data, log)
         assert wait_for(lambda: (_agent_host(second, "pcs1")[1] or 0) > epoch, timeout=90), log.read_text()
-        assert "Traceback" not in log.read_text()
+        assert "Traceback" not in log.read_text() and "ERROR" not in log.read_text()
     finally:
         if agent is not None and agent.poll() is None:
             os.killpg(agent.pid, signal.SIGTERM)

@@ -132,7 +132,7 @@ def test_a_vm_boots_answers_and_its_exit_is_in_the_event_feed(
 
 
 def _exec_streams(impl: Agent, vm_id: str) -> None:
-    """Exec output arrives while the command runs. Without streaming both lines come at the
+    """Exec output arrives, and streamed input goes in, while the command runs. Without streaming both lines come at the
     end; streamed, "second" is still 8 s away when "first" has arrived. (qemu-ga serves one
     exec at a time: the test cannot signal the guest through a second one.)"""
     items: queue.Queue[object] = queue.Queue()
@@ -155,6 +155,25 @@ def _exec_streams(impl: Agent, vm_id: str) -> None:
         rest.append(item)
     assert rest == [ExecOutput(stream="stderr", data=b"second\n"),
                     ExecResult(exit_code=3, stdout="", stderr="")], rest
+    # Streamed input goes in while the command runs: the second line is sent only once the
+    # answer to the first has come back (whole input up front would wait for it forever).
+    answered = threading.Event()
+
+    def typed() -> Iterator[bytes]:
+        yield b"one\n"
+        if answered.wait(120):
+            yield b"two\n"
+
+    out, results = b"", []
+    for item in impl.exec_stream(vm_id, ["sh", "-c", 'while read -r l; do echo "got $l"; done; echo end'], 120,
+                                 typed()):
+        if isinstance(item, ExecOutput):
+            out += item.data
+            if b"got one\n" in out:
+                answered.set()
+        else:
+            results.append(item)
+    assert (out, results) == (b"got one\ngot two\nend\n", [ExecResult(exit_code=0, stdout="", stderr="")])
     with pytest.raises(CommandTimeout):
         list(impl.exec_stream(vm_id, ["sleep", "30"], 2))
     impl.wait_ready(vm_id, BOOT_S)  # the guest agent answers again once the kill is done

@@ -150,7 +150,7 @@ def make_silent_initrd(target: Path) -> None:
 
 @pytest.fixture(scope="module")
 def impatient(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Server]:
-    srv = make_server(tmp_path_factory, image_cache, "impatient", boot_timeout=8.0)
+    srv = make_server(tmp_path_factory, image_cache, "impatient", boot_timeout=12.0)
     yield srv
     srv.cleanup()
 

@@ -4,14 +4,15 @@ real server with a real guest."""
 from __future__ import annotations
 
 import json
-import select
 import subprocess
 from collections.abc import Iterator
 
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.conftest import VIRTPOOL, Server, wait_for
+from tests.vm import exec_streams
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +47,50 @@ def test_a_command_that_times_out_is_killed_in_the_guest_and_exits_5(server: Ser
 
 
 def test_output_streams_back_while_the_command_runs(server: Server, web: str) -> None:
-    # Without streaming both lines would come together at the end; streamed, the second is
-    # still 10 s away when the first has been read. (One exec at a time per VM: qemu-ga serves
-    # one client, so the test cannot signal the guest through a second exec.)
-    proc = subprocess.Popen(
-        [VIRTPOOL, "vm", "exec", web, "--timeout", "120", "--", "sh", "-c",
-         "echo first; echo to-stderr >&2; sleep 10; echo second; exit 4"],
-        env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == b"first\n"
-        waiting, _, _ = select.select([proc.stdout], [], [], 0)
-        assert waiting == [] and proc.poll() is None  # nothing more yet: the command still runs
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert (out, err, proc.returncode) == (b"second\n", b"to-stderr\n", 4)
+    exec_streams.check_output_streams_back(server.env, web)
+
+
+def test_piped_input_streams_to_the_command_while_it_runs(server: Server, web: str) -> None:
+    exec_streams.check_input_streams_in(server.env, web)
+    exec_streams.check_large_input_arrives_whole(server.env, web)
+    exec_streams.check_a_reader_that_stops_early_ends_the_input(server.env, web)
+
+
+def test_a_command_reading_a_pipe_that_never_ends_is_killed_at_its_timeout(server: Server, web: str) -> None:
+    with subprocess.Popen(["sleep", "600"], stdout=subprocess.PIPE) as silent:
+        ran = subprocess.run([VIRTPOOL, "vm", "exec", web, "--timeout", "3", "--", "cat"], env=server.env,
+                             stdin=silent.stdout, capture_output=True, text=True, timeout=180)
+        silent.kill()
+    assert ran.returncode == 5, (ran.returncode, ran.stderr)
+    assert "still running after 3s" in ran.stderr
+    left = server.cli("vm", "exec", web, "--", "ps")
+    assert left.returncode == 0 and " cat" not in left.stdout, left.stdout
+    files = server.api().exec(web, ["ls", "-a", "/tmp"]).stdout.split()
+    assert [f for f in files if f.startswith(".virtpool-exec")] == []  # its pipe and output files are gone
+
+
+def test_the_exec_socket_says_what_is_wrong_and_is_audited(server: Server, web: str) -> None:
+    api = server.api()
+    url = api.url.replace("http://", "ws://") + f"/api/v1/vms/{web}/exec"
+    bearer = {"Authorization": f"Bearer {api.token}"}
+    tracebacks = server.log.read_text().count("Traceback")
+    seen = max((e.id for e in api.audit(limit=1000)), default=0)
+    for first, said in (("not json", "the first message must be"), (json.dumps({"argv": []}), "argv"),
+                        (json.dumps({"argv": ["true"], "timeout": 0}), "timeout"),
+                        (json.dumps({"argv": "true"}), "argv must be a list")):
+        with connect(url, additional_headers=bearer) as conn:
+            conn.send(first)
+            problem = json.loads(conn.recv(timeout=60))["problem"]
+        assert problem["status"] == 422 and said in problem["detail"], problem
+    for where, headers, status in ((url, {"Authorization": "Bearer nope"}, 401),
+                                   (url.replace(f"/vms/{web}/", "/vms/nope/"), bearer, 404)):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(where, additional_headers=headers)
+        assert refused.value.response.status_code == status
+        assert json.loads(refused.value.response.body or b"{}")["status"] == status
+    entries = [e for e in api.audit(after=seen, limit=1000) if e.action == "WS /vms/{name}/exec"]
+    assert len(entries) == 4 and {e.target for e in entries} == {web}  # the refused handshakes ran nothing
+    assert server.log.read_text().count("Traceback") == tracebacks
 
 
 def test_the_url_up_prints_for_the_api_works_too(server: Server, web: str) -> None:

@@ -146,12 +146,19 @@ def test_a_busy_vm_capped_at_50_percent_uses_at_most_60_percent_of_a_cpu(server:
     share = (cpu_seconds(pid) - before) / (time.monotonic() - start)
     assert share <= 0.60, share
     assert share >= 0.30, f"the busy loop hardly ran ({share}): the test would prove nothing"
-    # Lifted live, it takes what the host gives it: well beyond the cap (a whole CPU on an idle
-    # host; the margin is for a shared 2-core machine).
+    # Lifted live, it takes what the host gives it: beyond the cap (a whole CPU on an idle
+    # host). Another test's guests may share the two cores for a while, so it gets a few
+    # windows to show it.
     assert server.cli("vm", "resize", "capped", "--cpu-cap", "0").returncode == 0
-    before, start = cpu_seconds(pid), time.monotonic()
-    time.sleep(3)
-    assert (cpu_seconds(pid) - before) / (time.monotonic() - start) > 0.70
+    shares: list[float] = []
+
+    def beyond_the_cap() -> bool:
+        before, start = cpu_seconds(pid), time.monotonic()
+        time.sleep(3)
+        shares.append((cpu_seconds(pid) - before) / (time.monotonic() - start))
+        return shares[-1] > 0.70
+
+    assert wait_for(beyond_the_cap, timeout=30, interval=0), shares
     api.delete_vm("capped", force=True)
 
 

@@ -1,6 +1,6 @@
 """A VM on a remote host, as its user drives it: a real `virtpool server` with no agent of its own
 and a real `virtpool agent` joined to it over mutual TLS; the CLI talks to the server only. Exec
-output streams back while the command runs, and snapshots, backups (read and restored on the
+output streams back and piped input streams in while the command runs, and snapshots, backups (read and restored on the
 host whose directory holds them) and clones work there (they answered 501 before they crossed
 the agent API)."""
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VIRTPOOL, Server, link_image, make_server, passable, qemu_pids, wait_for
+from tests.vm import exec_streams
 
 HOST = "rmh1"
 
@@ -65,20 +65,10 @@ def test_a_vm_on_a_remote_host_streams_exec_and_is_snapshotted_backed_up_and_clo
     assert json.loads(made.stdout)["host"] == HOST
     assert (pool.agent_dir / "vms").is_dir() and not (server.data_dir / "vms").exists()
 
-    # The second line is 8 s away when the first has been read: it came while the command ran.
-    proc = subprocess.Popen(
-        [VIRTPOOL, "vm", "exec", "rmweb", "--timeout", "120", "--", "sh", "-c",
-         "echo first; sleep 8; echo second; exit 4"],
-        env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == b"first\n"
-        waiting, _, _ = select.select([proc.stdout], [], [], 0)
-        assert waiting == [] and proc.poll() is None  # nothing more yet: the command still runs
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert (out, proc.returncode) == (b"second\n", 4), err
+    # Through the agent's API too: output comes back and piped input goes in while it runs.
+    exec_streams.check_output_streams_back(server.env, "rmweb")
+    exec_streams.check_input_streams_in(server.env, "rmweb")
+    exec_streams.check_large_input_arrives_whole(server.env, "rmweb")
 
     snap = server.cli("vm", "snapshot", "create", "rmweb", "s1", "--json")
     assert snap.returncode == 0, snap.stderr

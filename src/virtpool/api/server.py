@@ -27,7 +27,7 @@ from virtpool.control.pki import Files
 from virtpool.model.certs import fingerprint
 from virtpool.model.errors import InvalidRequest
 from virtpool.model.layout import API_CA_FILE, JOIN_URL_FILE, TOKEN_FILE, URL_FILE
-from virtpool.mtls import SHUTDOWN_GRACE_S
+from virtpool.mtls import SHUTDOWN_GRACE_S, nothing_was_cut
 from virtpool.model.spec import Accel
 from virtpool.node.agent import LocalAgent
 from virtpool.node.images.catalog import ImageCatalog
@@ -176,6 +176,7 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
         config = uvicorn.Config(create_app(pool), log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S, **https)
         logging.getLogger("uvicorn.error").addFilter(_denials_are_complete)
+        logging.getLogger("uvicorn.error").addFilter(nothing_was_cut)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         if listener is not None:

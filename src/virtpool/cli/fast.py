@@ -1,10 +1,11 @@
-"""Commands that run without Typer, pydantic, Rich or httpx: the reads people type most.
+"""Commands that run without Typer, pydantic, Rich or httpx: the reads people type most, and
+`vm create` (cli/create.py), whose start-up is part of every boot a user waits for.
 
 `virtpool vm list` must answer in 0.2 s from a cold start; importing Typer alone takes about
 half of that. The commands here read JSON over the SDK's standard-library transport
 (sdk/transport.py) and print it with cli/output.py. The dispatcher (cli/main.py) sends a
-command line here only when it is one of these commands with options this module reads
-(``--json``, ``-c/--columns``, ``--all-projects``); anything else (``--help`` included) goes
+command line here only when it is one of these commands with options this module reads (FAST
+below); anything else (``--help`` included) goes
 to the Typer command of the same name, which calls the same function below, so there is one
 implementation of each command.
 """
@@ -15,7 +16,7 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from virtpool.cli import output
@@ -61,16 +62,23 @@ class Call:
             self.url + "/api/v1", {"Authorization": f"Bearer {found.token}"}, 60.0,
             tls=context(found.trust) if self.url.startswith("https://") else None)
 
-    def get(self, path: str, params: dict[str, Any]) -> Any:
-        """The answer's JSON and headers; a refusal raises the SDK's error for it."""
+    def get(self, path: str, params: dict[str, Any], *, timeout: float | None = None) -> Any:
+        """The answer (``.json()``, ``.links``); a refusal raises the SDK's error for it."""
+        return self.request("GET", path, params=params, timeout=timeout)
+
+    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None,
+                headers: dict[str, str] | None = None, timeout: float | None = None) -> Any:
+        """One call; a refusal raises the SDK's error for it (Unreachable: no answer came)."""
         from virtpool.sdk.errors import UntrustedServer, error_class, raise_for_problem
         from virtpool.sdk.tls import explain_refusal
         from virtpool.sdk.transport import CertificateRefused, TransportError
 
+        params = dict(params or {})
         if self.project:
-            params = {**params, "project": self.project}
+            params["project"] = self.project
         try:
-            response = self._transport.request("GET", path, params=params)
+            response = self._transport.request(method, path, params=params, json=json, headers=headers,
+                                               timeout=self._transport.timeout if timeout is None else timeout)
         except CertificateRefused as err:
             message, hint = explain_refusal(self.url, self.trust, err.ssl_error)
             raise UntrustedServer(0, "untrusted server", message, hint) from err
@@ -131,16 +139,50 @@ def vm_list(*, all_projects: bool, json: bool, columns: str | None,
     output.table(VM_COLUMNS, vm_rows(vms), chosen=columns, default=VM_DEFAULT)
 
 
+# -- vm create (cli/create.py) --------------------------------------------------------------------
+
+
+def _vm_create(o: dict[str, Any]) -> None:
+    from virtpool.cli import create
+
+    fields = create.body(o["name"], image=o.get("image", "default"), cpus=o.get("cpus", 1),
+                         memory=o.get("memory", "256M"), disk=o.get("disk", "1G"), ports=o.get("ports"),
+                         kernel_args=o.get("kernel_args", ""), accel=o.get("accel", "auto"),
+                         start=o.get("start", False), host=o.get("host"), boot_timeout=o.get("boot_timeout"))
+    create.create(fields, wait=o.get("wait", False), wait_timeout=o.get("wait_timeout", 180.0),
+                  json=o.get("json", False), data_dir=o.get("data_dir"), project=o.get("project"))
+
+
 # -- reading the command line --------------------------------------------------------------------
 
 Runner = Callable[[dict[str, Any]], None]
-# (noun, verb) -> flags (option -> key), value options (option -> key), the runner
-FAST: dict[tuple[str, str], tuple[dict[str, str], dict[str, str], Runner]] = {
-    ("vm", "list"): ({"--all-projects": "all_projects", "--json": "json"},
-                     {"--columns": "columns", "-c": "columns"},
-                     lambda o: vm_list(all_projects=o.get("all_projects", False), json=o.get("json", False),
-                                       columns=o.get("columns"), data_dir=o.get("data_dir"),
-                                       project=o.get("project"))),
+
+
+class Spec(NamedTuple):
+    """What the fast path reads of one command; anything else on its line goes to Typer."""
+
+    flags: dict[str, str]  # option -> key (True when given)
+    values: dict[str, str]  # option taking a value -> key
+    run: Runner
+    arguments: tuple[str, ...] = ()  # keys of the positional arguments after the verb
+    kinds: dict[str, Callable[[str], Any]] | None = None  # key -> conversion (ValueError: Typer says why)
+    repeated: frozenset[str] = frozenset()  # keys whose option may repeat (a list)
+
+
+FAST: dict[tuple[str, str], Spec] = {
+    ("vm", "list"): Spec({"--all-projects": "all_projects", "--json": "json"},
+                         {"--columns": "columns", "-c": "columns"},
+                         lambda o: vm_list(all_projects=o.get("all_projects", False), json=o.get("json", False),
+                                           columns=o.get("columns"), data_dir=o.get("data_dir"),
+                                           project=o.get("project"))),
+    # What `bench/boot.py` times: `vm create NAME --start --wait` with the common shape flags.
+    ("vm", "create"): Spec({"--start": "start", "--wait": "wait", "--json": "json"},
+                           {"--image": "image", "--cpus": "cpus", "--memory": "memory", "--disk": "disk",
+                            "--port": "ports", "--kernel-args": "kernel_args", "--accel": "accel",
+                            "--host": "host", "--boot-timeout": "boot_timeout", "--wait-timeout": "wait_timeout"},
+                           _vm_create, arguments=("name",),
+                           kinds={"cpus": int, "boot_timeout": float, "wait_timeout": float},
+                           repeated=frozenset({"ports"})),
 }
 GLOBAL = {"--data-dir": "data_dir", "--project": "project"}
 
@@ -149,40 +191,49 @@ def parse(args: list[str]) -> tuple[Runner, dict[str, Any]] | None:
     """The fast command and its options for ``args``, or None when Typer should read them."""
     words: list[str] = []
     options: dict[str, Any] = {}
+    spec: Spec | None = None
     i = 0
     while i < len(args):
         arg = args[i]
         if not arg.startswith("-"):
             words.append(arg)
-            if len(words) > 2:
-                return None  # an argument none of these commands takes
+            if len(words) == 2:
+                spec = FAST.get((words[0], words[1]))
+                if spec is None:
+                    return None
+            elif spec is not None:
+                if len(words) > 2 + len(spec.arguments):
+                    return None  # an argument this command does not take
+                options[spec.arguments[len(words) - 3]] = arg
             i += 1
             continue
         if len(words) == 1:
             return None  # an option between noun and verb
-        if words:
-            spec = FAST.get((words[0], words[1]))
-            if spec is None:
-                return None
-            flags, values = spec[0], spec[1]
-        else:
-            flags, values = {}, GLOBAL
+        flags, values = (spec.flags, spec.values) if spec is not None else ({}, GLOBAL)
         name, eq, inline = arg.partition("=")
         if name in flags and not eq:
             options[flags[name]] = True
             i += 1
         elif name in values and (eq or i + 1 < len(args)):
-            options[values[name]] = inline if eq else args[i + 1]
+            key, value = values[name], inline if eq else args[i + 1]
+            convert = (spec.kinds or {}).get(key) if spec is not None else None
+            try:
+                value = convert(value) if convert is not None else value
+            except ValueError:
+                return None  # Typer says what it expected
+            if spec is not None and key in spec.repeated:
+                options.setdefault(key, []).append(value)
+            else:
+                options[key] = value
             i += 1 if eq else 2
         else:
             return None  # --help, or anything else: Typer answers
-    spec = FAST.get((words[0], words[1])) if len(words) == 2 else None
-    if spec is None:
+    if spec is None or len(words) != 2 + len(spec.arguments):
         return None
     options.setdefault("project", os.environ.get("VIRTPOOL_PROJECT") or None)
     if "data_dir" in options:
         options["data_dir"] = Path(options["data_dir"])
-    return spec[2], options
+    return spec.run, options
 
 
 def run(args: list[str]) -> int | None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from rich.live import Live
 from rich.table import Table
 
-from virtpool.cli import backup, output, snapshot
+from virtpool.cli import backup, common, output, snapshot
+from virtpool.cli import create as creating
+from virtpool.cli.create import VM_FLAGS, WAIT_MARGIN_S
 from virtpool.cli.common import ColumnsOption, JsonFlag, VMName, client
 from virtpool.cli.operation import follow
 from virtpool.model.cloudinit import (
@@ -24,7 +27,8 @@ from virtpool.model.cloudinit import (
 )
 from virtpool.model.errors import InvalidRequest, VirtpoolError
 from virtpool.model.operation import Operation
-from virtpool.model.spec import ExecOutput, PortForward
+from virtpool.model.network import NicRequest
+from virtpool.model.spec import ExecOutput
 from virtpool.model.states import VMState
 from virtpool.model.units import format_mib, parse_bytes, parse_cpu_list, parse_size_mib
 from virtpool.model.vm import STOPPED_BY, VMInfo, VMStats
@@ -39,17 +43,6 @@ app.command("clone")(snapshot.clone)
 WaitTimeout = Annotated[float, typer.Option("--wait-timeout", help="seconds to wait for the VM to settle")]
 
 
-# API fields -> the flags of `vm create` and `vm resize`, so that a refusal names what was typed.
-VM_FLAGS = {"name": "NAME", "image": "--image", "cpus": "--cpus", "memory_mib": "--memory",
-            "disk_mib": "--disk", "kernel_args": "--kernel-args", "accel": "--accel",
-            "max_memory_mib": "--max-memory", "cpu_cap_pct": "--cpu-cap", "cpu_weight": "--cpu-weight",
-            "disk_iops": "--disk-iops", "disk_bps": "--disk-bps", "cpu_affinity": "--cpu-affinity",
-            "group": "--group", "required_labels": "--require-label", "weigher": "--weigher",
-            "ports": "--port", "host": "--host", "secgroups": "--secgroup", "cloud_init.user_data": "--cloud-init",
-            "cloud_init.network_config": "--network-config", "cloud_init.hostname": "--hostname",
-            **{f"cloud_init.ssh_keys.{i}": "--ssh-key" for i in range(32)}, "cloud_init.ssh_keys": "--ssh-key"}
-# Beyond a VM's boot timeout, what --wait allows for the rest of a start (spawn, state writes).
-WAIT_MARGIN_S = 30.0
 
 
 def _report(vm: VMInfo, wanted: VMState, waited: bool, json: bool) -> None:
@@ -153,31 +146,25 @@ def create(
         return
     with output.errors(VM_FLAGS):
         try:
-            memory_mib = parse_size_mib(memory, what="memory")
-            disk_mib = parse_size_mib(disk, what="disk size")
-            forwards = [PortForward.parse(p) for p in port or []]
             limits = {
                 "max_memory_mib": parse_size_mib(max_memory, what="max memory") if max_memory else None,
                 "cpu_cap_pct": cpu_cap, "cpu_weight": cpu_weight, "disk_iops": disk_iops,
                 "disk_bps": parse_bytes(disk_bps, what="disk bps") if disk_bps else None,
                 "cpu_affinity": parse_cpu_list(cpu_affinity) if cpu_affinity else None,
-                "boot_timeout_s": boot_timeout,
             }
             seed = _cloud_init(cloud_init, ssh_key or [], hostname, network_config)
+            nics = [NicRequest.fields(n) for n in network or []]
         except VirtpoolError as err:
             output.fail(err.message, hint=err.hint)
-        api = client()
-        vm = api.create_vm(name, image=image, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib,
-                           ports=forwards, kernel_args=kernel_args, accel=accel, start=start,
-                           group=group, required_labels=parse_labels(require_label or []),
-                           weigher=weigher, networks=network or [], secgroups=secgroup or [],
-                           host=host, cloud_init=seed, **limits)
-        if start:
-            _follow(api, vm, VMState.RUNNING, wait, wait_timeout, json)
-            return
-    if json:
-        return output.emit_json(vm)
-    output.print_line(f"VM '{vm.name}' created on host '{vm.host}' ({output.state(vm.state.value)})")
+    # The same request and the same follow as the fast path's (cli/create.py), more flags read.
+    fields = creating.body(name, image=image, cpus=cpus, memory=memory, disk=disk, ports=port or [],
+                           kernel_args=kernel_args, accel=accel, start=start, host=host,
+                           boot_timeout=boot_timeout, **limits, group=group, weigher=weigher,
+                           required_labels=parse_labels(require_label or []), networks=nics,
+                           secgroups=secgroup or [],
+                           **({"cloud_init": seed.model_dump()} if seed is not None else {}))
+    creating.create(fields, wait=wait, wait_timeout=wait_timeout, json=json, data_dir=common.data_dir(),
+                    project=common.project())
 
 
 def _create_from_snapshot(name: str, ref: str, *, start: bool, wait: bool, wait_timeout: float,
@@ -558,8 +545,9 @@ def exec_(
     """Run a command in the guest; print its output and exit with its exit code.
 
     Everything before -- is for virtpool, everything after it is the command. Input piped
-    into virtpool goes to the command's stdin; its output is printed as it is written. A
-    command still running after --timeout is killed in the guest and virtpool exits 5.
+    into virtpool streams to the command's stdin while it runs; its output is printed as it
+    is written. A command still running after --timeout is killed in the guest and virtpool
+    exits 5.
 
     Examples:
 
@@ -572,12 +560,14 @@ def exec_(
     if not command:
         output.usage_error("no command given", hint=f"e.g. `virtpool vm exec {name} -- uname -a`")
     # A terminal is not input: only a pipe or a file is sent (as `docker exec -i` would).
-    data = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    piped = sys.stdin is not None and not sys.stdin.isatty()
     with output.errors():
         if json:  # one document: the whole output with the exit code
-            result = client().exec(name, command, timeout=timeout, stdin=data)
+            result = client().exec(name, command, timeout=timeout, stdin=sys.stdin.buffer.read() if piped else None)
             output.emit_json(result)
             raise typer.Exit(result.exit_code)
+        # Piped input streams to the command while it runs, its output streams back.
+        data = (b"" if _is_dev_null(sys.stdin) else _chunks(sys.stdin)) if piped else None
         for item in client().exec_stream(name, command, timeout=timeout, stdin=data):
             if isinstance(item, ExecOutput):
                 stream = sys.stdout if item.stream == "stdout" else sys.stderr
@@ -586,6 +576,21 @@ def exec_(
             else:
                 raise typer.Exit(item.exit_code)
     output.fail("the server ended the command's output without its exit code", output.EXIT_SERVER)
+
+
+def _is_dev_null(stream: TextIO) -> bool:
+    """/dev/null (a cron job's, a script's `</dev/null`): no input, nothing to stream."""
+    try:
+        return os.path.samestat(os.fstat(stream.fileno()), os.stat(os.devnull))
+    except OSError:
+        return False
+
+
+def _chunks(stream: TextIO) -> Iterator[bytes]:
+    """What a pipe brings, as it is written (a read returns what is there, up to 64 KiB)."""
+    fd = stream.fileno()
+    while chunk := os.read(fd, 64 * 1024):
+        yield chunk
 
 
 @app.command("logs")

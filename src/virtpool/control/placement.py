@@ -13,11 +13,14 @@ means that even a bug in the figures can never overbook a host.
 
 The hosts' figures are kept in memory between placements (``HostArrays``, with each host's
 generation) because reading 10,000 rows per VM would cost more than the decision. The cache is
-an optimisation only — the generation check makes every claim exact. A host this process
-changed is reloaded before the next placement; every ``CACHE_MAX_AGE_S``, after two lost races
-in a row and before any refusal, one scan of names and generations finds the hosts others
-changed (every change to a host row bumps its generation), so a refusal is always decided on
-fresh figures.
+an optimisation only — the generation check makes every claim exact. A claim this process
+won is counted into the cache at once, with the generation its UPDATE wrote (seen + 1), rather
+than by reading the row back: should the claim's transaction roll back, the cached generation
+matches no row, so the next claim on that host loses its race and reloads the host. Other
+changes this process makes (releases, resizes, host edits) reload the host before the next
+placement; every ``CACHE_MAX_AGE_S``, after two lost races in a row and before any refusal, one
+scan of names and generations finds the hosts others changed (every change to a host row bumps
+its generation), so a refusal is always decided on fresh figures.
 """
 
 from __future__ import annotations
@@ -256,15 +259,16 @@ class Placer:
                     self._catch_up(session)
                     fresh = True
                     assert self._arrays is not None
-                    decision = self._decide(session, self._arrays, request, group_id, weigher)
+                    arrays = self._arrays
+                    decision = self._decide(session, arrays, request, group_id, weigher)
                 if not decision.placed:
                     raise refusal(decision)
                 assert decision.host_index is not None and decision.host is not None
                 seen = int(self._generations[decision.host_index])
             claimed = _claim_once(session, decision.host, seen, amount)
             if claimed:
-                # The cached column is out of date now: reload it before the next decision.
-                self.invalidate(decision.host)
+                with self._lock:
+                    self._count_claim(arrays, decision.host_index, seen, request.vm, amount)
                 return decision
             # Lost a race: that host changed. Once is usual under load; twice in a row means
             # the cache is behind on other hosts too, so check them all.
@@ -274,6 +278,18 @@ class Placer:
         raise Conflict(
             f"placing '{request.vm}' lost {CLAIM_ATTEMPTS} races for hosts in a row",
             hint="many VMs are being created at once; try again")
+
+    def _count_claim(self, arrays: HostArrays, index: int, seen: int, vm: str,
+                     amount: Resources) -> None:
+        """Count a won claim into the cache: the host's row now holds ``amount`` more and the
+        generation ``seen + 1`` (unless its transaction rolls back; see the module doc)."""
+        host = arrays.names[index]
+        if self._arrays is not arrays or self._generations[index] != seen:
+            self._dirty.add(host)  # reloaded or changed meanwhile: read it again
+            return
+        arrays.add_claim(Claim(vm=vm, host=host, cpus=amount.cpus, memory_mib=amount.memory_mib,
+                               disk_mib=amount.disk_mib))
+        self._generations[index] = seen + 1
 
     def _decide(self, session: Session, arrays: HostArrays, request: PlacementRequest,
                 group_id: str | None, weigher: str) -> Decision:

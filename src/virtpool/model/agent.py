@@ -269,11 +269,12 @@ class Agent(Protocol):
         ...
 
     def exec_stream(
-        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None = None
+        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | ByteStream | None = None
     ) -> Iterator[ExecOutput | ExecResult]:
         """Run ``argv`` in the guest: its output while it runs, then its result (the result's
-        stdout and stderr are empty: all of it came before). A command still running at
-        ``timeout`` is killed and CommandTimeout raised."""
+        stdout and stderr are empty: all of it came before). ``stdin`` is its input whole, or a
+        byte stream read while it runs (its end is the command's end of file). A command still
+        running at ``timeout`` is killed and CommandTimeout raised."""
         ...
 
     def apply_live(self, vm_id: str, changes: LiveChanges) -> None:

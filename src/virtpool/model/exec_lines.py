@@ -27,8 +27,13 @@ def encode(items: Iterable[ExecOutput | ExecResult]) -> Iterator[str]:
             else:
                 yield json.dumps({"exit_code": item.exit_code}) + "\n"
     except VirtpoolError as err:
-        yield json.dumps({"problem": {"status": err.status, "title": err.title, "detail": err.message,
-                                      "hint": err.hint, "error": type(err).__name__}}) + "\n"
+        yield problem(err)
+
+
+def problem(err: VirtpoolError) -> str:
+    """The last line, for a refusal."""
+    return json.dumps({"problem": {"status": err.status, "title": err.title, "detail": err.message,
+                                   "hint": err.hint, "error": type(err).__name__}}) + "\n"
 
 
 def decode(line: bytes | str) -> ExecOutput | ExecResult | dict[str, Any] | None:

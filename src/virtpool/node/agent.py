@@ -109,6 +109,59 @@ MEMORY_SNAPSHOT_MARGIN_MIB = 64
 DEFAULT_REBOOT_WAIT_S = 60.0  # for the guest agent after a reboot, unless its boot said more
 
 
+class InputPull:
+    """A command's streamed input, read from its byte stream on a thread of its own and taken
+    without blocking on the agent's loop. A few chunks are held at most: beyond that the
+    reader waits, and so does whoever writes the stream (backpressure to the user's pipe)."""
+
+    DEPTH = 8
+
+    def __init__(self, chunks: ByteStream) -> None:
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self.DEPTH)
+        self._stopped = threading.Event()
+        self._ended = False
+        threading.Thread(target=self._read, args=(chunks,), name="exec-input", daemon=True).start()
+
+    def _read(self, chunks: ByteStream) -> None:
+        try:
+            for chunk in chunks:
+                while chunk and not self._stopped.is_set():
+                    try:
+                        self._queue.put(chunk, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stopped.is_set():
+                    return
+        except Exception:  # the stream broke (the caller went away): that is its end
+            log.info("the input of a command ended with an error", exc_info=True)
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(None, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def take(self) -> bytes | None:
+        """What came since the last take (b"" when nothing yet); None once the input has ended."""
+        if self._ended:
+            return None
+        got = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return b"".join(got)
+            if item is None:
+                self._ended = True
+                return b"".join(got) if got else None
+            got.append(item)
+
+    def stop(self) -> None:
+        """The command ended: the reader stops at its next chunk."""
+        self._stopped.set()
+
+
 class LocalAgent:
     """The agent for the host this process runs on."""
 
@@ -771,20 +824,27 @@ class LocalAgent:
         return self._run(run(), timeout=None)
 
     def exec_stream(
-        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | None = None
+        self, vm_id: str, argv: list[str], timeout: float, stdin: bytes | ByteStream | None = None
     ) -> Iterator[ExecOutput | ExecResult]:
         # The guest agent runs on this agent's loop; its output crosses to the caller's thread
-        # through a queue, the result (or the error) last.
+        # through a queue, the result (or the error) last. Streamed input crosses the other way
+        # (InputPull), read on a thread of its own so that the loop never waits for it.
         found: queue.Queue[ExecOutput | ExecResult | BaseException] = queue.Queue()
-        done = self._submit(self._vm(vm_id).exec(argv, timeout, stdin, emit=found.put))
-        done.add_done_callback(lambda f: found.put(f.exception() or f.result()))
-        while True:
-            item = found.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if isinstance(item, ExecResult):
-                return
+        pull = None if stdin is None or isinstance(stdin, bytes) else InputPull(stdin)
+        try:
+            done = self._submit(self._vm(vm_id).exec(argv, timeout, pull.take if pull is not None else stdin,
+                                                     emit=found.put))
+            done.add_done_callback(lambda f: found.put(f.exception() or f.result()))
+            while True:
+                item = found.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, ExecResult):
+                    return
+        finally:
+            if pull is not None:
+                pull.stop()
 
     def adopt_running(self) -> list[str]:
         """At a standalone agent's start: take over the QEMUs of this host's VMs that outlived

@@ -304,16 +304,17 @@ class VM:
             except GuestAgentError:
                 await asyncio.sleep(READY_POLL_S)
 
-    async def exec(self, argv: list[str], timeout: float, stdin: bytes | None,
+    async def exec(self, argv: list[str], timeout: float, stdin: bytes | Callable[[], bytes | None] | None,
                    emit: Callable[[ExecOutput], None] | None = None) -> ExecResult:
-        """Run a command in the guest; with ``emit``, its output goes there as it is written."""
+        """Run a command in the guest; with ``emit``, its output goes there as it is written,
+        and ``stdin`` may be taken while it runs (GuestAgent.exec_stream)."""
         self._require(Runstate.RUNNING)
         try:
             async with self._qga_lock:
                 async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
                     if emit is not None:
                         return await agent.exec_stream(argv, timeout=timeout, stdin=stdin, emit=emit)
-                    return await agent.exec(argv, timeout=timeout, stdin=stdin)
+                    return await agent.exec(argv, timeout=timeout, stdin=stdin if isinstance(stdin, bytes) else None)
         except GuestAgentGone as err:
             # The channel broke: when QEMU went away meanwhile, that is the VM stopping, not
             # a fault of the command (the watcher records the exit itself).

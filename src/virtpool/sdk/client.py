@@ -36,7 +36,8 @@ from virtpool.sdk.errors import (APIError, InvalidRequest, OperationFailed, Unre
                                  UntrustedServer, error_class)
 from virtpool.sdk.errors import raise_for_problem as _raise_for_problem
 from virtpool.sdk.tls import Trust, context, explain_refusal, refuse_clear_text
-from virtpool.sdk.transport import CertificateRefused, Response, StdlibTransport, StreamRefused, TransportError
+from virtpool.sdk.transport import (CertificateRefused, Headers, Response, StdlibTransport, StreamRefused,
+                                    TransportError)
 
 if TYPE_CHECKING:
     import httpx
@@ -450,10 +451,15 @@ class Client:
         return ExecResult.model_validate(response.json())
 
     def exec_stream(self, name: str, argv: list[str], *, timeout: float = 60.0,
-                    stdin: bytes | None = None) -> Iterator[ExecOutput | ExecResult]:
+                    stdin: bytes | Iterable[bytes] | None = None) -> Iterator[ExecOutput | ExecResult]:
         """Run a command in the guest: its output as it is written (``ExecOutput``: stream and
         bytes), then its ``ExecResult`` (exit code; stdout and stderr empty, they came before).
-        A command still running at ``timeout`` is killed: ``ServerError`` with status 504."""
+        ``stdin``: the command's input whole, or chunks sent while it runs (as they come: a
+        pipe's; their end is its end of file). A command still running at ``timeout`` is
+        killed: ``ServerError`` with status 504."""
+        if stdin is not None and not isinstance(stdin, bytes):
+            yield from self._exec_socket(name, argv, timeout, stdin)
+            return
         body: dict[str, Any] = {"argv": argv, "timeout": timeout, "stream": True}
         if stdin is not None:
             body["stdin"] = base64.b64encode(stdin).decode()
@@ -473,6 +479,38 @@ class Client:
             _raise_for_problem(response)
             for text in response.iter_lines():
                 yield from _exec_item(text.encode())
+
+    def _exec_socket(self, name: str, argv: list[str], timeout: float,
+                     stdin: Iterable[bytes]) -> Iterator[ExecOutput | ExecResult]:
+        """exec_stream with streamed input, over the API's websocket (virtpool/exec_socket.py)."""
+        from websockets.exceptions import InvalidHandshake, InvalidStatus
+        from websockets.sync.client import connect
+
+        from virtpool import exec_socket
+
+        query = f"?project={self.project}" if self.project else ""
+        url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        tls = self.tls()
+        try:
+            connection = connect(f"{url}/api/v1/vms/{name}/exec{query}", max_size=None,
+                                 additional_headers={"Authorization": f"Bearer {self.token}"},
+                                 open_timeout=self.timeout, **({"ssl": tls} if tls is not None else {}))
+        except InvalidStatus as refused:  # the server said no, and why, before the command ran
+            answer = refused.response
+            _raise_for_problem(Response(answer.status_code, answer.reason_phrase,
+                                        Headers((k.lower(), v) for k, v in answer.headers.raw_items()),
+                                        answer.body or b""))
+            raise self._unreachable(refused) from refused
+        except (OSError, InvalidHandshake, TimeoutError) as err:
+            raise self._unreachable(err) from err
+        for item in exec_socket.call(connection, argv, timeout, stdin):
+            if isinstance(item, dict):
+                raise _exec_problem(item)
+            yield item
+            if isinstance(item, ExecResult):
+                return
+        raise _unreachable(self.url, ConnectionError("the server ended the command's output before its "
+                                                     "exit code"))
 
     def logs(self, name: str, offset: int = 0) -> tuple[bytes, int]:
         response = self._call("GET", f"/vms/{name}/logs", params={"offset": offset})
@@ -706,11 +744,16 @@ def _exec_item(line: bytes) -> Iterator[ExecOutput | ExecResult]:
     """The item one NDJSON line of a streamed exec carries (a problem line raises)."""
     item = exec_lines.decode(line)
     if isinstance(item, dict):
-        status = int(item.get("status") or 500)
-        raise error_class(status, item)(status, item.get("title", "error"), item.get("detail", ""),
-                                        item.get("hint"), item)
+        raise _exec_problem(item)
     if item is not None:
         yield item
+
+
+def _exec_problem(item: dict[str, Any]) -> APIError:
+    """The error for a streamed exec's problem line (a refusal after the answer began)."""
+    status = int(item.get("status") or 500)
+    return error_class(status, item)(status, item.get("title", "error"), item.get("detail", ""),
+                                     item.get("hint"), item)
 
 
 def _ssl_cause(err: BaseException) -> ssl.SSLCertVerificationError | None:

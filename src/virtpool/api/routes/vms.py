@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Iterable, Iterator
 from typing import Annotated
 
 from fastapi import (
@@ -17,8 +18,9 @@ from fastapi import (
     status,
 )
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from virtpool import exec_socket
 from virtpool.api.access_guard import POLICY_VIOLATION, AccessGuard
 from virtpool.api.auth_limit import client_address
 from virtpool.api.deps import (
@@ -43,7 +45,7 @@ from virtpool.model.errors import Conflict, InvalidRequest, VirtpoolError
 from virtpool.model.requests import REQUEST
 from virtpool.model.roles import Access, check_access
 from virtpool.model.secgroup import VMSecGroups
-from virtpool.model.spec import ExecResult, Resize, VMSpec
+from virtpool.model.spec import ExecOutput, ExecResult, Resize, VMSpec
 from virtpool.model.states import VMState
 from virtpool.model.vm import ResizeResult, VMInfo, VMStats
 
@@ -133,11 +135,15 @@ def show_vm(
     name: str, pool: PoolDep, scope: Reader,
     wait_for: Annotated[list[VMState] | None, Query()] = None,
     timeout: Annotated[float, Query(gt=0, le=MAX_WAIT_S)] = 30.0,
-) -> VMInfo:
+) -> Response:
     if wait_for:
         with waiting(timeout) as allowed:
-            return pool.vms.wait(_vm_id(pool, scope, name), wait_for, allowed)
-    return pool.vms.get(name, scope.project)
+            vm = pool.vms.wait(_vm_id(pool, scope, name), wait_for, allowed)
+    else:
+        vm = pool.vms.get(name, scope.project)
+    # Serialised here: returned as a model, FastAPI would validate it again, in a second trip
+    # to the thread pool.
+    return Response(vm.model_dump_json(), media_type="application/json")
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
@@ -241,6 +247,37 @@ async def _refuse(websocket: WebSocket, err: VirtpoolError) -> None:
     """Refuse the handshake with the error's own status and problem+json (a plain close before
     the handshake would reach the client as a bare 403, whatever the reason)."""
     await websocket.send_denial_response(problem(err.status, err.title, err.message, err.hint))
+
+
+@router.websocket("/{name}/exec")
+async def vm_exec_socket(websocket: WebSocket, name: str) -> None:
+    """A command whose stdin streams to the guest while its output streams back (the exchange:
+    virtpool/exec_socket.py). The same rights and checks as POST /exec, audited as it starts."""
+    pool = websocket.app.state.pool
+    try:
+        limiter = websocket.app.state.auth_limiter
+        caller = await asyncio.to_thread(limiter.authenticate, pool.tokens, websocket_bearer(websocket),
+                                         client_address(websocket))
+        project = await asyncio.to_thread(resolve_project, pool, caller, websocket.query_params.get("project"))
+        check_access(caller.name, caller.role, caller.project_id, Access.OPERATE)
+        vm = await asyncio.to_thread(pool.vms.get, name, project)
+        await asyncio.to_thread(pool.audit.record, caller.name, "WS /vms/{name}/exec", vm.name, "101",
+                                project_id=vm.project)
+    except VirtpoolError as err:
+        await _refuse(websocket, err)
+        return
+    await websocket.accept()
+
+    def start(argv: list[str], timeout: float, stdin: Iterable[bytes]) -> Iterator[ExecOutput | ExecResult]:
+        try:
+            ExecRequest(argv=argv, timeout=timeout)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise InvalidRequest(f"{field}: {first['msg']}") from None
+        return pool.vms.exec_stream(vm.id, argv, timeout=timeout, stdin=stdin)
+
+    await exec_socket.serve(websocket, start)
 
 
 @router.websocket("/{name}/console")

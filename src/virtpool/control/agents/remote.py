@@ -21,6 +21,7 @@ import websockets
 from cryptography import x509
 from websockets.asyncio.client import ClientConnection
 
+from virtpool import exec_socket
 from virtpool.model import errors, exec_lines
 from virtpool.model.agent import AgentEvent, AgentUnreachable, ByteStream, Console, Progress, RunStatus
 from virtpool.model.certs import serial_of
@@ -73,7 +74,9 @@ class RemoteAgent:
     def _check_peer(self, reply: httpx.Response) -> None:
         stream = reply.extensions.get("network_stream")
         ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
-        der = ssl_object.getpeercert(True) if ssl_object is not None else None
+        self._check_certificate(ssl_object.getpeercert(True) if ssl_object is not None else None)
+
+    def _check_certificate(self, der: bytes | None) -> None:
         if der is None:
             return
         if serial_of(x509.load_der_x509_certificate(der)) in self._revoked():
@@ -219,8 +222,12 @@ class RemoteAgent:
                                                     timeout=timeout + SLACK_S))
 
     def exec_stream(self, vm_id: str, argv: list[str], timeout: float,
-                    stdin: bytes | None = None) -> Iterator[ExecOutput | ExecResult]:
-        """The command's output as the agent reads it from the guest, while it runs."""
+                    stdin: bytes | ByteStream | None = None) -> Iterator[ExecOutput | ExecResult]:
+        """The command's output as the agent reads it from the guest, while it runs; streamed
+        input goes over the agent's websocket (virtpool/exec_socket.py), while it runs too."""
+        if stdin is not None and not isinstance(stdin, bytes):
+            yield from self._exec_socket(vm_id, argv, timeout, stdin)
+            return
         body = {"argv": argv, "timeout": timeout,
                 "stdin": base64.b64encode(stdin).decode() if stdin is not None else None}
         wait = httpx.Timeout(CALL_TIMEOUT_S, read=timeout + SLACK_S)
@@ -241,6 +248,30 @@ class RemoteAgent:
         except httpx.HTTPError as err:
             raise AgentUnreachable(f"host '{self.name}' did not answer ({type(err).__name__}: {err})",
                                    hint="check that its `virtpool agent` runs and is reachable") from err
+        raise AgentUnreachable(f"host '{self.name}' ended the command's output before its result",
+                               hint="the command may still run in the guest; check, then run it again")
+
+    def _exec_socket(self, vm_id: str, argv: list[str], timeout: float,
+                     stdin: ByteStream) -> Iterator[ExecOutput | ExecResult]:
+        from websockets.sync.client import connect
+
+        url = "wss://" + self.url.removeprefix("https://") + f"/v1/vms/{vm_id}/exec"
+        try:
+            connection = connect(url, ssl=self._tls, open_timeout=CALL_TIMEOUT_S, max_size=None)
+        except (OSError, websockets.WebSocketException, TimeoutError) as err:
+            raise AgentUnreachable(f"host '{self.name}' did not answer ({type(err).__name__}: {err})",
+                                   hint="check that its `virtpool agent` runs and is reachable") from err
+        try:
+            self._check_certificate(connection.socket.getpeercert(True))
+        except Unauthorized:
+            connection.close()
+            raise
+        for item in exec_socket.call(connection, argv, timeout, stdin):
+            if isinstance(item, dict):
+                raise self._problem(item, int(item.get("status") or 500))
+            yield item
+            if isinstance(item, ExecResult):
+                return
         raise AgentUnreachable(f"host '{self.name}' ended the command's output before its result",
                                hint="the command may still run in the guest; check, then run it again")
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from sqlalchemy import case, delete, func, select, tuple_, update
+from sqlalchemy import case, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
@@ -35,14 +35,14 @@ from virtpool.control.networks import NetworkService
 from virtpool.control.secgroups import SecGroupService
 from virtpool.control.placement import Placed, Placer, claim_delta, host_cpus_for
 from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, PortRow, VMRow, utcnow
-from virtpool.control.vms import admission, reconcile
+from virtpool.control.vms import admission, reads, reconcile
 from virtpool.control.vms.fetch import FetchProgress, Report
 from virtpool.control.vms.records import held as _held
 from virtpool.control.vms.records import info as _info
 from virtpool.control.vms.records import spec as _spec
 from virtpool.control.vms.records import usage_after as _usage_after
 from virtpool.control.vms.reconcile import Do
-from virtpool.model.agent import Agent, AgentEvent
+from virtpool.model.agent import Agent, AgentEvent, ByteStream
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound, StateError, VirtpoolError
 from virtpool.model.image import ImageInfo
 from virtpool.model.network import HostNetworkInput
@@ -142,21 +142,17 @@ class VMService:
     def page(self, *, limit: int, offset: int = 0, project_id: str | None = None,
              after: tuple[str, str] | None = None) -> tuple[list[VMInfo], int]:
         """A page as :meth:`list` reads it, and how many VMs there are in all (one session)."""
-        query = select(VMRow).order_by(VMRow.name, VMRow.id).limit(limit).offset(offset)
-        count = select(func.count()).select_from(VMRow)
-        if project_id is not None:
-            query = query.where(VMRow.project_id == project_id)
-            count = count.where(VMRow.project_id == project_id)
-        if after is not None:
-            query = query.where(tuple_(VMRow.name, VMRow.id) > tuple_(*after))
         with self._sessions() as session:
-            total = session.scalar(count) or 0
-            return [_info(row) for row in session.scalars(query)], total
+            return reads.page(session.connection(), limit=limit, offset=offset,
+                              project_id=project_id, after=after)
 
     def get(self, ref: str, project_id: str | None = None) -> VMInfo:
         """A VM by name or id; within ``project_id`` when given (another project's is not found)."""
         with self._sessions() as session:
-            return _info(self._row(session, ref, project_id))
+            vm = reads.one(session.connection(), ref, project_id)
+        if vm is None:
+            raise NotFound(f"no VM named '{ref}'", hint="see `virtpool vm list`")
+        return vm
 
     def _row(self, session: Session, ref: str, project_id: str | None = None) -> VMRow:
         # One query, ports joined in, rather than a second round trip for them.
@@ -698,9 +694,10 @@ class VMService:
         return self._agent_of(vm).exec_vm(vm.id, argv, timeout, stdin)
 
     def exec_stream(
-        self, ref: str, argv: list[str], *, timeout: float = 60.0, stdin: bytes | None = None
+        self, ref: str, argv: list[str], *, timeout: float = 60.0, stdin: bytes | ByteStream | None = None
     ) -> Iterator[ExecOutput | ExecResult]:
-        """As exec, with the output as it comes (the checks happen before the first item)."""
+        """As exec, with the output as it comes (the checks happen before the first item), and
+        the input whole or as a byte stream read while the command runs."""
         vm = self._exec_target(ref, argv, timeout)
         return self._agent_of(vm).exec_stream(vm.id, argv, timeout, stdin)
 

@@ -25,6 +25,11 @@ SYNC_DELIMITER = b"\xff"
 COMMAND_NOT_FOUND = 127
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # QGA caps captured output at 16 MiB itself
 READ_CHUNK = 48 * 1024  # per guest-file-read: qemu-ga's replies stay well inside its 64 KiB lines
+# Per guest-file-write to a command's input FIFO: below PIPE_BUF (4096), so that the one write(2)
+# of the flush that follows is all or nothing, and below the stdio buffer qemu-ga's FILE gets
+# (st_blksize, 4096 on the guest's tmpfs), so that guest-file-write itself only buffers.
+INPUT_CHUNK = 4000
+EXEC_HELPER_S = 30.0  # for mkfifo in the guest
 # A sync unanswered this long is sent again, until the overall deadline: under load (20+ on two
 # cores) a booted guest's agent was seen to take more than a second to answer.
 SYNC_ATTEMPT_S = 1.0
@@ -190,7 +195,7 @@ class GuestAgent:
 
     async def exec_stream(
         self, argv: list[str], *, timeout: float, emit: Callable[[ExecOutput], None],
-        stdin: bytes | None = None, poll: float = 0.05,
+        stdin: bytes | Callable[[], bytes | None] | None = None, poll: float = 0.05,
     ) -> ExecResult:
         """Run ``argv`` in the guest, handing its output to ``emit`` while it runs.
 
@@ -199,19 +204,43 @@ class GuestAgent:
         files of random names in the guest's /tmp (argv stays a list: the script is fixed, the
         command comes as its positional arguments), which are read from where the last read
         ended with guest-file-seek/-read while guest-exec-status is polled, then removed.
+
+        ``stdin`` is the command's input whole (bytes), or taken while it runs: a callable that
+        returns what came since it was last called (b"" when nothing yet, None once the input
+        has ended). qemu-ga's guest-exec takes its input only whole, so streamed input goes
+        through a FIFO in the guest's /tmp that the command reads as its stdin and qemu-ga
+        writes with guest-file-write (see ``_Input``).
         """
         tag = secrets.token_hex(8)
         paths = {"stdout": f"/tmp/.virtpool-exec-{tag}.out", "stderr": f"/tmp/.virtpool-exec-{tag}.err"}
+        script = 'o=$1; e=$2; shift 2; exec "$@" >"$o" 2>"$e"'
+        fifo = f"/tmp/.virtpool-exec-{tag}.in"
+        streamed = callable(stdin)
+        if streamed:
+            made = await self.exec(["mkfifo", "-m", "0600", fifo], timeout=EXEC_HELPER_S)
+            if made.exit_code != 0:
+                raise GuestAgentError(f"cannot make the input pipe for the command in VM '{self._vm}': "
+                                      f"{made.stderr.strip() or made.exit_code}",
+                                      hint="the guest needs mkfifo (coreutils or busybox)")
+            script = 'o=$1; e=$2; i=$3; shift 3; exec "$@" <"$i" >"$o" 2>"$e"'
         args: dict[str, Any] = {"path": "/bin/sh", "arg": [
-            "-c", 'o=$1; e=$2; shift 2; exec "$@" >"$o" 2>"$e"', "sh", paths["stdout"], paths["stderr"], *argv]}
-        if stdin is not None:
+            "-c", script, "sh", paths["stdout"], paths["stderr"], *([fifo] if streamed else []), *argv]}
+        if isinstance(stdin, bytes):
             args["input-data"] = base64.b64encode(stdin).decode()
-        pid = (await self.call("guest-exec", args))["pid"]
+        try:
+            pid = (await self.call("guest-exec", args))["pid"]
+        except GuestAgentError:
+            if streamed:
+                await self._remove([fifo], {})
+            raise
         handles: dict[str, int] = {}
         offsets = dict.fromkeys(paths, 0)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        feed = None
         try:
+            if streamed:
+                feed = _Input(self, stdin, await self._open_input(fifo, pid))  # type: ignore[arg-type]
             while True:
                 status = await self.call("guest-exec-status", {"pid": pid})
                 await self._drain(paths, handles, offsets, emit)
@@ -223,13 +252,35 @@ class GuestAgent:
                     raise CommandTimeout(
                         f"command {argv[0]!r} in VM '{self._vm}' still running after {timeout:g}s: killed",
                         hint="raise --timeout, or run long jobs in the background in the guest")
+                if feed is not None and await feed.send():
+                    poll = 0.02  # input is moving: come back soon for more, and for its output
                 await asyncio.sleep(poll)
                 poll = min(poll * 1.5, 0.25)
         finally:
-            await self._remove(paths, handles)
+            if feed is not None:
+                await feed.close()
+            await self._remove([*paths.values(), *([fifo] if streamed else [])], handles)
         if "signal" in status and status.get("exitcode") is None:
             return ExecResult(exit_code=128 + int(status["signal"]), stdout="", stderr="")
         return ExecResult(exit_code=int(status.get("exitcode", 0)), stdout="", stderr="")
+
+    async def _open_input(self, fifo: str, pid: int) -> int | None:
+        """The write end of the command's input FIFO, once its shell opened the read end (the
+        first thing it does). qemu-ga opens without blocking, which fails (ENXIO) while no
+        reader is there yet. None when the command ended before: nobody is left to read."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EXEC_HELPER_S
+        pause = 0.01
+        while True:
+            try:
+                return int(await self.call("guest-file-open", {"path": fifo, "mode": "w"}))
+            except GuestAgentError as err:
+                if "No such device or address" not in err.message or loop.time() >= deadline:
+                    raise
+            if (await self.call("guest-exec-status", {"pid": pid})).get("exited"):
+                return None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
     async def _drain(self, paths: dict[str, str], handles: dict[str, int], offsets: dict[str, int],
                      emit: Callable[[ExecOutput], None]) -> None:
@@ -252,14 +303,14 @@ class GuestAgent:
                 if len(data) < READ_CHUNK:
                     break
 
-    async def _remove(self, paths: dict[str, str], handles: dict[str, int]) -> None:
+    async def _remove(self, paths: list[str], handles: dict[str, int]) -> None:
         for handle in handles.values():
             try:
                 await self.call("guest-file-close", {"handle": handle})
             except GuestAgentError:
                 pass
         try:
-            remover = await self.call("guest-exec", {"path": "rm", "arg": ["-f", *paths.values()]})
+            remover = await self.call("guest-exec", {"path": "rm", "arg": ["-f", *paths]})
             for _ in range(50):
                 if (await self.call("guest-exec-status", {"pid": remover["pid"]})).get("exited"):
                     break
@@ -284,3 +335,69 @@ class GuestAgent:
 
 def _decode(data: str | None) -> str:
     return base64.b64decode(data).decode(errors="replace") if data else ""
+
+
+class _Input:
+    """Streamed input of a command: written into its FIFO as the command reads it.
+
+    qemu-ga opens the FIFO non-blocking: with the pipe full, the flush after a
+    guest-file-write fails with EAGAIN and writes nothing (a chunk is below PIPE_BUF), and the
+    FILE keeps its error flag until the next guest-file-write clears it. So a chunk is sent
+    again after a refused flush, once an empty write has cleared the flag; until then it stays
+    pending. A reader that went away (EPIPE) ends the input: the rest is dropped, as a pipe
+    would.
+    """
+
+    def __init__(self, agent: GuestAgent, take: Callable[[], bytes | None], handle: int | None) -> None:
+        self._agent = agent
+        self._take = take
+        self._handle: int | None = handle
+        self._pending = b""
+        self._ended = False
+
+    async def send(self) -> bool:
+        """Write what the pipe takes of the input so far; whether anything moved. At the end of
+        the input, closes the FIFO: the command reads its end of file."""
+        if self._handle is None:
+            return False
+        if not self._ended:
+            more = self._take()
+            if more is None:
+                self._ended = True
+            else:
+                self._pending += more
+        moved = False
+        while self._pending:
+            chunk = self._pending[:INPUT_CHUNK]
+            try:
+                await self._agent.call("guest-file-write", {"handle": self._handle,
+                                                            "buf-b64": base64.b64encode(chunk).decode()})
+                await self._agent.call("guest-file-flush", {"handle": self._handle})
+            except GuestAgentError as err:
+                if "Broken pipe" in err.message:  # the command closed its stdin, or ended
+                    self._pending, self._ended = b"", True
+                    break
+                if "temporarily unavailable" not in err.message:
+                    raise
+                await self._clear_error()
+                return moved  # the pipe is full: the chunk is sent again next time
+            self._pending = self._pending[len(chunk):]
+            moved = True
+        if self._ended and not self._pending:
+            await self.close()
+        return moved
+
+    async def _clear_error(self) -> None:
+        try:
+            await self._agent.call("guest-file-write", {"handle": self._handle, "buf-b64": ""})
+        except GuestAgentError:
+            pass  # the flag it reports is the one it clears
+
+    async def close(self) -> None:
+        if self._handle is None:
+            return
+        handle, self._handle = self._handle, None
+        try:
+            await self._agent.call("guest-file-close", {"handle": handle})
+        except GuestAgentError:
+            pass  # a flush refused at close (nobody reads any more): nothing to keep

@@ -24,7 +24,7 @@ from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDiscon
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from virtpool import __version__
+from virtpool import __version__, exec_socket
 from virtpool.model import exec_lines
 from virtpool.model.agent import CONTRACT_VERSION, AgentEvent
 from virtpool.model.backup import BackupInfo
@@ -354,6 +354,18 @@ def create_app(agent: LocalAgent, revoked: Revocations, uploads: Path) -> FastAP
     def events(_: Caller, after: Annotated[int, Query(ge=0)] = 0,
                wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0) -> list[AgentEvent]:
         return agent.events(after, wait)
+
+    @app.websocket("/v1/vms/{vm_id}/exec")
+    async def exec_ws(websocket: WebSocket, vm_id: str) -> None:
+        # A command whose input streams while it runs (virtpool/exec_socket.py).
+        try:
+            check_caller(websocket.scope, revoked)
+        except VirtpoolError as err:
+            await websocket.close(code=4403, reason=err.message[:120])
+            return
+        await websocket.accept()
+        await exec_socket.serve(websocket, lambda argv, timeout, stdin: agent.exec_stream(
+            _vm(vm_id), argv, timeout, stdin))
 
     @app.websocket("/v1/vms/{vm_id}/console")
     async def console(websocket: WebSocket, vm_id: str) -> None:

@@ -13,7 +13,7 @@ from types import FrameType
 import uvicorn
 
 from virtpool.model.errors import InvalidRequest
-from virtpool.mtls import uvicorn_tls
+from virtpool.mtls import nothing_was_cut, uvicorn_tls
 from virtpool.node.agent import LocalAgent
 from virtpool.node.service import identity as ids
 from virtpool.node.service.app import Revocations, create_app
@@ -73,6 +73,7 @@ def serve(options: AgentOptions, announce: Callable[[str], None] = print) -> Non
         app = create_app(agent, revoked, options.data_dir / "uploads")
         config = uvicorn.Config(app, log_level="warning", access_log=False,
                                 **uvicorn_tls(identity.cert, identity.key, identity.ca, require_client=True))
+        logging.getLogger("uvicorn.error").addFilter(nothing_was_cut)
         heartbeat.start()
         announce(f"agent {identity.name} serving https://{address}")
         _Server(config, on_exit=agent.feed.release_readers).run(sockets=[sock])
