@@ -5,15 +5,17 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, event, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from virtpool.control.auth import BOOTSTRAP_NAME, TokenService, hash_secret
+from virtpool.control.auth import BOOTSTRAP_NAME, VERIFIED_TTL_S, TokenService, hash_secret
+from virtpool.control.projects import ProjectService
 from virtpool.control.store import db
 from virtpool.control.store.tables import TokenRow
 from virtpool.model.errors import Unauthorized
@@ -170,14 +172,16 @@ class TestAuthenticate:
         )
         assert service.authenticate(secret).name == "ci"
 
-    def test_expired_refused(
-        self, service: TokenService, sessions: sessionmaker[Session]
-    ) -> None:
+    def test_expired_refused(self, sessions: sessionmaker[Session]) -> None:
+        clock = [0.0]
+        service = TokenService(sessions, clock=lambda: clock[0])
         secret = service.create("ci", "viewer", project_id="default")
         service.authenticate(secret)
+        # Written straight to the database, as another server would: read again after the TTL.
         set_column(
             sessions, secret, expires_at=datetime.now(UTC) - timedelta(seconds=5)
         )
+        clock[0] += VERIFIED_TTL_S
         with pytest.raises(Unauthorized) as caught:
             service.authenticate(secret)
         assert "expired" in caught.value.message
@@ -216,6 +220,68 @@ class TestAuthenticate:
         two = service.create("two", "viewer", project_id="default")
         set_column(sessions, one, revoked_at=datetime.now(UTC))
         assert service.authenticate(two).name == "two"
+
+
+class TestVerifiedTokens:
+    """A token that authenticated is remembered briefly; revokes and expiry still hold."""
+
+    def test_a_burst_reads_the_token_once(self, service: TokenService, engine: Engine) -> None:
+        secret = service.create("ci", "viewer", project_id="default")
+        statements: list[str] = []
+        event.listen(engine, "before_cursor_execute",
+                     lambda conn, cursor, sql, *rest: statements.append(sql))
+        for _ in range(20):
+            assert service.authenticate(secret).name == "ci"
+        assert len([s for s in statements if "tokens" in s]) == 1
+
+    def test_a_revoke_holds_at_once(self, service: TokenService) -> None:
+        secret = service.create("ci", "viewer", project_id="default")
+        other = service.create("other", "viewer", project_id="default")
+        service.authenticate(secret)
+        service.authenticate(other)
+        service.revoke("ci")
+        with pytest.raises(Unauthorized) as caught:
+            service.authenticate(secret)
+        assert "revoked" in caught.value.message
+        assert service.authenticate(other).name == "other"
+
+    def test_a_revoke_by_another_server_holds_after_the_ttl(
+        self, sessions: sessionmaker[Session]
+    ) -> None:
+        clock = [0.0]
+        here = TokenService(sessions, clock=lambda: clock[0])
+        there = TokenService(sessions)  # another server on the same database
+        secret = here.create("ci", "viewer", project_id="default")
+        here.authenticate(secret)
+        there.revoke("ci")
+        clock[0] += VERIFIED_TTL_S
+        with pytest.raises(Unauthorized) as caught:
+            here.authenticate(secret)
+        assert "revoked" in caught.value.message
+
+    def test_a_deleted_projects_tokens_are_refused_at_once(
+        self, service: TokenService, sessions: sessionmaker[Session]
+    ) -> None:
+        projects = ProjectService(sessions, on_delete=service.forget_project)
+        projects.create("team")
+        secret = service.create("ci", "member", project_id="team")
+        admin = service.create("root", "admin")
+        assert service.authenticate(secret).project_id == "team"
+        service.authenticate(admin)
+        projects.delete("team")
+        with pytest.raises(Unauthorized) as caught:
+            service.authenticate(secret)
+        assert "not valid" in caught.value.message
+        assert service.authenticate(admin).name == "root"
+
+    def test_a_remembered_token_still_expires(self, service: TokenService) -> None:
+        expires = datetime.now(UTC) + timedelta(seconds=VERIFIED_TTL_S / 2)
+        secret = service.create("ci", "viewer", project_id="default", expires_at=expires)
+        assert service.authenticate(secret).name == "ci"
+        time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.05)
+        with pytest.raises(Unauthorized) as caught:
+            service.authenticate(secret)
+        assert "expired" in caught.value.message
 
 
 def test_hash_is_sha256_hex() -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from virtpool.control import usage_history as uh
@@ -70,7 +70,8 @@ def test_packet_rates_come_from_the_packet_counters() -> None:
 
 
 class FakeVMs:
-    """What the recorder reads of VMService: the VM list and their stats (counters that rise)."""
+    """What the recorder reads of VMService: their stats (counters that rise). The VMs are rows
+    of the real database, which the recorder reads for the active ones."""
 
     local_host = "h1"
 
@@ -88,9 +89,6 @@ class FakeVMs:
                             for n, vm in enumerate(self.vms))
         self.cpu = 0.0
         self.net = 0
-
-    def list(self, limit: int) -> list[VMInfo]:
-        return self.vms
 
     def stats(self, vm_id: str, tolerant: bool = False) -> VMStats:
         if vm_id not in {vm.id for vm in self.vms}:
@@ -169,7 +167,18 @@ def test_the_history_is_bounded_survives_a_restart_and_forgets_deleted_vms(engin
 
 def test_a_vm_whose_host_has_no_agent_is_not_sampled(engine: object) -> None:
     vms = FakeVMs(engine)
-    vms.vms[2] = vms.vms[2].model_copy(update={"host": "h3"})
+    with Session(engine) as session, session.begin():  # type: ignore[arg-type]
+        session.execute(update(VMRow).where(VMRow.id == "id2").values(host="h3"))
     recorder = uh.UsageRecorder(db.session_factory(engine), vms, FakeAgents())  # type: ignore[arg-type]
     assert recorder.sample() == 2
+    recorder.close()
+
+
+def test_only_active_vms_are_sampled(engine: object) -> None:
+    vms = FakeVMs(engine)
+    with Session(engine) as session, session.begin():  # type: ignore[arg-type]
+        session.execute(update(VMRow).where(VMRow.id == "id0").values(state="stopped"))
+    recorder = uh.UsageRecorder(db.session_factory(engine), vms, FakeAgents())  # type: ignore[arg-type]
+    assert recorder.sample() == 2
+    assert sorted(e.name for e in recorder.latest()) == ["vm1", "vm2"]
     recorder.close()

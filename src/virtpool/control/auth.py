@@ -2,6 +2,11 @@
 
 Tokens are 256-bit random secrets, so a plain SHA-256 is the right hash: there is nothing to
 brute-force that a slow password hash would protect, and a fast hash keeps every request cheap.
+
+A token that authenticated is remembered, by its hash, for ``VERIFIED_TTL_S``: every request
+still presents and checks its token, but a burst of them costs one database read, not one each.
+Revoking a token, or deleting its project, forgets it at once in this process; another server
+sharing the database sees the revoke within ``VERIFIED_TTL_S``. Expiry is checked on every use.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import hmac
 import os
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +35,10 @@ from virtpool.model.token import TokenInfo
 
 TOKEN_PREFIX = "vp_"
 BOOTSTRAP_NAME = "bootstrap-admin"
+# Long enough that a client's burst of requests reads its token once; short enough that a
+# revoke made by another server sharing the database holds within a couple of seconds.
+VERIFIED_TTL_S = 2.0
+MAX_VERIFIED = 10_000  # tokens remembered at once; past that the cache starts afresh
 
 
 @dataclass(frozen=True)
@@ -53,11 +63,27 @@ def new_secret() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token that authenticated: who it is, until when it is valid, when it was read."""
+
+    principal: Principal
+    expires_at: datetime | None
+    read_at: float  # time.monotonic()
+
+
 class TokenService:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._sessions = sessions
         self._revoke_listeners: list[Callable[[str], None]] = []
         self._listeners_lock = threading.Lock()
+        self._clock = clock
+        self._verified: dict[str, _Verified] = {}  # secret hash -> the token it authenticated
+        # Bumped by every forget: a lookup that began before one does not refill the cache
+        # with what it read (the revoke may have committed after its read).
+        self._forgets = 0
+        self._verified_lock = threading.Lock()
 
     def on_revoke(self, listener: Callable[[str], None]) -> Callable[[], None]:
         """Call ``listener(token_id)`` whenever this process revokes a token, before the revoke
@@ -136,11 +162,21 @@ class TokenService:
         with self._sessions.begin() as session:
             session.execute(update(TokenRow).where(TokenRow.id == token.id, TokenRow.revoked_at.is_(None))
                             .values(revoked_at=datetime.now(UTC)))
+        self._forget(lambda p: p.token_id == token.id)
         with self._listeners_lock:
             listeners = list(self._revoke_listeners)
         for listener in listeners:
             listener(token.id)
         return self.get(token.id)
+
+    def forget_project(self, project_id: str) -> None:
+        """Forget the verified tokens of ``project_id`` (its tokens were deleted with it)."""
+        self._forget(lambda p: p.project_id == project_id)
+
+    def _forget(self, which: Callable[[Principal], bool]) -> None:
+        with self._verified_lock:
+            self._forgets += 1
+            self._verified = {k: v for k, v in self._verified.items() if not which(v.principal)}
 
     def bootstrap(self, token_file: Path) -> bool:
         """On first start, create the admin token and write it to a 0600 file.
@@ -160,6 +196,14 @@ class TokenService:
                 "this API needs a bearer token", hint="send 'Authorization: Bearer <token>'"
             )
         digest = hash_secret(secret)
+        with self._verified_lock:
+            known = self._verified.get(digest)
+            forgets = self._forgets
+        if known is not None and self._clock() - known.read_at < VERIFIED_TTL_S:
+            if known.expires_at is not None and known.expires_at <= datetime.now(UTC):
+                raise Unauthorized(f"token '{known.principal.name}' has expired")
+            return known.principal
+        read_at = self._clock()
         with self._sessions() as session:
             row = session.scalar(select(TokenRow).where(TokenRow.secret_hash == digest))
         # compare_digest on the hash keeps the check constant-time once the row is found.
@@ -168,9 +212,16 @@ class TokenService:
         now = datetime.now(UTC)
         if row.revoked_at is not None:
             raise Unauthorized(f"token '{row.name}' was revoked")
-        if row.expires_at is not None and _aware(row.expires_at) <= now:
+        expires_at = _aware(row.expires_at) if row.expires_at is not None else None
+        if expires_at is not None and expires_at <= now:
             raise Unauthorized(f"token '{row.name}' has expired")
-        return Principal(token_id=row.id, name=row.name, role=row.role, project_id=row.project_id)
+        caller = Principal(token_id=row.id, name=row.name, role=row.role, project_id=row.project_id)
+        with self._verified_lock:
+            if self._forgets == forgets:
+                if len(self._verified) >= MAX_VERIFIED:
+                    self._verified.clear()
+                self._verified[digest] = _Verified(caller, expires_at, read_at)
+        return caller
 
 
 def write_private_file(path: Path, text: str) -> None:

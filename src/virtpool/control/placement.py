@@ -13,11 +13,14 @@ means that even a bug in the figures can never overbook a host.
 
 The hosts' figures are kept in memory between placements (``HostArrays``, with each host's
 generation) because reading 10,000 rows per VM would cost more than the decision. The cache is
-an optimisation only — the generation check makes every claim exact. A host this process
-changed is reloaded before the next placement; every ``CACHE_MAX_AGE_S``, after two lost races
-in a row and before any refusal, one scan of names and generations finds the hosts others
-changed (every change to a host row bumps its generation), so a refusal is always decided on
-fresh figures.
+an optimisation only — the generation check makes every claim exact. A claim this process
+won is counted into the cache at once, with the generation its UPDATE wrote (seen + 1), rather
+than by reading the row back: should the claim's transaction roll back, the cached generation
+matches no row, so the next claim on that host loses its race and reloads the host. Other
+changes this process makes (releases, resizes, host edits) reload the host before the next
+placement; every ``CACHE_MAX_AGE_S``, after two lost races in a row and before any refusal, one
+scan of names and generations finds the hosts others changed (every change to a host row bumps
+its generation), so a refusal is always decided on fresh figures.
 """
 
 from __future__ import annotations
@@ -256,15 +259,16 @@ class Placer:
                     self._catch_up(session)
                     fresh = True
                     assert self._arrays is not None
-                    decision = self._decide(session, self._arrays, request, group_id, weigher)
+                    arrays = self._arrays
+                    decision = self._decide(session, arrays, request, group_id, weigher)
                 if not decision.placed:
                     raise refusal(decision)
                 assert decision.host_index is not None and decision.host is not None
                 seen = int(self._generations[decision.host_index])
             claimed = _claim_once(session, decision.host, seen, amount)
             if claimed:
-                # The cached column is out of date now: reload it before the next decision.
-                self.invalidate(decision.host)
+                with self._lock:
+                    self._count_claim(arrays, decision.host_index, seen, request.vm, amount)
                 return decision
             # Lost a race: that host changed. Once is usual under load; twice in a row means
             # the cache is behind on other hosts too, so check them all.
@@ -274,6 +278,18 @@ class Placer:
         raise Conflict(
             f"placing '{request.vm}' lost {CLAIM_ATTEMPTS} races for hosts in a row",
             hint="many VMs are being created at once; try again")
+
+    def _count_claim(self, arrays: HostArrays, index: int, seen: int, vm: str,
+                     amount: Resources) -> None:
+        """Count a won claim into the cache: the host's row now holds ``amount`` more and the
+        generation ``seen + 1`` (unless its transaction rolls back; see the module doc)."""
+        host = arrays.names[index]
+        if self._arrays is not arrays or self._generations[index] != seen:
+            self._dirty.add(host)  # reloaded or changed meanwhile: read it again
+            return
+        arrays.add_claim(Claim(vm=vm, host=host, cpus=amount.cpus, memory_mib=amount.memory_mib,
+                               disk_mib=amount.disk_mib))
+        self._generations[index] = seen + 1
 
     def _decide(self, session: Session, arrays: HostArrays, request: PlacementRequest,
                 group_id: str | None, weigher: str) -> Decision:
@@ -303,9 +319,14 @@ class Placer:
         self.invalidate(host)
 
     def adjust(self, session: Session, host: str, vm: str, delta: Resources, *,
-               check: bool = True) -> None:
-        """Grow or shrink a VM's claim by ``delta``; refuse growth the host has no room for
-        (unless ``check`` is False: undoing a change)."""
+               host_cpus: int = 0, check: bool = True) -> None:
+        """Grow or shrink a VM's claim on its host by ``delta``, in ``session``'s transaction.
+        Unless ``check`` is False (undoing a change), what grows goes through the scheduler's
+        filters for a resize (``GROWTH_FILTERS``: the host CPUs its new shape needs,
+        ``host_cpus``, 0 when that shape did not change; room for the growth under the host's
+        ratios) and then the claim, which refuses what a racing change took meanwhile."""
+        if check:
+            self._check_growth(session, host, vm, delta, host_cpus)
         if delta == Resources(0, 0, 0):
             return
         params = _params(host, delta)
@@ -319,6 +340,23 @@ class Placer:
                 f"host '{host}' has no room to grow VM '{vm}' by {', '.join(growth)} under its "
                 "ratios",
                 hint="free room on the host (`virtpool host list`), or ask for less")
+
+
+    def _check_growth(self, session: Session, host: str, vm: str, delta: Resources,
+                      host_cpus: int) -> None:
+        request = PlacementRequest(vm=vm, cpus=max(delta.cpus, 0),
+                                   memory_mib=max(delta.memory_mib, 0),
+                                   disk_mib=max(delta.disk_mib, 0), host=host,
+                                   host_cpus=host_cpus, growth=True)
+        if request.resources() == Resources(0, 0, 0) and not host_cpus:
+            return  # nothing grows: a shrink always fits, even on a host over its ratios
+        session.connection()  # before the lock: see claim()
+        with self._lock:
+            arrays, _ = self._fresh_arrays(session)
+            self._reload_host(session, host)  # the host as this transaction sees it
+            decision = place(self._arrays or arrays, request)  # (a reload may replace them)
+        if not decision.placed:
+            raise refusal(decision)
 
 
 def _claim_once(session: Session, host: str, seen: int, amount: Resources) -> bool:
@@ -358,11 +396,17 @@ def claim_delta(old: Resources, new: Resources) -> Resources:
 
 
 __all__ = ["CLAIM_ATTEMPTS", "Placed", "Placer", "claim_delta", "group_by_name", "host_capacity",
-           "usage_claim"]
+           "host_cpus_for", "usage_claim"]
 
 
 def host_cpus_needed(spec: VMSpec) -> int:
     """The fewest host CPUs a VM's pinning and CPU cap make sense on (its vCPUs aside)."""
-    pinned = max(spec.cpu_affinity) + 1 if spec.cpu_affinity else 0
-    capped = -(-spec.cpu_cap_pct // 100) if spec.cpu_cap_pct else 0
-    return max(pinned, capped)
+    return host_cpus_for(spec.cpu_affinity, spec.cpu_cap_pct)
+
+
+def host_cpus_for(affinity: list[int] | None, cap_pct: int | None, vcpus: int = 0) -> int:
+    """The fewest host CPUs ``vcpus`` vCPUs pinned to ``affinity`` under a ``cap_pct`` cap
+    make sense on."""
+    pinned = max(affinity) + 1 if affinity else 0
+    capped = -(-cap_pct // 100) if cap_pct else 0
+    return max(pinned, capped, vcpus)

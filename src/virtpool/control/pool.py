@@ -94,7 +94,7 @@ class Pool:
         sessions = db.session_factory(self.engine)
         self.metrics = ControlPlaneMetrics()
         self.tokens = TokenService(sessions)
-        self.projects = ProjectService(sessions)
+        self.projects = ProjectService(sessions, on_delete=self.tokens.forget_project)
         self.events = EventLog(sessions)
         self.audit = AuditLog(sessions)
         self.settings = SettingsService(sessions)

@@ -6,6 +6,8 @@ readably without a join.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -24,10 +26,18 @@ from virtpool.model.project import (
 )
 from virtpool.model.roles import not_found_project
 
+KNOWN_TTL_S = 2.0
+MAX_KNOWN = 10_000
+
 
 class ProjectService:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    """``on_delete(name)`` is called once a project (and so its tokens) is deleted."""
+
+    def __init__(self, sessions: sessionmaker[Session], *,
+                 on_delete: Callable[[str], None] = lambda name: None) -> None:
         self._sessions = sessions
+        self._on_delete = on_delete
+        self._known: dict[str, float] = {}  # project -> when it was last seen to exist
 
     def create(self, name: str, quota: Quota | None = None) -> ProjectInfo:
         problem = project_name_problem(name)
@@ -55,8 +65,22 @@ class ProjectService:
             return _info(_row(session, name))
 
     def exists(self, name: str) -> bool:
+        """Whether project ``name`` exists. Every request of a pool admin asks: a project seen
+        in the last ``KNOWN_TTL_S`` is taken to exist without a query (this process forgets it
+        when it deletes it; a deletion elsewhere leaves an empty project answering for that
+        long, since a project with VMs cannot be deleted)."""
+        now = time.monotonic()
+        seen = self._known.get(name)
+        if seen is not None and now - seen < KNOWN_TTL_S:
+            return True
         with self._sessions() as session:
-            return session.get(ProjectRow, name) is not None
+            found = session.execute(select(ProjectRow.id).where(ProjectRow.id == name)).first()
+        if found is None:
+            return False
+        if len(self._known) >= MAX_KNOWN:
+            self._known.clear()
+        self._known[name] = now
+        return True
 
     def delete(self, name: str) -> None:
         """Delete an empty project and its tokens; refused while it has VMs."""
@@ -72,6 +96,8 @@ class ProjectService:
                     hint=f"delete them first (`virtpool --project {name} vm list`)")
             session.execute(delete(TokenRow).where(TokenRow.project_id == name))
             session.execute(delete(ProjectRow).where(ProjectRow.id == name))
+        self._known.pop(name, None)
+        self._on_delete(name)
 
     def set_quota(self, name: str, changes: dict[str, Any]) -> QuotaResult:
         """Change the quotas named in ``changes`` (None: unlimited); the others stay.

@@ -115,8 +115,8 @@ def create_vm(
 
     def create() -> Made:
         if body.start:
-            op = pool.vm_operations.create(spec, actor=scope.caller.name, project_id=scope.project)
-            return Made(pool.vms.get(op.target or spec.name, scope.project), op)
+            vm, op = pool.vm_operations.create(spec, actor=scope.caller.name, project_id=scope.project)
+            return Made(vm, op)
         return Made(pool.vms.create(spec, project_id=scope.project))
 
     if idempotency_key is None:
@@ -135,11 +135,15 @@ def show_vm(
     name: str, pool: PoolDep, scope: Reader,
     wait_for: Annotated[list[VMState] | None, Query()] = None,
     timeout: Annotated[float, Query(gt=0, le=MAX_WAIT_S)] = 30.0,
-) -> VMInfo:
+) -> Response:
     if wait_for:
         with waiting(timeout) as allowed:
-            return pool.vms.wait(_vm_id(pool, scope, name), wait_for, allowed)
-    return pool.vms.get(name, scope.project)
+            vm = pool.vms.wait(_vm_id(pool, scope, name), wait_for, allowed)
+    else:
+        vm = pool.vms.get(name, scope.project)
+    # Serialised here: returned as a model, FastAPI would validate it again, in a second trip
+    # to the thread pool.
+    return Response(vm.model_dump_json(), media_type="application/json")
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)

@@ -19,6 +19,10 @@ from virtpool.model.errors import VirtpoolError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 10_000
+# Requests run in a thread pool of 40 (AnyIO's default) besides the VM workers: enough
+# connections that none of them waits for one.
+POOL_SIZE = 40
+MAX_OVERFLOW = 40
 
 
 def sqlite_url(path: Path) -> str:
@@ -63,7 +67,11 @@ def normalize_url(url: str) -> str:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000})
+        # As many pooled connections as threads that may hold one at once (below): SQLAlchemy's
+        # default of 5 (+10 overflow) opened and closed a connection, with its pragmas, for
+        # nearly every request under 32 concurrent clients. An idle one costs a file handle.
+        engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW,
+                               connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -75,9 +83,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    # Requests run in a thread pool of 40 (AnyIO's default) besides the VM workers: enough
-    # connections that none of them waits for one.
-    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=40)
+    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=MAX_OVERFLOW)
 
 
 def migrate(engine: Engine) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from virtpool.control import quotas
 from virtpool.control.store.tables import VMRow
-from virtpool.model.cloudinit import CloudInit
-from virtpool.model.network import NicRequest, NicView
+from virtpool.control.vms.reads import COLUMNS, info_of
+from virtpool.model.network import NicRequest
 from virtpool.model.project import Usage
 from virtpool.model.resources import Resources
-from virtpool.model.spec import PortForward, VMSpec
-from virtpool.model.states import VMState
+from virtpool.model.spec import VMSpec
 from virtpool.model.vm import VMInfo
 
 
@@ -19,22 +18,11 @@ def held(row: VMRow) -> Resources:
 
 
 def info(row: VMRow) -> VMInfo:
-    return VMInfo(
-        id=row.id, name=row.name, project=row.project_id, image=row.image, cpus=row.cpus, memory_mib=row.memory_mib,
-        disk_mib=row.disk_mib,
-        ports=[PortForward(host=p.host_port, guest=p.guest_port) for p in row.ports],
-        kernel_args=row.kernel_args, accel=row.accel, max_memory_mib=row.max_memory_mib,
-        cpu_cap_pct=row.cpu_cap_pct, cpu_weight=row.cpu_weight, disk_iops=row.disk_iops,
-        disk_bps=row.disk_bps, cpu_affinity=row.cpu_affinity, state=VMState(row.state), error=row.error,
-        nics=[NicView(network=n.network.name, mac=n.mac, address=n.address) for n in row.nics],
-        secgroups=[g.name for g in row.secgroups],
-        host=row.host, pinned=row.pinned_host is not None, created_at=row.created_at, updated_at=row.updated_at,
-        started_at=row.started_at,
-        address=row.nics[0].address if row.nics else (
-            f"127.0.0.1:{row.ports[0].host_port}" if row.ports else None),
-        boot_timeout_s=row.boot_timeout_s, stopped_by=row.stopped_by,  # type: ignore[arg-type]
-        cloud_init=CloudInit.model_validate(row.cloud_init) if row.cloud_init else None,
-    )
+    """A mapped VM row (its relationships loaded) as the API shows it."""
+    return info_of([getattr(row, name) for name in COLUMNS],
+                   [{"host": p.host_port, "guest": p.guest_port} for p in row.ports],
+                   [{"network": n.network.name, "mac": n.mac, "address": n.address} for n in row.nics],
+                   [g.name for g in row.secgroups])
 
 
 def usage_after(vm: VMInfo, columns: dict[str, object]) -> Usage:
