@@ -253,6 +253,43 @@ def test_a_port_forward_is_dnat_to_the_vm_and_goes_when_it_stops(
     assert far.run(sys.executable, "-c", get, url).stdout.strip() == "guest-page"
 
 
+def test_a_port_forward_respects_the_vms_security_groups(
+        nat_server: Server, nat_vm: dict[str, str | int], outside: dict[str, Outside]) -> None:
+    """The DNAT'd connection reaches the guest as the outside's, so the VM's groups decide: a
+    group without rules drops it, a rule for the guest port lets it in (from that address
+    only, when it names one), and its removal, or leaving the group, acts on the running VM."""
+    api = nat_server.api()
+    far, port = outside["a"], int(nat_vm["port"])
+    get = ("import sys,urllib.request\ntry: print(urllib.request.urlopen(sys.argv[1],timeout=5)"
+           ".read().decode().strip())\nexcept OSError as e: print('')")
+    url = f"http://{far.host_ip}:{port}/index.html"
+
+    def page_from(ns: Outside) -> str:
+        return ns.run(sys.executable, "-c", get, f"http://{ns.host_ip}:{port}/index.html").stdout.strip()
+
+    assert page_from(far) == "guest-page"  # the positive control: no group yet
+    api.create_secgroup("edge-web")
+    try:
+        api.set_vm_secgroups("edge", ["edge-web"])
+        assert page_from(far) == ""  # a group without rules: the forward is dropped
+        rule = api.add_secgroup_rule("edge-web", "ingress", "tcp", ports="80",
+                                     remote_cidr=f"{far.ip}/32")
+        assert page_from(far) == "guest-page"
+        assert page_from(outside["b"]) == ""  # another address than the rule's stays out
+        # A rule for another port than the guest's does not open the forward.
+        api.remove_secgroup_rule("edge-web", rule.id)
+        api.add_secgroup_rule("edge-web", "ingress", "tcp", ports=str(port))
+        assert page_from(far) == ""
+        api.set_vm_secgroups("edge", [])
+        assert far.run(sys.executable, "-c", get, url).stdout.strip() == "guest-page"
+    finally:
+        api.set_vm_secgroups("edge", [])
+        for group in api.secgroups():
+            for each in group.rules:
+                api.remove_secgroup_rule(group.name, each.id)
+            api.delete_secgroup(group.name)
+
+
 def test_ports_without_a_nat_network_are_refused_and_delete_leaves_nothing(
         nat_server: Server, nat_vm: dict[str, str | int], outside: dict[str, Outside]) -> None:
     api = nat_server.api()

@@ -289,8 +289,55 @@ def test_a_host_over_its_ratios_can_still_shrink_its_vms(pool: Pool) -> None:
         session.execute(update(HostRow).where(HostRow.name == LOCAL).values(cpus=2, memory_mib=512))
     pool.vms.resize("web", Resize(max_memory_mib=256))
     assert pool.host_rows()[LOCAL].used_memory_mib == 768
-    with pytest.raises(InsufficientResources, match=r"by 1 vCPUs under its ratios"):
+    with pytest.raises(InsufficientResources, match=r"it has too few CPUs \(the VM's new shape needs 3, it has 2\)"):
         pool.vms.resize("web", Resize(cpus=3))
+
+
+def test_a_resize_is_checked_by_the_schedulers_filters_on_the_vms_host(pool: Pool) -> None:
+    """The host's figures are the inventory's, as for a placement; its agent's own report (64
+    CPUs here) plays no part, and each refusal says which filter refused and by how much."""
+    pool.add(LOCAL, cpus=4, cpu_ratio=1.0, memory_mib=2048, disk_mib=4096)
+    pool.create("web", cpus=2, memory_mib=1024, disk_mib=1024)
+    pool.create("db", cpus=1, memory_mib=512, disk_mib=1024)
+    before = pool.host_rows()[LOCAL]
+    refusals = [
+        ("host 'local' has no room to grow VM 'web' under its ratios: it lacks vCPUs (needs 2 "
+         "more, 1 free)", Resize(cpus=4)),
+        ("it has too few CPUs (the VM's new shape needs 5, it has 4)", Resize(cpus=5)),
+        ("it lacks memory (needs 1024 MiB more, 512 MiB free)", Resize(max_memory_mib=2048)),
+        ("it lacks disk (needs 3072 MiB more, 2048 MiB free)", Resize(disk_mib=4096)),
+        # Affinity and a CPU cap name host CPUs: the size filter, as when it was placed.
+        ("it has too few CPUs (the VM's new shape needs 6, it has 4)", Resize(cpu_affinity=[5])),
+        ("it has too few CPUs (the VM's new shape needs 5, it has 4)", Resize(cpu_cap_pct=401)),
+    ]
+    for sentence, request in refusals:
+        with pytest.raises(InsufficientResources) as refused:
+            pool.vms.resize("web", request)
+        assert sentence in str(refused.value), str(refused.value)
+        assert refused.value.hint
+    web = pool.vms.get("web")  # refused: nothing changed
+    assert (web.cpus, web.max_memory_mib, web.disk_mib, web.cpu_affinity, web.cpu_cap_pct) == \
+        (2, 1024, 1024, None, None)
+    after = pool.host_rows()[LOCAL]
+    assert (after.used_cpus, after.used_memory_mib, after.used_disk_mib, after.generation) == \
+        (before.used_cpus, before.used_memory_mib, before.used_disk_mib, before.generation)
+    # What fits goes through: the last vCPU, the last of memory, CPUs that exist.
+    pool.vms.resize("web", Resize(cpus=3, max_memory_mib=1536, cpu_affinity=[3], cpu_cap_pct=400))
+    assert pool.host_rows()[LOCAL].used_cpus == 4
+    pool.assert_counters_exact()
+
+
+def test_a_resize_sees_the_room_another_server_took_since_this_one_cached_the_host(pool: Pool) -> None:
+    """The filters read the VM's host afresh in the resize's transaction: another server's
+    placement made since this one cached the host's figures is counted."""
+    pool.add(LOCAL, cpus=4, cpu_ratio=1.0)
+    pool.create("web", cpus=1)
+    other = Placer()
+    with pool.sessions.begin() as session:  # another server takes 3 vCPUs behind our back
+        other.claim(session, PlacementRequest("elsewhere", cpus=3, memory_mib=256))
+    with pytest.raises(InsufficientResources, match=r"no room to grow VM 'web' .*lacks vCPUs \(needs 1 more, 0 free\)"):
+        pool.vms.resize("web", Resize(cpus=2))
+    assert pool.vms.get("web").cpus == 1
 
 
 def test_a_vm_placed_on_a_host_without_an_agent_is_a_record_that_cannot_start(pool: Pool) -> None:

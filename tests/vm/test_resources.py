@@ -110,6 +110,7 @@ def test_cpus_change_at_the_next_boot_and_the_output_says_so(server: Server) -> 
     assert api.exec("cpus", ["nproc"]).stdout.strip() == "2"
     too_many = server.cli("vm", "resize", "cpus", "--cpus", str(api.host().cpus + 1))
     assert too_many.returncode == 1
+    assert "has too few CPUs (the VM's new shape needs" in " ".join(too_many.stderr.split())
     assert api.vm("cpus").cpus == 2
     api.delete_vm("cpus", force=True)
 

@@ -5,6 +5,7 @@ This is the composition root: the only place that wires the node package to the 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -60,11 +61,43 @@ class ServeOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     ca_passphrase_file: Path | None = None  # the pool CA's (control/ca_store.py)
+    # This host's VXLAN address for networks that span it and joined hosts; None: the address
+    # agents join at when that is one particular address, else none.
+    vtep: str | None = None
+
+    def local_vtep(self) -> str | None:
+        """The VXLAN address of this host's in-process agent (see ``vtep``)."""
+        if self.control_only:
+            return None
+        if self.vtep is not None:
+            return vtep_address(self.vtep)
+        if self.agent_listen is None:
+            return None
+        try:
+            address = ipaddress.ip_address(self.agent_listen[0])
+        except ValueError:
+            return None  # a name: VXLAN needs an address
+        # Agents can reach one particular address; not "every address" nor loopback.
+        return None if address.is_unspecified or address.is_loopback else str(address)
 
     def agent_address(self) -> tuple[str, int]:
         if self.agent_listen is not None:
             return self.agent_listen
         return self.host, (self.port + 1 if self.port else 0)
+
+
+def vtep_address(text: str) -> str:
+    """A VXLAN address as given (`--vtep`): an IPv4 address of this host; InvalidRequest if not."""
+    try:
+        address = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise InvalidRequest(f"'{text}' is not an IPv4 address for --vtep",
+                             hint="give an address of this host that the other hosts reach, "
+                                  "e.g. --vtep 192.0.2.10") from None
+    if address.is_unspecified or address.is_loopback or address.is_multicast:
+        raise InvalidRequest(f"--vtep {text} cannot carry VXLAN to other hosts",
+                             hint="give this host's own address on the network the other hosts share")
+    return str(address)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -131,7 +164,7 @@ def open_pool(options: ServeOptions) -> Pool:
     config = PoolConfig(data_dir=options.data_dir, db_url=options.db_url,
                         boot_timeout=options.boot_timeout, memory=options.memory,
                         control_only=options.control_only,
-                        ca_passphrase_file=options.ca_passphrase_file)
+                        ca_passphrase_file=options.ca_passphrase_file, vtep=options.local_vtep())
     # Without an agent here, the pool's images live in the control plane's own store.
     images = ImageCatalog(options.data_dir / "images") if agent is None else None
     return Pool(config, agent, images)

@@ -76,6 +76,9 @@ def up(
     tls_cert: TLSCert = None,
     tls_key: TLSKey = None,
     ca_passphrase_file: CAPassphrase = None,
+    vtep: Annotated[str | None, typer.Option(
+        help="this host's address for VXLAN to joined hosts, so that a network spans them and "
+             "this one (default: --agent-listen's address when it is one particular address)")] = None,
 ) -> None:
     """Run the platform on this host in the foreground: control plane, agent, API. Agents on
     other hosts join it at the URL it prints.
@@ -87,10 +90,12 @@ def up(
         virtpool up --listen 127.0.0.1:8470 --data-dir /var/lib/virtpool
 
         virtpool up --db postgresql://virtpool@db.example.com/virtpool
+
+        virtpool up --agent-listen 192.0.2.10:8471 --vtep 192.0.2.10
     """
     from pydantic import ValidationError
 
-    from virtpool.api.server import ServeOptions, parse_listen, serve
+    from virtpool.api.server import ServeOptions, parse_listen, serve, vtep_address
     from virtpool.control.balancer import MemoryPolicy
     from virtpool.model.errors import VirtpoolError
     from virtpool.model.units import parse_size_mib
@@ -112,7 +117,8 @@ def up(
                                boot_timeout=boot_timeout, log_cap_bytes=log_cap_bytes,
                                memory=memory, net_prefix=net_prefix,  # type: ignore[arg-type]
                                tls_cert=tls_cert, tls_key=tls_key, ca_passphrase_file=ca_passphrase_file,
-                               agent_listen=parse_listen(agent_listen) if agent_listen else None)
+                               agent_listen=parse_listen(agent_listen) if agent_listen else None,
+                               vtep=vtep_address(vtep) if vtep is not None else None)
         serve(options, announce=lambda line: output.print_line(line, wrapped=False))
     except VirtpoolError as err:
         output.fail(err.message, hint=err.hint)

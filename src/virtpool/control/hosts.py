@@ -90,15 +90,18 @@ class HostService:
 
     # -- the local host -------------------------------------------------------------------
 
-    def register_local(self, info: HostInfo) -> None:
-        """Insert or refresh the local host's row from its agent's report.
+    def register_local(self, info: HostInfo, vtep: str | None = None) -> None:
+        """Insert or refresh the local host's row from its agent's report, and its VXLAN
+        address (``vtep``: None, no networks that span it and other hosts).
 
-        Only the hardware figures change on re-registration; ratios, labels, state and the
-        reservation stay as the operator set them. Every VM here gets a virtio-balloon device
-        and the memory balancer runs in this server, so the local host has ``balloon`` on.
+        Only the hardware figures and the VXLAN address change on re-registration; ratios,
+        labels, state and the reservation stay as the operator set them. Every VM here gets a
+        virtio-balloon device and the memory balancer runs in this server, so the local host
+        has ``balloon`` on.
         """
         figures = {"cpus": info.cpus, "memory_mib": info.memory_mib,
-                   "disk_mib": info.disk_total_mib, "accel": info.accel, "balloon": True}
+                   "disk_mib": info.disk_total_mib, "accel": info.accel, "balloon": True,
+                   "vtep": vtep}
         for _ in range(UPDATE_ATTEMPTS):
             with self._sessions.begin() as session:
                 if session.get(HostRow, self.local) is not None:

@@ -162,3 +162,9 @@ class IdempotentCreates:
         such a key creates the VM again instead of answering that it was deleted."""
         with self._sessions.begin() as session:
             session.execute(delete(IdempotencyKeyRow).where(IdempotencyKeyRow.vm_id == vm_id))
+
+    def forget_operation(self, op_id: str) -> None:
+        """Drop the keys whose create answered with ``op_id`` (a create-and-boot whose VM was
+        removed before it ever ran): a retry with such a key creates the VM again."""
+        with self._sessions.begin() as session:
+            session.execute(delete(IdempotencyKeyRow).where(IdempotencyKeyRow.operation_id == op_id))

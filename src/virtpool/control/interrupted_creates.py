@@ -22,14 +22,12 @@ log = logging.getLogger(__name__)
 
 # Read back well beyond what one crash can cut off; more are failed as interrupted all the same.
 MAX_CUT_OFF = 10_000
-NEVER_RAN = (VMState.STOPPED, VMState.ERROR)
+NEVER_RAN = (VMState.CREATING, VMState.STOPPED, VMState.ERROR)
 REMOVED = ("virtpool stopped before VM '{name}' first ran, so the VM was removed and nothing of "
            "it is left (no disk, no claim on the quota); create it again (a retry with the same "
            "Idempotency-Key does)")
 LEFT = ("virtpool stopped before VM '{name}' first ran; the VM was left, as removing it failed "
         "({why}): delete it with `virtpool vm delete {name} --force`")
-NOT_MADE = ("virtpool stopped while VM '{name}' was being created; it was not created: create it "
-            "again (a retry with the same Idempotency-Key does)")
 
 
 def cut_off_creates(operations: OperationService) -> list[Operation]:
@@ -50,8 +48,11 @@ def settle_cut_off(cut_off: list[Operation], asked_to_boot: list[str], vms: VMSe
     for op in cut_off:
         try:
             vm = vms.get(op.target or "", op.project)
-        except NotFound:  # its row was still being written: reconcile removed it
-            operations.fail(op.id, NOT_MADE.format(name=op.target))
+        except NotFound:
+            # Its disk was still being made (its image fetched): the reconcile removed it. The
+            # create had answered, so its key names the VM: the key goes, and a retry makes it.
+            keys.forget_operation(op.id)
+            operations.fail(op.id, REMOVED.format(name=op.target))
             continue
         if vm.state in NEVER_RAN:
             left = _remove(vm.id, vm.name, vms, keys)

@@ -122,16 +122,17 @@ class NetworkService:
                 .order_by(NicRow.vm_id, NicRow.position)).all()
             network_ids = {net.id for _, net, _ in rows}
             elsewhere = session.execute(
-                select(NicRow.network_id, HostRow.address)
+                select(NicRow.network_id, HostRow.address, HostRow.vtep)
                 .join(VMRow, VMRow.id == NicRow.vm_id).join(HostRow, HostRow.name == VMRow.host)
                 .where(NicRow.network_id.in_(network_ids), VMRow.host != host,
                        NicRow.vm_id.in_(active_vm_ids))).all()
-            own = session.scalar(select(HostRow.address).where(HostRow.name == host))
+            own = session.execute(select(HostRow.address, HostRow.vtep)
+                                  .where(HostRow.name == host)).first()
             ports = session.execute(select(PortRow).where(PortRow.vm_id.in_(
                 {nic.vm_id for nic, _, _ in rows}))).scalars().all()
         peers: dict[str, set[str]] = {}
-        for network_id, address in elsewhere:
-            vtep = vtep_of(address)
+        for network_id, address, its_vtep in elsewhere:
+            vtep = its_vtep or vtep_of(address)
             if vtep is not None:
                 peers.setdefault(network_id, set()).add(vtep)
         networks = {net.vni: HostNetwork(vni=net.vni, subnet=net.subnet, nat=net.nat, mtu=net.mtu,
@@ -148,7 +149,8 @@ class NetworkService:
                                      host_port=p.host_port, guest_port=p.guest_port)
                          for p in sorted(ports, key=lambda p: p.host_port) if p.vm_id in first_nat)
         return HostNetworkInput(networks=tuple(networks[v] for v in sorted(networks)), nics=nics,
-                                forwards=forwards, underlay=vtep_of(own) if peers else None)
+                                forwards=forwards,
+                                underlay=(own.vtep or vtep_of(own.address)) if peers and own else None)
 
     def hosts_sharing(self, host: str, active_vm_ids: set[str]) -> set[str]:
         """The other hosts with VMs of ``active_vm_ids`` on a network that ``host`` has some on."""
@@ -172,7 +174,7 @@ class NetworkService:
 
 def vtep_of(agent_url: str | None) -> str | None:
     """A host's VXLAN address: the one its agent is reached at (None: no agent over the network,
-    e.g. the in-process agent of `virtpool up`, which then has no VXLAN to other hosts)."""
+    e.g. the in-process agent of `virtpool up`, whose host's address is its ``vtep`` if any)."""
     if not agent_url:
         return None
     try:

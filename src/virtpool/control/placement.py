@@ -319,9 +319,14 @@ class Placer:
         self.invalidate(host)
 
     def adjust(self, session: Session, host: str, vm: str, delta: Resources, *,
-               check: bool = True) -> None:
-        """Grow or shrink a VM's claim by ``delta``; refuse growth the host has no room for
-        (unless ``check`` is False: undoing a change)."""
+               host_cpus: int = 0, check: bool = True) -> None:
+        """Grow or shrink a VM's claim on its host by ``delta``, in ``session``'s transaction.
+        Unless ``check`` is False (undoing a change), what grows goes through the scheduler's
+        filters for a resize (``GROWTH_FILTERS``: the host CPUs its new shape needs,
+        ``host_cpus``, 0 when that shape did not change; room for the growth under the host's
+        ratios) and then the claim, which refuses what a racing change took meanwhile."""
+        if check:
+            self._check_growth(session, host, vm, delta, host_cpus)
         if delta == Resources(0, 0, 0):
             return
         params = _params(host, delta)
@@ -335,6 +340,23 @@ class Placer:
                 f"host '{host}' has no room to grow VM '{vm}' by {', '.join(growth)} under its "
                 "ratios",
                 hint="free room on the host (`virtpool host list`), or ask for less")
+
+
+    def _check_growth(self, session: Session, host: str, vm: str, delta: Resources,
+                      host_cpus: int) -> None:
+        request = PlacementRequest(vm=vm, cpus=max(delta.cpus, 0),
+                                   memory_mib=max(delta.memory_mib, 0),
+                                   disk_mib=max(delta.disk_mib, 0), host=host,
+                                   host_cpus=host_cpus, growth=True)
+        if request.resources() == Resources(0, 0, 0) and not host_cpus:
+            return  # nothing grows: a shrink always fits, even on a host over its ratios
+        session.connection()  # before the lock: see claim()
+        with self._lock:
+            arrays, _ = self._fresh_arrays(session)
+            self._reload_host(session, host)  # the host as this transaction sees it
+            decision = place(self._arrays or arrays, request)  # (a reload may replace them)
+        if not decision.placed:
+            raise refusal(decision)
 
 
 def _claim_once(session: Session, host: str, seen: int, amount: Resources) -> bool:
@@ -374,11 +396,17 @@ def claim_delta(old: Resources, new: Resources) -> Resources:
 
 
 __all__ = ["CLAIM_ATTEMPTS", "Placed", "Placer", "claim_delta", "group_by_name", "host_capacity",
-           "usage_claim"]
+           "host_cpus_for", "usage_claim"]
 
 
 def host_cpus_needed(spec: VMSpec) -> int:
     """The fewest host CPUs a VM's pinning and CPU cap make sense on (its vCPUs aside)."""
-    pinned = max(spec.cpu_affinity) + 1 if spec.cpu_affinity else 0
-    capped = -(-spec.cpu_cap_pct // 100) if spec.cpu_cap_pct else 0
-    return max(pinned, capped)
+    return host_cpus_for(spec.cpu_affinity, spec.cpu_cap_pct)
+
+
+def host_cpus_for(affinity: list[int] | None, cap_pct: int | None, vcpus: int = 0) -> int:
+    """The fewest host CPUs ``vcpus`` vCPUs pinned to ``affinity`` under a ``cap_pct`` cap
+    make sense on."""
+    pinned = max(affinity) + 1 if affinity else 0
+    capped = -(-cap_pct // 100) if cap_pct else 0
+    return max(pinned, capped, vcpus)

@@ -73,6 +73,8 @@ class PoolConfig:
     # The pool CA's passphrase (control/ca_store.py); None: the data dir's pki/ca.passphrase,
     # made on the pool's first start.
     ca_passphrase_file: Path | None = None
+    # This host's VXLAN address (`virtpool up --vtep`): networks span it and the joined hosts.
+    vtep: str | None = None
 
     @property
     def token_file(self) -> Path:
@@ -200,7 +202,7 @@ class Pool:
         control-plane-only server has no host: it fails its own unfinished operations and
         makes the token, nothing else."""
         if not self.config.control_only:
-            self.hosts.register_local(self.agent.host_info())
+            self.hosts.register_local(self.agent.host_info(), self.config.vtep)
             cut_off = cut_off_creates(self.operations)
             # VMs another server marked unknown while this host was away get their state back
             # first, so that the reconcile below converges them with the rest.

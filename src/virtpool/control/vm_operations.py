@@ -10,7 +10,9 @@ VM's current state once, so that a change made before it was registered is not m
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,10 +21,12 @@ from virtpool.control.events import EventLog
 from virtpool.control.operations import OperationService
 from virtpool.control.store.tables import VMRow
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, VMService
+from virtpool.control.vms.lifecycle import CreateTracker
 from virtpool.model.event import Event
 from virtpool.model.operation import Operation
 from virtpool.model.spec import VMSpec
 from virtpool.model.states import VMState
+from virtpool.model.vm import VMInfo
 
 S = VMState
 
@@ -58,28 +62,24 @@ class VMOperations:
         self._watching: dict[str, tuple[str, Plan]] = {}  # vm id -> (operation id, plan)
         events.listen(self._on_event)
 
-    def create(self, spec: VMSpec, *, actor: str, project_id: str) -> Operation:
-        """Create and boot a VM in ``project_id``.
+    def create(self, spec: VMSpec, *, actor: str, project_id: str) -> tuple[VMInfo, Operation]:
+        """Create and boot a VM in ``project_id``: the VM (still being created) and the
+        operation that follows it, at once. The disk is made, with the image fetched first
+        when its host lacks it (the fetch's progress in the operation), and the VM booted, in
+        the operation; a failure there fails the operation and leaves nothing of the VM. A
+        create refused before it was accepted raises and leaves no operation, as any refusal."""
+        begun: list[Operation] = []
 
-        When its host must first fetch the image, the operation is written as the fetch begins
-        (so that it shows the fetch's progress) and fails with the create's error if the create
-        then fails; a create refused before that leaves no operation, as any refusal."""
-        fetching: Operation | None = None
+        def track(vm: VMInfo) -> CreateTracker:
+            op = self._begin("vm.create", vm.id, vm.name, actor, project_id,
+                             message=f"creating the disk of VM '{vm.name}'")
+            begun.append(op)
+            return _Tracker(self._operations, op.id, partial(self._give_up, op.id, vm.id))
 
-        def progress(percent: int, message: str) -> None:
-            nonlocal fetching
-            if fetching is None:
-                fetching = self._operations.begin("vm.create", spec.name, actor=actor,
-                                                  project_id=project_id, message=message)
-            self._operations.progress(fetching.id, percent, message)
-
-        try:
-            vm = self._vms.create(spec, start=True, project_id=project_id, progress=progress)
-        except Exception as err:
-            if fetching is not None:
-                self._operations.fail(fetching.id, str(err))
-            raise
-        return self._follow("vm.create", vm.id, vm.name, actor, fetching)
+        vm = self._vms.create_and_boot(spec, project_id=project_id, track=track)
+        if vm.state != S.CREATING:  # a warm VM taken: its state says how far it is
+            self._advance(vm.id, vm.state, None)
+        return vm, self._operations.get(begun[0].id)
 
     def carry_on(self, op_id: str, vm_id: str) -> None:
         """Follow an existing create operation again (a restart found its VM booting on)."""
@@ -107,21 +107,31 @@ class VMOperations:
         vm = self._vms.restart(ref, timeout=timeout)
         return self._follow("vm.restart", vm.id, vm.name, actor)
 
-    def _follow(self, kind: str, vm_id: str, name: str, actor: str,
-                op: Operation | None = None) -> Operation:
-        """Follow the VM with ``op`` (or a new operation of ``kind``) from its state now."""
-        if op is None:
-            with self._sessions() as session:
-                project_id = session.scalar(select(VMRow.project_id).where(VMRow.id == vm_id))
-            op = self._operations.begin(kind, name, actor=actor, project_id=project_id)
-        plan = PLANS[kind]
-        with self._lock:
-            previous = self._watching.get(vm_id)
-            self._watching[vm_id] = (op.id, plan)
-        if previous is not None:
-            self._operations.fail(previous[0], f"superseded by a later {kind} of VM '{name}'")
+    def _follow(self, kind: str, vm_id: str, name: str, actor: str) -> Operation:
+        """Follow the VM with a new operation of ``kind`` from its state now."""
+        with self._sessions() as session:
+            project_id = session.scalar(select(VMRow.project_id).where(VMRow.id == vm_id))
+        op = self._begin(kind, vm_id, name, actor, project_id)
         self._advance(vm_id, self._state_of(vm_id), None)
         return self._operations.get(op.id)
+
+    def _begin(self, kind: str, vm_id: str, name: str, actor: str, project_id: str | None,
+               message: str | None = None) -> Operation:
+        """A new operation of ``kind`` that the VM's state changes move from now on."""
+        op = self._operations.begin(kind, name, actor=actor, project_id=project_id, message=message)
+        with self._lock:
+            previous = self._watching.get(vm_id)
+            self._watching[vm_id] = (op.id, PLANS[kind])
+        if previous is not None:
+            self._operations.fail(previous[0], f"superseded by a later {kind} of VM '{name}'")
+        return op
+
+    def _give_up(self, op_id: str, vm_id: str, error: str) -> None:
+        """Fail ``op_id`` with ``error`` and stop following its VM (whose removal is no news)."""
+        with self._lock:
+            if self._watching.get(vm_id, ("",))[0] == op_id:
+                del self._watching[vm_id]
+        self._operations.fail(op_id, error)
 
     def _state_of(self, vm_id: str) -> VMState | None:
         with self._sessions() as session:
@@ -154,3 +164,19 @@ class VMOperations:
             self._operations.fail(op_id, error or f"the VM {FAILED_STATES[state]}")
         elif state in plan.steps:
             self._operations.progress(op_id, *plan.steps[state])
+
+
+
+@dataclass(frozen=True)
+class _Tracker:
+    """A create-and-boot's operation, as the VM service's worker reports to it."""
+
+    operations: OperationService
+    op_id: str
+    give_up: Callable[[str], None]
+
+    def progress(self, percent: int, message: str) -> None:
+        self.operations.progress(self.op_id, percent, message)
+
+    def failed(self, message: str) -> None:
+        self.give_up(message)

@@ -7,8 +7,8 @@ to their guest agent and paused, in the pool's own project ``_warm``: no tenant 
 (a project's name begins with a letter or a digit), it has no quota, and pool admins see its VMs
 (``vm list --all-projects``). They hold their host's capacity like any VM: they are in its RAM.
 
-``vm create NAME --start`` of exactly that shape (``VMService.create``) takes the oldest ready
-one. In one transaction its row moves to the caller's project under the caller's name, charged
+``vm create NAME --start`` of exactly that shape (``VMService.create_and_boot``) takes the
+oldest ready one. In one transaction its row moves to the caller's project under the caller's name, charged
 to that project's quota (a quota with no room refuses the take as it refuses a create, and the
 warm VM stays warm); then its vCPUs run again and its guest agent gives the guest its name as
 hostname and the clock of now (a paused guest's clock stood still). Anything failing there

@@ -1,6 +1,8 @@
 """What a resize means for one VM: the new record, what changes live, what waits for a boot.
 
 Pure: the control plane writes the new record, then asks the agent to apply the live part.
+Whether the VM's host can take its new shape is not checked here: that is the scheduler's
+filters plus the claim on the host row, as for a new VM (``Placer.adjust``).
 """
 
 from __future__ import annotations
@@ -8,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from virtpool.model.errors import Conflict, InsufficientResources, InvalidRequest
-from virtpool.model.spec import HostInfo, LiveChanges, Resize
+from virtpool.model.errors import Conflict, InvalidRequest
+from virtpool.model.spec import LiveChanges, Resize
 from virtpool.model.vm import VMInfo
 
 
@@ -20,8 +22,8 @@ class ResizePlan:
     notes: list[str] = field(default_factory=list)
 
 
-def plan_resize(vm: VMInfo, request: Resize, host: HostInfo, *, running: bool) -> ResizePlan:
-    """Check ``request`` against the VM and its host; raise with a hint when it cannot be done."""
+def plan_resize(vm: VMInfo, request: Resize, *, running: bool) -> ResizePlan:
+    """Check ``request`` against the VM; raise with a hint when it cannot be done."""
     if request.is_empty():
         raise InvalidRequest("nothing to resize", hint="give at least one of --memory, --cpus, "
                              "--cpu-cap, --cpu-weight, --cpu-affinity, --disk-iops, --disk-bps, "
@@ -38,7 +40,6 @@ def plan_resize(vm: VMInfo, request: Resize, host: HostInfo, *, running: bool) -
                 hint="stop the VM, set --max-memory, start it again",
             )
         max_memory = _need(request.max_memory_mib)
-        _fits_host_memory(vm.name, max_memory, host)
         plan.columns["max_memory_mib"] = max_memory
 
     # Lowering the ceiling below the current memory takes the memory down with it.
@@ -58,18 +59,12 @@ def plan_resize(vm: VMInfo, request: Resize, host: HostInfo, *, running: bool) -
 
     if "cpus" in asked:
         cpus = _need(request.cpus)
-        if cpus > host.cpus:
-            raise InsufficientResources(f"this host has {host.cpus} CPUs; {cpus} vCPUs cannot run here",
-                                        hint=f"ask for --cpus {host.cpus} or fewer")
         plan.columns["cpus"] = cpus
         if running and cpus != vm.cpus:
             plan.notes.append(f"--cpus {cpus} takes effect at the next boot (`virtpool vm restart {vm.name}`)")
 
     if "cpu_cap_pct" in asked:
         cap = request.cpu_cap_pct or None
-        if cap is not None and cap > 100 * host.cpus:
-            raise InsufficientResources(f"a {cap}% cap is more than this host's {host.cpus} CPUs give",
-                                        hint=f"cap at {100 * host.cpus}% or less, or 0 for no cap")
         plan.columns["cpu_cap_pct"] = cap
         live.cpu_cap_pct = cap or 0
 
@@ -85,8 +80,6 @@ def plan_resize(vm: VMInfo, request: Resize, host: HostInfo, *, running: bool) -
 
     if "cpu_affinity" in asked:
         cpus = sorted(set(request.cpu_affinity or []))
-        if any(c >= host.cpus for c in cpus):
-            raise InvalidRequest(f"this host's CPUs are 0-{host.cpus - 1}", hint="pick CPUs that exist")
         plan.columns["cpu_affinity"] = cpus or None
         live.cpu_affinity = cpus
 
@@ -97,24 +90,12 @@ def plan_resize(vm: VMInfo, request: Resize, host: HostInfo, *, running: bool) -
                 f"VM '{vm.name}' has a {vm.disk_mib} MiB disk; disks only grow",
                 hint="shrinking would cut off the guest's data",
             )
-        if disk - vm.disk_mib > host.disk_free_mib:
-            raise InsufficientResources(
-                f"growing the disk by {disk - vm.disk_mib} MiB needs more than the host's "
-                f"{host.disk_free_mib} MiB free", hint="ask for less or free space on the host")
         plan.columns["disk_mib"] = disk
         live.disk_mib = disk
 
     if running:
         plan.live = live
     return plan
-
-
-def _fits_host_memory(name: str, memory_mib: int, host: HostInfo) -> None:
-    if memory_mib > host.memory_mib:
-        raise InsufficientResources(
-            f"VM '{name}' cannot have {memory_mib} MiB; this host has {host.memory_mib} MiB",
-            hint="ask for less memory",
-        )
 
 
 def _need(value: int | None) -> int:

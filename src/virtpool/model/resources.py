@@ -262,13 +262,16 @@ class PlacementRequest:
     weigher: WeigherName | None = None
     host_cpus: int = 0  # the fewest host CPUs the VM's affinity and CPU cap need
     host: str | None = None  # pinned: this host or none (`vm create --host`)
+    # A resize of a VM on its host: cpus, memory and disk are what it grows by (0: that one
+    # does not grow), host_cpus the host CPUs its new shape needs.
+    growth: bool = False
 
     def __post_init__(self) -> None:
         owner = f"VM '{self.vm}'"
         if not isinstance(self.vm, str) or not self.vm:
             raise InvalidRequest("a placement request needs a VM name")
-        _check_size(owner, "cpus", self.cpus, minimum=1)
-        _check_size(owner, "memory_mib", self.memory_mib, minimum=1)
+        _check_size(owner, "cpus", self.cpus, minimum=0 if self.growth else 1)
+        _check_size(owner, "memory_mib", self.memory_mib, minimum=0 if self.growth else 1)
         _check_size(owner, "disk_mib", self.disk_mib)
         _check_labels(owner, self.required_labels)
         if self.accel is not None and self.accel not in HOST_ACCELS:

@@ -32,7 +32,8 @@ S = VMState
 
 # state -> states it may move to
 TRANSITIONS: dict[VMState, frozenset[VMState]] = {
-    S.CREATING: frozenset({S.STOPPED, S.DELETING}),
+    # STARTING: a create-and-boot goes from its disk straight to booting.
+    S.CREATING: frozenset({S.STOPPED, S.STARTING, S.DELETING}),
     S.STOPPED: frozenset({S.STARTING, S.DELETING}),
     # DELETING from an active state is `delete --force`: the process is killed first.
     S.STARTING: frozenset({S.RUNNING, S.ERROR, S.CRASHED, S.STOPPING, S.DELETING, S.UNKNOWN}),

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import psutil
 
 from virtpool.model.errors import BootTimeout, Conflict, OperationFailed
-from virtpool.model.guest_identity import identity_argv
+from virtpool.model.guest_identity import HOSTNAME_FILES, clock_argv
 from virtpool.model.spec import ExecOutput, ExecResult
 from virtpool.node import safe_files, serial
 from virtpool.node.console import ConsolePump, SharedConsole
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 READY_POLL_S = 0.05  # between guest-agent pings while a guest boots
-IDENTITY_POLL_S = 0.005  # the first wait for a restored guest's identity command (it doubles)
+IDENTITY_POLL_S = 0.005  # the first wait for a restored guest's clock command (it doubles)
 MONITOR_TIMEOUT_S = 30.0  # from spawn until QEMU's monitor answers (devices set up)
 # To reach the monitor of a QEMU found running. Generous: a QEMU that misses it is killed, and a
 # CPU-starved QEMU under TCG can take long to accept the monitor again after the previous
@@ -110,6 +110,7 @@ class VM:
         self._pump_task: asyncio.Task[None] | None = None
         self._gone = asyncio.Event()
         self._qga_lock = asyncio.Lock()  # QGA serves one client at a time
+        self._clock_task: asyncio.Task[None] | None = None  # a restored guest's clock being set
         self._guest_initiated = False
         self._last_balloon_event = 0.0
         self._last_io_error_event = 0.0
@@ -325,19 +326,42 @@ class VM:
 
     async def take_identity(self, name: str) -> None:
         """After a start from a memory snapshot of another VM: its guest still believes it is
-        that VM, at that VM's time. Give it its hostname and the clock of now through its agent
-        (model/guest_identity.py). (Its NIC's MAC is in the device state QEMU restored and stays
-        the snapshot's; see the README.)"""
+        that VM, at that VM's time. Give it its hostname, then the clock of now, through its
+        agent (model/guest_identity.py). Returns once the hostname is written; the clock is
+        set just after, on the same connection, which holds the agent's channel until then: any
+        command through the agent (an exec, a stop) runs after it. (Its NIC's MAC is in the
+        device state QEMU restored and stays the snapshot's; see the README.)"""
+        await self._qga_lock.acquire()
+        handed_on = False
         try:
-            async with self._qga_lock:
-                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
-                    # Polled closely: this short command is on the way to "running".
-                    done = await agent.exec(identity_argv(name, time.time()), timeout=30,
-                                            poll=IDENTITY_POLL_S)
-            if done.exit_code != 0:
-                log.warning("VM %s kept the identity of its snapshot: %s", name, done.stderr.strip())
+            agent = await GuestAgent.open(self.paths.qga_sock, vm=self.name)
+            try:
+                for path in HOSTNAME_FILES:
+                    await agent.write_file(path, f"{name}\n".encode())
+            except BaseException:
+                await agent.close()
+                raise
+            self._clock_task = asyncio.get_running_loop().create_task(self._set_clock(agent, name))
+            handed_on = True
         except GuestAgentError as err:
             log.warning("VM %s kept the identity of its snapshot: %s", name, err.message)
+        finally:
+            if not handed_on:
+                self._qga_lock.release()
+
+    async def _set_clock(self, agent: GuestAgent, name: str) -> None:
+        """The restored guest's clock, on the connection ``take_identity`` opened; releases
+        the agent's channel it was handed."""
+        try:
+            # Polled closely: the guest's first process after a restore, short but slow to start.
+            done = await agent.exec(clock_argv(time.time()), timeout=30, poll=IDENTITY_POLL_S)
+            if done.exit_code != 0:
+                log.warning("VM %s kept the clock of its snapshot: %s", name, done.stderr.strip())
+        except GuestAgentError as err:
+            log.warning("VM %s kept the clock of its snapshot: %s", name, err.message)
+        finally:
+            await agent.close()
+            self._qga_lock.release()
 
     async def guest_interfaces(self, answer_within: float = 1.0) -> Any:
         """The guest agent's ``guest-network-get-interfaces`` reply, or None when the agent is

@@ -115,8 +115,8 @@ def create_vm(
 
     def create() -> Made:
         if body.start:
-            op = pool.vm_operations.create(spec, actor=scope.caller.name, project_id=scope.project)
-            return Made(pool.vms.get(op.target or spec.name, scope.project), op)
+            vm, op = pool.vm_operations.create(spec, actor=scope.caller.name, project_id=scope.project)
+            return Made(vm, op)
         return Made(pool.vms.create(spec, project_id=scope.project))
 
     if idempotency_key is None:

@@ -108,10 +108,38 @@ def explain(decision: Decision) -> str:
     return f"no host can take '{vm}': " + ", ".join(reasons(decision))
 
 
+def _growth_phrase(name: str, decision: Decision) -> str:
+    """Why the VM's host cannot take a resize (a ``growth`` request), after "it"."""
+    request = decision.request
+    if name == f.SIZE.name:
+        return (f"has too few CPUs (the VM's new shape needs {request.host_cpus}, it has "
+                f"{decision.largest_free.get('size', 0)})")
+    free = decision.largest_free.get(name, 0)
+    if name == "cpu":
+        return f"lacks vCPUs (needs {request.cpus} more, {free} free)"
+    needed = request.memory_mib if name == "memory" else request.disk_mib
+    return f"lacks {name} (needs {needed} MiB more, {free} MiB free)"
+
+
+def explain_growth(decision: Decision) -> str:
+    """The sentence for a resize its host refused."""
+    request = decision.request
+    why = [f"it {_growth_phrase(name, decision)}" for name in FILTER_NAMES
+           if name != f.PINNED.name and decision.removed.get(name)]
+    return (f"host '{request.host}' has no room to grow VM '{request.vm}' under its ratios: "
+            + ", ".join(why or ["it is not in the pool"]))
+
+
 def refusal(decision: Decision) -> InsufficientResources:
-    """The error to raise for a refused placement, with the sentence and a next step."""
+    """The error to raise for a refused placement (or resize), with the sentence and a next step."""
     if decision.placed:
         raise ValueError("refusal() of a placed decision")  # a programming error, not a user's
+    if decision.request.growth:
+        if decision.removed[f.SIZE.name]:
+            hint = "ask for fewer vCPUs (or CPUs in --cpu-affinity, a lower --cpu-cap)"
+        else:
+            hint = "ask for less, free room on the host (`virtpool host list`), or raise its ratios"
+        return InsufficientResources(explain_growth(decision), hint=hint)
     removed = decision.removed
     if removed[f.SIZE.name] and not any(removed[name] for name in f.CAPACITY_FILTERS):
         hint = "ask for fewer vCPUs (or CPUs in --cpu-affinity, a lower --cpu-cap), or add a larger host"

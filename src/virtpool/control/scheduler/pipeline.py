@@ -40,6 +40,9 @@ FILTERS: tuple[f.Filter, ...] = (
     f.DISK_FIT,
 )
 FILTER_NAMES: tuple[str, ...] = (f.EXCLUDED, *(flt.name for flt in FILTERS))
+# A resize of a VM on its own host (a ``growth`` request): its size and what it grows by. The
+# rest held when it was placed, and a host's state does not evict the VMs it has.
+GROWTH_FILTERS: tuple[f.Filter, ...] = (f.PINNED, f.SIZE, f.CPU_FIT, f.MEMORY_FIT, f.DISK_FIT)
 
 DEFAULT_WEIGHER = "spread"
 
@@ -102,8 +105,8 @@ def _exclusion_mask(n: int, exclude: Iterable[int]) -> np.ndarray | None:
     return mask
 
 
-def feasible(arrays: HostArrays, request: PlacementRequest,
-             exclude: Iterable[int] = ()) -> tuple[np.ndarray, dict[str, int]]:
+def feasible(arrays: HostArrays, request: PlacementRequest, exclude: Iterable[int] = (),
+             filters: tuple[f.Filter, ...] = FILTERS) -> tuple[np.ndarray, dict[str, int]]:
     """Run every filter: the mask of hosts that pass them all, and hosts removed per stage.
 
     Counting is sequential, as in Nomad: a host is charged to the first stage that removes it.
@@ -111,14 +114,14 @@ def feasible(arrays: HostArrays, request: PlacementRequest,
     n = len(arrays)
     alive = np.ones(n, dtype=bool)
     standing = n
-    removed: dict[str, int] = {f.EXCLUDED: 0}
+    removed: dict[str, int] = dict.fromkeys(FILTER_NAMES, 0)
     # Masks are combined in place into `alive`, never into a filter's own (possibly cached) mask.
     excluded = _exclusion_mask(n, exclude)
     if excluded is not None:
         alive &= excluded
         standing = int(np.count_nonzero(alive))
         removed[f.EXCLUDED] = n - standing
-    for flt in FILTERS:
+    for flt in filters:
         # Once no host is left, later stages have nothing to remove: skip their work.
         mask = flt.check(arrays, request) if standing else None
         if mask is None:
@@ -131,8 +134,8 @@ def feasible(arrays: HostArrays, request: PlacementRequest,
     return alive, removed
 
 
-def _diagnose(arrays: HostArrays, request: PlacementRequest,
-              exclude: Iterable[int]) -> tuple[dict[str, int], dict[str, int]]:
+def _diagnose(arrays: HostArrays, request: PlacementRequest, exclude: Iterable[int],
+              filters: tuple[f.Filter, ...]) -> tuple[dict[str, int], dict[str, int]]:
     """Details for a refusal: largest free per capacity filter, and states of hosts not up.
 
     Runs the filters again with bookkeeping the fast path does not pay for; refusals are rare.
@@ -144,7 +147,7 @@ def _diagnose(arrays: HostArrays, request: PlacementRequest,
         alive &= excluded
     largest: dict[str, int] = {}
     not_up: dict[str, int] = {}
-    for flt in FILTERS:
+    for flt in filters:
         mask = flt.check(arrays, request)
         if mask is None:
             continue
@@ -169,7 +172,8 @@ def place(arrays: HostArrays, request: PlacementRequest, *, weigher: str | None 
     ``weigher`` is the pool's default ranking (``spread`` when None); the request's own
     ``weigher`` overrides it. ``exclude`` holds indices of hosts to skip this time (e.g. one
     whose claim just lost a race). ``seed`` breaks ties among equally good hosts; by default it
-    is derived from the VM name (``request_seed``), so a placement can be replayed.
+    is derived from the VM name (``request_seed``), so a placement can be replayed. A
+    ``growth`` request (a resize) runs ``GROWTH_FILTERS`` only.
     """
     name = request.weigher or weigher or DEFAULT_WEIGHER
     try:
@@ -180,12 +184,13 @@ def place(arrays: HostArrays, request: PlacementRequest, *, weigher: str | None 
     if seed is None:
         seed = request_seed(request)
     exclude = tuple(exclude)
-    alive, removed = feasible(arrays, request, exclude)
+    filters = GROWTH_FILTERS if request.growth else FILTERS
+    alive, removed = feasible(arrays, request, exclude, filters)
     candidates = len(arrays) - sum(removed.values())
     common = {"request": request, "weigher": name, "seed": seed, "hosts_total": len(arrays),
               "candidates": candidates, "removed": removed}
     if candidates == 0:
-        largest, not_up = _diagnose(arrays, request, exclude)
+        largest, not_up = _diagnose(arrays, request, exclude, filters)
         return Decision(host_index=None, host=None, largest_free=largest, not_up=not_up,
                         **common)
     if candidates == 1:

@@ -98,6 +98,9 @@ class HostRow(Base):
     # Where its agent listens and what version it runs, as the agent last said (None: never).
     address: Mapped[str | None] = mapped_column(String(255), nullable=True)
     agent_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Its VXLAN address when its agent's URL does not give one (the in-process agent of
+    # `virtpool up --vtep`); None: the address its agent is reached at, if any.
+    vtep: Mapped[str | None] = mapped_column(String(45), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), default=utcnow, onupdate=utcnow
     )

@@ -33,7 +33,7 @@ from virtpool.control.events import EventLog
 from virtpool.control.leases import UNREACHABLE
 from virtpool.control.networks import NetworkService
 from virtpool.control.secgroups import SecGroupService
-from virtpool.control.placement import Placed, Placer, claim_delta
+from virtpool.control.placement import Placed, Placer, claim_delta, host_cpus_for
 from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, PortRow, VMRow, utcnow
 from virtpool.control.vms import admission, reads, reconcile
 from virtpool.control.vms.fetch import FetchProgress, Report
@@ -49,7 +49,7 @@ from virtpool.model.network import HostNetworkInput
 from virtpool.model.project import Usage
 from virtpool.model.resize import plan_resize
 from virtpool.model.resources import Resources
-from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, LiveChanges, Resize, VMSpec
+from virtpool.model.spec import ExecOutput, ExecResult, LiveChanges, Resize, VMSpec
 from virtpool.model.states import ACTIVE, VMState, check_action, check_transition
 from virtpool.model.vm import STOPPED_BY, ResizeResult, StopMethod, VMInfo, VMStats, VMUsage
 
@@ -60,6 +60,8 @@ DEFAULT_BOOT_TIMEOUT_S = 60.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
 MAX_EXEC_TIMEOUT_S = 3600.0
 SLOT_ATTEMPTS = 20
+# The columns of a VM that say how many host CPUs it needs (the scheduler's size filter).
+SHAPE = frozenset({"cpus", "cpu_affinity", "cpu_cap_pct"})
 
 
 class ImageSource(Protocol):
@@ -68,6 +70,20 @@ class ImageSource(Protocol):
     def get(self, name: str) -> ImageInfo: ...
 
     def files(self, name: str) -> dict[str, Iterator[bytes]]: ...
+
+
+class CreateTracker(Protocol):
+    """What follows a create-and-boot that runs on after its request answered."""
+
+    def progress(self, percent: int, message: str) -> None:
+        """The image's fetch got this far (percent of the whole create, 0..FETCH_SHARE)."""
+
+    def failed(self, message: str) -> None:
+        """The create failed: the VM was (or is being) removed, nothing of it is left."""
+
+
+def _said(err: Exception) -> str:
+    return str(err) if isinstance(err, VirtpoolError) else f"internal error: {err!r}"
 
 
 class VMService:
@@ -218,39 +234,18 @@ class VMService:
 
     # -- create ---------------------------------------------------------------------------
 
-    def create(self, spec: VMSpec, *, start: bool = False, project_id: str = DEFAULT_PROJECT,
-               progress: Report | None = None) -> VMInfo:
+    def create(self, spec: VMSpec, *, start: bool = False,
+               project_id: str = DEFAULT_PROJECT) -> VMInfo:
         """Validate, place, record (within the project's quota), make the disk; on any failure
-        nothing is left behind. ``progress`` hears how far the image has been sent when the
-        host must fetch it first."""
-        image = self._images.get(spec.image)
-        self._check_name_free(spec.name, project_id)
-        # The VM keeps the timeout it was created with: its own, else its image's, else the
-        # server's; an image rebuilt or a server restarted later changes nothing.
-        spec = spec.model_copy(update={
-            "boot_timeout_s": spec.boot_timeout_s or image.boot_timeout_s or self.boot_timeout})
-        admission.check_ports_recorded(self._sessions, spec.ports, vm_id=None, project_id=project_id)
-        if start and self.take_warm is not None:
-            taken = self.take_warm(spec, project_id)
-            if taken is not None:
-                return taken
-        vm_id = uuid.uuid4().hex
-        host = self._insert(vm_id, spec, project_id)
-        if spec.secgroups:
-            self.converge_all_networks()  # a new member: rules naming its groups take it in
+        nothing is left behind. With ``start``, boot it too (a refused start removes it), or
+        take a warm VM of its shape when the pool keeps some."""
+        spec = self._checked(spec, project_id)
+        if start and (taken := self._take_warm(spec, project_id)) is not None:
+            return taken
+        vm_id, host = self._admit(spec, project_id)
         agent = self._agent_or_none(host)
         if agent is not None:
-            try:
-                admission.check_ports_free(agent, spec.ports)
-                self._ensure_image(agent, host, spec.image, progress)
-                agent.create_disk(vm_id, spec.image, spec.disk_mib)
-            except BaseException:
-                try:
-                    agent.destroy_vm(vm_id)
-                except Exception:  # the row goes anyway: the host's reconcile removes orphans
-                    log.exception("could not remove the files of VM %s on host %s", spec.name, host)
-                self._remove_row(vm_id)
-                raise
+            self._make_disk(agent, vm_id, host, spec.image, spec.disk_mib)
         # On a host without an agent the VM is a record with its claim; its disk is made when
         # it first starts there, once the host's agent has joined.
         self._transition(vm_id, [S.CREATING], S.STOPPED)
@@ -263,6 +258,110 @@ class VMService:
                 self.delete(vm_id, force=True)
                 raise
         return self.get(vm_id)
+
+    def create_and_boot(self, spec: VMSpec, *, project_id: str = DEFAULT_PROJECT,
+                        track: Callable[[VMInfo], CreateTracker]) -> VMInfo:
+        """Admit the VM now (a refusal raises and leaves nothing), then make its disk, with
+        the image fetched first when its host lacks it, and boot it, in a worker: the caller
+        answers at once. ``track(vm)`` is called once the VM is admitted, before the work
+        begins; the tracker it returns hears the fetch's progress, and a failure of the disk
+        or of the start (after which nothing of the VM is left, as for a refused create).
+        A warm VM of its shape, when the pool keeps some, is taken and returned as it is (its
+        tracker hears nothing: its state tells)."""
+        spec = self._checked(spec, project_id)
+        if (taken := self._take_warm(spec, project_id)) is not None:
+            track(taken)
+            return taken
+        vm_id, host = self._admit(spec, project_id)
+        try:
+            agent = self._agents.for_host(host)  # it could never start: refused now
+        except NoAgentAttached:
+            self._remove_row(vm_id)
+            raise
+        vm = self.get(vm_id)
+        tracker = track(vm)
+        self._pool.submit(self._make_and_boot, agent, vm, tracker)
+        return vm
+
+    def _make_and_boot(self, agent: Agent, vm: VMInfo, tracker: CreateTracker) -> None:
+        try:
+            self._make_disk(agent, vm.id, vm.host, vm.image, vm.disk_mib, tracker.progress)
+            # Ports are checked again: the fetch may have taken long enough for a program
+            # to take one.
+            admission.check_ports_recorded(self._sessions, vm.ports, vm_id=vm.id, project_id=vm.project)
+            admission.check_ports_free(agent, vm.ports)
+        except Exception as err:
+            if not isinstance(err, VirtpoolError):
+                log.exception("create of VM %s failed", vm.name)
+            self._remove_quietly(agent, vm)  # a no-op when the disk's failure removed it
+            tracker.failed(_said(err))
+            return
+        # Straight to booting: a create-and-boot never shows its VM stopped on the way (a
+        # client waiting for a settled state would take that for the end).
+        if not self._transition(vm.id, [S.CREATING], S.STARTING):
+            # Deleted (by force, or by a reconcile of its host) while its disk was made: that
+            # delete may have come before the disk.
+            self._destroy_quietly(agent, vm)
+            tracker.failed(f"VM '{vm.name}' was deleted while it was being created")
+            return
+        self._boot(vm)
+
+    def _checked(self, spec: VMSpec, project_id: str) -> VMSpec:
+        """The spec of a create, checked before anything is made (image, name, ports taken),
+        with the boot timeout it keeps."""
+        image = self._images.get(spec.image)
+        self._check_name_free(spec.name, project_id)
+        admission.check_ports_recorded(self._sessions, spec.ports, vm_id=None, project_id=project_id)
+        # The VM keeps the timeout it was created with: its own, else its image's, else the
+        # server's; an image rebuilt or a server restarted later changes nothing.
+        return spec.model_copy(update={
+            "boot_timeout_s": spec.boot_timeout_s or image.boot_timeout_s or self.boot_timeout})
+
+    def _take_warm(self, spec: VMSpec, project_id: str) -> VMInfo | None:
+        return self.take_warm(spec, project_id) if self.take_warm is not None else None
+
+    def _admit(self, spec: VMSpec, project_id: str) -> tuple[str, str]:
+        """Record the VM of a ``_checked`` spec (CREATING) with its claim on a host and its
+        quota, its ports free there; returns (the VM's id, its host). A refusal leaves nothing."""
+        vm_id = uuid.uuid4().hex
+        host = self._insert(vm_id, spec, project_id)
+        if spec.ports:
+            agent = self._agent_or_none(host)
+            try:
+                if agent is not None:
+                    admission.check_ports_free(agent, spec.ports)
+            except BaseException:
+                self._remove_row(vm_id)
+                raise
+        if spec.secgroups:
+            self.converge_all_networks()  # a new member: rules naming its groups take it in
+        return vm_id, host
+
+    def _make_disk(self, agent: Agent, vm_id: str, host: str, image: str, disk_mib: int,
+                   progress: Report | None = None) -> None:
+        """The VM's disk on its host, the image fetched there first if the host lacks it
+        (``progress`` hears how far); on failure the VM's files and record are removed."""
+        try:
+            self._ensure_image(agent, host, image, progress)
+            agent.create_disk(vm_id, image, disk_mib)
+        except BaseException:
+            try:
+                agent.destroy_vm(vm_id)
+            except Exception:  # the row goes anyway: the host's reconcile removes orphans
+                log.exception("could not remove the files of VM %s on host %s", vm_id, host)
+            self._remove_row(vm_id)
+            raise
+
+    def _remove_quietly(self, agent: Agent, vm: VMInfo) -> None:
+        """Remove the files and the record of a VM whose create failed."""
+        self._destroy_quietly(agent, vm)
+        self._remove_row(vm.id)
+
+    def _destroy_quietly(self, agent: Agent, vm: VMInfo) -> None:
+        try:
+            agent.destroy_vm(vm.id)
+        except Exception:  # the host's reconcile removes files no record claims
+            log.exception("could not remove the files of VM %s on host %s", vm.name, vm.host)
 
     def _check_name_free(self, name: str, project_id: str) -> None:
         """A taken name is said first, before placement can say that no host fits (the row's
@@ -438,7 +537,7 @@ class VMService:
             check_action(vm.name, vm.state, "resize")
             running = vm.state in (S.RUNNING, S.PAUSED)
             agent = self._agent_of(vm) if running or request.disk_mib is not None else None
-            plan = plan_resize(vm, request, self._host_facts(vm.host), running=running)
+            plan = plan_resize(vm, request, running=running)
             # Beyond the project's quota, the resize is refused and changes nothing.
             grown = _usage_after(vm, plan.columns).minus(_usage_after(vm, {}))
             self._write_columns(vm.id, plan.columns, vm.project, grown)
@@ -480,7 +579,13 @@ class VMService:
                 old = _held(row)
                 new = Resources(*(int(columns.get(k, getattr(row, k)))  # type: ignore[call-overload]
                                   for k in ("cpus", "max_memory_mib", "disk_mib")))
-                self._placer.adjust(session, row.host, row.name, claim_delta(old, new), check=check)
+                # The host CPUs the new shape needs, when the resize changes that shape.
+                host_cpus = host_cpus_for(
+                    columns.get("cpu_affinity", row.cpu_affinity),  # type: ignore[arg-type]
+                    columns.get("cpu_cap_pct", row.cpu_cap_pct),  # type: ignore[arg-type]
+                    new.cpus) if SHAPE & columns.keys() else 0
+                self._placer.adjust(session, row.host, row.name, claim_delta(old, new),
+                                    host_cpus=host_cpus, check=check)
                 session.execute(update(VMRow).where(VMRow.id == vm_id).values(**columns, updated_at=utcnow()))
 
     def stats(self, ref: str, *, tolerant: bool = False) -> VMStats:
@@ -653,20 +758,6 @@ class VMService:
             return self._agents.for_host(host)
         except NoAgentAttached:
             return None
-
-    def _host_facts(self, host: str) -> HostInfo:
-        """A host's figures, from its agent when it has one, else from its inventory row."""
-        agent = self._agent_or_none(host)
-        if agent is not None:
-            return agent.host_info()
-        with self._sessions() as session:
-            row = session.get(HostRow, host)
-        if row is None:
-            raise NotFound(f"host '{host}' is not in the inventory")
-        return HostInfo(hostname=row.name, cpus=row.cpus, memory_mib=row.memory_mib,
-                        disk_total_mib=row.disk_mib, disk_free_mib=row.disk_mib - row.used_disk_mib,
-                        accel=row.accel, accel_reason="inventory", qemu_version="unknown",  # type: ignore[arg-type]
-                        data_dir="")
 
     # -- hosts that go away and come back --------------------------------------------------
 

@@ -136,6 +136,15 @@ class GuestAgent:
             raise GuestAgentError(f"the guest agent of VM '{self._vm}' refused '{cmd}': {desc}")
         return reply.get("return")
 
+    async def write_file(self, path: str, data: bytes) -> None:
+        """Write ``data`` to the guest's file ``path`` (made or truncated) from qemu-ga itself:
+        no process is started in the guest."""
+        handle = await self.call("guest-file-open", {"path": path, "mode": "w"})
+        try:
+            await self.call("guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(data).decode()})
+        finally:
+            await self.call("guest-file-close", {"handle": handle})
+
     async def shutdown(self, mode: str = "powerdown", *, answer_within: float = 5.0) -> None:
         """Ask the guest to power off (``mode`` "reboot" to reboot).
 

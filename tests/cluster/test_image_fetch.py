@@ -1,0 +1,128 @@
+"""A create-and-start on a host that lacks the VM's image answers at once: the host's agent
+fetches the image from the control plane inside the create's operation, whose progress shows
+the bytes on their way, and the operation then boots the VM. A fetch that arrives damaged (the
+pool's copy no longer matches its manifest's SHA-256) fails the operation and leaves nothing:
+no VM, no VM directory or half-received image on the host, no claim on the host or the quota.
+
+Each test imports an image of its own (the default image's files under another name), so no
+host has it beforehand, whatever ran before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.conftest import Cluster
+from tests.cluster.harness import HOST_NAMES
+from virtpool.model.operation import Operation
+from virtpool.sdk.errors import APIError
+
+_, H2, H3 = HOST_NAMES
+BOOT_WAIT_S = 300
+FETCHED, DAMAGED = "fetched", "damaged"
+
+
+def import_copy_of_default(cluster: Cluster, name: str) -> Path:
+    """Import the default image's kernel and initramfs as image ``name``; its directory in the
+    control plane's store."""
+    default = cluster.control.data_dir / "images" / "default"
+    with cluster.api(timeout=120) as api:
+        api.import_image(name, kernel=default / "vmlinux", initrd=default / "initramfs.cpio.gz")
+    return cluster.control.data_dir / "images" / name
+
+
+@pytest.fixture
+def images(cluster: Cluster) -> Iterator[None]:
+    yield
+    with cluster.api() as api:
+        for vm in ("f1", "d1"):
+            try:
+                api.delete_vm(vm, force=True)
+            except APIError:
+                pass
+        for image in (FETCHED, DAMAGED):
+            try:
+                api.delete_image(image)
+            except APIError:
+                pass
+
+
+def vm_dirs(cluster: Cluster, host: str) -> set[str]:
+    vms = cluster.node(host).data_dir / "vms"
+    return {p.name for p in vms.iterdir()} if vms.exists() else set()
+
+
+def test_a_create_answers_before_its_host_has_the_image_and_the_fetch_is_in_its_operation(
+        cluster: Cluster, images: None) -> None:
+    import_copy_of_default(cluster, FETCHED)
+    node = cluster.node(H2)
+    assert node.host is not None
+    on_host = node.data_dir / "images" / FETCHED
+    assert not on_host.exists()
+    seen: list[tuple[int, str]] = []
+
+    def heard(op: Operation) -> None:
+        if (op.progress, op.message or "") not in seen:
+            seen.append((op.progress, op.message or ""))
+
+    node.host.throttle("16mbit")  # 57 MB of image: half a minute on the way
+    try:
+        with cluster.api(timeout=60) as api:
+            op = api.create_vm("f1", image=FETCHED, host=H2, memory_mib=128, start=True)
+            assert isinstance(op, Operation)
+            # The answer came while the image was still on its way to the host.
+            assert not on_host.exists()
+            assert op.status == "running" and op.target == "f1", op
+            assert api.vm("f1").state.value == "creating"
+            done = api.wait_operation(op, timeout=BOOT_WAIT_S, on_progress=heard)
+    finally:
+        node.host.unthrottle()
+    assert done.status == "succeeded" and done.progress == 100, (done, seen, cluster.logs())
+    fetching = [m for _, m in seen if m.startswith(f"fetching image '{FETCHED}' to host '{H2}': ")]
+    percents = [int(m.rsplit("(", 1)[1].rstrip("%)")) for m in fetching]
+    assert len([p for p in percents if 0 < p < 100]) >= 2, seen  # seen while on the way
+    assert percents == sorted(percents), seen
+    assert [p for p, _ in seen] == sorted(p for p, _ in seen), seen  # never backwards
+    with cluster.api() as api:
+        vm = api.vm("f1")
+        assert (vm.host, vm.state.value) == (H2, "running")
+        assert api.exec("f1", ["cat", "/proc/sys/kernel/hostname"]).exit_code == 0
+    # The host kept the image, byte for byte the pool's.
+    for file in ("kernel", "initrd"):
+        assert (on_host / file).read_bytes() == \
+            (cluster.control.data_dir / "images" / FETCHED / file).read_bytes()
+
+
+def test_a_fetch_that_arrives_damaged_fails_the_create_and_leaves_nothing(
+        cluster: Cluster, images: None) -> None:
+    pooled = import_copy_of_default(cluster, DAMAGED)
+    # One byte of the pool's copy changes: its size stays, its SHA-256 no longer matches.
+    with (pooled / "kernel").open("r+b") as kernel:
+        kernel.seek(1 << 20)
+        byte = kernel.read(1)
+        kernel.seek(1 << 20)
+        kernel.write(bytes([byte[0] ^ 0xFF]))
+    node = cluster.node(H3)
+    with cluster.api(timeout=60) as api:
+        before_host = next(h for h in api.hosts() if h.name == H3)
+        before_usage = api.project_info("default").usage
+        dirs_before = vm_dirs(cluster, H3)
+        op = api.create_vm("d1", image=DAMAGED, host=H3, memory_mib=128, start=True)
+        assert isinstance(op, Operation) and op.status == "running"
+        done = api.wait_operation(op, timeout=BOOT_WAIT_S, check=False)
+        assert done.status == "failed", (done, cluster.logs())
+        assert f"the kernel of image '{DAMAGED}' arrived damaged" in (done.error or ""), done
+        assert "d1" not in [vm.name for vm in api.vms()]
+        after_host = next(h for h in api.hosts() if h.name == H3)
+        assert (after_host.cpus.allocated, after_host.memory_mib.allocated,
+                after_host.disk_mib.allocated) == (before_host.cpus.allocated,
+                                                   before_host.memory_mib.allocated,
+                                                   before_host.disk_mib.allocated)
+        assert api.project_info("default").usage == before_usage
+    assert vm_dirs(cluster, H3) == dirs_before
+    store = node.data_dir / "images"
+    assert not (store / DAMAGED).exists()
+    assert [p.name for p in store.iterdir() if p.name.startswith(".")] == []  # no staging left
