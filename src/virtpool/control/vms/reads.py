@@ -2,9 +2,9 @@
 
 A page of 100 VMs through the ORM built 100 mapped rows, their identity map and a collection
 per relationship, then the model objects from those: most of a list's time (profiled with
-py-spy, /work/notes/s3-read.md). Here a page is four queries whatever its length: the VM
-rows, then the ports, NICs and security groups of all of them at once, read as plain tuples
-and turned straight into ``VMInfo``. The statements are built once, with bound parameters, so
+py-spy, /work/notes/s3-read.md). Here a page is two queries whatever its length (and the
+count): the VM rows, then the ports, NICs and security groups of all of them at once, read as
+plain tuples and turned straight into ``VMInfo``. The statements are built once, with bound parameters, so
 that a read costs SQLAlchemy a cache lookup rather than compiling an expression per request.
 """
 
@@ -14,7 +14,19 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, tuple_
+from sqlalchemy import (
+    Connection,
+    Integer,
+    String,
+    bindparam,
+    cast,
+    func,
+    literal,
+    null,
+    select,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.engine import Row
 
 from virtpool.control.store.tables import (
@@ -36,15 +48,22 @@ COLUMNS = ("id", "name", "project_id", "image", "cpus", "memory_mib", "disk_mib"
 _FIELDS = tuple({"project_id": "project", "pinned_host": "pinned"}.get(c, c) for c in COLUMNS)
 _VM_COLUMNS = [_VMS.c[name] for name in COLUMNS]
 _IDS = bindparam("ids", expanding=True)
-_PORTS = (select(PortRow.vm_id, PortRow.host_port, PortRow.guest_port)
-          .where(PortRow.vm_id.in_(_IDS)).order_by(PortRow.vm_id, PortRow.host_port))
-_NICS = (select(NicRow.vm_id, NetworkRow.name, NicRow.mac, NicRow.address)
-         .join(NetworkRow, NetworkRow.id == NicRow.network_id)
-         .where(NicRow.vm_id.in_(_IDS)).order_by(NicRow.vm_id, NicRow.position))
-_SECGROUPS = (select(VMSecGroupRow.vm_id, SecGroupRow.name)
-              .join(SecGroupRow, SecGroupRow.id == VMSecGroupRow.secgroup_id)
-              .where(VMSecGroupRow.vm_id.in_(_IDS))
-              .order_by(VMSecGroupRow.vm_id, VMSecGroupRow.position))
+# The ports, NICs and security groups of a set of VMs in one query (one round trip, not three):
+# (kind, vm, position, text, text, text, number), in each VM's order.
+_TEXT, _NUMBER = cast(null(), String), cast(null(), Integer)
+_CHILDREN = union_all(
+    select(literal("port").label("kind"), PortRow.vm_id.label("vm"),
+           PortRow.host_port.label("position"), _TEXT.label("a"), _TEXT.label("b"),
+           _TEXT.label("c"), PortRow.guest_port.label("n"))
+    .where(PortRow.vm_id.in_(_IDS)),
+    select(literal("nic"), NicRow.vm_id, NicRow.position, NetworkRow.name, NicRow.mac,
+           NicRow.address, _NUMBER)
+    .join(NetworkRow, NetworkRow.id == NicRow.network_id).where(NicRow.vm_id.in_(_IDS)),
+    select(literal("secgroup"), VMSecGroupRow.vm_id, VMSecGroupRow.position, SecGroupRow.name,
+           _TEXT, _TEXT, _NUMBER)
+    .join(SecGroupRow, SecGroupRow.id == VMSecGroupRow.secgroup_id)
+    .where(VMSecGroupRow.vm_id.in_(_IDS)),
+).order_by("kind", "vm", "position")
 
 _REF = bindparam("ref")
 _PROJECT = bindparam("project")
@@ -94,16 +113,16 @@ def page(connection: Connection, *, limit: int, offset: int = 0, project_id: str
 def _infos(connection: Connection, rows: Sequence[Row[Any]]) -> list[VMInfo]:
     if not rows:
         return []
-    ids = {"ids": [row[0] for row in rows]}
     ports: dict[str, list[dict[str, int]]] = defaultdict(list)
-    for vm_id, host_port, guest_port in connection.execute(_PORTS, ids):
-        ports[vm_id].append({"host": host_port, "guest": guest_port})
     nics: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for vm_id, network, mac, address in connection.execute(_NICS, ids):
-        nics[vm_id].append({"network": network, "mac": mac, "address": address})
     secgroups: dict[str, list[str]] = defaultdict(list)
-    for vm_id, name in connection.execute(_SECGROUPS, ids):
-        secgroups[vm_id].append(name)
+    for kind, vm_id, position, a, b, c, n in connection.execute(_CHILDREN, {"ids": [row[0] for row in rows]}):
+        if kind == "port":
+            ports[vm_id].append({"host": position, "guest": n})
+        elif kind == "nic":
+            nics[vm_id].append({"network": a, "mac": b, "address": c})
+        else:
+            secgroups[vm_id].append(a)
     # Column values by position (a row is a tuple in COLUMNS order): no lookup by name.
     return [info_of(row, ports.get(row[0], []), nics.get(row[0], []), secgroups.get(row[0], []))
             for row in rows]
