@@ -19,7 +19,7 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from virtpool.model import exec_lines
 from virtpool.model.errors import InvalidRequest, VirtpoolError
@@ -32,6 +32,17 @@ if TYPE_CHECKING:
 STDIN_DEPTH = 8  # chunks held between the socket and the command; beyond, the sender waits
 
 Start = Callable[[list[str], float, Iterable[bytes]], Iterator[ExecOutput | ExecResult]]
+
+
+class Guard(Protocol):
+    """The caller's right to keep the session (api/access_guard.py's AccessGuard)."""
+
+    lost: bool
+    reason: str
+    close_code: int  # what the session is closed with once lost
+
+    async def watch(self) -> str:
+        """Return once the caller has lost the right to the session."""
 
 
 class InputRelay:
@@ -84,9 +95,11 @@ def read_request(text: str) -> tuple[list[str], float]:
     return argv, timeout
 
 
-async def serve(websocket: WebSocket, start: Start) -> None:
+async def serve(websocket: WebSocket, start: Start, guard: Guard | None = None) -> None:
     """Run one command for an accepted websocket: read its request, relay its input to
-    ``start``'s command and the command's output back, then close."""
+    ``start``'s command and the command's output back, then close. With a ``guard``, the
+    session ends (with the guard's close code) once the caller loses its right, and no input sent after
+    that reaches the command."""
     from starlette.websockets import WebSocketDisconnect
 
     relay = InputRelay()
@@ -100,13 +113,19 @@ async def serve(websocket: WebSocket, start: Start) -> None:
                 data = message.get("bytes")
                 if data is None:
                     continue  # text after the request means nothing
-                if not data:
+                if not data or (guard is not None and guard.lost):
                     return
                 await asyncio.to_thread(relay.put, data)
         finally:
             relay.end()
 
-    reader: asyncio.Task[None] | None = None
+    async def pump(items: Iterator[ExecOutput | ExecResult]) -> None:
+        lines = exec_lines.encode(items)
+        while (line := await asyncio.to_thread(next, lines, None)) is not None:
+            await websocket.send_text(line)
+
+    tasks: list[asyncio.Task[Any]] = []
+    close_code, close_reason = 1000, ""
     try:
         try:
             first = await websocket.receive()
@@ -117,19 +136,29 @@ async def serve(websocket: WebSocket, start: Start) -> None:
         except VirtpoolError as err:
             await websocket.send_text(exec_lines.problem(err))
             return
-        reader = asyncio.create_task(take_input())
-        lines = exec_lines.encode(items)
-        while (line := await asyncio.to_thread(next, lines, None)) is not None:
-            await websocket.send_text(line)
+        output = asyncio.create_task(pump(items))
+        tasks = [output, asyncio.create_task(take_input())]
+        if guard is not None:
+            tasks.append(asyncio.create_task(guard.watch()))
+        pending = list(tasks)
+        while True:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if guard is not None and guard.lost:
+                close_code, close_reason = guard.close_code, guard.reason
+                break
+            if output in done:
+                output.result()  # a caller lost while its output was sent surfaces here
+                break
+            pending = [t for t in pending if t not in done]
     except (WebSocketDisconnect, RuntimeError):
         pass  # the caller went away (a detach, Ctrl-C): that is how such a session ends
     finally:
         relay.end()
-        if reader is not None:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         try:
-            await websocket.close()
+            await websocket.close(code=close_code, reason=close_reason[:120])
         except (RuntimeError, WebSocketDisconnect, OSError):
             pass  # closed already
 

@@ -3,6 +3,7 @@ keeps typing. Nothing typed after the revocation may reach the guest, and both c
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import Server, qemu_pids
+from tests.conftest import Server, qemu_pids, wait_for
 
 # How long the connections are given to end: far above the 5 s they must end within, so that a
 # busy machine cannot fail the test; the figure measured is printed.
@@ -97,6 +98,41 @@ def test_a_revoked_console_runs_nothing_typed_after_and_closes(server: Server, t
         connect(console_url(admin.url, tty), additional_headers=headers)
     assert refused.value.response.status_code == 401
     assert httpx.get(f"{admin.url}/api/v1/events/stream", headers=headers).status_code == 401
+
+
+def test_a_revoked_streamed_exec_takes_no_more_input_and_closes(server: Server, tty: str) -> None:
+    admin = server.api()
+    secret = admin.create_token("exec-revoked", "member", project="default").token
+    url = console_url(admin.url, tty).removesuffix("/console") + "/exec"
+    console_headers = {"Authorization": f"Bearer {admin.token}"}
+
+    def logged(console: ClientConnection, word: str) -> bool:
+        # Through the serial console: the guest agent is the running command's until it ends.
+        console.send(f"grep -q {word} /exec-log && echo seen-$((40 + 2))\n".encode())
+        seen, deadline = b"", time.monotonic() + 2
+        while b"seen-42" not in seen and time.monotonic() < deadline:
+            try:
+                seen += console.recv(timeout=0.5)
+            except TimeoutError:
+                pass
+        return b"seen-42" in seen
+
+    with connect(console_url(admin.url, tty), additional_headers=console_headers) as console, \
+            connect(url, additional_headers={"Authorization": f"Bearer {secret}"}) as ws:
+        ws.send(json.dumps({"argv": ["sh", "-c", "cat >> /exec-log"], "timeout": 300}))
+        ws.send(b"before-revoke\n")
+        # What it sends reaches the command (so the check below can fail).
+        assert wait_for(lambda: logged(console, "before-revoke"), timeout=PATIENCE_S, interval=0)
+        admin.revoke_token("exec-revoked")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.send(b"after-revoke\n")
+            while True:  # the server closes the session; read until it does
+                ws.recv(timeout=PATIENCE_S)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert "revoked" in closed.value.rcvd.reason
+    # Its input ended with the session, so the command did too, and the guest agent is free.
+    log = wait_for(lambda: admin.exec(tty, ["cat", "/exec-log"]).stdout, timeout=PATIENCE_S)
+    assert "before-revoke" in log and "after-revoke" not in log, log
 
 
 def test_a_stream_and_a_console_end_when_their_token_expires(server: Server, tty: str) -> None:

@@ -31,6 +31,8 @@ class AccessGuard:
     runs in a worker thread: it may read the database). ``token_id`` is the caller's token.
     """
 
+    close_code = POLICY_VIOLATION  # what a websocket it guards is closed with once lost
+
     def __init__(self, tokens: TokenService, token_id: str, check: Callable[[], object]) -> None:
         self._tokens = tokens
         self._token_id = token_id

@@ -277,7 +277,19 @@ async def vm_exec_socket(websocket: WebSocket, name: str) -> None:
             raise InvalidRequest(f"{field}: {first['msg']}") from None
         return pool.vms.exec_stream(vm.id, argv, timeout=timeout, stdin=stdin)
 
-    await exec_socket.serve(websocket, start)
+    await exec_socket.serve(websocket, start, _operator_guard(websocket, pool, caller.token_id, vm.id))
+
+
+def _operator_guard(websocket: WebSocket, pool: Pool, token_id: str, vm_id: str) -> AccessGuard:
+    """What ends a console or a streamed exec once its caller may no longer operate the VM."""
+
+    def still_allowed() -> None:
+        # The same checks as the handshake's: the token, the project, the role, the VM in it.
+        again = pool.tokens.authenticate(websocket_bearer(websocket))
+        check_access(again.name, again.role, again.project_id, Access.OPERATE)
+        pool.vms.get(vm_id, resolve_project(pool, again, websocket.query_params.get("project")))
+
+    return AccessGuard(pool.tokens, token_id, still_allowed)
 
 
 @router.websocket("/{name}/console")
@@ -308,13 +320,7 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
     await websocket.accept(subprotocol=CONSOLE_PROTOCOL if CONSOLE_PROTOCOL in offered_protocols(websocket)
                            else None)
 
-    def still_allowed() -> None:
-        # The same checks as the handshake's: the token, the project, the role, the VM in it.
-        again = pool.tokens.authenticate(websocket_bearer(websocket))
-        check_access(again.name, again.role, again.project_id, Access.OPERATE)
-        pool.vms.get(vm.id, resolve_project(pool, again, websocket.query_params.get("project")))
-
-    guard = AccessGuard(pool.tokens, caller.token_id, still_allowed)
+    guard = _operator_guard(websocket, pool, caller.token_id, vm.id)
 
     # The API relays the agent's byte stream; where the agent runs is the agent's business.
     async def to_guest() -> None:
