@@ -152,11 +152,11 @@ class Baseline:
             run_as = users.spawn_kwargs(user.uid, user.gid)
         start = time.perf_counter()
         # The VM's default network, as virtpool starts it (passt goes once QEMU disconnects).
-        passt.start(passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log, ()),
-                    vm=name, **run_as)
+        passt.start(passt.passt_argv(Path(paths.passt_sock.name), paths.passt_pidfile, paths.passt_log, ()),
+                    vm=name, cwd=vm_dir, **run_as)
         # As virtpool.node.qemu.process.spawn runs it: in the foreground, in its own session.
         qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True,
+                                stderr=subprocess.DEVNULL, start_new_session=True, cwd=vm_dir,
                                 **run_as)  # type: ignore[call-overload]
         try:
             self.loop.run_until_complete(

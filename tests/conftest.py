@@ -63,10 +63,11 @@ def qemu_pids(data_dir: Path, programs: tuple[str, ...] = ("qemu-system",)) -> l
     """QEMU processes (or other ``programs`` the agent runs) whose command line points into
     ``data_dir``."""
     found = []
+    inside = str(data_dir).rstrip("/") + "/"  # not .../pool1 for .../pool10: a sibling's
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info["cmdline"] or []
         if (cmdline and any(p in cmdline[0] for p in programs)
-                and any(str(data_dir) in a for a in cmdline)):
+                and any(inside in a or a + "/" == inside for a in cmdline)):
             found.append(proc.info["pid"])
     return found
 

@@ -102,12 +102,13 @@ def test_a_vm_boots_answers_and_its_exit_is_in_the_event_feed(
         usage = wait_for(lambda: (u := impl.vm_stats(vm_id)).net_tx_bytes is not None and u, timeout=30,
                          interval=1) or impl.vm_stats(vm_id)
         assert usage.net_tx_bytes is not None and usage.net_tx_packets is not None, usage
-        impl.exec_vm(vm_id, ["ping", "-c", "20", "-i", "0.05", "-W", "1", "-s", "1000", "10.0.2.2"], 60)
+        pinged = impl.exec_vm(vm_id, ["ping", "-c", "20", "-i", "0.05", "-W", "1", "-s", "1000", "10.0.2.2"], 60)
+        assert "20 packets transmitted" in pinged.stdout, pinged
         # The guest agent is asked every few seconds in the background: the rise shows within that.
         def risen() -> VMUsage | None:
             now = impl.vm_stats(vm_id)
             return now if (now.net_tx_bytes or 0) >= (usage.net_tx_bytes or 0) + 20_000 else None
-        after = wait_for(risen, timeout=30, interval=1) or impl.vm_stats(vm_id)
+        after = wait_for(risen, timeout=60, interval=1) or impl.vm_stats(vm_id)
         assert after.net_tx_bytes is not None and after.net_tx_bytes >= usage.net_tx_bytes + 20_000, (usage, after)
         assert (after.net_tx_packets or 0) >= usage.net_tx_packets + 20
         assert after.net_rx_bytes is not None and after.net_rx_bytes >= (usage.net_rx_bytes or 0)

@@ -338,6 +338,8 @@ def _action(name: str, action: str, wanted: VMState, wait: bool, wait_timeout: f
 
 NoWait = Annotated[bool, typer.Option("--wait/--no-wait", help="wait until it has settled")]
 StopTimeout = Annotated[float, typer.Option("--timeout", help="seconds for a graceful stop before a hard one")]
+# After its graceful --timeout the server still kills the QEMU and records it: the wait covers that.
+HARD_STOP_SLACK_S = 30.0
 
 
 @app.command("start")
@@ -365,7 +367,9 @@ def stop(name: VMName, timeout: StopTimeout = 30.0,
 
         virtpool vm stop web --force
     """
-    _action(name, "stop", VMState.STOPPED, wait, wait_timeout, json, timeout=timeout, force=force)
+    # Never give up on a stop the server is still allowed to be carrying out.
+    _action(name, "stop", VMState.STOPPED, wait, max(wait_timeout, timeout + HARD_STOP_SLACK_S), json,
+            timeout=timeout, force=force)
 
 
 @app.command("restart")
@@ -379,7 +383,8 @@ def restart(name: VMName, timeout: StopTimeout = 30.0, wait: NoWait = True,
 
         virtpool vm restart web --timeout 60 --wait-timeout 300
     """
-    _action(name, "restart", VMState.RUNNING, wait, wait_timeout, json, timeout=timeout)
+    _action(name, "restart", VMState.RUNNING, wait, max(wait_timeout, timeout + HARD_STOP_SLACK_S), json,
+            timeout=timeout)
 
 
 @app.command("pause")

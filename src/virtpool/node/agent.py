@@ -586,7 +586,9 @@ class LocalAgent:
         if taps:
             fds: list[int | None] = list(tap_fds) if tap_fds else [None] * len(taps)
             return tuple(NicPlan(tap=t.name, mac=t.mac, fd=fd) for t, fd in zip(taps, fds))
-        return (NicPlan(socket=self._paths(vm_id).passt_sock, mac=launch.default_mac(vm_id)),)
+        # Relative to the run dir, which QEMU and passt run in: passt cuts a socket path of
+        # about 100 characters short without a word, and a data dir may be deep.
+        return (NicPlan(socket=Path(self._paths(vm_id).passt_sock.name), mac=launch.default_mac(vm_id)),)
 
     def _open_taps(self, vm_id: str) -> list[int]:
         """As root: descriptors on the VM's taps, for its QEMU to inherit (tap.py says why)."""
@@ -648,7 +650,8 @@ class LocalAgent:
         paths = vm.paths
         plan = await asyncio.to_thread(self.launch_plan, vm.id, spec, tap_fds)
         argv = build_argv(dataclasses.replace(plan, loadvm=restore) if restore else plan)
-        network = passt.passt_argv(paths.passt_sock, paths.passt_pidfile, paths.passt_log, tuple(spec.ports))
+        network = passt.passt_argv(Path(paths.passt_sock.name), paths.passt_pidfile, paths.passt_log,
+                                   tuple(spec.ports))
         popen_kwargs: dict[str, Any] = {}
         if user is not None:  # QEMU and its passt both run as the VM's user, without capabilities
             argv, network = users.confined_argv(user, argv), users.confined_argv(user, network)
@@ -665,8 +668,9 @@ class LocalAgent:
         vm.clear_stale_files()
         try:
             if uses_passt:
-                await asyncio.to_thread(passt.start, network, vm=spec.name, **popen_kwargs)
-            pid = await vm.spawn(argv, {**popen_kwargs, "pass_fds": tuple(tap_fds)}, into_cgroup)
+                await asyncio.to_thread(passt.start, network, vm=spec.name, cwd=paths.root, **popen_kwargs)
+            pid = await vm.spawn(argv, {**popen_kwargs, "pass_fds": tuple(tap_fds), "cwd": paths.root},
+                                 into_cgroup)
         except BaseException:
             passt.stop(paths.passt_pidfile)
             raise

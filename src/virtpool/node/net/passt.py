@@ -47,19 +47,12 @@ def passt_argv(socket: Path, pidfile: Path, log: Path, ports: tuple[PortForward,
     return argv
 
 
-def netdev_args(socket: Path, netdev_id: str = "net0") -> list[str]:
-    """Pure: QEMU's options for a NIC on passt's socket."""
-    return [
-        "-netdev",
-        f"stream,id={netdev_id},server=off,addr.type=unix,addr.path={str(socket).replace(',', ',,')}",
-    ]
-
-
-def start(argv: list[str], *, vm: str, **run_as: Any) -> None:
-    """Run passt; it returns once its socket is bound and it has gone to the background."""
+def start(argv: list[str], *, vm: str, cwd: Path, **run_as: Any) -> None:
+    """Run passt in ``cwd`` (the VM's run dir, where a relative ``--socket`` is bound); it
+    returns once its socket is bound and it has gone to the background."""
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=START_TIMEOUT_S, **run_as)
+                              timeout=START_TIMEOUT_S, cwd=cwd, **run_as)
     except FileNotFoundError as err:
         raise OperationFailed(f"cannot start the network of VM '{vm}': passt is not installed",
                               hint="run scripts/install-system-packages.sh as root") from err
