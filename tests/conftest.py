@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -266,6 +267,21 @@ def read_until(fd: int, needle: bytes, timeout: float) -> bytes:
             except OSError:
                 break
     return seen
+
+
+def served_through_forward(api: Client, vm: str, host_port: int, text: str,
+                           timeout: float = 60.0) -> str | None:
+    """Serve ``text`` from an httpd in the guest on port 8080 and fetch it through the VM's
+    forward on ``host_port``; what came back (retried until ``timeout``), or None."""
+    api.exec(vm, ["sh", "-c", f"mkdir -p /www && echo {text} > /www/index.html && httpd -p 8080 -h /www"])
+
+    def fetch() -> str | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{host_port}/index.html", timeout=2).text
+        except httpx.HTTPError:
+            return None
+
+    return wait_for(fetch, timeout=timeout)
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]

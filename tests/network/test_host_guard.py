@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import Server, wait_for
+from tests.conftest import Server, served_through_forward, wait_for
 
 SECRET = "host-secret"
 
@@ -80,16 +80,7 @@ def test_a_guest_reaches_no_host_service_but_its_port_forward_works(
     assert httpx.get(f"{api.url}/docs", timeout=5).status_code == 200
 
     # The forward still reaches a server in the guest.
-    api.exec("probe", ["sh", "-c", "mkdir -p /www && echo from-guest > /www/index.html && "
-                       "httpd -p 8080 -h /www"])
-
-    def fetch() -> str | None:
-        try:
-            return httpx.get(f"http://127.0.0.1:{forwarded}/index.html", timeout=2).text
-        except httpx.HTTPError:
-            return None
-
-    assert wait_for(fetch, timeout=60) == "from-guest\n"
+    assert served_through_forward(api, "probe", forwarded, "from-guest") == "from-guest\n"
 
     # The guest side: QEMU's old loophole (10.0.2.2 = the host's loopback) and every address of
     # the host, on the API's port and on the services above.

@@ -11,7 +11,6 @@ without a QEMU; nothing on the host outside the run dir changed.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path

@@ -7,10 +7,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import make_server, wait_for
+from tests.conftest import make_server, served_through_forward
 
 SUN_PATH_MAX = 107  # bytes of a unix socket path, without its terminating NUL
 VM_ID_CHARS = 32
@@ -37,15 +36,6 @@ def test_a_vm_of_a_deep_data_dir_has_its_network(tmp_path_factory: pytest.TempPa
         vm = api.wait_vm("deep")
         assert vm.state == "running", vm.error
         assert len(str(server.data_dir / "vms" / vm.id / "passt.sock")) == SUN_PATH_MAX - 2
-        api.exec("deep", ["sh", "-c", "mkdir -p /www && echo from-deep > /www/index.html && "
-                          "httpd -p 8080 -h /www"])
-
-        def fetch() -> str | None:
-            try:
-                return httpx.get(f"http://127.0.0.1:{forwarded}/index.html", timeout=2).text
-            except httpx.HTTPError:
-                return None
-
-        assert wait_for(fetch, timeout=60) == "from-deep\n"
+        assert served_through_forward(api, "deep", forwarded, "from-deep") == "from-deep\n"
     finally:
         server.cleanup()

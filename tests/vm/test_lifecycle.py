@@ -11,7 +11,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import Server, qemu_pids, wait_for
+from tests.conftest import Server, qemu_pids, served_through_forward, wait_for
 from virtpool.sdk import APIError
 
 
@@ -115,16 +115,7 @@ def test_port_forward_reaches_a_server_in_the_guest(server: Server) -> None:
     api = server.api()
     api.create_vm("web", ports=[f"{port}:8080"], start=True)
     assert api.wait_vm("web").state == "running"
-    api.exec("web", ["sh", "-c", "mkdir -p /www && echo hello-from-guest > /www/index.html && "
-                     "httpd -p 8080 -h /www"])
-
-    def fetch() -> str | None:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/index.html", timeout=2).text
-        except httpx.HTTPError:
-            return None
-
-    assert wait_for(fetch, timeout=10) == "hello-from-guest\n"
+    assert served_through_forward(api, "web", port, "hello-from-guest", timeout=10) == "hello-from-guest\n"
     api.delete_vm("web", force=True)
 
 

@@ -37,6 +37,7 @@ from virtpool.api.long_poll import waiting
 from virtpool.api.paging import MAX_ID, page_headers
 from virtpool.api.problems import problem
 from virtpool.api.routes.operations import ACCEPTED, accepted
+from virtpool.control.auth import Principal
 from virtpool.control.idempotency import Made
 from virtpool.control.pool import Pool
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, MAX_EXEC_TIMEOUT_S
@@ -255,12 +256,7 @@ async def vm_exec_socket(websocket: WebSocket, name: str) -> None:
     virtpool/exec_socket.py). The same rights and checks as POST /exec, audited as it starts."""
     pool = websocket.app.state.pool
     try:
-        limiter = websocket.app.state.auth_limiter
-        caller = await asyncio.to_thread(limiter.authenticate, pool.tokens, websocket_bearer(websocket),
-                                         client_address(websocket))
-        project = await asyncio.to_thread(resolve_project, pool, caller, websocket.query_params.get("project"))
-        check_access(caller.name, caller.role, caller.project_id, Access.OPERATE)
-        vm = await asyncio.to_thread(pool.vms.get, name, project)
+        caller, vm = await _operator_handshake(websocket, pool, name)
         await asyncio.to_thread(pool.audit.record, caller.name, "WS /vms/{name}/exec", vm.name, "101",
                                 project_id=vm.project)
     except VirtpoolError as err:
@@ -280,6 +276,17 @@ async def vm_exec_socket(websocket: WebSocket, name: str) -> None:
     await exec_socket.serve(websocket, start, _operator_guard(websocket, pool, caller.token_id, vm.id))
 
 
+async def _operator_handshake(websocket: WebSocket, pool: Pool, name: str) -> tuple[Principal, VMInfo]:
+    """The caller of a console or a streamed exec, and the VM, once it may operate that VM:
+    either is a shell on the guest, so it takes the right to change VMs, not just to look."""
+    limiter = websocket.app.state.auth_limiter
+    caller = await asyncio.to_thread(limiter.authenticate, pool.tokens, websocket_bearer(websocket),
+                                     client_address(websocket))
+    project = await asyncio.to_thread(resolve_project, pool, caller, websocket.query_params.get("project"))
+    check_access(caller.name, caller.role, caller.project_id, Access.OPERATE)
+    return caller, await asyncio.to_thread(pool.vms.get, name, project)
+
+
 def _operator_guard(websocket: WebSocket, pool: Pool, token_id: str, vm_id: str) -> AccessGuard:
     """What ends a console or a streamed exec once its caller may no longer operate the VM."""
 
@@ -297,13 +304,7 @@ async def vm_console(websocket: WebSocket, name: str) -> None:
     """Bytes both ways between the websocket and the VM's serial console."""
     pool = websocket.app.state.pool
     try:
-        limiter = websocket.app.state.auth_limiter
-        caller = await asyncio.to_thread(limiter.authenticate, pool.tokens, websocket_bearer(websocket),
-                                         client_address(websocket))
-        project = await asyncio.to_thread(resolve_project, pool, caller, websocket.query_params.get("project"))
-        # The console is a shell on the guest: it takes the right to change VMs, not just to look.
-        check_access(caller.name, caller.role, caller.project_id, Access.OPERATE)
-        vm = await asyncio.to_thread(pool.vms.get, name, project)
+        caller, vm = await _operator_handshake(websocket, pool, name)
     except VirtpoolError as err:
         await _refuse(websocket, err)
         return
