@@ -204,7 +204,7 @@ def main() -> None:
         sessions = db.session_factory(engine)
         leases = LeaseService(sessions, EventLog(sessions), AuditLog(sessions),
                               on_lost=lambda host: None, on_back=lambda host: None)
-        with control_plane(data_dir, url) as (base, token):
+        with control_plane(data_dir, url) as (base, token, _server):
             readers = Readers(base, token, hosts)
             readers.start()
             time.sleep(2)  # connections warmed up
