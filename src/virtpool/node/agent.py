@@ -102,6 +102,7 @@ MIB = 1024 * 1024
 CALL_TIMEOUT_S = 30.0  # a QMP round trip on the agent's loop, with room for a busy machine
 # After the guest agent took a shutdown, the share of the stop timeout the guest gets before
 # the ACPI power button is pressed as well (a guest whose agent said yes usually is on its way).
+ACPI_REPRESS_S = 15.0  # between presses of the power button during a graceful stop
 ACPI_SHARE_AFTER_AGENT = 0.7
 # Room a memory snapshot leaves in the data dir beyond the guest's RAM (device state, and the
 # running guests' own writes, which would pause them on ENOSPC).
@@ -789,9 +790,12 @@ class LocalAgent:
                 # The agent took it: most of the time is the guest's; the rest goes to ACPI.
                 if await vm.wait_gone(max(0.0, deadline - time.monotonic()) * ACPI_SHARE_AFTER_AGENT):
                     return "guest-agent"
-            await vm.press_power_button()
-            if await vm.wait_gone(max(0.0, deadline - time.monotonic())):
-                return "acpi"
+            # Pressed again now and then: a guest may miss one press (ACPI's event came while
+            # nothing listened for it yet), and a guest already on its way down ignores it.
+            while (remaining := deadline - time.monotonic()) > 0:
+                await vm.press_power_button()
+                if await vm.wait_gone(min(remaining, ACPI_REPRESS_S)):
+                    return "acpi"
             await vm.kill()
             return "killed"
 
