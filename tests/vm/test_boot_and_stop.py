@@ -4,6 +4,7 @@ from inside the guest reboots the VM, all against real QEMU."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 from tests.conftest import Server, qemu_pids, wait_for
@@ -97,3 +98,29 @@ def test_a_reboot_inside_the_guest_reboots_the_vm_also_after_an_agent_restart(se
     assert not any("crash" in m or "exited" in m for m in messages), messages
     api.delete_vm("again", force=True)
     assert not (server.data_dir / "launches" / f"{vm_dir.name}.json").exists()
+
+
+def test_a_long_exec_does_not_hold_a_stop_off(server: Server) -> None:
+    """The guest agent serves one client at a time: a stop that finds it busy with a command
+    goes on to the power button (which this guest ignores) and the kill, within its timeout,
+    rather than waiting for the command to end."""
+    api = server.api()
+    api.create_vm("busyagent", start=True)
+    assert api.wait_vm("busyagent").state == "running"
+    runner = threading.Thread(target=lambda: _quietly(api.exec, "busyagent", ["sleep", "600"],
+                                                      timeout=900), daemon=True)
+    runner.start()
+    time.sleep(2)  # the exec holds the guest agent now
+    stopped = server.cli("vm", "stop", "busyagent", "--timeout", "5", "--json")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert json.loads(stopped.stdout)["stopped_by"] == "killed", stopped.stdout
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "the exec did not end with its VM"
+    api.delete_vm("busyagent")
+
+
+def _quietly(call, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    try:
+        call(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - the VM is stopped under the command: any end will do
+        pass

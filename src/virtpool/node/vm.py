@@ -41,6 +41,7 @@ from virtpool.node.qemu.qmp import Session
 from virtpool.node.vmdir import VMPaths
 
 log = logging.getLogger(__name__)
+STOP_AGENT_WAIT_S = 10.0  # how long a stop waits for the guest agent's channel to be free
 T = TypeVar("T")
 
 READY_POLL_S = 0.05  # between guest-agent pings while a guest boots
@@ -383,9 +384,18 @@ class VM:
         self.stopping = True  # a guest reset on the way down is no reboot to carry out
         if await self.status() == "paused":
             await self.command("cont")
-        async with self._qga_lock:
+        # QGA serves one client at a time: one busy with a long exec must not hold the stop
+        # off, which then goes on to the power button.
+        try:
+            await asyncio.wait_for(self._qga_lock.acquire(), STOP_AGENT_WAIT_S)
+        except TimeoutError:
+            raise GuestAgentError(f"the guest agent of VM '{self.name}' is busy with another command",
+                                  hint="the stop goes on with the ACPI power button") from None
+        try:
             async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
                 await agent.shutdown()
+        finally:
+            self._qga_lock.release()
 
     async def press_power_button(self) -> None:
         """ACPI power button, which a guest may or may not heed."""
