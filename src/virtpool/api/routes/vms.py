@@ -19,6 +19,7 @@ from fastapi import (
 )
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from virtpool import exec_socket
 from virtpool.api.access_guard import POLICY_VIOLATION, AccessGuard
@@ -132,19 +133,29 @@ def create_vm(
 
 @router.get("/{name}", response_model=VMInfo,
             summary="A VM; with wait_for, answers once it is in one of those states (or at timeout)")
-def show_vm(
+async def show_vm(
     name: str, pool: PoolDep, scope: Reader,
     wait_for: Annotated[list[VMState] | None, Query()] = None,
     timeout: Annotated[float, Query(gt=0, le=MAX_WAIT_S)] = 30.0,
 ) -> Response:
     if wait_for:
-        with waiting(timeout) as allowed:
-            vm = pool.vms.wait(_vm_id(pool, scope, name), wait_for, allowed)
-    else:
+        vm = await run_in_threadpool(_wait, pool, scope, name, wait_for, timeout)
+    elif pool.engine.dialect.name == "sqlite":
+        # A local SQLite read (two indexed queries, ~0.2 ms, never blocked by a writer in WAL
+        # mode) costs less than the hop to a worker thread and back. Under 32 clients that hop,
+        # with its GIL hand-offs between the loop and the workers, was most of a GET's time
+        # (py-spy, /work/notes/s4-read.md).
         vm = pool.vms.get(name, scope.project)
+    else:  # a network round trip to PostgreSQL must not hold the event loop
+        vm = await run_in_threadpool(pool.vms.get, name, scope.project)
     # Serialised here: returned as a model, FastAPI would validate it again, in a second trip
     # to the thread pool.
     return Response(vm.model_dump_json(), media_type="application/json")
+
+
+def _wait(pool: Pool, scope: Scope, name: str, states: list[VMState], timeout: float) -> VMInfo:
+    with waiting(timeout) as allowed:
+        return pool.vms.wait(_vm_id(pool, scope, name), states, allowed)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
