@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import Server, wait_for
 from tests.network.conftest import prefix_of, server_with_prefix
-from tests.network.test_vm_networks import our_devices, sh
+from tests.network.test_vm_networks import connects, dropped, our_devices, sh
 from virtpool.sdk import Client
 
 PORTS = (7000, 7001)
@@ -79,24 +79,6 @@ def web_group(api: Client, *rules: dict[str, Any]) -> None:
     for rule in rules:
         api.add_secgroup_rule("web", **rule)
     api.set_vm_secgroups("b", ["web"])
-
-
-def connects(api: Client, client: str, address: str, port: int) -> bool:
-    """Whether ``client`` gets the listener's answer (a few tries: a listener restarts)."""
-    for _ in range(5):
-        _, out = sh(api, client, f"echo hi | nc -w 3 {address} {port}")
-        if f"-{port}" in out:
-            return True
-        if "refused" not in out:
-            return False  # timed out: dropped on the way
-    raise AssertionError(f"no listener at {address}:{port}: {out}")
-
-
-def dropped(api: Client, client: str, address: str, port: int) -> bool:
-    """Whether a connection from ``client`` times out (nothing came back, not even a reset)."""
-    _, out = sh(api, client, f"echo hi | nc -w 3 {address} {port}; echo rc=$?")
-    assert "refused" not in out, f"nothing listens at {address}:{port}: the probe proves nothing"
-    return f"-{port}" not in out and "rc=0" not in out
 
 
 def echoes_received(api: Client, vm: str) -> int:

@@ -19,8 +19,7 @@ import pytest
 
 from tests.cluster.harness import Lab, NetnsHost
 from tests.conftest import VIRTPOOL, Server, make_server, passable, qemu_pids, wait_for
-from tests.network.test_secgroups import connects, dropped
-from tests.network.test_vm_networks import pings, sh
+from tests.network.test_vm_networks import connects, dropped, pings, sh
 
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 LAB_PREFIX = f"pqv{_WORKER}"

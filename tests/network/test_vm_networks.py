@@ -1,6 +1,7 @@
 """Virtual networks with real VMs on one host: two VMs reach each other (ping, TCP both ways)
 by the addresses IPAM gave them over DHCP; a VM of another project on the very same subnet does
-not; the host is not reachable through the bridge; a spoofed source is dropped; addresses
+not, nor does a VM of the same project on another of its networks; the host is not reachable
+through the bridge; a spoofed source is dropped; addresses
 survive a restart of the VM and traffic survives a restart of the platform; deleting leaves
 no device, rule, DHCP server or NIC row behind."""
 
@@ -19,6 +20,8 @@ from virtpool.sdk import APIError, Client
 
 SUBNET = "10.61.0.0/24"
 GATEWAY = "10.61.0.1"
+OTHER_SUBNET, OTHER_GATEWAY = "10.64.0.0/24", "10.64.0.1"  # the project's second network
+PORT = 7010  # listeners kept by the isolation case (tcp_exchange uses 7000)
 
 
 def our_devices(server: Server) -> list[str]:
@@ -50,6 +53,24 @@ def sh(api: Client, vm: str, script: str, timeout: float = 60) -> tuple[int, str
 
 def pings(api: Client, vm: str, address: str) -> bool:
     return sh(api, vm, f"ping -c 2 -W 3 {address}")[0] == 0
+
+
+def connects(api: Client, client: str, address: str, port: int) -> bool:
+    """Whether ``client`` gets the listener's answer (a few tries: a listener restarts)."""
+    for _ in range(5):
+        _, out = sh(api, client, f"echo hi | nc -w 3 {address} {port}")
+        if f"-{port}" in out:
+            return True
+        if "refused" not in out:
+            return False  # timed out: dropped on the way
+    raise AssertionError(f"no listener at {address}:{port}: {out}")
+
+
+def dropped(api: Client, client: str, address: str, port: int) -> bool:
+    """Whether a connection from ``client`` times out (nothing came back, not even a reset)."""
+    _, out = sh(api, client, f"echo hi | nc -w 3 {address} {port}; echo rc=$?")
+    assert "refused" not in out, f"nothing listens at {address}:{port}: the probe proves nothing"
+    return f"-{port}" not in out and "rc=0" not in out
 
 
 def tcp_exchange(api: Client, server_vm: str, server_ip: str, client_vm: str) -> tuple[str, str]:
@@ -176,6 +197,51 @@ def test_another_project_on_the_same_subnet_is_isolated(net_server: Server, lan:
         blue.delete_vm("c", force=True)
         blue.delete_network("lan")
     assert pings(admin, "a", lan["b"])
+
+
+def listen(api: Client, vm: str, port: int) -> None:
+    """A TCP listener in ``vm`` answering every connection with ``ok-<vm>-<port>``."""
+    sh(api, vm, f"( while true; do echo ok-{vm}-{port} | nc -l -p {port}; done ) "
+                "</dev/null >/dev/null 2>&1 &")
+
+
+def test_two_networks_of_one_project_are_isolated(net_server: Server, lan: dict[str, str]) -> None:
+    """a (on lan) and d (on lan2, the same project) never reach each other, not even with a
+    route through their gateways, as a tenant would try; meanwhile a reaches b on lan and d
+    reaches e on lan2, so every probe that fails fails at the networks' border."""
+    api = net_server.api()
+    api.create_network("lan2", subnet=OTHER_SUBNET)
+    for vm in ("d", "e"):
+        api.create_vm(vm, networks=["lan2"], memory_mib=128, start=True)
+    for vm in ("d", "e"):
+        booted = api.wait_vm(vm, timeout=300)
+        assert booted.state == "running", booted.error
+    address = {**lan, **{vm: api.vm(vm).nics[0].address for vm in ("d", "e")}}
+    assert address["d"].startswith("10.64.0.") and address["e"].startswith("10.64.0.")
+    for vm in ("a", "b", "d", "e"):
+        listen(api, vm, PORT)
+    # Each side routes the other network through its own gateway (the host).
+    for vm, other, gateway in (("a", OTHER_SUBNET, GATEWAY), ("d", SUBNET, OTHER_GATEWAY)):
+        code, out = sh(api, vm, f"ip route replace {other} via {gateway} dev eth0")
+        assert code == 0, out
+    try:
+        # Each reaches its own network's VM, by ping and TCP both ways.
+        for one, peer in (("a", "b"), ("d", "e")):
+            assert pings(api, one, address[peer]) and pings(api, peer, address[one])
+            assert connects(api, one, address[peer], PORT)
+            assert connects(api, peer, address[one], PORT)
+        # Across the two networks: neither ping nor TCP, in either direction.
+        assert not pings(api, "a", address["d"]) and not pings(api, "d", address["a"])
+        assert dropped(api, "a", address["d"], PORT)
+        assert dropped(api, "d", address["a"], PORT)
+        # Nor to the other network's gateway (the host's address on the other bridge).
+        assert not pings(api, "a", OTHER_GATEWAY) and not pings(api, "d", GATEWAY)
+    finally:
+        sh(api, "a", f"ip route del {OTHER_SUBNET}")
+        for vm in ("d", "e"):
+            api.delete_vm(vm, force=True)
+        api.delete_network("lan2")
+    assert pings(api, "a", lan["b"])
 
 
 def test_address_survives_a_restart_and_traffic_survives_the_platform_restarting(

@@ -237,3 +237,21 @@ class TestRetry:
         arrays = three_hosts()
         decision = place(arrays, req(), exclude=range(3))
         assert decision.host is None and decision.removed["excluded"] == 3
+
+
+def test_a_reloaded_host_is_placed_on_its_new_state_labels_and_size() -> None:
+    # The same request shape twice around a reload: the second decision must not reuse what
+    # the static filters said about the host before it changed.
+    arrays = HostArrays.build([host("x", cpus=8, labels={"zone": "a"}), host("y", cpus=8)], [])
+    shape = req("v1", cpus=6, required_labels={"zone": "a"})
+    first = place(arrays, shape)
+    assert first.host == "x"
+    arrays.reload_host(0, host("x", cpus=8, labels={"zone": "a"}, state="draining"), [])
+    refused = place(arrays, req("v2", cpus=6, required_labels={"zone": "a"}))
+    assert refused.host is None
+    assert refused.removed["state"] == 1 and refused.removed["labels"] == 1
+    arrays.reload_host(0, host("x", cpus=4, labels={"zone": "a"}), [])
+    arrays.reload_host(1, host("y", cpus=8, labels={"zone": "a"}), [])
+    again = place(arrays, req("v3", cpus=6, required_labels={"zone": "a"}))
+    assert again.host == "y"
+    assert again.removed["size"] == 1 and again.removed["state"] == 0

@@ -287,8 +287,7 @@ class Placer:
         if self._arrays is not arrays or self._generations[index] != seen:
             self._dirty.add(host)  # reloaded or changed meanwhile: read it again
             return
-        arrays.add_claim(Claim(vm=vm, host=host, cpus=amount.cpus, memory_mib=amount.memory_mib,
-                               disk_mib=amount.disk_mib))
+        arrays.add_usage(index, amount)
         self._generations[index] = seen + 1
 
     def _decide(self, session: Session, arrays: HostArrays, request: PlacementRequest,
@@ -359,6 +358,13 @@ class Placer:
             raise refusal(decision)
 
 
+# Plain SQL rather than session.begin_nested(): SQLAlchemy would RELEASE a won attempt's
+# savepoint at once, a round trip that COMMIT makes needless. Reusing the name is fine: a
+# new savepoint of the same name hides the older one until it is released or rolled back.
+_SAVEPOINT = "SAVEPOINT virtpool_claim"
+_ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT virtpool_claim"
+
+
 def _claim_once(session: Session, host: str, seen: int, amount: Resources) -> bool:
     """The conditional UPDATE of one claim attempt; False when it lost the race."""
     connection = session.connection()
@@ -369,13 +375,12 @@ def _claim_once(session: Session, host: str, seen: int, amount: Resources) -> bo
         return connection.execute(CLAIM, params).rowcount == 1
     # PostgreSQL keeps the row lock an UPDATE waited for even when the row then fails its
     # WHERE. Held on to, such locks let two creates wait on each other's host (a deadlock);
-    # rolled back to a savepoint, a lost attempt holds nothing.
-    attempt = session.begin_nested()
-    # The SAVEPOINT is emitted when the nested transaction procures its connection.
-    if session.connection().execute(CLAIM, params).rowcount == 1:
-        attempt.commit()
+    # rolled back to a savepoint, a lost attempt holds nothing. A won attempt leaves its
+    # savepoint to the transaction's COMMIT, which releases it: no RELEASE round trip.
+    connection.exec_driver_sql(_SAVEPOINT)
+    if connection.execute(CLAIM, params).rowcount == 1:
         return True
-    attempt.rollback()
+    connection.exec_driver_sql(_ROLLBACK_TO_SAVEPOINT)
     return False
 
 

@@ -114,7 +114,7 @@ def size(arrays: HostArrays, request: PlacementRequest) -> np.ndarray:
     """The host has at least as many CPUs as the VM has vCPUs (and as its affinity and cap
     name), whatever the CPU ratio promises: one VM's vCPUs never share a host CPU. (Memory
     needs no such rule: a host's memory capacity is under 1.0 unless its guests balloon.)"""
-    return arrays.hardware[0] >= max(request.cpus, request.host_cpus)
+    return arrays.size_mask(max(request.cpus, request.host_cpus))
 
 
 def disk(arrays: HostArrays, request: PlacementRequest) -> np.ndarray:

@@ -28,6 +28,9 @@ UP = STATE_CODES["up"]
 # (a KVM host runs TCG guests, a TCG host cannot run a KVM-only guest).
 ACCEL_LEVELS: dict[str, int] = {"tcg": 0, "kvm": 1}
 
+# Request shapes (pin, accelerator, project, labels, size) whose static filtering is kept.
+STATIC_RUNS_KEPT = 512
+
 
 def _inverse(capacity: np.ndarray) -> np.ndarray:
     """1 / capacity, and 0 where a host has none of a resource (so it counts as 0 % used)."""
@@ -86,6 +89,9 @@ class HostArrays:
         self._label_masks: dict[tuple[str, str], np.ndarray] = {}
         self._project_masks: dict[str | None, np.ndarray] = {}
         self.restricts_projects = any(h.allowed_projects is not None for h in hosts)
+        # Outcome of the leading static filters per request shape (pipeline._static_run).
+        self.static_runs: dict[tuple, tuple[int, np.ndarray, tuple[int, ...]]] = {}
+        self._size_masks: dict[int, np.ndarray] = {}
 
     # -- construction ----------------------------------------------------------------------
 
@@ -140,6 +146,15 @@ class HostArrays:
         i = self._host_of(claim)
         self._adjust(i, claim, +1)
         return i
+
+    def add_usage(self, i: int, amount: Resources) -> None:
+        """Count ``amount`` more in use on host ``i`` as one claim outside any group: what a
+        caller that already knows the host's index adds, without building a ``Claim``."""
+        self.allocated[CPU, i] += amount.cpus
+        self.allocated[MEMORY, i] += amount.memory_mib
+        self.allocated[DISK, i] += amount.disk_mib
+        self.claims_per_host[i] += 1
+        self._refresh_column(i)
 
     def remove_claim(self, claim: Claim) -> int:
         """Forget a claim (a VM deleted or moved away); return its host's index."""
@@ -212,7 +227,11 @@ class HostArrays:
         self.state[i] = STATE_CODES[host.state]
         self.accel[i] = ACCEL_LEVELS[host.accel]
         self._refresh_column(i)
-        # Attribute masks: patch the one column in every cached mask.
+        # Attribute masks: patch the one column in every cached mask; the static filters'
+        # combined outcomes are simply computed again.
+        self.static_runs.clear()
+        for cpus, mask in self._size_masks.items():
+            mask[i] = self.hardware[0, i] >= cpus
         if self._up is not None:
             self._up[i] = self.state[i] == UP
         for level, mask in self._accel_masks.items():
@@ -227,6 +246,15 @@ class HostArrays:
 
     # -- attribute masks (cached; they do not change with usage) ---------------------------
 
+    def remember_static_run(self, key: tuple, outcome: tuple[int, np.ndarray, tuple[int, ...]]
+                            ) -> tuple[int, np.ndarray, tuple[int, ...]]:
+        """Keep the static filters' ``outcome`` for requests of shape ``key`` (bounded: the
+        cache starts over when many shapes were seen) and return it."""
+        if len(self.static_runs) >= STATIC_RUNS_KEPT:
+            self.static_runs.clear()
+        self.static_runs[key] = outcome
+        return outcome
+
     def up_mask(self) -> np.ndarray:
         """True where the host takes new VMs (state "up")."""
         if self._up is None:
@@ -238,6 +266,15 @@ class HostArrays:
         mask = self._accel_masks.get(level)
         if mask is None:
             mask = self._accel_masks[level] = self.accel >= level
+        return mask
+
+    def size_mask(self, cpus: int) -> np.ndarray:
+        """True where the host has at least ``cpus`` CPUs for guests."""
+        mask = self._size_masks.get(cpus)
+        if mask is None:
+            if len(self._size_masks) >= STATIC_RUNS_KEPT:
+                self._size_masks.clear()
+            mask = self._size_masks[cpus] = self.hardware[0] >= cpus
         return mask
 
     def label_mask(self, key: str, value: str) -> np.ndarray:

@@ -95,6 +95,8 @@ class Decision:
 
 
 def _exclusion_mask(n: int, exclude: Iterable[int]) -> np.ndarray | None:
+    if exclude == ():  # the usual case: no array to build
+        return None
     idx = np.fromiter(exclude, dtype=np.int64)
     if idx.size == 0:
         return None
@@ -112,16 +114,23 @@ def feasible(arrays: HostArrays, request: PlacementRequest, exclude: Iterable[in
     Counting is sequential, as in Nomad: a host is charged to the first stage that removes it.
     """
     n = len(arrays)
-    alive = np.ones(n, dtype=bool)
-    standing = n
     removed: dict[str, int] = dict.fromkeys(FILTER_NAMES, 0)
     # Masks are combined in place into `alive`, never into a filter's own (possibly cached) mask.
     excluded = _exclusion_mask(n, exclude)
-    if excluded is not None:
-        alive &= excluded
+    first = 0
+    if excluded is None:
+        # The leading static filters' outcome depends only on host attributes and on the
+        # request fields they read: computed once per such request and reused.
+        first, mask, counts = _static_run(arrays, request, filters)
+        alive = mask.copy()
+        standing = int(np.count_nonzero(alive)) if first else n
+        for flt, count in zip(filters[:first], counts, strict=True):
+            removed[flt.name] = count
+    else:
+        alive = excluded.copy()
         standing = int(np.count_nonzero(alive))
         removed[f.EXCLUDED] = n - standing
-    for flt in filters:
+    for flt in filters[first:]:
         # Once no host is left, later stages have nothing to remove: skip their work.
         mask = flt.check(arrays, request) if standing else None
         if mask is None:
@@ -132,6 +141,35 @@ def feasible(arrays: HostArrays, request: PlacementRequest, exclude: Iterable[in
         removed[flt.name] = standing - now
         standing = now
     return alive, removed
+
+
+def _static_run(arrays: HostArrays, request: PlacementRequest, filters: tuple[f.Filter, ...]
+                ) -> tuple[int, np.ndarray, tuple[int, ...]]:
+    """How many filters lead ``filters`` that are static, the mask of hosts they leave and
+    what each removed: from ``arrays``' cache, keyed by the request fields they read."""
+    run = 0
+    while run < len(filters) and filters[run].static:
+        run += 1
+    key = (tuple(flt.name for flt in filters[:run]), request.host, request.accel,
+           request.project, frozenset(request.required_labels.items()),
+           max(request.cpus, request.host_cpus))
+    cached = arrays.static_runs.get(key)
+    if cached is None:
+        n = len(arrays)
+        alive = np.ones(n, dtype=bool)
+        standing = n
+        counts = []
+        for flt in filters[:run]:
+            mask = flt.check(arrays, request) if standing else None
+            if mask is None:
+                counts.append(0)
+                continue
+            np.logical_and(alive, mask, out=alive)
+            now = int(np.count_nonzero(alive))
+            counts.append(standing - now)
+            standing = now
+        cached = arrays.remember_static_run(key, (run, alive, tuple(counts)))
+    return cached
 
 
 def _diagnose(arrays: HostArrays, request: PlacementRequest, exclude: Iterable[int],
@@ -201,7 +239,9 @@ def place(arrays: HostArrays, request: PlacementRequest, *, weigher: str | None 
         bonus = soft_group(arrays, request)
         if bonus is not None:
             score += bonus
-        np.putmask(score, ~alive, -np.inf)
+        # Boolean assignment touches only the filtered-out hosts (usually few): cheaper
+        # than np.putmask over every host.
+        score[~alive] = -np.inf
         best_index = int(np.argmax(score))
         tied = score >= score[best_index] - TIE_TOLERANCE
         if np.count_nonzero(tied) == 1:  # the usual case: skip listing the ties
