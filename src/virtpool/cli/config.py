@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from virtpool.cli import remotes
 from virtpool.model.layout import API_CA_FILE, TOKEN_FILE, URL_FILE
@@ -61,8 +60,7 @@ def api_token(data_dir: Path) -> str:
         raise ConfigError(f"cannot read {path}: it is private to its owner; set VIRTPOOL_TOKEN") from None
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """The server a command talks to: its URL, the token to show it, what to trust."""
 
     url: str

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 LOCAL = "local"  # the server whose data dir is on this machine (`virtpool up`)
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -25,8 +25,7 @@ class RemoteError(Exception):
     """A remote that is not there, or a config that cannot be read."""
 
 
-@dataclass(frozen=True)
-class Remote:
+class Remote(NamedTuple):
     name: str
     url: str
     fingerprint: str
@@ -104,7 +103,7 @@ def add(remote: Remote, cert_pem: str) -> None:
         raise RemoteError(f"a remote named '{remote.name}' exists; remove it first "
                           f"(`virtpool remote remove {remote.name}`)")
     _write_private(cert_file(remote.name), cert_pem)
-    entry = {k: v for k, v in asdict(remote).items() if k != "name" and v is not None}
+    entry = {k: v for k, v in remote._asdict().items() if k != "name" and v is not None}
     data["remotes"] = {**_remotes(data), remote.name: entry}
     _save(data)
 

@@ -12,25 +12,25 @@ Beyond loopback a virtpool server answers HTTPS only, with a certificate of its 
 
 Standard library only, and cheap: the CLI's fast path (cli/fast.py) builds its context here,
 and a context with one small CA file costs a fraction of a millisecond where the system bundle
-costs ~50 ms.
+costs ~50 ms. ``ssl``, ``hashlib``, ``socket`` and ``ipaddress`` are imported by the functions
+that use them: a command against ``http://127.0.0.1`` needs none of them, and on a 2-core host
+each costs 5-35 ms of a command's 0.2 s budget.
 """
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import os
-import socket
-import ssl
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    import ssl
 
 CA_ENV = "VIRTPOOL_CA"
 
 
-@dataclass(frozen=True)
-class Trust:
+class Trust(NamedTuple):
     """What a client accepts as the server's certificate (see the module's docstring)."""
 
     ca_file: Path | None = None
@@ -53,8 +53,10 @@ class Trust:
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` names this machine's loopback (where plain HTTP stays on the machine)."""
-    if host.lower() == "localhost":
+    if host.lower() == "localhost" or host in ("127.0.0.1", "::1", "[::1]"):
         return True
+    import ipaddress
+
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
@@ -75,6 +77,8 @@ def refuse_clear_text(url: str) -> None:
 
 def context(trust: Trust) -> ssl.SSLContext:
     """An SSL context that accepts what ``trust`` says, and nothing else."""
+    import ssl
+
     if trust.pinned_cert is not None:
         ctx = ssl.create_default_context(cafile=str(trust.pinned_cert))
         # The pinned certificate is the identity: it is accepted by what it is, not by a name.
@@ -96,6 +100,9 @@ class UntrustedCA(Exception):
 def presented_certificate(host: str, port: int, timeout: float = 10.0) -> bytes:
     """The DER certificate a server presents, read without trusting it (for `remote add`, and to
     say which certificate a refused server showed). Sends nothing but the TLS handshake."""
+    import socket
+    import ssl
+
     unchecked = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     unchecked.check_hostname = False
     unchecked.verify_mode = ssl.CERT_NONE
@@ -109,16 +116,22 @@ def presented_certificate(host: str, port: int, timeout: float = 10.0) -> bytes:
 
 def fingerprint(der: bytes) -> str:
     """SHA-256 of a DER certificate, hex (what `remote add` shows and `remote list` lists)."""
+    import hashlib
+
     return hashlib.sha256(der).hexdigest()
 
 
 def pem(der: bytes) -> str:
+    import ssl
+
     return ssl.DER_cert_to_PEM_cert(der)
 
 
 def pinned_fingerprint(trust: Trust) -> str | None:
     if trust.pinned_cert is None:
         return None
+    import ssl
+
     try:
         return fingerprint(ssl.PEM_cert_to_DER_cert(trust.pinned_cert.read_text()))
     except (OSError, ValueError):
@@ -127,6 +140,8 @@ def pinned_fingerprint(trust: Trust) -> str | None:
 
 def explain_refusal(url: str, trust: Trust, err: ssl.SSLError) -> tuple[str, str]:
     """What to tell a user whose client refused ``url``'s certificate: (message, hint)."""
+    import ssl
+
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or 443
     try:
