@@ -76,6 +76,13 @@ def create(fields: dict[str, Any], *, wait: bool, wait_timeout: float, json: boo
     with output.errors(VM_FLAGS):
         call = Call(data_dir, project)
         made = _post(call, fields)
+        if not fields.get("start") and "kind" in made:
+            # Its host lacks the image: followed while it is fetched there and the disk made.
+            done = follow(call, made, wait_timeout, quiet=json)
+            if done["status"] == "failed":
+                output.fail(f"VM '{fields['name']}' was not created: {done.get('error') or 'no details'}",
+                            hint="nothing of it is left; see `virtpool image list`, then create it again")
+            made = call.get(f"/vms/{fields['name']}", {}).json()
         if not fields.get("start"):
             if json:
                 return output.emit_json(made)

@@ -3,7 +3,9 @@ which never ran, is removed at the next start rather than left stopped or in err
 to find (their create only ever answered with a broken connection).
 
 A VM that did run, or whose QEMU survived and is booting again, is kept, and its operation
-goes on following it: it is what the create asked for. A create that had not asked to boot leaves its stopped VM: that is its result.
+goes on following it: it is what the create asked for. A create that had not asked to boot
+leaves its stopped VM: that is its result; one whose image was still on its way to the host
+(a ``vm.provision`` operation) never made its disk, and is removed as the others are.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ LEFT = ("virtpool stopped before VM '{name}' first ran; the VM was left, as remo
 def cut_off_creates(operations: OperationService) -> list[Operation]:
     """The create-and-boot operations this process's previous run left unfinished (read before
     those are failed as interrupted, and before the VMs are reconciled)."""
-    return operations.list(status="running", kind="vm.create", owner=operations.owner,
-                           limit=MAX_CUT_OFF)
+    return [*operations.list(status="running", kind="vm.create", owner=operations.owner, limit=MAX_CUT_OFF),
+            *operations.list(status="running", kind="vm.provision", owner=operations.owner,
+                             limit=MAX_CUT_OFF)]
 
 
 def settle_cut_off(cut_off: list[Operation], asked_to_boot: list[str], vms: VMService,
@@ -54,7 +57,11 @@ def settle_cut_off(cut_off: list[Operation], asked_to_boot: list[str], vms: VMSe
             keys.forget_operation(op.id)
             operations.fail(op.id, REMOVED.format(name=op.target))
             continue
-        if vm.state in NEVER_RAN:
+        if op.kind == "vm.provision" and vm.state == VMState.STOPPED:
+            # Its disk was made before the crash: a stopped VM is what it asked for.
+            operations.succeed(op.id, "VM is stopped", {"vm": vm.id, "state": vm.state.value})
+            carried.add(op.id)
+        elif vm.state in NEVER_RAN:
             left = _remove(vm.id, vm.name, vms, keys)
             removed.add(vm.id)
             operations.fail(op.id, LEFT.format(name=vm.name, why=left) if left else REMOVED.format(name=vm.name))

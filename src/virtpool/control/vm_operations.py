@@ -21,6 +21,7 @@ from virtpool.control.events import EventLog
 from virtpool.control.operations import OperationService
 from virtpool.control.store.tables import VMRow
 from virtpool.control.vms import DEFAULT_STOP_TIMEOUT_S, VMService
+from virtpool.control.vms.fetch import FETCH_SHARE
 from virtpool.control.vms.lifecycle import CreateTracker
 from virtpool.model.event import Event
 from virtpool.model.operation import Operation
@@ -42,11 +43,14 @@ class Plan:
 
 PLANS: dict[str, Plan] = {
     "vm.create": Plan(S.RUNNING, {S.STOPPED: (30, "disk created"), S.STARTING: (50, "booting")}),
+    # A create without a boot whose host lacks the image: the fetch's progress, then stopped.
+    "vm.provision": Plan(S.STOPPED, {}),
     "vm.start": Plan(S.RUNNING, {S.STARTING: (30, "booting")}),
     "vm.stop": Plan(S.STOPPED, {S.STOPPING: (30, "shutting down")}),
     "vm.restart": Plan(S.RUNNING, {S.STOPPING: (20, "shutting down"), S.STOPPED: (50, "stopped"),
                                    S.STARTING: (60, "booting")}),
 }
+PROVISION_FETCH_SPAN = 90  # the rest: the disk made from the image
 FAILED_STATES = {S.ERROR: "failed", S.CRASHED: "crashed", S.DELETING: "was deleted"}
 
 
@@ -80,6 +84,24 @@ class VMOperations:
         if vm.state != S.CREATING:  # a warm VM taken: its state says how far it is
             self._advance(vm.id, vm.state, None)
         return vm, self._operations.get(begun[0].id)
+
+    def create_stopped(self, spec: VMSpec, *, actor: str, project_id: str) -> tuple[VMInfo, Operation | None]:
+        """Create a VM in ``project_id`` without booting it. When its host has the image the
+        disk is made now, and the VM comes back stopped with no operation. When the host lacks
+        it, the VM comes back still being created, with a ``vm.provision`` operation whose
+        progress follows the image's fetch and which succeeds once the VM is stopped (a
+        failure there fails it and leaves nothing of the VM). A refusal raises, as any."""
+        begun: list[Operation] = []
+
+        def track(vm: VMInfo) -> CreateTracker:
+            op = self._begin("vm.provision", vm.id, vm.name, actor, project_id,
+                             message=f"fetching the image of VM '{vm.name}' to host '{vm.host}'")
+            begun.append(op)
+            return _Tracker(self._operations, op.id, partial(self._give_up, op.id, vm.id),
+                            fetch_span=PROVISION_FETCH_SPAN)
+
+        vm = self._vms.create_in_background(spec, project_id=project_id, track=track)
+        return vm, (self._operations.get(begun[0].id) if begun else None)
 
     def carry_on(self, op_id: str, vm_id: str) -> None:
         """Follow an existing create operation again (a restart found its VM booting on)."""
@@ -174,9 +196,12 @@ class _Tracker:
     operations: OperationService
     op_id: str
     give_up: Callable[[str], None]
+    # How much of this operation the fetch is: a create-and-boot's first FETCH_SHARE percent,
+    # most of a provision (which only makes the disk after it).
+    fetch_span: int = FETCH_SHARE
 
     def progress(self, percent: int, message: str) -> None:
-        self.operations.progress(self.op_id, percent, message)
+        self.operations.progress(self.op_id, percent * self.fetch_span // FETCH_SHARE, message)
 
     def failed(self, message: str) -> None:
         self.give_up(message)

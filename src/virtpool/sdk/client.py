@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 SETTLED = frozenset({VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.ERROR, VMState.CRASHED})
 
 
+# How long a create without start waits for its image to reach the host (and then its disk).
+PROVISION_WAIT_S = 1800.0
 LONG_POLL_S = 60.0
 # A create whose connection failed is sent again (same Idempotency-Key) after each of these.
 CREATE_RETRY_PAUSES_S = (0.5, 1.0, 2.0)
@@ -304,7 +306,7 @@ class Client:
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
                   networks: Iterable[str] = ..., secgroups: Iterable[str] = ...,
                   idempotency_key: str | None = ..., cloud_init: CloudInit | None = ...,
-                  host: str | None = ...,
+                  host: str | None = ..., wait_timeout: float = ...,
                   **limits: int | list[int] | None) -> VMInfo: ...
 
     @overload
@@ -314,7 +316,7 @@ class Client:
                   required_labels: dict[str, str] | None = ..., weigher: str | None = ...,
                   networks: Iterable[str] = ..., secgroups: Iterable[str] = ...,
                   idempotency_key: str | None = ..., cloud_init: CloudInit | None = ...,
-                  host: str | None = ...,
+                  host: str | None = ..., wait_timeout: float = ...,
                   **limits: int | list[int] | None) -> Operation: ...
 
     def create_vm(self, name: str, *, image: str = "default", cpus: int = 1, memory_mib: int = 256,
@@ -324,6 +326,7 @@ class Client:
                   weigher: str | None = None, networks: Iterable[str] = (),
                   secgroups: Iterable[str] = (), idempotency_key: str | None = None,
                   cloud_init: CloudInit | None = None, host: str | None = None,
+                  wait_timeout: float = PROVISION_WAIT_S,
                   **limits: int | list[int] | None) -> VMInfo | Operation:
         """Create a VM and return it; with ``start``, create and boot it and return the
         operation to follow. ``limits`` are max_memory_mib, cpu_cap_pct, cpu_weight,
@@ -334,6 +337,11 @@ class Client:
         ``secgroups``: security groups of the project filtering those NICs.
         ``cloud_init``: the user part of its NoCloud seed (user-data, SSH keys, hostname,
         network config).
+
+        Without ``start``, on a host that lacks the image, the server answers at once with a
+        ``vm.provision`` operation while the image is fetched there; this call follows it and
+        returns the VM once its disk is made (raising :class:`OperationFailed` when that fails,
+        which leaves nothing of the VM), or as it is (still ``creating``) after ``wait_timeout``.
 
         The request carries an Idempotency-Key (``idempotency_key``, or a fresh UUID), and is
         sent again with it when the connection fails: the server answers a retry with what the
@@ -361,6 +369,9 @@ class Client:
                 time.sleep(pause)
         if start:
             return Operation.model_validate(response.json())
+        if response.status_code == 202:
+            self.wait_operation(Operation.model_validate(response.json()), timeout=wait_timeout)
+            return self.vm(name)
         return VMInfo.model_validate(response.json())
 
     def _action(self, name: str, action: str, **params: Any) -> Any:

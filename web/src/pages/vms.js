@@ -66,7 +66,8 @@ async function submit(form) {
   try {
     const { data } = await call("POST", "/vms", { body, query: { project } });
     const name = data.kind ? body.name : data.name;
-    notify(data.kind ? `${name}: created, booting (operation ${data.id.slice(0, 8)})` : `${name}: created`);
+    const said = { "vm.create": "created, booting", "vm.provision": "being created: its image is on its way to its host" };
+    notify(data.kind ? `${name}: ${said[data.kind] || data.kind} (operation ${data.id.slice(0, 8)})` : `${name}: created`);
     location.hash = `#/vm/${encodeURIComponent(project || me.project || "default")}/${encodeURIComponent(name)}`;
   } catch (err) {
     // 422: one message per field, as the API words it; anything else (a quota, a name taken,

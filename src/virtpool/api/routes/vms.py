@@ -104,8 +104,10 @@ def list_vms(
 
 
 @router.post("", response_model=VMInfo, status_code=status.HTTP_201_CREATED, responses=ACCEPTED,
-             summary="Create a VM (201); with start, create and boot it as an operation (202). "
-             "With an Idempotency-Key, a retry answers with what the first request made")
+             summary="Create a VM (201); with start, create and boot it as an operation (202); "
+             "without start on a host that lacks the image, fetch it there as an operation "
+             "(202, kind vm.provision). With an Idempotency-Key, a retry answers with what the "
+             "first request made")
 def create_vm(
     body: VMCreate, request: Request, pool: PoolDep, scope: Operator,
     idempotency_key: Annotated[str | None, Header(
@@ -119,7 +121,8 @@ def create_vm(
         if body.start:
             vm, op = pool.vm_operations.create(spec, actor=scope.caller.name, project_id=scope.project)
             return Made(vm, op)
-        return Made(pool.vms.create(spec, project_id=scope.project))
+        vm, op = pool.vm_operations.create_stopped(spec, actor=scope.caller.name, project_id=scope.project)
+        return Made(vm, op)
 
     if idempotency_key is None:
         made = create()

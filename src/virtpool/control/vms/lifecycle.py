@@ -283,13 +283,35 @@ class VMService:
         self._pool.submit(self._make_and_boot, agent, vm, tracker)
         return vm
 
-    def _make_and_boot(self, agent: Agent, vm: VMInfo, tracker: CreateTracker) -> None:
+    def create_in_background(self, spec: VMSpec, *, project_id: str = DEFAULT_PROJECT,
+                             track: Callable[[VMInfo], CreateTracker]) -> VMInfo:
+        """Create a stopped VM. When its host has the image (or has no agent yet), as
+        :meth:`create`: the disk is made before this returns and ``track`` is never called.
+        When the host lacks the image, the VM is admitted now (a refusal raises and leaves
+        nothing) and the fetch and the disk are made in a worker, as in
+        :meth:`create_and_boot` but without the boot: an image of gigabytes on its way never
+        holds a request. ``track(vm)`` is then called once, before the work begins."""
+        spec = self._checked(spec, project_id)
+        vm_id, host = self._admit(spec, project_id)
+        agent = self._agent_or_none(host)
+        if agent is None or _holds_image(agent, spec.image):
+            if agent is not None:
+                self._make_disk(agent, vm_id, host, spec.image, spec.disk_mib)
+            self._transition(vm_id, [S.CREATING], S.STOPPED)
+            return self.get(vm_id)
+        vm = self.get(vm_id)
+        tracker = track(vm)
+        self._pool.submit(self._make_and_boot, agent, vm, tracker, boot=False)
+        return vm
+
+    def _make_and_boot(self, agent: Agent, vm: VMInfo, tracker: CreateTracker, *, boot: bool = True) -> None:
         try:
             self._make_disk(agent, vm.id, vm.host, vm.image, vm.disk_mib, tracker.progress)
-            # Ports are checked again: the fetch may have taken long enough for a program
-            # to take one.
-            admission.check_ports_recorded(self._sessions, vm.ports, vm_id=vm.id, project_id=vm.project)
-            admission.check_ports_free(agent, vm.ports)
+            if boot:
+                # Ports are checked again: the fetch may have taken long enough for a program
+                # to take one (a stopped VM's are checked when it starts).
+                admission.check_ports_recorded(self._sessions, vm.ports, vm_id=vm.id, project_id=vm.project)
+                admission.check_ports_free(agent, vm.ports)
         except Exception as err:
             if not isinstance(err, VirtpoolError):
                 log.exception("create of VM %s failed", vm.name)
@@ -298,13 +320,14 @@ class VMService:
             return
         # Straight to booting: a create-and-boot never shows its VM stopped on the way (a
         # client waiting for a settled state would take that for the end).
-        if not self._transition(vm.id, [S.CREATING], S.STARTING):
+        if not self._transition(vm.id, [S.CREATING], S.STARTING if boot else S.STOPPED):
             # Deleted (by force, or by a reconcile of its host) while its disk was made: that
             # delete may have come before the disk.
             self._destroy_quietly(agent, vm)
             tracker.failed(f"VM '{vm.name}' was deleted while it was being created")
             return
-        self._boot(vm)
+        if boot:
+            self._boot(vm)
 
     def _checked(self, spec: VMSpec, project_id: str) -> VMSpec:
         """The spec of a create, checked before anything is made (image, name, ports taken),
@@ -737,11 +760,8 @@ class VMService:
         """The host has the image, fetched from the pool's image store if it lacked it
         (streamed; the agent checks every file's SHA-256 against the manifest, and keeps it).
         ``progress`` hears how far the bytes got."""
-        try:
-            agent.get_image(image)
+        if _holds_image(agent, image):
             return
-        except NotFound:
-            pass
         log.info("host %s lacks image %s; sending it", host, image)
         info = self._images.get(image)
         files = self._images.files(image)
@@ -870,3 +890,12 @@ def _started_at(new: VMState) -> object:
     if new in NOT_RUNNING:
         return None
     return VMRow.started_at
+
+
+def _holds_image(agent: Agent, image: str) -> bool:
+    """Whether the agent's host has ``image`` already (no fetch needed)."""
+    try:
+        agent.get_image(image)
+    except NotFound:
+        return False
+    return True
