@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -29,6 +30,12 @@ BOOT_WAIT_S = 300
 FETCHED, DAMAGED = "fetched", "damaged"
 PROVISIONED, BY_CLI, DAMAGED_TOO = "provisioned", "by-cli", "damaged-too"
 VMS = ("f1", "d1", "p1", "c1", "c2", "c3")
+
+
+def hear(seen: list[tuple[int, str]], op: Operation) -> None:
+    """Note each (progress, message) an operation passes through, once."""
+    if (op.progress, op.message or "") not in seen:
+        seen.append((op.progress, op.message or ""))
 
 
 def damage(pooled: Path) -> None:
@@ -79,10 +86,7 @@ def test_a_create_answers_before_its_host_has_the_image_and_the_fetch_is_in_its_
     on_host = node.data_dir / "images" / FETCHED
     assert not on_host.exists()
     seen: list[tuple[int, str]] = []
-
-    def heard(op: Operation) -> None:
-        if (op.progress, op.message or "") not in seen:
-            seen.append((op.progress, op.message or ""))
+    heard = partial(hear, seen)
 
     node.host.throttle("16mbit")  # 57 MB of image: half a minute on the way
     try:
@@ -147,17 +151,15 @@ def test_a_create_without_start_answers_before_its_host_has_the_image_and_ends_s
     assert not on_host.exists()
     body = {"name": "p1", "image": PROVISIONED, "host": H2, "memory_mib": 128, "start": False}
     seen: list[tuple[int, str]] = []
-
-    def heard(op: Operation) -> None:
-        if (op.progress, op.message or "") not in seen:
-            seen.append((op.progress, op.message or ""))
+    heard = partial(hear, seen)
 
     node.host.throttle("16mbit")  # 57 MB of image: half a minute on the way
     try:
         # The API itself, as a script would call it: the answer must not wait for the image.
         ca = cluster.control.ca
         with httpx.Client(base_url=cluster.control.url + "/api/v1",
-                          verify=ssl.create_default_context(cafile=str(ca)) if ca else True, headers={"Authorization": f"Bearer {cluster.control.token}"}, timeout=20) as http:
+                          verify=ssl.create_default_context(cafile=str(ca)) if ca else True,
+                          headers={"Authorization": f"Bearer {cluster.control.token}"}, timeout=20) as http:
             answer = http.post("/vms", json=body)
         assert answer.status_code == 202, answer.text
         op = Operation.model_validate(answer.json())
