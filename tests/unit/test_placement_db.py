@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -220,9 +221,9 @@ class CountingPlacer(Placer):
         super().__init__()
         self.reloads: list[str] = []
 
-    def _reload_host(self, session: Session, name: str) -> None:
+    def _reload_host(self, connection: Connection, name: str) -> None:
         self.reloads.append(name)
-        super()._reload_host(session, name)
+        super()._reload_host(connection, name)
 
 
 def test_a_claim_on_stale_figures_is_retried_never_double_booked(pool: Pool) -> None:
@@ -536,7 +537,8 @@ def test_a_lost_claim_on_postgresql_keeps_no_lock_on_the_host(pg_url: str) -> No
         committer = threading.Thread(target=commit_once_the_claim_waits)
         committer.start()
         with pool.sessions.begin() as session:
-            assert _claim_once(session, "locks", seen, Resources(1, 1, 1)) is False
+            assert _claim_once(session.connection(), "locks", seen,
+                               Resources(1, 1, 1)) is False
             committer.join()
             with pool.engine.connect() as third:  # would fail at once if the row were locked
                 third.execute(text("SELECT name FROM hosts WHERE name = 'locks' FOR UPDATE NOWAIT"))
