@@ -152,8 +152,8 @@ class ImageService:
         once its bytes are checked, record it and this server's copy in one transaction."""
         if not valid_name(name):
             raise InvalidRequest(f"'{name}' is not a valid image name", hint=NAME_RULE)
-        self._refuse_existing(name)
         with self._name_lock(name):
+            self._refuse_existing(name)
             self._drop_local(name)  # bytes of an image deleted pool-wide, not pruned yet
             info = self._store.import_image(name, files, kernel_args=kernel_args, firmware=firmware)
             try:
@@ -271,7 +271,9 @@ class ImageService:
                                name in used)
             finally:
                 lock.release()
-        gone = set(mine) - set(local)
+        # Copies recorded here whose bytes are gone (a fetch that ended since the listing has its
+        # bytes: looked at again).
+        gone = [name for name in set(mine) - set(local) if self._local(name) is None]
         if gone:
             with self._sessions.begin() as session:
                 session.execute(delete(ImageCopyRow).where(ImageCopyRow.server == self._server,
