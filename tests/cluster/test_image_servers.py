@@ -22,9 +22,8 @@ import pytest
 
 from tests.cluster.conftest import Cluster, Node, server_node
 from tests.cluster.harness import HOST_NAMES
-from tests.cluster.test_image_fetch import damage, hear
+from tests.cluster.test_image_fetch import damage, hear, remove
 from tests.conftest import wait_for
-from virtpool.sdk.errors import APIError
 
 _, H2, H3 = HOST_NAMES
 BOOT_WAIT_S = 300
@@ -51,17 +50,7 @@ def tidy(cluster: Cluster, second: Node) -> Iterator[None]:
         cluster.control.start()  # a test stopped A: the rest of the session needs it
         assert wait_for(lambda: all(h.state == "up" for h in cluster.api().hosts() if h.name in HOST_NAMES),
                         120), cluster.logs()
-    with cluster.api() as api:
-        for vm in VMS:
-            try:
-                api.delete_vm(vm, force=True)
-            except APIError:
-                pass
-        for image in IMAGES:
-            try:
-                api.delete_image(image)
-            except APIError:
-                pass
+    remove(cluster, VMS, IMAGES)
 
 
 def default_files(cluster: Cluster) -> tuple[Path, Path]:

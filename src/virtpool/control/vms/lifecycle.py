@@ -908,5 +908,3 @@ def _started_at(new: VMState) -> object:
     if new in NOT_RUNNING:
         return None
     return VMRow.started_at
-
-
