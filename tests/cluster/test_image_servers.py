@@ -14,10 +14,12 @@ its own, so no server or host has it beforehand.
 from __future__ import annotations
 
 import signal
+import ssl
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.cluster.conftest import Cluster, Node, server_node
@@ -79,6 +81,23 @@ def test_an_image_imported_through_one_server_is_listed_and_shown_by_the_other(
         assert shown == a.image("shown")
         assert shown.kernel is not None and shown.initrd is not None
     assert not (second.data_dir / "images" / "shown").exists()  # B lists it without its bytes
+
+
+def test_a_servers_image_files_are_refused_to_callers_that_are_not_a_control_plane(
+        cluster: Cluster, second: Node, tidy: None) -> None:
+    import_through_a(cluster, "shown")
+    join_a = (cluster.control.data_dir / "join.url").read_text().strip()
+    pki = cluster.node(H2).data_dir / "pki"
+    url = f"{join_a}/agent/v1/images/shown/files/kernel"
+    # No certificate, then an agent's own (of the pool CA, but not a control plane's).
+    for cert in (None, (str(pki / "agent.crt"), str(pki / "agent.key"))):
+        context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        if cert is not None:
+            context.load_cert_chain(*cert)
+        with httpx.Client(verify=context, timeout=30) as http:
+            answer = http.get(url)
+        assert answer.status_code == 401, (cert, answer.status_code, answer.text[:200])
+        assert "served to the pool's control planes only" in answer.json()["detail"]
 
 
 def test_a_vm_created_through_the_other_server_boots_on_a_host_that_lacks_the_image(
