@@ -60,13 +60,18 @@ def import_copy_of_default(cluster: Cluster, name: str) -> Path:
 @pytest.fixture
 def images(cluster: Cluster) -> Iterator[None]:
     yield
+    remove(cluster, VMS, (FETCHED, DAMAGED, PROVISIONED, BY_CLI, DAMAGED_TOO))
+
+
+def remove(cluster: Cluster, vms: tuple[str, ...], images: tuple[str, ...]) -> None:
+    """Delete a test's VMs, then its images, through the pool; those already gone are no error."""
     with cluster.api() as api:
-        for vm in VMS:
+        for vm in vms:
             try:
                 api.delete_vm(vm, force=True)
             except APIError:
                 pass
-        for image in (FETCHED, DAMAGED, PROVISIONED, BY_CLI, DAMAGED_TOO):
+        for image in images:
             try:
                 api.delete_image(image)
             except APIError:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VIRTPOOL, Server, link_image, make_server, passable, qemu_pids, wait_for
+from tests.conftest import VIRTPOOL, Server, make_server, passable, qemu_pids, wait_for
 from tests.vm import exec_streams
 
 HOST = "rmh1"
@@ -32,8 +32,9 @@ class RemotePool:
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[RemotePool]:
-    server = make_server(tmp_path_factory, None, "rm-control", command="server")
-    link_image(image_cache, server.data_dir)  # the pool's store; the agent fetches it from there
+    # The image in the server's store before it starts: its first sync makes it the pool's, and
+    # the agent fetches it from there.
+    server = make_server(tmp_path_factory, image_cache, "rm-control", command="server")
     agent_dir = tmp_path_factory.mktemp("rm-agent")
     passable(agent_dir)
     log = agent_dir.parent / "rm-agent.log"

@@ -3,7 +3,9 @@
 - ``GET /agent/v1/ca``: the pool CA (public; an enrolling agent checks it against its token);
 - ``POST /agent/v1/enrol``: a join token and a certificate request -> the agent's certificate;
 - ``POST /agent/v1/heartbeat``: with the agent's certificate; acquires or renews the host's
-  lease (control/leases.py) and answers with the revoked serials.
+  lease (control/leases.py) and answers with the revoked serials;
+- ``GET /agent/v1/images/NAME/files/FILE``: with a control plane's certificate; this server's
+  copy of an image file, for a peer server that lacks it (control/image_peers.py).
 
 Clients show a certificate of the pool CA (checked by TLS) for everything but the first two;
 its serial is checked against the revocation list and its name against the host on every
@@ -20,7 +22,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from virtpool import __version__
@@ -28,7 +30,9 @@ from virtpool.api import problems
 from virtpool.control.enrolment import IncompatibleVersion, compatible
 from virtpool.control.pool import Pool
 from virtpool.model.agent import CONTRACT_VERSION
-from virtpool.model.errors import Unauthorized
+from virtpool.model.certs import CONTROL_PLANE_CN
+from virtpool.model.errors import NotFound, Unauthorized
+from virtpool.model.image import IMAGE_FILES
 from virtpool.model.lease import HostUsageReport
 from virtpool.model.spec import HostInfo
 from virtpool.mtls import peer_of, uvicorn_tls
@@ -94,6 +98,19 @@ def create_agent_app(pool: Pool) -> FastAPI:
             grant = pool.leases.renew(body.name, body.epoch, body.usage)
         return {"epoch": grant.epoch, "interval_s": grant.interval_s, "lease_s": grant.lease_s,
                 "revoked": sorted(pool.enrolment.revoked())}
+
+    @app.api_route("/agent/v1/images/{name}/files/{file}", methods=["GET", "HEAD"])
+    def image_file(name: str, file: str, request: Request) -> Response:
+        peer = peer_of(request.scope)
+        if peer is None or peer.common_name != CONTROL_PLANE_CN or peer.serial in pool.enrolment.revoked():
+            raise Unauthorized("image files are served to the pool's control planes only",
+                               hint="call with a control plane's certificate of the pool CA")
+        if file not in IMAGE_FILES:
+            raise NotFound(f"an image has no file '{file}'", hint=f"its files: {', '.join(IMAGE_FILES)}")
+        chunks = pool.images.local_file(name, file)
+        if request.method == "HEAD":
+            return Response(status_code=200)
+        return StreamingResponse(chunks, media_type="application/octet-stream")
 
     return app
 

@@ -30,7 +30,8 @@ from virtpool.control.events import EventLog
 from virtpool.control.groups import GroupService
 from virtpool.control.hosts import HostService
 from virtpool.control.idempotency import IdempotentCreates
-from virtpool.control.images import ImageService
+from virtpool.control.image_peers import PeerImages
+from virtpool.control.images import SYNC_PERIOD_S, ImageService
 from virtpool.control.interrupted_creates import cut_off_creates, settle_cut_off
 from virtpool.control.networks import NetworkService
 from virtpool.control.secgroups import SecGroupService
@@ -112,9 +113,15 @@ class Pool:
         self.enrolment = Enrolment(sessions, self.ca, self.hosts.local)
         self.agents = AgentRegistry(sessions, self.hosts.local, agent, remote=self._remote_agent)
         self.join_url: str | None = None  # where agents join, once the listener serves
-        self.operations = OperationService(sessions, instance_id(config.data_dir))
-        # The pool's image store: this host's agent's (`up`), or the control plane's own.
-        self.images = ImageService(sessions, images or self.agent, self.operations)
+        server_id = instance_id(config.data_dir)
+        self.operations = OperationService(sessions, server_id)
+        # This server's image store: this host's agent's (`up`), or the control plane's own;
+        # the pool's set of images is in the database, the bytes it lacks come from its peers.
+        self._peer_images = PeerImages(self.ca.cert_file, self._client_cert.cert, self._client_cert.key)
+        self._image_store = images or self.agent
+        self.images = ImageService(sessions, self._image_store, self.operations,
+                                   server=server_id, peers=self._peer_images,
+                                   url=lambda: self.join_url)
         self.vms = VMService(sessions, self.agents, images=self.images,
                              boot_timeout=config.boot_timeout, events=self.events, placer=self.placer,
                              networks=self.networks, secgroups=self.secgroups)
@@ -143,6 +150,8 @@ class Pool:
                                    NETWORK_ROUND_S, self.leader)
         self.usage_sampler = Loop("usage-sampler", self.usage.sample, self.usage.interval_s, self.leader)
         self.warm_refill = Loop("warm-vms", self.warm_vms.refill, REFILL_PERIOD_S, self.leader)
+        # Every server tends its own copies of the pool's images (not only the leader).
+        self.image_sync = Loop("image-sync", self.images.sync, SYNC_PERIOD_S)
         self.heartbeat: LocalHeartbeat | None = None
 
     def _remote_agent(self, name: str, url: str) -> Agent:
@@ -228,6 +237,9 @@ class Pool:
         self.network_rounds.start()
         self.usage_sampler.start()
         self.warm_refill.start()
+        if not isinstance(self._image_store, NoAgent):  # a server with no store holds no copy
+            self.images.sync()  # what this server's store holds is the pool's before it serves
+            self.image_sync.start()
         return self.tokens.bootstrap(self.config.token_file)
 
     def scrape(self, project: str | None) -> Scrape:
@@ -239,6 +251,8 @@ class Pool:
         return Scrape(*collectors)
 
     def close(self) -> None:
+        self.image_sync.stop()
+        self._peer_images.close()
         self.warm_refill.stop()
         self.network_rounds.stop()
         self.lease_monitor.stop()

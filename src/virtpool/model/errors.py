@@ -141,6 +141,20 @@ class BootTimeout(OperationFailed):
     title = "boot timeout"
 
 
+class ImageDamaged(OperationFailed):
+    """An image's bytes did not match its manifest's SHA-256 or size on their way; nothing of
+    them was kept."""
+
+    title = "image damaged"
+
+
+class ImageUnavailable(VirtpoolError):
+    """No reachable server holds the bytes of an image this server lacks."""
+
+    status = 503
+    title = "image unavailable"
+
+
 class CommandTimeout(VirtpoolError):
     """A command run in a guest (`vm exec`) was still running at its timeout; it was killed."""
 

@@ -35,6 +35,17 @@ class ImageInfo(BaseModel):
     source: dict[str, str] = {}
 
 
+IMAGE_FILES = ("kernel", "initrd", "disk")
+
+
+def same_files(a: ImageInfo, b: ImageInfo) -> bool:
+    """Whether two copies of an image have the same bytes (by their manifests' SHA-256)."""
+    def digests(info: ImageInfo) -> list[str | None]:
+        return [f.sha256 if f is not None else None for f in (info.kernel, info.initrd, info.disk)]
+
+    return digests(a) == digests(b)
+
+
 class BuildStatus(BaseModel):
     """Progress of an image build."""
 

@@ -482,3 +482,27 @@ class HostSampleRow(Base):
     host: Mapped[str] = mapped_column(String(255), primary_key=True)
     t: Mapped[float] = mapped_column(Float)
     disk_used_mib: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ImageRow(Base):
+    """An image of the pool: its manifest (ImageInfo as JSON, with each file's SHA-256 and
+    size). Every server lists and shows images from here, whichever holds the bytes."""
+
+    __tablename__ = "images"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    manifest: Mapped[dict[str, object]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ImageCopyRow(Base):
+    """A server that holds an image's bytes and serves them to its peers at ``url`` (its
+    agent listener). No foreign key: the row outlives its image's, so that the server sees the
+    image was deleted pool-wide and removes its files."""
+
+    __tablename__ = "image_copies"
+
+    image: Mapped[str] = mapped_column(String(63), primary_key=True)
+    server: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

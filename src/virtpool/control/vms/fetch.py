@@ -16,15 +16,22 @@ STEP_PCT = 5
 FETCH_SHARE = 25
 
 Report = Callable[[int, str], None]  # (operation progress 0..FETCH_SHARE, message)
+# A server that lacks the image fetches it from a peer first (the first half of the share),
+# then sends it to the host (the second half).
+TO_SERVER = (0, FETCH_SHARE // 2)
+TO_HOST = (FETCH_SHARE // 2, FETCH_SHARE)
 
 
 class FetchProgress:
-    """Counts the bytes of one image's files on their way to ``host``."""
+    """Counts the bytes of one image's files on their way ``to`` ("host 'h2'"), reported as
+    operation progress within ``span``."""
 
-    def __init__(self, image: ImageInfo, host: str, report: Report) -> None:
+    def __init__(self, image: ImageInfo, to: str, report: Report,
+                 span: tuple[int, int] = TO_HOST) -> None:
         self._image = image.name
-        self._host = host
+        self._to = to
         self._report = report
+        self._span = span
         self.total = sum(f.size for f in (image.kernel, image.initrd, image.disk) if f is not None)
         self.sent = 0
         self._reported = -1
@@ -49,6 +56,7 @@ class FetchProgress:
         if self._reported >= 0 and percent < 100 and percent - self._reported < STEP_PCT:
             return
         self._reported = percent
-        self._report(percent * FETCH_SHARE // 100,
-                     f"fetching image '{self._image}' to host '{self._host}': "
+        low, high = self._span
+        self._report(low + percent * (high - low) // 100,
+                     f"fetching image '{self._image}' to {self._to}: "
                      f"{self.sent / MIB:.1f} of {self.total / MIB:.1f} MiB ({percent}%)")

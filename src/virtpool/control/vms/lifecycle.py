@@ -44,7 +44,7 @@ from virtpool.control.vms.records import usage_after as _usage_after
 from virtpool.control.vms.reconcile import Do
 from virtpool.model.agent import Agent, AgentEvent, ByteStream
 from virtpool.model.errors import Conflict, InvalidRequest, NotFound, StateError, VirtpoolError
-from virtpool.model.image import ImageInfo
+from virtpool.model.image import ImageInfo, same_files
 from virtpool.model.network import HostNetworkInput
 from virtpool.model.project import Usage
 from virtpool.model.resize import plan_resize
@@ -294,7 +294,7 @@ class VMService:
         spec = self._checked(spec, project_id)
         vm_id, host = self._admit(spec, project_id)
         agent = self._agent_or_none(host)
-        if agent is None or _holds_image(agent, spec.image):
+        if agent is None or self._holds_image(agent, spec.image):
             if agent is not None:
                 self._make_disk(agent, vm_id, host, spec.image, spec.disk_mib)
             self._transition(vm_id, [S.CREATING], S.STOPPED)
@@ -760,14 +760,32 @@ class VMService:
         """The host has the image, fetched from the pool's image store if it lacked it
         (streamed; the agent checks every file's SHA-256 against the manifest, and keeps it).
         ``progress`` hears how far the bytes got."""
-        if _holds_image(agent, image):
+        if self._holds_image(agent, image):
             return
         log.info("host %s lacks image %s; sending it", host, image)
+        files = self._images.files(image, progress)
         info = self._images.get(image)
-        files = self._images.files(image)
         if progress is not None:
-            files = FetchProgress(info, host, progress).wrap(files)
+            files = FetchProgress(info, f"host '{host}'", progress).wrap(files)
         agent.receive_image(info, files)
+
+    def _holds_image(self, agent: Agent, image: str) -> bool:
+        """Whether the agent's host has the pool's ``image`` already (no fetch needed). A copy
+        of other bytes under that name (the image was deleted and imported again) is dropped
+        there, so that the pool's is fetched."""
+        try:
+            held = agent.get_image(image)
+        except NotFound:
+            return False
+        try:
+            pooled = self._images.get(image)
+        except NotFound:
+            return False  # deleted pool-wide: the host's copy is not used again
+        if same_files(held, pooled):
+            return True
+        log.info("host's copy of image %s differs from the pool's (SHA-256); fetching anew", image)
+        agent.delete_image(image)
+        return False
 
     def _agent_of(self, vm: VMInfo) -> Agent:
         """The agent of the VM's host; NoAgentAttached when that host has none."""
@@ -890,12 +908,3 @@ def _started_at(new: VMState) -> object:
     if new in NOT_RUNNING:
         return None
     return VMRow.started_at
-
-
-def _holds_image(agent: Agent, image: str) -> bool:
-    """Whether the agent's host has ``image`` already (no fetch needed)."""
-    try:
-        agent.get_image(image)
-    except NotFound:
-        return False
-    return True

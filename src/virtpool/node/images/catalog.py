@@ -13,12 +13,11 @@ from typing import Any
 
 from virtpool.model.agent import ByteStream, Progress
 from virtpool.model.errors import InvalidRequest, NotFound
-from virtpool.model.image import Firmware, ImageFile, ImageInfo
+from virtpool.model.image import IMAGE_FILES, Firmware, ImageFile, ImageInfo
 from virtpool.model.spec import KERNEL_ARGS_RULE, kernel_args_ok
 from virtpool.node.images.manifest import FileEntry, Manifest
 from virtpool.node.images.store import ImageStore, no_room
 
-IMAGE_FILES = ("kernel", "initrd", "disk")
 CHUNK = 1 << 20
 
 

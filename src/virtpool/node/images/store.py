@@ -17,6 +17,7 @@ from pathlib import Path
 from virtpool.model.errors import (
     FREE_SPACE_HINT,
     Conflict,
+    ImageDamaged,
     InsufficientStorage,
     InvalidRequest,
     NotFound,
@@ -223,7 +224,7 @@ class ImageStore:
                         size += len(chunk)
                         out.write(chunk)
                 if digest.hexdigest() != entry.sha256 or size != entry.size:
-                    raise InvalidRequest(f"the {field} of image '{manifest.name}' arrived damaged "
+                    raise ImageDamaged(f"the {field} of image '{manifest.name}' arrived damaged "
                                          f"(SHA-256 or size differs from its manifest)",
                                          hint="try again; the image is fetched anew")
             write_manifest(staging, manifest)
