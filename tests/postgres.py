@@ -37,6 +37,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+_CLUSTERS: dict[str, Path] = {}  # server URL -> its data dir, while it runs
+
+
 def _as_postgres(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
@@ -63,6 +66,7 @@ def postgres_server(also_listen: str | None = None, trust_network: str | None = 
             hba.write(f"host all all {trust_network} trust\n")
     addresses = "127.0.0.1" + (f",{also_listen}" if also_listen else "")
     started = False
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     try:
         subprocess.run(
             _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
@@ -71,12 +75,23 @@ def postgres_server(also_listen: str | None = None, trust_network: str | None = 
             check=True, capture_output=True)
         started = True
         _wait_ready(port)
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        _CLUSTERS[url] = data
+        yield url
     finally:
+        _CLUSTERS.pop(url, None)
         if started:
             subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
                                          "stop"]), capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def restart_postgres(server_url: str) -> None:
+    """Restart the server that :func:`postgres_server` yielded ``server_url`` for, as an
+    operator's ``pg_ctl restart`` does: every client connection is cut, the data stays."""
+    data = _CLUSTERS[server_url.rsplit("/", 1)[0] + "/postgres"]
+    subprocess.run(_as_postgres([str(_bindir() / "pg_ctl"), "-D", str(data), "-w", "-l",
+                                 str(data.parent / "log"), "-m", "fast", "restart"]), check=True, capture_output=True)
+    _wait_ready(int(server_url.rsplit(":", 1)[1].split("/")[0]))
 
 
 def _wait_ready(port: int, timeout: float = 30.0) -> None:

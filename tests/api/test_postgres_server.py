@@ -9,10 +9,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session
 
 from tests.conftest import VIRTPOOL, Server, make_server, link_image
-from tests.postgres import create_database
-from virtpool.sdk import ServerError
+from tests.postgres import create_database, postgres_server, restart_postgres
+from virtpool.control.store import db
+from virtpool.control.store.tables import VMRow
+from virtpool.sdk import NotFound, ServerError
 
 
 def test_up_and_server_share_one_postgresql_pool(postgres: str, image_cache: Path,
@@ -69,3 +72,33 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
         [VIRTPOOL, "server", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:0", "--db", "nonsense"],
         capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 1 and "database URL" in bad.stderr
+
+
+def test_reads_after_postgresql_restarts_answer_without_an_error(tmp_path: Path) -> None:
+    # GET one VM and a page of VMs read on pooled connections without a pre-ping
+    # (store/read_only.py): after the database restarts, every one of those connections is dead,
+    # and the user still gets the VM, not a 503.
+    with postgres_server() as url:
+        control = Server(tmp_path / "d", command="server", extra_args=("--db", url))
+        (tmp_path / "d").mkdir(mode=0o700)
+        engine = db.open_database(url)
+        with Session(engine) as session, session.begin():
+            session.add_all(
+                VMRow(id=f"{i:032x}", name=f"vm-{i}", image="default", cpus=1, memory_mib=256,
+                      disk_mib=1024, kernel_args="", accel="auto", max_memory_mib=256,
+                      cpu_weight=100, slot=i, state="stopped", host="elsewhere")
+                for i in range(3))
+        engine.dispose()
+        control.start()
+        try:
+            api = control.api()
+            for _ in range(3):  # pooled read connections, all from before the restart
+                assert api.vm("vm-1").name == "vm-1"
+                assert [v.name for v in api.vms()] == ["vm-0", "vm-1", "vm-2"]
+            restart_postgres(url)
+            assert api.vm("vm-2").state == "stopped"
+            assert [v.name for v in api.vms()] == ["vm-0", "vm-1", "vm-2"]
+            with pytest.raises(NotFound):  # a real miss is still a miss
+                api.vm("vm-9")
+        finally:
+            control.stop()

@@ -34,6 +34,7 @@ from virtpool.control.leases import UNREACHABLE
 from virtpool.control.networks import NetworkService
 from virtpool.control.secgroups import SecGroupService
 from virtpool.control.placement import Placed, Placer, claim_delta, host_cpus_for
+from virtpool.control.store.read_only import ReadOnly
 from virtpool.control.store.tables import DEFAULT_PROJECT, HostRow, PortRow, VMRow, utcnow
 from virtpool.control.vms import admission, reads, reconcile
 from virtpool.control.vms.fetch import FetchProgress, Report
@@ -103,6 +104,8 @@ class VMService:
         secgroups: SecGroupService | None = None,
     ) -> None:
         self._sessions = sessions
+        # The API's GET and list: autocommit, no pre-ping on PostgreSQL (store/read_only.py).
+        self._read_only = ReadOnly(sessions.kw["bind"])
         self._agents = agents
         self._images = images
         self.local_host = agents.local_name
@@ -126,6 +129,7 @@ class VMService:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
+        self._read_only.dispose()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -141,15 +145,13 @@ class VMService:
 
     def page(self, *, limit: int, offset: int = 0, project_id: str | None = None,
              after: tuple[str, str] | None = None) -> tuple[list[VMInfo], int]:
-        """A page as :meth:`list` reads it, and how many VMs there are in all (one session)."""
-        with self._sessions() as session:
-            return reads.page(session.connection(), limit=limit, offset=offset,
-                              project_id=project_id, after=after)
+        """A page as :meth:`list` reads it, and how many VMs there are in all (one connection)."""
+        return self._read_only.run(lambda connection: reads.page(
+            connection, limit=limit, offset=offset, project_id=project_id, after=after))
 
     def get(self, ref: str, project_id: str | None = None) -> VMInfo:
         """A VM by name or id; within ``project_id`` when given (another project's is not found)."""
-        with self._sessions() as session:
-            vm = reads.one(session.connection(), ref, project_id)
+        vm = self._read_only.run(lambda connection: reads.one(connection, ref, project_id))
         if vm is None:
             raise NotFound(f"no VM named '{ref}'", hint="see `virtpool vm list`")
         return vm

@@ -11,7 +11,7 @@ that a read costs SQLAlchemy a cache lookup rather than compiling an expression 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -51,26 +51,54 @@ _IDS = bindparam("ids", expanding=True)
 # The ports, NICs and security groups of a set of VMs in one query (one round trip, not three):
 # (kind, vm, position, text, text, text, number), in each VM's order.
 _TEXT, _NUMBER = cast(null(), String), cast(null(), Integer)
-_CHILDREN = union_all(
-    select(literal("port").label("kind"), PortRow.vm_id.label("vm"),
-           PortRow.host_port.label("position"), _TEXT.label("a"), _TEXT.label("b"),
-           _TEXT.label("c"), PortRow.guest_port.label("n"))
-    .where(PortRow.vm_id.in_(_IDS)),
-    select(literal("nic"), NicRow.vm_id, NicRow.position, NetworkRow.name, NicRow.mac,
-           NicRow.address, _NUMBER)
-    .join(NetworkRow, NetworkRow.id == NicRow.network_id).where(NicRow.vm_id.in_(_IDS)),
-    select(literal("secgroup"), VMSecGroupRow.vm_id, VMSecGroupRow.position, SecGroupRow.name,
-           _TEXT, _TEXT, _NUMBER)
-    .join(SecGroupRow, SecGroupRow.id == VMSecGroupRow.secgroup_id)
-    .where(VMSecGroupRow.vm_id.in_(_IDS)),
-).order_by("kind", "vm", "position")
+
+
+def _children(vm_is: Callable[[Any], Any]) -> Any:
+    """The ports, NICs and security groups of the VMs ``vm_is(vm_id column)`` picks, as one
+    UNION ALL."""
+    return union_all(
+        select(literal("port").label("kind"), PortRow.vm_id.label("vm"),
+               PortRow.host_port.label("position"), _TEXT.label("a"), _TEXT.label("b"),
+               _TEXT.label("c"), PortRow.guest_port.label("n"))
+        .where(vm_is(PortRow.vm_id)),
+        select(literal("nic"), NicRow.vm_id, NicRow.position, NetworkRow.name, NicRow.mac,
+               NicRow.address, _NUMBER)
+        .join(NetworkRow, NetworkRow.id == NicRow.network_id).where(vm_is(NicRow.vm_id)),
+        select(literal("secgroup"), VMSecGroupRow.vm_id, VMSecGroupRow.position, SecGroupRow.name,
+               _TEXT, _TEXT, _NUMBER)
+        .join(SecGroupRow, SecGroupRow.id == VMSecGroupRow.secgroup_id)
+        .where(vm_is(VMSecGroupRow.vm_id)),
+    )
+
+
+_CHILDREN = _children(lambda vm_id: vm_id.in_(_IDS)).order_by("kind", "vm", "position")
 
 _REF = bindparam("ref")
 _PROJECT = bindparam("project")
 # An id match wins: internal paths pass ids, and another project's VM may be named like one.
-_ONE = (select(*_VM_COLUMNS).where((_VMS.c.name == _REF) | (_VMS.c.id == _REF))
-        .order_by((_VMS.c.id == _REF).desc()).limit(1))
-_ONE_IN_PROJECT = _ONE.where(_VMS.c.project_id == _PROJECT)
+_MATCH = ((_VMS.c.name == _REF) | (_VMS.c.id == _REF),)
+_IN_PROJECT = (*_MATCH, _VMS.c.project_id == _PROJECT)
+
+
+def _one_with_children(match: tuple[Any, ...]) -> Any:
+    """The VM ``match`` finds and its children in one statement (one round trip, where
+    PostgreSQL took two): a row per child, the VM's columns repeated, or one row with none."""
+    def first(*columns: Any) -> Any:
+        # The id breaks ties (two projects' VMs of one name), so that both selects pick one VM.
+        return (select(*columns).where(*match).order_by((_VMS.c.id == _REF).desc(), _VMS.c.id)
+                .limit(1))
+
+    vm = first(*_VM_COLUMNS).subquery("vm")
+    one_id = first(_VMS.c.id).scalar_subquery()
+    children = _children(lambda vm_id: vm_id == one_id).subquery("child")
+    return (select(*vm.c, children.c.kind, children.c.position, children.c.a, children.c.b,
+                   children.c.c, children.c.n)
+            .outerjoin(children, children.c.vm == vm.c.id)
+            .order_by(children.c.kind, children.c.position))
+
+
+_ONE = _one_with_children(_MATCH)
+_ONE_IN_PROJECT = _one_with_children(_IN_PROJECT)
 
 _LIMIT, _OFFSET = bindparam("limit"), bindparam("offset")
 _AFTER = tuple_(_VMS.c.name, _VMS.c.id) > tuple_(bindparam("after_name"), bindparam("after_id"))
@@ -91,8 +119,13 @@ def one(connection: Connection, ref: str, project_id: str | None = None) -> VMIn
         rows = connection.execute(_ONE, {"ref": ref}).all()
     else:
         rows = connection.execute(_ONE_IN_PROJECT, {"ref": ref, "project": project_id}).all()
-    found = _infos(connection, rows)
-    return found[0] if found else None
+    if not rows:
+        return None
+    width = len(COLUMNS)
+    ports, nics, secgroups = _children_by_vm(
+        (row[width], row[0], *row[width + 1:]) for row in rows if row[width] is not None)
+    vm_id = rows[0][0]
+    return info_of(rows[0][:width], ports.get(vm_id, []), nics.get(vm_id, []), secgroups.get(vm_id, []))
 
 
 def page(connection: Connection, *, limit: int, offset: int = 0, project_id: str | None = None,
@@ -113,19 +146,28 @@ def page(connection: Connection, *, limit: int, offset: int = 0, project_id: str
 def _infos(connection: Connection, rows: Sequence[Row[Any]]) -> list[VMInfo]:
     if not rows:
         return []
+    ports, nics, secgroups = _children_by_vm(
+        connection.execute(_CHILDREN, {"ids": [row[0] for row in rows]}))
+    # Column values by position (a row is a tuple in COLUMNS order): no lookup by name.
+    return [info_of(row, ports.get(row[0], []), nics.get(row[0], []), secgroups.get(row[0], []))
+            for row in rows]
+
+
+def _children_by_vm(children: Iterable[Sequence[Any]]) -> tuple[
+        dict[str, list[dict[str, int]]], dict[str, list[dict[str, str]]], dict[str, list[str]]]:
+    """Ports, NICs and security group names by VM id, from (kind, vm, position, a, b, c, n)
+    rows in each VM's order."""
     ports: dict[str, list[dict[str, int]]] = defaultdict(list)
     nics: dict[str, list[dict[str, str]]] = defaultdict(list)
     secgroups: dict[str, list[str]] = defaultdict(list)
-    for kind, vm_id, position, a, b, c, n in connection.execute(_CHILDREN, {"ids": [row[0] for row in rows]}):
+    for kind, vm_id, position, a, b, c, n in children:
         if kind == "port":
             ports[vm_id].append({"host": position, "guest": n})
         elif kind == "nic":
             nics[vm_id].append({"network": a, "mac": b, "address": c})
         else:
             secgroups[vm_id].append(a)
-    # Column values by position (a row is a tuple in COLUMNS order): no lookup by name.
-    return [info_of(row, ports.get(row[0], []), nics.get(row[0], []), secgroups.get(row[0], []))
-            for row in rows]
+    return ports, nics, secgroups
 
 
 def info_of(values: Sequence[Any], ports: list[dict[str, int]], nics: list[dict[str, str]],
