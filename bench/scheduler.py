@@ -22,7 +22,8 @@ Three measurements, each with its baseline in the same run where one exists:
   (WAL) and on a throwaway PostgreSQL server, and the first ``E2E_REQUESTS`` of the same
   requests, each in its own transaction through the control plane's ``Placer``: decision on
   its cached arrays, conditional UPDATE of the host's counters and generation, commit (as
-  ``virtpool up`` does per VM create, minus the VM row and the disk). Group members are not
+  ``virtpool up`` does per VM create, minus the VM row, the disk and the ORM Session that the
+  create's other rows need: ``Placer.claim`` runs on a Core connection). Group members are not
   rows here, so group rules never bite. Baseline: the bare claim — the very same conditional
   UPDATE (``placement.CLAIM``: same hosts, amounts and generations, the counters put back as
   they were first) and commit on a plain connection, without placing — i.e. what the database
@@ -372,8 +373,8 @@ def bench_e2e(seed: int, url: str) -> dict:
     for i, request in enumerate(requests):
         t0 = time.perf_counter()
         try:
-            with sessions.begin() as session:
-                chosen.append(placer.claim(session, request).host or "")
+            with engine.begin() as connection:
+                chosen.append(placer.claim(connection, request).host or "")
             placed.append(request)
         except InsufficientResources:
             refused += 1

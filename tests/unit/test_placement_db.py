@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.postgres import postgres_server
+from tests.postgres import create_database, postgres_server
 from virtpool.control.agents.registry import AgentRegistry
 from virtpool.control.detached import NoAgentAttached
 from virtpool.control.groups import GroupService
@@ -211,6 +212,43 @@ def test_200_concurrent_creates_for_room_for_50_on_postgresql(pg_url: str) -> No
         pool.close()
 
 
+
+def test_concurrent_creates_never_overcommit_one_nearly_full_host_on_postgresql(
+        pg_url: str) -> None:
+    """Creates through four servers (four Placers, each with its own cached figures) race for
+    the same last room: the claim's guard lets exactly as many in as fit, and each loser is
+    told why."""
+    url = create_database(pg_url, "nearly_full")
+    servers = [Pool(url) for _ in range(4)]
+    try:
+        servers[0].add("last", memory_mib=768)  # room for 3 VMs of 256 MiB
+        for n, server in enumerate(servers):  # each caches the host while it has room
+            server.vms.create(VMSpec(name=f"probe{n}", memory_mib=64))
+        probes = 4 * 64
+        servers[0].add("other", memory_mib=1 << 16, state="maintenance")
+
+        def create(i: int) -> str | Exception:
+            try:
+                return servers[i % 4].create(f"race{i:02}")
+            except (VirtpoolError, SQLAlchemyError) as err:  # every outcome is inspected below
+                return err
+
+        with ThreadPoolExecutor(max_workers=16) as workers:
+            outcomes = list(workers.map(create, range(24)))
+        placed = [o for o in outcomes if isinstance(o, str)]
+        assert placed == ["last"] * ((768 - probes) // 256)
+        refused = [o for o in outcomes if not isinstance(o, str)]
+        assert all(isinstance(e, InsufficientResources)
+                   and "1 host is not up (1 in maintenance), 1 lacks memory" in e.message
+                   for e in refused), \
+            {str(e) for e in refused}
+        row = servers[0].host_rows()["last"]
+        assert row.used_memory_mib == probes + 256 * len(placed)
+        servers[0].assert_counters_exact()
+    finally:
+        for server in servers:
+            server.close()
+
 # -- claims: retries, release, resize ------------------------------------------------------
 
 class CountingPlacer(Placer):
@@ -220,9 +258,9 @@ class CountingPlacer(Placer):
         super().__init__()
         self.reloads: list[str] = []
 
-    def _reload_host(self, session: Session, name: str) -> None:
+    def _reload_host(self, connection: Connection, name: str) -> None:
         self.reloads.append(name)
-        super()._reload_host(session, name)
+        super()._reload_host(connection, name)
 
 
 def test_a_claim_on_stale_figures_is_retried_never_double_booked(pool: Pool) -> None:
@@ -536,7 +574,8 @@ def test_a_lost_claim_on_postgresql_keeps_no_lock_on_the_host(pg_url: str) -> No
         committer = threading.Thread(target=commit_once_the_claim_waits)
         committer.start()
         with pool.sessions.begin() as session:
-            assert _claim_once(session, "locks", seen, Resources(1, 1, 1)) is False
+            assert _claim_once(session.connection(), "locks", seen,
+                               Resources(1, 1, 1)) is False
             committer.join()
             with pool.engine.connect() as third:  # would fail at once if the row were locked
                 third.execute(text("SELECT name FROM hosts WHERE name = 'locks' FOR UPDATE NOWAIT"))

@@ -25,6 +25,7 @@ its generation), so a refusal is always decided on fresh figures.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import bindparam, func, or_, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Dialect, Row
 from sqlalchemy.orm import Session
 
 from virtpool.control.scheduler import Decision, HostArrays, place, refusal
@@ -150,8 +151,8 @@ class Placer:
             else:
                 self._dirty.add(host)
 
-    def _load(self, session: Session) -> None:
-        rows = session.connection().execute(select(_HOSTS).order_by(_HOSTS.c.name)).all()
+    def _load(self, connection: Connection) -> None:
+        rows = connection.execute(select(_HOSTS).order_by(_HOSTS.c.name)).all()
         self._arrays = HostArrays.build([host_capacity(r) for r in rows],
                                         [usage_claim(r) for r in rows])
         self._generations = np.array([r.generation for r in rows], dtype=np.int64)
@@ -159,44 +160,44 @@ class Placer:
         self._dirty.clear()
         self._stale = self._behind = False
 
-    def _reload_host(self, session: Session, name: str) -> None:
+    def _reload_host(self, connection: Connection, name: str) -> None:
         assert self._arrays is not None
         index = self._arrays.index.get(name)
-        row = session.connection().execute(select(_HOSTS).where(_HOSTS.c.name == name)).first()
+        row = connection.execute(select(_HOSTS).where(_HOSTS.c.name == name)).first()
         if index is None or row is None:  # added or removed meanwhile
-            self._load(session)
+            self._load(connection)
             return
         self._arrays.reload_host(index, host_capacity(row), [usage_claim(row)])
         self._generations[index] = row.generation
 
-    def _catch_up(self, session: Session) -> None:
+    def _catch_up(self, connection: Connection) -> None:
         """Reload the hosts whose generation moved since they were read: one narrow scan of
         names and generations, then a row per changed host (or all, when many changed)."""
         assert self._arrays is not None
-        current = session.connection().execute(select(_HOSTS.c.name, _HOSTS.c.generation)).all()
+        current = connection.execute(select(_HOSTS.c.name, _HOSTS.c.generation)).all()
         index = self._arrays.index
         if len(current) != len(index) or any(name not in index for name, _ in current):
-            self._load(session)
+            self._load(connection)
             return
         changed = [name for name, gen in current if self._generations[index[name]] != gen]
         if len(changed) > len(current) // 10:
-            self._load(session)
+            self._load(connection)
             return
         for name in changed:
-            self._reload_host(session, name)
+            self._reload_host(connection, name)
         self._dirty.clear()
         self._behind = False
         self._loaded_at = time.monotonic()
 
-    def _fresh_arrays(self, session: Session) -> tuple[HostArrays, bool]:
+    def _fresh_arrays(self, connection: Connection) -> tuple[HostArrays, bool]:
         """The cached arrays brought up to date; True when checked against every host now."""
         if self._stale or self._arrays is None:
-            self._load(session)
+            self._load(connection)
         elif self._behind or time.monotonic() - self._loaded_at > CACHE_MAX_AGE_S:
-            self._catch_up(session)
+            self._catch_up(connection)
         else:
             for name in sorted(self._dirty):
-                self._reload_host(session, name)
+                self._reload_host(connection, name)
             self._dirty.clear()
             assert self._arrays is not None
             return self._arrays, False
@@ -235,9 +236,12 @@ class Placer:
         assert decision.host is not None
         return Placed(decision.host, group_row.id if group_row else None, decision)
 
-    def claim(self, session: Session, request: PlacementRequest, *,
+    def claim(self, bind: Session | Connection, request: PlacementRequest, *,
               group_id: str | None = None, weigher: str | None = None) -> Decision:
-        """Place ``request`` and claim its host in ``session``'s transaction.
+        """Place ``request`` and claim its host in ``bind``'s transaction.
+
+        Everything runs on one Core connection (a Session's, or the one given): a caller
+        with no ORM work to do passes a Connection and skips the Session's own costs.
 
         Raises InsufficientResources (with the scheduler's explanation) when no host can take
         it, Conflict when every attempt lost a race.
@@ -248,24 +252,24 @@ class Placer:
         # one there would stall the threads that hold connections and need the lock to finish.
         if weigher is None:
             weigher = self._default_weigher()
-        session.connection()
+        connection = bind.connection() if isinstance(bind, Session) else bind
         for attempt in range(CLAIM_ATTEMPTS):
             with self._lock:
-                arrays, loaded = self._fresh_arrays(session)
+                arrays, loaded = self._fresh_arrays(connection)
                 fresh = fresh or loaded
-                decision = self._decide(session, arrays, request, group_id, weigher)
+                decision = self._decide(connection, arrays, request, group_id, weigher)
                 if not decision.placed and not fresh:
                     # Never refuse on cached figures: another server may have freed room.
-                    self._catch_up(session)
+                    self._catch_up(connection)
                     fresh = True
                     assert self._arrays is not None
                     arrays = self._arrays
-                    decision = self._decide(session, arrays, request, group_id, weigher)
+                    decision = self._decide(connection, arrays, request, group_id, weigher)
                 if not decision.placed:
                     raise refusal(decision)
                 assert decision.host_index is not None and decision.host is not None
                 seen = int(self._generations[decision.host_index])
-            claimed = _claim_once(session, decision.host, seen, amount)
+            claimed = _claim_once(connection, decision.host, seen, amount)
             if claimed:
                 with self._lock:
                     self._count_claim(arrays, decision.host_index, seen, request.vm, amount)
@@ -290,14 +294,14 @@ class Placer:
         arrays.add_usage(index, amount)
         self._generations[index] = seen + 1
 
-    def _decide(self, session: Session, arrays: HostArrays, request: PlacementRequest,
+    def _decide(self, connection: Connection, arrays: HostArrays, request: PlacementRequest,
                 group_id: str | None, weigher: str) -> Decision:
         if request.group is None or group_id is None:
             return place(arrays, request, weigher=weigher)
         # Members are counted now, after the generations the claim will be checked against
         # were read: a member placed since then changed its host's generation.
         counts = np.zeros(len(arrays), dtype=np.int32)
-        for host, number in session.execute(
+        for host, number in connection.execute(
                 select(VMRow.host, func.count()).where(VMRow.group_id == group_id)
                 .group_by(VMRow.host)):
             index = arrays.index.get(host)
@@ -349,10 +353,10 @@ class Placer:
                                    host_cpus=host_cpus, growth=True)
         if request.resources() == Resources(0, 0, 0) and not host_cpus:
             return  # nothing grows: a shrink always fits, even on a host over its ratios
-        session.connection()  # before the lock: see claim()
+        connection = session.connection()  # before the lock: see claim()
         with self._lock:
-            arrays, _ = self._fresh_arrays(session)
-            self._reload_host(session, host)  # the host as this transaction sees it
+            arrays, _ = self._fresh_arrays(connection)
+            self._reload_host(connection, host)  # the host as this transaction sees it
             decision = place(self._arrays or arrays, request)  # (a reload may replace them)
         if not decision.placed:
             raise refusal(decision)
@@ -365,9 +369,27 @@ _SAVEPOINT = "SAVEPOINT virtpool_claim"
 _ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT virtpool_claim"
 
 
-def _claim_once(session: Session, host: str, seen: int, amount: Resources) -> bool:
+# Columns SQLAlchemy fills on every UPDATE (updated_at): the driver-level claim must too.
+_ON_UPDATE = {column.key: column.onupdate.arg for column in _HOSTS.c
+              if column.onupdate is not None}  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled_claim(dialect: Dialect) -> tuple[str, dict[str, Any]]:
+    """``CLAIM`` as the driver's SQL and its fixed parameters, compiled once per dialect."""
+    compiled = CLAIM.compile(dialect=dialect)
+    return compiled.string, dict(compiled.params)
+
+
+def _driver_params(fixed: dict[str, Any], params: dict[str, object]) -> dict[str, Any]:
+    values = {**fixed, **params}
+    for key, make in _ON_UPDATE.items():
+        values[key] = make(None)  # SQLAlchemy's wrapper of a plain callable takes a context
+    return values
+
+
+def _claim_once(connection: Connection, host: str, seen: int, amount: Resources) -> bool:
     """The conditional UPDATE of one claim attempt; False when it lost the race."""
-    connection = session.connection()
     params = {**_params(host, amount), "seen": seen}
     if connection.dialect.name != "postgresql":
         # SQLite has one writer at a time: a lost attempt holds the database lock, which
@@ -376,9 +398,15 @@ def _claim_once(session: Session, host: str, seen: int, amount: Resources) -> bo
     # PostgreSQL keeps the row lock an UPDATE waited for even when the row then fails its
     # WHERE. Held on to, such locks let two creates wait on each other's host (a deadlock);
     # rolled back to a savepoint, a lost attempt holds nothing. A won attempt leaves its
-    # savepoint to the transaction's COMMIT, which releases it: no RELEASE round trip.
-    connection.exec_driver_sql(_SAVEPOINT)
-    if connection.execute(CLAIM, params).rowcount == 1:
+    # savepoint to the transaction's COMMIT, which releases it: no RELEASE round trip. The
+    # savepoint and the UPDATE go in one round trip (psycopg's pipeline mode); the
+    # transaction is SQLAlchemy's, already begun on this connection.
+    sql, fixed = _compiled_claim(connection.dialect)
+    driver = connection.connection.driver_connection
+    with driver.pipeline():  # type: ignore[union-attr]
+        driver.execute(_SAVEPOINT)  # type: ignore[union-attr]
+        cursor = driver.execute(sql, _driver_params(fixed, params))  # type: ignore[union-attr]
+    if cursor.rowcount == 1:
         return True
     connection.exec_driver_sql(_ROLLBACK_TO_SAVEPOINT)
     return False
