@@ -13,8 +13,9 @@ Five setups, each with two VMs of the default image (1 vCPU, 256 MiB, microvm, t
 * **virtpool, two hosts** — a `virtpool server` and two `virtpool agent`s in network
   namespaces (tests/cluster/harness.py's lab), one VM on each, VXLAN between them pushed by
   the control plane.
-* **bare, two hosts** — the same two namespaces' worth by hand: a bridge, a VXLAN device to the
-  other namespace and a tap in each, MTU 1450.
+* **bare, two hosts** — the same by hand, in a lab of the same topology (two namespaces joined by
+  veths to a bridge in the root namespace, the underlay): a bridge, a VXLAN device to the other
+  namespace and a tap in each, MTU 1450.
 * **user-mode** (reference) — two QEMUs on ``-netdev user``: one forwards a host port to its
   iperf3 server, the other reaches it at 10.0.2.2. Its latency is a ping of slirp's gateway
   (two guests on user-mode networking cannot ping each other).
@@ -94,8 +95,7 @@ IPERF = f"LD_LIBRARY_PATH={IPERF_DIR}/lib {IPERF_DIR}/iperf3"
 IPERF_PORT = 5201
 CHUNK = 700_000  # bytes of the iperf3 bundle per exec (the API takes 1 MiB of stdin)
 SUBNET_ONE, SUBNET_TWO = "10.93.0", "10.94.0"
-LAB_SUBNET = "10.233.130"
-UNDERLAY = ("10.199.77.1", "10.199.77.2")
+LAB_SUBNET, BARE_LAB_SUBNET = "10.233.130", "10.233.131"  # virtpool's lab, the bare one's
 VNI = 77
 
 Sh = Callable[[str, float, bytes | None], tuple[int, str]]  # run a shell script in a guest
@@ -304,24 +304,20 @@ def bare_one_host(bare: Bare) -> Iterator[tuple[Sh, Sh, str]]:
 
 @contextmanager
 def bare_two_hosts(bare: Bare) -> Iterator[tuple[Sh, Sh, str]]:
-    namespaces = [f"{PREFIX}-bare-a", f"{PREFIX}-bare-b"]
+    """By hand on the very lab virtpool's two hosts run in (namespaces joined by veths to a
+    bridge in the root namespace: the underlay's path and its cost are the same), a bridge, a
+    VXLAN device to the other namespace and a tap in each, MTU 1450."""
+    lab = Lab(2, prefix=f"{PREFIX}b", subnet=BARE_LAB_SUBNET).setup()
     try:
-        for ns in namespaces:
-            run("ip", "netns", "del", ns, check=False)
-            run("ip", "netns", "add", ns)
-        run("ip", "link", "add", f"{PREFIX}ua", "netns", namespaces[0], "type", "veth",
-            "peer", "name", f"{PREFIX}ub", "netns", namespaces[1])
         guests = []
-        for i, ns in enumerate(namespaces):
+        for i, host in enumerate(lab.hosts):
+            ns, other = host.name, lab.hosts[1 - i]
+
             def ip(*args: str, ns: str = ns) -> None:
                 run("ip", "-n", ns, *args)
-            under = f"{PREFIX}u{'ab'[i]}"
-            ip("addr", "add", f"{UNDERLAY[i]}/24", "dev", under)
-            ip("link", "set", under, "up")
-            ip("link", "set", "lo", "up")
             ip("link", "add", "br0", "mtu", "1450", "type", "bridge")
             ip("link", "add", "vx0", "mtu", "1450", "type", "vxlan", "id", str(VNI), "local",
-               UNDERLAY[i], "remote", UNDERLAY[1 - i], "dstport", "4789")
+               host.address, "remote", other.address, "dstport", "4789")
             ip("link", "set", "vx0", "master", "br0", "up")
             # The tap is made in the namespace: QEMU, started there, opens it by name.
             run("ip", "netns", "exec", ns, "ip", "tuntap", "add", "tap0", "mode", "tap")
@@ -333,8 +329,7 @@ def bare_two_hosts(bare: Bare) -> Iterator[tuple[Sh, Sh, str]]:
         yield guests[1], guests[0], f"{SUBNET_TWO}.11"
     finally:
         bare.stop()
-        for ns in namespaces:
-            run("ip", "netns", "del", ns, check=False)
+        lab.teardown()
 
 
 @contextmanager

@@ -94,19 +94,26 @@ def host_pings_reach(api: Client, vm: str, address: str) -> bool:
 
 
 def ruleset(server: Server, family: str) -> dict[str, Any] | None:
-    """Our security-group table in ``family``, without handles and counters; None if absent."""
+    """Our security-group table in ``family``: its chains, and each chain's rules in order,
+    without handles and counters; None if absent. The order of the chains themselves means
+    nothing to nftables (a chain added by a later converge is listed last), so it is left out."""
     done = subprocess.run(["nft", "-j", "list", "table", family, f"{prefix_of(server)}sg"],
                           capture_output=True, text=True)
     if done.returncode != 0:
         return None
-    items = json.loads(done.stdout)["nftables"]
-    for item in items:
-        for body in item.values():
-            if isinstance(body, dict):
-                body.pop("handle", None)
-                if "expr" in body:
-                    body["expr"] = [e for e in body["expr"] if "counter" not in e]
-    return {"nftables": [i for i in items if "metainfo" not in i]}
+    chains: dict[str, Any] = {}
+    rules: dict[str, list[Any]] = {}
+    for item in json.loads(done.stdout)["nftables"]:
+        for kind, body in item.items():
+            if kind not in ("chain", "rule"):
+                continue
+            body.pop("handle", None)
+            if kind == "chain":
+                chains[body["name"]] = body
+            else:
+                body["expr"] = [e for e in body["expr"] if "counter" not in e]
+                rules.setdefault(body["chain"], []).append(body)
+    return {"chains": chains, "rules": rules}
 
 
 def test_without_groups_the_network_gets_in_and_the_host_does_not(

@@ -18,6 +18,23 @@ AgentListen = Annotated[str | None, typer.Option(
 TLSCert = Annotated[Path | None, typer.Option(
     "--tls-cert", help="the API's certificate (PEM); default beyond loopback: one of the pool CA")]
 TLSKey = Annotated[Path | None, typer.Option("--tls-key", help="the key of --tls-cert (PEM)")]
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _log_to_stderr() -> None:
+    """virtpool's own log lines from INFO up on stderr (what a converge changed, VMs adopted,
+    heartbeats lost ...): without a handler Python shows only warnings. Other libraries' INFO
+    (httpx logs every request) stays out."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    ours = logging.getLogger("virtpool")
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False  # its warnings once, not again through Python's last-resort handler
+
+
 CAPassphrase = Annotated[Path | None, typer.Option(
     "--ca-passphrase-file", help="the pool CA's passphrase (a copy of pki/ca.passphrase of the "
                                  "pool's first server; needed by every further server on its database)")]
@@ -45,6 +62,7 @@ def server(
     from virtpool.api.server import ServeOptions, parse_listen, serve
     from virtpool.model.errors import VirtpoolError
 
+    _log_to_stderr()
     try:
         host_, port = parse_listen(listen)
         serve(ServeOptions(data_dir=data_dir or common.data_dir(), host=host_, port=port, db_url=db,
@@ -100,6 +118,7 @@ def up(
     from virtpool.model.errors import VirtpoolError
     from virtpool.model.units import parse_size_mib
 
+    _log_to_stderr()
     if accel not in ("auto", "kvm", "tcg"):
         output.fail(f"unknown accelerator '{accel}'", hint="use auto, kvm or tcg")
     if not re.fullmatch(r"[a-z]{1,4}", net_prefix):
@@ -155,6 +174,7 @@ def agent(
         output.fail(f"'{net_prefix}' is not a valid --net-prefix", hint="use 1-4 lowercase letters")
     if not server.startswith("https://"):
         output.fail(f"'{server}' is not an https:// URL", hint="pass the join URL the control plane printed")
+    _log_to_stderr()
     default_dir = Path("/var/lib/virtpool-agent") if os.geteuid() == 0 else \
         Path.home() / ".local/share/virtpool-agent"
     try:

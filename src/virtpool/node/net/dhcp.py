@@ -64,8 +64,9 @@ def running(pid_path: Path) -> psutil.Process | None:
     return None
 
 
-def converge(bridge: BridgePlan, state_dir: Path, netns: str | None = None) -> None:
-    """dnsmasq runs on ``bridge`` and hands out exactly its leases."""
+def converge(bridge: BridgePlan, state_dir: Path, netns: str | None = None) -> str | None:
+    """dnsmasq runs on ``bridge`` with its settings and hands out exactly its leases. What it
+    did: "start", "restart" (its settings changed), "reload" (its leases changed) or None."""
     hosts = hosts_file(bridge, state_dir)
     content = dnsmasq_hosts(bridge)
     changed = not hosts.exists() or hosts.read_text() != content
@@ -74,12 +75,15 @@ def converge(bridge: BridgePlan, state_dir: Path, netns: str | None = None) -> N
         tmp.write_text(content)
         os.chmod(tmp, 0o644)
         os.replace(tmp, hosts)
+    argv = dnsmasq_argv(bridge, state_dir)
     proc = running(pidfile(bridge, state_dir))
     if proc is not None:
-        if changed:
-            proc.send_signal(signal.SIGHUP)
-        return
-    argv = dnsmasq_argv(bridge, state_dir)
+        if _cmdline(proc) == argv:
+            if changed:
+                proc.send_signal(signal.SIGHUP)
+                return "reload"
+            return None
+        _stop(proc)
     if netns is not None:
         argv = ["ip", "netns", "exec", netns, *argv]
     try:
@@ -90,20 +94,38 @@ def converge(bridge: BridgePlan, state_dir: Path, netns: str | None = None) -> N
                               hint="run scripts/install-system-packages.sh as root") from err
     if done.returncode != 0:
         raise OperationFailed(f"dnsmasq refused to serve {bridge.name}: {done.stderr.strip()}")
+    return "start" if proc is None else "restart"
 
 
-def stop_all_except(keep: set[str], state_dir: Path) -> None:
-    """Stop the dnsmasq of every bridge not in ``keep`` and remove its files."""
-    for pid_path in state_dir.glob("*.dnsmasq.pid"):
+def _cmdline(proc: psutil.Process) -> list[str] | None:
+    try:
+        return proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _stop(proc: psutil.Process) -> None:
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=5)
+    except psutil.TimeoutExpired:
+        proc.kill()
+    except psutil.NoSuchProcess:
+        pass
+
+
+def stop_all_except(keep: set[str], state_dir: Path) -> list[str]:
+    """Stop the dnsmasq of every bridge not in ``keep`` and remove its files; the bridges
+    whose dnsmasq was stopped."""
+    stopped = []
+    for pid_path in sorted(state_dir.glob("*.dnsmasq.pid")):
         name = pid_path.name.removesuffix(".dnsmasq.pid")
         if name in keep:
             continue
         proc = running(pid_path)
         if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except psutil.TimeoutExpired:
-                proc.kill()
+            _stop(proc)
+            stopped.append(name)
         for path in (pid_path, state_dir / f"{name}.hosts"):
             path.unlink(missing_ok=True)
+    return stopped

@@ -54,20 +54,24 @@ class Forwarding:
         ns = netns or f"ino{os.stat('/proc/self/ns/net').st_ino}"
         self.registry = REGISTRY / ns
 
-    def set_bridge(self, name: str, on: bool) -> None:
-        """Our own bridge: no registry, it goes with the device."""
-        self._write(name, 1 if on else 0)
+    def set_bridge(self, name: str, on: bool) -> bool:
+        """Our own bridge: no registry, it goes with the device. Whether it had to change."""
+        if self._read(name) == int(on):
+            return False
+        self._write(name, int(on))
+        return True
 
     def would_hold(self, name: str) -> bool:
         """Whether ``hold`` would hold ``name``: virtpool switched it on, or it is off."""
         with self._locked() as entries:
             return name in entries or self._read(name) == 0
 
-    def hold(self, names: tuple[str, ...]) -> tuple[str, ...]:
-        """Forwarding on for ``names``, held by us; the ones we hold (that did not forward before
-        virtpool) are returned: those the rules must restrict. Others already forwarding (the
-        operator's choice) are neither held nor restricted. Lets go of uplinks no longer named."""
-        held = []
+    def hold(self, names: tuple[str, ...]) -> list[tuple[str, str]]:
+        """Forwarding on for ``names``, held by us: those that did not forward before virtpool
+        are the ones the rules restrict. Others already forwarding (the operator's choice) are
+        neither held nor restricted. Lets go of uplinks no longer named. What it changed:
+        (interface, the value it set)."""
+        changed = []
         with self._locked() as entries:
             for name in names:
                 entry = entries.get(name)
@@ -77,26 +81,32 @@ class Forwarding:
                     entry = entries[name] = {"original": 0, "holders": []}
                 if self.holder not in entry["holders"]:
                     entry["holders"].append(self.holder)
-                self._write(name, 1)
-                held.append(name)
+                if self._read(name) != 1:
+                    self._write(name, 1)
+                    changed.append((name, "1"))
             for name in set(entries) - set(names):
-                self._let_go(entries, name)
-        return tuple(sorted(held))
+                original = entries[name]["original"]
+                if self._let_go(entries, name):
+                    changed.append((name, str(original)))
+        return changed
 
     def release_all(self) -> None:
         with self._locked() as entries:
             for name in list(entries):
                 self._let_go(entries, name)
 
-    def _let_go(self, entries: dict[str, Any], name: str) -> None:
+    def _let_go(self, entries: dict[str, Any], name: str) -> bool:
+        """Whether the original value was put back (we were its last holder)."""
         entry = entries[name]
         entry["holders"] = [h for h in entry["holders"] if h != self.holder and Path(h).is_dir()]
-        if not entry["holders"]:
-            try:
-                self._write(name, entry["original"])
-            except OperationFailed:
-                pass  # the interface is gone, and its setting with it
-            del entries[name]
+        if entry["holders"]:
+            return False
+        try:
+            self._write(name, entry["original"])
+        except OperationFailed:
+            pass  # the interface is gone, and its setting with it
+        del entries[name]
+        return True
 
     @contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:

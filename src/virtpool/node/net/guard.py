@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from virtpool.node.net import nft
+from virtpool.node.net import nft, rules
 from virtpool.node.sandbox.uid_ranges import RANGE_COUNT, RANGE_SIZE
 from virtpool.node.sandbox.users import VM_ID_BASE
 
@@ -22,13 +22,15 @@ VM_UID_END = VM_ID_BASE + RANGE_COUNT * RANGE_SIZE - 1  # the last uid of every 
 
 
 def guard_commands(table: str = DEFAULT_TABLE) -> list[dict[str, Any]]:
-    """Pure: the nftables JSON commands that (re)build the guard table from scratch."""
+    """Pure: the nftables JSON commands that rebuild the guard table from scratch (the form
+    ``rules.changes_to`` takes)."""
     chain = {"family": "inet", "table": table, "name": "output"}
     return [
         {"add": {"table": {"family": "inet", "name": table}}},
+        {"delete": {"table": {"family": "inet", "name": table}}},
+        {"add": {"table": {"family": "inet", "name": table}}},
         {"add": {"chain": {**chain, "type": "filter", "hook": "output", "prio": 0,
                            "policy": "accept"}}},
-        {"flush": {"chain": chain}},
         {"add": {"rule": {"family": "inet", "table": table, "chain": "output", "comment": "virtpool: VM users never reach the host", "expr": [
             {"match": {"op": "==", "left": {"meta": {"key": "skuid"}},
                        "right": {"range": [VM_ID_BASE, VM_UID_END]}}},
@@ -41,5 +43,7 @@ def guard_commands(table: str = DEFAULT_TABLE) -> list[dict[str, Any]]:
 
 
 def install(table: str = DEFAULT_TABLE) -> None:
-    """Put the guard in place (idempotent: the chain is rebuilt in one transaction)."""
-    nft.apply(guard_commands(table))
+    """Put the guard in place. Idempotent, by difference: a guard in place is left as it is
+    (an agent restart re-makes nothing); a missing or changed one is made in one transaction."""
+    commands, _ = rules.changes_to(guard_commands(table), nft.list_ruleset())
+    nft.apply(commands)
