@@ -197,6 +197,11 @@ class Pool:
         except VirtpoolError as err:
             log.warning("reconcile of host %s failed for now: %s", host, err)
 
+    def delete_image(self, name: str) -> None:
+        """Delete an image pool-wide (refused while a VM uses it), with the hosts' copies."""
+        self.images.delete(name)
+        self.vms.drop_image_copies(name)
+
     def remove_host(self, name: str) -> None:
         """Remove a host (holding no VM) and revoke its agent's certificate in one step: its
         agent is refused from its next request on."""

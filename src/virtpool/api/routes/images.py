@@ -33,7 +33,7 @@ def show_image(name: str, pool: PoolDep, _: Caller) -> ImageInfo:
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_image(name: str, pool: PoolDep, _: Admin) -> Response:
-    pool.images.delete(name)
+    pool.delete_image(name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
