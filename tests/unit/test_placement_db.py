@@ -34,6 +34,7 @@ from virtpool.model.errors import (
     InvalidRequest,
     VirtpoolError,
 )
+from virtpool.model.agent import AgentUnreachable
 from virtpool.model.image import ImageInfo
 from virtpool.model.inventory import GroupSpec, HostAdd, LabelsUpdate, RatiosUpdate
 from virtpool.model.resources import PlacementRequest
@@ -697,3 +698,20 @@ def test_a_claim_rolled_back_is_healed_at_the_next_claim(pool: Pool) -> None:
     with pool.sessions.begin() as session:
         assert placer.claim(session, PlacementRequest("v1", cpus=1, memory_mib=256)).host == "a"
     assert pool.host_rows()["a"].used_memory_mib == 512
+
+
+def test_a_create_without_start_whose_host_goes_out_of_reach_leaves_nothing(pool: Pool) -> None:
+    pool.add(LOCAL)
+
+    def out_of_reach(name: str) -> ImageInfo:
+        raise AgentUnreachable("host 'h1' does not answer")
+
+    pool.agent.get_image = out_of_reach  # type: ignore[method-assign]
+    tracked: list[str] = []
+    with pytest.raises(AgentUnreachable):
+        pool.vms.create_in_background(VMSpec(name="lost", memory_mib=256),
+                                      track=lambda vm: tracked.append(vm.name))  # type: ignore[arg-type,return-value]
+    assert tracked == []
+    with pool.sessions() as session:
+        assert list(session.scalars(select(VMRow.name))) == []
+    pool.assert_counters_exact()

@@ -296,7 +296,12 @@ class VMService:
         spec = self._checked(spec, project_id)
         vm_id, host = self._admit(spec, project_id)
         agent = self._agent_or_none(host)
-        if agent is None or self._holds_image(agent, spec.image):
+        try:
+            at_once = agent is None or self._holds_image(agent, spec.image)
+        except BaseException:  # e.g. the host went out of reach: a refused create leaves nothing
+            self._remove_row(vm_id)
+            raise
+        if at_once:
             if agent is not None:
                 self._make_disk(agent, vm_id, host, spec.image, spec.disk_mib)
             self._transition(vm_id, [S.CREATING], S.STOPPED)
