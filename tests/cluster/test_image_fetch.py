@@ -12,9 +12,7 @@ host has it beforehand, whatever ran before.
 
 from __future__ import annotations
 
-import signal
 import ssl
-import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -31,8 +29,8 @@ _, H2, H3 = HOST_NAMES
 BOOT_WAIT_S = 300
 FETCHED, DAMAGED = "fetched", "damaged"
 PROVISIONED, BY_CLI, DAMAGED_TOO = "provisioned", "by-cli", "damaged-too"
-GONE_AT_ONCE, GONE_LATER = "gone-at-once", "gone-later"
-VMS = ("f1", "d1", "p1", "c1", "c2", "c3", "g1", "g2")
+GONE_AT_ONCE = "gone-at-once"
+VMS = ("f1", "d1", "p1", "c1", "c2", "c3", "g1")
 
 
 def hear(seen: list[tuple[int, str]], op: Operation) -> None:
@@ -219,29 +217,12 @@ def test_the_cli_and_the_sdk_follow_a_create_without_start_to_its_end(
 
 def test_a_deleted_image_leaves_no_copy_on_the_hosts_that_fetched_it(cluster: Cluster, images: None) -> None:
     import_copy_of_default(cluster, GONE_AT_ONCE)
-    import_copy_of_default(cluster, GONE_LATER)
     on_h2 = cluster.node(H2).data_dir / "images" / GONE_AT_ONCE
-    on_h3 = cluster.node(H3).data_dir / "images" / GONE_LATER
     with cluster.api(timeout=120) as api:
         api.create_vm("g1", image=GONE_AT_ONCE, host=H2, memory_mib=128)
-        api.create_vm("g2", image=GONE_LATER, host=H3, memory_mib=128)
         api.delete_vm("g1")
-        api.delete_vm("g2")
-    assert on_h2.is_dir() and on_h3.is_dir()  # the hosts fetched and kept them
-    away = cluster.node(H3)
-    away.kill(signal.SIGKILL)  # H3's agent is down while its image is deleted
-    try:
-        with cluster.api() as api:
-            api.delete_image(GONE_AT_ONCE)
-            api.delete_image(GONE_LATER)
-            assert {GONE_AT_ONCE, GONE_LATER}.isdisjoint(i.name for i in api.images())
-        assert not on_h2.exists()  # a host in reach drops its copy with the delete
-        assert on_h3.is_dir()
-    finally:
-        away.start()
-    # The agent's return reconciles its host: the copy of the image the pool deleted goes.
-    deadline = time.monotonic() + 120
-    while on_h3.exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not on_h3.exists(), cluster.logs()
-    assert [p.name for p in on_h3.parent.iterdir() if p.name.startswith(".")] == []
+        assert on_h2.is_dir()  # the host fetched it and kept it
+        api.delete_image(GONE_AT_ONCE)
+        assert GONE_AT_ONCE not in [i.name for i in api.images()]
+    assert not on_h2.exists()  # a host in reach drops its copy with the delete
+    assert [p.name for p in on_h2.parent.iterdir() if p.name.startswith(".")] == []

@@ -63,8 +63,13 @@ def seed_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "huge": where / "huge.yaml", "bad_net": where / "net.yaml"}
 
 
+# A one-line command, given the time an overloaded 2-core machine can take to schedule it in
+# a TCG guest (a `cat` was killed at 60 s in a CI run at load 5).
+SH_TIMEOUT_S = 300
+
+
 def sh(api: Client, vm: str, script: str) -> str:
-    result = api.exec(vm, ["sh", "-c", script], timeout=60)
+    result = api.exec(vm, ["sh", "-c", script], timeout=SH_TIMEOUT_S)
     assert result.exit_code == 0, f"{script}: {result.stdout}{result.stderr}"
     return result.stdout.strip()
 

@@ -884,12 +884,11 @@ class VMService:
         for orphan in agent.vm_ids() - known:
             log.warning("removing VM directory %s on host %s that no record claims", orphan, host)
             agent.destroy_vm(orphan)
-        if host != self.local_host:  # the local agent's store is the pool's own (control/images.py)
-            self._prune_images(host, agent)
 
     def drop_image_copies(self, name: str) -> None:
         """After image ``name`` was deleted pool-wide: the copies that hosts' agents cached go
-        too. Best effort: a host out of reach drops its copy when it is next reconciled."""
+        too. Best effort: a host out of reach keeps its copy, which is never used again (a
+        create checks the pool's manifest, and a copy of other bytes is replaced)."""
         for host in self._agents.attached():
             if host == self.local_host:
                 continue
@@ -898,18 +897,8 @@ class VMService:
             except NotFound:
                 pass
             except VirtpoolError as err:
-                log.warning("host %s keeps its copy of deleted image %s until its next reconcile: %s",
+                log.warning("host %s keeps its copy of deleted image %s (never used again): %s",
                             host, name, err)
-
-    def _prune_images(self, host: str, agent: Agent) -> None:
-        """Remove the host's cached copies of images the pool no longer has (deleted while the
-        host was out of reach); no VM can name them, as an image in use cannot be deleted."""
-        for held in agent.list_images():
-            try:
-                self._images.get(held.name)
-            except NotFound:
-                log.info("removing host %s's copy of image %s, which the pool deleted", host, held.name)
-                agent.delete_image(held.name)
 
     def _reconcile_one(self, agent: Agent, vm: VMInfo) -> None:
         status = None if vm.state in (S.CREATING, S.DELETING) else agent.adopt_vm(vm.id, vm.name)
