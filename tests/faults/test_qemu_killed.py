@@ -10,6 +10,7 @@ import time
 
 from tests.conftest import VIRTPOOL, Server, qemu_pids, wait_for
 from tests.vm import exec_streams
+from virtpool.sdk import Client
 from virtpool.sdk.errors import Conflict
 
 
@@ -60,10 +61,12 @@ def test_concurrent_execs_into_a_vm_whose_qemu_dies_each_say_it_stopped_and_exec
     captured: dict[str, Conflict] = {}
 
     def run_captured() -> None:
-        try:
-            api.exec("dies-busy", ["sleep", "609"], timeout=600)
-        except Conflict as err:
-            captured["error"] = err
+        # A client of its own: one HTTP connection serves one thread.
+        with Client(api.url, api.token, timeout=600) as own:
+            try:
+                own.exec("dies-busy", ["sleep", "609"], timeout=600)
+            except Conflict as err:
+                captured["error"] = err
 
     call = threading.Thread(target=run_captured)
     call.start()
