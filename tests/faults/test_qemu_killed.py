@@ -31,7 +31,9 @@ def test_exec_into_a_vm_whose_qemu_dies_is_a_409_that_says_it_stopped(server: Se
         [VIRTPOOL, "vm", "exec", "dies-mid-exec", "--", "sleep", "60"], env=server.env,
         capture_output=True, text=True, timeout=120)))
     call.start()
-    time.sleep(3)  # the command is running in the guest
+    # Running in the guest: seen by a second exec alongside.
+    assert wait_for(lambda: "sleep 60" in server.cli("vm", "exec", "dies-mid-exec", "--", "ps").stdout,
+                    timeout=120, interval=0.5)
     os.kill(pid, signal.SIGKILL)
     call.join(timeout=120)
     ran = result["exec"]
