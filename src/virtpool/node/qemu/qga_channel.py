@@ -145,6 +145,7 @@ class GuestAgentChannel:
 
     @property
     def vm(self) -> str:
+        """The name of the VM, for messages."""
         return self._vm
 
     async def connect(self, *, sync_timeout: float = SYNC_ATTEMPT_S, deadline: float = SYNC_DEADLINE_S) -> None:
