@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from virtpool.control.scheduler.ranking import MAX_SHAPES, ShapeRanking
+from virtpool.control.scheduler.ranking import ShapeRanking
 from virtpool.control.scheduler.tallies import CapacityTallies
 from virtpool.model.errors import InvalidRequest
 from virtpool.model.resources import HOST_STATES, Claim, HostCapacity, Resources
@@ -97,7 +97,6 @@ class HostArrays:
         # What incremental decisions keep (incremental.py): built on first use, then told of
         # every change of a host's free room; dropped when a host's attributes change.
         self._ranking: ShapeRanking | None = None
-        self._too_many_shapes = False  # the ranking was built and had more than MAX_SHAPES
         self._tallies: CapacityTallies | None = None
 
     # -- construction ----------------------------------------------------------------------
@@ -141,7 +140,6 @@ class HostArrays:
 
     def _drop_incremental(self) -> None:
         self._ranking = self._tallies = None
-        self._too_many_shapes = False
 
     def _host_of(self, claim: Claim) -> int:
         try:
@@ -190,20 +188,21 @@ class HostArrays:
         # Recomputed from the integers rather than nudged by deltas, so that two hosts with the
         # same figures always score exactly alike (ties are then broken by the seed, not by
         # floating-point dust).
-        old = tuple(int(x) for x in self.free[:, i])
+        capacity = self.capacity[:, i].tolist()
+        allocated = self.allocated[:, i].tolist()
+        inverse = self.inv_capacity[:, i].tolist()
+        free = tuple(cap - alloc for cap, alloc in zip(capacity, allocated, strict=True))
+        old = tuple(self.free[:, i].tolist())
+        self.free[:, i] = free
+        self.utilization[:, i] = [a * inv for a, inv in zip(allocated, inverse, strict=True)]
         total = 0.0
-        for r in range(N_RESOURCES):
-            cap = int(self.capacity[r, i])
-            alloc = int(self.allocated[r, i])
-            self.free[r, i] = cap - alloc
-            inv = float(self.inv_capacity[r, i])
-            self.utilization[r, i] = alloc * inv
-            total += (cap - alloc) * inv
+        for room, inv in zip(free, inverse, strict=True):
+            total += room * inv
         self.free_fraction_sum[i] = total
         if self._ranking is not None:
-            self._ranking.moved(i, float(self.free_fraction_sum[i]))
+            self._ranking.moved(i, free, total)
         if self._tallies is not None:
-            self._tallies.moved(i, old, tuple(int(x) for x in self.free[:, i]))
+            self._tallies.moved(i, old, free)
 
     def reload_host(self, i: int, host: HostCapacity, claims: Iterable[Claim]) -> None:
         """Replace column ``i`` with fresh figures: the host row and every claim on it.
@@ -280,15 +279,15 @@ class HostArrays:
         self.static_runs[key] = outcome
         return outcome
 
-    def ranking(self) -> ShapeRanking | None:
-        """The hosts by shape in order of room (built on first use, then kept current), or
-        None when the pool has more than ``MAX_SHAPES`` shapes of host."""
-        if self._ranking is None and not self._too_many_shapes:
-            ranking = ShapeRanking(self.capacity, self.inv_capacity, self.free_fraction_sum)
-            if ranking.shapes > MAX_SHAPES:
-                self._too_many_shapes = True
-            else:
-                self._ranking = ranking
+    def ranking(self) -> ShapeRanking:
+        """The hosts that are up, by shape in order of room (built on first use, then kept
+        current)."""
+        if self._ranking is None:
+            # Hosts not up never take a new VM, and are often the emptiest: left out, they
+            # cannot crowd the top of their shape.
+            self._ranking = ShapeRanking(self.capacity, self.free, self.inv_capacity,
+                                         self.free_fraction_sum, self.up_mask(),
+                                         [h.allowed_projects for h in self.hosts])
         return self._ranking
 
     def tallies(self) -> CapacityTallies:

@@ -283,31 +283,28 @@ def _place_incrementally(arrays: HostArrays, request: PlacementRequest, seed: in
                          ) -> Decision | None:
     """What ``place`` decides with ``spread`` for a request ``_incremental_applies`` to, from
     the kept tallies and ranking, without a pass over the pool; None when it cannot be sure
-    (a refusal, too many host shapes, a best host beyond the ranking's heads)."""
+    (a refusal, too many host shapes, a walk too long)."""
     ranking = arrays.ranking()
-    if ranking is None:
-        return None
     key = _static_key(request, FILTERS)
     run, static, static_counts = _static_run(arrays, request, FILTERS, key)
     sized = arrays.size_mask(max(request.cpus, request.host_cpus))
     amounts = (request.cpus, request.memory_mib, request.disk_mib)
-    by_stage = arrays.tallies().counts((key, amounts), lambda: static & sized, amounts,
-                                       arrays.free)
-    candidates = int(by_stage[LEFT])
+    by_stage, reach = arrays.tallies().counts((key, amounts), lambda: static & sized, amounts,
+                                              arrays.free)
+    candidates = by_stage[LEFT]
     if candidates == 0:
         return None  # a refusal: decided from scratch, with its diagnosis
-    chosen = choose(arrays, ranking, (static, sized), np.array(amounts, dtype=np.float64), seed,
-                    TIE_TOLERANCE)
+    chosen = choose(ranking, reach, amounts, request.project, seed, TIE_TOLERANCE)
     if chosen is None:
         return None
     removed: dict[str, int] = dict.fromkeys(FILTER_NAMES, 0)
     for flt, count in zip(FILTERS[:run], static_counts, strict=True):
         removed[flt.name] = count
     standing = len(arrays) - sum(static_counts)
-    removed[f.SIZE.name] = standing - int(by_stage.sum())
-    removed[f.CPU_FIT.name] = int(by_stage[CPU_STAGE])
-    removed[f.MEMORY_FIT.name] = int(by_stage[MEMORY_STAGE])
-    removed[f.DISK_FIT.name] = int(by_stage[DISK_STAGE])
+    removed[f.SIZE.name] = standing - sum(by_stage)
+    removed[f.CPU_FIT.name] = by_stage[CPU_STAGE]
+    removed[f.MEMORY_FIT.name] = by_stage[MEMORY_STAGE]
+    removed[f.DISK_FIT.name] = by_stage[DISK_STAGE]
     return Decision(request=request, host_index=chosen, host=arrays.names[chosen],
                     weigher="spread", seed=seed, hosts_total=len(arrays), candidates=candidates,
                     removed=removed)
