@@ -11,6 +11,7 @@ sentences (``explain.py``) and are what the tests assert on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -145,14 +146,19 @@ def feasible(arrays: HostArrays, request: PlacementRequest, exclude: Iterable[in
     return alive, removed
 
 
-def _static_key(request: PlacementRequest, filters: tuple[f.Filter, ...]) -> tuple:
-    """What the leading static filters of ``filters`` read of ``request``: their cache key."""
+@functools.cache
+def _leading_static(filters: tuple[f.Filter, ...]) -> tuple[str, ...]:
+    """The names of the static filters that lead ``filters``."""
     run = 0
     while run < len(filters) and filters[run].static:
         run += 1
-    return (tuple(flt.name for flt in filters[:run]), request.host, request.accel,
-            request.project, frozenset(request.required_labels.items()),
-            max(request.cpus, request.host_cpus))
+    return tuple(flt.name for flt in filters[:run])
+
+
+def _static_key(request: PlacementRequest, filters: tuple[f.Filter, ...]) -> tuple:
+    """What the leading static filters of ``filters`` read of ``request``: their cache key."""
+    return (_leading_static(filters), request.host, request.accel, request.project,
+            frozenset(request.required_labels.items()), max(request.cpus, request.host_cpus))
 
 
 def _static_run(arrays: HostArrays, request: PlacementRequest, filters: tuple[f.Filter, ...],

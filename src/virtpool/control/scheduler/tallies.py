@@ -25,7 +25,7 @@ CPU_STAGE, MEMORY_STAGE, DISK_STAGE, LEFT = 0, 1, 2, 3
 SLOTS_KEPT = 1024
 SLOTS_BUDGET_BYTES = 16 << 20
 # Log entries a slot replays at most; behind by more, it counts afresh (about as costly).
-REPLAY_LIMIT = 64
+REPLAY_LIMIT = 128
 
 Free = tuple[int, int, int]
 
