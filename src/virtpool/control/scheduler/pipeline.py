@@ -7,6 +7,11 @@ this attempt in ``exclude``.
 
 The counters in a ``Decision`` — hosts removed per filter — are the only source of the refusal
 sentences (``explain.py``) and are what the tests assert on.
+
+Most ``spread`` placements skip the passes over every host: the counters come from tallies kept
+claim by claim (``tallies.py``) and the host from a walk down the hosts ranked by shape
+(``ranking.py``, ``incremental.py``). That path decides exactly as the passes would, and hands
+over to them whenever it cannot show that it does.
 """
 
 from __future__ import annotations
@@ -289,7 +294,7 @@ def _place_incrementally(arrays: HostArrays, request: PlacementRequest, seed: in
                          ) -> Decision | None:
     """What ``place`` decides with ``spread`` for a request ``_incremental_applies`` to, from
     the kept tallies and ranking, without a pass over the pool; None when it cannot be sure
-    (a refusal, too many host shapes, a walk too long)."""
+    (a refusal, too many shapes of host open to the project, a walk too long)."""
     ranking = arrays.ranking()
     key = _static_key(request, FILTERS)
     run, static, static_counts = _static_run(arrays, request, FILTERS, key)
