@@ -93,6 +93,13 @@ def list_vms(
                                                                     "(the next link carries it)")] = None,
     all_projects: Annotated[bool, Query(description="pool admins: every project's VMs")] = False,
 ) -> Response:
+    return vm_page(request, pool, scope, limit, offset, after, all_projects)
+
+
+def vm_page(request: Request, pool: Pool, scope: Scope, limit: int, offset: int, after: str | None,
+            all_projects: bool) -> Response:
+    """The answer to ``GET /vms`` (also given by api/fast_reads.py): a page as JSON, with its
+    total and links in the headers."""
     project = None if all_projects and scope.caller.pool_admin else scope.project
     cursor = tuple(after.split(":")) if after else None
     vms, total = pool.vms.page(limit=limit, offset=offset, project_id=project,
@@ -143,8 +150,14 @@ async def show_vm(
 ) -> Response:
     if wait_for:
         vm = await run_in_threadpool(_wait, pool, scope, name, wait_for, timeout)
-    elif pool.engine.dialect.name == "sqlite":
-        # A local SQLite read (two indexed queries, ~0.2 ms, never blocked by a writer in WAL
+        return Response(vm.model_dump_json(), media_type="application/json")
+    return await vm_answer(pool, scope, name)
+
+
+async def vm_answer(pool: Pool, scope: Scope, name: str) -> Response:
+    """The answer to ``GET /vms/{name}`` without ``wait_for`` (also given by api/fast_reads.py)."""
+    if pool.engine.dialect.name == "sqlite":
+        # A local SQLite read (one indexed query, ~0.2 ms, never blocked by a writer in WAL
         # mode) costs less than the hop to a worker thread and back. Under 32 clients that hop,
         # with its GIL hand-offs between the loop and the workers, was most of a GET's time
         # (py-spy, /work/notes/s4-read.md).
