@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
@@ -28,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from virtpool.api.app_prefix import API_PREFIX
 from virtpool.api.deps import acting_scope, authenticate
 from virtpool.api.paging import MAX_ID
+from virtpool.api.read_threads import in_read_thread
 from virtpool.api.routes.vms import CURSOR, vm_answer, vm_page
 from virtpool.model.roles import Access
 
@@ -126,7 +126,7 @@ async def _page(request: Request, params: dict[str, Any]) -> Any:
     caller = authenticate(request, pool)
     scope = acting_scope(request, pool, caller, params["project"], Access.READ)
     # In a worker thread, as FastAPI runs the sync route: a page must not hold the event loop.
-    return await run_in_threadpool(vm_page, request, pool, scope, params["limit"], params["offset"],
+    return await in_read_thread(vm_page, request, pool, scope, params["limit"], params["offset"],
                                    params["after"], False)
 
 

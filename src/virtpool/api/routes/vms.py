@@ -36,6 +36,7 @@ from virtpool.api.deps import (
 )
 from virtpool.api.long_poll import waiting
 from virtpool.api.paging import MAX_ID, page_headers
+from virtpool.api.read_threads import in_read_thread
 from virtpool.api.problems import problem
 from virtpool.api.routes.operations import ACCEPTED, accepted
 from virtpool.control.auth import Principal
@@ -163,7 +164,7 @@ async def vm_answer(pool: Pool, scope: Scope, name: str) -> Response:
         # (py-spy, /work/notes/s4-read.md).
         vm = pool.vms.get(name, scope.project)
     else:  # a network round trip to PostgreSQL must not hold the event loop
-        vm = await run_in_threadpool(pool.vms.get, name, scope.project)
+        vm = await in_read_thread(pool.vms.get, name, scope.project)
     # Serialised here: returned as a model, FastAPI would validate it again, in a second trip
     # to the thread pool.
     return Response(vm.model_dump_json(), media_type="application/json")
