@@ -43,6 +43,16 @@ MAX_WAIT_S = 30.0
 MAX_LOG_CHUNK = 4 << 20
 UPLOAD_FIELDS = ("kernel", "initrd", "disk")
 UPLOAD_TTL_S = 3600.0  # an upload not imported within this is abandoned
+# A sender whose link was cut sends no FIN either, and TCP may take minutes to notice: an upload
+# that gets no byte for this long is given up and removed. The control plane streams from its
+# own disk, so a live upload never pauses nearly this long.
+UPLOAD_STALL_S = 60.0
+
+
+class UploadStalled(VirtpoolError):
+    """An upload's sender stopped sending (its link was cut, or it hung)."""
+
+    status = 408
 
 
 class Revocations:
@@ -200,7 +210,16 @@ def create_app(agent: LocalAgent, revoked: Revocations, uploads: Path) -> FastAP
         directory.mkdir(mode=0o700, exist_ok=True)
         try:
             with (directory / field).open("wb") as out:
-                async for chunk in request.stream():
+                chunks = request.stream()
+                while True:
+                    try:
+                        chunk = await asyncio.wait_for(anext(chunks), UPLOAD_STALL_S)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        raise UploadStalled(f"no byte of upload {upload}/{field} arrived for "
+                                            f"{UPLOAD_STALL_S:.0f} s: it was given up",
+                                            hint="send the image again") from None
                     await asyncio.to_thread(out.write, chunk)
         except BaseException:
             # The sender went away mid-stream (its link was cut, it gave up): nothing of it is kept.
