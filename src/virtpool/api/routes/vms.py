@@ -36,8 +36,8 @@ from virtpool.api.deps import (
 )
 from virtpool.api.long_poll import waiting
 from virtpool.api.paging import MAX_ID, page_headers
-from virtpool.api.read_threads import in_read_thread
 from virtpool.api.problems import problem
+from virtpool.api.read_threads import in_read_thread
 from virtpool.api.routes.operations import ACCEPTED, accepted
 from virtpool.control.auth import Principal
 from virtpool.control.idempotency import Made

@@ -150,7 +150,7 @@ def page(connection: Connection, *, limit: int, offset: int = 0, project_id: str
         params["after_name"], params["after_id"] = after
     rows = connection.execute(_PAGES_WITH_CHILDREN[project_id is not None, after is not None], params).all()
     if not rows:  # past the end, or no VMs: the total alone
-        return [], connection.execute(_COUNT_IN_PROJECT if project_id else _COUNT,
+        return [], connection.execute(_COUNT_IN_PROJECT if project_id is not None else _COUNT,
                                       {"project": project_id}).scalar_one()
     width = len(COLUMNS)
     total = rows[0][width]
