@@ -10,51 +10,14 @@ that never answers is given up on at the deadline.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
 from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
-
-QEMU_GA = shutil.which("qemu-ga") or "/usr/sbin/qemu-ga"
-BLOCKED = ("guest-exec,guest-exec-status,guest-file-open,guest-file-write,guest-file-read,"
-           "guest-file-close,guest-shutdown,guest-suspend-disk,guest-suspend-ram,guest-suspend-hybrid,"
-           "guest-set-time,guest-set-user-password,guest-ssh-add-authorized-keys,"
-           "guest-ssh-remove-authorized-keys,guest-fsfreeze-freeze,guest-fsfreeze-freeze-list,"
-           "guest-fstrim,guest-set-vcpus,guest-set-memory-blocks")
-NOBODY = 65534
-
-
-@pytest.fixture
-def agent_socket() -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
-    if not Path(QEMU_GA).exists():
-        pytest.fail("qemu-ga is not installed on this host (apt-get install qemu-guest-agent)")
-    run_dir = Path(tempfile.mkdtemp(prefix="gq-qga-", dir="/tmp"))
-    sock = run_dir / "qga.sock"
-    as_nobody: dict[str, object] = {}
-    if os.geteuid() == 0:  # the socket's directory belongs to its peer, as a VM's run dir does
-        os.chown(run_dir, NOBODY, NOBODY)
-        as_nobody = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
-    proc = subprocess.Popen([QEMU_GA, "-m", "unix-listen", "-p", str(sock), "-f", str(run_dir / "qga.pid"),
-                             "-t", str(run_dir), "-b", BLOCKED], stderr=subprocess.DEVNULL,
-                            **as_nobody)  # type: ignore[call-overload]
-    try:
-        assert wait_for(sock.exists, 10), "qemu-ga made no socket"
-        yield sock, proc
-    finally:
-        proc.send_signal(signal.SIGCONT)
-        proc.kill()
-        proc.wait()
-        shutil.rmtree(run_dir, ignore_errors=True)
-
 
 async def _ping_while_stalled(sock: Path, proc: subprocess.Popen[bytes], stall_s: float,
                               deadline: float) -> object:

@@ -1,13 +1,15 @@
 """What `virtpool vm exec` streams, checked through the real CLI: one set of checks for a VM on
 the server's own host (test_cli_vm.py) and one on a remote agent's (test_remote_vm.py).
 
-(One exec at a time per VM: qemu-ga serves one client, so a check cannot signal the guest
-through a second exec; the guest's own `sleep` paces it.)"""
+Execs on one VM run alongside each other (they share its guest agent request by request), so a
+check may signal a running command through a second exec.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import select
 import subprocess
 
@@ -16,7 +18,7 @@ from tests.conftest import VIRTPOOL
 LINE_WAIT_S = 120.0  # for a line the guest writes at once (a loaded machine is slow)
 
 
-def _line(proc: subprocess.Popen[bytes], timeout: float = LINE_WAIT_S) -> bytes:
+def line(proc: subprocess.Popen[bytes], timeout: float = LINE_WAIT_S) -> bytes:
     """The next line of the command's stdout, failing after ``timeout`` seconds."""
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
@@ -24,9 +26,73 @@ def _line(proc: subprocess.Popen[bytes], timeout: float = LINE_WAIT_S) -> bytes:
     return proc.stdout.readline()
 
 
-def _exec(env: dict[str, str], vm: str, script: str, **kwargs: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([VIRTPOOL, "vm", "exec", vm, "--timeout", "120", "--", "sh", "-c", script],
+def _exec(env: dict[str, str], vm: str, script: str, *args: str, timeout: int = 120,
+          **kwargs: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([VIRTPOOL, "vm", "exec", vm, "--timeout", str(timeout), "--", "sh", "-c", script, *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
+
+
+def _run(env: dict[str, str], vm: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """One `virtpool vm exec` to its end (bounded, so that one held back fails, not hangs)."""
+    return subprocess.run([VIRTPOOL, "vm", "exec", vm, *argv], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=LINE_WAIT_S)
+
+
+def check_quick_execs_run_while_a_long_one_does(env: dict[str, str], vm: str) -> None:
+    """A long command waits for a file that only a second exec makes: an echo, a command
+    killed at its timeout (exit 5) and a `ps` all end while the long one still runs (it is
+    listed in the guest), then the file ends it with its own output and exit code."""
+    go = f"/tmp/go-{secrets.token_hex(4)}"
+    long = _exec(env, vm, f'echo started; while [ ! -e {go} ]; do sleep 1; done; echo "long done"; exit 7',
+                 timeout=600, stdin=subprocess.DEVNULL)
+    try:
+        assert line(long) == b"started\n"
+        quick = _run(env, vm, "--", "echo", "quick")
+        assert (quick.stdout, quick.returncode) == ("quick\n", 0), quick.stderr
+        timed_out = _run(env, vm, "--timeout", "2", "--", "sleep", "57")
+        assert timed_out.returncode == 5 and "still running after 2s" in timed_out.stderr, timed_out.stderr
+        listed = _run(env, vm, "--", "ps")
+        assert listed.returncode == 0, listed.stderr
+        assert go in listed.stdout and "sleep 57" not in listed.stdout, listed.stdout
+        assert long.poll() is None  # nothing ends it but the file
+        touched = _run(env, vm, "--", "touch", go)
+        assert touched.returncode == 0, touched.stderr
+        out, err = long.communicate(timeout=LINE_WAIT_S)
+    finally:
+        if long.poll() is None:
+            long.kill()
+    assert (out, err, long.returncode) == (b"long done\n", b"", 7)
+    _run(env, vm, "--", "rm", "-f", go)
+
+
+def check_concurrent_streams_keep_their_own_input_and_output(env: dict[str, str], vm: str) -> None:
+    """Three execs read their piped input line by line at once: each line comes back from its
+    own command only, round after round while all three run, and each ends with its own
+    stderr and exit code once its input closes."""
+    tags = [f"s{i}-{secrets.token_hex(3)}" for i in range(3)]
+    script = 'while read -r line; do echo "$0 got $line"; done; echo "$0 end" >&2; exit $1'
+    procs = [_exec(env, vm, script, tag, str(10 + i), timeout=600, stdin=subprocess.PIPE)
+             for i, tag in enumerate(tags)]
+    try:
+        for round_ in range(3):
+            for tag, proc in zip(tags, procs):
+                assert proc.stdin is not None
+                proc.stdin.write(f"{tag}-{round_}\n".encode())
+                proc.stdin.flush()
+            for tag, proc in zip(tags, procs):
+                assert line(proc) == f"{tag} got {tag}-{round_}\n".encode()
+            assert [proc.poll() for proc in procs] == [None, None, None]  # all three still run
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.stdin = None  # closed: communicate() only reads what is left
+        ended = [proc.communicate(timeout=LINE_WAIT_S) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [(out, err, proc.returncode) for (out, err), proc in zip(ended, procs)] == [
+        (b"", f"{tag} end\n".encode(), 10 + i) for i, tag in enumerate(tags)]
 
 
 def check_output_streams_back(env: dict[str, str], vm: str) -> None:
@@ -35,7 +101,7 @@ def check_output_streams_back(env: dict[str, str], vm: str) -> None:
     proc = _exec(env, vm, "echo first; echo to-stderr >&2; sleep 8; echo second; exit 4",
                  stdin=subprocess.DEVNULL)
     try:
-        assert _line(proc) == b"first\n"
+        assert line(proc) == b"first\n"
         waiting, _, _ = select.select([proc.stdout], [], [], 0)
         assert waiting == [] and proc.poll() is None  # nothing more yet: the command still runs
         out, err = proc.communicate(timeout=120)
@@ -55,7 +121,7 @@ def check_input_streams_in(env: dict[str, str], vm: str) -> None:
         for word in (b"one", b"two", b"three"):
             proc.stdin.write(word + b"\n")
             proc.stdin.flush()
-            assert _line(proc) == b"got " + word + b"\n"
+            assert line(proc) == b"got " + word + b"\n"
             assert proc.poll() is None  # the input is still open: the command still runs
         proc.stdin.close()
         proc.stdin = None  # closed: communicate() only reads what is left

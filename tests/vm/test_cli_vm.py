@@ -56,6 +56,14 @@ def test_piped_input_streams_to_the_command_while_it_runs(server: Server, web: s
     exec_streams.check_a_reader_that_stops_early_ends_the_input(server.env, web)
 
 
+def test_quick_execs_run_while_a_long_one_does(server: Server, web: str) -> None:
+    exec_streams.check_quick_execs_run_while_a_long_one_does(server.env, web)
+
+
+def test_concurrent_streaming_execs_keep_their_own_input_and_output(server: Server, web: str) -> None:
+    exec_streams.check_concurrent_streams_keep_their_own_input_and_output(server.env, web)
+
+
 def test_a_command_reading_a_pipe_that_never_ends_is_killed_at_its_timeout(server: Server, web: str) -> None:
     with subprocess.Popen(["sleep", "600"], stdout=subprocess.PIPE) as silent:
         ran = subprocess.run([VIRTPOOL, "vm", "exec", web, "--timeout", "3", "--", "cat"], env=server.env,

@@ -66,10 +66,12 @@ def test_a_vm_on_a_remote_host_streams_exec_and_is_snapshotted_backed_up_and_clo
     assert json.loads(made.stdout)["host"] == HOST
     assert (pool.agent_dir / "vms").is_dir() and not (server.data_dir / "vms").exists()
 
-    # Through the agent's API too: output comes back and piped input goes in while it runs.
+    # Through the agent's API too: output comes back and piped input goes in while it runs,
+    # for several execs at once.
     exec_streams.check_output_streams_back(server.env, "rmweb")
     exec_streams.check_input_streams_in(server.env, "rmweb")
     exec_streams.check_large_input_arrives_whole(server.env, "rmweb")
+    exec_streams.check_concurrent_streams_keep_their_own_input_and_output(server.env, "rmweb")
 
     snap = server.cli("vm", "snapshot", "create", "rmweb", "s1", "--json")
     assert snap.returncode == 0, snap.stderr

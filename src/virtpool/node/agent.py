@@ -527,8 +527,8 @@ class LocalAgent:
             else:
                 if memory:
                     self._check_room_for_memory(vm)
-                self._run(snapshots.create_live(vm, vm.paths.qga_sock, name, memory=memory, vm=vm.name,
-                                                qga_lock=vm.qga_lock), timeout=None)
+                self._run(snapshots.create_live(vm, vm.guest_agent, name, memory=memory, vm=vm.name),
+                          timeout=None)
         except OperationFailed as err:
             if "No space left on device" not in err.message:
                 raise

@@ -24,7 +24,7 @@ from virtpool.model.snapshot import SnapshotInfo
 from virtpool.node.backups import BITMAP_PREFIX
 from virtpool.node.disks import run_qemu_img
 from virtpool.node.qemu.argv import DRIVE_ID
-from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentError
+from virtpool.node.qemu.guest_agent import GuestAgent, GuestAgentChannel, GuestAgentError
 
 
 
@@ -81,21 +81,23 @@ def delete_offline(disk: Path, name: str, **run_as: Any) -> None:
     run_qemu_img(["snapshot", "-d", name, str(disk)], what=f"delete snapshot '{name}'", **run_as)
 
 
-async def create_live(monitor: Monitor, qga_sock: Path, name: str, *, memory: bool, vm: str,
-                      qga_lock: asyncio.Lock) -> bool:
+async def create_live(monitor: Monitor, guest_agent: GuestAgentChannel, name: str, *, memory: bool,
+                      vm: str) -> bool:
     """Snapshot a running VM; returns whether the guest's filesystems were frozen for it."""
     node = await _disk_node(monitor, vm)
     if memory:
         # QEMU stops the vCPUs for the save itself: disk and memory are of one instant.
         await _job(monitor, "snapshot-save", {"tag": name, "vmstate": node, "devices": [node]}, vm)
         return False
-    async with qga_lock:
-        frozen = await _freeze(qga_sock, vm)
+    # The channel held from the freeze to the thaw: a frozen agent refuses most commands, and
+    # the other callers' (an exec's polls) wait the moment instead.
+    async with GuestAgent.exclusive(guest_agent) as agent:
+        frozen = await _freeze(agent)
         try:
             await monitor.command("blockdev-snapshot-internal-sync", {"device": DRIVE_ID, "name": name})
         finally:
             if frozen:
-                await _thaw(qga_sock, vm)
+                await agent.call("guest-fsfreeze-thaw")
     return frozen
 
 
@@ -149,17 +151,11 @@ async def _job(monitor: Monitor, cmd: str, arguments: dict[str, Any], vm: str) -
         await asyncio.sleep(0.1)
 
 
-async def _freeze(qga_sock: Path, vm: str) -> bool:
+async def _freeze(agent: GuestAgent) -> bool:
     """Freeze the guest's filesystems; False when it has no agent that can (then the snapshot
     is crash-consistent, like pulling the power)."""
     try:
-        async with await GuestAgent.open(qga_sock, vm=vm) as agent:
-            await asyncio.wait_for(agent.call("guest-fsfreeze-freeze"), FREEZE_TIMEOUT_S)
+        await asyncio.wait_for(agent.call("guest-fsfreeze-freeze"), FREEZE_TIMEOUT_S)
         return True
     except (GuestAgentError, TimeoutError, asyncio.TimeoutError):
         return False
-
-
-async def _thaw(qga_sock: Path, vm: str) -> None:
-    async with await GuestAgent.open(qga_sock, vm=vm) as agent:
-        await agent.call("guest-fsfreeze-thaw")

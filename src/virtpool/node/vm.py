@@ -36,12 +36,13 @@ from virtpool.model.spec import ExecOutput, ExecResult
 from virtpool.node import safe_files, serial
 from virtpool.node.console import ConsolePump, SharedConsole
 from virtpool.node.qemu import process
-from virtpool.node.qemu.guest_agent import SYNC_DEADLINE_S, GuestAgent, GuestAgentError, GuestAgentGone
+from virtpool.node.qemu.guest_agent import (SYNC_DEADLINE_S, GuestAgent, GuestAgentChannel, GuestAgentError,
+                                            GuestAgentGone)
 from virtpool.node.qemu.qmp import Session
 from virtpool.node.vmdir import VMPaths
 
 log = logging.getLogger(__name__)
-STOP_AGENT_WAIT_S = 10.0  # how long a stop waits for the guest agent's channel to be free
+STOP_AGENT_WAIT_S = 10.0  # how long a stop waits for the guest agent to take its request
 T = TypeVar("T")
 
 READY_POLL_S = 0.05  # between guest-agent pings while a guest boots
@@ -110,7 +111,9 @@ class VM:
         self._pump: ConsolePump | None = None  # the console's one reader, while QEMU runs
         self._pump_task: asyncio.Task[None] | None = None
         self._gone = asyncio.Event()
-        self._qga_lock = asyncio.Lock()  # QGA serves one client at a time
+        # The guest agent, shared by every caller, one request at a time: opened with each
+        # QEMU, closed when it exits.
+        self._agent: GuestAgentChannel | None = None
         self._clock_task: asyncio.Task[None] | None = None  # a restored guest's clock being set
         self._guest_initiated = False
         self._last_balloon_event = 0.0
@@ -121,9 +124,12 @@ class VM:
         self.ended = "exited"  # how its last QEMU ended, for messages
 
     @property
-    def qga_lock(self) -> asyncio.Lock:
-        """Held by whoever talks to the guest agent (QGA serves one client at a time)."""
-        return self._qga_lock
+    def guest_agent(self) -> GuestAgentChannel:
+        """The channel to the guest's agent, while QEMU runs (StateError otherwise)."""
+        self._require(Runstate.RUNNING)
+        if self._agent is None:
+            raise StateError(self.name, self.runstate, (Runstate.RUNNING,))
+        return self._agent
 
     def _require(self, *states: Runstate) -> None:
         if self.runstate not in states:
@@ -226,6 +232,7 @@ class VM:
 
     def _start_watching(self) -> None:
         self._gone.clear()
+        self._agent = GuestAgentChannel(self.paths.qga_sock, vm=self.name)
         self._guest_initiated = self._reset = self.io_paused = False
         self.runstate = Runstate.RUNNING
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name=f"watch-{self.id}")
@@ -295,32 +302,30 @@ class VM:
                     f"the console said:\n{serial.tail(self.paths.serial_log)}",
                     hint="the image must run qemu-guest-agent; see `virtpool vm logs`")
             try:
-                async with self._qga_lock:
-                    # One connection, its sync sent again each second: the agent's first
-                    # answer ends the wait, whether the guest is still booting or just slow.
-                    agent = await GuestAgent.open(self.paths.qga_sock, vm=self.name,
-                                                  deadline=min(remaining, SYNC_DEADLINE_S))
-                    await agent.close()
+                # One connection, its sync sent again each second: the agent's first answer
+                # ends the wait, whether the guest is still booting or just slow. The
+                # connection is kept for what comes next.
+                await self.guest_agent.connect(deadline=min(remaining, SYNC_DEADLINE_S))
                 self.ready = True
                 return
-            except GuestAgentError:
+            except (GuestAgentError, StateError):
                 await asyncio.sleep(READY_POLL_S)
 
     async def exec(self, argv: list[str], timeout: float, stdin: bytes | Callable[[], bytes | None] | None,
                    emit: Callable[[ExecOutput], None] | None = None) -> ExecResult:
         """Run a command in the guest; with ``emit``, its output goes there as it is written,
-        and ``stdin`` may be taken while it runs (GuestAgent.exec_stream)."""
-        self._require(Runstate.RUNNING)
+        and ``stdin`` may be taken while it runs (GuestAgent.exec_stream). Other commands
+        (execs, a stop) run alongside: they share the guest agent request by request."""
+        agent = GuestAgent(self.guest_agent)
         try:
-            async with self._qga_lock:
-                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
-                    if emit is not None:
-                        return await agent.exec_stream(argv, timeout=timeout, stdin=stdin, emit=emit)
-                    return await agent.exec(argv, timeout=timeout, stdin=stdin if isinstance(stdin, bytes) else None)
-        except GuestAgentGone as err:
-            # The channel broke: when QEMU went away meanwhile, that is the VM stopping, not
-            # a fault of the command (the watcher records the exit itself).
-            if await self.wait_gone(2.0):
+            if emit is not None:
+                return await agent.exec_stream(argv, timeout=timeout, stdin=stdin, emit=emit)
+            return await agent.exec(argv, timeout=timeout, stdin=stdin if isinstance(stdin, bytes) else None)
+        except GuestAgentError as err:
+            # The channel broke, or the guest went down under the command: when QEMU went
+            # away meanwhile, that is the VM stopping, not a fault of the command (the watcher
+            # records the exit itself).
+            if (isinstance(err, GuestAgentGone) or self.stopping) and await self.wait_gone(2.0):
                 raise Conflict(f"VM '{self.name}' stopped while the command ran: its QEMU exited",
                                hint=f"start it again (virtpool vm start {self.name}) and retry") from err
             raise
@@ -329,73 +334,58 @@ class VM:
         """After a start from a memory snapshot of another VM: its guest still believes it is
         that VM, at that VM's time. Give it its hostname, then the clock of now, through its
         agent (model/guest_identity.py). Returns once the hostname is written; the clock is
-        set just after, on the same connection, which holds the agent's channel until then: any
-        command through the agent (an exec, a stop) runs after it. (Its NIC's MAC is in the
-        device state QEMU restored and stays the snapshot's; see the README.)"""
-        await self._qga_lock.acquire()
-        handed_on = False
+        set just after, with the agent's channel held until then: any command through the
+        agent (an exec, a stop) runs after it. (Its NIC's MAC is in the device state QEMU
+        restored and stays the snapshot's; see the README.)"""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._clock_task = asyncio.get_running_loop().create_task(self._retake_identity(name, written))
+        await written
+
+    async def _retake_identity(self, name: str, written: asyncio.Future[None]) -> None:
+        """The hostname, then (``written`` told) the clock, on the agent's channel held."""
         try:
-            agent = await GuestAgent.open(self.paths.qga_sock, vm=self.name)
-            try:
+            async with GuestAgent.exclusive(self.guest_agent) as agent:
                 for path in HOSTNAME_FILES:
                     await agent.write_file(path, f"{name}\n".encode())
-            except BaseException:
-                await agent.close()
-                raise
-            self._clock_task = asyncio.get_running_loop().create_task(self._set_clock(agent, name))
-            handed_on = True
-        except GuestAgentError as err:
-            log.warning("VM %s kept the identity of its snapshot: %s", name, err.message)
+                written.set_result(None)
+                # Polled closely: the guest's first process after a restore, short but slow to start.
+                done = await agent.exec(clock_argv(time.time()), timeout=30, poll=IDENTITY_POLL_S)
+                if done.exit_code != 0:
+                    log.warning("VM %s kept the clock of its snapshot: %s", name, done.stderr.strip())
+        except (GuestAgentError, StateError) as err:
+            log.warning("VM %s kept the %s of its snapshot: %s", name,
+                        "clock" if written.done() else "identity", err.message)
+        except BaseException:
+            if not written.done():
+                written.cancel()
+            raise
         finally:
-            if not handed_on:
-                self._qga_lock.release()
-
-    async def _set_clock(self, agent: GuestAgent, name: str) -> None:
-        """The restored guest's clock, on the connection ``take_identity`` opened; releases
-        the agent's channel it was handed."""
-        try:
-            # Polled closely: the guest's first process after a restore, short but slow to start.
-            done = await agent.exec(clock_argv(time.time()), timeout=30, poll=IDENTITY_POLL_S)
-            if done.exit_code != 0:
-                log.warning("VM %s kept the clock of its snapshot: %s", name, done.stderr.strip())
-        except GuestAgentError as err:
-            log.warning("VM %s kept the clock of its snapshot: %s", name, err.message)
-        finally:
-            await agent.close()
-            self._qga_lock.release()
+            if not written.done():
+                written.set_result(None)
 
     async def guest_interfaces(self, answer_within: float = 1.0) -> Any:
         """The guest agent's ``guest-network-get-interfaces`` reply, or None when the agent is
-        busy with another client (an exec, a freeze: QGA serves one at a time), not up yet, or
-        does not answer within ``answer_within`` seconds. Never waits for the channel."""
-        if not self.ready or self._qga_lock.locked() or self.runstate != Runstate.RUNNING:
+        not up yet, or does not answer within ``answer_within`` seconds (it may be held by a
+        freeze)."""
+        if not self.ready or self.runstate != Runstate.RUNNING:
             return None
-        async with self._qga_lock:
-            try:
-                async with await GuestAgent.open(self.paths.qga_sock, vm=self.name,
-                                                 sync_timeout=answer_within, deadline=answer_within) as agent:
-                    return await asyncio.wait_for(agent.call("guest-network-get-interfaces"), answer_within)
-            except (GuestAgentError, TimeoutError, OSError, ValueError):
-                return None
+        try:
+            return await asyncio.wait_for(self.guest_agent.call("guest-network-get-interfaces"), answer_within)
+        except (GuestAgentError, StateError, TimeoutError):
+            return None
 
     async def ask_agent_to_stop(self) -> None:
-        """Ask the guest's agent to power off; raises GuestAgentError when there is no agent or
-        it refused."""
+        """Ask the guest's agent to power off; raises GuestAgentError when there is no agent,
+        it refused, or it does not take the request in time."""
         self.stopping = True  # a guest reset on the way down is no reboot to carry out
         if await self.status() == "paused":
             await self.command("cont")
-        # QGA serves one client at a time: one busy with a long exec must not hold the stop
-        # off, which then goes on to the power button.
         try:
-            await asyncio.wait_for(self._qga_lock.acquire(), STOP_AGENT_WAIT_S)
+            await asyncio.wait_for(GuestAgent(self.guest_agent).shutdown(), STOP_AGENT_WAIT_S)
         except TimeoutError:
-            raise GuestAgentError(f"the guest agent of VM '{self.name}' is busy with another command",
+            raise GuestAgentError(f"the guest agent of VM '{self.name}' did not take the request to shut down "
+                                  f"within {STOP_AGENT_WAIT_S:g}s",
                                   hint="the stop goes on with the ACPI power button") from None
-        try:
-            async with await GuestAgent.open(self.paths.qga_sock, vm=self.name) as agent:
-                await agent.shutdown()
-        finally:
-            self._qga_lock.release()
 
     async def press_power_button(self) -> None:
         """ACPI power button, which a guest may or may not heed."""
@@ -440,10 +430,17 @@ class VM:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
         await self._stop_console(drain=False)
+        self._close_agent()
         if self._session is not None:
             await self._session.close()
         self._session = None
         self.runstate = Runstate.IDLE
+
+    def _close_agent(self) -> None:
+        """QEMU is gone (or no longer ours): whoever waits on its guest agent is told so."""
+        agent, self._agent = self._agent, None
+        if agent is not None:
+            agent.close()
 
     async def _watch(self) -> None:
         session, proc = self._session, self._proc
@@ -462,6 +459,7 @@ class VM:
         if not await asyncio.to_thread(process.wait_gone, proc, 5.0):
             log.error("QMP session of VM %s ended while its QEMU runs; killing it", self.name)
             await asyncio.to_thread(process.kill, proc)
+        self._close_agent()
         await self._kill_and_reap()
         await self._stop_console(drain=True)
         await session.close()

@@ -1,90 +1,69 @@
-"""A client for qemu-guest-agent (QGA) over its virtio-serial socket.
+"""qemu-guest-agent's commands as virtpool uses them: exec (whole or streamed), files, shutdown.
 
-Written by hand rather than with ``qemu.qmp``: QGA has no greeting, and the only reliable way to
-start a conversation with it is ``guest-sync-delimited`` — the agent prefixes its reply with a
-0xFF byte so that a client can skip whatever a previous client or an early boot left in the
-channel. ``qemu.qmp`` cannot parse that byte.
+They go over a GuestAgentChannel (qga_channel.py), one per VM, which several callers share.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import random
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from virtpool.model.errors import CommandTimeout, OperationFailed
+from virtpool.model.errors import CommandTimeout
 from virtpool.model.spec import ExecOutput, ExecResult
-from virtpool.node.qemu import peer
+from virtpool.node.qemu.qga_channel import (SYNC_ATTEMPT_S, SYNC_DEADLINE_S, GuestAgentChannel,
+                                            GuestAgentError, GuestAgentGone)
 
-SYNC_DELIMITER = b"\xff"
+__all__ = ["SYNC_DEADLINE_S", "GuestAgent", "GuestAgentChannel", "GuestAgentError", "GuestAgentGone"]
+
 COMMAND_NOT_FOUND = 127
-MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # QGA caps captured output at 16 MiB itself
 READ_CHUNK = 48 * 1024  # per guest-file-read: qemu-ga's replies stay well inside its 64 KiB lines
 # Per guest-file-write to a command's input FIFO: below PIPE_BUF (4096), so that the one write(2)
 # of the flush that follows is all or nothing, and below the stdio buffer qemu-ga's FILE gets
 # (st_blksize, 4096 on the guest's tmpfs), so that guest-file-write itself only buffers.
 INPUT_CHUNK = 4000
 EXEC_HELPER_S = 30.0  # for mkfifo in the guest
-# A sync unanswered this long is sent again, until the overall deadline: under load (20+ on two
-# cores) a booted guest's agent was seen to take more than a second to answer.
-SYNC_ATTEMPT_S = 1.0
-SYNC_DEADLINE_S = 10.0
-
-
-class GuestAgentError(OperationFailed):
-    """The guest agent refused a command or could not be reached."""
-
-
-class GuestAgentGone(GuestAgentError):
-    """The connection to the guest agent broke mid-call (QEMU may have exited)."""
 
 
 class GuestAgent:
-    """One connection to a guest's agent. Use ``async with GuestAgent.open(...)``."""
+    """The guest agent's commands (exec, files, shutdown) over a GuestAgentChannel.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, vm: str):
-        self._reader = reader
-        self._writer = writer
-        self._vm = vm
+    Each request takes its turn on the channel on its own, so that the commands of several
+    GuestAgents (one per caller) interleave on one VM's channel. One made by ``exclusive``
+    has the channel to itself until its block ends. ``async with GuestAgent.open(...)`` is a
+    connection of its own, for a socket no VM object owns.
+    """
+
+    def __init__(self, channel: GuestAgentChannel, *, held: bool = False, owned: bool = False) -> None:
+        self._channel = channel
+        self._vm = channel.vm
+        self._held = held
+        self._owned = owned
 
     @classmethod
     async def open(cls, sock: Path, *, vm: str, sync_timeout: float = SYNC_ATTEMPT_S,
                    deadline: float = SYNC_DEADLINE_S) -> GuestAgent:
-        """Connect and synchronize; raises GuestAgentError if the agent does not answer.
-
-        A sync that gets no answer within ``sync_timeout`` is sent again (a new token on the
-        same connection; the late answers to earlier ones are skipped), until ``deadline``
-        seconds have passed in all: a guest agent on a busy host answers late, not never, and
-        the first answer in time costs what one sync costs.
-        """
+        """A connection of its own, synchronized; raises GuestAgentError if the agent does not
+        answer a sync (sent again each ``sync_timeout``) within ``deadline`` seconds."""
+        channel = GuestAgentChannel(sock, vm=vm)
         try:
-            reader, writer = await asyncio.open_unix_connection(
-                sock=await peer.connect(sock), limit=4 * MAX_OUTPUT_BYTES)
-        except OSError as err:
-            raise GuestAgentError(f"cannot connect to the guest agent of VM '{vm}': {err}") from err
-        agent = cls(reader, writer, vm)
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + max(deadline, sync_timeout)
-        try:
-            while True:
-                attempt = min(sync_timeout, give_up - loop.time())
-                try:
-                    await asyncio.wait_for(agent._sync(), attempt)
-                    return agent
-                except TimeoutError:
-                    if loop.time() + 0.001 >= give_up:
-                        raise
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as err:
-            await agent.close()
-            raise GuestAgentError(f"the guest agent of VM '{vm}' does not answer") from err
+            await channel.connect(sync_timeout=sync_timeout, deadline=deadline)
         except BaseException:
-            await agent.close()
+            channel.close()
             raise
+        return cls(channel, owned=True)
+
+    @classmethod
+    @asynccontextmanager
+    async def exclusive(cls, channel: GuestAgentChannel) -> AsyncIterator[GuestAgent]:
+        """A GuestAgent with ``channel`` to itself for the block (a freeze and its thaw, a
+        restored guest's identity): everybody else's requests wait until it ends."""
+        async with channel.exclusive():
+            yield cls(channel, held=True)
 
     async def __aenter__(self) -> GuestAgent:
         return self
@@ -93,48 +72,15 @@ class GuestAgent:
         await self.close()
 
     async def close(self) -> None:
-        self._writer.close()
-        try:
-            await self._writer.wait_closed()
-        except OSError:
-            pass
-
-    async def _sync(self) -> None:
-        token = random.randrange(1, 2**31)
-        await self._send("guest-sync-delimited", {"id": token})
-        await self._reader.readuntil(SYNC_DELIMITER)
-        while True:
-            reply = await self._read()
-            if reply.get("return") == token:
-                return
-
-    async def _send(self, cmd: str, arguments: dict[str, Any] | None = None) -> None:
-        message: dict[str, Any] = {"execute": cmd}
-        if arguments is not None:
-            message["arguments"] = arguments
-        try:
-            self._writer.write(json.dumps(message).encode() + b"\n")
-            await self._writer.drain()
-        except OSError as err:
-            raise GuestAgentGone(f"the guest agent of VM '{self._vm}' dropped the connection: {err!r}") from err
-
-    async def _read(self) -> dict[str, Any]:
-        try:
-            line = await self._reader.readline()
-        except OSError as err:
-            raise GuestAgentGone(f"the guest agent of VM '{self._vm}' dropped the connection: {err!r}") from err
-        if not line:
-            raise GuestAgentGone(f"the guest agent of VM '{self._vm}' closed the connection")
-        return json.loads(line.lstrip(SYNC_DELIMITER))
+        """Closes the connection of one made by ``open``; the shared channel stays open."""
+        if self._owned:
+            self._channel.close()
 
     async def call(self, cmd: str, arguments: dict[str, Any] | None = None) -> Any:
         """Run one agent command and return its ``return`` value."""
-        await self._send(cmd, arguments)
-        reply = await self._read()
-        if "error" in reply:
-            desc = reply["error"].get("desc", reply["error"])
-            raise GuestAgentError(f"the guest agent of VM '{self._vm}' refused '{cmd}': {desc}")
-        return reply.get("return")
+        if self._held:
+            return await self._channel.call_held(cmd, arguments)
+        return await self._channel.call(cmd, arguments)
 
     async def write_file(self, path: str, data: bytes) -> None:
         """Write ``data`` to the guest's file ``path`` (made or truncated) from qemu-ga itself:
@@ -153,14 +99,11 @@ class GuestAgent:
         within ``answer_within`` seconds raises GuestAgentError; silence or a closed
         connection means the guest took the request.
         """
-        await self._send("guest-shutdown", {"mode": mode})
-        try:
-            reply = await asyncio.wait_for(self._read(), answer_within)
-        except (TimeoutError, asyncio.TimeoutError, GuestAgentError, OSError, asyncio.IncompleteReadError):
+        if self._held:
+            await self._channel.shutdown_held(mode, answer_within)
             return
-        if "error" in reply:
-            desc = reply["error"].get("desc", reply["error"])
-            raise GuestAgentError(f"the guest agent of VM '{self._vm}' refused to shut down: {desc}")
+        async with self._channel.exclusive():
+            await self._channel.shutdown_held(mode, answer_within)
 
     async def exec(
         self, argv: list[str], *, timeout: float, stdin: bytes | None = None, poll: float = 0.02
