@@ -32,8 +32,11 @@ def choose(ranking: ShapeRanking, reach: np.ndarray, need: tuple[int, int, int],
     if len(shapes) > MAX_SHAPES:
         return None
     c, m, d = need
-    # The same sum, term by term in the same order, as weighers.cost: the same bits.
-    spent = {k: c * a + m * b + d * e for k in shapes for a, b, e in (ranking.inv[k],)}
+    spent: dict[int, float] = {}
+    for k in shapes:
+        cpu, memory, disk = ranking.inv[k]
+        # The same sum, term by term in the same order, as weighers.cost: the same bits.
+        spent[k] = c * cpu + m * memory + d * disk
     tops = sorted(((-ranking.keys[k][0] - cost, k) for k, cost in spent.items()
                    if ranking.keys[k]), reverse=True)
     free = ranking.free
