@@ -59,6 +59,8 @@ class ShapeRanking:
         self._open: dict[str | None, list[int]] = {}
         # Each host's free vCPUs, MiB and MiB, as a decision reads them host by host.
         self.free: list[tuple[int, int, int]] = [tuple(col) for col in free.T.tolist()]
+        # Each host's sort key now: where bisect finds it in its shape's keys.
+        self._key_of: list[float] = (-free_fraction_sum).tolist()
 
     def open_to(self, project: str | None) -> list[int]:
         """The shapes whose hosts take VMs of ``project`` (as the project filter has it)."""
@@ -77,8 +79,11 @@ class ShapeRanking:
         if k < 0:
             return
         order, keys = self.orders[k], self.keys[k]
-        at = order.index(i)
+        at = bisect.bisect_left(keys, self._key_of[i])
+        while order[at] != i:  # past hosts of the same key
+            at += 1
         del order[at], keys[at]
-        to = bisect.bisect_left(keys, -free_fraction)
+        key = self._key_of[i] = -free_fraction
+        to = bisect.bisect_left(keys, key)
         order.insert(to, i)
-        keys.insert(to, -free_fraction)
+        keys.insert(to, key)

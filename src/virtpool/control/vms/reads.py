@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import (
     Connection,
     Integer,
@@ -45,6 +46,7 @@ COLUMNS = ("id", "name", "project_id", "image", "cpus", "memory_mib", "disk_mib"
            "accel", "max_memory_mib", "cpu_cap_pct", "cpu_weight", "disk_iops", "disk_bps",
            "cpu_affinity", "state", "error", "host", "pinned_host", "created_at", "updated_at",
            "started_at", "boot_timeout_s", "stopped_by", "cloud_init")
+_INFOS = TypeAdapter(list[VMInfo])
 _FIELDS = tuple({"project_id": "project", "pinned_host": "pinned"}.get(c, c) for c in COLUMNS)
 _VM_COLUMNS = [_VMS.c[name] for name in COLUMNS]
 # The ports, NICs and security groups of a set of VMs in one query (one round trip, not three):
@@ -162,9 +164,11 @@ def page(connection: Connection, *, limit: int, offset: int = 0, project_id: str
         if row[width + 1] is not None:
             children.append((row[width + 1], row[0], *row[width + 2:]))
     ports, nics, secgroups = _children_by_vm(children)
-    # Column values by position (a row is a tuple in COLUMNS order): no lookup by name.
-    return [info_of(values, ports.get(values[0], []), nics.get(values[0], []), secgroups.get(values[0], []))
-            for values in vms], total
+    # Column values by position (a row is a tuple in COLUMNS order): no lookup by name. The
+    # page validated in one call: a third cheaper than a model_validate per VM.
+    return _INFOS.validate_python([
+        _fields_of(values, ports.get(values[0], []), nics.get(values[0], []), secgroups.get(values[0], []))
+        for values in vms]), total
 
 
 def _children_by_vm(children: Iterable[Sequence[Any]]) -> tuple[
@@ -188,10 +192,16 @@ def info_of(values: Sequence[Any], ports: list[dict[str, int]], nics: list[dict[
             secgroups: list[str]) -> VMInfo:
     """``VMInfo`` from a VM's column values (in ``COLUMNS`` order) and its ports ({host,
     guest}), NICs ({network, mac, address}) and security group names, in order."""
+    return VMInfo.model_validate(_fields_of(values, ports, nics, secgroups))
+
+
+def _fields_of(values: Sequence[Any], ports: list[dict[str, int]], nics: list[dict[str, str]],
+               secgroups: list[str]) -> dict[str, Any]:
+    """``VMInfo``'s fields, as :func:`info_of` takes them."""
     fields = dict(zip(_FIELDS, values, strict=True))
     fields["pinned"] = fields["pinned"] is not None
     fields["cloud_init"] = fields["cloud_init"] or None
     fields["ports"], fields["nics"], fields["secgroups"] = ports, nics, secgroups
     fields["address"] = (nics[0]["address"] if nics
                          else f"127.0.0.1:{ports[0]['host']}" if ports else None)
-    return VMInfo.model_validate(fields)
+    return fields
