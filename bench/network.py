@@ -20,15 +20,31 @@ Five setups, each with two VMs of the default image (1 vCPU, 256 MiB, microvm, t
   iperf3 server, the other reaches it at 10.0.2.2. Its latency is a ping of slirp's gateway
   (two guests on user-mode networking cannot ping each other).
 
+Latency is measured twice:
+
+* **round trips** (the figure the ratio is made of): ``ping -A`` sends the next echo request as
+  soon as the reply is in, ``--trips`` of them back to back; the guest's kernel time before and
+  after (``now at`` of ``/proc/timer_list``) divided by the trips is the mean round trip.
+  Every guest boots with ``clocksource=tsc tsc=reliable``: left alone, the clocksource watchdog
+  of a guest under TCG on a busy host may find the TSC "unstable" against jiffies and fall back
+  to ``refined-jiffies``, whose time steps by one tick (HZ=250: 4 ms, high resolution timers
+  off); in one run without it, four client guests of five were on jiffies and one on ``tsc``.
+  ``guest_clock`` in the JSON says what each setup's client guest had, and
+  ``guest_over_host_time`` the guest's time of the round trips over the host's time of the same
+  exec (which also holds the exec's own cost): alike across setups when no clock ran slow.
+* **ping median** (kept for comparison with earlier runs): the median of ``ping -i 0.2``'s
+  single times (on a jiffies clock each a multiple of the tick: the 4.0 ms of earlier runs).
+
 iperf3 is not in the default image: the host's ``/usr/bin/iperf3`` (Debian's ``iperf3``, a
 ``--test`` system package) and its libraries are copied into each guest before measuring.
 
 The setups compared with each other (virtpool and bare, one host; the same on two hosts) are up
 at the same time and measured in turns, round after round with the order rotating, so that the
 shared machine's drifting load falls on both alike. Throughput: the median of the rounds' iperf3
-runs; latency: the median of all pings.
+runs; latency: the median of the rounds' mean round trips.
 
-Usage: ``.venv/bin/python bench/network.py [--seconds S] [--runs N] [--pings P]``. Prints a table
+Usage: ``.venv/bin/python bench/network.py [--seconds S] [--runs N] [--pings P] [--trips T]``.
+Prints a table
 on stderr; the last line of stdout is one JSON object::
 
     {"name": "network", "throughput_ratio": ..., "latency_ratio": ..., ...}
@@ -97,6 +113,8 @@ CHUNK = 700_000  # bytes of the iperf3 bundle per exec (the API takes 1 MiB of s
 SUBNET_ONE, SUBNET_TWO = "10.93.0", "10.94.0"
 LAB_SUBNET, BARE_LAB_SUBNET = "10.233.130", "10.233.131"  # virtpool's lab, the bare one's
 VNI = 77
+# The same clock in every guest, one that does not lose time while the vCPU waits (see above).
+CLOCK_ARGS = "clocksource=tsc tsc=reliable"
 
 Sh = Callable[[str, float, bytes | None], tuple[int, str]]  # run a shell script in a guest
 
@@ -171,6 +189,9 @@ class Pair:
             raise BenchError(f"iperf3 server did not start: {out}")
         self.rates: list[float] = []
         self.rtts: list[float] = []
+        self.trip_means: list[float] = []  # ms, one per round
+        self.trip_clocks: list[tuple[float, float]] = []  # (guest, host) seconds of each run
+        self.clock = guest_clock(self.client)
 
     def iperf(self, seconds: int) -> float:
         code, out = self.client(f"{IPERF} -c {self.target} -p {self.port} -t {seconds} -J",
@@ -189,9 +210,52 @@ class Pair:
             raise BenchError(f"ping {self.ping_target} failed: {out[-800:]}")
         self.rtts += times
 
-    def figures(self) -> dict[str, float | list[float]]:
+    def round_trips(self, count: int) -> float:
+        """The mean of ``count`` back-to-back round trips, in ms, timed by the guest's kernel
+        clock over the whole run (a lost echo would add ping's 1 s wait: the run is repeated)."""
+        script = (f"{NOW}; ping -A -q -c {count} {self.ping_target}; {NOW}")
+        for _attempt in range(3):
+            began = time.monotonic()
+            code, out = self.client(script, count * 0.1 + 60, None)
+            host_s = time.monotonic() - began
+            stamps = [int(n) for n in re.findall(r"now at ([0-9]+) nsecs", out)]
+            sent = re.search(r"([0-9]+) packets transmitted, ([0-9]+) packets received", out)
+            if code != 0 or len(stamps) != 2 or sent is None:
+                raise BenchError(f"ping -A {self.ping_target} failed: {out[-800:]}")
+            if int(sent[1]) == int(sent[2]) == count:
+                mean = (stamps[1] - stamps[0]) / count / 1e6
+                self.trip_means.append(mean)
+                self.trip_clocks.append(((stamps[1] - stamps[0]) / 1e9, host_s))
+                return mean
+            note(f"  {sent[1]} echo requests, {sent[2]} replies: the round trips are run again")
+        raise BenchError(f"ping -A {self.ping_target} lost echo replies three times: {out[-800:]}")
+
+    def figures(self) -> dict[str, object]:
         return {"mbit_s": statistics.median(self.rates), "mbit_s_runs": [round(r, 1) for r in self.rates],
-                "rtt_ms": round(statistics.median(self.rtts), 3)}
+                "rtt_ms": round(statistics.median(self.trip_means), 4),
+                "rtt_ms_runs": [round(m, 4) for m in self.trip_means],
+                "ping_median_ms": round(statistics.median(self.rtts), 3),
+                # A tick-driven guest clock that lost ticks under load would run slow: its time
+                # over the host's (which also holds the exec's own cost) should stay alike.
+                "guest_over_host_time": round(sum(g for g, _ in self.trip_clocks)
+                                              / sum(h for _, h in self.trip_clocks), 3),
+                "guest_clock": self.clock}
+
+
+NOW = "grep -m1 'now at' /proc/timer_list"  # the guest kernel's monotonic time, in ns
+
+
+def guest_clock(sh: Sh) -> dict[str, object]:
+    """What the guest's clock is made of: its clocksource, and whether high resolution timers
+    are on (off: time reads step by one tick)."""
+    base = "/sys/devices/system/clocksource/clocksource0"
+    code, out = sh(f"cat {base}/current_clocksource {base}/available_clocksource; "
+                   "grep -m1 hres_active /proc/timer_list", 30, None)
+    lines = out.split("\n")
+    if code != 0 or len(lines) < 3:
+        raise BenchError(f"could not read the guest's clocksource: {out}")
+    return {"clocksource": lines[0].strip(), "available": lines[1].split(),
+            "hres_active": lines[2].split(":")[-1].strip() == "1"}
 
 
 def interleaved(pairs: dict[str, Pair], args: argparse.Namespace) -> None:
@@ -202,8 +266,10 @@ def interleaved(pairs: dict[str, Pair], args: argparse.Namespace) -> None:
         order = names[round_ % len(names):] + names[:round_ % len(names)]
         for name in order:
             rate = pairs[name].iperf(args.seconds)
+            trip = pairs[name].round_trips(args.trips)
             pairs[name].ping(max(1, args.pings // args.runs))
-            note(f"  round {round_ + 1}/{args.runs} {name}: {rate:.0f} Mbit/s")
+            note(f"  round {round_ + 1}/{args.runs} {name}: {rate:.0f} Mbit/s, "
+                 f"round trip {trip:.4f} ms")
 
 
 # -- bare QEMU ----------------------------------------------------------------------------------
@@ -231,7 +297,8 @@ class Bare:
         argv = build_argv(LaunchPlan(
             name=name, cpus=1, memory_mib=MEMORY_MIB, kernel=self.image / "vmlinux",
             initrd=self.image / "initramfs.cpio.gz", paths=paths, accel="tcg",
-            tsc_khz=host_tsc_khz(), nics=(nic,) if nic else (), extra=extra))
+            tsc_khz=host_tsc_khz(), nics=(nic,) if nic else (), extra=extra,
+            user_kernel_args=CLOCK_ARGS))
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
         group = cgroups.create(f"{PREFIX}-{name}")
@@ -365,7 +432,8 @@ def pool_one_host(root: Path, images: Path) -> Iterator[tuple[Sh, Sh, str]]:
         client = server.start()
         client.create_network("bench", subnet=f"{SUBNET_ONE}.0/24")
         for name in ("a", "b"):
-            client.create_vm(name, networks=["bench"], memory_mib=MEMORY_MIB, start=True)
+            client.create_vm(name, networks=["bench"], memory_mib=MEMORY_MIB, start=True,
+                             kernel_args=CLOCK_ARGS)
         for name in ("a", "b"):
             if client.wait_vm(name, timeout=BOOT_TIMEOUT_S).state != "running":
                 raise BenchError(f"virtpool VM {name} did not boot: {client.vm(name).error}")
@@ -424,7 +492,7 @@ def pool_two_hosts(root: Path, images: Path) -> Iterator[tuple[Sh, Sh, str]]:
         for name, host in zip(("a", "b"), lab.hosts):
             client.label_host(host.name, {"bench": name})
             client.create_vm(name, networks=["bench"], memory_mib=MEMORY_MIB, start=True,
-                             required_labels={"bench": name})
+                             required_labels={"bench": name}, kernel_args=CLOCK_ARGS)
         for name in ("a", "b"):
             if client.wait_vm(name, timeout=BOOT_TIMEOUT_S).state != "running":
                 raise BenchError(f"virtpool VM {name} did not boot: {client.vm(name).error}")
@@ -450,6 +518,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=8, help="length of one iperf3 run")
     parser.add_argument("--runs", type=int, default=3, help="iperf3 runs per setup (median)")
     parser.add_argument("--pings", type=int, default=30, help="pings per setup (median RTT)")
+    parser.add_argument("--trips", type=int, default=2000,
+                        help="back-to-back round trips per round and setup (mean RTT)")
     parser.add_argument("--images", type=Path, default=Path(os.environ.get(
         "VIRTPOOL_TEST_IMAGES", REPO / ".cache" / "images")), help="image cache (built if missing)")
     args = parser.parse_args()
@@ -461,7 +531,7 @@ def main() -> int:
     root.chmod(0o711)
     bare = Bare(root / "bare", args.images)
     (root / "bare").mkdir()
-    results: dict[str, dict[str, float | list[float]]] = {}
+    results: dict[str, dict[str, object]] = {}
     began = time.monotonic()
     # Setups compared with each other are up together and measured in turns.
     groups: list[list[tuple[str, Callable[[], object]]]] = [
@@ -494,9 +564,10 @@ def main() -> int:
     def ratio(kind: str, of: str, to: str) -> float:
         return round(float(results[of][kind]) / float(results[to][kind]), 3)  # type: ignore[arg-type]
 
-    note(f"{'setup':<20} {'Mbit/s':>10} {'RTT ms':>8}")
+    note(f"{'setup':<20} {'Mbit/s':>10} {'RTT ms (mean)':>14} {'ping median':>12}")
     for name, figures in results.items():
-        note(f"{name:<20} {figures['mbit_s']:>10.0f} {figures['rtt_ms']:>8}")
+        note(f"{name:<20} {figures['mbit_s']:>10.0f} {figures['rtt_ms']:>14} "
+             f"{figures['ping_median_ms']:>12}")
     summary = {
         "name": "network",
         "throughput_ratio": ratio("mbit_s", "virtpool_one_host", "bare_one_host"),
@@ -504,10 +575,20 @@ def main() -> int:
         "throughput_ratio_two_hosts": ratio("mbit_s", "virtpool_two_hosts", "bare_two_hosts"),
         "latency_ratio_two_hosts": ratio("rtt_ms", "virtpool_two_hosts", "bare_two_hosts"),
         **{f"{name}_mbit_s": round(float(f["mbit_s"]), 1) for name, f in results.items()},  # type: ignore[arg-type]
+        "latency_ratio_ping_median": ratio("ping_median_ms", "virtpool_one_host", "bare_one_host"),
+        "latency_ratio_ping_median_two_hosts": ratio("ping_median_ms", "virtpool_two_hosts",
+                                                     "bare_two_hosts"),
+        **{f"{name}_mbit_s": round(float(f["mbit_s"]), 1) for name, f in results.items()},  # type: ignore[arg-type]
         **{f"{name}_rtt_ms": f["rtt_ms"] for name, f in results.items()},
+        **{f"{name}_ping_median_ms": f["ping_median_ms"] for name, f in results.items()},
         "mbit_s_runs": {name: f["mbit_s_runs"] for name, f in results.items()},
+        "rtt_ms_runs": {name: f["rtt_ms_runs"] for name, f in results.items()},
+        "guest_clock": {name: f["guest_clock"] for name, f in results.items()},
+        "guest_over_host_time": {name: f["guest_over_host_time"] for name, f in results.items()},
+        "rtt_is": "median over rounds of the guest-timed mean of --trips back-to-back ping -A",
         "user_mode_rtt_is": "ping of slirp's gateway 10.0.2.2",
         "iperf_seconds": args.seconds, "iperf_runs": args.runs, "pings": args.pings,
+        "trips": args.trips,
         "accel": "tcg",
     }
     print(json.dumps(summary), flush=True)

@@ -20,6 +20,8 @@ from tests.conftest import JoinedAgent, link_image, make_server, passable, qemu_
 from virtpool.control.agents.remote import RemoteAgent
 from virtpool.model.agent import Agent
 from virtpool.model.errors import CommandTimeout, Conflict, NotFound, VirtpoolError
+from virtpool.model.net_change import Change
+from virtpool.model.network import HostNetwork, HostNetworkInput
 from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, VMSpec
 from virtpool.model.vm import VMUsage
 from virtpool.node.agent import LocalAgent
@@ -69,6 +71,26 @@ def test_images(agent: tuple[Agent, Path]) -> None:
         impl.get_image("pc-no-such-image")
     assert sum(len(chunk) for chunk in impl.image_file("default", "kernel")) == \
         impl.get_image("default").kernel.size  # type: ignore[union-attr]
+
+
+def test_a_network_converge_says_what_it_changed(agent: tuple[Agent, Path]) -> None:
+    """The agent answers a converge with what it changed (typed), so that the control plane can
+    tell its operator; converging to no network takes every device of it away again. (Only what
+    cannot be undone by the control plane's own round of converges, which also reaches the
+    remote agent, is asserted: that round converges this host to no network.)"""
+    impl, _ = agent
+    try:
+        made = impl.converge_networks(HostNetworkInput(networks=(
+            HostNetwork(vni=4001, subnet="10.96.0.0/24"),)))
+        assert made and all(type(c) is Change for c in made), made
+        done = [(c.action, c.kind) for c in made]
+        bridge = next(c.name for c in made if c.action == "add" and c.kind == "link")
+        assert ("add", "address", bridge, "10.96.0.1/24") in [(c.action, c.kind, c.name, c.detail)
+                                                               for c in made]
+        assert ("add", "nft table") in done and any(k == "dnsmasq" for _, k in done), made
+    finally:
+        assert isinstance(impl.converge_networks(HostNetworkInput()), list)
+    assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
 
 
 def test_disks_and_destroy_are_idempotent(agent: tuple[Agent, Path]) -> None:

@@ -11,6 +11,7 @@ import os
 import string
 import subprocess
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,20 @@ def next_prefix(base: str | None = None) -> str:
     # the tests name their own.
     base = base or os.environ.get("VIRTPOOL_TEST_NET_PREFIX", "nw")[:2]
     return f"{base}{letters[int(worker or 0) % 26]}{letters[next(_servers) % 26]}"
+
+
+def free_subnet(prefix: str, base: str = "10.233") -> str:
+    """A /24 of ``base``.0.0/16 (as ``10.233.N``) on which no interface of this machine has an
+    address, the search starting at a place of ``prefix``'s own: a lab's bridge sits in the root
+    namespace, where two runs' labs on one /24 would steal each other's routes."""
+    used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
+                          check=True).stdout
+    start = zlib.crc32(prefix.encode()) % 254
+    for k in range(254):
+        subnet = f"{base}.{1 + (start + k) % 254}"
+        if f" {subnet}." not in used:
+            return subnet
+    raise RuntimeError(f"every /24 of {base}.0.0/16 has an address on this machine")
 
 
 def prefix_of(server: Server) -> str:

@@ -6,12 +6,16 @@ handles, the ifindex of every bridge, VXLAN and tap, dnsmasq's pid."""
 from __future__ import annotations
 
 import asyncio
+import re
+from typing import Any
 
 from tests.network.conftest import ADDRESSES, SUBNET, HostState, TwoHosts, guest, kernel_state
 from virtpool.model.secgroup import HostRule, NicFirewall
+from virtpool.node.net import nft
 from virtpool.node.net.apply import NetworkApplier
-from virtpool.node.net.change import Change
-from virtpool.node.net.secgroups import table_name
+from virtpool.node.net.plan import HostPlan, nft_commands
+from virtpool.model.net_change import Change
+from virtpool.node.net.secgroups import secgroup_commands, table_name
 
 PORT = 7000
 
@@ -86,3 +90,50 @@ def test_a_second_converge_changes_nothing_and_a_rule_change_changes_just_that(t
     assert not connects(hosts, 0) and pings(hosts, 0)
     assert host_state(hosts, 1) == other  # the other host was never touched
     assert all(isinstance(c, Change) for c in changes)
+
+
+
+def unnamed_rebuild(plan: HostPlan) -> list[dict[str, Any]]:
+    """The ruleset as a version before rule names (comments) made it: the same rules, none named."""
+    rebuild = nft_commands(plan, ()) + secgroup_commands(plan)
+    for command in rebuild:
+        command.get("add", {}).get("rule", {}).pop("comment", None)
+    return rebuild
+
+
+def test_the_first_converge_after_an_upgrade_replaces_every_rule_without_losing_a_packet(
+        two_hosts: TwoHosts) -> None:
+    """A version before rule names left rules without them; the first converge of this one
+    replaces each (nftables lists a rule otherwise than it was written: a one-element set as its
+    element, implied matches left out, counters with their counts, so equal content cannot be
+    told from the listing). It does so in one nftables transaction, which the kernel applies
+    whole: back-to-back pings through every replaced chain, both ways, lose no packet over
+    several such upgrades (one at most, as a busy TCG guest may). Applied one command at a time,
+    the same replacement drops packets while a chain holds its drop rule and not yet its
+    accept rules: 11 and 12 lost in two runs."""
+    hosts = two_hosts
+    upgrades = 6
+    for i in (0, 1):  # the VMs ping each other back to back for the whole time
+        asyncio.run(guest(hosts.socks[i], ["sh", "-c", f"( ping -A -w 600 {ADDRESSES[1 - i]} "
+                                                      ">/tmp/flood 2>&1 ) </dev/null >/dev/null 2>&1 &"]))
+    for _ in range(upgrades):
+        for i, ns in enumerate(hosts.namespaces):
+            plan = hosts.plan(i)
+            nft.apply(unnamed_rebuild(plan), netns=ns)
+            fresh = NetworkApplier(hosts.prefix, hosts.appliers[i].state_dir, netns=ns)
+            changes = fresh.converge(plan)
+            rules = [c for c in changes if c.kind == "nft rule"]
+            assert rules and len(rules) == len(changes), changes
+            assert {c.action for c in rules} == {"delete", "add"}
+            assert fresh.converge(plan) == []
+            hosts.appliers[i] = fresh
+    for i in (0, 1):
+        # Replies (not duplicates) and the highest sequence number answered: each number below
+        # it without a reply is a packet lost (the one in flight when ping stops is not counted).
+        _, out = asyncio.run(guest(hosts.socks[i], ["sh", "-c", (
+            "kill -INT $(pidof ping); sleep 1; awk -F'seq=' '/seq=/ && !/DUP/ { "
+            "split($2, a, \" \"); n++; if (a[1] + 0 > m) m = a[1] + 0 } END { print n, m }' "
+            "/tmp/flood")]))
+        replies, highest = (int(n) for n in out.split())
+        # A busy TCG guest was seen to miss one echo in one of four such runs.
+        assert replies > 100 and highest + 1 - replies <= 1, out

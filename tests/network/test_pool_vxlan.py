@@ -7,6 +7,7 @@ peer; nothing is left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,22 +16,26 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from tests.cluster.harness import Lab, NetnsHost
 from tests.conftest import Server, make_server, passable, wait_for
-from tests.network.conftest import kernel_state
+from tests.network.conftest import free_subnet, kernel_state, next_prefix
 from tests.network.test_vm_networks import pings, sh, tcp_exchange
+from virtpool.model.event import Event
 from virtpool.sdk import Client
 
 VIRTPOOL = str(Path(sys.executable).parent / "virtpool")
-_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-LAB_PREFIX = f"npl{_WORKER}"
-LAB_SUBNET = f"10.233.{120 + _WORKER}"
-NET_PREFIX = f"npv{'abcdefghij'[_WORKER % 10]}"  # the agents' devices and tables
-SUBNET = f"10.{81 + _WORKER}.0.0/24"
+# Names of this run's own (VIRTPOOL_TEST_NET_PREFIX, the xdist worker): two runs on one machine
+# never share a namespace, a device or a table.
+LAB_PREFIX = next_prefix()  # the namespaces and veths (the root namespace)
+LAB_SUBNET = free_subnet(LAB_PREFIX)  # the underlay, on the lab's bridge in the root namespace
+NET_PREFIX = next_prefix()  # the agents' devices and tables (inside their namespaces)
+# The VMs' networks exist only inside this run's namespaces: no other run can see them.
+SUBNET = "10.81.0.0/24"
 
 
 @dataclass
@@ -151,7 +156,32 @@ def test_vms_of_one_network_on_two_hosts_talk_and_a_missed_push_heals(pool: Pool
     assert dnsmasqs == []
 
 
-FLOW_SUBNET = f"10.{81 + _WORKER}.1.0/24"
+FLOW_SUBNET = "10.81.1.0/24"
+
+
+def vm_on_each_host(pool: Pool, network: str, subnet: str, names: tuple[str, str]) -> tuple[str, str]:
+    """A network, and a running VM of it on each host (the first named on the first host): their
+    addresses, once the second pings the first."""
+    api = pool.control.api()
+    api.create_network(network, subnet=subnet)
+    for vm, host in zip(names, pool.lab.hosts):
+        api.create_vm(vm, networks=[network], memory_mib=128, required_labels={"np": host.name},
+                      start=True)
+    for vm in names:
+        assert api.wait_vm(vm, timeout=300).state == "running", \
+            "".join(pool.log(h) for h in pool.lab.hosts)
+    first, second = (api.vm(vm).nics[0].address for vm in names)
+    assert wait_for(lambda: pings(api, names[1], first), timeout=60)
+    return first, second
+
+
+def remove(pool: Pool, network: str, names: tuple[str, str]) -> None:
+    """The VMs and their network gone, and with them every device of ours on both hosts."""
+    api = pool.control.api()
+    for vm in names:
+        api.delete_vm(vm, force=True)
+    api.delete_network(network)
+    assert wait_for(lambda: all(our_devices(h) == [] for h in pool.lab.hosts), timeout=60)
 STREAM_PORT = 7100
 
 
@@ -167,14 +197,7 @@ def test_agent_restarts_keep_traffic_flowing_and_change_nothing(pool: Pool) -> N
     converges leave every device, nftables table and rule and dnsmasq as it was."""
     api = pool.control.api()
     h1, h2 = pool.lab.hosts
-    api.create_network("flow", subnet=FLOW_SUBNET)
-    for vm, host in (("fa", h1), ("fb", h2)):
-        api.create_vm(vm, networks=["flow"], memory_mib=128, required_labels={"np": host.name},
-                      start=True)
-    for vm in ("fa", "fb"):
-        assert api.wait_vm(vm, timeout=300).state == "running", pool.log(h1) + pool.log(h2)
-    fa, fb = (api.vm(vm).nics[0].address for vm in ("fa", "fb"))
-    assert wait_for(lambda: pings(api, "fb", fa), timeout=60)
+    fa, fb = vm_on_each_host(pool, "flow", FLOW_SUBNET, ("fa", "fb"))
     before = {h.name: kernel_state(h.name, NET_PREFIX, h.data_dir / "net") for h in (h1, h2)}
 
     # The listener's input never ends: nc closes the connection when its input does.
@@ -213,7 +236,55 @@ def test_agent_restarts_keep_traffic_flowing_and_change_nothing(pool: Pool) -> N
     after = {h.name: kernel_state(h.name, NET_PREFIX, h.data_dir / "net") for h in (h1, h2)}
     assert after == before, {name: before[name].diff(after[name]) for name in before}
 
-    for vm in ("fa", "fb"):
-        api.delete_vm(vm, force=True)
-    api.delete_network("flow")
-    assert wait_for(lambda: our_devices(h1) == [] and our_devices(h2) == [], timeout=60)
+    remove(pool, "flow", ("fa", "fb"))
+
+
+HEAL_SUBNET = "10.81.2.0/24"
+
+
+def test_a_rule_deleted_by_hand_is_put_back_and_the_operator_is_told(pool: Pool) -> None:
+    """Someone deletes, by hand, the rule that lets a VM receive from its own network: the
+    control plane's next round of converges puts exactly that rule back, traffic flows again,
+    and `virtpool events` says which host was healed and of what."""
+    api = pool.control.api()
+    h1 = pool.lab.hosts[0]
+    ha, _ = vm_on_each_host(pool, "heal", HEAL_SUBNET, ("ha", "hb"))
+    tap, = [d for d in our_devices(h1) if d.startswith(f"{NET_PREFIX}t")]
+    table, chain = f"{NET_PREFIX}sg", f"in_{tap}"
+
+    def same_network_rule() -> dict[str, Any] | None:  # "from this network: on to the next check"
+        listing = json.loads(in_ns(h1, "nft", "-j", "list", "chain", "inet", table, chain))
+        return next((r["rule"] for r in listing["nftables"]
+                     if "rule" in r and '"iifname"' in json.dumps(r["rule"]["expr"])), None)
+
+    def heals() -> list[Event]:
+        return api.events(kind="network.healed", limit=1000)
+
+    for _attempt in range(3):
+        before = {e.id for e in heals()}
+        rule = same_network_rule()
+        assert rule is not None
+        subprocess.run(["ip", "netns", "exec", h1.name, "nft", "delete", "rule", "inet", table,
+                        chain, "handle", str(rule["handle"])], check=True)
+        if not pings(api, "hb", ha):  # a new ping (conntrack: a new flow) is dropped
+            break
+        # It passed: only because a round put the rule back meanwhile; then delete it again.
+        assert same_network_rule() is not None, "traffic passed without the rule"
+    else:
+        raise AssertionError("every deletion was healed before a ping could tell")
+
+    assert wait_for(lambda: [e for e in heals() if e.id not in before], timeout=120), \
+        pool.control.log.read_text(errors="replace")[-3000:]
+    event, = [e for e in heals() if e.id not in before]
+    assert event.data is not None and event.data["host"] == h1.name
+    assert [(c["action"], c["kind"], c["name"]) for c in event.data["changes"]] == \
+        [("add", "nft rule", f"inet {table} {chain}")], event.data
+    assert "iifname" in event.data["changes"][0]["detail"]
+    assert same_network_rule() is not None
+    assert pings(api, "hb", ha)
+    # What the operator reads.
+    shown = pool.control.cli("events", "--kind", "network.healed")
+    assert shown.returncode == 0, shown.stderr
+    assert f"host '{h1.name}'" in shown.stdout and f"add nft rule inet {table} {chain}" in shown.stdout
+
+    remove(pool, "heal", ("ha", "hb"))

@@ -63,8 +63,8 @@ class RowsAgent:
     def check_port_free(self, port: int) -> bool:
         return True
 
-    def converge_networks(self, desired: object) -> None:
-        pass
+    def converge_networks(self, desired: object) -> list[object]:
+        return []
 
     def create_disk(self, vm_id: str, image: str, disk_mib: int) -> None:
         with self._lock:

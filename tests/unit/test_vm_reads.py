@@ -107,9 +107,14 @@ def test_pages_follow_names_projects_and_cursors(seeded: Engine) -> None:
         assert total == 4 and everything == sorted(expected.values(), key=lambda v: (v.name, v.id))
         first, total = reads.page(connection, limit=2, project_id="default")
         assert total == 3 and [v.name for v in first] == ["cache", "db"]
-        rest, _ = reads.page(connection, limit=2, project_id="default",
-                             after=(first[-1].name, first[-1].id))
+        rest, total = reads.page(connection, limit=2, project_id="default",
+                                 after=(first[-1].name, first[-1].id))
         assert [v.name for v in rest] == ["web"] and rest[0].project == "default"
+        assert total == 3  # the project's, not what is left after the cursor
+        # A page of one VM with two NICs and two security groups: one VM, all of its children.
+        (db_vm,), _ = reads.page(connection, limit=1, project_id="default", after=("cache", f"{3:032x}"))
+        assert db_vm == expected[f"{2:032x}"] and len(db_vm.nics) == 2 and len(db_vm.secgroups) == 2
+        assert reads.page(connection, limit=2, offset=10) == ([], 4)  # past the end: the total still
         offset, _ = reads.page(connection, limit=2, offset=2)
         assert [v.name for v in offset] == ["web", "web"]
         none, total = reads.page(connection, limit=5, project_id="nobody")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request, WebSocket
+from starlette.requests import HTTPConnection
 
 from virtpool.api.auth_limit import FailedAuthLimiter, client_address
 from virtpool.control.auth import Principal
@@ -34,7 +35,7 @@ async def get_pool(request: Request) -> Pool:
     return request.app.state.pool
 
 
-def bearer(request: Request) -> str | None:
+def bearer(request: HTTPConnection) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     return value.strip() if scheme.lower() == "bearer" else None
@@ -60,13 +61,19 @@ def websocket_bearer(websocket: WebSocket) -> str | None:
                  if p.startswith(BEARER_PROTOCOL_PREFIX)), None)
 
 
-async def principal(request: Request, pool: Annotated[Pool, Depends(get_pool)]) -> Principal:
+def authenticate(request: HTTPConnection, pool: Pool) -> Principal:
+    """The caller of ``request`` by its bearer token (failures limited per address), noted in
+    ``request.state`` for the audit log; a metrics-only token is refused."""
     limiter: FailedAuthLimiter = request.app.state.auth_limiter
     caller = limiter.authenticate(pool.tokens, bearer(request), client_address(request))
     request.state.actor = caller.name  # for the audit log
     request.state.project = caller.project_id
     check_not_metrics_only(caller.name, caller.role)
     return caller
+
+
+async def principal(request: Request, pool: Annotated[Pool, Depends(get_pool)]) -> Principal:
+    return authenticate(request, pool)
 
 
 async def admin(caller: Annotated[Principal, Depends(principal)]) -> Principal:
@@ -100,13 +107,20 @@ def resolve_project(pool: Pool, caller: Principal, asked: str | None) -> str:
     return project
 
 
+def acting_scope(request: HTTPConnection, pool: Pool, caller: Principal, project: str | None,
+                 needed: Access) -> Scope:
+    """The project ``caller`` acts in (``project`` as asked), once it has the access ``needed``
+    there; noted in ``request.state`` for the audit log."""
+    # The project is checked before the role: another project is "not found" for everyone.
+    name = resolve_project(pool, caller, project)
+    check_access(caller.name, caller.role, caller.project_id, needed)
+    request.state.project = name
+    return Scope(caller, name)
+
+
 def _scope(needed: Access) -> Callable[..., Awaitable[Scope]]:
     async def dependency(request: Request, pool: PoolDep, caller: Caller, project: ProjectParam = None) -> Scope:
-        # The project is checked before the role: another project is "not found" for everyone.
-        name = resolve_project(pool, caller, project)
-        check_access(caller.name, caller.role, caller.project_id, needed)
-        request.state.project = name
-        return Scope(caller, name)
+        return acting_scope(request, pool, caller, project, needed)
 
     return dependency
 

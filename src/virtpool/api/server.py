@@ -206,8 +206,11 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
             announce(f"HTTPS only; the API's certificate has SHA-256 {cert_fingerprint(tls.cert)} "
                      "(`virtpool remote add NAME URL` shows the same)")
         https = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)} if tls else {}
+        # proxy_headers off: uvicorn's default believes X-Forwarded-For from 127.0.0.1, which
+        # let any local client pose as other addresses to the failed-authentication limit
+        # (api/auth_limit.py counts the TCP peer); and it cost every request a middleware.
         config = uvicorn.Config(create_app(pool), log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=SHUTDOWN_GRACE_S, **https)
+                                proxy_headers=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, **https)
         logging.getLogger("uvicorn.error").addFilter(_denials_are_complete)
         logging.getLogger("uvicorn.error").addFilter(nothing_was_cut)
         uvicorn.Server(config).run(sockets=[sock])

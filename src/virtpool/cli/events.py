@@ -17,7 +17,9 @@ def events(
     project: Annotated[str | None, typer.Option("--project", help="only this project's events")] = None,
     json: JsonFlag = False,
 ) -> None:
-    """What the pool did and why: state changes, automatic balloon moves.
+    """What the pool did and why: state changes, automatic balloon moves, what a host's
+    network converge changed (network.changed) or put back after it was changed by hand
+    (network.healed).
 
     With --follow, events are streamed from the server (server-sent events) as they happen,
     until Ctrl-C; if the server goes away the command exits 3. With --json each event is one

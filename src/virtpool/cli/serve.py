@@ -89,7 +89,8 @@ def up(
     memory_budget: Annotated[str | None, typer.Option(help="count this as the host's memory, e.g. 8G")] = None,
     memory_threshold: Annotated[str, typer.Option(help="reclaim guest memory when available falls below")] = "256M",
     net_prefix: Annotated[str, typer.Option(help="name prefix of this host's bridges, taps and "
-                                                 "nftables tables (1-4 lowercase letters)")] = "vp",
+                                                 "nftables tables (a lowercase letter, then up "
+                                                 "to 3 lowercase letters or digits)")] = "vp",
     agent_listen: AgentListen = None,
     tls_cert: TLSCert = None,
     tls_key: TLSKey = None,
@@ -121,8 +122,7 @@ def up(
     _log_to_stderr()
     if accel not in ("auto", "kvm", "tcg"):
         output.fail(f"unknown accelerator '{accel}'", hint="use auto, kvm or tcg")
-    if not re.fullmatch(r"[a-z]{1,4}", net_prefix):
-        output.fail(f"'{net_prefix}' is not a valid --net-prefix", hint="use 1-4 lowercase letters")
+    _check_net_prefix(net_prefix)
     try:
         host_, port = parse_listen(listen)
         log_cap_bytes = parse_size_mib(log_cap, what="log cap") * 1024 * 1024
@@ -154,7 +154,8 @@ def agent(
     listen: Annotated[str, typer.Option(help="HOST:PORT this agent serves on (HTTPS)")] = "0.0.0.0:8472",
     name: Annotated[str | None, typer.Option(help="this host's name in the pool (default: hostname)")] = None,
     net_prefix: Annotated[str, typer.Option(help="name prefix of this host's bridges, taps and "
-                                                 "nftables tables (1-4 lowercase letters)")] = "vp",
+                                                 "nftables tables (a lowercase letter, then up "
+                                                 "to 3 lowercase letters or digits)")] = "vp",
 ) -> None:
     """Run this host's agent: join the pool (first start, with --join), then serve the control
     plane over mutual TLS and heartbeat to it. VMs keep running when it stops.
@@ -170,8 +171,7 @@ def agent(
     from virtpool.node.service.run import AgentOptions
     from virtpool.node.service.run import serve as serve_agent
 
-    if not re.fullmatch(r"[a-z]{1,4}", net_prefix):
-        output.fail(f"'{net_prefix}' is not a valid --net-prefix", hint="use 1-4 lowercase letters")
+    _check_net_prefix(net_prefix)
     if not server.startswith("https://"):
         output.fail(f"'{server}' is not an https:// URL", hint="pass the join URL the control plane printed")
     _log_to_stderr()
@@ -186,3 +186,12 @@ def agent(
         output.fail(err.message, hint=err.hint)
     except OSError as err:
         output.fail(f"cannot serve on {listen}: {err.strerror}", hint="pick another --listen port")
+
+
+def _check_net_prefix(net_prefix: str) -> None:
+    # Device names are the prefix, a kind (br, vx, t) and a hex number, within the kernel's 15
+    # characters; a digit in it is as safe as a letter (test runs use prefixes such as n6).
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,3}", net_prefix):
+        output.fail(f"'{net_prefix}' is not a valid --net-prefix",
+                    hint="use a lowercase letter, then up to 3 lowercase letters or digits "
+                         "(e.g. vp, n6)")

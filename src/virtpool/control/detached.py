@@ -34,8 +34,9 @@ class NoAgent:
     list_snapshots = create_snapshot = restore_snapshot = delete_snapshot = _refuse
     backup_vm = read_backup = restore_backup = clone_disk = _refuse
 
-    def converge_networks(self, desired: Any) -> None:
+    def converge_networks(self, desired: Any) -> list[Any]:
         """No host, so no devices: a VM on a network cannot start here anyway."""
+        return []
 
     async def open_console(self, vm_id: str) -> Any:
         _refuse()

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from virtpool.model.backup import BackupInfo
 from virtpool.model.errors import OperationFailed
 from virtpool.model.image import Firmware, ImageInfo
+from virtpool.model.net_change import Change
 from virtpool.model.network import HostNetworkInput
 from virtpool.model.snapshot import CloneKind, SnapshotInfo
 from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
@@ -298,9 +299,10 @@ class Agent(Protocol):
 
     # -- events and lifetime ----------------------------------------------------------------
 
-    def converge_networks(self, desired: HostNetworkInput) -> None:
+    def converge_networks(self, desired: HostNetworkInput) -> list[Change]:
         """Make this host's bridges, VXLAN devices, taps, nftables rules and DHCP servers
-        exactly what ``desired`` says (idempotent; what is not in it is removed)."""
+        exactly what ``desired`` says (idempotent; what is not in it is removed), and say what
+        had to change: empty when the host already was ``desired``."""
         ...
 
     def events(self, after: int, wait: float = 0.0) -> list[AgentEvent]:

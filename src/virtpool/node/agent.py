@@ -43,6 +43,7 @@ from virtpool.model.errors import (
 from virtpool.model.backup import BackupInfo
 from virtpool.model.cloudinit import CloudInit
 from virtpool.model.image import Firmware, ImageInfo
+from virtpool.model.net_change import Change
 from virtpool.model.network import HostNetworkInput
 from virtpool.model.snapshot import CloneKind, SnapshotInfo
 from virtpool.model.spec import Accel, ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
@@ -607,16 +608,17 @@ class LocalAgent:
 
     # -- networks -------------------------------------------------------------------------
 
-    def converge_networks(self, desired: HostNetworkInput) -> None:
+    def converge_networks(self, desired: HostNetworkInput) -> list[Change]:
         with self._net_lock:
             plan = host_plan(desired, self.net_prefix, self._uid_of_slot)
-            if plan == self._net_plan:
-                return
             if not plan.bridges and not users.running_as_root():
                 self._net_plan = plan  # nothing to make, and no rights to look: nothing to do
-                return
-            self._networks.converge(plan)
+                return []
+            # Even for the plan applied last: the host is read afresh, so that what was changed
+            # behind the agent's back (a rule or device deleted by hand) is put back.
+            changes = self._networks.converge(plan)
             self._net_plan = plan
+            return changes
 
     def _uid_of_slot(self, slot: int) -> int | None:
         return self._uids.range.user(slot).uid if self._uids is not None else None

@@ -37,6 +37,7 @@ from virtpool.api.deps import (
 from virtpool.api.long_poll import waiting
 from virtpool.api.paging import MAX_ID, page_headers
 from virtpool.api.problems import problem
+from virtpool.api.read_threads import in_read_thread
 from virtpool.api.routes.operations import ACCEPTED, accepted
 from virtpool.control.auth import Principal
 from virtpool.control.idempotency import Made
@@ -93,6 +94,13 @@ def list_vms(
                                                                     "(the next link carries it)")] = None,
     all_projects: Annotated[bool, Query(description="pool admins: every project's VMs")] = False,
 ) -> Response:
+    return vm_page(request, pool, scope, limit, offset, after, all_projects)
+
+
+def vm_page(request: Request, pool: Pool, scope: Scope, limit: int, offset: int, after: str | None,
+            all_projects: bool) -> Response:
+    """The answer to ``GET /vms`` (also given by api/fast_reads.py): a page as JSON, with its
+    total and links in the headers."""
     project = None if all_projects and scope.caller.pool_admin else scope.project
     cursor = tuple(after.split(":")) if after else None
     vms, total = pool.vms.page(limit=limit, offset=offset, project_id=project,
@@ -143,14 +151,20 @@ async def show_vm(
 ) -> Response:
     if wait_for:
         vm = await run_in_threadpool(_wait, pool, scope, name, wait_for, timeout)
-    elif pool.engine.dialect.name == "sqlite":
-        # A local SQLite read (two indexed queries, ~0.2 ms, never blocked by a writer in WAL
+        return Response(vm.model_dump_json(), media_type="application/json")
+    return await vm_answer(pool, scope, name)
+
+
+async def vm_answer(pool: Pool, scope: Scope, name: str) -> Response:
+    """The answer to ``GET /vms/{name}`` without ``wait_for`` (also given by api/fast_reads.py)."""
+    if pool.engine.dialect.name == "sqlite":
+        # A local SQLite read (one indexed query, ~0.2 ms, never blocked by a writer in WAL
         # mode) costs less than the hop to a worker thread and back. Under 32 clients that hop,
         # with its GIL hand-offs between the loop and the workers, was most of a GET's time
         # (py-spy, /work/notes/s4-read.md).
         vm = pool.vms.get(name, scope.project)
     else:  # a network round trip to PostgreSQL must not hold the event loop
-        vm = await run_in_threadpool(pool.vms.get, name, scope.project)
+        vm = await in_read_thread(pool.vms.get, name, scope.project)
     # Serialised here: returned as a model, FastAPI would validate it again, in a second trip
     # to the thread pool.
     return Response(vm.model_dump_json(), media_type="application/json")

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import websockets
 from cryptography import x509
+from pydantic import TypeAdapter
 from websockets.asyncio.client import ClientConnection
 
 from virtpool import exec_socket
@@ -28,11 +29,14 @@ from virtpool.model.certs import serial_of
 from virtpool.model.errors import Unauthorized, VirtpoolError
 from virtpool.model.backup import BackupInfo
 from virtpool.model.image import Firmware, ImageInfo
+from virtpool.model.net_change import Change
 from virtpool.model.network import HostNetworkInput
 from virtpool.model.snapshot import CloneKind, SnapshotInfo
 from virtpool.model.spec import ExecOutput, ExecResult, HostInfo, LiveChanges, VMSpec
 from virtpool.model.vm import StopMethod, VMUsage
 from virtpool.mtls import client_context
+
+_CHANGES = TypeAdapter(list[Change])  # what a network converge changed
 
 CALL_TIMEOUT_S = 30.0
 SLACK_S = 30.0  # beyond a call's own timeout (a boot, a stop) for the answer to arrive
@@ -284,8 +288,12 @@ class RemoteAgent:
     def adopt_vm(self, vm_id: str, name: str) -> RunStatus | None:
         return self._json("POST", f"/v1/vms/{vm_id}/adopt", json={"name": name})["status"]  # type: ignore[no-any-return]
 
-    def converge_networks(self, desired: HostNetworkInput) -> None:
-        self._call("PUT", "/v1/networks", json=desired.model_dump(mode="json"), timeout=CALL_TIMEOUT_S + SLACK_S)
+    def converge_networks(self, desired: HostNetworkInput) -> list[Change]:
+        reply = self._call("PUT", "/v1/networks", json=desired.model_dump(mode="json"),
+                           timeout=CALL_TIMEOUT_S + SLACK_S)
+        if reply.status_code == 204:  # an agent of an earlier version says only that it is done
+            return []
+        return _CHANGES.validate_python(reply.json())
 
     def clone_disk(self, source_vm_id: str, vm_id: str, *, image: str, snapshot: str | None,
                    kind: CloneKind = "full", keep_ready: int = 0) -> None:

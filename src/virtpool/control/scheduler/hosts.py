@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from virtpool.control.scheduler.ranking import ShapeRanking
+from virtpool.control.scheduler.tallies import CapacityTallies
 from virtpool.model.errors import InvalidRequest
 from virtpool.model.resources import HOST_STATES, Claim, HostCapacity, Resources
 
@@ -92,6 +94,10 @@ class HostArrays:
         # Outcome of the leading static filters per request shape (pipeline._static_run).
         self.static_runs: dict[tuple, tuple[int, np.ndarray, tuple[int, ...]]] = {}
         self._size_masks: dict[int, np.ndarray] = {}
+        # What incremental decisions keep (incremental.py): built on first use, then told of
+        # every change of a host's free room; dropped when a host's attributes change.
+        self._ranking: ShapeRanking | None = None
+        self._tallies: CapacityTallies | None = None
 
     # -- construction ----------------------------------------------------------------------
 
@@ -127,9 +133,13 @@ class HostArrays:
         return arrays
 
     def _recompute_usage(self) -> None:
+        self._drop_incremental()
         np.subtract(self.capacity, self.allocated, out=self.free)
         self.utilization = self.allocated * self.inv_capacity
         self.free_fraction_sum = (self.free * self.inv_capacity).sum(axis=0)
+
+    def _drop_incremental(self) -> None:
+        self._ranking = self._tallies = None
 
     def _host_of(self, claim: Claim) -> int:
         try:
@@ -178,23 +188,36 @@ class HostArrays:
         # Recomputed from the integers rather than nudged by deltas, so that two hosts with the
         # same figures always score exactly alike (ties are then broken by the seed, not by
         # floating-point dust).
+        capacity = self.capacity[:, i].tolist()
+        allocated = self.allocated[:, i].tolist()
+        inverse = self.inv_capacity[:, i].tolist()
+        free = tuple(cap - alloc for cap, alloc in zip(capacity, allocated, strict=True))
+        old = tuple(self.free[:, i].tolist())
+        self.free[:, i] = free
+        self.utilization[:, i] = [a * inv for a, inv in zip(allocated, inverse, strict=True)]
         total = 0.0
-        for r in range(N_RESOURCES):
-            cap = int(self.capacity[r, i])
-            alloc = int(self.allocated[r, i])
-            self.free[r, i] = cap - alloc
-            inv = float(self.inv_capacity[r, i])
-            self.utilization[r, i] = alloc * inv
-            total += (cap - alloc) * inv
+        for room, inv in zip(free, inverse, strict=True):
+            total += room * inv
         self.free_fraction_sum[i] = total
+        if self._ranking is not None:
+            self._ranking.moved(i, free, total)
+        if self._tallies is not None:
+            self._tallies.moved(i, old, free)
 
     def reload_host(self, i: int, host: HostCapacity, claims: Iterable[Claim]) -> None:
         """Replace column ``i`` with fresh figures: the host row and every claim on it.
 
         What the store calls after a claim on this host lost a race, before placing again.
+        A host whose attributes are unchanged keeps every cache: only its usage moved.
         """
         if host.name != self.names[i] and host.name in self.index:
             raise InvalidRequest(f"host '{host.name}' appears twice in the inventory")
+        attributes_changed = host != self.hosts[i]
+        if attributes_changed:
+            # Before the column changes: these caches assume every host's capacity and
+            # attributes as they were built.
+            self._drop_incremental()
+            self.static_runs.clear()
         del self.index[self.names[i]]
         self.names[i] = host.name
         self.index[host.name] = i
@@ -227,9 +250,10 @@ class HostArrays:
         self.state[i] = STATE_CODES[host.state]
         self.accel[i] = ACCEL_LEVELS[host.accel]
         self._refresh_column(i)
+        if not attributes_changed:
+            return
         # Attribute masks: patch the one column in every cached mask; the static filters'
         # combined outcomes are simply computed again.
-        self.static_runs.clear()
         for cpus, mask in self._size_masks.items():
             mask[i] = self.hardware[0, i] >= cpus
         if self._up is not None:
@@ -254,6 +278,23 @@ class HostArrays:
             self.static_runs.clear()
         self.static_runs[key] = outcome
         return outcome
+
+    def ranking(self) -> ShapeRanking:
+        """The hosts that are up, by shape in order of room (built on first use, then kept
+        current)."""
+        if self._ranking is None:
+            # Hosts not up never take a new VM, and are often the emptiest: left out, they
+            # cannot crowd the top of their shape.
+            self._ranking = ShapeRanking(self.capacity, self.free, self.inv_capacity,
+                                         self.free_fraction_sum, self.up_mask(),
+                                         [h.allowed_projects for h in self.hosts])
+        return self._ranking
+
+    def tallies(self) -> CapacityTallies:
+        """The capacity filters' counts per request shape (started on first use, kept current)."""
+        if self._tallies is None:
+            self._tallies = CapacityTallies(len(self))
+        return self._tallies
 
     def up_mask(self) -> np.ndarray:
         """True where the host takes new VMs (state "up")."""

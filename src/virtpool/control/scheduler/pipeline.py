@@ -7,10 +7,16 @@ this attempt in ``exclude``.
 
 The counters in a ``Decision`` — hosts removed per filter — are the only source of the refusal
 sentences (``explain.py``) and are what the tests assert on.
+
+Most ``spread`` placements skip the passes over every host: the counters come from tallies kept
+claim by claim (``tallies.py``) and the host from a walk down the hosts ranked by shape
+(``ranking.py``, ``incremental.py``). That path decides exactly as the passes would, and hands
+over to them whenever it cannot show that it does.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +25,8 @@ import numpy as np
 
 from virtpool.control.scheduler import filters as f
 from virtpool.control.scheduler.hosts import HostArrays
+from virtpool.control.scheduler.incremental import choose
+from virtpool.control.scheduler.tallies import CPU_STAGE, DISK_STAGE, LEFT, MEMORY_STAGE
 from virtpool.control.scheduler.weighers import WEIGHERS, soft_group
 from virtpool.model.errors import InvalidRequest
 from virtpool.model.resources import HOST_STATES, Claim, PlacementRequest
@@ -143,16 +151,29 @@ def feasible(arrays: HostArrays, request: PlacementRequest, exclude: Iterable[in
     return alive, removed
 
 
-def _static_run(arrays: HostArrays, request: PlacementRequest, filters: tuple[f.Filter, ...]
-                ) -> tuple[int, np.ndarray, tuple[int, ...]]:
-    """How many filters lead ``filters`` that are static, the mask of hosts they leave and
-    what each removed: from ``arrays``' cache, keyed by the request fields they read."""
+@functools.cache
+def _leading_static(filters: tuple[f.Filter, ...]) -> tuple[str, ...]:
+    """The names of the static filters that lead ``filters``."""
     run = 0
     while run < len(filters) and filters[run].static:
         run += 1
-    key = (tuple(flt.name for flt in filters[:run]), request.host, request.accel,
-           request.project, frozenset(request.required_labels.items()),
-           max(request.cpus, request.host_cpus))
+    return tuple(flt.name for flt in filters[:run])
+
+
+def _static_key(request: PlacementRequest, filters: tuple[f.Filter, ...]) -> tuple:
+    """What the leading static filters of ``filters`` read of ``request``: their cache key."""
+    return (_leading_static(filters), request.host, request.accel, request.project,
+            frozenset(request.required_labels.items()), max(request.cpus, request.host_cpus))
+
+
+def _static_run(arrays: HostArrays, request: PlacementRequest, filters: tuple[f.Filter, ...],
+                key: tuple | None = None) -> tuple[int, np.ndarray, tuple[int, ...]]:
+    """How many filters lead ``filters`` that are static, the mask of hosts they leave and
+    what each removed: from ``arrays``' cache, keyed by the request fields they read
+    (``_static_key``, given as ``key`` when the caller has it already)."""
+    if key is None:
+        key = _static_key(request, filters)
+    run = len(key[0])
     cached = arrays.static_runs.get(key)
     if cached is None:
         n = len(arrays)
@@ -204,14 +225,20 @@ def _diagnose(arrays: HostArrays, request: PlacementRequest, exclude: Iterable[i
 
 
 def place(arrays: HostArrays, request: PlacementRequest, *, weigher: str | None = None,
-          exclude: Iterable[int] = (), seed: int | None = None) -> Decision:
-    """Choose a host for ``request``, or none; never changes ``arrays``.
+          exclude: Iterable[int] = (), seed: int | None = None,
+          incremental: bool = True) -> Decision:
+    """Choose a host for ``request``, or none; never changes ``arrays``' figures.
 
     ``weigher`` is the pool's default ranking (``spread`` when None); the request's own
     ``weigher`` overrides it. ``exclude`` holds indices of hosts to skip this time (e.g. one
     whose claim just lost a race). ``seed`` breaks ties among equally good hosts; by default it
     is derived from the VM name (``request_seed``), so a placement can be replayed. A
     ``growth`` request (a resize) runs ``GROWTH_FILTERS`` only.
+
+    A ``spread`` placement is decided from what ``arrays`` keeps between decisions (the
+    capacity tallies and the ranking of hosts by shape) whenever that is exact, which makes
+    it independent of the pool's size; ``incremental=False`` scores every host, which decides
+    the same, and is what the incremental path is tested against.
     """
     name = request.weigher or weigher or DEFAULT_WEIGHER
     try:
@@ -222,6 +249,10 @@ def place(arrays: HostArrays, request: PlacementRequest, *, weigher: str | None 
     if seed is None:
         seed = request_seed(request)
     exclude = tuple(exclude)
+    if incremental and name == "spread" and not exclude and _incremental_applies(arrays, request):
+        decision = _place_incrementally(arrays, request, seed)
+        if decision is not None:
+            return decision
     filters = GROWTH_FILTERS if request.growth else FILTERS
     alive, removed = feasible(arrays, request, exclude, filters)
     candidates = len(arrays) - sum(removed.values())
@@ -250,3 +281,41 @@ def place(arrays: HostArrays, request: PlacementRequest, *, weigher: str | None 
             ties = np.flatnonzero(tied)
             chosen = int(ties[seed % len(ties)])
     return Decision(host_index=chosen, host=arrays.names[chosen], **common)
+
+
+def _incremental_applies(arrays: HostArrays, request: PlacementRequest) -> bool:
+    """Whether ``_place_incrementally`` may decide: a new VM, not pinned (one host: scratch is
+    cheap), with no group rule that bites yet (members would filter or score hosts)."""
+    return (not request.growth and request.host is None and len(arrays) > 0
+            and (request.group is None or arrays.members(request.group.name) is None))
+
+
+def _place_incrementally(arrays: HostArrays, request: PlacementRequest, seed: int
+                         ) -> Decision | None:
+    """What ``place`` decides with ``spread`` for a request ``_incremental_applies`` to, from
+    the kept tallies and ranking, without a pass over the pool; None when it cannot be sure
+    (a refusal, too many shapes of host open to the project, a walk too long)."""
+    ranking = arrays.ranking()
+    key = _static_key(request, FILTERS)
+    run, static, static_counts = _static_run(arrays, request, FILTERS, key)
+    sized = arrays.size_mask(max(request.cpus, request.host_cpus))
+    amounts = (request.cpus, request.memory_mib, request.disk_mib)
+    by_stage, reach = arrays.tallies().counts((key, amounts), lambda: static & sized, amounts,
+                                              arrays.free)
+    candidates = by_stage[LEFT]
+    if candidates == 0:
+        return None  # a refusal: decided from scratch, with its diagnosis
+    chosen = choose(ranking, reach, amounts, request.project, seed, TIE_TOLERANCE)
+    if chosen is None:
+        return None
+    removed: dict[str, int] = dict.fromkeys(FILTER_NAMES, 0)
+    for flt, count in zip(FILTERS[:run], static_counts, strict=True):
+        removed[flt.name] = count
+    standing = len(arrays) - sum(static_counts)
+    removed[f.SIZE.name] = standing - sum(by_stage)
+    removed[f.CPU_FIT.name] = by_stage[CPU_STAGE]
+    removed[f.MEMORY_FIT.name] = by_stage[MEMORY_STAGE]
+    removed[f.DISK_FIT.name] = by_stage[DISK_STAGE]
+    return Decision(request=request, host_index=chosen, host=arrays.names[chosen],
+                    weigher="spread", seed=seed, hosts_total=len(arrays), candidates=candidates,
+                    removed=removed)

@@ -28,18 +28,28 @@ Weigher = Callable[[HostArrays, np.ndarray], np.ndarray]
 SOFT_GROUP_WEIGHT = 4.0
 
 
+def cost(need: np.ndarray, inv_capacity: np.ndarray) -> np.ndarray:
+    """Σ over resources of ``need / capacity``: the share of each host the VM would take.
+
+    Written out term by term rather than as ``need @ inv_capacity``: a matrix product may sum
+    in another order (or fuse), and the incremental decision (``incremental.py``) computes the
+    same sum for one shape of host at a time, so both must round alike, bit for bit.
+    """
+    return need[0] * inv_capacity[0] + need[1] * inv_capacity[1] + need[2] * inv_capacity[2]
+
+
 def spread(arrays: HostArrays, need: np.ndarray) -> np.ndarray:
     """Most room left after placement: Σ over resources of free fraction once the VM is in.
 
     Spreads VMs evenly, which keeps the noisy-neighbour risk and the blast radius of one host
     small — the usual default for a general pool.
     """
-    return arrays.free_fraction_sum - need @ arrays.inv_capacity
+    return arrays.free_fraction_sum - cost(need, arrays.inv_capacity)
 
 
 def pack(arrays: HostArrays, need: np.ndarray) -> np.ndarray:
     """Least room left after placement (best fit): fills hosts so that others stay empty."""
-    return need @ arrays.inv_capacity - arrays.free_fraction_sum
+    return cost(need, arrays.inv_capacity) - arrays.free_fraction_sum
 
 
 def balanced(arrays: HostArrays, need: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import uuid
@@ -61,6 +62,7 @@ DEFAULT_BOOT_TIMEOUT_S = 60.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
 MAX_EXEC_TIMEOUT_S = 3600.0
 SLOT_ATTEMPTS = 20
+NET_CHANGES_SHOWN = 5  # of a converge's changes, in its event's message (all are in its data)
 # The columns of a VM that say how many host CPUs it needs (the scheduler's size filter).
 SHAPE = frozenset({"cpus", "cpu_affinity", "cpu_cap_pct"})
 
@@ -115,6 +117,8 @@ class VMService:
         # host -> the other hosts it shared a network with at its last converge: when that
         # changes, they are converged too (their VXLAN peers follow).
         self._net_peers: dict[str, set[str]] = {}
+        # host -> what it was last converged to: changes to the same input again are a heal.
+        self._net_pushed: dict[str, HostNetworkInput] = {}
         self._placer = placer or Placer()
         self.boot_timeout = boot_timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm-op")
@@ -668,14 +672,13 @@ class VMService:
         with self._net_lock:
             active = self._active_vm_ids() | set(also)
             before = self._net_peers.get(host, set())
-            self._agents.for_host(host).converge_networks(self._host_input(host, active))
+            self._push_networks(host, self._host_input(host, active))
             sharing = self._networks.hosts_sharing(host, active)
             self._net_peers[host] = sharing
             # Hosts out of reach are left to their return (a request to one could hang).
             for other in sorted(self._reachable(sharing | before)):
                 try:
-                    self._agents.for_host(other).converge_networks(
-                        self._host_input(other, active))
+                    self._push_networks(other, self._host_input(other, active))
                 except Exception as err:  # noqa: BLE001 - any failure: the next round heals it
                     log.warning("network converge of host %s (a peer of %s) failed for now: %s",
                                 other, host, err)
@@ -685,12 +688,34 @@ class VMService:
         for host in self._reachable(set(self._agents.attached())):
             try:
                 with self._net_lock:
-                    self._agents.for_host(host).converge_networks(
-                        self._host_input(host, self._active_vm_ids()))
+                    self._push_networks(host, self._host_input(host, self._active_vm_ids()))
             except NoAgentAttached:
                 continue  # another `virtpool up`'s in-process agent: that server converges it
             except Exception as err:  # noqa: BLE001 - the next round tries again
                 log.warning("network converge of host %s failed for now: %s", host, err)
+
+    def _push_networks(self, host: str, desired: HostNetworkInput) -> None:
+        """Converge ``host`` to ``desired``; what its agent had to change is logged and made an
+        event. The same input as the host's last converge, yet changes: something changed the
+        host behind the platform's back (a rule or device deleted by hand), and was healed."""
+        changes = self._agents.for_host(host).converge_networks(desired)
+        healed = self._net_pushed.get(host) == desired
+        self._net_pushed[host] = desired
+        if not changes:
+            return
+        what = "; ".join(str(c) for c in changes[:NET_CHANGES_SHOWN])
+        if len(changes) > NET_CHANGES_SHOWN:
+            what += f"; and {len(changes) - NET_CHANGES_SHOWN} more"
+        if healed:
+            kind, message = "network.healed", (f"host '{host}': its networks had drifted from "
+                                                f"what was applied; healed: {what}")
+            log.warning("%s", message)
+        else:
+            kind, message = "network.changed", f"host '{host}': networks converged: {what}"
+            log.info("%s", message)
+        if self._events is not None:
+            self._events.record(kind, message, data={
+                "host": host, "changes": [dataclasses.asdict(c) for c in changes]})
 
     def _reachable(self, hosts: set[str]) -> set[str]:
         with self._sessions() as session:

@@ -23,7 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from virtpool.model.errors import OperationFailed
 from virtpool.node.net import dhcp, nft, rules
-from virtpool.node.net.change import Change
+from virtpool.model.net_change import Change
 from virtpool.node.net.forwarding import Forwarding, uplinks
 from virtpool.node.net.plan import VXLAN_PORT, BridgePlan, HostPlan, TapPlan, nft_commands
 from virtpool.node.net.secgroups import secgroup_commands

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from virtpool.node.net.change import Change
+from virtpool.model.net_change import Change
 
 COMMENT_PREFIX = "vp:"
 TableKey = tuple[str, str]  # (family, name)

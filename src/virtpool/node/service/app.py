@@ -31,6 +31,7 @@ from virtpool.model.backup import BackupInfo
 from virtpool.model.certs import CONTROL_PLANE_CN
 from virtpool.model.errors import InvalidRequest, Unauthorized, VirtpoolError
 from virtpool.model.image import Firmware, ImageInfo
+from virtpool.model.net_change import Change
 from virtpool.model.network import HostNetworkInput
 from virtpool.model.snapshot import CloneKind, SnapshotInfo
 from virtpool.model.spec import ExecResult, HostInfo, LiveChanges, VMSpec
@@ -247,10 +248,9 @@ def create_app(agent: LocalAgent, revoked: Revocations, uploads: Path) -> FastAP
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
-    @app.put("/v1/networks", status_code=204)
-    def networks(desired: HostNetworkInput, _: Caller) -> Response:
-        agent.converge_networks(desired)
-        return Response(status_code=204)
+    @app.put("/v1/networks", response_model=list[Change])
+    def networks(desired: HostNetworkInput, _: Caller) -> list[Change]:
+        return agent.converge_networks(desired)
 
     @app.get("/v1/vms")
     def vm_ids(_: Caller) -> list[str]:

@@ -1,4 +1,5 @@
-"""What a network converge changed on the host: data, for its caller, its tests and its log."""
+"""What a network converge changed on a host: data, for its caller (the control plane, over the
+agent contract), its tests and its log."""
 
 from __future__ import annotations
 
