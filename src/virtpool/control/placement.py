@@ -151,31 +151,35 @@ class Placer:
             else:
                 self._dirty.add(host)
 
-    def _load(self, connection: Connection) -> None:
+    def _load(self, connection: Connection) -> HostArrays:
         rows = connection.execute(select(_HOSTS).order_by(_HOSTS.c.name)).all()
-        self._arrays = HostArrays.build([host_capacity(r) for r in rows],
-                                        [usage_claim(r) for r in rows])
+        arrays = self._arrays = HostArrays.build([host_capacity(r) for r in rows],
+                                                 [usage_claim(r) for r in rows])
         self._generations = np.array([r.generation for r in rows], dtype=np.int64)
         self._loaded_at = time.monotonic()
         self._dirty.clear()
         self._stale = self._behind = False
+        return arrays
+
+    def _cached(self, connection: Connection) -> HostArrays:
+        """The cached arrays as they stand (read from the database if never read yet)."""
+        return self._arrays if self._arrays is not None else self._load(connection)
 
     def _reload_host(self, connection: Connection, name: str) -> None:
-        assert self._arrays is not None
-        index = self._arrays.index.get(name)
+        arrays = self._cached(connection)
+        index = arrays.index.get(name)
         row = connection.execute(select(_HOSTS).where(_HOSTS.c.name == name)).first()
         if index is None or row is None:  # added or removed meanwhile
             self._load(connection)
             return
-        self._arrays.reload_host(index, host_capacity(row), [usage_claim(row)])
+        arrays.reload_host(index, host_capacity(row), [usage_claim(row)])
         self._generations[index] = row.generation
 
     def _catch_up(self, connection: Connection) -> None:
         """Reload the hosts whose generation moved since they were read: one narrow scan of
         names and generations, then a row per changed host (or all, when many changed)."""
-        assert self._arrays is not None
         current = connection.execute(select(_HOSTS.c.name, _HOSTS.c.generation)).all()
-        index = self._arrays.index
+        index = self._cached(connection).index
         if len(current) != len(index) or any(name not in index for name, _ in current):
             self._load(connection)
             return
@@ -199,10 +203,8 @@ class Placer:
             for name in sorted(self._dirty):
                 self._reload_host(connection, name)
             self._dirty.clear()
-            assert self._arrays is not None
-            return self._arrays, False
-        assert self._arrays is not None
-        return self._arrays, True
+            return self._cached(connection), False
+        return self._cached(connection), True
 
     # -- placing --------------------------------------------------------------------------
 
@@ -233,7 +235,8 @@ class Placer:
                                   weigher=weigher)
         finally:
             self._observe(time.perf_counter() - started)
-        assert decision.host is not None
+        if decision.host is None:  # (claim returns placed decisions only)
+            raise refusal(decision)
         return Placed(decision.host, group_row.id if group_row else None, decision)
 
     def claim(self, bind: Session | Connection, request: PlacementRequest, *,
@@ -262,22 +265,21 @@ class Placer:
                     # Never refuse on cached figures: another server may have freed room.
                     self._catch_up(connection)
                     fresh = True
-                    assert self._arrays is not None
-                    arrays = self._arrays
+                    arrays = self._cached(connection)
                     decision = self._decide(connection, arrays, request, group_id, weigher)
-                if not decision.placed:
+                if decision.host_index is None or decision.host is None:
                     raise refusal(decision)
-                assert decision.host_index is not None and decision.host is not None
-                seen = int(self._generations[decision.host_index])
-            claimed = _claim_once(connection, decision.host, seen, amount)
+                index, host = decision.host_index, decision.host
+                seen = int(self._generations[index])
+            claimed = _claim_once(connection, host, seen, amount)
             if claimed:
                 with self._lock:
-                    self._count_claim(arrays, decision.host_index, seen, request.vm, amount)
+                    self._count_claim(arrays, index, seen, request.vm, amount)
                 return decision
             # Lost a race: that host changed. Once is usual under load; twice in a row means
             # the cache is behind on other hosts too, so check them all.
             with self._lock:
-                self._dirty.add(decision.host)
+                self._dirty.add(host)
                 self._behind = self._behind or attempt > 0
         raise Conflict(
             f"placing '{request.vm}' lost {CLAIM_ATTEMPTS} races for hosts in a row",
