@@ -11,7 +11,9 @@ sentences (``explain.py``) and are what the tests assert on.
 Most ``spread`` placements skip the passes over every host: the counters come from tallies kept
 claim by claim (``tallies.py``) and the host from a walk down the hosts ranked by shape
 (``ranking.py``, ``incremental.py``). That path decides exactly as the passes would, and hands
-over to them whenever it cannot show that it does.
+over to them whenever it cannot show that it does. A caller that reads only the chosen host
+(the control plane's ``Placer``) asks for no counters (``counts=False``), and the path then
+skips the tallies too.
 """
 
 from __future__ import annotations
@@ -162,9 +164,14 @@ def _leading_static(filters: tuple[f.Filter, ...]) -> tuple[str, ...]:
     return tuple(flt.name for flt in filters[:run])
 
 
+# The usual case, looked up once rather than hashed per placement.
+_FILTERS_STATIC = _leading_static(FILTERS)
+
+
 def _static_key(request: PlacementRequest, filters: tuple[f.Filter, ...]) -> tuple:
     """What the leading static filters of ``filters`` read of ``request``: their cache key."""
-    return (_leading_static(filters), request.host, request.accel, request.project,
+    leading = _FILTERS_STATIC if filters is FILTERS else _leading_static(filters)
+    return (leading, request.host, request.accel, request.project,
             frozenset(request.required_labels.items()), max(request.cpus, request.host_cpus))
 
 
