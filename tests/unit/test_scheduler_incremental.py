@@ -5,7 +5,8 @@ added by the caller, reloads of a host (usage only, or new attributes) and whole
 (hosts added and removed). Before each step, every request is placed on it (``place``, which
 decides from its kept tallies and ranking where it can) and on arrays built afresh from the same
 hosts and claims with ``incremental=False`` (every host scored): the decisions, counters and
-explanations must be identical.
+explanations must be identical. Asked for the host only (``counts=False``, as the control plane
+asks), the incremental path must choose the same host as from scratch.
 """
 
 from __future__ import annotations
@@ -54,11 +55,18 @@ def random_request(rng: random.Random, n: int) -> PlacementRequest:
 
 
 def same_decisions(arrays: HostArrays, hosts: list[HostCapacity], claims: list[Claim],
-                   requests: list[PlacementRequest]) -> None:
+                   requests: list[PlacementRequest], counts: bool = True) -> None:
     fresh = HostArrays.build(hosts, claims)
     for request in requests:
-        kept = place(arrays, request)
+        kept = place(arrays, request, counts=counts)
         scratch = place(fresh, request, incremental=False)
+        if kept.candidates is None:  # placed without counting: the same host, nothing else
+            assert not counts and kept.placed
+            assert (kept.host_index, kept.host, kept.seed) == (
+                scratch.host_index, scratch.host, scratch.seed), request
+            assert kept.removed == {}
+            assert explain(kept) == f"placed '{request.vm}' on host '{scratch.host}' (spread)"
+            continue
         assert kept == scratch, request
         assert explain(kept) == explain(scratch)
 
@@ -82,9 +90,10 @@ class Spy:
         monkeypatch.setattr(pipeline, "_place_incrementally", spied)
 
 
+@pytest.mark.parametrize("counts", [True, False], ids=["counted", "host-only"])
 @pytest.mark.parametrize("seed", range(6))
 def test_random_claims_releases_reloads_and_new_inventories_decide_as_from_scratch(
-        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        seed: int, counts: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(seed)
     spy = Spy(monkeypatch)
     hosts = [random_host(rng, f"h{i:03}") for i in range(90)]
@@ -93,10 +102,10 @@ def test_random_claims_releases_reloads_and_new_inventories_decide_as_from_scrat
     made = len(hosts)
     for step in range(260):
         requests = [random_request(rng, step * 10 + k) for k in range(3)]
-        same_decisions(arrays, hosts, claims, requests)
+        same_decisions(arrays, hosts, claims, requests, counts)
         roll = rng.random()
         if roll < 0.55:  # a placement, counted as the store counts it
-            decision = place(arrays, requests[0])
+            decision = place(arrays, requests[0], counts=counts)
             if decision.placed:
                 claim = decision.claim()
                 if requests[0].group is not None:

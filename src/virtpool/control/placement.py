@@ -135,7 +135,8 @@ class Placer:
         self._observe = observe
         self._lock = threading.Lock()
         self._arrays: HostArrays | None = None
-        self._generations = np.zeros(0, dtype=np.int64)
+        # Each cached host's generation, by index: a list, as claims read and write one at a time.
+        self._generations: list[int] = []
         self._loaded_at = 0.0
         self._dirty: set[str] = set()
         self._stale = True  # read everything again before the next decision
@@ -155,7 +156,7 @@ class Placer:
         rows = connection.execute(select(_HOSTS).order_by(_HOSTS.c.name)).all()
         arrays = self._arrays = HostArrays.build([host_capacity(r) for r in rows],
                                                  [usage_claim(r) for r in rows])
-        self._generations = np.array([r.generation for r in rows], dtype=np.int64)
+        self._generations = [r.generation for r in rows]
         self._loaded_at = time.monotonic()
         self._dirty.clear()
         self._stale = self._behind = False
@@ -200,9 +201,10 @@ class Placer:
         elif self._behind or time.monotonic() - self._loaded_at > CACHE_MAX_AGE_S:
             self._catch_up(connection)
         else:
-            for name in sorted(self._dirty):
-                self._reload_host(connection, name)
-            self._dirty.clear()
+            if self._dirty:
+                for name in sorted(self._dirty):
+                    self._reload_host(connection, name)
+                self._dirty.clear()
             return self._cached(connection), False
         return self._cached(connection), True
 
@@ -270,7 +272,7 @@ class Placer:
                 if decision.host_index is None or decision.host is None:
                     raise refusal(decision)
                 index, host = decision.host_index, decision.host
-                seen = int(self._generations[index])
+                seen = self._generations[index]
             claimed = _claim_once(connection, host, seen, amount)
             if claimed:
                 with self._lock:
@@ -289,17 +291,18 @@ class Placer:
                      amount: Resources) -> None:
         """Count a won claim into the cache: the host's row now holds ``amount`` more and the
         generation ``seen + 1`` (unless its transaction rolls back; see the module doc)."""
-        host = arrays.names[index]
         if self._arrays is not arrays or self._generations[index] != seen:
-            self._dirty.add(host)  # reloaded or changed meanwhile: read it again
+            self._dirty.add(arrays.names[index])  # reloaded or changed meanwhile: read it again
             return
         arrays.add_usage(index, amount)
         self._generations[index] = seen + 1
 
     def _decide(self, connection: Connection, arrays: HostArrays, request: PlacementRequest,
                 group_id: str | None, weigher: str) -> Decision:
+        # Without counts (place's counts=False): only the host is read of a placed decision
+        # (a refusal is always counted, for its explanation).
         if request.group is None or group_id is None:
-            return place(arrays, request, weigher=weigher)
+            return place(arrays, request, weigher=weigher, counts=False)
         # Members are counted now, after the generations the claim will be checked against
         # were read: a member placed since then changed its host's generation.
         counts = np.zeros(len(arrays), dtype=np.int32)
@@ -311,7 +314,7 @@ class Placer:
                 counts[index] = number
         arrays.group_counts[request.group.name] = counts
         try:
-            return place(arrays, request, weigher=weigher)
+            return place(arrays, request, weigher=weigher, counts=False)
         finally:
             del arrays.group_counts[request.group.name]
 

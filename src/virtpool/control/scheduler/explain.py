@@ -94,6 +94,8 @@ def explain(decision: Decision) -> str:
     """The one sentence a user sees for this decision."""
     vm = decision.request.vm
     if decision.placed:
+        if decision.candidates is None:  # placed without counting (place(counts=False))
+            return f"placed '{vm}' on host '{decision.host}' ({decision.weigher})"
         of = f"{decision.candidates} of {decision.hosts_total}"
         return (f"placed '{vm}' on host '{decision.host}' "
                 f"({decision.weigher}; {of} hosts could take it)")

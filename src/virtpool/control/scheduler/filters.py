@@ -22,7 +22,9 @@ from virtpool.model.resources import PlacementRequest
 Check = Callable[[HostArrays, PlacementRequest], "np.ndarray | None"]
 
 
-@dataclass(frozen=True, slots=True)
+# Compared and hashed by identity (eq=False): filters are module constants, and the pipeline
+# keys caches by tuples of them on every placement, where hashing each field would cost.
+@dataclass(frozen=True, slots=True, eq=False)
 class Filter:
     """A named hard constraint.
 

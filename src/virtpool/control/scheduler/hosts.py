@@ -48,7 +48,8 @@ class HostArrays:
 
     - ``capacity``, ``allocated``, ``free``: int64 (3, n), rows CPU/MEMORY/DISK, in vCPUs and
       MiB; capacity is under the host's ratios, ``free = capacity - allocated``.
-    - ``utilization``: float64 (3, n), ``allocated / capacity`` (0 where capacity is 0).
+    - ``utilization``: float64 (3, n), ``allocated / capacity`` (0 where capacity is 0),
+      computed when read.
     - ``free_fraction_sum``: float64 (n,), Σ over resources of ``free / capacity``; what the
       ``spread`` and ``pack`` weighers rank by, kept here so a request needs one dot product.
     - ``inv_capacity``: float64 (3, n), ``1 / capacity`` (0 where capacity is 0).
@@ -79,7 +80,6 @@ class HostArrays:
         self.allocated = np.zeros((N_RESOURCES, n), dtype=np.int64)
         self.free = self.capacity.copy()
         self.inv_capacity = _inverse(self.capacity)
-        self.utilization = np.zeros((N_RESOURCES, n), dtype=np.float64)
         self.free_fraction_sum = (self.free * self.inv_capacity).sum(axis=0)
         self.state = np.array([STATE_CODES[h.state] for h in hosts], dtype=np.int8)
         self.accel = np.array([ACCEL_LEVELS[h.accel] for h in hosts], dtype=np.int8)
@@ -89,10 +89,13 @@ class HostArrays:
         self._up: np.ndarray | None = None
         self._accel_masks: dict[int, np.ndarray] = {}
         self._label_masks: dict[tuple[str, str], np.ndarray] = {}
+        # Each host's value of a label key (None where it has none), as an object array: one
+        # pass over the hosts per key, then one comparison per value asked for.
+        self._label_values: dict[str, np.ndarray] = {}
         self._project_masks: dict[str | None, np.ndarray] = {}
         self.restricts_projects = any(h.allowed_projects is not None for h in hosts)
         # Outcome of the leading static filters per request shape (pipeline._static_run).
-        self.static_runs: dict[tuple, tuple[int, np.ndarray, tuple[int, ...]]] = {}
+        self.static_runs: dict[tuple, tuple[int, np.ndarray, tuple[int, ...], np.ndarray]] = {}
         self._size_masks: dict[int, np.ndarray] = {}
         # What incremental decisions keep (incremental.py): built on first use, then told of
         # every change of a host's free room; dropped when a host's attributes change.
@@ -135,7 +138,6 @@ class HostArrays:
     def _recompute_usage(self) -> None:
         self._drop_incremental()
         np.subtract(self.capacity, self.allocated, out=self.free)
-        self.utilization = self.allocated * self.inv_capacity
         self.free_fraction_sum = (self.free * self.inv_capacity).sum(axis=0)
 
     def _drop_incremental(self) -> None:
@@ -160,10 +162,13 @@ class HostArrays:
     def add_usage(self, i: int, amount: Resources) -> None:
         """Count ``amount`` more in use on host ``i`` as one claim outside any group: what a
         caller that already knows the host's index adds, without building a ``Claim``."""
-        self.allocated[CPU, i] += amount.cpus
-        self.allocated[MEMORY, i] += amount.memory_mib
-        self.allocated[DISK, i] += amount.disk_mib
-        self.claims_per_host[i] += 1
+        # Through Python ints (item, then store): NumPy's scalar arithmetic costs more than the
+        # sums themselves, and this runs on every claim.
+        allocated = self.allocated
+        allocated[CPU, i] = allocated.item(CPU, i) + amount.cpus
+        allocated[MEMORY, i] = allocated.item(MEMORY, i) + amount.memory_mib
+        allocated[DISK, i] = allocated.item(DISK, i) + amount.disk_mib
+        self.claims_per_host[i] = self.claims_per_host.item(i) + 1
         self._refresh_column(i)
 
     def remove_claim(self, claim: Claim) -> int:
@@ -187,22 +192,23 @@ class HostArrays:
     def _refresh_column(self, i: int) -> None:
         # Recomputed from the integers rather than nudged by deltas, so that two hosts with the
         # same figures always score exactly alike (ties are then broken by the seed, not by
-        # floating-point dust).
-        capacity = self.capacity[:, i].tolist()
-        allocated = self.allocated[:, i].tolist()
-        inverse = self.inv_capacity[:, i].tolist()
-        free = tuple(cap - alloc for cap, alloc in zip(capacity, allocated, strict=True))
-        old = tuple(self.free[:, i].tolist())
-        self.free[:, i] = free
-        self.utilization[:, i] = [a * inv for a, inv in zip(allocated, inverse, strict=True)]
-        total = 0.0
-        for room, inv in zip(free, inverse, strict=True):
-            total += room * inv
+        # floating-point dust). Element by element: a column of three costs less so than
+        # through slices, and this runs on every claim.
+        cap, alloc, inv, free = self.capacity, self.allocated, self.inv_capacity, self.free
+        a0, a1, a2 = alloc.item(CPU, i), alloc.item(MEMORY, i), alloc.item(DISK, i)
+        v0, v1, v2 = inv.item(CPU, i), inv.item(MEMORY, i), inv.item(DISK, i)
+        tallies = self._tallies
+        if tallies is not None:
+            old = (free.item(CPU, i), free.item(MEMORY, i), free.item(DISK, i))
+        room = (cap.item(CPU, i) - a0, cap.item(MEMORY, i) - a1, cap.item(DISK, i) - a2)
+        free[CPU, i], free[MEMORY, i], free[DISK, i] = room
+        # The order of NumPy's sum over the three rows (_recompute_usage): the same bits.
+        total = room[0] * v0 + room[1] * v1 + room[2] * v2
         self.free_fraction_sum[i] = total
         if self._ranking is not None:
-            self._ranking.moved(i, free, total)
-        if self._tallies is not None:
-            self._tallies.moved(i, old, free)
+            self._ranking.moved(i, room, total)
+        if tallies is not None:
+            tallies.moved(i, old, room)
 
     def reload_host(self, i: int, host: HostCapacity, claims: Iterable[Claim]) -> None:
         """Replace column ``i`` with fresh figures: the host row and every claim on it.
@@ -260,6 +266,8 @@ class HostArrays:
             self._up[i] = self.state[i] == UP
         for level, mask in self._accel_masks.items():
             mask[i] = self.accel[i] >= level
+        for key, values in self._label_values.items():
+            values[i] = host.labels.get(key)
         for (key, value), mask in self._label_masks.items():
             mask[i] = host.labels.get(key) == value
         for project, mask in self._project_masks.items():
@@ -268,10 +276,18 @@ class HostArrays:
         if host.allowed_projects is not None:
             self.restricts_projects = True
 
+    @property
+    def utilization(self) -> np.ndarray:
+        """``allocated / capacity`` per resource and host, float64 (3, n); 0 where capacity is
+        0. Computed when read (by the weighers that score every host), rather than kept
+        column by column on every claim."""
+        return self.allocated * self.inv_capacity
+
     # -- attribute masks (cached; they do not change with usage) ---------------------------
 
-    def remember_static_run(self, key: tuple, outcome: tuple[int, np.ndarray, tuple[int, ...]]
-                            ) -> tuple[int, np.ndarray, tuple[int, ...]]:
+    def remember_static_run(
+            self, key: tuple, outcome: tuple[int, np.ndarray, tuple[int, ...], np.ndarray]
+    ) -> tuple[int, np.ndarray, tuple[int, ...], np.ndarray]:
         """Keep the static filters' ``outcome`` for requests of shape ``key`` (bounded: the
         cache starts over when many shapes were seen) and return it."""
         if len(self.static_runs) >= STATIC_RUNS_KEPT:
@@ -322,20 +338,25 @@ class HostArrays:
         """True where the host carries label ``key=value``."""
         mask = self._label_masks.get((key, value))
         if mask is None:
-            mask = np.fromiter((h.labels.get(key) == value for h in self.hosts),
-                               dtype=bool, count=len(self.hosts))
-            self._label_masks[(key, value)] = mask
+            values = self._label_values.get(key)
+            if values is None:
+                values = self._label_values[key] = np.empty(len(self.hosts), dtype=object)
+                values[:] = [h.labels.get(key) for h in self.hosts]
+            mask = self._label_masks[(key, value)] = values == value
         return mask
 
     def project_mask(self, project: str | None) -> np.ndarray:
         """True where VMs of ``project`` may run (None: hosts open to every project)."""
         mask = self._project_masks.get(project)
         if mask is None:
-            mask = np.fromiter(
-                (h.allowed_projects is None
-                 or (project is not None and project in h.allowed_projects)
-                 for h in self.hosts),
-                dtype=bool, count=len(self.hosts))
+            if project is None:
+                mask = np.fromiter((h.allowed_projects is None for h in self.hosts),
+                                   dtype=bool, count=len(self.hosts))
+            else:
+                # The open hosts, and those of the (usually few) reserved ones that take it.
+                mask = self.project_mask(None).copy()
+                for i in np.flatnonzero(~mask).tolist():
+                    mask[i] = project in self.hosts[i].allowed_projects  # type: ignore[operator]
             self._project_masks[project] = mask
         return mask
 

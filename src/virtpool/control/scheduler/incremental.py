@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from virtpool.control.scheduler.ranking import MAX_SHAPES, ShapeRanking
+from virtpool.control.scheduler.ranking import ShapeRanking
 
 # Hosts examined before giving up: about what scoring every host from scratch costs.
 WALK_LIMIT = 48
@@ -28,26 +28,20 @@ def choose(ranking: ShapeRanking, reach: np.ndarray, need: tuple[int, int, int],
     Ties (scores within ``tolerance`` of the best) go to ``ties[seed % len(ties)]`` in index
     order, as in ``place``.
     """
-    shapes = ranking.open_to(project)
-    if len(shapes) > MAX_SHAPES:
+    costs = ranking.costs(project, need)
+    if costs is None:
         return None
     c, m, d = need
-    spent: dict[int, float] = {}
-    for k in shapes:
-        cpu, memory, disk = ranking.inv[k]
-        # The same sum, term by term in the same order, as weighers.cost: the same bits.
-        spent[k] = c * cpu + m * memory + d * disk
-    tops = sorted(((-ranking.keys[k][0] - cost, k) for k, cost in spent.items()
-                   if ranking.keys[k]), reverse=True)
-    free = ranking.free
+    keys, orders, free = ranking.keys, ranking.orders, ranking.free
+    tops = [(-keys[k][0] - cost, k, cost) for k, cost in costs if keys[k]]
+    tops.sort(reverse=True)
     threshold = -np.inf
     found: list[tuple[int, float]] = []
     walked = 0
-    for top, k in tops:
+    for top, k, cost in tops:
         if top < threshold:
             break  # every later shape's best host scores lower still
-        cost = spent[k]
-        for i, key in zip(ranking.orders[k], ranking.keys[k]):
+        for i, key in zip(orders[k], keys[k]):
             score = -key - cost
             if score < threshold:
                 break  # the rest of this shape scores lower still
@@ -57,7 +51,10 @@ def choose(ranking: ShapeRanking, reach: np.ndarray, need: tuple[int, int, int],
             room = free[i]
             if room[0] >= c and room[1] >= m and room[2] >= d and reach[i]:
                 found.append((i, score))
-                threshold = max(threshold, score - tolerance)
+                if score - tolerance > threshold:
+                    threshold = score - tolerance
+    if len(found) == 1:  # the usual case
+        return found[0][0]
     ties = sorted(i for i, score in found if score >= threshold)
     if not ties:
         return None

@@ -11,7 +11,9 @@ sentences (``explain.py``) and are what the tests assert on.
 Most ``spread`` placements skip the passes over every host: the counters come from tallies kept
 claim by claim (``tallies.py``) and the host from a walk down the hosts ranked by shape
 (``ranking.py``, ``incremental.py``). That path decides exactly as the passes would, and hands
-over to them whenever it cannot show that it does.
+over to them whenever it cannot show that it does. A caller that reads only the chosen host
+(the control plane's ``Placer``) asks for no counters (``counts=False``), and the path then
+skips the tallies too.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ class Decision:
     """The outcome of one placement, with the counts that explain it.
 
     ``removed`` maps every name in ``FILTER_NAMES`` (in that order) to how many hosts that
-    stage removed from those still standing. On a refusal, ``largest_free`` gives, for each
+    stage removed from those still standing. A placement asked for without counts
+    (``place(counts=False)``) may leave them out: ``candidates`` is then None and ``removed``
+    empty. On a refusal, ``largest_free`` gives, for each
     capacity filter that removed hosts, the most free of that resource among the hosts it
     removed, and ``not_up`` how many of the hosts the state filter removed are in each state.
     """
@@ -86,7 +90,7 @@ class Decision:
     weigher: str
     seed: int
     hosts_total: int
-    candidates: int
+    candidates: int | None
     removed: Mapping[str, int]
     largest_free: Mapping[str, int] = field(default_factory=dict)
     not_up: Mapping[str, int] = field(default_factory=dict)
@@ -129,7 +133,7 @@ def feasible(arrays: HostArrays, request: PlacementRequest, exclude: Iterable[in
     if excluded is None:
         # The leading static filters' outcome depends only on host attributes and on the
         # request fields they read: computed once per such request and reused.
-        first, mask, counts = _static_run(arrays, request, filters)
+        first, mask, counts, _ = _static_run(arrays, request, filters)
         alive = mask.copy()
         standing = int(np.count_nonzero(alive)) if first else n
         for flt, count in zip(filters[:first], counts, strict=True):
@@ -160,17 +164,24 @@ def _leading_static(filters: tuple[f.Filter, ...]) -> tuple[str, ...]:
     return tuple(flt.name for flt in filters[:run])
 
 
+# The usual case, looked up once rather than hashed per placement.
+_FILTERS_STATIC = _leading_static(FILTERS)
+
+
 def _static_key(request: PlacementRequest, filters: tuple[f.Filter, ...]) -> tuple:
     """What the leading static filters of ``filters`` read of ``request``: their cache key."""
-    return (_leading_static(filters), request.host, request.accel, request.project,
+    leading = _FILTERS_STATIC if filters is FILTERS else _leading_static(filters)
+    return (leading, request.host, request.accel, request.project,
             frozenset(request.required_labels.items()), max(request.cpus, request.host_cpus))
 
 
 def _static_run(arrays: HostArrays, request: PlacementRequest, filters: tuple[f.Filter, ...],
-                key: tuple | None = None) -> tuple[int, np.ndarray, tuple[int, ...]]:
-    """How many filters lead ``filters`` that are static, the mask of hosts they leave and
-    what each removed: from ``arrays``' cache, keyed by the request fields they read
-    (``_static_key``, given as ``key`` when the caller has it already)."""
+                key: tuple | None = None
+                ) -> tuple[int, np.ndarray, tuple[int, ...], np.ndarray]:
+    """How many filters lead ``filters`` that are static, the mask of hosts they leave, what
+    each removed, and that mask with the size filter applied too (the hosts whose room
+    decides): from ``arrays``' cache, keyed by the request fields they read (``_static_key``,
+    given as ``key`` when the caller has it already)."""
     if key is None:
         key = _static_key(request, filters)
     run = len(key[0])
@@ -189,7 +200,8 @@ def _static_run(arrays: HostArrays, request: PlacementRequest, filters: tuple[f.
             now = int(np.count_nonzero(alive))
             counts.append(standing - now)
             standing = now
-        cached = arrays.remember_static_run(key, (run, alive, tuple(counts)))
+        reach = alive & arrays.size_mask(max(request.cpus, request.host_cpus))
+        cached = arrays.remember_static_run(key, (run, alive, tuple(counts), reach))
     return cached
 
 
@@ -226,7 +238,7 @@ def _diagnose(arrays: HostArrays, request: PlacementRequest, exclude: Iterable[i
 
 def place(arrays: HostArrays, request: PlacementRequest, *, weigher: str | None = None,
           exclude: Iterable[int] = (), seed: int | None = None,
-          incremental: bool = True) -> Decision:
+          incremental: bool = True, counts: bool = True) -> Decision:
     """Choose a host for ``request``, or none; never changes ``arrays``' figures.
 
     ``weigher`` is the pool's default ranking (``spread`` when None); the request's own
@@ -239,6 +251,10 @@ def place(arrays: HostArrays, request: PlacementRequest, *, weigher: str | None 
     capacity tallies and the ranking of hosts by shape) whenever that is exact, which makes
     it independent of the pool's size; ``incremental=False`` scores every host, which decides
     the same, and is what the incremental path is tested against.
+
+    ``counts=False`` is for a caller that needs only the host (the control plane claims it
+    and reads nothing else): that path then skips counting what each filter removed, and a
+    placed decision may come without its counters. A refusal always has them.
     """
     name = request.weigher or weigher or DEFAULT_WEIGHER
     try:
@@ -250,7 +266,7 @@ def place(arrays: HostArrays, request: PlacementRequest, *, weigher: str | None 
         seed = request_seed(request)
     exclude = tuple(exclude)
     if incremental and name == "spread" and not exclude and _incremental_applies(arrays, request):
-        decision = _place_incrementally(arrays, request, seed)
+        decision = _place_incrementally(arrays, request, seed, counts)
         if decision is not None:
             return decision
     filters = GROWTH_FILTERS if request.growth else FILTERS
@@ -290,18 +306,26 @@ def _incremental_applies(arrays: HostArrays, request: PlacementRequest) -> bool:
             and (request.group is None or arrays.members(request.group.name) is None))
 
 
-def _place_incrementally(arrays: HostArrays, request: PlacementRequest, seed: int
-                         ) -> Decision | None:
+def _place_incrementally(arrays: HostArrays, request: PlacementRequest, seed: int,
+                         counts: bool = True) -> Decision | None:
     """What ``place`` decides with ``spread`` for a request ``_incremental_applies`` to, from
     the kept tallies and ranking, without a pass over the pool; None when it cannot be sure
-    (a refusal, too many shapes of host open to the project, a walk too long)."""
+    (a refusal, too many shapes of host open to the project, a walk too long). Without
+    ``counts``, a placed decision leaves its counters out (see ``place``)."""
     ranking = arrays.ranking()
     key = _static_key(request, FILTERS)
-    run, static, static_counts = _static_run(arrays, request, FILTERS, key)
-    sized = arrays.size_mask(max(request.cpus, request.host_cpus))
+    run, _, static_counts, reach = _static_run(arrays, request, FILTERS, key)
     amounts = (request.cpus, request.memory_mib, request.disk_mib)
-    by_stage, reach = arrays.tallies().counts((key, amounts), lambda: static & sized, amounts,
-                                              arrays.free)
+    if not counts:
+        # choose() returns only a host with room: when none has any (or the walk would be
+        # too long) the passes decide, and a refusal is counted there.
+        chosen = choose(ranking, reach, amounts, request.project, seed, TIE_TOLERANCE)
+        if chosen is None:
+            return None
+        return Decision(request=request, host_index=chosen, host=arrays.names[chosen],
+                        weigher="spread", seed=seed, hosts_total=len(arrays), candidates=None,
+                        removed={})
+    by_stage = arrays.tallies().counts((key, amounts), reach, amounts, arrays.free)
     candidates = by_stage[LEFT]
     if candidates == 0:
         return None  # a refusal: decided from scratch, with its diagnosis

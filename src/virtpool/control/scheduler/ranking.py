@@ -21,6 +21,8 @@ import numpy as np
 # More shapes open to a project than this and walking them costs more than scoring every
 # host: decide from scratch instead.
 MAX_SHAPES = 64
+# (project, request size) pairs whose costs per shape are kept; beyond this they start over.
+COSTS_KEPT = 4096
 
 
 class ShapeRanking:
@@ -57,6 +59,8 @@ class ShapeRanking:
             self.orders.append(order.tolist())
             self.keys.append((-free_fraction_sum[order]).tolist())
         self._open: dict[str | None, list[int]] = {}
+        self._costs: dict[tuple[str | None, tuple[int, int, int]],
+                          list[tuple[int, float]] | None] = {}
         # Each host's free vCPUs, MiB and MiB, as a decision reads them host by host.
         self.free: list[tuple[int, int, int]] = [tuple(col) for col in free.T.tolist()]
         # Each host's sort key now: where bisect finds it in its shape's keys.
@@ -70,6 +74,28 @@ class ShapeRanking:
                 k for k, allowed in enumerate(self.allowed)
                 if allowed is None or (project is not None and project in allowed)]
         return shapes
+
+    def costs(self, project: str | None, need: tuple[int, int, int]
+              ) -> list[tuple[int, float]] | None:
+        """For each shape open to ``project``, the part of the ``spread`` score that ``need``
+        (vCPUs, MiB, MiB) costs its hosts; None when more than ``MAX_SHAPES`` are open.
+        Kept per (project, need): requests come in few sizes, and shapes never change."""
+        key = (project, need)
+        if key in self._costs:
+            return self._costs[key]
+        shapes = self.open_to(project)
+        costs = None
+        if len(shapes) <= MAX_SHAPES:
+            c, m, d = need
+            costs = []
+            for k in shapes:
+                cpu, memory, disk = self.inv[k]
+                # The same sum, term by term in the same order, as weighers.cost: the same bits.
+                costs.append((k, c * cpu + m * memory + d * disk))
+        if len(self._costs) >= COSTS_KEPT:
+            self._costs.clear()
+        self._costs[key] = costs
+        return costs
 
     def moved(self, i: int, free: tuple[int, int, int], free_fraction: float) -> None:
         """Host ``i`` has ``free`` room now, and ``free_fraction`` as its

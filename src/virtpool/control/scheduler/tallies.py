@@ -13,7 +13,7 @@ Never decides anything itself, and never does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,18 +59,17 @@ class CapacityTallies:
         self._log: list[tuple[int, Free, Free]] = []
         self._start = 0
 
-    def counts(self, key: Hashable, reach: Callable[[], np.ndarray], need: Free,
-               free: np.ndarray) -> tuple[list[int], np.ndarray]:
-        """The four counts of slot ``key`` (read-only): the hosts in the mask ``reach()`` by
-        stage for ``need``, given ``free`` (3, n) now; and that mask. The same key must always
-        mean the same mask and need; ``reach`` is called only when the slot is first made."""
+    def counts(self, key: Hashable, reach: np.ndarray, need: Free, free: np.ndarray
+               ) -> list[int]:
+        """The four counts of slot ``key`` (read-only): the hosts in the mask ``reach`` by
+        stage for ``need``, given ``free`` (3, n) now. The same key must always mean the same
+        mask and need."""
         now = self._start + len(self._log)
         slot = self._slots.get(key)
         if slot is None:
             if len(self._slots) >= self._kept:
                 self._slots.clear()
-            hosts = reach()
-            slot = self._slots[key] = _Slot(hosts, need, count_stages(free, hosts, need), now)
+            slot = self._slots[key] = _Slot(reach, need, count_stages(free, reach, need), now)
         elif now - slot.seen > REPLAY_LIMIT or slot.seen < self._start:
             slot.counts = count_stages(free, slot.reach, need)
             slot.seen = now
@@ -78,6 +77,8 @@ class CapacityTallies:
             counts, inside = slot.counts, slot.reach
             c, m, d = need
             for i, (c0, m0, d0), (c1, m1, d1) in self._log[slot.seen - self._start:]:
+                if c0 >= c and m0 >= m and d0 >= d and c1 >= c and m1 >= m and d1 >= d:
+                    continue  # left standing before and after: the usual case, told first
                 # The stage before and after, written out: this loop is the hot spot.
                 was = (CPU_STAGE if c0 < c else MEMORY_STAGE if m0 < m else
                        DISK_STAGE if d0 < d else LEFT)
@@ -87,7 +88,7 @@ class CapacityTallies:
                     counts[was] -= 1
                     counts[moved_to] += 1
             slot.seen = now
-        return slot.counts, slot.reach
+        return slot.counts
 
     def moved(self, i: int, old_free: Free, new_free: Free) -> None:
         """Host ``i``'s free room went from ``old_free`` to ``new_free``."""
