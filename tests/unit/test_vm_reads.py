@@ -30,6 +30,7 @@ from virtpool.control.store.tables import (
 )
 from virtpool.control.vms import reads
 from virtpool.control.vms.records import info
+from virtpool.model.vm import VMInfo
 
 
 @pytest.fixture(scope="module")
@@ -134,14 +135,18 @@ def test_reads_from_the_event_loop_show_what_the_connection_reads_show(seeded: E
     # GET one VM reads through ReadOnly.rows (on PostgreSQL psycopg's async connections,
     # store/async_reads.py): the same VMs as the reads on a connection, with more reads at
     # once than it keeps connections (they wait their turn), and from a second event loop.
+    def shown(vm: VMInfo | None) -> str | None:  # the bytes the API answers
+        return vm.model_dump_json() if vm else None
+
     with seeded.connect() as connection:
-        expected = [reads.one(connection, ref, project) for ref, project in LOOKUPS]
+        expected = [shown(reads.one(connection, ref, project)) for ref, project in LOOKUPS]
+    assert len([e for e in expected if e]) == 5
     read_only = ReadOnly(seeded)
 
-    async def read_all() -> list[object]:
+    async def read_all() -> list[str | None]:
         found = await asyncio.gather(*(read_only.rows(*reads.one_query(ref, project))
                                        for ref, project in LOOKUPS * 5))
-        return [reads.one_of(rows) for rows in found]
+        return [shown(reads.one_of(rows)) for rows in found]
 
     try:
         assert len(LOOKUPS) * 5 > POOL_SIZE
