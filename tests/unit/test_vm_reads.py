@@ -1,19 +1,24 @@
 """The API's VM reads (control/vms/reads.py, Core selects) against real SQLite and PostgreSQL
 databases: they show what the mapped rows hold — ports, NICs and security groups in their
-order, the address, project filters, cursors and totals."""
+order, the address, project filters, cursors and totals; and so do the reads from the event
+loop (store/async_reads.py), through dead connections and refused values."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, selectinload
 
 from tests.postgres import create_database, postgres_server
 from virtpool.control.store import db
+from virtpool.control.store.async_reads import AsyncReads
+from virtpool.control.store.read_only import POOL_SIZE, ReadOnly
 from virtpool.control.store.tables import (
     NetworkRow,
     NicRow,
@@ -25,6 +30,7 @@ from virtpool.control.store.tables import (
 )
 from virtpool.control.vms import reads
 from virtpool.control.vms.records import info
+from virtpool.model.vm import VMInfo
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +125,66 @@ def test_pages_follow_names_projects_and_cursors(seeded: Engine) -> None:
         assert [v.name for v in offset] == ["web", "web"]
         none, total = reads.page(connection, limit=5, project_id="nobody")
         assert (none, total) == ([], 0)
+
+
+LOOKUPS = [(f"{1:032x}", None), ("web", "default"), ("web", "other"), ("db", None), ("db", "other"),
+           ("nothing", None), ("cache", "default")]
+
+
+def test_reads_from_the_event_loop_show_what_the_connection_reads_show(seeded: Engine) -> None:
+    # GET one VM reads through ReadOnly.rows (on PostgreSQL psycopg's async connections,
+    # store/async_reads.py): the same VMs as the reads on a connection, with more reads at
+    # once than it keeps connections (they wait their turn), and from a second event loop.
+    def shown(vm: VMInfo | None) -> str | None:  # the bytes the API answers
+        return vm.model_dump_json() if vm else None
+
+    with seeded.connect() as connection:
+        expected = [shown(reads.one(connection, ref, project)) for ref, project in LOOKUPS]
+    assert len([e for e in expected if e]) == 5
+    read_only = ReadOnly(seeded)
+
+    async def read_all() -> list[str | None]:
+        found = await asyncio.gather(*(read_only.rows(*reads.one_query(ref, project))
+                                       for ref, project in LOOKUPS * 5))
+        return [shown(reads.one_of(rows)) for rows in found]
+
+    try:
+        assert len(LOOKUPS) * 5 > POOL_SIZE
+        assert asyncio.run(read_all()) == expected * 5
+        assert asyncio.run(read_all()) == expected * 5  # another loop: fresh connections there
+    finally:
+        read_only.dispose()
+
+
+def test_event_loop_reads_on_postgresql_survive_dead_connections_and_refuse_bad_values(
+        pg_url: str) -> None:
+    engine = db.open_database(create_database(pg_url, f"reads_{uuid.uuid4().hex[:8]}"))
+    with Session(engine) as session, session.begin():
+        session.add(vm(1, "web"))
+    reads_ = AsyncReads(engine, size=4)
+
+    async def scenario() -> None:
+        async def web() -> str | None:
+            found = reads.one_of(await reads_.rows(*reads.one_query("web")))
+            return found.name if found else None
+
+        assert await asyncio.gather(*(web() for _ in range(8))) == ["web"] * 8  # four connections
+        with engine.begin() as connection:  # every one of them dies, as in a database restart
+            ended = connection.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND application_name = ''")).scalar_one()
+        assert ended >= 4
+        assert await web() == "web"  # one more try, on a fresh connection
+        assert await asyncio.gather(*(web() for _ in range(8))) == ["web"] * 8
+        with pytest.raises(DataError):  # PostgreSQL cannot hold a NUL: the API answers 422
+            await reads_.rows(*reads.one_query("a\x00b"))
+        assert await web() == "web"  # and the connection it was refused on still reads
+        with pytest.raises(ValueError, match="ref"):
+            await reads_.rows(reads.one_query("web")[0], {})
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        reads_.dispose()
+        engine.dispose()

@@ -1,7 +1,8 @@
-"""The worker threads the hot reads hand their database round trips to.
+"""The worker threads a page of VMs is read in (GET of one VM reads from the event loop:
+store/async_reads.py).
 
-A read on PostgreSQL must not hold the event loop, so it goes to a thread; the hop there and
-back is a share of a fast GET. ``loop.run_in_executor`` on a plain ``ThreadPoolExecutor`` costs
+A page must not hold the event loop, so it goes to a thread; the hop there and back is a share
+of a fast read. ``loop.run_in_executor`` on a plain ``ThreadPoolExecutor`` costs
 about a third of the CPU of Starlette's ``run_in_threadpool`` (anyio: a capacity limiter, a
 cancel scope and a Python ``queue.Queue`` per call): 34-45 µs against 97-114 µs a hop with 32
 concurrent callers (/work/notes/s6-api.md). Only for short reads that need neither anyio's

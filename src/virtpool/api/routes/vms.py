@@ -37,7 +37,6 @@ from virtpool.api.deps import (
 from virtpool.api.long_poll import waiting
 from virtpool.api.paging import MAX_ID, page_headers
 from virtpool.api.problems import problem
-from virtpool.api.read_threads import in_read_thread
 from virtpool.api.routes.operations import ACCEPTED, accepted
 from virtpool.control.auth import Principal
 from virtpool.control.idempotency import Made
@@ -157,14 +156,8 @@ async def show_vm(
 
 async def vm_answer(pool: Pool, scope: Scope, name: str) -> Response:
     """The answer to ``GET /vms/{name}`` without ``wait_for`` (also given by api/fast_reads.py)."""
-    if pool.engine.dialect.name == "sqlite":
-        # A local SQLite read (one indexed query, ~0.2 ms, never blocked by a writer in WAL
-        # mode) costs less than the hop to a worker thread and back. Under 32 clients that hop,
-        # with its GIL hand-offs between the loop and the workers, was most of a GET's time
-        # (py-spy, /work/notes/s4-read.md).
-        vm = pool.vms.get(name, scope.project)
-    else:  # a network round trip to PostgreSQL must not hold the event loop
-        vm = await in_read_thread(pool.vms.get, name, scope.project)
+    # No worker thread: SQLite reads at once, PostgreSQL without holding the event loop.
+    vm = await pool.vms.read(name, scope.project)
     # Serialised here: returned as a model, FastAPI would validate it again, in a second trip
     # to the thread pool.
     return Response(vm.model_dump_json(), media_type="application/json")

@@ -160,6 +160,14 @@ class VMService:
             raise NotFound(f"no VM named '{ref}'", hint="see `virtpool vm list`")
         return vm
 
+    async def read(self, ref: str, project_id: str | None = None) -> VMInfo:
+        """:meth:`get` from the event loop, without holding it on a database round trip
+        (store/read_only.py's ``rows``)."""
+        vm = reads.one_of(await self._read_only.rows(*reads.one_query(ref, project_id)))
+        if vm is None:
+            raise NotFound(f"no VM named '{ref}'", hint="see `virtpool vm list`")
+        return vm
+
     def _row(self, session: Session, ref: str, project_id: str | None = None) -> VMRow:
         # One query, ports joined in, rather than a second round trip for them.
         # An id match wins: internal paths pass ids, and another project's VM may be named

@@ -29,6 +29,7 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
+from sqlalchemy.sql import Executable
 
 from virtpool.control.store.tables import (
     NetworkRow,
@@ -128,12 +129,16 @@ _PAGES_WITH_CHILDREN = {key: _page_with_children(statement, _COUNT_IN_PROJECT if
                         for key, statement in _PAGES.items()}
 
 
-def one(connection: Connection, ref: str, project_id: str | None = None) -> VMInfo | None:
-    """The VM named ``ref`` (or with id ``ref``), within ``project_id`` when given."""
+def one_query(ref: str, project_id: str | None = None) -> tuple[Executable, dict[str, Any]]:
+    """The statement and parameters that read the VM named ``ref`` (or with id ``ref``),
+    within ``project_id`` when given; :func:`one_of` makes the VM of its rows."""
     if project_id is None:
-        rows = connection.execute(_ONE, {"ref": ref}).all()
-    else:
-        rows = connection.execute(_ONE_IN_PROJECT, {"ref": ref, "project": project_id}).all()
+        return _ONE, {"ref": ref}
+    return _ONE_IN_PROJECT, {"ref": ref, "project": project_id}
+
+
+def one_of(rows: Sequence[Sequence[Any]]) -> VMInfo | None:
+    """The VM in the rows of :func:`one_query`'s statement, or None when there are none."""
     if not rows:
         return None
     width = len(COLUMNS)
@@ -141,6 +146,12 @@ def one(connection: Connection, ref: str, project_id: str | None = None) -> VMIn
         (row[width], row[0], *row[width + 1:]) for row in rows if row[width] is not None)
     vm_id = rows[0][0]
     return info_of(rows[0][:width], ports.get(vm_id, []), nics.get(vm_id, []), secgroups.get(vm_id, []))
+
+
+def one(connection: Connection, ref: str, project_id: str | None = None) -> VMInfo | None:
+    """The VM named ``ref`` (or with id ``ref``), within ``project_id`` when given."""
+    statement, params = one_query(ref, project_id)
+    return one_of(connection.execute(statement, params).all())
 
 
 def page(connection: Connection, *, limit: int, offset: int = 0, project_id: str | None = None,
