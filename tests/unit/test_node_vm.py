@@ -15,9 +15,13 @@ from virtpool.node.vm import VM, Runstate, StateError
 from virtpool.node.vmdir import VMPaths
 
 
+async def nothing_to_release(vm: VM) -> None:
+    return None
+
+
 def make_vm(tmp_path: Path) -> VM:
     return VM("id1", VMPaths(tmp_path / "id1"), "web", notify=lambda kind, data: None,
-              on_gone=lambda vm: None)
+              on_gone=nothing_to_release)
 
 
 def test_a_command_on_a_vm_without_qemu_names_both_states(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ from virtpool.node.qemu.argv import (
 )
 from virtpool.node.qemu.guest_agent import GuestAgentError
 from virtpool.node.sandbox import cgroups, uid_ranges, users
-from virtpool.node.vm import READY_POLL_S, VM, Runstate, StateError
+from virtpool.node.vm import KILLED_EXIT_S, READY_POLL_S, VM, Runstate, StateError
 from virtpool.node.vmdir import VMPaths
 
 __all__ = ["READY_POLL_S", "LocalAgent"]
@@ -639,6 +639,7 @@ class LocalAgent:
 
     async def _start(self, vm: VM, spec: VMSpec, slot: int, *, restore: str | None = None) -> int:
         """On the loop: passt, then QEMU in its cgroup, then the balloon; nothing left on failure."""
+        await vm.until_idle(KILLED_EXIT_S)  # a start right after a stop, as its QEMU is tidied away
         await asyncio.to_thread(self._write_seed, vm.id, spec)
         user = await asyncio.to_thread(self._confine_files, vm.id, slot)
         tap_fds = await asyncio.to_thread(self._open_taps, vm.id)
@@ -741,14 +742,15 @@ class LocalAgent:
         group.set_memory_limit((spec.boot_memory_mib + QEMU_OVERHEAD_MIB) * MIB)
         return group
 
-    def _release(self, vm: VM) -> None:
+    async def _release(self, vm: VM) -> None:
         """A QEMU of the VM has exited: its passt (it exits with its QEMU, --one-off; this is
-        for a QEMU that never connected) and its cgroup."""
+        for a QEMU that never connected) and its cgroup. Both may wait for a process to leave,
+        so in a thread: the loop serves every other VM meanwhile."""
         self._cpu_samples.pop(vm.id, None)
         self._guest_net.pop(vm.id, None)
         self._guest_net_at.pop(vm.id, None)
-        passt.stop(vm.paths.passt_pidfile)
-        self._release_cgroup(vm.id)
+        await asyncio.to_thread(passt.stop, vm.paths.passt_pidfile)
+        await asyncio.to_thread(self._release_cgroup, vm.id)
 
     def _release_cgroup(self, vm_id: str) -> None:
         if self._cgroups:

@@ -53,14 +53,18 @@ MONITOR_TIMEOUT_S = 30.0  # from spawn until QEMU's monitor answers (devices set
 # agent's connection died with it (kill -9).
 ATTACH_TIMEOUT_S = 30.0
 HARD_STOP_GRACE_S = 3.0  # after QMP 'quit', before SIGKILL
+# After SIGKILL, for the watcher to see QEMU go and tidy up (console drained, cgroup removed).
+# Generous: on a loaded host that takes seconds, and a stop that returns before it would leave
+# a VM that the next start finds still stopping.
+KILLED_EXIT_S = 30.0
 BALLOON_EVENT_EVERY_S = 1.0  # a balloon move fires BALLOON_CHANGE many times: one event a second
 IO_ERROR_EVENT_EVERY_S = 1.0  # each failed request repeats BLOCK_IO_ERROR: one event a second
 CONSOLE_DRAIN_S = 2.0  # after QEMU exited, for the console's last bytes to reach the log
 
 # (kind, data) of something the VM did on its own: see model/agent.AgentEvent.
 Notify = Callable[[str, dict[str, Any]], None]
-# Called on the loop once QEMU is gone, before IDLE: releases what the host gave it (cgroup).
-OnGone = Callable[["VM"], None]
+# Awaited on the loop once QEMU is gone, before IDLE: releases what the host gave it (cgroup).
+OnGone = Callable[["VM"], Awaitable[None]]
 # Called on the loop after the guest rebooted itself (QEMU runs with -no-reboot, so a reset is
 # an exit): starts the VM again in a new QEMU; True when it did.
 Reboot = Callable[["VM"], Awaitable[bool]]
@@ -110,7 +114,10 @@ class VM:
         self._log_cap = log_cap
         self._pump: ConsolePump | None = None  # the console's one reader, while QEMU runs
         self._pump_task: asyncio.Task[None] | None = None
+        # Set while no QEMU of this VM runs (IDLE), except through a reboot, which its waiters
+        # do not see as an end.
         self._gone = asyncio.Event()
+        self._gone.set()
         # The guest agent, shared by every caller, one request at a time: opened with each
         # QEMU, closed when it exits.
         self._agent: GuestAgentChannel | None = None
@@ -155,7 +162,7 @@ class VM:
         if process.find(self.paths.pidfile) is not None:
             raise Conflict(f"VM '{self.name}' already has a QEMU process",
                            hint="stop it first (virtpool vm stop)")
-        self.runstate = Runstate.STARTING
+        self._begin()
         self.ready = self.stopping = False
         try:
             self._popen = process.spawn(argv, self.paths.qemu_log, vm=self.name, **popen_kwargs)
@@ -166,8 +173,8 @@ class VM:
         except BaseException:
             await self._kill_and_reap()
             await self._stop_console(drain=False)
-            self._on_gone(self)
-            self.runstate = Runstate.IDLE
+            await self._on_gone(self)
+            self._end()
             raise
         self._start_watching()
         return self._popen.pid
@@ -213,13 +220,13 @@ class VM:
         self._proc, self._popen = proc, None
         self.ready = True  # it ran before this agent started: it had booted
         self.stopping = False
-        self.runstate = Runstate.STARTING
+        self._begin()
         try:
             self._session = await Session.open(self.paths.qmp_sock, vm=self.name, timeout=ATTACH_TIMEOUT_S)
         except OperationFailed as err:
             log.warning("stopping VM %s: its QEMU cannot be re-adopted: %s", self.name, err.message)
             await asyncio.to_thread(process.kill, proc)
-            self.runstate = Runstate.IDLE
+            self._end()
             return False
         self._start_console()
         self._start_watching()
@@ -230,8 +237,15 @@ class VM:
             pass  # the watcher sees the QEMU go
         return True
 
-    def _start_watching(self) -> None:
+    def _begin(self) -> None:
+        self.runstate = Runstate.STARTING
         self._gone.clear()
+
+    def _end(self) -> None:
+        self.runstate = Runstate.IDLE
+        self._gone.set()
+
+    def _start_watching(self) -> None:
         self._agent = GuestAgentChannel(self.paths.qga_sock, vm=self.name)
         self._guest_initiated = self._reset = self.io_paused = False
         self.runstate = Runstate.RUNNING
@@ -397,6 +411,12 @@ class VM:
 
     # -- ending ---------------------------------------------------------------------------
 
+    async def until_idle(self, timeout: float) -> None:
+        """Before a start: a QEMU on its way out (its watcher still tidying up after it) is
+        waited for, up to ``timeout``; the start's own state check then says if it stayed."""
+        if self.runstate == Runstate.STOPPING:
+            await self.wait_gone(timeout)
+
     async def wait_gone(self, timeout: float) -> bool:
         """Until the watcher has seen QEMU exit (True), or ``timeout`` passes (False)."""
         if self.runstate == Runstate.IDLE:
@@ -408,7 +428,8 @@ class VM:
             return False
 
     async def kill(self) -> None:
-        """QMP 'quit', then SIGKILL after a grace period; returns once QEMU is gone."""
+        """QMP 'quit', then SIGKILL after a grace period; returns once QEMU is gone and its
+        watcher has tidied up after it (OperationFailed if it is not, in KILLED_EXIT_S)."""
         if self.runstate == Runstate.IDLE:
             return
         self.stopping = True
@@ -422,7 +443,11 @@ class VM:
             proc = self._proc
             if proc is not None:
                 await asyncio.to_thread(process.kill, proc)
-            await self.wait_gone(HARD_STOP_GRACE_S + 5)
+            if not await self.wait_gone(KILLED_EXIT_S):
+                raise OperationFailed(f"QEMU of VM '{self.name}' is still {self.runstate.value} "
+                                      f"{KILLED_EXIT_S:g}s after SIGKILL",
+                                      hint="look for its process (ps) and the agent's log; "
+                                      "stop the VM again once it has gone")
 
     async def detach(self) -> None:
         """Stop watching (the agent is closing); QEMU keeps running."""
@@ -434,7 +459,7 @@ class VM:
         if self._session is not None:
             await self._session.close()
         self._session = None
-        self.runstate = Runstate.IDLE
+        self._end()
 
     def _close_agent(self) -> None:
         """QEMU is gone (or no longer ours): whoever waits on its guest agent is told so."""
@@ -464,7 +489,7 @@ class VM:
         await self._stop_console(drain=True)
         await session.close()
         self._session = None
-        self._on_gone(self)
+        await self._on_gone(self)
         self.runstate = Runstate.IDLE
         if self._reset and self.ready and not self.stopping and self._reboot is not None:
             try:
