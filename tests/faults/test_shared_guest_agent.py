@@ -122,3 +122,40 @@ def test_a_late_refusal_of_a_shutdown_reaches_nobody_else(agent_socket: tuple[Pa
     assert taken is None
     assert isinstance(got_time, int)  # not the refusal that came after the shutdown's wait
     assert "refused to shut down" in refused and "disabled" in refused, refused
+
+
+async def _set_back(sock: Path, proc: subprocess.Popen[bytes]) -> tuple[object, bool, object, object]:
+    channel = GuestAgentChannel(sock, vm="shared")
+    try:
+        await channel.connect()
+        first = await _held_back(proc, channel, "guest-info")
+        restore = asyncio.create_task(_restore_under(channel))
+        await asyncio.sleep(0.2)
+        waited = not restore.done()  # the restore waits for the reply in flight
+        proc.send_signal(signal.SIGCONT)
+        info = await asyncio.wait_for(first[0], NO_HANG_S)
+        await asyncio.wait_for(restore, NO_HANG_S)
+        got_time = await asyncio.wait_for(channel.call("guest-get-time"), NO_HANG_S)
+        return info, waited, got_time, await asyncio.wait_for(channel.call("guest-ping"), NO_HANG_S)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        channel.close()
+
+
+async def _restore_under(channel: GuestAgentChannel) -> None:
+    async with channel.set_back():
+        # What a guest agent set back by a snapshot restore does: it says again what it said
+        # before (here the answer to a guest-info that no caller of this channel asked now).
+        conn = channel._conn  # noqa: SLF001 - the words come from the agent's side of the wire
+        assert conn is not None
+        await conn.send({"execute": "guest-info"})
+        await asyncio.sleep(0.2)  # its answer is on its way
+
+
+def test_after_a_snapshot_restore_the_next_call_reads_its_own_reply(
+        agent_socket: tuple[Path, subprocess.Popen[bytes]]) -> None:
+    info, waited, got_time, pong = asyncio.run(_set_back(*agent_socket))
+    assert isinstance(info, dict) and "version" in info  # the call in flight got its own reply
+    assert waited
+    assert isinstance(got_time, int), got_time  # not the guest-info said again
+    assert pong == {}

@@ -185,6 +185,20 @@ class GuestAgentChannel:
         async with self._lock:
             yield
 
+    @asynccontextmanager
+    async def set_back(self) -> AsyncIterator[None]:
+        """Around a live snapshot restore, which sets the guest's agent back to the snapshot's
+        moment: it may then say again what it said then (a reply this channel already read),
+        or wait for a reply it already had. No request is in flight across it, and the next
+        one opens a new connection and synchronizes it (the sync's delimiter skips those old
+        words)."""
+        async with self._lock:
+            await self._settle()
+            try:
+                yield
+            finally:
+                self._drop()
+
     def close(self) -> None:
         """End the channel: the request in flight and all waiting ones raise GuestAgentGone."""
         self._closed = True
