@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # it logs every lost socket as an error
 
 COMMAND_TIMEOUT_S = 10.0
+RUNSTATE_RECHECK_S = 1.0  # the event wait looks at the session's runstate at least this often
 
 
 class Session:
@@ -72,11 +73,20 @@ class Session:
     async def events(self) -> Any:
         """Yield (name, data) of every event until QEMU closes the monitor (it exited)."""
         with self._client.listener() as listener:
-            while self._client.runstate == Runstate.RUNNING:
-                get = asyncio.ensure_future(listener.get())
+            while True:
+                # qemu.qmp tells a runstate change only to those already waiting (it sets its
+                # event and clears it at once): the wait is begun, and the runstate looked at
+                # only once it has, so that a hang-up in between is not missed (it was, and
+                # left the VM "stopping" for good). The timeout is a second guard.
                 change = asyncio.ensure_future(self._client.runstate_changed())
+                await asyncio.sleep(0)
+                if self._client.runstate != Runstate.RUNNING:
+                    change.cancel()
+                    break
+                get = asyncio.ensure_future(listener.get())
                 try:
-                    await asyncio.wait({get, change}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({get, change}, timeout=RUNSTATE_RECHECK_S,
+                                       return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for task in (get, change):
                         if not task.done():
