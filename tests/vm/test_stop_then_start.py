@@ -2,9 +2,9 @@
 takes, and the agent serves its other calls meanwhile: a start right after the stop works.
 
 CI once saw `vm start` fail with "VM 'a3' has QEMU stopping; this needs it idle" right after a
-`vm stop --force` had answered: the stop gave up waiting for its QEMU's teardown (passt and
-cgroup released on a loaded host) and the start found it unfinished. Here that teardown is held
-on purpose, against a real QEMU and the in-process agent.
+`vm stop --force` had answered: the stop had given up waiting for its QEMU's teardown (there,
+because the watcher missed the monitor's hang-up: tests/unit/test_qmp_events_end.py) and said
+nothing. Here the teardown is held on purpose, against a real QEMU and the in-process agent.
 """
 
 from __future__ import annotations
