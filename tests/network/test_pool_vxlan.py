@@ -222,17 +222,20 @@ def test_agent_restarts_keep_traffic_flowing_and_change_nothing(pool: Pool) -> N
                    if "net.apply: network of" in line and not line.endswith("nothing changed")]
         assert changed == []
 
-    sh(api, "fb", "sleep 2; touch /tmp/stop")
+    # Lines go on after both restarts (counted, not timed: a loaded guest's 0.2 s sleeps are slow).
+    restarted_at = int(sh(api, "fb", "cat /tmp/sent")[1].strip())
+    assert wait_for(lambda: int(sh(api, "fb", "cat /tmp/sent")[1].strip()) >= restarted_at + 5, timeout=60)
+    sh(api, "fb", "touch /tmp/stop")
     assert wait_for(lambda: "rc=" in sh(api, "fb", "cat /tmp/done 2>/dev/null")[1], timeout=60)
     assert "rc=0" in sh(api, "fb", "cat /tmp/done")[1]
     sent = int(sh(api, "fb", "cat /tmp/sent")[1].strip())
     got = sh(api, "fa", "cat /tmp/stream")[1].split()
-    assert sent > 25 and got == [f"line-{i}" for i in range(sent)], (sent, got[-5:])
+    assert sent >= restarted_at + 5 and got == [f"line-{i}" for i in range(sent)], (sent, got[-5:])
     # Ping's own tally (SIGINT makes it print it): every request answered, or a bounded few lost
     # to a guest's scheduling on TCG, never a gap of seconds.
     _, tally = sh(api, "fb", "kill -INT $(pidof ping); sleep 1; tail -n 3 /tmp/ping")
     transmitted, received = (int(n) for n in re.findall(r"(\d+) packets transmitted, (\d+)", tally)[0])
-    assert transmitted > 25 and received >= transmitted - 2, tally
+    assert transmitted >= 10 and received >= transmitted - 2, tally  # it pinged through both restarts
     after = {h.name: kernel_state(h.name, NET_PREFIX, h.data_dir / "net") for h in (h1, h2)}
     assert after == before, {name: before[name].diff(after[name]) for name in before}
 
